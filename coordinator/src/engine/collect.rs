@@ -1,0 +1,423 @@
+//! Collecting the answers to one batch of tasks, and rejecting the ones that do
+//! not belong. Pure bookkeeping, no I/O: every rule here has a unit test.
+
+use std::collections::{HashMap, HashSet};
+
+use fedprofile_learning::metrics::SCORE_BINS;
+use fedprofile_protocol::messages::{ClientReply, ResultBody, TaskKind};
+
+/// Everything ever sent in this run: task id -> who, which round, what kind.
+#[derive(Debug, Default)]
+pub struct TaskBook {
+    issued: HashMap<String, Issued>,
+}
+
+#[derive(Debug, Clone)]
+struct Issued {
+    client: String,
+    round: u32,
+    attempt: u32,
+    kind: TaskKind,
+}
+
+impl TaskBook {
+    /// The round a task was sent for, if it was sent at all.
+    pub fn round_of(&self, task_id: &str) -> Option<u32> {
+        self.issued.get(task_id).map(|i| i.round)
+    }
+
+    /// Records a task as sent.
+    pub fn record(&mut self, task_id: &str, client: &str, round: u32, attempt: u32, kind: TaskKind) {
+        self.issued.insert(
+            task_id.to_string(),
+            Issued {
+                client: client.to_string(),
+                round,
+                attempt,
+                kind,
+            },
+        );
+    }
+}
+
+/// Why an answer was not used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RejectReason {
+    /// No task with this id was ever sent.
+    UnknownTask,
+    /// The task was sent to another client.
+    NotSelected {
+        /// The client the task was sent to.
+        assigned_to: String,
+    },
+    /// The task belongs to another round (or an earlier attempt or phase).
+    Stale {
+        /// The round the task was for.
+        task_round: u32,
+    },
+    /// The task was already answered.
+    Duplicate,
+    /// The answer is for another kind of task.
+    WrongKind {
+        /// The kind expected.
+        expected: TaskKind,
+        /// The kind received.
+        got: TaskKind,
+    },
+    /// The update has the wrong number of parameters.
+    WrongDimension {
+        /// Parameters of the global model.
+        expected: usize,
+        /// Parameters received.
+        got: usize,
+    },
+    /// The update holds NaN or an infinity.
+    NonFinite {
+        /// First offending index.
+        index: usize,
+    },
+    /// The update claims no examples.
+    NoExamples,
+    /// An evaluation or statistics answer whose figures do not add up.
+    Inconsistent(String),
+    /// The message could not be decoded.
+    Malformed(String),
+}
+
+impl RejectReason {
+    /// Stable short key for counters and CSV columns.
+    pub fn key(&self) -> &'static str {
+        match self {
+            RejectReason::UnknownTask => "unknown_task",
+            RejectReason::NotSelected { .. } => "not_selected",
+            RejectReason::Stale { .. } => "stale_round",
+            RejectReason::Duplicate => "duplicate",
+            RejectReason::WrongKind { .. } => "wrong_kind",
+            RejectReason::WrongDimension { .. } => "wrong_dimension",
+            RejectReason::NonFinite { .. } => "non_finite",
+            RejectReason::NoExamples => "no_examples",
+            RejectReason::Inconsistent(_) => "inconsistent",
+            RejectReason::Malformed(_) => "malformed",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectReason::UnknownTask => write!(f, "no such task was sent"),
+            RejectReason::NotSelected { assigned_to } => {
+                write!(f, "client was not selected for this task (it was sent to {assigned_to})")
+            }
+            RejectReason::Stale { task_round } => {
+                write!(f, "the task belongs to round {task_round}, not the current one")
+            }
+            RejectReason::Duplicate => write!(f, "the task was already answered"),
+            RejectReason::WrongKind { expected, got } => {
+                write!(f, "expected a {expected} result, got a {got} result")
+            }
+            RejectReason::WrongDimension { expected, got } => {
+                write!(f, "update has {got} parameters, the model has {expected}")
+            }
+            RejectReason::NonFinite { index } => {
+                write!(f, "update holds a non-finite value at index {index}")
+            }
+            RejectReason::NoExamples => write!(f, "update claims zero examples"),
+            RejectReason::Inconsistent(why) => write!(f, "{why}"),
+            RejectReason::Malformed(why) => write!(f, "malformed message: {why}"),
+        }
+    }
+}
+
+/// The fate of one answer offered to a [`Collector`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Offer {
+    /// The answer counts.
+    Accepted(ResultBody),
+    /// The client declined the task, with its reason.
+    Refused(String),
+    /// The answer was thrown away.
+    Rejected(RejectReason),
+}
+
+/// Waits for the answers to the tasks of one phase of one round.
+#[derive(Debug)]
+pub struct Collector {
+    round: u32,
+    attempt: u32,
+    kind: TaskKind,
+    expected_dim: Option<usize>,
+    pending: HashMap<String, String>,
+    answered: HashSet<String>,
+}
+
+impl Collector {
+    /// `tasks`: task id -> client for the tasks just sent. `expected_dim`: the
+    /// parameter count a training update must have.
+    pub fn new(
+        round: u32,
+        attempt: u32,
+        kind: TaskKind,
+        tasks: HashMap<String, String>,
+        expected_dim: Option<usize>,
+    ) -> Collector {
+        Collector {
+            round,
+            attempt,
+            kind,
+            expected_dim,
+            pending: tasks,
+            answered: HashSet::new(),
+        }
+    }
+
+    /// True once every task has been answered (or its client left).
+    pub fn is_complete(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Clients that still owe an answer.
+    pub fn waiting_for(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.pending.values().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// A client disconnected: stop waiting for it.
+    pub fn client_left(&mut self, client: &str) {
+        self.pending.retain(|_, c| c != client);
+    }
+
+    /// Judges one answer.
+    pub fn offer(&mut self, book: &TaskBook, client: &str, reply: ClientReply) -> Offer {
+        let task_id = reply.task_id().to_string();
+        let Some(issued) = book.issued.get(&task_id) else {
+            return Offer::Rejected(RejectReason::UnknownTask);
+        };
+        if issued.client != client {
+            return Offer::Rejected(RejectReason::NotSelected {
+                assigned_to: issued.client.clone(),
+            });
+        }
+        if issued.round != self.round || issued.attempt != self.attempt || issued.kind != self.kind
+        {
+            return Offer::Rejected(RejectReason::Stale {
+                task_round: issued.round,
+            });
+        }
+        if self.answered.contains(&task_id) {
+            return Offer::Rejected(RejectReason::Duplicate);
+        }
+        let outcome = match reply {
+            ClientReply::Refusal { reason, .. } => Offer::Refused(reason),
+            ClientReply::Result { body, .. } => match self.check(&body) {
+                Ok(()) => Offer::Accepted(body),
+                Err(reason) => Offer::Rejected(reason),
+            },
+        };
+        // Any answer (good or bad) closes the task: a client gets one try.
+        self.answered.insert(task_id.clone());
+        self.pending.remove(&task_id);
+        outcome
+    }
+
+    fn check(&self, body: &ResultBody) -> Result<(), RejectReason> {
+        if body.kind() != self.kind {
+            return Err(RejectReason::WrongKind {
+                expected: self.kind,
+                got: body.kind(),
+            });
+        }
+        match body {
+            ResultBody::Train(t) => {
+                if let Some(expected) = self.expected_dim
+                    && t.delta.len() != expected
+                {
+                    return Err(RejectReason::WrongDimension {
+                        expected,
+                        got: t.delta.len(),
+                    });
+                }
+                if let Some(index) = t.delta.iter().position(|v| !v.is_finite()) {
+                    return Err(RejectReason::NonFinite { index });
+                }
+                if t.examples == 0 {
+                    return Err(RejectReason::NoExamples);
+                }
+                Ok(())
+            }
+            ResultBody::Eval(e) => {
+                if e.hist_pos.len() != SCORE_BINS || e.hist_neg.len() != SCORE_BINS {
+                    return Err(RejectReason::Inconsistent(format!(
+                        "score histograms have {} and {} bins, expected {SCORE_BINS}",
+                        e.hist_pos.len(),
+                        e.hist_neg.len()
+                    )));
+                }
+                let pos: u64 = e.hist_pos.iter().sum();
+                let neg: u64 = e.hist_neg.iter().sum();
+                if pos != e.positives || pos + neg != e.examples || !e.loss_sum.is_finite() {
+                    return Err(RejectReason::Inconsistent(format!(
+                        "evaluation counts do not add up ({pos} + {neg} in histograms, {} examples, {} positives)",
+                        e.examples, e.positives
+                    )));
+                }
+                Ok(())
+            }
+            ResultBody::Stats(s) => {
+                if s.numeric
+                    .iter()
+                    .any(|c| !c.sum.is_finite() || !c.sum_sq.is_finite())
+                {
+                    return Err(RejectReason::NonFinite { index: 0 });
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedprofile_protocol::messages::TrainReport;
+    use ndarray::Array1;
+
+    fn train(delta: Vec<f64>, examples: u64) -> ResultBody {
+        ResultBody::Train(TrainReport {
+            delta: Array1::from_vec(delta),
+            examples,
+            steps: 1,
+            train_loss: 0.5,
+            train_micros: 10,
+        })
+    }
+
+    fn reply(task: &str, body: ResultBody) -> ClientReply {
+        ClientReply::Result {
+            task_id: task.into(),
+            body,
+        }
+    }
+
+    /// Round 2 sends t-a to a and t-b to b; round 1 had sent old-a to a.
+    fn setup() -> (TaskBook, Collector) {
+        let mut book = TaskBook::default();
+        book.record("old-a", "a", 1, 0, TaskKind::Train);
+        book.record("t-a", "a", 2, 0, TaskKind::Train);
+        book.record("t-b", "b", 2, 0, TaskKind::Train);
+        let tasks = HashMap::from([("t-a".into(), "a".into()), ("t-b".into(), "b".into())]);
+        (book, Collector::new(2, 0, TaskKind::Train, tasks, Some(3)))
+    }
+
+    #[test]
+    fn a_good_update_is_accepted_and_closes_the_task() {
+        let (book, mut c) = setup();
+        let offer = c.offer(&book, "a", reply("t-a", train(vec![0.1, 0.2, 0.3], 10)));
+        assert!(matches!(offer, Offer::Accepted(_)));
+        assert_eq!(c.waiting_for(), vec!["b".to_string()]);
+        assert!(!c.is_complete());
+    }
+
+    #[test]
+    fn update_from_a_client_not_selected_is_rejected() {
+        let (book, mut c) = setup();
+        // c was connected but not selected; it replays a's task id.
+        let offer = c.offer(&book, "c", reply("t-a", train(vec![0.0; 3], 10)));
+        assert_eq!(
+            offer,
+            Offer::Rejected(RejectReason::NotSelected {
+                assigned_to: "a".into()
+            })
+        );
+        // a's task stays open for a.
+        assert_eq!(c.waiting_for(), vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    fn update_with_an_unknown_task_id_is_rejected() {
+        let (book, mut c) = setup();
+        let offer = c.offer(&book, "c", reply("made-up", train(vec![0.0; 3], 10)));
+        assert_eq!(offer, Offer::Rejected(RejectReason::UnknownTask));
+    }
+
+    #[test]
+    fn update_for_another_round_is_rejected() {
+        let (book, mut c) = setup();
+        let offer = c.offer(&book, "a", reply("old-a", train(vec![0.0; 3], 10)));
+        assert_eq!(offer, Offer::Rejected(RejectReason::Stale { task_round: 1 }));
+    }
+
+    #[test]
+    fn a_second_update_for_the_same_task_is_rejected() {
+        let (book, mut c) = setup();
+        assert!(matches!(
+            c.offer(&book, "a", reply("t-a", train(vec![0.0; 3], 10))),
+            Offer::Accepted(_)
+        ));
+        assert_eq!(
+            c.offer(&book, "a", reply("t-a", train(vec![0.0; 3], 10))),
+            Offer::Rejected(RejectReason::Duplicate)
+        );
+    }
+
+    #[test]
+    fn wrong_dimension_is_rejected_with_both_sizes() {
+        let (book, mut c) = setup();
+        let offer = c.offer(&book, "a", reply("t-a", train(vec![0.0; 4], 10)));
+        let Offer::Rejected(reason) = offer else {
+            panic!("accepted a 4-parameter update")
+        };
+        assert_eq!(reason, RejectReason::WrongDimension { expected: 3, got: 4 });
+        assert_eq!(reason.to_string(), "update has 4 parameters, the model has 3");
+    }
+
+    #[test]
+    fn non_finite_values_are_rejected_with_their_index() {
+        let (book, mut c) = setup();
+        assert_eq!(
+            c.offer(&book, "a", reply("t-a", train(vec![0.0, f64::NAN, 0.0], 10))),
+            Offer::Rejected(RejectReason::NonFinite { index: 1 })
+        );
+        assert_eq!(
+            c.offer(&book, "b", reply("t-b", train(vec![0.0, 0.0, f64::INFINITY], 10))),
+            Offer::Rejected(RejectReason::NonFinite { index: 2 })
+        );
+    }
+
+    #[test]
+    fn zero_examples_and_wrong_kind_are_rejected() {
+        let (book, mut c) = setup();
+        assert_eq!(
+            c.offer(&book, "a", reply("t-a", train(vec![0.0; 3], 0))),
+            Offer::Rejected(RejectReason::NoExamples)
+        );
+        let eval = ResultBody::Eval(
+            fedprofile_learning::metrics::EvalSummary::from_predictions(
+                Array1::from_vec(vec![0.2]).view(),
+                Array1::from_vec(vec![1.0]).view(),
+            )
+            .unwrap(),
+        );
+        assert!(matches!(
+            c.offer(&book, "b", reply("t-b", eval)),
+            Offer::Rejected(RejectReason::WrongKind { .. })
+        ));
+    }
+
+    #[test]
+    fn a_refusal_closes_the_task_with_its_reason() {
+        let (book, mut c) = setup();
+        let offer = c.offer(
+            &book,
+            "b",
+            ClientReply::Refusal {
+                task_id: "t-b".into(),
+                reason: "budget".into(),
+            },
+        );
+        assert_eq!(offer, Offer::Refused("budget".into()));
+        c.client_left("a");
+        assert!(c.is_complete());
+    }
+}

@@ -1,0 +1,280 @@
+//! The round engine: one federated run as an explicit state machine.
+//!
+//! ```text
+//!  WaitingForClients ──► Statistics ──► Training(r) ──► Evaluating(r) ──► Training(r+1) … ──► Finished
+//!        │                   │              │ (missed minimum: retry,         │
+//!        └── timeout ──► Failed ◄───────────┘  then Failed)                   └─ only every k rounds
+//! ```
+//!
+//! - **WaitingForClients**: until `min_connected_to_start` clients are connected
+//!   (bounded by `start_timeout`).
+//! - **Statistics**: every connected client reports its feature template and per-column
+//!   counts and sums (never rows); the engine builds the global feature spec
+//!   (federated mean and standard deviation) and a zero model.
+//! - **Training(r)**: select clients (fraction, minimum), send the global model,
+//!   collect updates until all selected answered or the deadline passed with at
+//!   least the minimum, then aggregate (FedAvg weighted by examples). Bad updates are
+//!   rejected, logged and counted; a round that misses its minimum is retried.
+//! - **Evaluating(r)**: every connected client evaluates the global model on its
+//!   test split; figures are pooled exactly (confusion counts, loss sums, merged
+//!   score histograms for the AUC).
+//!
+//! The engine talks to clients only through [`ClientHub`] and an inbox of
+//! [`Inbound`] events, so it never sees a transport type and tests drive it with
+//! fakes.
+
+mod collect;
+mod phases;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedprofile_learning::FeatureSpec;
+use fedprofile_learning::metrics::Metrics;
+use fedprofile_protocol::messages::{ClientReply, ModelSnapshot, ServerEvent};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::mpsc;
+
+pub use collect::{Collector, Offer, RejectReason, TaskBook};
+
+use crate::config::RunConfig;
+
+/// Where the engine sends tasks: the set of connected client sessions.
+pub trait ClientHub: Send + Sync {
+    /// Ids of the clients connected now, sorted.
+    fn connected(&self) -> Vec<String>;
+    /// Queues an event for a client; false if it is not connected.
+    fn send(&self, client: &str, event: ServerEvent) -> bool;
+}
+
+/// What reaches the engine from the sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// A client opened a session.
+    Connected(String),
+    /// A client's session ended.
+    Disconnected(String),
+    /// A client answered.
+    Reply {
+        /// Who (from its certificate).
+        client: String,
+        /// What.
+        reply: ClientReply,
+    },
+    /// A client sent something that does not decode.
+    Malformed {
+        /// Who.
+        client: String,
+        /// Why it does not decode.
+        reason: String,
+    },
+}
+
+/// One finished round, as recorded in `metrics.csv`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundRecord {
+    /// Round number, from 1.
+    pub round: u32,
+    /// Clients selected.
+    pub selected: usize,
+    /// Updates aggregated.
+    pub accepted: usize,
+    /// Answers rejected during the round.
+    pub rejected: usize,
+    /// Tasks refused by clients.
+    pub refused: usize,
+    /// Attempts needed (1 = no retry).
+    pub attempts: u32,
+    /// Example-weighted mean training loss reported by the clients.
+    pub train_loss: f64,
+    /// Wall time of the training phase, ms.
+    pub train_phase_ms: f64,
+    /// Slowest client's local training time, ms.
+    pub max_client_train_ms: f64,
+    /// Wall time of the evaluation phase, ms (0 when not evaluated).
+    pub eval_phase_ms: f64,
+    /// Slowest client's evaluation time is not reported; this is whole round wall time, ms.
+    pub round_ms: f64,
+    /// Pooled evaluation of the global model after this round, when evaluated.
+    pub metrics: Option<Metrics>,
+    /// Clients whose evaluation was pooled.
+    pub evaluated_clients: usize,
+}
+
+impl RoundRecord {
+    /// Coordination overhead of the training phase: wall time not spent in the
+    /// slowest client's local training.
+    pub fn overhead_ms(&self) -> f64 {
+        (self.train_phase_ms - self.max_client_train_ms).max(0.0)
+    }
+}
+
+/// Receives progress as the run goes.
+pub trait RunObserver: Send {
+    /// A round finished.
+    fn round_finished(&mut self, run: &RunSnapshot<'_>, record: &RoundRecord);
+    /// A notable event (start, statistics done, retry, failure).
+    fn note(&mut self, _message: &str) {}
+}
+
+/// Read-only view for observers.
+#[derive(Debug)]
+pub struct RunSnapshot<'a> {
+    /// Run id.
+    pub run_id: &'a str,
+    /// Rounds planned.
+    pub rounds: u32,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// Run id.
+    pub run_id: String,
+    /// True if every round completed.
+    pub completed: bool,
+    /// Why the run stopped early.
+    pub failure: Option<String>,
+    /// The global model (absent if the run failed before statistics).
+    pub model: Option<ModelSnapshot>,
+    /// One record per finished round.
+    pub rounds: Vec<RoundRecord>,
+    /// Rejected answers by reason key.
+    pub rejections: BTreeMap<String, u64>,
+    /// Refusals by client, with the last reason.
+    pub refusals: BTreeMap<String, String>,
+    /// Clients that contributed at least one accepted update.
+    pub contributors: Vec<String>,
+    /// The label column and its positive value, as the clients' schema declares.
+    pub target: Option<(String, String)>,
+}
+
+/// The states of a run.
+#[derive(Debug)]
+enum State {
+    WaitingForClients,
+    Statistics { attempt: u32 },
+    Training { round: u32, attempt: u32 },
+    Evaluating { record: Box<RoundRecord> },
+    Finished,
+    Failed(String),
+}
+
+/// One run in progress.
+pub struct Run {
+    config: RunConfig,
+    run_id: String,
+    hub: Arc<dyn ClientHub>,
+    inbox: mpsc::Receiver<Inbound>,
+    observer: Box<dyn RunObserver>,
+    rng: StdRng,
+    book: TaskBook,
+    features: Option<FeatureSpec>,
+    target: Option<(String, String)>,
+    global: Option<ModelSnapshot>,
+    rounds: Vec<RoundRecord>,
+    rejections: BTreeMap<String, u64>,
+    refusals: BTreeMap<String, String>,
+    contributors: std::collections::BTreeSet<String>,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run").field("run_id", &self.run_id).finish()
+    }
+}
+
+impl Run {
+    /// Prepares a run; nothing is sent until [`Run::execute`].
+    pub fn new(
+        config: RunConfig,
+        run_id: String,
+        hub: Arc<dyn ClientHub>,
+        inbox: mpsc::Receiver<Inbound>,
+        observer: Box<dyn RunObserver>,
+    ) -> Run {
+        let rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Run {
+            config,
+            run_id,
+            hub,
+            inbox,
+            observer,
+            rng,
+            book: TaskBook::default(),
+            features: None,
+            target: None,
+            global: None,
+            rounds: Vec::new(),
+            rejections: BTreeMap::new(),
+            refusals: BTreeMap::new(),
+            contributors: Default::default(),
+        }
+    }
+
+    /// Runs the state machine to its end and tells every connected client.
+    pub async fn execute(mut self) -> RunOutcome {
+        let mut state = State::WaitingForClients;
+        let failure = loop {
+            state = match state {
+                State::WaitingForClients => self.wait_for_clients().await,
+                State::Statistics { attempt } => self.statistics(attempt).await,
+                State::Training { round, attempt } => self.train_round(round, attempt).await,
+                State::Evaluating { record } => self.evaluate(*record).await,
+                State::Finished => break None,
+                State::Failed(why) => break Some(why),
+            };
+        };
+        let message = match &failure {
+            None => format!("run finished after {} rounds", self.rounds.len()),
+            Some(why) => format!("run failed: {why}"),
+        };
+        self.observer.note(&message);
+        for client in self.hub.connected() {
+            self.hub.send(
+                &client,
+                ServerEvent::Finished {
+                    run_id: self.run_id.clone(),
+                    message: message.clone(),
+                },
+            );
+        }
+        RunOutcome {
+            run_id: self.run_id,
+            completed: failure.is_none(),
+            failure,
+            model: self.global,
+            rounds: self.rounds,
+            rejections: self.rejections,
+            refusals: self.refusals,
+            contributors: self.contributors.into_iter().collect(),
+            target: self.target,
+        }
+    }
+
+    fn count_rejection(&mut self, client: &str, task: &str, reason: &RejectReason) {
+        tracing::warn!(
+            run_id = %self.run_id,
+            client = %client,
+            task_id = %task,
+            reason = reason.key(),
+            "update rejected: {reason}"
+        );
+        *self.rejections.entry(reason.key().to_string()).or_default() += 1;
+    }
+}
+
+/// Deadline arithmetic that never overflows.
+fn deadline_after(d: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now()
+        .checked_add(d)
+        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,428 @@
+//! The behaviour of each state of the run (see the diagram in `mod.rs`).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use fedprofile_learning::aggregate::{WeightedUpdate, fedavg};
+use fedprofile_learning::metrics::EvalSummary;
+use fedprofile_learning::{FeatureColumn, FeatureSpec};
+use fedprofile_protocol::messages::{
+    ClientReply, ModelSnapshot, ResultBody, ServerEvent, StatsReport, Task, TaskBody, TaskKind,
+    TrainTask,
+};
+use ndarray::Array1;
+use rand::seq::IndexedRandom;
+use tokio::time::timeout_at;
+
+use super::{Collector, Inbound, Offer, RejectReason, RoundRecord, Run, State, deadline_after};
+
+/// Answers gathered by one collection.
+#[derive(Debug, Default)]
+pub(super) struct Gathered {
+    pub(super) accepted: Vec<(String, ResultBody)>,
+    pub(super) refused: usize,
+    pub(super) rejected: usize,
+}
+
+impl Run {
+    /// WaitingForClients: until enough clients are connected or the start timeout.
+    pub(super) async fn wait_for_clients(&mut self) -> State {
+        let need = self.config.min_connected_to_start;
+        let deadline = deadline_after(self.config.start_timeout);
+        loop {
+            let connected = self.hub.connected();
+            if connected.len() >= need {
+                self.observer.note(&format!(
+                    "run {} starting with {} connected clients: {}",
+                    self.run_id,
+                    connected.len(),
+                    connected.join(", ")
+                ));
+                return State::Statistics { attempt: 0 };
+            }
+            match timeout_at(deadline, self.inbox.recv()).await {
+                Err(_) => {
+                    return State::Failed(format!(
+                        "only {} of the {need} clients needed were connected after {:.0} s",
+                        connected.len(),
+                        self.config.start_timeout.as_secs_f64()
+                    ));
+                }
+                Ok(None) => return State::Failed("the federation service stopped".into()),
+                Ok(Some(event)) => self.unexpected(event),
+            }
+        }
+    }
+
+    /// Statistics: build the global feature spec from counts and sums.
+    pub(super) async fn statistics(&mut self, attempt: u32) -> State {
+        let clients = self.hub.connected();
+        let tasks = self.send_tasks(0, attempt, &clients, |_| TaskBody::Stats);
+        let mut collector = Collector::new(0, attempt, TaskKind::Stats, tasks, None);
+        let gathered = self.collect(&mut collector).await;
+
+        let reports: Vec<(String, StatsReport)> = gathered
+            .accepted
+            .into_iter()
+            .filter_map(|(c, body)| match body {
+                ResultBody::Stats(s) => Some((c, s)),
+                _ => None,
+            })
+            .collect();
+        // The federation's template is the one most clients share.
+        let key = |r: &StatsReport| (r.template.clone(), r.label_column.clone(), r.label_positive.clone());
+        let mut counts: Vec<((FeatureSpec, String, String), usize)> = Vec::new();
+        for (_, r) in &reports {
+            let k = key(r);
+            match counts.iter_mut().find(|(t, _)| *t == k) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((k, 1)),
+            }
+        }
+        let Some((template, label, positive)) =
+            counts.iter().max_by_key(|(_, n)| *n).map(|(t, _)| t.clone())
+        else {
+            return self.retry_or_fail(attempt, "statistics: no client answered", |a| {
+                State::Statistics { attempt: a }
+            });
+        };
+        let mut agreeing = Vec::new();
+        for (client, report) in reports {
+            if report.template == template
+                && report.label_column == label
+                && report.label_positive == positive
+            {
+                agreeing.push(report);
+            } else {
+                let reason = RejectReason::Inconsistent(
+                    "feature template differs from the federation's (check the schema version)"
+                        .into(),
+                );
+                self.count_rejection(&client, "stats", &reason);
+            }
+        }
+        if agreeing.len() < self.config.min_per_round {
+            let why = format!(
+                "statistics: {} usable answers, {} needed",
+                agreeing.len(),
+                self.config.min_per_round
+            );
+            return self.retry_or_fail(attempt, &why, |a| State::Statistics { attempt: a });
+        }
+        let spec = global_feature_spec(&template, &agreeing);
+        let dim = spec.dim();
+        self.observer.note(&format!(
+            "feature statistics from {} clients ({} training examples): {} model inputs",
+            agreeing.len(),
+            agreeing.iter().map(|r| r.train_examples).sum::<u64>(),
+            dim
+        ));
+        self.global = Some(ModelSnapshot {
+            model_type: self.config.model.clone(),
+            features: spec.clone(),
+            params: Array1::zeros(dim + 1),
+        });
+        self.features = Some(spec);
+        self.target = Some((label, positive));
+        State::Training {
+            round: 1,
+            attempt: 0,
+        }
+    }
+
+    /// Training(r): select, send, collect, aggregate.
+    pub(super) async fn train_round(&mut self, round: u32, attempt: u32) -> State {
+        let started = Instant::now();
+        let Some(global) = self.global.clone() else {
+            return State::Failed("internal: training without a global model".into());
+        };
+        let connected = self.hub.connected();
+        let want = ((self.config.fraction_per_round * connected.len() as f64).ceil() as usize)
+            .max(self.config.min_per_round)
+            .min(connected.len());
+        let mut selected: Vec<String> = connected
+            .choose_multiple(&mut self.rng, want)
+            .cloned()
+            .collect();
+        selected.sort();
+        let train = TrainTask {
+            model: global.clone(),
+            local_epochs: self.config.local_epochs,
+            batch_size: self.config.batch_size,
+            learning_rate: self.config.learning_rate,
+        };
+        let tasks = self.send_tasks(round, attempt, &selected, |_| TaskBody::Train(train.clone()));
+        let mut collector = Collector::new(
+            round,
+            attempt,
+            TaskKind::Train,
+            tasks,
+            Some(global.params.len()),
+        );
+        let gathered = self.collect(&mut collector).await;
+
+        let mut updates = Vec::new();
+        let mut loss_sum = 0.0;
+        let mut max_train_micros = 0u64;
+        let mut contributors = Vec::new();
+        for (client, body) in gathered.accepted {
+            if let ResultBody::Train(t) = body {
+                loss_sum += t.train_loss * t.examples as f64;
+                max_train_micros = max_train_micros.max(t.train_micros);
+                updates.push(WeightedUpdate {
+                    delta: t.delta,
+                    weight: t.examples as f64,
+                });
+                contributors.push(client);
+            }
+        }
+        if updates.len() < self.config.min_per_round {
+            let why = format!(
+                "round {round}: {} of the {} updates needed arrived before the deadline (selected: {})",
+                updates.len(),
+                self.config.min_per_round,
+                selected.join(", ")
+            );
+            return self.retry_or_fail(attempt, &why, |a| State::Training { round, attempt: a });
+        }
+        let delta = match fedavg(&updates) {
+            Ok(d) => d,
+            Err(e) => return State::Failed(format!("round {round}: aggregation failed: {e}")),
+        };
+        let total_weight: f64 = updates.iter().map(|u| u.weight).sum();
+        if let Some(g) = self.global.as_mut() {
+            g.params += &delta;
+        }
+        self.contributors.extend(contributors);
+        let train_phase_ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(run_id = %self.run_id, round, updates = updates.len(), "round aggregated");
+        let record = RoundRecord {
+            round,
+            selected: selected.len(),
+            accepted: updates.len(),
+            rejected: gathered.rejected,
+            refused: gathered.refused,
+            attempts: attempt + 1,
+            train_loss: loss_sum / total_weight,
+            train_phase_ms,
+            max_client_train_ms: max_train_micros as f64 / 1e3,
+            eval_phase_ms: 0.0,
+            round_ms: train_phase_ms,
+            metrics: None,
+            evaluated_clients: 0,
+        };
+        if round % self.config.eval_every == 0 || round == self.config.rounds {
+            State::Evaluating {
+                record: Box::new(record),
+            }
+        } else {
+            self.finish_round(record)
+        }
+    }
+
+    /// Evaluating(r): pooled metrics of the global model on every client's test split.
+    pub(super) async fn evaluate(&mut self, mut record: RoundRecord) -> State {
+        let started = Instant::now();
+        let Some(global) = self.global.clone() else {
+            return State::Failed("internal: evaluation without a global model".into());
+        };
+        let clients = self.hub.connected();
+        let tasks = self.send_tasks(record.round, 0, &clients, |_| TaskBody::Eval(global.clone()));
+        let mut collector = Collector::new(record.round, 0, TaskKind::Eval, tasks, None);
+        let gathered = self.collect(&mut collector).await;
+        record.rejected += gathered.rejected;
+        let mut pooled: Option<EvalSummary> = None;
+        for (client, body) in gathered.accepted {
+            let ResultBody::Eval(summary) = body else {
+                continue;
+            };
+            match pooled.as_mut() {
+                None => pooled = Some(summary),
+                Some(p) => {
+                    if let Err(e) = p.merge(&summary) {
+                        let reason = RejectReason::Inconsistent(e.to_string());
+                        self.count_rejection(&client, "eval", &reason);
+                        continue;
+                    }
+                }
+            }
+            record.evaluated_clients += 1;
+        }
+        record.metrics = pooled.map(|p| p.metrics());
+        if record.metrics.is_none() {
+            self.observer
+                .note(&format!("round {}: no client returned an evaluation", record.round));
+        }
+        record.eval_phase_ms = started.elapsed().as_secs_f64() * 1e3;
+        record.round_ms = record.train_phase_ms + record.eval_phase_ms;
+        self.finish_round(record)
+    }
+
+    fn finish_round(&mut self, record: RoundRecord) -> State {
+        let round = record.round;
+        let snapshot = super::RunSnapshot {
+            run_id: &self.run_id,
+            rounds: self.config.rounds,
+        };
+        self.observer.round_finished(&snapshot, &record);
+        self.rounds.push(record);
+        if round >= self.config.rounds {
+            State::Finished
+        } else {
+            State::Training {
+                round: round + 1,
+                attempt: 0,
+            }
+        }
+    }
+
+    fn retry_or_fail(&mut self, attempt: u32, why: &str, again: impl Fn(u32) -> State) -> State {
+        if attempt < self.config.max_retries {
+            self.observer
+                .note(&format!("{why}; retrying (attempt {} of {})", attempt + 2, self.config.max_retries + 1));
+            again(attempt + 1)
+        } else {
+            State::Failed(format!("{why}; no retries left"))
+        }
+    }
+
+    /// Sends one task per client; returns task id -> client for those sent.
+    fn send_tasks(
+        &mut self,
+        round: u32,
+        attempt: u32,
+        clients: &[String],
+        body: impl Fn(&str) -> TaskBody,
+    ) -> HashMap<String, String> {
+        let mut sent = HashMap::new();
+        for client in clients {
+            let body = body(client);
+            let kind = body.kind();
+            let task_id = format!("{}/r{round}/a{attempt}/{kind}/{client}", self.run_id);
+            self.book.record(&task_id, client, round, attempt, kind);
+            let task = Task {
+                task_id: task_id.clone(),
+                run_id: self.run_id.clone(),
+                round,
+                body,
+            };
+            if self.hub.send(client, ServerEvent::Task(task)) {
+                sent.insert(task_id, client.clone());
+            } else {
+                tracing::info!(client = %client, "client left before its task could be sent");
+            }
+        }
+        sent
+    }
+
+    /// Waits until every task is answered or the deadline passes.
+    async fn collect(&mut self, collector: &mut Collector) -> Gathered {
+        let deadline = deadline_after(self.config.deadline);
+        let mut gathered = Gathered::default();
+        while !collector.is_complete() {
+            let event = match timeout_at(deadline, self.inbox.recv()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        run_id = %self.run_id,
+                        waiting_for = %collector.waiting_for().join(","),
+                        "deadline passed"
+                    );
+                    break;
+                }
+            };
+            match event {
+                Inbound::Connected(client) => {
+                    tracing::info!(client = %client, "client connected");
+                }
+                Inbound::Disconnected(client) => {
+                    tracing::info!(client = %client, "client disconnected");
+                    collector.client_left(&client);
+                }
+                Inbound::Malformed { client, reason } => {
+                    gathered.rejected += 1;
+                    self.count_rejection(&client, "?", &RejectReason::Malformed(reason));
+                }
+                Inbound::Reply { client, reply } => {
+                    let task_id = reply.task_id().to_string();
+                    match collector.offer(&self.book, &client, reply) {
+                        Offer::Accepted(body) => gathered.accepted.push((client, body)),
+                        Offer::Refused(reason) => {
+                            tracing::warn!(run_id = %self.run_id, client = %client, task_id = %task_id, "task refused: {reason}");
+                            self.observer
+                                .note(&format!("{client} refused {task_id}: {reason}"));
+                            self.refusals.insert(client, reason);
+                            gathered.refused += 1;
+                        }
+                        Offer::Rejected(reason) => {
+                            gathered.rejected += 1;
+                            self.count_rejection(&client, &task_id, &reason);
+                        }
+                    }
+                }
+            }
+        }
+        gathered
+    }
+
+    /// An event outside any collection: replies can only be stale or unknown.
+    fn unexpected(&mut self, event: Inbound) {
+        match event {
+            Inbound::Connected(c) => tracing::info!(client = %c, "client connected"),
+            Inbound::Disconnected(c) => tracing::info!(client = %c, "client disconnected"),
+            Inbound::Malformed { client, reason } => {
+                self.count_rejection(&client, "?", &RejectReason::Malformed(reason));
+            }
+            Inbound::Reply { client, reply } => {
+                let task_id = reply.task_id().to_string();
+                let reason = match self.book.round_of(&task_id) {
+                    Some(task_round) => RejectReason::Stale { task_round },
+                    None => RejectReason::UnknownTask,
+                };
+                if let ClientReply::Refusal { .. } = reply {
+                    tracing::info!(client = %client, task_id = %task_id, "late refusal ignored");
+                } else {
+                    self.count_rejection(&client, &task_id, &reason);
+                }
+            }
+        }
+    }
+}
+
+/// The global feature spec: the template with federated means and standard deviations.
+pub(super) fn global_feature_spec(template: &FeatureSpec, reports: &[StatsReport]) -> FeatureSpec {
+    let mut sums: HashMap<&str, (u64, f64, f64)> = HashMap::new();
+    for report in reports {
+        for c in &report.numeric {
+            let e = sums.entry(c.column.as_str()).or_default();
+            e.0 += c.count;
+            e.1 += c.sum;
+            e.2 += c.sum_sq;
+        }
+    }
+    let columns = template
+        .columns
+        .iter()
+        .map(|column| match column {
+            FeatureColumn::Numeric { name, .. } => {
+                let (mean, std) = match sums.get(name.as_str()) {
+                    Some(&(n, s, ss)) if n > 0 => {
+                        let mean = s / n as f64;
+                        let var = (ss / n as f64 - mean * mean).max(0.0);
+                        let std = var.sqrt();
+                        (mean, if std > 1e-12 { std } else { 1.0 })
+                    }
+                    _ => (0.0, 1.0),
+                };
+                FeatureColumn::Numeric {
+                    name: name.clone(),
+                    mean,
+                    std,
+                }
+            }
+            other => other.clone(),
+        })
+        .collect();
+    FeatureSpec { columns }
+}

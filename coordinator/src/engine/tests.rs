@@ -1,0 +1,212 @@
+//! Engine tests with a fake hub and scripted clients, on paused time.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fedprofile_learning::metrics::EvalSummary;
+use fedprofile_learning::{FeatureColumn, FeatureSpec};
+use fedprofile_protocol::messages::{
+    ClientReply, ColumnStats, ResultBody, ServerEvent, StatsReport, TaskBody, TrainReport,
+};
+use ndarray::Array1;
+use tokio::sync::mpsc;
+
+use super::*;
+
+struct FakeHub {
+    clients: Mutex<Vec<String>>,
+    outbox: mpsc::UnboundedSender<(String, ServerEvent)>,
+}
+
+impl ClientHub for FakeHub {
+    fn connected(&self) -> Vec<String> {
+        self.clients.lock().unwrap().clone()
+    }
+    fn send(&self, client: &str, event: ServerEvent) -> bool {
+        self.outbox.send((client.to_string(), event)).is_ok()
+    }
+}
+
+struct Quiet;
+impl RunObserver for Quiet {
+    fn round_finished(&mut self, _: &RunSnapshot<'_>, _: &RoundRecord) {}
+}
+
+fn config(rounds: u32, min_per_round: usize) -> RunConfig {
+    RunConfig {
+        name: "t".into(),
+        rounds,
+        model: "logistic_regression".into(),
+        seed: Some(1),
+        fraction_per_round: 1.0,
+        min_per_round,
+        min_connected_to_start: 3,
+        start_timeout: Duration::from_secs(10),
+        deadline: Duration::from_secs(30),
+        eval_every: 1,
+        max_retries: 0,
+        local_epochs: 1,
+        batch_size: 32,
+        learning_rate: 0.1,
+    }
+}
+
+fn template() -> FeatureSpec {
+    FeatureSpec {
+        columns: vec![
+            FeatureColumn::Numeric {
+                name: "x".into(),
+                mean: 0.0,
+                std: 1.0,
+            },
+            FeatureColumn::Boolean { name: "b".into() },
+        ],
+    }
+}
+
+/// How each scripted client behaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Behaviour {
+    /// Answers everything; its training delta is `[v, v, v]` with `examples` weight.
+    Honest { v: f64, examples: u64 },
+    /// Answers statistics and evaluation, never training.
+    SilentInTraining,
+}
+
+/// Plays the clients: answers every task per its behaviour.
+async fn play(
+    mut outbox: mpsc::UnboundedReceiver<(String, ServerEvent)>,
+    inbox: mpsc::Sender<Inbound>,
+    behaviours: BTreeMap<String, Behaviour>,
+) {
+    while let Some((client, event)) = outbox.recv().await {
+        let ServerEvent::Task(task) = event else {
+            continue;
+        };
+        let behaviour = behaviours[&client];
+        let body = match (&task.body, behaviour) {
+            (TaskBody::Stats, _) => ResultBody::Stats(StatsReport {
+                template: template(),
+                numeric: vec![ColumnStats {
+                    column: "x".into(),
+                    count: 2,
+                    sum: 4.0,
+                    sum_sq: 10.0,
+                }],
+                train_examples: 2,
+                label_column: "y".into(),
+                label_positive: "yes".into(),
+            }),
+            (TaskBody::Train(_), Behaviour::SilentInTraining) => continue,
+            (TaskBody::Train(_), Behaviour::Honest { v, examples }) => {
+                ResultBody::Train(TrainReport {
+                    delta: Array1::from_elem(3, v),
+                    examples,
+                    steps: 1,
+                    train_loss: 0.5,
+                    train_micros: 100,
+                })
+            }
+            (TaskBody::Eval(_), _) => ResultBody::Eval(
+                EvalSummary::from_predictions(
+                    Array1::from_vec(vec![0.9, 0.1, 0.6]).view(),
+                    Array1::from_vec(vec![1.0, 0.0, 0.0]).view(),
+                )
+                .unwrap(),
+            ),
+        };
+        let reply = ClientReply::Result {
+            task_id: task.task_id.clone(),
+            body,
+        };
+        if inbox.send(Inbound::Reply { client, reply }).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn start(
+    cfg: RunConfig,
+    behaviours: BTreeMap<String, Behaviour>,
+) -> tokio::task::JoinHandle<RunOutcome> {
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let hub = Arc::new(FakeHub {
+        clients: Mutex::new(behaviours.keys().cloned().collect()),
+        outbox: out_tx,
+    });
+    tokio::spawn(play(out_rx, in_tx, behaviours));
+    let run = Run::new(cfg, "run-1".into(), hub, in_rx, Box::new(Quiet));
+    tokio::spawn(run.execute())
+}
+
+#[tokio::test(start_paused = true)]
+async fn fedavg_weights_updates_by_examples_and_pools_evaluation() {
+    let behaviours = BTreeMap::from([
+        ("a".to_string(), Behaviour::Honest { v: 1.0, examples: 1 }),
+        ("b".to_string(), Behaviour::Honest { v: 4.0, examples: 2 }),
+        ("c".to_string(), Behaviour::Honest { v: 0.0, examples: 1 }),
+    ]);
+    let outcome = start(config(2, 3), behaviours).await.unwrap();
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    // Each round adds (1*1 + 4*2 + 0*1) / 4 = 2.25.
+    let model = outcome.model.unwrap();
+    assert_eq!(model.params.to_vec(), vec![4.5, 4.5, 4.5]);
+    // Global mean of x: 12 / 6 = 2; variance 30/6 - 4 = 1.
+    assert_eq!(
+        model.features.columns[0],
+        FeatureColumn::Numeric {
+            name: "x".into(),
+            mean: 2.0,
+            std: 1.0
+        }
+    );
+    assert_eq!(outcome.rounds.len(), 2);
+    let m = outcome.rounds[1].metrics.unwrap();
+    assert_eq!(m.examples, 9);
+    assert_eq!(outcome.rounds[1].evaluated_clients, 3);
+    // Pooled over three identical clients: the AUC of one (positive 0.9 beats 0.1 and 0.6).
+    assert_eq!(m.auc, Some(1.0));
+    assert_eq!(outcome.target, Some(("y".into(), "yes".into())));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_closes_a_round_with_the_minimum_when_one_client_never_answers() {
+    let behaviours = BTreeMap::from([
+        ("a".to_string(), Behaviour::Honest { v: 1.0, examples: 1 }),
+        ("b".to_string(), Behaviour::Honest { v: 3.0, examples: 1 }),
+        ("c".to_string(), Behaviour::SilentInTraining),
+    ]);
+    let before = tokio::time::Instant::now();
+    let outcome = start(config(1, 2), behaviours).await.unwrap();
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    let r = &outcome.rounds[0];
+    assert_eq!((r.selected, r.accepted), (3, 2));
+    // The round waited for its deadline (paused time advances exactly to it).
+    assert!(before.elapsed() >= Duration::from_secs(30));
+    assert!(before.elapsed() < Duration::from_secs(31));
+    assert_eq!(outcome.model.unwrap().params.to_vec(), vec![2.0, 2.0, 2.0]);
+    assert_eq!(outcome.contributors, vec!["a".to_string(), "b".to_string()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_round_below_the_minimum_fails_the_run_with_a_reason() {
+    let behaviours = BTreeMap::from([
+        ("a".to_string(), Behaviour::Honest { v: 1.0, examples: 1 }),
+        ("b".to_string(), Behaviour::SilentInTraining),
+        ("c".to_string(), Behaviour::SilentInTraining),
+    ]);
+    let outcome = start(config(3, 2), behaviours).await.unwrap();
+    assert!(!outcome.completed);
+    let why = outcome.failure.unwrap();
+    assert!(why.contains("round 1: 1 of the 2 updates needed"), "{why}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_few_clients_to_start_fails_after_the_start_timeout() {
+    let behaviours = BTreeMap::from([("a".to_string(), Behaviour::SilentInTraining)]);
+    let outcome = start(config(1, 1), behaviours).await.unwrap();
+    let why = outcome.failure.unwrap();
+    assert!(why.contains("only 1 of the 3 clients needed"), "{why}");
+}

@@ -1,0 +1,444 @@
+//! The one place where protobuf types and domain types meet.
+//!
+//! Decoding checks every field a peer could get wrong (missing oneof, tensor
+//! length not matching its shape, unknown dtype) and says which field.
+
+use fedprofile_learning::metrics::EvalSummary;
+use fedprofile_learning::{FeatureColumn, FeatureSpec};
+use ndarray::Array1;
+
+use crate::messages::{
+    ClientReply, ColumnStats, ModelSnapshot, ResultBody, ServerEvent, StatsReport, Task, TaskBody,
+    TrainReport, TrainTask,
+};
+use crate::pb;
+
+/// A protobuf message that does not decode into its domain form.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConvertError {
+    /// A required field or oneof was absent.
+    #[error("message field '{0}' is missing")]
+    Missing(&'static str),
+    /// A tensor's byte length does not match its shape and dtype.
+    #[error("tensor has {bytes} bytes but shape {shape:?} of {dtype} needs {expected}")]
+    TensorLength {
+        /// Bytes received.
+        bytes: usize,
+        /// Declared shape.
+        shape: Vec<u32>,
+        /// Declared element type.
+        dtype: &'static str,
+        /// Bytes the shape implies.
+        expected: usize,
+    },
+    /// A tensor without a known element type.
+    #[error("tensor dtype {0} is not supported (expected f32 or f64)")]
+    DType(i32),
+    /// A tensor that is not one-dimensional where a vector is expected.
+    #[error("expected a one-dimensional tensor, got shape {0:?}")]
+    NotAVector(Vec<u32>),
+}
+
+// ----- tensors ---------------------------------------------------------------
+
+/// Packs a vector as little-endian f64 with its shape.
+pub fn tensor_from_array(values: &Array1<f64>) -> pb::Tensor {
+    let mut data = Vec::with_capacity(values.len() * 8);
+    for v in values {
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    pb::Tensor {
+        shape: vec![values.len() as u32],
+        dtype: pb::DType::DtypeF64 as i32,
+        data,
+    }
+}
+
+/// Unpacks a one-dimensional tensor (f32 or f64, little-endian).
+pub fn array_from_tensor(tensor: &pb::Tensor) -> Result<Array1<f64>, ConvertError> {
+    let (width, name) = match pb::DType::try_from(tensor.dtype) {
+        Ok(pb::DType::DtypeF64) => (8, "f64"),
+        Ok(pb::DType::DtypeF32) => (4, "f32"),
+        _ => return Err(ConvertError::DType(tensor.dtype)),
+    };
+    if tensor.shape.len() != 1 {
+        return Err(ConvertError::NotAVector(tensor.shape.clone()));
+    }
+    let len = tensor.shape[0] as usize;
+    let expected = len.checked_mul(width).unwrap_or(usize::MAX);
+    if tensor.data.len() != expected {
+        return Err(ConvertError::TensorLength {
+            bytes: tensor.data.len(),
+            shape: tensor.shape.clone(),
+            dtype: name,
+            expected,
+        });
+    }
+    let values = if width == 8 {
+        tensor
+            .data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect()
+    } else {
+        tensor
+            .data
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect()
+    };
+    Ok(Array1::from_vec(values))
+}
+
+// ----- features and models ---------------------------------------------------
+
+impl From<&FeatureSpec> for pb::FeatureSpec {
+    fn from(spec: &FeatureSpec) -> Self {
+        let columns = spec
+            .columns
+            .iter()
+            .map(|c| {
+                let kind = match c {
+                    FeatureColumn::Numeric { mean, std, .. } => {
+                        pb::feature_column::Kind::Numeric(pb::NumericColumn {
+                            mean: *mean,
+                            std: *std,
+                        })
+                    }
+                    FeatureColumn::Boolean { .. } => {
+                        pb::feature_column::Kind::Boolean(pb::BooleanColumn {})
+                    }
+                    FeatureColumn::Categorical { vocabulary, .. } => {
+                        pb::feature_column::Kind::Categorical(pb::CategoricalColumn {
+                            vocabulary: vocabulary.clone(),
+                        })
+                    }
+                };
+                pb::FeatureColumn {
+                    name: c.name().to_string(),
+                    kind: Some(kind),
+                }
+            })
+            .collect();
+        pb::FeatureSpec { columns }
+    }
+}
+
+impl TryFrom<pb::FeatureSpec> for FeatureSpec {
+    type Error = ConvertError;
+    fn try_from(spec: pb::FeatureSpec) -> Result<Self, ConvertError> {
+        let columns = spec
+            .columns
+            .into_iter()
+            .map(|c| {
+                Ok(
+                    match c.kind.ok_or(ConvertError::Missing("FeatureColumn.kind"))? {
+                        pb::feature_column::Kind::Numeric(n) => FeatureColumn::Numeric {
+                            name: c.name,
+                            mean: n.mean,
+                            std: n.std,
+                        },
+                        pb::feature_column::Kind::Boolean(_) => {
+                            FeatureColumn::Boolean { name: c.name }
+                        }
+                        pb::feature_column::Kind::Categorical(k) => FeatureColumn::Categorical {
+                            name: c.name,
+                            vocabulary: k.vocabulary,
+                        },
+                    },
+                )
+            })
+            .collect::<Result<_, ConvertError>>()?;
+        Ok(FeatureSpec { columns })
+    }
+}
+
+impl From<&ModelSnapshot> for pb::Model {
+    fn from(m: &ModelSnapshot) -> Self {
+        pb::Model {
+            model_type: m.model_type.clone(),
+            features: Some((&m.features).into()),
+            params: Some(tensor_from_array(&m.params)),
+        }
+    }
+}
+
+impl TryFrom<pb::Model> for ModelSnapshot {
+    type Error = ConvertError;
+    fn try_from(m: pb::Model) -> Result<Self, ConvertError> {
+        Ok(ModelSnapshot {
+            model_type: m.model_type,
+            features: m
+                .features
+                .ok_or(ConvertError::Missing("Model.features"))?
+                .try_into()?,
+            params: array_from_tensor(m.params.as_ref().ok_or(ConvertError::Missing("Model.params"))?)?,
+        })
+    }
+}
+
+// ----- tasks -----------------------------------------------------------------
+
+impl From<&Task> for pb::Task {
+    fn from(t: &Task) -> Self {
+        let body = match &t.body {
+            TaskBody::Stats => pb::task::Body::Stats(pb::StatsTask {}),
+            TaskBody::Train(tt) => pb::task::Body::Train(pb::TrainTask {
+                model: Some((&tt.model).into()),
+                local_epochs: tt.local_epochs,
+                batch_size: tt.batch_size,
+                learning_rate: tt.learning_rate,
+            }),
+            TaskBody::Eval(m) => pb::task::Body::Eval(pb::EvalTask {
+                model: Some(m.into()),
+            }),
+        };
+        pb::Task {
+            task_id: t.task_id.clone(),
+            run_id: t.run_id.clone(),
+            round: t.round,
+            body: Some(body),
+        }
+    }
+}
+
+impl TryFrom<pb::Task> for Task {
+    type Error = ConvertError;
+    fn try_from(t: pb::Task) -> Result<Self, ConvertError> {
+        let body = match t.body.ok_or(ConvertError::Missing("Task.body"))? {
+            pb::task::Body::Stats(_) => TaskBody::Stats,
+            pb::task::Body::Train(tt) => TaskBody::Train(TrainTask {
+                model: tt
+                    .model
+                    .ok_or(ConvertError::Missing("TrainTask.model"))?
+                    .try_into()?,
+                local_epochs: tt.local_epochs,
+                batch_size: tt.batch_size,
+                learning_rate: tt.learning_rate,
+            }),
+            pb::task::Body::Eval(e) => TaskBody::Eval(
+                e.model
+                    .ok_or(ConvertError::Missing("EvalTask.model"))?
+                    .try_into()?,
+            ),
+        };
+        Ok(Task {
+            task_id: t.task_id,
+            run_id: t.run_id,
+            round: t.round,
+            body,
+        })
+    }
+}
+
+impl From<&ServerEvent> for pb::ServerMessage {
+    fn from(e: &ServerEvent) -> Self {
+        let body = match e {
+            ServerEvent::Task(t) => pb::server_message::Body::Task(t.into()),
+            ServerEvent::Finished { run_id, message } => {
+                pb::server_message::Body::Finished(pb::RunFinished {
+                    run_id: run_id.clone(),
+                    message: message.clone(),
+                })
+            }
+        };
+        pb::ServerMessage { body: Some(body) }
+    }
+}
+
+// ----- results ---------------------------------------------------------------
+
+impl From<&EvalSummary> for pb::EvalResult {
+    fn from(s: &EvalSummary) -> Self {
+        pb::EvalResult {
+            examples: s.examples,
+            positives: s.positives,
+            loss_sum: s.loss_sum,
+            tp: s.tp,
+            fp: s.fp,
+            tn: s.tn,
+            r#fn: s.fn_,
+            hist_pos: s.hist_pos.clone(),
+            hist_neg: s.hist_neg.clone(),
+        }
+    }
+}
+
+impl From<pb::EvalResult> for EvalSummary {
+    fn from(r: pb::EvalResult) -> Self {
+        EvalSummary {
+            examples: r.examples,
+            positives: r.positives,
+            loss_sum: r.loss_sum,
+            tp: r.tp,
+            fp: r.fp,
+            tn: r.tn,
+            fn_: r.r#fn,
+            hist_pos: r.hist_pos,
+            hist_neg: r.hist_neg,
+        }
+    }
+}
+
+impl From<&ClientReply> for pb::ClientMessage {
+    fn from(r: &ClientReply) -> Self {
+        let body = match r {
+            ClientReply::Refusal { task_id, reason } => {
+                pb::client_message::Body::Refusal(pb::TaskRefusal {
+                    task_id: task_id.clone(),
+                    reason: reason.clone(),
+                })
+            }
+            ClientReply::Result { task_id, body } => {
+                let body = match body {
+                    ResultBody::Stats(s) => pb::task_result::Body::Stats(pb::StatsResult {
+                        template: Some((&s.template).into()),
+                        numeric: s
+                            .numeric
+                            .iter()
+                            .map(|c| pb::NumericStats {
+                                column: c.column.clone(),
+                                count: c.count,
+                                sum: c.sum,
+                                sum_sq: c.sum_sq,
+                            })
+                            .collect(),
+                        train_examples: s.train_examples,
+                        label_column: s.label_column.clone(),
+                        label_positive: s.label_positive.clone(),
+                    }),
+                    ResultBody::Train(t) => pb::task_result::Body::Train(pb::TrainResult {
+                        delta: Some(tensor_from_array(&t.delta)),
+                        examples: t.examples,
+                        steps: t.steps,
+                        train_loss: t.train_loss,
+                        train_micros: t.train_micros,
+                    }),
+                    ResultBody::Eval(e) => pb::task_result::Body::Eval(e.into()),
+                };
+                pb::client_message::Body::Result(pb::TaskResult {
+                    task_id: task_id.clone(),
+                    body: Some(body),
+                })
+            }
+        };
+        pb::ClientMessage { body: Some(body) }
+    }
+}
+
+impl TryFrom<pb::TaskResult> for ClientReply {
+    type Error = ConvertError;
+    fn try_from(r: pb::TaskResult) -> Result<Self, ConvertError> {
+        let body = match r.body.ok_or(ConvertError::Missing("TaskResult.body"))? {
+            pb::task_result::Body::Stats(s) => ResultBody::Stats(StatsReport {
+                template: s
+                    .template
+                    .ok_or(ConvertError::Missing("StatsResult.template"))?
+                    .try_into()?,
+                numeric: s
+                    .numeric
+                    .into_iter()
+                    .map(|n| ColumnStats {
+                        column: n.column,
+                        count: n.count,
+                        sum: n.sum,
+                        sum_sq: n.sum_sq,
+                    })
+                    .collect(),
+                train_examples: s.train_examples,
+                label_column: s.label_column,
+                label_positive: s.label_positive,
+            }),
+            pb::task_result::Body::Train(t) => ResultBody::Train(TrainReport {
+                delta: array_from_tensor(
+                    t.delta
+                        .as_ref()
+                        .ok_or(ConvertError::Missing("TrainResult.delta"))?,
+                )?,
+                examples: t.examples,
+                steps: t.steps,
+                train_loss: t.train_loss,
+                train_micros: t.train_micros,
+            }),
+            pb::task_result::Body::Eval(e) => ResultBody::Eval(e.into()),
+        };
+        Ok(ClientReply::Result {
+            task_id: r.task_id,
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_round_trip_is_exact() {
+        let a = Array1::from_vec(vec![0.0, -1.5, 1e-300, f64::MAX, 3.25]);
+        let t = tensor_from_array(&a);
+        assert_eq!(t.data.len(), 40);
+        assert_eq!(&t.data[8..16], &(-1.5f64).to_le_bytes());
+        assert_eq!(array_from_tensor(&t).unwrap(), a);
+    }
+
+    #[test]
+    fn f32_tensor_decodes() {
+        let t = pb::Tensor {
+            shape: vec![2],
+            dtype: pb::DType::DtypeF32 as i32,
+            data: [1.5f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat(),
+        };
+        assert_eq!(array_from_tensor(&t).unwrap().to_vec(), vec![1.5, -2.0]);
+    }
+
+    #[test]
+    fn short_tensor_is_refused_with_sizes() {
+        let mut t = tensor_from_array(&Array1::from_vec(vec![1.0, 2.0]));
+        t.data.pop();
+        let err = array_from_tensor(&t).unwrap_err();
+        assert!(err.to_string().contains("15 bytes"), "{err}");
+        t.dtype = 7;
+        assert_eq!(array_from_tensor(&t).unwrap_err(), ConvertError::DType(7));
+    }
+
+    #[test]
+    fn task_round_trip() {
+        let spec = FeatureSpec {
+            columns: vec![
+                FeatureColumn::Numeric {
+                    name: "tenure".into(),
+                    mean: 30.0,
+                    std: 20.0,
+                },
+                FeatureColumn::Categorical {
+                    name: "contract".into(),
+                    vocabulary: vec!["one year".into()],
+                },
+            ],
+        };
+        let task = Task {
+            task_id: "t-1".into(),
+            run_id: "r".into(),
+            round: 3,
+            body: TaskBody::Train(TrainTask {
+                model: ModelSnapshot {
+                    model_type: "logistic_regression".into(),
+                    features: spec,
+                    params: Array1::from_vec(vec![0.5, 1.0, 2.0, 3.0]),
+                },
+                local_epochs: 1,
+                batch_size: 32,
+                learning_rate: 0.1,
+            }),
+        };
+        let back = Task::try_from(pb::Task::from(&task)).unwrap();
+        assert_eq!(back, task);
+    }
+
+    #[test]
+    fn missing_body_names_the_field() {
+        let err = Task::try_from(pb::Task::default()).unwrap_err();
+        assert_eq!(err.to_string(), "message field 'Task.body' is missing");
+    }
+}

@@ -1,0 +1,196 @@
+//! Domain form of the protocol messages. No tonic or prost types appear here;
+//! [`crate::convert`] translates to and from [`crate::pb`].
+
+use fedprofile_learning::FeatureSpec;
+use fedprofile_learning::metrics::EvalSummary;
+use ndarray::Array1;
+
+/// Version of the federation protocol spoken by this build.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A model as it travels: type, feature encoding and parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSnapshot {
+    /// Model family, e.g. `logistic_regression`.
+    pub model_type: String,
+    /// The feature encoding the parameters expect.
+    pub features: FeatureSpec,
+    /// Parameters, `[intercept, weights...]`.
+    pub params: Array1<f64>,
+}
+
+/// Hyperparameters and starting point of one local training task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainTask {
+    /// The global model to start from.
+    pub model: ModelSnapshot,
+    /// Passes over the local training split.
+    pub local_epochs: u32,
+    /// Mini-batch size.
+    pub batch_size: u32,
+    /// SGD step size.
+    pub learning_rate: f64,
+}
+
+/// What a task asks a client to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskBody {
+    /// Report the feature template and per-column counts and sums.
+    Stats,
+    /// Train locally from the global model and send the update.
+    Train(TrainTask),
+    /// Evaluate the global model on the local test split.
+    Eval(ModelSnapshot),
+}
+
+impl TaskBody {
+    /// Short name of the task kind, for logs and reasons.
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            TaskBody::Stats => TaskKind::Stats,
+            TaskBody::Train(_) => TaskKind::Train,
+            TaskBody::Eval(_) => TaskKind::Eval,
+        }
+    }
+}
+
+/// Kind of a task or of a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskKind {
+    /// Feature statistics.
+    Stats,
+    /// Local training.
+    Train,
+    /// Evaluation.
+    Eval,
+}
+
+impl std::fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TaskKind::Stats => "stats",
+            TaskKind::Train => "train",
+            TaskKind::Eval => "eval",
+        })
+    }
+}
+
+/// One unit of work sent to one client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// Unique id; a result names the task it answers.
+    pub task_id: String,
+    /// The run the task belongs to.
+    pub run_id: String,
+    /// Round number (0 for the statistics task).
+    pub round: u32,
+    /// What to do.
+    pub body: TaskBody,
+}
+
+/// Counts and sums of one numeric column over a client's observed cells.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnStats {
+    /// Column name.
+    pub column: String,
+    /// Number of observed (non-missing) cells.
+    pub count: u64,
+    /// Sum of the observed values.
+    pub sum: f64,
+    /// Sum of the squared observed values.
+    pub sum_sq: f64,
+}
+
+/// Answer to a statistics task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsReport {
+    /// The encoding the client's schema implies (numeric mean/std are placeholders).
+    pub template: FeatureSpec,
+    /// Per numeric column counts and sums.
+    pub numeric: Vec<ColumnStats>,
+    /// Number of training examples the client holds.
+    pub train_examples: u64,
+    /// The label column of the schema.
+    pub label_column: String,
+    /// The label's positive value.
+    pub label_positive: String,
+}
+
+/// Answer to a training task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainReport {
+    /// Local model minus the global model of the task.
+    pub delta: Array1<f64>,
+    /// Examples behind the update.
+    pub examples: u64,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Training loss reported by the client.
+    pub train_loss: f64,
+    /// Local training wall time in microseconds.
+    pub train_micros: u64,
+}
+
+/// The body of a result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultBody {
+    /// Answer to a statistics task.
+    Stats(StatsReport),
+    /// Answer to a training task.
+    Train(TrainReport),
+    /// Answer to an evaluation task.
+    Eval(EvalSummary),
+}
+
+impl ResultBody {
+    /// The kind of task this body answers.
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            ResultBody::Stats(_) => TaskKind::Stats,
+            ResultBody::Train(_) => TaskKind::Train,
+            ResultBody::Eval(_) => TaskKind::Eval,
+        }
+    }
+}
+
+/// A message from a client after its hello.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientReply {
+    /// A finished task.
+    Result {
+        /// The task answered.
+        task_id: String,
+        /// Its outcome.
+        body: ResultBody,
+    },
+    /// A task the client will not do, with its reason.
+    Refusal {
+        /// The task refused.
+        task_id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ClientReply {
+    /// The task this reply is about.
+    pub fn task_id(&self) -> &str {
+        match self {
+            ClientReply::Result { task_id, .. } | ClientReply::Refusal { task_id, .. } => task_id,
+        }
+    }
+}
+
+/// A message from the coordinator to a client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent {
+    /// Work to do.
+    Task(Task),
+    /// The run is over; the client may disconnect.
+    Finished {
+        /// The run that ended.
+        run_id: String,
+        /// A short human-readable outcome.
+        message: String,
+    },
+}
