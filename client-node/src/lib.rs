@@ -1,1 +1,13 @@
-//! client
+//! The fedprofile client node.
+//!
+//! - [`node`]: loads and cleans the partner's data and answers tasks (no transport);
+//! - [`session`]: dials the coordinator over mutual TLS and serves tasks;
+//! - [`score`]: scores the partner's users with a global model;
+//! - [`config`]: the client configuration file;
+//! - [`cli`]: the command line (`run`, `check-data`, `score`).
+
+pub mod cli;
+pub mod config;
+pub mod node;
+pub mod score;
+pub mod session;

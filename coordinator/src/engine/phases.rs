@@ -231,24 +231,19 @@ impl Run {
         let mut collector = Collector::new(record.round, 0, TaskKind::Eval, tasks, None);
         let gathered = self.collect(&mut collector).await;
         record.rejected += gathered.rejected;
-        let mut pooled: Option<EvalSummary> = None;
+        let mut pooled = EvalSummary::empty();
         for (client, body) in gathered.accepted {
             let ResultBody::Eval(summary) = body else {
                 continue;
             };
-            match pooled.as_mut() {
-                None => pooled = Some(summary),
-                Some(p) => {
-                    if let Err(e) = p.merge(&summary) {
-                        let reason = RejectReason::Inconsistent(e.to_string());
-                        self.count_rejection(&client, "eval", &reason);
-                        continue;
-                    }
-                }
+            if let Err(e) = pooled.merge(&summary) {
+                let reason = RejectReason::Inconsistent(e.to_string());
+                self.count_rejection(&client, "eval", &reason);
+                continue;
             }
             record.evaluated_clients += 1;
         }
-        record.metrics = pooled.map(|p| p.metrics());
+        record.metrics = (record.evaluated_clients > 0).then(|| pooled.metrics());
         if record.metrics.is_none() {
             self.observer
                 .note(&format!("round {}: no client returned an evaluation", record.round));

@@ -1,1 +1,301 @@
-//! fedprofile-data
+//! Client-side data loading for fedprofile. Raw rows never leave a partner: this crate
+//! turns a partner's CSV exports into a cleaned, fused [`Dataset`] and a
+//! [`QualityReport`], and encodes the dataset into model inputs.
+//!
+//! Pipeline of [`load_split`]:
+//! 1. [`Schema`]: the federation-wide TOML schema (sources, join key, de-duplication
+//!    rules, column types, vocabularies, imputation); see `docs/schema.md`.
+//! 2. Ingestion and cleaning (`ingest` module): every source CSV is
+//!    read with 1-based line numbers, cells are trimmed, case-folded and parsed, and
+//!    every unusable row or cell is counted by [`Reason`].
+//! 3. Fusion: de-duplication per source, then a left join of the secondary sources
+//!    onto the primary source's users.
+//! 4. [`Dataset::encode`] applies a [`FeatureSpec`] (built by the coordinator from
+//!    [`Schema::feature_template`] and the federated [`Dataset::numeric_stats`]) with
+//!    imputation.
+
+mod dataset;
+mod encode;
+mod error;
+mod fuse;
+mod ingest;
+mod report;
+mod schema;
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+pub use dataset::{Dataset, NumericStats};
+pub use error::DataError;
+pub use fedprofile_learning::{FeatureColumn, FeatureSpec};
+pub use report::{
+    ColumnReport, Example, Issue, LabelSummary, MAX_EXAMPLES, QualityReport, Reason, SourceReport,
+};
+pub use schema::{
+    CategoricalImpute, ColumnDef, ColumnKind, NumericImpute, SPLIT_PLACEHOLDER, Schema, SourceDef,
+};
+
+use report::Collector;
+
+/// A loaded split: the dataset and what was done to get it.
+#[derive(Debug, Clone)]
+pub struct LoadedSplit {
+    /// One row per user of the primary source.
+    pub dataset: Dataset,
+    /// Counts of everything that was dropped, cleaned or imputed.
+    pub report: QualityReport,
+}
+
+/// Loads one split (e.g. `train`) of a partner: every source path of the schema, with
+/// `{split}` replaced, relative to `data_dir`.
+///
+/// Errors only when the split cannot be loaded at all (bad split name, missing file,
+/// missing header column); bad rows and cells are counted in the report.
+pub fn load_split(schema: &Schema, data_dir: &Path, split: &str) -> Result<LoadedSplit, DataError> {
+    check_split(split)?;
+    load_with(schema, split, &data_dir.display().to_string(), |source| {
+        let path = data_dir.join(source_path(source, split));
+        let file = File::open(&path).map_err(|e| DataError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        Ok((path.display().to_string(), Box::new(BufReader::new(file))))
+    })
+}
+
+/// Loads a split from in-memory CSV texts, one `(source name, csv text)` per source
+/// of the schema (handy for tests and tools). File names in the report are the source
+/// paths with `{split}` replaced.
+pub fn load_from_strs(
+    schema: &Schema,
+    split: &str,
+    sources: &[(&str, &str)],
+) -> Result<LoadedSplit, DataError> {
+    check_split(split)?;
+    load_with(schema, split, "<memory>", |source| {
+        let text = sources
+            .iter()
+            .find(|(name, _)| *name == source.name)
+            .map(|(_, text)| *text)
+            .ok_or_else(|| DataError::Io {
+                path: source_path(source, split).into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no text given for source '{}'", source.name),
+                ),
+            })?;
+        Ok((source_path(source, split), Box::new(text.as_bytes())))
+    })
+}
+
+fn source_path(source: &SourceDef, split: &str) -> String {
+    source.path.replace(SPLIT_PLACEHOLDER, split)
+}
+
+fn check_split(split: &str) -> Result<(), DataError> {
+    let reason = if split.is_empty() {
+        Some("must not be empty")
+    } else if split == "." || split == ".." {
+        Some("must not be '.' or '..'")
+    } else if !split
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        Some("only ascii letters, digits, '-', '_' and '.' are allowed")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(DataError::InvalidSplit {
+            split: split.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+type Opened<'a> = (String, Box<dyn Read + 'a>);
+
+fn load_with<'a>(
+    schema: &Schema,
+    split: &str,
+    data_dir: &str,
+    mut open: impl FnMut(&SourceDef) -> Result<Opened<'a>, DataError>,
+) -> Result<LoadedSplit, DataError> {
+    let mut collector = Collector::default();
+    let mut cleaned = Vec::with_capacity(schema.sources().len());
+    for source in schema.sources() {
+        let (file, reader) = open(source)?;
+        cleaned.push(ingest::read_source(
+            source,
+            schema.key(),
+            reader,
+            &file,
+            &mut collector,
+        )?);
+    }
+    let deduped: Vec<_> = schema
+        .sources()
+        .iter()
+        .zip(cleaned.iter_mut())
+        .map(|(source, clean)| fuse::dedup(source, clean, &mut collector))
+        .collect();
+    let dataset = fuse::join(schema, &mut cleaned, deduped, &mut collector);
+
+    let users = dataset.len() as u64;
+    let label = match (
+        schema.label_name(),
+        schema.label_positive(),
+        dataset.positives(),
+    ) {
+        (Some(column), Some(positive), Some(positives)) => Some(LabelSummary {
+            column: column.to_owned(),
+            positive: positive.to_owned(),
+            positives: positives as u64,
+            positive_rate: if users == 0 {
+                0.0
+            } else {
+                positives as f64 / users as f64
+            },
+        }),
+        _ => None,
+    };
+    let mut sources = Vec::with_capacity(cleaned.len());
+    let mut columns = Vec::new();
+    for clean in cleaned {
+        sources.push(clean.report);
+        columns.extend(clean.columns);
+    }
+    let report = QualityReport {
+        split: split.to_owned(),
+        data_dir: data_dir.to_owned(),
+        users,
+        label,
+        sources,
+        columns,
+        issues: collector.into_issues(),
+    };
+    Ok(LoadedSplit { dataset, report })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = r#"
+key = "id"
+[[source]]
+name = "a"
+path = "{split}/a.csv"
+primary = true
+keep_newest_by = "when"
+[[source.column]]
+name = "id"
+type = "id"
+[[source.column]]
+name = "when"
+type = "ignore"
+[[source.column]]
+name = "n"
+type = "numeric"
+[[source.column]]
+name = "y"
+type = "label"
+positive = "yes"
+negative = "no"
+
+[[source]]
+name = "b"
+path = "{split}/b.csv"
+drop_exact_duplicates = true
+[[source.column]]
+name = "id"
+type = "id"
+[[source.column]]
+name = "c"
+type = "categorical"
+vocabulary = ["dsl", "fiber optic"]
+"#;
+
+    const A: &str = "id,when,n,y\nU1,2026-01-01,1,Yes\nU2,2026-01-01,x,No\nU1,2025-01-01,9,No\nU3,2026-01-01,3,\nU4,2026-01-01,4,No\n";
+    const B: &str = "id,c\nU1,DSL\nU1,dsl\nU2,Cable\nU9,DSL\n";
+
+    #[test]
+    fn load_from_strs_end_to_end() {
+        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let loaded = load_from_strs(&schema, "train", &[("a", A), ("b", B)]).unwrap();
+        let (d, r) = (&loaded.dataset, &loaded.report);
+        assert_eq!(d.ids(), ["U1", "U2", "U4"]);
+        assert_eq!(d.labels().unwrap().to_vec(), [1.0, 0.0, 0.0]);
+        assert_eq!(r.users, 3);
+        assert_eq!(r.count(Reason::MissingLabel), 1);
+        assert_eq!(r.count(Reason::StaleDuplicateRow), 1);
+        assert_eq!(r.count(Reason::ExactDuplicateRow), 1);
+        assert_eq!(r.count(Reason::OrphanRow), 1);
+        assert_eq!(r.count(Reason::MissingFromSource), 1);
+        assert_eq!(r.count(Reason::UnparseableNumber), 1);
+        assert_eq!(r.count(Reason::OutsideVocabulary), 1);
+        assert_eq!(r.source("b").unwrap().users_missing, 1);
+        assert_eq!(r.column("n").unwrap().imputed, 1);
+        assert_eq!(r.column("c").unwrap().imputed, 1);
+        let l = r.label.as_ref().unwrap();
+        assert_eq!(l.positives, 1);
+        assert!((l.positive_rate - 1.0 / 3.0).abs() < 1e-12);
+
+        let spec = schema.feature_template();
+        let x = d.encode(&spec).unwrap();
+        assert_eq!(x.dim(), (3, 1 + 3));
+        // U2: cable -> unseen; U4: missing from b -> unknown -> unseen
+        assert_eq!(x.row(1).to_vec(), [0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(x.row(3 - 1).to_vec(), [4.0, 0.0, 0.0, 1.0]);
+        assert_eq!(x.row(0).to_vec(), [1.0, 1.0, 0.0, 0.0]);
+
+        let text = r.to_string();
+        assert!(
+            text.contains("users after cleaning and fusion: 3"),
+            "{text}"
+        );
+        assert!(text.contains("train/a.csv:4"), "{text}");
+        let json = serde_json::to_value(r).unwrap();
+        assert_eq!(json["users"], 3);
+    }
+
+    #[test]
+    fn missing_file_is_an_error_naming_it() {
+        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let e = load_split(&schema, dir.path(), "train").unwrap_err();
+        assert!(matches!(e, DataError::Io { .. }));
+        assert!(e.to_string().contains("train/a.csv: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn load_split_reads_files() {
+        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("test")).unwrap();
+        std::fs::write(dir.path().join("test/a.csv"), A).unwrap();
+        std::fs::write(dir.path().join("test/b.csv"), "id\n").unwrap();
+        let e = load_split(&schema, dir.path(), "test").unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("test/b.csv: missing header column 'c'"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("test/b.csv"), B).unwrap();
+        let loaded = load_split(&schema, dir.path(), "test").unwrap();
+        assert_eq!(loaded.dataset.len(), 3);
+    }
+
+    #[test]
+    fn split_names_are_checked() {
+        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        for bad in ["", "..", "a/b", "../x"] {
+            assert!(matches!(
+                load_split(&schema, Path::new("."), bad),
+                Err(DataError::InvalidSplit { .. })
+            ));
+        }
+    }
+}

@@ -1,6 +1,48 @@
 //! Model math for fedprofile: feature specification, models, local training,
 //! aggregation and evaluation metrics, on `ndarray`. No transport types here.
+//!
+//! - [`features`]: how a user row becomes a model input vector;
+//! - [`model`]: binary logistic regression, parameters `[intercept, w_1..w_dim]`;
+//! - [`train`]: local mini-batch SGD from the global model, producing a delta;
+//! - [`aggregate`]: FedAvg of client deltas behind the [`Aggregator`] trait;
+//! - [`metrics`]: exactly poolable evaluation summaries and the metrics they give;
+//! - [`model_file`]: the versioned JSON file of the global model;
+//! - [`error`]: the error types.
 
+pub mod aggregate;
+pub mod error;
 pub mod features;
+pub mod metrics;
+pub mod model;
+pub mod model_file;
+pub mod train;
 
+pub use aggregate::{Aggregator, FedAvg, WeightedUpdate, fedavg, validate_update};
+pub use error::{AggregationError, LearningError, ModelFileError, ModelFileProblem};
 pub use features::{FeatureColumn, FeatureSpec};
+pub use metrics::{EvalSummary, Metrics, SCORE_BINS, roc_auc};
+pub use model::LogisticRegression;
+pub use model_file::{ModelFile, NamedWeight, Provenance, Target};
+pub use train::{
+    BatchSampler, GradientStep, MeanGradient, ShuffledBatches, TrainOutcome, TrainParams,
+    ValidTrainParams, per_example_gradients, train_local, train_with,
+};
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use ndarray::ArrayView1;
+
+    /// Asserts equal lengths and `|actual_i - expected_i| <= eps` for every `i`.
+    #[track_caller]
+    pub(crate) fn assert_close<'a, 'b>(
+        actual: impl Into<ArrayView1<'a, f64>>,
+        expected: impl Into<ArrayView1<'b, f64>>,
+        eps: f64,
+    ) {
+        let (actual, expected) = (actual.into(), expected.into());
+        assert_eq!(actual.len(), expected.len(), "{actual} vs {expected}");
+        for (a, e) in actual.iter().zip(&expected) {
+            assert!((a - e).abs() <= eps, "{actual} vs {expected} (eps {eps})");
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The command line of `fedprofile-client`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::ClientConfig;
+use crate::node::Node;
+use crate::session::{self, SessionEnd, TransportOptions};
+
+/// The fedprofile client node: runs next to a partner's data, trains on it
+/// locally and sends only model updates (never rows) to the coordinator.
+#[derive(Debug, Parser)]
+#[command(name = "fedprofile-client", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Join the federation: connect to the coordinator and serve tasks until the run ends.
+    ///
+    /// Example: fedprofile-client run --config client.toml
+    Run {
+        /// Client config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Override the coordinator URL of the config (e.g. https://localhost:40123).
+        #[arg(long)]
+        coordinator: Option<String>,
+        /// Override the number of connection attempts.
+        #[arg(long)]
+        connect_attempts: Option<u32>,
+        /// Plain-text gRPC to a loopback coordinator, claiming this client id (development only).
+        #[arg(long, value_name = "CLIENT_ID")]
+        insecure: Option<String>,
+    },
+    /// Print the data-quality report of the train and test splits; contacts nobody.
+    ///
+    /// Example: fedprofile-client check-data --config client.toml --json
+    CheckData {
+        /// Client config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Machine-readable JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Score this partner's users with a global model; writes user_id,score.
+    ///
+    /// Example: fedprofile-client score --config client.toml --model out/model.json --split test --out scores.csv
+    Score {
+        /// Client config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Global model file (model.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// Split to score.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Output CSV.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Parses the command line, runs the command, prints errors as one sentence.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fedprofile_client=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn load_config(path: &std::path::Path) -> Result<ClientConfig, String> {
+    ClientConfig::from_path(path).map_err(|e| e.to_string())
+}
+
+#[derive(Serialize)]
+struct SplitReport<'a> {
+    split: &'a str,
+    report: &'a fedprofile_data::QualityReport,
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::CheckData { config, json } => {
+            let config = load_config(&config)?;
+            let schema =
+                fedprofile_data::Schema::from_path(&config.schema).map_err(|e| e.to_string())?;
+            let mut reports = Vec::new();
+            for split in [&config.train_split, &config.test_split] {
+                let loaded = fedprofile_data::load_split(&schema, &config.data_dir, split)
+                    .map_err(|e| e.to_string())?;
+                reports.push((split.clone(), loaded.report));
+            }
+            if json {
+                let out: Vec<SplitReport<'_>> = reports
+                    .iter()
+                    .map(|(split, report)| SplitReport { split, report })
+                    .collect();
+                let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
+                println!("{text}");
+            } else {
+                for (split, report) in &reports {
+                    println!("== split '{split}'\n{report}");
+                }
+            }
+            Ok(())
+        }
+        Command::Score {
+            config,
+            model,
+            split,
+            out,
+        } => {
+            let config = load_config(&config)?;
+            let rows = crate::score::score(&config.schema, &config.data_dir, &split, &model, &out)
+                .map_err(|e| e.to_string())?;
+            println!("scored {rows} users of split '{split}' into {}", out.display());
+            Ok(())
+        }
+        Command::Run {
+            config,
+            coordinator,
+            connect_attempts,
+            insecure,
+        } => {
+            let mut config = load_config(&config)?;
+            if let Some(url) = coordinator {
+                config.coordinator = url;
+            }
+            if let Some(n) = connect_attempts {
+                config.connect.attempts = n.max(1);
+            }
+            let node = Node::load(
+                &config.schema,
+                &config.data_dir,
+                &config.train_split,
+                &config.test_split,
+            )
+            .map_err(|e| e.to_string())?;
+            let options = TransportOptions {
+                insecure_name: insecure,
+            };
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+            let end = runtime
+                .block_on(session::run(&config, &options, node))
+                .map_err(|e| e.to_string())?;
+            let SessionEnd::RunFinished(message) = end;
+            println!("{message}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The client node's configuration file (TOML). Relative paths are resolved
+//! against the folder of the config file.
+//!
+//! ```toml
+//! coordinator = "https://localhost:50051"   # where to connect (the client always dials out)
+//! data_dir = "data/partner-a"               # this partner's exports
+//! schema = "schema.toml"                    # the federation-wide schema
+//! train_split = "train"                     # optional, default "train"
+//! test_split = "test"                       # optional, default "test"
+//!
+//! [tls]
+//! ca_cert = "certs/ca.pem"                  # the federation CA
+//! cert = "certs/partner-a.pem"              # this partner's certificate (CN = its id)
+//! key = "certs/partner-a.key"
+//! server_name = "localhost"                 # optional: name in the coordinator's certificate
+//!
+//! [connect]                                 # optional
+//! attempts = 30                             # connection attempts before giving up
+//! initial_backoff_ms = 200                  # doubled after each failure, with jitter
+//! max_backoff_ms = 5000
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fedprofile_protocol::tls::TlsFiles;
+use serde::Deserialize;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read '{path}': {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a client config.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What toml said.
+        message: String,
+    },
+    /// A field has an unusable value.
+    #[error("{path}: field '{field}' {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    coordinator: String,
+    data_dir: PathBuf,
+    schema: PathBuf,
+    #[serde(default = "default_train")]
+    train_split: String,
+    #[serde(default = "default_test")]
+    test_split: String,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    connect: RawConnect,
+}
+
+fn default_train() -> String {
+    "train".into()
+}
+fn default_test() -> String {
+    "test".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_cert: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    server_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConnect {
+    attempts: u32,
+    initial_backoff_ms: u64,
+    max_backoff_ms: u64,
+}
+
+impl Default for RawConnect {
+    fn default() -> Self {
+        RawConnect {
+            attempts: 30,
+            initial_backoff_ms: 200,
+            max_backoff_ms: 5000,
+        }
+    }
+}
+
+/// Reconnection policy: bounded attempts, exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectPolicy {
+    /// Attempts before giving up (at least 1).
+    pub attempts: u32,
+    /// First wait.
+    pub initial_backoff: Duration,
+    /// Longest wait.
+    pub max_backoff: Duration,
+}
+
+/// A validated client configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConfig {
+    /// Coordinator URL.
+    pub coordinator: String,
+    /// The partner's data folder.
+    pub data_dir: PathBuf,
+    /// The schema file.
+    pub schema: PathBuf,
+    /// Split used for training and statistics.
+    pub train_split: String,
+    /// Split used for evaluation.
+    pub test_split: String,
+    /// mTLS files, with the coordinator's certificate name.
+    pub tls: Option<(TlsFiles, Option<String>)>,
+    /// Reconnection policy.
+    pub connect: ConnectPolicy,
+}
+
+impl ClientConfig {
+    /// Reads and validates a client configuration.
+    pub fn from_path(path: &Path) -> Result<ClientConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let invalid = |field, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            problem,
+        };
+        if !(raw.coordinator.starts_with("https://") || raw.coordinator.starts_with("http://")) {
+            return Err(invalid(
+                "coordinator",
+                format!("'{}' must be a URL like https://host:port", raw.coordinator),
+            ));
+        }
+        if raw.connect.attempts == 0 {
+            return Err(invalid("connect.attempts", "must be at least 1".into()));
+        }
+        Ok(ClientConfig {
+            coordinator: raw.coordinator,
+            data_dir: base.join(raw.data_dir),
+            schema: base.join(raw.schema),
+            train_split: raw.train_split,
+            test_split: raw.test_split,
+            tls: raw.tls.map(|t| {
+                (
+                    TlsFiles {
+                        ca_cert: base.join(t.ca_cert),
+                        cert: base.join(t.cert),
+                        key: base.join(t.key),
+                    },
+                    t.server_name,
+                )
+            }),
+            connect: ConnectPolicy {
+                attempts: raw.connect.attempts,
+                initial_backoff: Duration::from_millis(raw.connect.initial_backoff_ms),
+                max_backoff: Duration::from_millis(raw.connect.max_backoff_ms.max(1)),
+            },
+        })
+    }
+}

@@ -1,0 +1,221 @@
+//! The transport edge of the client node: dial the coordinator over mutual TLS,
+//! open the long-lived session stream, hand each task to the [`Node`], send the
+//! answer back. The client always dials out; the coordinator never connects to it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fedprofile_protocol::messages::Task;
+use fedprofile_protocol::pb::federation_client::FederationClient;
+use fedprofile_protocol::pb::{self, server_message};
+use fedprofile_protocol::{DEFAULT_MAX_MESSAGE_BYTES, PROTOCOL_VERSION, tls};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::{ClientConfig, ConnectPolicy};
+use crate::node::Node;
+
+/// The session could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// TLS files unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The coordinator URL is not valid.
+    #[error("coordinator address '{0}' is not a valid URL")]
+    BadUrl(String),
+    /// Plain text to a non-loopback host.
+    #[error("--insecure is only allowed for a coordinator on loopback (127.0.0.1 or localhost), not '{0}'")]
+    InsecureNotLoopback(String),
+    /// TLS is required but not configured.
+    #[error("the client config has no [tls] section; add one, or pass --insecure for a loopback coordinator")]
+    NoTls,
+    /// Every connection attempt failed.
+    #[error("could not reach the coordinator at {url} after {attempts} attempts: {last}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error, in words.
+        last: String,
+    },
+}
+
+/// How the session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The coordinator said the run is over.
+    RunFinished(String),
+}
+
+/// Transport options from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct TransportOptions {
+    /// Plain text (loopback only); the claimed name is then the client id.
+    pub insecure_name: Option<String>,
+}
+
+fn endpoint(config: &ClientConfig, options: &TransportOptions) -> Result<Endpoint, SessionError> {
+    let url = config.coordinator.clone();
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|_| SessionError::BadUrl(url.clone()))?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true);
+    let host = endpoint.uri().host().unwrap_or_default().to_string();
+    if options.insecure_name.is_some() {
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback || url.starts_with("https://") {
+            return Err(SessionError::InsecureNotLoopback(url));
+        }
+        return Ok(endpoint);
+    }
+    let (files, server_name) = config.tls.as_ref().ok_or(SessionError::NoTls)?;
+    let name = server_name.clone().unwrap_or(host);
+    endpoint = endpoint
+        .tls_config(tls::client_config(files, &name)?)
+        .map_err(|e| SessionError::BadUrl(format!("{url} ({e})")))?;
+    Ok(endpoint)
+}
+
+fn backoff(policy: &ConnectPolicy, attempt: u32) -> Duration {
+    let base = policy
+        .initial_backoff
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(policy.max_backoff);
+    // Full jitter in [base/2, base].
+    let half = base / 2;
+    half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis() as u64))
+}
+
+/// Explains a transport error in words a partner can act on.
+fn explain(status: &tonic::Status) -> String {
+    let text = format!("{}: {}", status.code(), status.message());
+    let lower = format!("{status:?}").to_lowercase();
+    if lower.contains("certificate") || lower.contains("handshake") || lower.contains("tls") {
+        format!(
+            "{text} (the TLS handshake failed: check that this client's certificate is issued by the federation CA, is not expired, and that ca_cert is the federation CA)"
+        )
+    } else {
+        text
+    }
+}
+
+/// Connects (with bounded, jittered exponential backoff) and serves tasks until
+/// the coordinator finishes the run. A dropped session is re-opened under the
+/// same policy.
+pub async fn run(
+    config: &ClientConfig,
+    options: &TransportOptions,
+    node: Node,
+) -> Result<SessionEnd, SessionError> {
+    let endpoint = endpoint(config, options)?;
+    let node = Arc::new(Mutex::new(node));
+    let policy = config.connect;
+    let mut failures = 0u32;
+    loop {
+        let outcome = match endpoint.connect().await {
+            Ok(channel) => serve(channel, options, Arc::clone(&node)).await,
+            Err(e) => Err(format!("connection failed: {e}{}", source_chain(&e))),
+        };
+        match outcome {
+            Ok(end) => return Ok(end),
+            Err(last) => {
+                failures += 1;
+                if failures >= policy.attempts {
+                    return Err(SessionError::Unreachable {
+                        url: config.coordinator.clone(),
+                        attempts: failures,
+                        last,
+                    });
+                }
+                let wait = backoff(&policy, failures - 1);
+                tracing::warn!("{last}; retrying in {} ms", wait.as_millis());
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(&format!(": {s}"));
+        cur = s.source();
+    }
+    out
+}
+
+/// One session on an open channel. `Err` means "try again".
+async fn serve(
+    channel: Channel,
+    options: &TransportOptions,
+    node: Arc<Mutex<Node>>,
+) -> Result<SessionEnd, String> {
+    let mut client = FederationClient::new(channel)
+        .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel::<pb::ClientMessage>(16);
+    let hello = pb::ClientMessage {
+        body: Some(pb::client_message::Body::Hello(pb::Hello {
+            client_version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            insecure_name: options.insecure_name.clone().unwrap_or_default(),
+        })),
+    };
+    tx.send(hello)
+        .await
+        .map_err(|_| "session closed before hello".to_string())?;
+    let mut stream = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| explain(&s))?
+        .into_inner();
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err("the coordinator closed the session".into()),
+            Err(status) => return Err(explain(&status)),
+        };
+        match message.body {
+            Some(server_message::Body::Welcome(w)) => {
+                tracing::info!(client_id = %w.client_id, "joined the federation");
+            }
+            Some(server_message::Body::Task(task)) => {
+                let task = match Task::try_from(task) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!("ignoring a task that does not decode: {e}");
+                        continue;
+                    }
+                };
+                tracing::info!(task_id = %task.task_id, kind = %task.body.kind(), round = task.round, "task received");
+                let node = Arc::clone(&node);
+                let reply = tokio::task::spawn_blocking(move || {
+                    let mut node = node.lock().unwrap_or_else(|e| e.into_inner());
+                    node.handle(&task)
+                })
+                .await
+                .map_err(|e| format!("task handler failed: {e}"))?;
+                if tx.send(pb::ClientMessage::from(&reply)).await.is_err() {
+                    return Err("the session closed while sending a result".into());
+                }
+            }
+            Some(server_message::Body::Finished(f)) => {
+                tracing::info!(run_id = %f.run_id, "{}", f.message);
+                return Ok(SessionEnd::RunFinished(f.message));
+            }
+            None => {}
+        }
+    }
+}

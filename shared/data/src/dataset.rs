@@ -1,0 +1,219 @@
+//! The fused, cleaned dataset of one split: one row per user, feature columns kept
+//! with their missing cells (imputation happens at encoding, with the federation's
+//! statistics).
+
+use ndarray::Array1;
+use serde::{Deserialize, Serialize};
+
+use crate::error::DataError;
+use crate::schema::{CategoricalImpute, NumericImpute};
+
+/// A categorical cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cat {
+    /// Index into the schema vocabulary.
+    Known(u32),
+    /// Observed but outside the vocabulary.
+    Unseen,
+    /// Blank or user missing from the source.
+    Missing,
+}
+
+/// The values of one feature column (`None` / `Cat::Missing` = to impute).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ColumnData {
+    Numeric {
+        impute: NumericImpute,
+        values: Vec<Option<f64>>,
+    },
+    Categorical {
+        vocabulary: Vec<String>,
+        impute: CategoricalImpute,
+        values: Vec<Cat>,
+    },
+    Boolean {
+        impute: bool,
+        values: Vec<Option<bool>>,
+    },
+}
+
+impl ColumnData {
+    pub(crate) fn kind_name(&self) -> &'static str {
+        match self {
+            ColumnData::Numeric { .. } => "numeric",
+            ColumnData::Categorical { .. } => "categorical",
+            ColumnData::Boolean { .. } => "boolean",
+        }
+    }
+}
+
+/// One feature column of the dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FeatureColumnData {
+    pub name: String,
+    pub data: ColumnData,
+}
+
+impl FeatureColumnData {
+    /// Cells that will be imputed at encoding.
+    pub(crate) fn missing_count(&self) -> usize {
+        match &self.data {
+            ColumnData::Numeric { values, .. } => values.iter().filter(|v| v.is_none()).count(),
+            ColumnData::Categorical { values, .. } => {
+                values.iter().filter(|v| **v == Cat::Missing).count()
+            }
+            ColumnData::Boolean { values, .. } => values.iter().filter(|v| v.is_none()).count(),
+        }
+    }
+}
+
+/// Sufficient statistics of one numeric column over its observed (non-missing) cells;
+/// the coordinator sums them across partners into global means and standard deviations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NumericStats {
+    /// The column.
+    pub column: String,
+    /// Observed cells.
+    pub count: u64,
+    /// Sum of observed values.
+    pub sum: f64,
+    /// Sum of squared observed values.
+    pub sum_sq: f64,
+}
+
+/// The cleaned, fused rows of one split: one per user of the primary source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    ids: Vec<String>,
+    labels: Option<Vec<bool>>,
+    pub(crate) columns: Vec<FeatureColumnData>,
+}
+
+impl Dataset {
+    pub(crate) fn new(
+        ids: Vec<String>,
+        labels: Option<Vec<bool>>,
+        columns: Vec<FeatureColumnData>,
+    ) -> Self {
+        Dataset {
+            ids,
+            labels,
+            columns,
+        }
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there are no users.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// One id per user, in order of first appearance in the primary source.
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+
+    /// Names of the feature columns, in schema order.
+    pub fn feature_names(&self) -> Vec<&str> {
+        self.columns.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    /// 1.0 for the positive label, 0.0 otherwise, one per user. Rows with a missing or
+    /// unparseable label were dropped (and counted) at cleaning, so this fails only when
+    /// the schema declares no label.
+    pub fn labels(&self) -> Result<Array1<f64>, DataError> {
+        let labels = self.labels.as_ref().ok_or(DataError::NoLabel)?;
+        Ok(labels.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect())
+    }
+
+    /// Users with the positive label, if the schema declares a label.
+    pub fn positives(&self) -> Option<usize> {
+        self.labels
+            .as_ref()
+            .map(|l| l.iter().filter(|b| **b).count())
+    }
+
+    /// Per numeric feature column, in schema order: count, sum and sum of squares of
+    /// the observed (non-missing, non-imputed) cells.
+    pub fn numeric_stats(&self) -> Vec<NumericStats> {
+        self.columns
+            .iter()
+            .filter_map(|c| match &c.data {
+                ColumnData::Numeric { values, .. } => {
+                    let mut stats = NumericStats {
+                        column: c.name.clone(),
+                        count: 0,
+                        sum: 0.0,
+                        sum_sq: 0.0,
+                    };
+                    for x in values.iter().flatten() {
+                        stats.count += 1;
+                        stats.sum += x;
+                        stats.sum_sq += x * x;
+                    }
+                    Some(stats)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset() -> Dataset {
+        Dataset::new(
+            vec!["a".into(), "b".into(), "c".into()],
+            Some(vec![true, false, true]),
+            vec![
+                FeatureColumnData {
+                    name: "n".into(),
+                    data: ColumnData::Numeric {
+                        impute: NumericImpute::Mean,
+                        values: vec![Some(1.0), None, Some(3.0)],
+                    },
+                },
+                FeatureColumnData {
+                    name: "f".into(),
+                    data: ColumnData::Boolean {
+                        impute: false,
+                        values: vec![Some(true), None, None],
+                    },
+                },
+            ],
+        )
+    }
+
+    #[test]
+    fn labels_and_stats() {
+        let d = dataset();
+        assert_eq!(d.len(), 3);
+        assert!(!d.is_empty());
+        assert_eq!(d.labels().unwrap().to_vec(), [1.0, 0.0, 1.0]);
+        assert_eq!(d.positives(), Some(2));
+        assert_eq!(
+            d.numeric_stats(),
+            [NumericStats {
+                column: "n".into(),
+                count: 2,
+                sum: 4.0,
+                sum_sq: 10.0
+            }]
+        );
+        assert_eq!(d.columns[1].missing_count(), 2);
+        assert_eq!(d.feature_names(), ["n", "f"]);
+    }
+
+    #[test]
+    fn no_label_is_an_error() {
+        let mut d = dataset();
+        d.labels = None;
+        assert!(matches!(d.labels(), Err(DataError::NoLabel)));
+    }
+}

@@ -1,0 +1,732 @@
+//! Reading and cleaning one CSV source.
+//!
+//! Row-level checks come first, in this order, and a failing row is dropped and counted
+//! once: field count ([`Reason::MalformedRow`]), UTF-8 of the declared cells
+//! ([`Reason::InvalidEncoding`]), blank key ([`Reason::MissingId`]), blank or unknown
+//! label ([`Reason::MissingLabel`], [`Reason::UnparseableLabel`]). The cells of every
+//! remaining row are then cleaned: trimmed, case-folded (categorical, boolean, label),
+//! parsed (numeric), and counted by reason. Cell counts therefore cover every row that
+//! passed the row-level checks, including rows later dropped by de-duplication.
+//!
+//! Noise: a cell of a categorical, boolean or label column is noise when it matched
+//! only after trimming or case-folding, i.e. it has surrounding white space, or its
+//! trimmed spelling differs from the dominant spelling of the same value in this file
+//! (`NO` and `no` are noise where most cells say `No`; ties go to the spelling seen
+//! first). For the key and numeric columns only surrounding white space is noise.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use crate::error::DataError;
+use crate::report::{Collector, ColumnReport, Example, MAX_EXAMPLES, Reason, SourceReport};
+use crate::schema::{ColumnKind, SourceDef};
+
+/// A cleaned cell.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Value {
+    /// Blank or unusable; imputed at encoding.
+    Missing,
+    /// A finite number.
+    Number(f64),
+    /// Index into the schema vocabulary.
+    Category(u32),
+    /// A (case-folded) value outside the vocabulary.
+    Unseen(String),
+    /// A boolean, or a label (true = positive).
+    Bool(bool),
+    /// Id or ignored column, trimmed.
+    Text(String),
+}
+
+/// A `YYYY-MM-DD` date with an optional time part compared as text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct DateKey {
+    ymd: (u32, u32, u32),
+    time: String,
+}
+
+/// A row that passed the row-level checks.
+#[derive(Debug, Clone)]
+pub(crate) struct CleanRow {
+    /// 1-based line in the file.
+    pub line: u64,
+    /// Trimmed key.
+    pub id: String,
+    /// The label (primary source with a label column only).
+    pub label: Option<bool>,
+    /// The keep-newest date, if the source has one and it parsed.
+    pub date: Option<DateKey>,
+    /// One value per declared column of the source, in schema order.
+    pub values: Vec<Value>,
+}
+
+/// A cleaned source, before de-duplication.
+#[derive(Debug)]
+pub(crate) struct CleanSource {
+    pub rows: Vec<CleanRow>,
+    pub report: SourceReport,
+    /// One per declared column except the key, in schema order.
+    pub columns: Vec<ColumnReport>,
+}
+
+enum Cleaner {
+    Id,
+    Numeric,
+    Categorical(HashMap<String, u32>),
+    Boolean(HashMap<String, bool>),
+    Label {
+        positive: String,
+        negative: Option<String>,
+    },
+    Ignore {
+        date: bool,
+    },
+}
+
+impl Cleaner {
+    fn has_spellings(&self) -> bool {
+        matches!(
+            self,
+            Cleaner::Categorical(_) | Cleaner::Boolean(_) | Cleaner::Label { .. }
+        )
+    }
+}
+
+/// Counts of one trimmed spelling of one folded value.
+struct Spelling {
+    text: String,
+    count: u64,
+    padded: u64,
+    examples: Vec<Example>,
+    padded_examples: Vec<Example>,
+}
+
+/// Spellings seen for each folded value of one column, in first-seen order.
+#[derive(Default)]
+struct SpellingStats {
+    values: HashMap<String, Vec<Spelling>>,
+}
+
+impl SpellingStats {
+    fn add(&mut self, folded: &str, trimmed: &str, padded: bool, example: impl Fn() -> Example) {
+        let list = match self.values.get_mut(folded) {
+            Some(list) => list,
+            None => self.values.entry(folded.to_owned()).or_default(),
+        };
+        let spelling = match list.iter().position(|s| s.text == trimmed) {
+            Some(i) => &mut list[i],
+            None => {
+                list.push(Spelling {
+                    text: trimmed.to_owned(),
+                    count: 0,
+                    padded: 0,
+                    examples: Vec::new(),
+                    padded_examples: Vec::new(),
+                });
+                let last = list.len() - 1;
+                &mut list[last]
+            }
+        };
+        spelling.count += 1;
+        if spelling.examples.len() < MAX_EXAMPLES {
+            spelling.examples.push(example());
+        }
+        if padded {
+            spelling.padded += 1;
+            if spelling.padded_examples.len() < MAX_EXAMPLES {
+                spelling.padded_examples.push(example());
+            }
+        }
+    }
+
+    /// Noise cells and example candidates: every cell of a non-dominant spelling, and
+    /// the padded cells of the dominant one.
+    fn noise(self) -> (u64, Vec<Example>) {
+        let mut count = 0;
+        let mut examples = Vec::new();
+        for (_, list) in self.values {
+            let mut dominant = 0;
+            for (i, s) in list.iter().enumerate() {
+                if s.count > list[dominant].count {
+                    dominant = i;
+                }
+            }
+            for (i, s) in list.into_iter().enumerate() {
+                if i == dominant {
+                    count += s.padded;
+                    examples.extend(s.padded_examples);
+                } else {
+                    count += s.count;
+                    examples.extend(s.examples);
+                }
+            }
+        }
+        (count, examples)
+    }
+}
+
+/// Parses `YYYY-MM-DD`, optionally followed by `T` or a space and a time
+/// (`HH:MM[:SS[.fff]][Z]`), compared as text.
+pub(crate) fn parse_date(text: &str) -> Option<DateKey> {
+    let b = text.as_bytes();
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let s = text.get(r)?;
+        if s.bytes().all(|c| c.is_ascii_digit()) {
+            s.parse().ok()
+        } else {
+            None
+        }
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let rest = &text[10..];
+    let time = if rest.is_empty() {
+        String::new()
+    } else {
+        let t = rest.strip_prefix('T').or_else(|| rest.strip_prefix(' '))?;
+        let t = t.strip_suffix('Z').unwrap_or(t);
+        let ok = t.len() >= 5
+            && t.bytes().enumerate().all(|(i, c)| {
+                if i == 2 || i == 5 {
+                    c == b':'
+                } else if i == 8 {
+                    c == b'.'
+                } else {
+                    c.is_ascii_digit()
+                }
+            })
+            && (t.len() == 5 || t.len() >= 8)
+            && (t.len() <= 8 || t.len() >= 10);
+        if !ok {
+            return None;
+        }
+        t.to_owned()
+    };
+    Some(DateKey {
+        ymd: (y, m, d),
+        time,
+    })
+}
+
+/// Reads and cleans one source. `file` names the file in errors and examples.
+pub(crate) fn read_source(
+    source: &SourceDef,
+    key: &str,
+    reader: impl Read,
+    file: &str,
+    collector: &mut Collector,
+) -> Result<CleanSource, DataError> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(reader);
+    let header = rdr
+        .byte_headers()
+        .map_err(|source| DataError::Csv {
+            file: file.to_owned(),
+            line: 1,
+            source,
+        })?
+        .clone();
+    if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
+        return Err(DataError::EmptyFile {
+            file: file.to_owned(),
+        });
+    }
+
+    // header name -> field index
+    let mut positions: HashMap<String, usize> = HashMap::with_capacity(header.len());
+    let mut header_names = Vec::with_capacity(header.len());
+    for (i, raw) in header.iter().enumerate() {
+        let name = String::from_utf8_lossy(raw);
+        let name = name.trim_start_matches('\u{feff}').trim().to_owned();
+        if positions.insert(name.clone(), i).is_some() {
+            return Err(DataError::DuplicateColumn {
+                file: file.to_owned(),
+                column: name,
+            });
+        }
+        header_names.push(name);
+    }
+    let mut fields = Vec::with_capacity(source.columns.len());
+    for c in &source.columns {
+        match positions.get(&c.name) {
+            Some(&i) => fields.push(i),
+            None => {
+                return Err(DataError::MissingColumn {
+                    file: file.to_owned(),
+                    column: c.name.clone(),
+                });
+            }
+        }
+    }
+    let undeclared_columns = header_names
+        .iter()
+        .filter(|h| !source.columns.iter().any(|c| &c.name == *h))
+        .cloned()
+        .collect();
+
+    let cleaners: Vec<Cleaner> = source
+        .columns
+        .iter()
+        .map(|c| match &c.kind {
+            ColumnKind::Id => Cleaner::Id,
+            ColumnKind::Numeric { .. } => Cleaner::Numeric,
+            ColumnKind::Categorical { vocabulary, .. } => Cleaner::Categorical(
+                vocabulary
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (v.clone(), i as u32))
+                    .collect(),
+            ),
+            ColumnKind::Boolean {
+                true_values,
+                false_values,
+                ..
+            } => Cleaner::Boolean(
+                true_values
+                    .iter()
+                    .map(|v| (v.clone(), true))
+                    .chain(false_values.iter().map(|v| (v.clone(), false)))
+                    .collect(),
+            ),
+            ColumnKind::Label { positive, negative } => Cleaner::Label {
+                positive: positive.clone(),
+                negative: negative.clone(),
+            },
+            ColumnKind::Ignore => Cleaner::Ignore {
+                date: source.keep_newest_by.as_deref() == Some(c.name.as_str()),
+            },
+        })
+        .collect();
+    let key_col = source.columns.iter().position(|c| c.name == key);
+    let label_col = cleaners
+        .iter()
+        .position(|c| matches!(c, Cleaner::Label { .. }));
+
+    let mut columns: Vec<ColumnReport> = source
+        .columns
+        .iter()
+        .map(|c| ColumnReport {
+            name: c.name.clone(),
+            source: source.name.clone(),
+            kind: c.kind.type_name().to_owned(),
+            ..ColumnReport::default()
+        })
+        .collect();
+    let mut spellings: Vec<SpellingStats> =
+        cleaners.iter().map(|_| SpellingStats::default()).collect();
+    let mut report = SourceReport {
+        name: source.name.clone(),
+        file: file.to_owned(),
+        primary: source.primary,
+        undeclared_columns,
+        ..SourceReport::default()
+    };
+
+    let mut rows = Vec::new();
+    let mut record = csv::ByteRecord::new();
+    loop {
+        let more = rdr
+            .read_byte_record(&mut record)
+            .map_err(|source| DataError::Csv {
+                file: file.to_owned(),
+                line: source.position().map_or(0, |p| p.line()),
+                source,
+            })?;
+        if !more {
+            break;
+        }
+        report.rows_read += 1;
+        let line = record.position().map_or(0, |p| p.line());
+        let row_example = |value: String| Example {
+            file: file.to_owned(),
+            line,
+            column: None,
+            value,
+        };
+
+        if record.len() != header.len() {
+            report.malformed_rows += 1;
+            let found = record.len();
+            collector.record(Reason::MalformedRow, || {
+                row_example(format!("expected {} fields, found {found}", header.len()))
+            });
+            continue;
+        }
+        let mut cells: Vec<&str> = Vec::with_capacity(fields.len());
+        let mut bad_utf8 = None;
+        for (ci, &fi) in fields.iter().enumerate() {
+            match std::str::from_utf8(&record[fi]) {
+                Ok(s) => cells.push(s),
+                Err(_) => {
+                    bad_utf8 = Some(ci);
+                    break;
+                }
+            }
+        }
+        if let Some(ci) = bad_utf8 {
+            report.invalid_encoding_rows += 1;
+            collector.record(Reason::InvalidEncoding, || Example {
+                column: Some(source.columns[ci].name.clone()),
+                ..row_example(String::from_utf8_lossy(&record[fields[ci]]).into_owned())
+            });
+            continue;
+        }
+
+        // Row-level: key.
+        let id = match key_col {
+            Some(k) => cells[k].trim(),
+            None => "",
+        };
+        if id.is_empty() {
+            report.rows_missing_id += 1;
+            collector.record(Reason::MissingId, || Example {
+                column: Some(key.to_owned()),
+                ..row_example(key_col.map_or_else(String::new, |k| cells[k].to_owned()))
+            });
+            continue;
+        }
+
+        // Row-level: label.
+        let mut label = None;
+        if let Some(l) = label_col
+            && let Cleaner::Label { positive, negative } = &cleaners[l]
+        {
+            let raw = cells[l];
+            let folded = raw.trim().to_lowercase();
+            let example = || Example {
+                column: Some(source.columns[l].name.clone()),
+                ..row_example(raw.to_owned())
+            };
+            if folded.is_empty() {
+                report.rows_missing_label += 1;
+                collector.record(Reason::MissingLabel, example);
+                continue;
+            }
+            if folded == *positive {
+                label = Some(true);
+            } else if negative.as_ref().is_none_or(|n| *n == folded) {
+                label = Some(false);
+            } else {
+                report.rows_unparseable_label += 1;
+                collector.record(Reason::UnparseableLabel, example);
+                continue;
+            }
+        }
+
+        // Cell-level cleaning.
+        let mut values = Vec::with_capacity(cells.len());
+        let mut date = None;
+        for (ci, cleaner) in cleaners.iter().enumerate() {
+            let raw = cells[ci];
+            let trimmed = raw.trim();
+            let padded = trimmed.len() != raw.len();
+            let col = &mut columns[ci];
+            let example = || Example {
+                file: file.to_owned(),
+                line,
+                column: Some(col.name.clone()),
+                value: raw.to_owned(),
+            };
+            let value = match cleaner {
+                Cleaner::Id => {
+                    if padded {
+                        col.noise += 1;
+                        collector.record(Reason::CaseOrWhitespaceNoise, example);
+                    }
+                    Value::Text(trimmed.to_owned())
+                }
+                Cleaner::Ignore { date: is_date } => {
+                    if *is_date {
+                        date = parse_date(trimmed);
+                        if date.is_none() {
+                            if trimmed.is_empty() {
+                                col.blank += 1;
+                            } else {
+                                col.unparseable += 1;
+                            }
+                            collector.record(Reason::UnparseableDate, example);
+                        }
+                    }
+                    Value::Text(trimmed.to_owned())
+                }
+                _ if trimmed.is_empty() => {
+                    col.blank += 1;
+                    collector.record(Reason::BlankCell, example);
+                    Value::Missing
+                }
+                Cleaner::Numeric => {
+                    if padded {
+                        col.noise += 1;
+                        collector.record(Reason::CaseOrWhitespaceNoise, example);
+                    }
+                    match trimmed.parse::<f64>() {
+                        Ok(x) if x.is_finite() => Value::Number(x),
+                        _ => {
+                            col.unparseable += 1;
+                            collector.record(Reason::UnparseableNumber, example);
+                            Value::Missing
+                        }
+                    }
+                }
+                Cleaner::Categorical(vocab) => {
+                    let folded = trimmed.to_lowercase();
+                    match vocab.get(&folded) {
+                        Some(&i) => {
+                            spellings[ci].add(&folded, trimmed, padded, example);
+                            Value::Category(i)
+                        }
+                        None => {
+                            col.outside_vocabulary += 1;
+                            collector.record(Reason::OutsideVocabulary, example);
+                            Value::Unseen(folded)
+                        }
+                    }
+                }
+                Cleaner::Boolean(spelled) => {
+                    let folded = trimmed.to_lowercase();
+                    match spelled.get(&folded) {
+                        Some(&b) => {
+                            spellings[ci].add(&folded, trimmed, padded, example);
+                            Value::Bool(b)
+                        }
+                        None => {
+                            col.outside_vocabulary += 1;
+                            collector.record(Reason::OutsideVocabulary, example);
+                            Value::Missing
+                        }
+                    }
+                }
+                Cleaner::Label { .. } => {
+                    let folded = trimmed.to_lowercase();
+                    spellings[ci].add(&folded, trimmed, padded, example);
+                    Value::Bool(label.unwrap_or(false))
+                }
+            };
+            values.push(value);
+        }
+        rows.push(CleanRow {
+            line,
+            id: id.to_owned(),
+            label,
+            date,
+            values,
+        });
+    }
+
+    for (ci, stats) in spellings.into_iter().enumerate() {
+        if !cleaners[ci].has_spellings() {
+            continue;
+        }
+        let (count, examples) = stats.noise();
+        columns[ci].noise += count;
+        collector.record_many(Reason::CaseOrWhitespaceNoise, count, examples);
+    }
+    if let Some(k) = key_col {
+        columns.remove(k);
+    }
+    Ok(CleanSource {
+        rows,
+        report,
+        columns,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Schema;
+
+    const SCHEMA: &str = r#"
+key = "id"
+[[source]]
+name = "main"
+path = "main.csv"
+keep_newest_by = "when"
+[[source.column]]
+name = "id"
+type = "id"
+[[source.column]]
+name = "when"
+type = "ignore"
+[[source.column]]
+name = "n"
+type = "numeric"
+[[source.column]]
+name = "c"
+type = "categorical"
+vocabulary = ["month-to-month", "one year"]
+[[source.column]]
+name = "b"
+type = "boolean"
+true_values = ["yes"]
+false_values = ["no"]
+value = false
+[[source.column]]
+name = "y"
+type = "label"
+positive = "yes"
+negative = "no"
+"#;
+
+    fn read(csv: &str) -> (Result<CleanSource, DataError>, Vec<crate::report::Issue>) {
+        let schema = Schema::from_toml_str(SCHEMA, "s").unwrap();
+        let mut collector = Collector::default();
+        let r = read_source(
+            schema.primary_source(),
+            schema.key(),
+            csv.as_bytes(),
+            "main.csv",
+            &mut collector,
+        );
+        (r, collector.into_issues())
+    }
+
+    fn count(issues: &[crate::report::Issue], reason: Reason) -> u64 {
+        issues
+            .iter()
+            .find(|i| i.reason == reason)
+            .map_or(0, |i| i.count)
+    }
+
+    #[test]
+    fn malformed_rows_are_counted_with_line() {
+        let (r, issues) = read(
+            "id,when,n,c,b,y\nA,2026-01-01,1,One year,Yes,No\nB,2026-01-01,2\nC,2026-01-01,3,one year,no,yes,extra\n",
+        );
+        let src = r.unwrap();
+        assert_eq!(src.rows.len(), 1);
+        assert_eq!(src.report.rows_read, 3);
+        assert_eq!(src.report.malformed_rows, 2);
+        let issue = issues
+            .iter()
+            .find(|i| i.reason == Reason::MalformedRow)
+            .unwrap();
+        assert_eq!(issue.examples[0].line, 3);
+        assert_eq!(issue.examples[1].line, 4);
+        assert_eq!(issue.examples[0].value, "expected 6 fields, found 3");
+    }
+
+    #[test]
+    fn missing_header_column_is_an_error_naming_file_and_column() {
+        let (r, _) = read("id,when,n,c,y\nA,2026-01-01,1,One year,No\n");
+        let e = r.unwrap_err();
+        assert_eq!(e.to_string(), "main.csv: missing header column 'b'");
+        let (r, _) = read("");
+        assert!(matches!(r.unwrap_err(), DataError::EmptyFile { .. }));
+        let (r, _) = read("id,id,when,n,c,b,y\n");
+        assert!(matches!(r.unwrap_err(), DataError::DuplicateColumn { .. }));
+    }
+
+    #[test]
+    fn cells_are_cleaned_and_counted() {
+        let (r, issues) = read(
+            "id,when,n,c,b,y,extra\n\
+             A,2026-01-01,1.5,One year,Yes,No,x\n\
+             B,2026-01-01,N/A,One year,Yes,No,x\n\
+             C,2026-01-01, ,two year,maybe,Yes,x\n\
+             D ,2026-01-01, 4 ,ONE YEAR , no,No,x\n\
+             E,2026-01-01,5,One year,Yes,No,x\n",
+        );
+        let src = r.unwrap();
+        assert_eq!(src.rows.len(), 5);
+        assert_eq!(src.report.undeclared_columns, ["extra"]);
+        let v = |r: usize, c: usize| src.rows[r].values[c].clone();
+        assert_eq!(v(0, 2), Value::Number(1.5));
+        assert_eq!(v(1, 2), Value::Missing);
+        assert_eq!(v(2, 2), Value::Missing);
+        assert_eq!(v(2, 3), Value::Unseen("two year".into()));
+        assert_eq!(v(2, 4), Value::Missing);
+        assert_eq!(v(3, 2), Value::Number(4.0));
+        assert_eq!(v(3, 3), Value::Category(1));
+        assert_eq!(v(3, 4), Value::Bool(false));
+        assert_eq!(src.rows[3].id, "D");
+        assert_eq!(src.rows[2].label, Some(true));
+        assert_eq!(count(&issues, Reason::UnparseableNumber), 1);
+        assert_eq!(count(&issues, Reason::BlankCell), 1);
+        assert_eq!(count(&issues, Reason::OutsideVocabulary), 2);
+        // "D " (id), " 4 " (numeric), "ONE YEAR " (categorical), " no" (boolean; the
+        // only "no" but padded). "One year" is dominant, so only "ONE YEAR " is noise.
+        assert_eq!(count(&issues, Reason::CaseOrWhitespaceNoise), 4);
+        let col = |n: &str| src.columns.iter().find(|c| c.name == n).unwrap().clone();
+        assert_eq!(col("n").unparseable, 1);
+        assert_eq!(col("n").blank, 1);
+        assert_eq!(col("c").noise, 1);
+        assert_eq!(col("c").outside_vocabulary, 1);
+        assert!(src.columns.iter().all(|c| c.name != "id"));
+    }
+
+    #[test]
+    fn dominant_spelling_is_not_noise() {
+        let (r, issues) = read(
+            "id,when,n,c,b,y\nA,2026-01-01,1,one year,YES,No\nB,2026-01-01,1,one year,YES,No\nC,2026-01-01,1,One year,Yes,No\n",
+        );
+        r.unwrap();
+        // "one year" and "YES" dominate; "One year" and "Yes" are the odd ones out.
+        assert_eq!(count(&issues, Reason::CaseOrWhitespaceNoise), 2);
+    }
+
+    #[test]
+    fn rows_without_id_or_label_are_dropped() {
+        let (r, issues) = read(
+            "id,when,n,c,b,y\n ,2026-01-01,1,one year,yes,no\nB,2026-01-01,1,one year,yes,\nC,2026-01-01,1,one year,yes,maybe\nD,2026-01-01,1,one year,yes,YES\n",
+        );
+        let src = r.unwrap();
+        assert_eq!(src.rows.len(), 1);
+        assert_eq!(src.report.rows_missing_id, 1);
+        assert_eq!(src.report.rows_missing_label, 1);
+        assert_eq!(src.report.rows_unparseable_label, 1);
+        assert_eq!(count(&issues, Reason::MissingId), 1);
+        assert_eq!(count(&issues, Reason::UnparseableLabel), 1);
+        assert_eq!(src.rows[0].label, Some(true));
+    }
+
+    #[test]
+    fn bad_dates_are_counted() {
+        let (r, issues) = read(
+            "id,when,n,c,b,y\nA,yesterday,1,one year,yes,no\nB,,1,one year,yes,no\nC,2026-01-01T10:00:00Z,1,one year,yes,no\n",
+        );
+        let src = r.unwrap();
+        assert_eq!(count(&issues, Reason::UnparseableDate), 2);
+        assert!(src.rows[0].date.is_none());
+        assert!(src.rows[2].date.is_some());
+    }
+
+    #[test]
+    fn invalid_utf8_row_is_dropped() {
+        let schema = Schema::from_toml_str(SCHEMA, "s").unwrap();
+        let mut collector = Collector::default();
+        let mut bytes = b"id,when,n,c,b,y\nA,2026-01-01,1,one year,yes,n".to_vec();
+        bytes.extend([0xff, b'\n']);
+        bytes.extend(b"B,2026-01-01,1,one year,yes,no\n");
+        let src = read_source(
+            schema.primary_source(),
+            schema.key(),
+            bytes.as_slice(),
+            "main.csv",
+            &mut collector,
+        )
+        .unwrap();
+        assert_eq!(src.rows.len(), 1);
+        assert_eq!(src.report.invalid_encoding_rows, 1);
+    }
+
+    #[test]
+    fn date_parsing() {
+        assert!(parse_date("2026-07-01").is_some());
+        assert!(parse_date("2026-07-01 12:30").is_some());
+        assert!(parse_date("2026-07-01T12:30:15.5").is_some());
+        assert!(parse_date("2026-7-1").is_none());
+        assert!(parse_date("2026-13-01").is_none());
+        assert!(parse_date("2026-07-01x").is_none());
+        assert!(parse_date("N/A").is_none());
+        assert!(parse_date("2026-07-01").unwrap() < parse_date("2026-10-01").unwrap());
+        assert!(parse_date("2026-10-01").unwrap() < parse_date("2026-10-01T00:00").unwrap());
+    }
+}

@@ -1,0 +1,417 @@
+//! The data-quality report of one loaded split.
+//!
+//! Every row or cell that could not be used as-is is counted under exactly one
+//! [`Reason`], with a few example locations (`file:line`, column, raw value). The report
+//! holds counts and at most [`MAX_EXAMPLES`] examples per reason; it is meant for the
+//! partner's own operator (raw values in examples never leave the partner).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+/// How many example locations are kept per reason (and per column for noise).
+pub const MAX_EXAMPLES: usize = 5;
+
+/// Why a row or cell could not be used as-is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Row dropped: its field count differs from the header's.
+    MalformedRow,
+    /// Row dropped: a declared cell is not valid UTF-8.
+    InvalidEncoding,
+    /// Row dropped: the key cell is blank.
+    MissingId,
+    /// Row dropped: the label cell is blank.
+    MissingLabel,
+    /// Row dropped: the label is neither the positive nor the negative value.
+    UnparseableLabel,
+    /// Cell imputed: blank numeric, categorical or boolean cell.
+    BlankCell,
+    /// Cell imputed: a numeric cell that is not a finite number (e.g. `N/A`).
+    UnparseableNumber,
+    /// A categorical cell outside the vocabulary (encoded in the unseen slot), or a
+    /// boolean cell matching neither spelling (imputed).
+    OutsideVocabulary,
+    /// Cell used, but only after trimming white space or case-folding (see the docs).
+    CaseOrWhitespaceNoise,
+    /// The keep-newest date is blank or not a date (the row counts as the oldest).
+    UnparseableDate,
+    /// Row dropped: identical, after cleaning, to an earlier row of the same file.
+    ExactDuplicateRow,
+    /// Row dropped: a newer row of the same user exists (keep newest).
+    StaleDuplicateRow,
+    /// Row dropped: another row of the same user has the same newest date; the later line wins.
+    KeepNewestTie,
+    /// Row dropped: the user already has a row in this source and no rule picks one; the first wins.
+    DuplicateId,
+    /// Row of a secondary source whose user is not in the primary source (not joined).
+    OrphanRow,
+    /// A primary user without a row in a secondary source (its columns are imputed).
+    MissingFromSource,
+}
+
+impl Reason {
+    /// A short human description.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::MalformedRow => "malformed rows (wrong field count), dropped",
+            Reason::InvalidEncoding => "rows with invalid utf-8, dropped",
+            Reason::MissingId => "rows with a blank id, dropped",
+            Reason::MissingLabel => "rows with a blank label, dropped",
+            Reason::UnparseableLabel => "rows with an unparseable label, dropped",
+            Reason::BlankCell => "blank cells, imputed",
+            Reason::UnparseableNumber => "unparseable numbers, imputed",
+            Reason::OutsideVocabulary => "values outside the vocabulary",
+            Reason::CaseOrWhitespaceNoise => "case or white-space noise cells, cleaned",
+            Reason::UnparseableDate => "unparseable keep-newest dates, row treated as oldest",
+            Reason::ExactDuplicateRow => "exact duplicate rows, dropped",
+            Reason::StaleDuplicateRow => "stale duplicate rows (a newer row exists), dropped",
+            Reason::KeepNewestTie => {
+                "duplicate rows with the same newest date, earlier line dropped"
+            }
+            Reason::DuplicateId => "duplicate ids without a dedup rule, later rows dropped",
+            Reason::OrphanRow => "secondary rows whose id is not in the primary source, not joined",
+            Reason::MissingFromSource => "primary users missing from a secondary source, imputed",
+        }
+    }
+}
+
+/// Where an issue was seen.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Example {
+    /// The data file.
+    pub file: String,
+    /// 1-based line of the row.
+    pub line: u64,
+    /// The column, for cell-level issues.
+    pub column: Option<String>,
+    /// The raw value, or a short explanation for row-level issues.
+    pub value: String,
+}
+
+impl fmt::Display for Example {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)?;
+        if let Some(c) = &self.column {
+            write!(f, ": column '{c}'")?;
+        }
+        write!(f, ": {:?}", self.value)
+    }
+}
+
+/// All occurrences of one reason in the split.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Issue {
+    /// The reason.
+    pub reason: Reason,
+    /// How many rows or cells.
+    pub count: u64,
+    /// The first few locations, in file and line order.
+    pub examples: Vec<Example>,
+}
+
+/// What happened to one source file.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct SourceReport {
+    /// Source name from the schema.
+    pub name: String,
+    /// The file read.
+    pub file: String,
+    /// Whether this is the primary source.
+    pub primary: bool,
+    /// Data records read (header excluded).
+    pub rows_read: u64,
+    /// Rows dropped for a wrong field count.
+    pub malformed_rows: u64,
+    /// Rows dropped for invalid UTF-8.
+    pub invalid_encoding_rows: u64,
+    /// Rows dropped for a blank id.
+    pub rows_missing_id: u64,
+    /// Rows dropped for a blank label.
+    pub rows_missing_label: u64,
+    /// Rows dropped for an unparseable label.
+    pub rows_unparseable_label: u64,
+    /// Rows dropped as exact duplicates (after cleaning).
+    pub exact_duplicates_removed: u64,
+    /// Rows dropped by keep-newest (strictly older rows and tie losers).
+    pub stale_duplicates_removed: u64,
+    /// Of `stale_duplicates_removed`, rows whose date equalled the kept row's.
+    pub keep_newest_ties: u64,
+    /// Rows dropped because their id repeated and no rule chose one.
+    pub duplicate_ids_removed: u64,
+    /// Rows left after cleaning and de-duplication (one per id).
+    pub rows_kept: u64,
+    /// Primary users with no row in this source (0 for the primary).
+    pub users_missing: u64,
+    /// Rows of this source whose id is not in the primary (0 for the primary).
+    pub orphan_rows: u64,
+    /// Header columns the schema does not declare (not read).
+    pub undeclared_columns: Vec<String>,
+}
+
+/// Cell-level counts for one declared column.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct ColumnReport {
+    /// Column name.
+    pub name: String,
+    /// Its source.
+    pub source: String,
+    /// Its schema type.
+    pub kind: String,
+    /// Blank cells (all cleaned rows, before de-duplication).
+    pub blank: u64,
+    /// Unparseable cells: numbers that are not finite numbers, dates that are not dates.
+    pub unparseable: u64,
+    /// Cells outside the vocabulary / boolean spellings.
+    pub outside_vocabulary: u64,
+    /// Case or white-space noise cells.
+    pub noise: u64,
+    /// Missing cells in the fused dataset, filled by imputation at encoding
+    /// (blank, unparseable or boolean outside spellings, or user missing from the source).
+    pub imputed: u64,
+}
+
+/// Label balance of the fused dataset.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LabelSummary {
+    /// The label column.
+    pub column: String,
+    /// The positive value.
+    pub positive: String,
+    /// Users with the positive label.
+    pub positives: u64,
+    /// `positives / users` (0 when there are no users).
+    pub positive_rate: f64,
+}
+
+/// The data-quality report of one split.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QualityReport {
+    /// The split name.
+    pub split: String,
+    /// The partner data directory.
+    pub data_dir: String,
+    /// Rows of the fused dataset (one per user of the primary source).
+    pub users: u64,
+    /// Label balance, if the schema has a label.
+    pub label: Option<LabelSummary>,
+    /// One entry per source, in schema order.
+    pub sources: Vec<SourceReport>,
+    /// One entry per declared column except the key, in schema order.
+    pub columns: Vec<ColumnReport>,
+    /// One entry per reason that occurred, in [`Reason`] order.
+    pub issues: Vec<Issue>,
+}
+
+impl QualityReport {
+    /// Occurrences of a reason (0 if none).
+    pub fn count(&self, reason: Reason) -> u64 {
+        self.issues
+            .iter()
+            .find(|i| i.reason == reason)
+            .map_or(0, |i| i.count)
+    }
+
+    /// The report of a source, by name.
+    pub fn source(&self, name: &str) -> Option<&SourceReport> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// The report of a column, by name.
+    pub fn column(&self, name: &str) -> Option<&ColumnReport> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// Rate of the positive label, if the schema has a label.
+    pub fn positive_rate(&self) -> Option<f64> {
+        self.label.as_ref().map(|l| l.positive_rate)
+    }
+}
+
+impl fmt::Display for QualityReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "data quality report: split '{}' in {}",
+            self.split, self.data_dir
+        )?;
+        write!(f, "users after cleaning and fusion: {}", self.users)?;
+        if let Some(l) = &self.label {
+            write!(
+                f,
+                " ({} = {}: {}, {:.2}%)",
+                l.column,
+                l.positive,
+                l.positives,
+                100.0 * l.positive_rate
+            )?;
+        }
+        writeln!(f)?;
+
+        writeln!(f, "\nsources:")?;
+        for s in &self.sources {
+            let role = if s.primary { "primary" } else { "left-joined" };
+            writeln!(f, "  {} ({role}) {}", s.name, s.file)?;
+            writeln!(f, "    rows read                  {:>7}", s.rows_read)?;
+            let lines = [
+                ("malformed rows dropped", s.malformed_rows),
+                ("invalid utf-8 rows dropped", s.invalid_encoding_rows),
+                ("blank-id rows dropped", s.rows_missing_id),
+                ("blank-label rows dropped", s.rows_missing_label),
+                ("bad-label rows dropped", s.rows_unparseable_label),
+                ("exact duplicates dropped", s.exact_duplicates_removed),
+                ("stale duplicates dropped", s.stale_duplicates_removed),
+                ("  of which date ties", s.keep_newest_ties),
+                ("duplicate ids dropped", s.duplicate_ids_removed),
+            ];
+            for (label, n) in lines {
+                if n > 0 {
+                    writeln!(f, "    {label:<26} {n:>7}")?;
+                }
+            }
+            writeln!(f, "    rows kept                  {:>7}", s.rows_kept)?;
+            if !s.primary {
+                writeln!(f, "    primary users missing      {:>7}", s.users_missing)?;
+                writeln!(f, "    rows not in primary        {:>7}", s.orphan_rows)?;
+            }
+            if !s.undeclared_columns.is_empty() {
+                writeln!(
+                    f,
+                    "    undeclared columns (not read): {}",
+                    s.undeclared_columns.join(", ")
+                )?;
+            }
+        }
+
+        let noisy: Vec<&ColumnReport> = self
+            .columns
+            .iter()
+            .filter(|c| c.blank + c.unparseable + c.outside_vocabulary + c.noise + c.imputed > 0)
+            .collect();
+        if noisy.is_empty() {
+            writeln!(f, "\ncolumns: no cell-level issues")?;
+        } else {
+            let w = noisy.iter().map(|c| c.name.len()).max().unwrap_or(6).max(6);
+            writeln!(f, "\ncolumns with cell-level issues:")?;
+            writeln!(
+                f,
+                "  {:<w$}  {:<11}  {:>6}  {:>11}  {:>10}  {:>6}  {:>7}",
+                "column", "type", "blank", "unparseable", "outside", "noise", "imputed"
+            )?;
+            for c in noisy {
+                writeln!(
+                    f,
+                    "  {:<w$}  {:<11}  {:>6}  {:>11}  {:>10}  {:>6}  {:>7}",
+                    c.name,
+                    c.kind,
+                    c.blank,
+                    c.unparseable,
+                    c.outside_vocabulary,
+                    c.noise,
+                    c.imputed
+                )?;
+            }
+        }
+
+        if self.issues.is_empty() {
+            writeln!(f, "\nissues: none")?;
+        } else {
+            writeln!(f, "\nissues:")?;
+            for i in &self.issues {
+                writeln!(f, "  {:>6}  {}", i.count, i.reason.describe())?;
+                for e in &i.examples {
+                    writeln!(f, "          e.g. {e}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Accumulates issue counts and examples while a split is loaded.
+#[derive(Debug, Default)]
+pub(crate) struct Collector {
+    issues: BTreeMap<Reason, (u64, Vec<Example>)>,
+}
+
+impl Collector {
+    /// Counts one occurrence; the example is built only while fewer than
+    /// `MAX_EXAMPLES` are held.
+    pub(crate) fn record(&mut self, reason: Reason, example: impl FnOnce() -> Example) {
+        let entry = self.issues.entry(reason).or_default();
+        entry.0 += 1;
+        if entry.1.len() < MAX_EXAMPLES {
+            entry.1.push(example());
+        }
+    }
+
+    /// Counts `count` occurrences with already collected example candidates (kept in
+    /// file and line order, capped).
+    pub(crate) fn record_many(&mut self, reason: Reason, count: u64, examples: Vec<Example>) {
+        if count == 0 {
+            return;
+        }
+        let entry = self.issues.entry(reason).or_default();
+        entry.0 += count;
+        entry.1.extend(examples);
+        entry
+            .1
+            .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        entry.1.truncate(MAX_EXAMPLES);
+    }
+
+    pub(crate) fn into_issues(self) -> Vec<Issue> {
+        self.issues
+            .into_iter()
+            .map(|(reason, (count, examples))| Issue {
+                reason,
+                count,
+                examples,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(line: u64) -> Example {
+        Example {
+            file: "a.csv".into(),
+            line,
+            column: Some("c".into()),
+            value: " x".into(),
+        }
+    }
+
+    #[test]
+    fn collector_caps_examples_and_keeps_counting() {
+        let mut c = Collector::default();
+        for line in 2..20 {
+            c.record(Reason::BlankCell, || ex(line));
+        }
+        c.record_many(Reason::CaseOrWhitespaceNoise, 7, vec![ex(9), ex(3)]);
+        c.record_many(Reason::OrphanRow, 0, vec![]);
+        let issues = c.into_issues();
+        assert_eq!(issues.len(), 2);
+        assert_eq!(issues[0].reason, Reason::BlankCell);
+        assert_eq!(issues[0].count, 18);
+        assert_eq!(issues[0].examples.len(), MAX_EXAMPLES);
+        assert_eq!(issues[1].count, 7);
+        assert_eq!(issues[1].examples[0].line, 3);
+    }
+
+    #[test]
+    fn example_display_names_file_line_column_value() {
+        assert_eq!(ex(4).to_string(), "a.csv:4: column 'c': \" x\"");
+    }
+
+    #[test]
+    fn reason_serializes_snake_case() {
+        let json = serde_json::to_string(&Reason::CaseOrWhitespaceNoise).unwrap();
+        assert_eq!(json, "\"case_or_whitespace_noise\"");
+    }
+}

@@ -1,0 +1,920 @@
+//! The federation-wide data schema (a TOML file shared by every partner).
+//!
+//! The file is parsed into raw `#[serde(deny_unknown_fields)]` structs and then
+//! validated into a [`Schema`]; every validation error names the source, column and
+//! key at fault. The format is documented in `docs/schema.md`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Component, Path};
+
+use fedprofile_learning::{FeatureColumn, FeatureSpec};
+use serde::Deserialize;
+
+use crate::error::DataError;
+
+/// The placeholder in a source path that is replaced by the split name.
+pub const SPLIT_PLACEHOLDER: &str = "{split}";
+
+/// A validated schema: the sources of a split, how they are de-duplicated and fused,
+/// and the type and imputation of every column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schema {
+    origin: String,
+    description: Option<String>,
+    key: String,
+    sources: Vec<SourceDef>,
+    primary: usize,
+}
+
+/// One CSV source of a split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceDef {
+    /// Unique source name, e.g. `accounts`.
+    pub name: String,
+    /// Path relative to a partner's data directory, possibly with `{split}`.
+    pub path: String,
+    /// Whether this source defines the population (exactly one source does).
+    pub primary: bool,
+    /// Drop rows identical (after cleaning) to an earlier row of the same file.
+    pub drop_exact_duplicates: bool,
+    /// Keep only the newest row per user, by this date column.
+    pub keep_newest_by: Option<String>,
+    /// Declared columns, in schema order.
+    pub columns: Vec<ColumnDef>,
+}
+
+/// One declared column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnDef {
+    /// Header name in the CSV file.
+    pub name: String,
+    /// Type, vocabulary and imputation.
+    pub kind: ColumnKind,
+}
+
+/// The type of a column, with its type-specific settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnKind {
+    /// The join key (only the schema's `key` column has this type).
+    Id,
+    /// A number; missing and unparseable cells are imputed.
+    Numeric {
+        /// Imputation of missing cells.
+        impute: NumericImpute,
+    },
+    /// One of a fixed, lowercase vocabulary; other values go to the unseen slot.
+    Categorical {
+        /// Known values, trimmed and lowercase, in encoding order.
+        vocabulary: Vec<String>,
+        /// Imputation of missing cells.
+        impute: CategoricalImpute,
+    },
+    /// A flag with its (lowercase) spellings.
+    Boolean {
+        /// Spellings of true.
+        true_values: Vec<String>,
+        /// Spellings of false.
+        false_values: Vec<String>,
+        /// Value used for missing cells.
+        impute: bool,
+    },
+    /// The training target; rows without a usable label are dropped.
+    Label {
+        /// The (lowercase) positive value.
+        positive: String,
+        /// The (lowercase) negative value; if absent, every other non-blank value is negative.
+        negative: Option<String>,
+    },
+    /// Read but not used as a feature (e.g. a dedup date).
+    Ignore,
+}
+
+/// Imputation of a numeric column.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NumericImpute {
+    /// The global (federated) mean, i.e. 0 after standardization.
+    Mean,
+    /// A fixed value, standardized like an observed one.
+    Constant(f64),
+}
+
+/// Imputation of a categorical column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CategoricalImpute {
+    /// The unseen slot.
+    Unknown,
+    /// A fixed vocabulary value.
+    Constant(String),
+}
+
+impl ColumnKind {
+    /// The type name as written in the schema file.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ColumnKind::Id => "id",
+            ColumnKind::Numeric { .. } => "numeric",
+            ColumnKind::Categorical { .. } => "categorical",
+            ColumnKind::Boolean { .. } => "boolean",
+            ColumnKind::Label { .. } => "label",
+            ColumnKind::Ignore => "ignore",
+        }
+    }
+
+    /// Whether the column becomes a model input.
+    pub fn is_feature(&self) -> bool {
+        matches!(
+            self,
+            ColumnKind::Numeric { .. }
+                | ColumnKind::Categorical { .. }
+                | ColumnKind::Boolean { .. }
+        )
+    }
+}
+
+impl Schema {
+    /// Reads and validates a schema file; errors name the file.
+    pub fn from_path(path: &Path) -> Result<Schema, DataError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DataError::SchemaIo {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Schema::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates a schema; `origin` (e.g. the file name) starts every error.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Schema, DataError> {
+        let raw: RawSchema = toml::from_str(text).map_err(|e| {
+            DataError::schema(
+                origin,
+                format!("invalid schema: {}", e.to_string().trim_end()),
+            )
+        })?;
+        raw.validate(origin)
+    }
+
+    /// Where the schema came from (file name or the origin given to `from_toml_str`).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The optional free-text description.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// The join key column, present in every source.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// All sources, primary included, in schema order.
+    pub fn sources(&self) -> &[SourceDef] {
+        &self.sources
+    }
+
+    /// The source whose users define the population.
+    pub fn primary_source(&self) -> &SourceDef {
+        &self.sources[self.primary]
+    }
+
+    pub(crate) fn primary_index(&self) -> usize {
+        self.primary
+    }
+
+    /// Every declared column with its source, in schema order (the key once per source).
+    pub fn columns(&self) -> impl Iterator<Item = (&SourceDef, &ColumnDef)> {
+        self.sources
+            .iter()
+            .flat_map(|s| s.columns.iter().map(move |c| (s, c)))
+    }
+
+    /// The declared column with this name (the key column of the primary source for the key).
+    pub fn column(&self, name: &str) -> Option<&ColumnDef> {
+        self.columns().map(|(_, c)| c).find(|c| c.name == name)
+    }
+
+    /// The model input columns, in schema order: numeric columns with placeholder
+    /// statistics (mean 0, std 1), categorical columns with the schema vocabulary, and
+    /// boolean columns. Id, label and ignored columns are excluded.
+    pub fn feature_template(&self) -> FeatureSpec {
+        let columns = self
+            .columns()
+            .filter_map(|(_, c)| match &c.kind {
+                ColumnKind::Numeric { .. } => Some(FeatureColumn::Numeric {
+                    name: c.name.clone(),
+                    mean: 0.0,
+                    std: 1.0,
+                }),
+                ColumnKind::Categorical { vocabulary, .. } => Some(FeatureColumn::Categorical {
+                    name: c.name.clone(),
+                    vocabulary: vocabulary.clone(),
+                }),
+                ColumnKind::Boolean { .. } => Some(FeatureColumn::Boolean {
+                    name: c.name.clone(),
+                }),
+                ColumnKind::Id | ColumnKind::Label { .. } | ColumnKind::Ignore => None,
+            })
+            .collect();
+        FeatureSpec { columns }
+    }
+
+    /// The label column, if the schema declares one.
+    pub fn label_name(&self) -> Option<&str> {
+        self.label_column().map(|c| c.name.as_str())
+    }
+
+    /// The (lowercase) positive label value, if the schema declares a label.
+    pub fn label_positive(&self) -> Option<&str> {
+        self.label_column().and_then(|c| match &c.kind {
+            ColumnKind::Label { positive, .. } => Some(positive.as_str()),
+            _ => None,
+        })
+    }
+
+    fn label_column(&self) -> Option<&ColumnDef> {
+        self.columns()
+            .map(|(_, c)| c)
+            .find(|c| matches!(c.kind, ColumnKind::Label { .. }))
+    }
+}
+
+// ----- raw (as written) -----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchema {
+    description: Option<String>,
+    key: String,
+    #[serde(rename = "source", default)]
+    sources: Vec<RawSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: String,
+    path: String,
+    #[serde(default)]
+    primary: Option<bool>,
+    #[serde(default)]
+    drop_exact_duplicates: bool,
+    keep_newest_by: Option<String>,
+    #[serde(rename = "column", default)]
+    columns: Vec<RawColumn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumn {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    vocabulary: Option<Vec<String>>,
+    true_values: Option<Vec<String>>,
+    false_values: Option<Vec<String>>,
+    positive: Option<String>,
+    negative: Option<String>,
+    impute: Option<String>,
+    value: Option<toml::Value>,
+}
+
+enum Ty {
+    Id,
+    Ignore,
+    Numeric,
+    Categorical,
+    Boolean,
+    Label,
+}
+
+const TYPES: &str = "id, numeric, categorical, boolean, label, ignore";
+
+impl RawSchema {
+    fn validate(self, origin: &str) -> Result<Schema, DataError> {
+        let err = |m: String| DataError::schema(origin, m);
+        let key = self.key.trim().to_owned();
+        if key.is_empty() || key != self.key {
+            return Err(err(format!(
+                "key: '{}' must be a non-empty column name without surrounding spaces",
+                self.key
+            )));
+        }
+        if self.sources.is_empty() {
+            return Err(err("no [[source]] declared".into()));
+        }
+
+        let single = self.sources.len() == 1;
+        let mut names = HashSet::new();
+        let mut column_owner: HashMap<String, String> = HashMap::new();
+        let mut sources = Vec::with_capacity(self.sources.len());
+        let mut label_seen: Option<(String, String)> = None;
+        for raw in self.sources {
+            let source = raw.validate(origin, &key, single)?;
+            if !names.insert(source.name.clone()) {
+                return Err(err(format!(
+                    "source '{}': name used by more than one source",
+                    source.name
+                )));
+            }
+            for c in &source.columns {
+                if c.name == key {
+                    continue;
+                }
+                if let Some(other) = column_owner.insert(c.name.clone(), source.name.clone()) {
+                    return Err(err(format!(
+                        "column '{}': declared in both source '{other}' and source '{}'",
+                        c.name, source.name
+                    )));
+                }
+                if matches!(c.kind, ColumnKind::Label { .. }) {
+                    if let Some((first, _)) = &label_seen {
+                        return Err(err(format!(
+                            "column '{}': only one label column is allowed, '{first}' is already one",
+                            c.name
+                        )));
+                    }
+                    label_seen = Some((c.name.clone(), source.name.clone()));
+                }
+            }
+            sources.push(source);
+        }
+
+        let primaries: Vec<usize> = sources
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.primary)
+            .map(|(i, _)| i)
+            .collect();
+        let primary = match primaries.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(err(
+                    "no source has primary = true (exactly one source must be primary)".into(),
+                ));
+            }
+            [a, b, ..] => {
+                return Err(err(format!(
+                    "sources '{}' and '{}' both have primary = true (exactly one source must be primary)",
+                    sources[*a].name, sources[*b].name
+                )));
+            }
+        };
+        if let Some((label, source)) = &label_seen
+            && *source != sources[primary].name
+        {
+            return Err(err(format!(
+                "column '{label}': the label column must be in the primary source '{}', not in '{source}'",
+                sources[primary].name
+            )));
+        }
+
+        Ok(Schema {
+            origin: origin.to_owned(),
+            description: self.description,
+            key,
+            sources,
+            primary,
+        })
+    }
+}
+
+impl RawSource {
+    fn validate(self, origin: &str, key: &str, single: bool) -> Result<SourceDef, DataError> {
+        let name = self.name;
+        let err = |m: String| DataError::schema(origin, format!("source '{name}': {m}"));
+        if name.trim().is_empty() {
+            return Err(DataError::schema(origin, "source: name must not be empty"));
+        }
+        validate_path(&self.path).map_err(|m| err(format!("path '{}': {m}", self.path)))?;
+        if self.columns.is_empty() {
+            return Err(err("no [[source.column]] declared".into()));
+        }
+        let mut columns = Vec::with_capacity(self.columns.len());
+        let mut seen = HashSet::new();
+        for raw in self.columns {
+            let column = raw.validate(origin, key)?;
+            if !seen.insert(column.name.clone()) {
+                return Err(err(format!("column '{}': declared twice", column.name)));
+            }
+            columns.push(column);
+        }
+        if !columns.iter().any(|c| c.name == key) {
+            return Err(err(format!(
+                "the key column '{key}' must be declared (with type = \"id\")"
+            )));
+        }
+        if let Some(date) = &self.keep_newest_by {
+            match columns.iter().find(|c| &c.name == date) {
+                None => {
+                    return Err(err(format!(
+                        "keep_newest_by: column '{date}' is not declared in this source"
+                    )));
+                }
+                Some(c) if c.kind != ColumnKind::Ignore => {
+                    return Err(err(format!(
+                        "keep_newest_by: column '{date}' must have type \"ignore\", not \"{}\"",
+                        c.kind.type_name()
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(SourceDef {
+            primary: self.primary.unwrap_or(single),
+            name,
+            path: self.path,
+            drop_exact_duplicates: self.drop_exact_duplicates,
+            keep_newest_by: self.keep_newest_by,
+            columns,
+        })
+    }
+}
+
+fn validate_path(path: &str) -> Result<(), String> {
+    if path.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    let rest = path.replace(SPLIT_PLACEHOLDER, "");
+    if rest.contains('{') || rest.contains('}') {
+        return Err(format!(
+            "the only placeholder allowed is {SPLIT_PLACEHOLDER}"
+        ));
+    }
+    let p = Path::new(path);
+    if p.is_absolute() || path.starts_with('/') || path.starts_with('\\') {
+        return Err("must be relative to the partner's data directory".into());
+    }
+    if p.components()
+        .any(|c| matches!(c, Component::ParentDir | Component::Prefix(_)))
+    {
+        return Err("must stay inside the partner's data directory (no '..')".into());
+    }
+    Ok(())
+}
+
+impl RawColumn {
+    fn validate(self, origin: &str, key: &str) -> Result<ColumnDef, DataError> {
+        let name = self.name.clone();
+        let err = |m: String| DataError::schema(origin, format!("column '{name}': {m}"));
+        if name.trim().is_empty() || name.trim() != name {
+            return Err(DataError::schema(
+                origin,
+                format!("column '{name}': name must be non-empty, without surrounding spaces"),
+            ));
+        }
+        let ty = self.kind.as_str();
+        let (parsed, allowed): (Ty, &[&str]) = match ty {
+            "id" => (Ty::Id, &[]),
+            "ignore" => (Ty::Ignore, &[]),
+            "numeric" => (Ty::Numeric, &["impute", "value"]),
+            "categorical" => (Ty::Categorical, &["vocabulary", "impute", "value"]),
+            "boolean" => (
+                Ty::Boolean,
+                &["true_values", "false_values", "impute", "value"],
+            ),
+            "label" => (Ty::Label, &["positive", "negative"]),
+            other => {
+                return Err(err(format!(
+                    "unknown type '{other}' (expected one of {TYPES})"
+                )));
+            }
+        };
+        for (k, present) in [
+            ("vocabulary", self.vocabulary.is_some()),
+            ("true_values", self.true_values.is_some()),
+            ("false_values", self.false_values.is_some()),
+            ("positive", self.positive.is_some()),
+            ("negative", self.negative.is_some()),
+            ("impute", self.impute.is_some()),
+            ("value", self.value.is_some()),
+        ] {
+            if present && !allowed.contains(&k) {
+                return Err(err(format!("key '{k}' is not allowed for type '{ty}'")));
+            }
+        }
+        if ty == "id" && name != key {
+            return Err(err(format!("type 'id' is only for the key column '{key}'")));
+        }
+        if name == key && ty != "id" {
+            return Err(err(format!(
+                "the key column must have type 'id', not '{ty}'"
+            )));
+        }
+
+        let impute = self.impute.as_deref();
+        let kind = match parsed {
+            Ty::Id => ColumnKind::Id,
+            Ty::Ignore => ColumnKind::Ignore,
+            Ty::Numeric => {
+                let impute = match (impute, &self.value) {
+                    (None | Some("mean"), None) => NumericImpute::Mean,
+                    (Some("constant"), Some(v)) => {
+                        let x = match v {
+                            toml::Value::Float(f) => *f,
+                            toml::Value::Integer(i) => *i as f64,
+                            other => {
+                                return Err(err(format!(
+                                    "value: expected a number for impute = \"constant\", found {}",
+                                    other.type_str()
+                                )));
+                            }
+                        };
+                        if !x.is_finite() {
+                            return Err(err("value: must be a finite number".into()));
+                        }
+                        NumericImpute::Constant(x)
+                    }
+                    (Some("constant"), None) => {
+                        return Err(err("impute = \"constant\" requires a 'value'".into()));
+                    }
+                    (None | Some("mean"), Some(_)) => {
+                        return Err(err("key 'value' requires impute = \"constant\"".into()));
+                    }
+                    (Some(other), _) => {
+                        return Err(err(format!(
+                            "impute: unknown imputation '{other}' for type 'numeric' (expected mean or constant)"
+                        )));
+                    }
+                };
+                ColumnKind::Numeric { impute }
+            }
+            Ty::Categorical => {
+                let vocabulary = self
+                    .vocabulary
+                    .ok_or_else(|| err("type 'categorical' requires a 'vocabulary'".into()))?;
+                check_values("vocabulary", &vocabulary).map_err(&err)?;
+                let impute = match (impute, &self.value) {
+                    (None | Some("unknown"), None) => CategoricalImpute::Unknown,
+                    (Some("constant"), Some(toml::Value::String(s))) => {
+                        if !vocabulary.contains(s) {
+                            return Err(err(format!("value: '{s}' is not in the vocabulary")));
+                        }
+                        CategoricalImpute::Constant(s.clone())
+                    }
+                    (Some("constant"), Some(other)) => {
+                        return Err(err(format!(
+                            "value: expected a string for impute = \"constant\", found {}",
+                            other.type_str()
+                        )));
+                    }
+                    (Some("constant"), None) => {
+                        return Err(err("impute = \"constant\" requires a 'value'".into()));
+                    }
+                    (None | Some("unknown"), Some(_)) => {
+                        return Err(err("key 'value' requires impute = \"constant\"".into()));
+                    }
+                    (Some(other), _) => {
+                        return Err(err(format!(
+                            "impute: unknown imputation '{other}' for type 'categorical' (expected unknown or constant)"
+                        )));
+                    }
+                };
+                ColumnKind::Categorical { vocabulary, impute }
+            }
+            Ty::Boolean => {
+                let true_values = self
+                    .true_values
+                    .ok_or_else(|| err("type 'boolean' requires 'true_values'".into()))?;
+                let false_values = self
+                    .false_values
+                    .ok_or_else(|| err("type 'boolean' requires 'false_values'".into()))?;
+                check_values("true_values", &true_values).map_err(&err)?;
+                check_values("false_values", &false_values).map_err(&err)?;
+                if let Some(both) = true_values.iter().find(|v| false_values.contains(v)) {
+                    return Err(err(format!(
+                        "'{both}' is in both true_values and false_values"
+                    )));
+                }
+                let impute = match (impute, &self.value) {
+                    (None | Some("constant"), Some(toml::Value::Boolean(b))) => *b,
+                    (None | Some("constant"), Some(other)) => {
+                        return Err(err(format!(
+                            "value: expected true or false, found {}",
+                            other.type_str()
+                        )));
+                    }
+                    (None | Some("constant"), None) => {
+                        return Err(err(
+                            "type 'boolean' requires a 'value' (true or false) to impute missing cells"
+                                .into(),
+                        ));
+                    }
+                    (Some(other), _) => {
+                        return Err(err(format!(
+                            "impute: unknown imputation '{other}' for type 'boolean' (expected constant)"
+                        )));
+                    }
+                };
+                ColumnKind::Boolean {
+                    true_values,
+                    false_values,
+                    impute,
+                }
+            }
+            Ty::Label => {
+                let positive = self
+                    .positive
+                    .ok_or_else(|| err("type 'label' requires a 'positive' value".into()))?;
+                check_values("positive", std::slice::from_ref(&positive)).map_err(&err)?;
+                if let Some(negative) = &self.negative {
+                    check_values("negative", std::slice::from_ref(negative)).map_err(&err)?;
+                    if *negative == positive {
+                        return Err(err("negative: must differ from positive".into()));
+                    }
+                }
+                ColumnKind::Label {
+                    positive,
+                    negative: self.negative,
+                }
+            }
+        };
+        Ok(ColumnDef {
+            name: self.name,
+            kind,
+        })
+    }
+}
+
+/// Values compared against cleaned cells must be non-empty, trimmed, lowercase and unique.
+fn check_values(key: &str, values: &[String]) -> Result<(), String> {
+    if values.is_empty() {
+        return Err(format!("{key}: must not be empty"));
+    }
+    let mut seen = HashSet::new();
+    for v in values {
+        if v.trim().is_empty() {
+            return Err(format!("{key}: values must not be blank"));
+        }
+        if v.trim() != v || v.to_lowercase() != *v {
+            return Err(format!(
+                "{key}: '{v}' must be lowercase without surrounding spaces (cells are trimmed and case-folded before matching)"
+            ));
+        }
+        if !seen.insert(v) {
+            return Err(format!("{key}: '{v}' is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+key = "id"
+[[source]]
+name = "main"
+path = "{split}/main.csv"
+[[source.column]]
+name = "id"
+type = "id"
+[[source.column]]
+name = "x"
+type = "numeric"
+"#;
+
+    fn with_column(extra: &str) -> String {
+        format!("{MINIMAL}\n[[source.column]]\n{extra}\n")
+    }
+
+    fn err_of(text: &str) -> String {
+        Schema::from_toml_str(text, "schema.toml")
+            .expect_err("schema should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn minimal_schema_is_valid_and_single_source_is_primary() {
+        let s = Schema::from_toml_str(MINIMAL, "schema.toml").unwrap();
+        assert_eq!(s.key(), "id");
+        assert!(s.primary_source().primary);
+        assert_eq!(s.label_name(), None);
+        assert_eq!(s.feature_template().dim(), 1);
+    }
+
+    #[test]
+    fn unknown_type_names_column() {
+        let e = err_of(&with_column("name = \"tenure\"\ntype = \"numbr\""));
+        assert!(
+            e.starts_with("schema.toml: column 'tenure': unknown type 'numbr'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let e = err_of(&with_column(
+            "name = \"tenure\"\ntype = \"numeric\"\nmean = 3",
+        ));
+        assert!(e.starts_with("schema.toml: invalid schema:"), "{e}");
+        assert!(e.contains("mean"), "{e}");
+    }
+
+    #[test]
+    fn key_not_allowed_for_type() {
+        let e = err_of(&with_column(
+            "name = \"t\"\ntype = \"numeric\"\nvocabulary = [\"a\"]",
+        ));
+        assert_eq!(
+            e,
+            "schema.toml: column 't': key 'vocabulary' is not allowed for type 'numeric'"
+        );
+    }
+
+    #[test]
+    fn vocabulary_must_be_lowercase_and_unique() {
+        let e = err_of(&with_column(
+            "name = \"c\"\ntype = \"categorical\"\nvocabulary = [\"Yes\"]",
+        ));
+        assert!(
+            e.contains("column 'c': vocabulary: 'Yes' must be lowercase"),
+            "{e}"
+        );
+        let e = err_of(&with_column(
+            "name = \"c\"\ntype = \"categorical\"\nvocabulary = [\"a\", \"a\"]",
+        ));
+        assert!(e.contains("'a' is listed twice"), "{e}");
+        let e = err_of(&with_column("name = \"c\"\ntype = \"categorical\""));
+        assert!(e.contains("requires a 'vocabulary'"), "{e}");
+    }
+
+    #[test]
+    fn imputation_rules() {
+        let s = Schema::from_toml_str(
+            &with_column("name = \"t\"\ntype = \"numeric\"\nimpute = \"constant\"\nvalue = 0"),
+            "s",
+        )
+        .unwrap();
+        assert_eq!(
+            s.column("t").unwrap().kind,
+            ColumnKind::Numeric {
+                impute: NumericImpute::Constant(0.0)
+            }
+        );
+        let e = err_of(&with_column(
+            "name = \"t\"\ntype = \"numeric\"\nimpute = \"median\"",
+        ));
+        assert!(
+            e.contains("column 't': impute: unknown imputation 'median'"),
+            "{e}"
+        );
+        let e = err_of(&with_column(
+            "name = \"t\"\ntype = \"numeric\"\nimpute = \"constant\"",
+        ));
+        assert!(e.contains("requires a 'value'"), "{e}");
+        let e = err_of(&with_column(
+            "name = \"c\"\ntype = \"categorical\"\nvocabulary = [\"a\"]\nimpute = \"constant\"\nvalue = \"b\"",
+        ));
+        assert!(
+            e.contains("column 'c': value: 'b' is not in the vocabulary"),
+            "{e}"
+        );
+        let e = err_of(&with_column(
+            "name = \"b\"\ntype = \"boolean\"\ntrue_values = [\"yes\"]\nfalse_values = [\"no\"]",
+        ));
+        assert!(
+            e.contains("column 'b': type 'boolean' requires a 'value'"),
+            "{e}"
+        );
+        let e = err_of(&with_column(
+            "name = \"b\"\ntype = \"boolean\"\ntrue_values = [\"yes\"]\nfalse_values = [\"yes\"]\nvalue = false",
+        ));
+        assert!(e.contains("in both true_values and false_values"), "{e}");
+    }
+
+    #[test]
+    fn exactly_one_primary() {
+        let two = r#"
+key = "id"
+[[source]]
+name = "a"
+path = "a.csv"
+[[source.column]]
+name = "id"
+type = "id"
+[[source]]
+name = "b"
+path = "b.csv"
+[[source.column]]
+name = "id"
+type = "id"
+"#;
+        assert!(err_of(two).contains("no source has primary = true"));
+        let both = two
+            .replace("path = \"a.csv\"", "path = \"a.csv\"\nprimary = true")
+            .replace("path = \"b.csv\"", "path = \"b.csv\"\nprimary = true");
+        assert!(err_of(&both).contains("sources 'a' and 'b' both have primary = true"));
+    }
+
+    #[test]
+    fn key_column_must_be_declared_in_every_source() {
+        let text = MINIMAL.replace(
+            "name = \"id\"\ntype = \"id\"",
+            "name = \"other\"\ntype = \"ignore\"",
+        );
+        let e = err_of(&text);
+        assert!(
+            e.contains("source 'main': the key column 'id' must be declared"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn keep_newest_by_must_be_an_ignored_column() {
+        let text = MINIMAL.replace(
+            "path = \"{split}/main.csv\"",
+            "path = \"{split}/main.csv\"\nkeep_newest_by = \"x\"",
+        );
+        assert!(err_of(&text).contains("keep_newest_by: column 'x' must have type \"ignore\""));
+        let text = MINIMAL.replace(
+            "path = \"{split}/main.csv\"",
+            "path = \"{split}/main.csv\"\nkeep_newest_by = \"when\"",
+        );
+        assert!(err_of(&text).contains("keep_newest_by: column 'when' is not declared"));
+    }
+
+    #[test]
+    fn paths_stay_inside_data_dir() {
+        for bad in [
+            "/etc/passwd",
+            "../x.csv",
+            "{split}/../../x.csv",
+            "{part}/x.csv",
+            "",
+        ] {
+            let text = MINIMAL.replace("{split}/main.csv", bad);
+            let e = err_of(&text);
+            assert!(e.contains("source 'main': path"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn label_must_be_unique_and_in_primary() {
+        let e = err_of(&format!(
+            "{}\n[[source.column]]\nname = \"l2\"\ntype = \"label\"\npositive = \"yes\"\n",
+            with_column("name = \"l\"\ntype = \"label\"\npositive = \"yes\"")
+        ));
+        assert!(e.contains("only one label column"), "{e}");
+        let e = err_of(&with_column(
+            "name = \"l\"\ntype = \"label\"\npositive = \"yes\"\nnegative = \"yes\"",
+        ));
+        assert!(e.contains("negative: must differ from positive"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_column_across_sources() {
+        let text = r#"
+key = "id"
+[[source]]
+name = "a"
+path = "a.csv"
+primary = true
+[[source.column]]
+name = "id"
+type = "id"
+[[source.column]]
+name = "x"
+type = "numeric"
+[[source]]
+name = "b"
+path = "b.csv"
+[[source.column]]
+name = "id"
+type = "id"
+[[source.column]]
+name = "x"
+type = "numeric"
+"#;
+        assert!(err_of(text).contains("column 'x': declared in both source 'a' and source 'b'"));
+    }
+
+    #[test]
+    fn invalid_toml_is_a_schema_error() {
+        let e = err_of("key = ");
+        assert!(e.starts_with("schema.toml: invalid schema:"), "{e}");
+    }
+
+    #[test]
+    fn from_path_names_missing_file() {
+        let e = Schema::from_path(Path::new("/nonexistent/schema.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/schema.toml: cannot read schema")
+        );
+    }
+
+    #[test]
+    fn feature_template_is_in_schema_order_and_skips_non_features() {
+        let text = with_column(
+            "name = \"c\"\ntype = \"categorical\"\nvocabulary = [\"a\", \"b\"]\n[[source.column]]\nname = \"l\"\ntype = \"label\"\npositive = \"yes\"\n[[source.column]]\nname = \"f\"\ntype = \"boolean\"\ntrue_values = [\"1\"]\nfalse_values = [\"0\"]\nvalue = false\n[[source.column]]\nname = \"skip\"\ntype = \"ignore\"",
+        );
+        let s = Schema::from_toml_str(&text, "s").unwrap();
+        let spec = s.feature_template();
+        let names: Vec<&str> = spec.columns.iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["x", "c", "f"]);
+        assert_eq!(spec.dim(), 1 + 3 + 1);
+        assert_eq!(s.label_name(), Some("l"));
+        assert_eq!(s.label_positive(), Some("yes"));
+    }
+}

@@ -1,0 +1,159 @@
+//! The Telco demo data against its injected-fault counts (`faults.json`): every count
+//! of every partner/split must match the quality report exactly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use fedprofile_data::{Reason, Schema, load_split};
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/demo/data");
+const SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/demo/schema.toml");
+
+const KEYS: [&str; 8] = [
+    "customers",
+    "churn_rate",
+    "stale_duplicate_accounts",
+    "exact_duplicate_services",
+    "customers_missing_from_services",
+    "case_or_whitespace_noise_cells",
+    "unparseable_monthly_charges",
+    "blank_total_charges_real",
+];
+
+fn faults() -> BTreeMap<String, BTreeMap<String, serde_json::Value>> {
+    let text = std::fs::read_to_string(Path::new(DATA).join("faults.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn every_split_matches_faults_json() {
+    let schema = Schema::from_path(Path::new(SCHEMA)).unwrap();
+    let faults = faults();
+    assert_eq!(faults.len(), 8, "expected 4 partners x 2 splits");
+    let mut mismatches = Vec::new();
+    for (name, expected) in &faults {
+        let (partner, split) = name.split_once('/').unwrap();
+        let dir: PathBuf = Path::new(DATA).join(partner);
+        let loaded = load_split(&schema, &dir, split).unwrap();
+        let r = &loaded.report;
+
+        let keys: Vec<&str> = expected.keys().map(String::as_str).collect();
+        let mut sorted_keys = KEYS.to_vec();
+        sorted_keys.sort_unstable();
+        assert_eq!(keys, sorted_keys, "{name}: unexpected keys in faults.json");
+
+        let accounts = r.source("accounts").unwrap();
+        let services = r.source("services").unwrap();
+        let actual: [(&str, f64); 8] = [
+            ("customers", r.users as f64),
+            ("churn_rate", r.positive_rate().unwrap()),
+            (
+                "stale_duplicate_accounts",
+                accounts.stale_duplicates_removed as f64,
+            ),
+            (
+                "exact_duplicate_services",
+                services.exact_duplicates_removed as f64,
+            ),
+            (
+                "customers_missing_from_services",
+                services.users_missing as f64,
+            ),
+            (
+                "case_or_whitespace_noise_cells",
+                r.count(Reason::CaseOrWhitespaceNoise) as f64,
+            ),
+            (
+                "unparseable_monthly_charges",
+                r.column("monthly_charges").unwrap().unparseable as f64,
+            ),
+            (
+                "blank_total_charges_real",
+                r.column("total_charges").unwrap().blank as f64,
+            ),
+        ];
+        for (key, got) in actual {
+            let want = expected[key].as_f64().unwrap();
+            let ok = if key == "churn_rate" {
+                // faults.json rounds to 4 decimals
+                ((got * 1e4).round() / 1e4 - want).abs() < 1e-9
+            } else {
+                got == want
+            };
+            if !ok {
+                mismatches.push(format!("{name}: {key}: expected {want}, got {got}"));
+            }
+        }
+
+        // Consistency of the dataset with the report.
+        let d = &loaded.dataset;
+        assert_eq!(d.len() as u64, r.users, "{name}");
+        assert_eq!(
+            d.ids()
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            d.len(),
+            "{name}: one row per customer"
+        );
+        assert_eq!(d.labels().unwrap().len(), d.len());
+        // No other fault kinds in this data.
+        for reason in [
+            Reason::MalformedRow,
+            Reason::MissingId,
+            Reason::MissingLabel,
+            Reason::UnparseableLabel,
+            Reason::OutsideVocabulary,
+            Reason::OrphanRow,
+            Reason::KeepNewestTie,
+            Reason::DuplicateId,
+        ] {
+            assert_eq!(r.count(reason), 0, "{name}: {reason:?}\n{r}");
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn encoding_and_stats_are_consistent() {
+    let schema = Schema::from_path(Path::new(SCHEMA)).unwrap();
+    let loaded = load_split(&schema, &Path::new(DATA).join("partner-b"), "train").unwrap();
+    let d = &loaded.dataset;
+    let spec = schema.feature_template();
+    let x = d.encode(&spec).unwrap();
+    assert_eq!(x.dim(), (d.len(), spec.dim()));
+    assert!(x.iter().all(|v| v.is_finite()));
+
+    let stats = d.numeric_stats();
+    let names: Vec<&str> = stats.iter().map(|s| s.column.as_str()).collect();
+    assert_eq!(names, ["tenure", "monthly_charges", "total_charges"]);
+    let r = &loaded.report;
+    for s in &stats {
+        let imputed = r.column(&s.column).unwrap().imputed;
+        assert_eq!(s.count + imputed, d.len() as u64, "{}", s.column);
+    }
+    // 7 blank total_charges (tenure 0) are imputed as 0, not counted in the stats.
+    assert_eq!(r.column("total_charges").unwrap().imputed, 7);
+    // 6 customers missing from services: their service columns are imputed as unknown.
+    assert_eq!(r.column("internet_service").unwrap().imputed, 6);
+
+    let text = r.to_string();
+    assert!(text.contains("stale duplicates dropped"), "{text}");
+    let json = serde_json::to_value(r).unwrap();
+    assert_eq!(json["users"], 1290);
+}
+
+#[test]
+fn loading_a_split_takes_milliseconds() {
+    let schema = Schema::from_path(Path::new(SCHEMA)).unwrap();
+    let dir = Path::new(DATA).join("partner-a");
+    // warm the file cache
+    load_split(&schema, &dir, "train").unwrap();
+    let start = Instant::now();
+    let loaded = load_split(&schema, &dir, "train").unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!(loaded.dataset.len(), 1892);
+    // Generous bound for unoptimized test builds on a loaded 2-core machine.
+    assert!(elapsed.as_millis() < 500, "took {elapsed:?}");
+}

@@ -1,0 +1,271 @@
+//! Error types of the learning crate, one per concern.
+//!
+//! Messages are lowercase, without trailing punctuation, and quote the offending
+//! value, index or file, so that a single line in a log tells what went wrong.
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Errors of the model math: bad inputs, bad hyperparameters, bad summaries.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum LearningError {
+    /// A parameter vector without even the intercept.
+    #[error("model parameters are empty (expected at least the intercept)")]
+    EmptyParams,
+    /// A parameter that is NaN or infinite.
+    #[error("model parameter {index} is not finite: {value}")]
+    NonFiniteParam {
+        /// Position in `[intercept, w_1..w_dim]`.
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// A parameter or update vector of the wrong length.
+    #[error("got {got} parameters but the model has {expected}")]
+    ParamCount {
+        /// Length the model needs (`dim + 1`).
+        expected: usize,
+        /// Length received.
+        got: usize,
+    },
+    /// A feature matrix or row with the wrong number of columns.
+    #[error("input has {got} feature columns but the model expects {expected}")]
+    FeatureCount {
+        /// The model's `dim()`.
+        expected: usize,
+        /// Columns received.
+        got: usize,
+    },
+    /// Features and labels of different lengths.
+    #[error("`x` has {rows} rows but `y` has {labels} labels")]
+    RowMismatch {
+        /// Rows of the feature matrix.
+        rows: usize,
+        /// Length of the label vector.
+        labels: usize,
+    },
+    /// Scores and labels of different lengths.
+    #[error("got {scores} scores but {labels} labels")]
+    ScoreMismatch {
+        /// Length of the score vector.
+        scores: usize,
+        /// Length of the label vector.
+        labels: usize,
+    },
+    /// An operation that needs at least one example got none.
+    #[error("no examples: the input has 0 rows")]
+    EmptyInput,
+    /// A feature value that is NaN or infinite.
+    #[error("feature value at row {row}, column {column} is not finite: {value}")]
+    NonFiniteFeature {
+        /// Row of the feature matrix.
+        row: usize,
+        /// Column of the feature matrix.
+        column: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// A label other than 0 or 1.
+    #[error("label at row {index} is {value} (expected 0 or 1)")]
+    InvalidLabel {
+        /// Row of the label.
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// A score that is not a probability.
+    #[error("score at index {index} is {value} (expected a probability in [0, 1])")]
+    InvalidScore {
+        /// Position of the score.
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// A hyperparameter outside its range.
+    #[error("invalid training parameter `{field}` = {value} (must be {requirement})")]
+    InvalidParam {
+        /// Field name, e.g. `learning_rate`.
+        field: &'static str,
+        /// The offending value, formatted.
+        value: String,
+        /// The allowed range, e.g. `positive and finite`.
+        requirement: &'static str,
+    },
+    /// A batch sampler returned a row index outside the data.
+    #[error("batch sampler returned row {index} but there are only {examples} rows")]
+    BatchIndex {
+        /// The out-of-range row index.
+        index: usize,
+        /// Number of rows.
+        examples: usize,
+    },
+    /// SGD produced a NaN or infinite parameter.
+    #[error("training diverged at step {step}: parameter {index} became {value}")]
+    Diverged {
+        /// 1-based number of the step that broke the model.
+        step: usize,
+        /// Position of the first non-finite parameter.
+        index: usize,
+        /// Its value.
+        value: f64,
+    },
+    /// Two evaluation summaries with different histogram resolutions.
+    #[error("cannot merge evaluation summaries with {left} and {right} score bins")]
+    BinCountMismatch {
+        /// Bins of the summary merged into.
+        left: usize,
+        /// Bins of the summary merged in.
+        right: usize,
+    },
+    /// An evaluation summary whose counts contradict each other.
+    #[error("evaluation summary is inconsistent: {reason}")]
+    InconsistentSummary {
+        /// What does not add up, with the numbers.
+        reason: String,
+    },
+}
+
+/// Errors of server-side aggregation of client updates.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum AggregationError {
+    /// Nothing to aggregate.
+    #[error("no updates to aggregate")]
+    NoUpdates,
+    /// An update whose length differs from the model's parameter count.
+    #[error("update has {got} values, expected {expected}")]
+    WrongDimension {
+        /// Expected length (`dim + 1`).
+        expected: usize,
+        /// Length received.
+        got: usize,
+    },
+    /// An update containing NaN or infinity.
+    #[error("update value at index {index} is not finite: {value}")]
+    NonFiniteValue {
+        /// Position in the delta.
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// A weight that is zero, negative or not finite.
+    #[error("update weight must be positive and finite, got {weight}")]
+    InvalidWeight {
+        /// The offending weight.
+        weight: f64,
+    },
+    /// The sum of the weights overflowed.
+    #[error("total update weight is not finite: {total}")]
+    NonFiniteTotalWeight {
+        /// The overflowed sum.
+        total: f64,
+    },
+    /// The aggregate overflowed.
+    #[error("aggregated value at index {index} is not finite: {value}")]
+    NonFiniteResult {
+        /// Position in the aggregate.
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// One update of a batch failed validation.
+    #[error("update {position}: {error}")]
+    InUpdate {
+        /// Index of the update in the slice passed to the aggregator.
+        position: usize,
+        /// Why it was rejected.
+        error: Box<AggregationError>,
+    },
+}
+
+/// Why a model file (or the model about to be written) is not valid.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum ModelFileProblem {
+    /// The `format` field is missing or not `fedprofile-model`.
+    #[error("format is {found} (expected \"fedprofile-model\")")]
+    Format {
+        /// The value found, as JSON (`<missing>` if absent).
+        found: String,
+    },
+    /// The `version` field is missing or not one this build reads.
+    #[error("format version {found} is not supported (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// The value found, as JSON (`<missing>` if absent).
+        found: String,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// The `model_type` is not one this build knows.
+    #[error("model type '{found}' is not supported (expected 'logistic_regression')")]
+    ModelType {
+        /// The value found.
+        found: String,
+    },
+    /// Weight count differs from the feature spec's dimension.
+    #[error("{weights} weights for {dim} encoded features")]
+    WeightCount {
+        /// Number of weights.
+        weights: usize,
+        /// `features.dim()`.
+        dim: usize,
+    },
+    /// A weight's name differs from the feature spec's entry name.
+    #[error("weight {index} is named '{found}' but the feature spec calls it '{expected}'")]
+    WeightName {
+        /// Position of the weight.
+        index: usize,
+        /// Name in the file.
+        found: String,
+        /// Name from `FeatureSpec::entry_names`.
+        expected: String,
+    },
+    /// A number that is NaN or infinite (or a negative standard deviation).
+    #[error("{field} is invalid: {value}")]
+    InvalidNumber {
+        /// Which number, e.g. `weight 'tenure'`.
+        field: String,
+        /// The offending value.
+        value: f64,
+    },
+}
+
+/// Errors reading, writing or building the global model file.
+#[derive(Debug, Error)]
+pub enum ModelFileError {
+    /// The file could not be read.
+    #[error("cannot read model file '{}': {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The file could not be written.
+    #[error("cannot write model file '{}': {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The file is not JSON, or not the layout of its declared version.
+    #[error("cannot parse model file '{}': {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The JSON error, with line and column.
+        source: serde_json::Error,
+    },
+    /// The file parses but fails validation (or would, when saving).
+    #[error("invalid model file '{}': {problem}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: ModelFileProblem,
+    },
+    /// A model file built in memory is not valid.
+    #[error("invalid model: {0}")]
+    Build(#[from] ModelFileProblem),
+}

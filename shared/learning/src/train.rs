@@ -1,0 +1,778 @@
+//! Local training: mini-batch SGD on the log loss, starting from the global model.
+//!
+//! The loop is split into three replaceable parts so that DP-SGD can slot in
+//! without touching it:
+//! - a [`BatchSampler`] decides which examples form each batch of an epoch
+//!   ([`ShuffledBatches`] now; Poisson sampling for DP later);
+//! - a [`GradientStep`] turns a batch into a gradient estimate ([`MeanGradient`]
+//!   now; per-example clipping of [`per_example_gradients`] plus Gaussian noise
+//!   for DP later);
+//! - [`train_with`] applies `params -= learning_rate * (gradient + l2 * w)` and
+//!   checks that the model stays finite.
+//!
+//! The L2 penalty `l2 / 2 * ||w||^2` (intercept excluded) is added by the loop,
+//! after the gradient step, because it does not depend on the data and must not be
+//! clipped or noised.
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Slice};
+use rand::Rng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::error::LearningError;
+use crate::model::{LogisticRegression, check_examples, sigmoid};
+
+/// Unchecked training hyperparameters; call [`TrainParams::check`] to train.
+///
+/// Defaults: 1 epoch, batch size 32, learning rate 0.1, no L2 penalty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainParams {
+    /// Passes over the local data; must be positive.
+    pub epochs: usize,
+    /// Examples per mini-batch (the last batch of an epoch may be smaller); must be
+    /// positive.
+    pub batch_size: usize,
+    /// SGD step size; must be positive and finite.
+    pub learning_rate: f64,
+    /// L2 penalty `l2 / 2 * ||w||^2` on the weights (not the intercept); must be
+    /// non-negative and finite.
+    pub l2: f64,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        TrainParams {
+            epochs: 1,
+            batch_size: 32,
+            learning_rate: 0.1,
+            l2: 0.0,
+        }
+    }
+}
+
+impl TrainParams {
+    /// Validates every field; the error names the first bad field and its value.
+    pub fn check(&self) -> Result<ValidTrainParams, LearningError> {
+        if self.epochs == 0 {
+            return Err(invalid("epochs", self.epochs, "positive"));
+        }
+        if self.batch_size == 0 {
+            return Err(invalid("batch_size", self.batch_size, "positive"));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(invalid(
+                "learning_rate",
+                self.learning_rate,
+                "positive and finite",
+            ));
+        }
+        if !(self.l2.is_finite() && self.l2 >= 0.0) {
+            return Err(invalid("l2", self.l2, "non-negative and finite"));
+        }
+        Ok(ValidTrainParams(self.clone()))
+    }
+}
+
+fn invalid(
+    field: &'static str,
+    value: impl std::fmt::Display,
+    requirement: &'static str,
+) -> LearningError {
+    LearningError::InvalidParam {
+        field,
+        value: value.to_string(),
+        requirement,
+    }
+}
+
+impl TryFrom<TrainParams> for ValidTrainParams {
+    type Error = LearningError;
+
+    fn try_from(params: TrainParams) -> Result<Self, Self::Error> {
+        params.check()
+    }
+}
+
+/// Training hyperparameters that passed [`TrainParams::check`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidTrainParams(TrainParams);
+
+impl ValidTrainParams {
+    /// Passes over the local data (at least 1).
+    pub fn epochs(&self) -> usize {
+        self.0.epochs
+    }
+
+    /// Mini-batch size (at least 1).
+    pub fn batch_size(&self) -> usize {
+        self.0.batch_size
+    }
+
+    /// SGD step size (positive, finite).
+    pub fn learning_rate(&self) -> f64 {
+        self.0.learning_rate
+    }
+
+    /// L2 penalty on the weights (non-negative, finite).
+    pub fn l2(&self) -> f64 {
+        self.0.l2
+    }
+
+    /// The validated values.
+    pub fn params(&self) -> &TrainParams {
+        &self.0
+    }
+}
+
+/// Result of one local training task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutcome {
+    /// The locally trained model.
+    pub model: LogisticRegression,
+    /// `local params - start params`, `[intercept, w_1..w_dim]`; what a client sends.
+    pub delta: Array1<f64>,
+    /// Number of local training examples (rows of `x`); the natural FedAvg weight.
+    pub examples: usize,
+    /// Number of SGD steps taken.
+    pub steps: usize,
+    /// Mean log loss of the *final* local model over all local training examples
+    /// (without the L2 term), computed in one extra pass after training.
+    pub mean_loss: f64,
+}
+
+/// Chooses the examples of each batch of an epoch.
+pub trait BatchSampler {
+    /// Row indices of the batches of one epoch over `examples` rows.
+    ///
+    /// Batches may be empty (e.g. under Poisson sampling); the [`GradientStep`]
+    /// decides what an empty batch means.
+    fn epoch_batches<R: Rng + ?Sized>(&mut self, examples: usize, rng: &mut R) -> Vec<Vec<usize>>;
+}
+
+/// Shuffles the rows each epoch and cuts them into consecutive batches of
+/// `batch_size` (the last one may be smaller): every row is used once per epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShuffledBatches {
+    batch_size: usize,
+}
+
+impl ShuffledBatches {
+    /// Batches of `batch_size` rows; a size of 0 is treated as 1.
+    pub fn new(batch_size: usize) -> Self {
+        ShuffledBatches {
+            batch_size: batch_size.max(1),
+        }
+    }
+}
+
+impl BatchSampler for ShuffledBatches {
+    fn epoch_batches<R: Rng + ?Sized>(&mut self, examples: usize, rng: &mut R) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..examples).collect();
+        order.shuffle(rng);
+        order
+            .chunks(self.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+}
+
+/// Turns one batch into the gradient estimate used for an SGD step.
+///
+/// The returned vector has the parameter layout `[intercept, w_1..w_dim]` and must
+/// not include the L2 term (the training loop adds it).
+pub trait GradientStep {
+    /// Gradient estimate of the data loss at `model` on the batch.
+    fn batch_gradient<R: Rng + ?Sized>(
+        &mut self,
+        model: &LogisticRegression,
+        x_batch: ArrayView2<f64>,
+        y_batch: ArrayView1<f64>,
+        rng: &mut R,
+    ) -> Result<Array1<f64>, LearningError>;
+}
+
+/// Plain SGD: the mean log-loss gradient over the batch. Deterministic (ignores the
+/// RNG); an empty batch is an [`LearningError::EmptyInput`] error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeanGradient;
+
+impl GradientStep for MeanGradient {
+    fn batch_gradient<R: Rng + ?Sized>(
+        &mut self,
+        model: &LogisticRegression,
+        x_batch: ArrayView2<f64>,
+        y_batch: ArrayView1<f64>,
+        _rng: &mut R,
+    ) -> Result<Array1<f64>, LearningError> {
+        mean_gradient(model, x_batch, y_batch)
+    }
+}
+
+/// Gradient of the log loss of each example, one row per example:
+/// `(p_i - y_i) * [1, x_i]` with `p_i = sigmoid(intercept + w · x_i)`.
+///
+/// The result is `rows × (dim + 1)`; an empty batch gives `0 × (dim + 1)`. This is
+/// what DP-SGD clips row by row.
+pub fn per_example_gradients(
+    model: &LogisticRegression,
+    x_batch: ArrayView2<f64>,
+    y_batch: ArrayView1<f64>,
+) -> Result<Array2<f64>, LearningError> {
+    check_examples(x_batch, y_batch, model.dim())?;
+    let residuals = residuals(model, x_batch, y_batch);
+    let mut grads = Array2::zeros((x_batch.nrows(), model.dim() + 1));
+    grads.column_mut(0).assign(&residuals);
+    grads
+        .slice_axis_mut(Axis(1), Slice::from(1..))
+        .assign(&(&x_batch * &residuals.insert_axis(Axis(1))));
+    Ok(grads)
+}
+
+/// Mean log-loss gradient over a non-empty batch, `[intercept, w_1..w_dim]`;
+/// equal to the column means of [`per_example_gradients`] without materialising
+/// them.
+pub fn mean_gradient(
+    model: &LogisticRegression,
+    x_batch: ArrayView2<f64>,
+    y_batch: ArrayView1<f64>,
+) -> Result<Array1<f64>, LearningError> {
+    check_examples(x_batch, y_batch, model.dim())?;
+    let n = x_batch.nrows();
+    if n == 0 {
+        return Err(LearningError::EmptyInput);
+    }
+    let residuals = residuals(model, x_batch, y_batch);
+    let mut grad = Array1::zeros(model.dim() + 1);
+    grad[0] = residuals.sum();
+    grad.slice_axis_mut(Axis(0), Slice::from(1..))
+        .assign(&x_batch.t().dot(&residuals));
+    grad /= n as f64;
+    Ok(grad)
+}
+
+/// `p_i - y_i` for each row; inputs must already be checked.
+fn residuals(model: &LogisticRegression, x: ArrayView2<f64>, y: ArrayView1<f64>) -> Array1<f64> {
+    let mut r = model.logits_unchecked(x).mapv_into(sigmoid);
+    r -= &y;
+    r
+}
+
+/// Plain local training: shuffled mini-batches of `params.batch_size()` and the mean
+/// batch gradient ([`ShuffledBatches`] + [`MeanGradient`]).
+///
+/// Starts from `model` (the global model), runs `params.epochs()` epochs, and
+/// returns the local model, its delta from `model`, and counts. `x` needs
+/// `model.dim()` finite columns and at least one row; `y` one 0/1 label per row.
+pub fn train_local<R: Rng + ?Sized>(
+    model: &LogisticRegression,
+    x: ArrayView2<f64>,
+    y: ArrayView1<f64>,
+    params: &ValidTrainParams,
+    rng: &mut R,
+) -> Result<TrainOutcome, LearningError> {
+    train_with(
+        model,
+        x,
+        y,
+        params,
+        &mut ShuffledBatches::new(params.batch_size()),
+        &mut MeanGradient,
+        rng,
+    )
+}
+
+/// The SGD loop with a pluggable batch sampler and gradient step.
+///
+/// Uses `epochs`, `learning_rate` and `l2` from `params`; the batches come from
+/// `sampler` alone (`params.batch_size()` is not read here). Each step applies
+/// `params -= learning_rate * (gradient + l2 * [0, w])` and fails with
+/// [`LearningError::Diverged`] if a parameter becomes NaN or infinite.
+pub fn train_with<S, G, R>(
+    model: &LogisticRegression,
+    x: ArrayView2<f64>,
+    y: ArrayView1<f64>,
+    params: &ValidTrainParams,
+    sampler: &mut S,
+    step: &mut G,
+    rng: &mut R,
+) -> Result<TrainOutcome, LearningError>
+where
+    S: BatchSampler + ?Sized,
+    G: GradientStep + ?Sized,
+    R: Rng + ?Sized,
+{
+    check_examples(x, y, model.dim())?;
+    let examples = x.nrows();
+    if examples == 0 {
+        return Err(LearningError::EmptyInput);
+    }
+    let mut local = model.clone();
+    let mut steps = 0;
+    for _ in 0..params.epochs() {
+        for batch in sampler.epoch_batches(examples, rng) {
+            if let Some(&index) = batch.iter().find(|&&i| i >= examples) {
+                return Err(LearningError::BatchIndex { index, examples });
+            }
+            let x_batch = x.select(Axis(0), &batch);
+            let y_batch = y.select(Axis(0), &batch);
+            let mut grad = step.batch_gradient(&local, x_batch.view(), y_batch.view(), rng)?;
+            if grad.len() != local.params().len() {
+                return Err(LearningError::ParamCount {
+                    expected: local.params().len(),
+                    got: grad.len(),
+                });
+            }
+            if params.l2() > 0.0 {
+                grad.slice_axis_mut(Axis(0), Slice::from(1..))
+                    .scaled_add(params.l2(), &local.weights());
+            }
+            steps += 1;
+            let p = local.params_mut();
+            p.scaled_add(-params.learning_rate(), &grad);
+            if let Some((index, &value)) = p.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(LearningError::Diverged {
+                    step: steps,
+                    index,
+                    value,
+                });
+            }
+        }
+    }
+    let delta = local.params() - model.params();
+    let mean_loss = local.log_loss_unchecked(x, y);
+    Ok(TrainOutcome {
+        model: local,
+        delta,
+        examples,
+        steps,
+        mean_loss,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::assert_close;
+    use approx::assert_abs_diff_eq;
+    use ndarray::array;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn valid(epochs: usize, batch_size: usize, learning_rate: f64, l2: f64) -> ValidTrainParams {
+        TrainParams {
+            epochs,
+            batch_size,
+            learning_rate,
+            l2,
+        }
+        .check()
+        .unwrap()
+    }
+
+    fn rng() -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(7)
+    }
+
+    /// Two Gaussian blobs, labels from a known logistic model.
+    fn synthetic(n: usize, seed: u64) -> (Array2<f64>, Array1<f64>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let true_w = [2.0, -1.5, 0.5];
+        let mut x = Array2::zeros((n, 3));
+        let mut y = Array1::zeros(n);
+        for i in 0..n {
+            let mut z = -0.3;
+            for j in 0..3 {
+                let v: f64 = rng.random_range(-2.0..2.0);
+                x[[i, j]] = v;
+                z += true_w[j] * v;
+            }
+            y[i] = if rng.random::<f64>() < sigmoid(z) {
+                1.0
+            } else {
+                0.0
+            };
+        }
+        (x, y)
+    }
+
+    #[test]
+    fn check_names_field_and_value() {
+        let ok = TrainParams::default().check().unwrap();
+        assert_eq!(
+            (ok.epochs(), ok.batch_size(), ok.learning_rate(), ok.l2()),
+            (1, 32, 0.1, 0.0)
+        );
+        let err = TrainParams {
+            epochs: 0,
+            ..TrainParams::default()
+        }
+        .check()
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid training parameter `epochs` = 0 (must be positive)"
+        );
+        let err = TrainParams {
+            batch_size: 0,
+            ..TrainParams::default()
+        }
+        .check()
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            LearningError::InvalidParam {
+                field: "batch_size",
+                ..
+            }
+        ));
+        for lr in [0.0, -0.1, f64::NAN, f64::INFINITY] {
+            let err = TrainParams {
+                learning_rate: lr,
+                ..TrainParams::default()
+            }
+            .check()
+            .unwrap_err();
+            assert!(
+                matches!(err, LearningError::InvalidParam { field: "learning_rate", ref value, .. } if *value == lr.to_string())
+            );
+        }
+        let err = ValidTrainParams::try_from(TrainParams {
+            l2: -1.0,
+            ..TrainParams::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid training parameter `l2` = -1 (must be non-negative and finite)"
+        );
+    }
+
+    #[test]
+    fn params_deserialize_with_defaults() {
+        let p: TrainParams = serde_json::from_str(r#"{"learning_rate": 0.5}"#).unwrap();
+        assert_eq!(p.learning_rate, 0.5);
+        assert_eq!(p.batch_size, 32);
+        assert!(serde_json::from_str::<TrainParams>(r#"{"lr": 0.5}"#).is_err());
+    }
+
+    #[test]
+    fn one_example_one_step_by_hand() {
+        // p = 0.5, gradient (p - y) * [1, x] = [-0.5, -0.5], step 0.1 => [0.05, 0.05]
+        let start = LogisticRegression::zeros(1);
+        let out = train_local(
+            &start,
+            array![[1.0]].view(),
+            array![1.0].view(),
+            &valid(1, 32, 0.1, 0.0),
+            &mut rng(),
+        )
+        .unwrap();
+        assert_close(out.model.params(), &array![0.05, 0.05], 1e-15);
+        assert_close(&out.delta, &array![0.05, 0.05], 1e-15);
+        assert_eq!((out.examples, out.steps), (1, 1));
+        assert_abs_diff_eq!(out.mean_loss, -sigmoid(0.1).ln(), epsilon = 1e-12);
+    }
+
+    #[test]
+    fn full_batch_step_by_hand() {
+        // p = 0.5 for both rows; residuals (-0.5, 0.5)
+        // mean gradient: intercept (-0.5 + 0.5) / 2 = 0
+        //                w1 (-0.5 * 1 + 0.5 * 0) / 2 = -0.25
+        //                w2 (-0.5 * 0 + 0.5 * 2) / 2 = 0.5
+        let x = array![[1.0, 0.0], [0.0, 2.0]];
+        let y = array![1.0, 0.0];
+        let start = LogisticRegression::zeros(2);
+        let g = mean_gradient(&start, x.view(), y.view()).unwrap();
+        assert_close(&g, &array![0.0, -0.25, 0.5], 1e-15);
+        let out = train_local(
+            &start,
+            x.view(),
+            y.view(),
+            &valid(1, 2, 0.1, 0.0),
+            &mut rng(),
+        )
+        .unwrap();
+        assert_close(&out.delta, &array![0.0, 0.025, -0.05], 1e-15);
+        assert_eq!(out.steps, 1);
+    }
+
+    #[test]
+    fn delta_is_relative_to_the_start_model() {
+        let start = LogisticRegression::from_params(array![1.0, -2.0]).unwrap();
+        let (x, y) = (array![[0.5], [1.5]], array![0.0, 1.0]);
+        let out = train_local(
+            &start,
+            x.view(),
+            y.view(),
+            &valid(3, 1, 0.2, 0.0),
+            &mut rng(),
+        )
+        .unwrap();
+        assert_eq!(out.delta, out.model.params() - start.params());
+        assert_eq!(out.steps, 6);
+    }
+
+    #[test]
+    fn l2_shrinks_weights_but_not_intercept() {
+        // x = 0, y = 0, w = 1: p = 0.5, data gradient [0.5, 0]; l2 term 0.1 * 1 on w
+        // => params [0 - 0.1 * 0.5, 1 - 0.1 * 0.1] = [-0.05, 0.99]
+        let start = LogisticRegression::from_params(array![0.0, 1.0]).unwrap();
+        let out = train_local(
+            &start,
+            array![[0.0]].view(),
+            array![0.0].view(),
+            &valid(1, 1, 0.1, 0.1),
+            &mut rng(),
+        )
+        .unwrap();
+        assert_close(out.model.params(), &array![-0.05, 0.99], 1e-15);
+    }
+
+    #[test]
+    fn per_example_gradients_by_hand_and_mean_matches() {
+        let m = LogisticRegression::from_params(array![0.0, 1.0, -1.0]).unwrap();
+        let x = array![[1.0, 1.0], [2.0, 0.0], [0.0, 3.0]];
+        let y = array![1.0, 0.0, 1.0];
+        let g = per_example_gradients(&m, x.view(), y.view()).unwrap();
+        assert_eq!(g.dim(), (3, 3));
+        // row 0: logit 0, p = 0.5, residual -0.5
+        assert_close(g.row(0), &array![-0.5, -0.5, -0.5], 1e-15);
+        // row 1: logit 2, residual sigmoid(2)
+        let r1 = sigmoid(2.0);
+        assert_close(g.row(1), &array![r1, 2.0 * r1, 0.0], 1e-15);
+        // row 2: logit -3, residual sigmoid(-3) - 1
+        let r2 = sigmoid(-3.0) - 1.0;
+        assert_close(g.row(2), &array![r2, 0.0, 3.0 * r2], 1e-15);
+
+        let mean = mean_gradient(&m, x.view(), y.view()).unwrap();
+        assert_close(&mean, &g.mean_axis(Axis(0)).unwrap(), 1e-15);
+
+        let empty =
+            per_example_gradients(&m, Array2::zeros((0, 2)).view(), Array1::zeros(0).view())
+                .unwrap();
+        assert_eq!(empty.dim(), (0, 3));
+    }
+
+    #[test]
+    fn shuffled_batches_cover_every_row_once() {
+        let mut sampler = ShuffledBatches::new(4);
+        let batches = sampler.epoch_batches(10, &mut rng());
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
+        let mut all: Vec<usize> = batches.concat();
+        assert_ne!(all, (0..10).collect::<Vec<_>>(), "seed 7 shuffles");
+        all.sort_unstable();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        assert!(sampler.epoch_batches(0, &mut rng()).is_empty());
+    }
+
+    #[test]
+    fn same_seed_same_model() {
+        let (x, y) = synthetic(200, 1);
+        let params = valid(2, 16, 0.1, 0.01);
+        let start = LogisticRegression::zeros(3);
+        let a = train_local(&start, x.view(), y.view(), &params, &mut rng()).unwrap();
+        let b = train_local(&start, x.view(), y.view(), &params, &mut rng()).unwrap();
+        assert_eq!(a, b);
+        let c = train_local(
+            &start,
+            x.view(),
+            y.view(),
+            &params,
+            &mut ChaCha8Rng::seed_from_u64(8),
+        )
+        .unwrap();
+        assert_ne!(a.model, c.model);
+    }
+
+    #[test]
+    fn sanity_target_one_epoch_batch_32_lr_0_1() {
+        let (x, y) = synthetic(2000, 2);
+        let start = LogisticRegression::zeros(3);
+        let out = train_local(
+            &start,
+            x.view(),
+            y.view(),
+            &TrainParams::default().check().unwrap(),
+            &mut rng(),
+        )
+        .unwrap();
+        assert_eq!(out.examples, 2000);
+        assert_eq!(out.steps, 63); // ceil(2000 / 32)
+        assert!(out.mean_loss < 0.45, "loss {}", out.mean_loss);
+        let w = out.model.weights();
+        // one epoch is not converged yet but has the signs and rough sizes of (2, -1.5, 0.5)
+        assert!(w[0] > 0.7 && w[1] < -0.5 && w[2] > 0.1, "weights {w}");
+
+        // more epochs get close to the generating weights (2, -1.5, 0.5)
+        let out = train_local(
+            &start,
+            x.view(),
+            y.view(),
+            &valid(30, 32, 0.1, 0.0),
+            &mut rng(),
+        )
+        .unwrap();
+        let w = out.model.weights();
+        assert_close(w, &array![2.0, -1.5, 0.5], 0.35);
+        let accuracy = out
+            .model
+            .predict_proba(x.view())
+            .unwrap()
+            .iter()
+            .zip(&y)
+            .filter(|(p, l)| (**p >= 0.5) == (**l == 1.0))
+            .count() as f64
+            / 2000.0;
+        assert!(accuracy > 0.8, "accuracy {accuracy}");
+    }
+
+    #[test]
+    fn bad_inputs_are_typed_errors() {
+        let m = LogisticRegression::zeros(2);
+        let p = valid(1, 8, 0.1, 0.0);
+        let r = &mut rng();
+        assert_eq!(
+            train_local(
+                &m,
+                Array2::zeros((0, 2)).view(),
+                Array1::zeros(0).view(),
+                &p,
+                r
+            ),
+            Err(LearningError::EmptyInput)
+        );
+        assert_eq!(
+            train_local(
+                &m,
+                Array2::zeros((3, 2)).view(),
+                Array1::zeros(2).view(),
+                &p,
+                r
+            ),
+            Err(LearningError::RowMismatch { rows: 3, labels: 2 })
+        );
+        assert_eq!(
+            train_local(
+                &m,
+                Array2::zeros((2, 3)).view(),
+                Array1::zeros(2).view(),
+                &p,
+                r
+            ),
+            Err(LearningError::FeatureCount {
+                expected: 2,
+                got: 3
+            })
+        );
+        assert_eq!(
+            train_local(
+                &m,
+                Array2::zeros((2, 2)).view(),
+                array![0.0, 2.0].view(),
+                &p,
+                r
+            ),
+            Err(LearningError::InvalidLabel {
+                index: 1,
+                value: 2.0
+            })
+        );
+        assert_eq!(
+            mean_gradient(&m, Array2::zeros((0, 2)).view(), Array1::zeros(0).view()),
+            Err(LearningError::EmptyInput)
+        );
+    }
+
+    #[test]
+    fn divergence_is_an_error() {
+        let m = LogisticRegression::zeros(1);
+        let err = train_local(
+            &m,
+            array![[1e300]].view(),
+            array![0.0].view(),
+            &valid(1, 1, 1e10, 0.0),
+            &mut rng(),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            LearningError::Diverged {
+                step: 1,
+                index: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn out_of_range_batches_are_an_error() {
+        struct Broken;
+        impl BatchSampler for Broken {
+            fn epoch_batches<R: Rng + ?Sized>(
+                &mut self,
+                examples: usize,
+                _: &mut R,
+            ) -> Vec<Vec<usize>> {
+                vec![vec![0, examples]]
+            }
+        }
+        let err = train_with(
+            &LogisticRegression::zeros(1),
+            array![[1.0], [2.0]].view(),
+            array![1.0, 0.0].view(),
+            &valid(1, 1, 0.1, 0.0),
+            &mut Broken,
+            &mut MeanGradient,
+            &mut rng(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            LearningError::BatchIndex {
+                index: 2,
+                examples: 2
+            }
+        );
+    }
+
+    /// A replacement gradient step (as DP-SGD will be) plugs into the same loop.
+    #[test]
+    fn custom_gradient_step_slots_in() {
+        struct Recording {
+            batch_sizes: Vec<usize>,
+        }
+        impl GradientStep for Recording {
+            fn batch_gradient<R: Rng + ?Sized>(
+                &mut self,
+                model: &LogisticRegression,
+                x_batch: ArrayView2<f64>,
+                y_batch: ArrayView1<f64>,
+                _rng: &mut R,
+            ) -> Result<Array1<f64>, LearningError> {
+                self.batch_sizes.push(y_batch.len());
+                // sum of per-example gradients instead of the mean
+                Ok(per_example_gradients(model, x_batch, y_batch)?.sum_axis(Axis(0)))
+            }
+        }
+        let (x, y) = synthetic(10, 3);
+        let mut step = Recording {
+            batch_sizes: vec![],
+        };
+        let out = train_with(
+            &LogisticRegression::zeros(3),
+            x.view(),
+            y.view(),
+            &valid(2, 4, 0.01, 0.0),
+            &mut ShuffledBatches::new(4),
+            &mut step,
+            &mut rng(),
+        )
+        .unwrap();
+        assert_eq!(step.batch_sizes, vec![4, 4, 2, 4, 4, 2]);
+        assert_eq!(out.steps, 6);
+    }
+}
