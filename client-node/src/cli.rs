@@ -136,7 +136,10 @@ fn run(cli: Cli) -> Result<(), String> {
             let config = load_config(&config)?;
             let rows = crate::score::score(&config.schema, &config.data_dir, &split, &model, &out)
                 .map_err(|e| e.to_string())?;
-            println!("scored {rows} users of split '{split}' into {}", out.display());
+            println!(
+                "scored {rows} users of split '{split}' into {}",
+                out.display()
+            );
             Ok(())
         }
         Command::Run {

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use fedprofile_data::{Dataset, FeatureSpec, LoadedSplit, Schema};
+use fedprofile_learning::LogisticRegression;
 use fedprofile_learning::metrics::EvalSummary;
 use fedprofile_learning::train::{TrainParams, train_local};
-use fedprofile_learning::LogisticRegression;
 use fedprofile_protocol::messages::{
     ClientReply, ColumnStats, ModelSnapshot, ResultBody, StatsReport, Task, TaskBody, TrainReport,
     TrainTask,
@@ -75,8 +75,14 @@ impl Split {
     }
 
     /// The encoded features (cached per spec) and the labels.
-    fn xy(&mut self, spec: &FeatureSpec) -> Result<(ArrayView2<'_, f64>, ArrayView1<'_, f64>), TaskError> {
-        let stale = self.encoded.as_ref().is_none_or(|(cached, _)| cached != spec);
+    fn xy(
+        &mut self,
+        spec: &FeatureSpec,
+    ) -> Result<(ArrayView2<'_, f64>, ArrayView1<'_, f64>), TaskError> {
+        let stale = self
+            .encoded
+            .as_ref()
+            .is_none_or(|(cached, _)| cached != spec);
         if stale {
             let x = self.dataset.encode(spec).map_err(TaskError::Encode)?;
             self.encoded = Some((spec.clone(), x));

@@ -27,10 +27,14 @@ pub enum SessionError {
     #[error("coordinator address '{0}' is not a valid URL")]
     BadUrl(String),
     /// Plain text to a non-loopback host.
-    #[error("--insecure is only allowed for a coordinator on loopback (127.0.0.1 or localhost), not '{0}'")]
+    #[error(
+        "--insecure is only allowed for a coordinator on loopback (127.0.0.1 or localhost), not '{0}'"
+    )]
     InsecureNotLoopback(String),
     /// TLS is required but not configured.
-    #[error("the client config has no [tls] section; add one, or pass --insecure for a loopback coordinator")]
+    #[error(
+        "the client config has no [tls] section; add one, or pass --insecure for a loopback coordinator"
+    )]
     NoTls,
     /// Every connection attempt failed.
     #[error("could not reach the coordinator at {url} after {attempts} attempts: {last}")]

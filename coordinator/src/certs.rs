@@ -220,9 +220,22 @@ mod tests {
     fn init_and_issue_writes_pem_files_with_the_name_as_cn() {
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path(), "test ca", 30).unwrap();
-        issue(dir.path(), "coordinator", Role::Server, &[], Validity::Days(30)).unwrap();
-        let (cert, key) =
-            issue(dir.path(), "partner-a", Role::Client, &[], Validity::Days(30)).unwrap();
+        issue(
+            dir.path(),
+            "coordinator",
+            Role::Server,
+            &[],
+            Validity::Days(30),
+        )
+        .unwrap();
+        let (cert, key) = issue(
+            dir.path(),
+            "partner-a",
+            Role::Client,
+            &[],
+            Validity::Days(30),
+        )
+        .unwrap();
         let pem = fs::read_to_string(cert).unwrap();
         assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(fs::read_to_string(key).unwrap().contains("PRIVATE KEY"));

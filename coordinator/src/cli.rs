@@ -127,8 +127,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             days,
         }) => {
             certs::init_ca(&dir, "fedprofile development CA", days).map_err(|e| e.to_string())?;
-            certs::issue(&dir, &server_name, Role::Server, &sans, Validity::Days(days))
-                .map_err(|e| e.to_string())?;
+            certs::issue(
+                &dir,
+                &server_name,
+                Role::Server,
+                &sans,
+                Validity::Days(days),
+            )
+            .map_err(|e| e.to_string())?;
             for client in &clients {
                 certs::issue(&dir, client, Role::Client, &[], Validity::Days(days))
                     .map_err(|e| e.to_string())?;
@@ -184,8 +190,13 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let outcome = runtime.block_on(async {
         let listener = server::bind(&options).await?;
-        server::serve_run(options.clone(), listener, Box::new(ProgressPrinter), shutdown_signal())
-            .await
+        server::serve_run(
+            options.clone(),
+            listener,
+            Box::new(ProgressPrinter),
+            shutdown_signal(),
+        )
+        .await
     });
     let outcome = outcome.map_err(|e| e.to_string())?;
     match outcome.failure {

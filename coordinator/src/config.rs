@@ -187,7 +187,10 @@ impl RunConfig {
             if v.is_finite() && v > 0.0 && v < 1e7 {
                 Ok(Duration::from_secs_f64(v))
             } else {
-                Err(invalid(field, format!("must be a positive number of seconds, got {v}")))
+                Err(invalid(
+                    field,
+                    format!("must be a positive number of seconds, got {v}"),
+                ))
             }
         };
         if raw.run.name.trim().is_empty() {
@@ -199,7 +202,10 @@ impl RunConfig {
         if raw.run.model != "logistic_regression" {
             return Err(invalid(
                 "run.model",
-                format!("'{}' is not supported (supported: logistic_regression)", raw.run.model),
+                format!(
+                    "'{}' is not supported (supported: logistic_regression)",
+                    raw.run.model
+                ),
             ));
         }
         let c = &raw.clients;
@@ -210,7 +216,10 @@ impl RunConfig {
             ));
         }
         if c.min_per_round == 0 {
-            return Err(invalid("clients.min_per_round", "must be at least 1".into()));
+            return Err(invalid(
+                "clients.min_per_round",
+                "must be at least 1".into(),
+            ));
         }
         if c.min_connected_to_start < c.min_per_round {
             return Err(invalid(
@@ -223,7 +232,10 @@ impl RunConfig {
         }
         let t = &raw.training;
         if t.local_epochs == 0 {
-            return Err(invalid("training.local_epochs", "must be at least 1".into()));
+            return Err(invalid(
+                "training.local_epochs",
+                "must be at least 1".into(),
+            ));
         }
         if t.batch_size == 0 {
             return Err(invalid("training.batch_size", "must be at least 1".into()));
@@ -304,7 +316,10 @@ impl CoordinatorConfig {
         let listen = raw.listen.parse().map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
             field: "listen",
-            problem: format!("'{}' is not an address like 127.0.0.1:50051 ({e})", raw.listen),
+            problem: format!(
+                "'{}' is not an address like 127.0.0.1:50051 ({e})",
+                raw.listen
+            ),
         })?;
         if raw.max_message_bytes < 1024 {
             return Err(ConfigError::Invalid {
@@ -353,7 +368,9 @@ mod tests {
         let (_d, p) = write("[run]\nname = \"x\"\nrounds = 3\nroundz = 4\n");
         let err = RunConfig::from_path(&p).unwrap_err().to_string();
         assert!(err.contains("roundz"), "{err}");
-        let (_d, p) = write("[run]\nname = \"x\"\nrounds = 3\n[clients]\nmin_per_round = 3\nmin_connected_to_start = 2\n");
+        let (_d, p) = write(
+            "[run]\nname = \"x\"\nrounds = 3\n[clients]\nmin_per_round = 3\nmin_connected_to_start = 2\n",
+        );
         let err = RunConfig::from_path(&p).unwrap_err().to_string();
         assert!(err.contains("min_connected_to_start"), "{err}");
     }

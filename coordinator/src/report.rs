@@ -204,11 +204,17 @@ pub fn write_outputs(
                 .map(|r| r.max_client_train_ms)
                 .collect(),
         ),
-        median_overhead_ms: median(outcome.rounds.iter().map(RoundRecord::overhead_ms).collect()),
+        median_overhead_ms: median(
+            outcome
+                .rounds
+                .iter()
+                .map(RoundRecord::overhead_ms)
+                .collect(),
+        ),
         peak_rss_kib: peak_rss_kib(),
     };
-    let json = serde_json::to_string_pretty(&summary)
-        .map_err(|e| ReportError::Model(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(&summary).map_err(|e| ReportError::Model(e.to_string()))?;
     write_file(&dir.join("summary.json"), json.as_bytes())?;
     Ok(())
 }

@@ -118,13 +118,12 @@ pub async fn serve_run(
     }
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tokio::spawn(
-        builder
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop_rx.await;
-            }),
-    );
+    let server = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
+        incoming,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     let run_id = make_run_id(&options.run.name);
     let engine = Run::new(options.run.clone(), run_id, hub, inbox_rx, observer);
@@ -181,7 +180,13 @@ fn make_run_id(name: &str) -> String {
         .unwrap_or_default();
     let slug: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     format!("{slug}-{stamp}-{:04x}", rand::random::<u16>())
 }

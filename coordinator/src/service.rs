@@ -152,7 +152,11 @@ impl Federation for FederationService {
             Some(pb::ClientMessage {
                 body: Some(client_message::Body::Hello(hello)),
             }) => hello,
-            _ => return Err(Status::invalid_argument("the first message must be a hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a hello",
+                ));
+            }
         };
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(

@@ -1,1 +1,312 @@
-//! e2e
+//! A sandbox for end-to-end tests: the real `fedprofile-coordinator` and
+//! `fedprofile-client` binaries as processes, over mutual TLS on 127.0.0.1 with
+//! OS-assigned ports. Every wait is bounded; every process is killed on drop.
+//!
+//! The binaries are the ones `cargo test --workspace` builds next to the test
+//! executable (the coordinator and client packages have integration tests, so
+//! cargo builds their binaries before any test runs).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The demo federation folder (data, schema).
+pub fn demo_dir() -> PathBuf {
+    repo_root().join("deploy/demo")
+}
+
+/// Path of a workspace binary built beside the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable has a target folder");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so that cargo builds the binaries",
+        path.display()
+    );
+    path
+}
+
+/// The partners of the Telco demo.
+pub const PARTNERS: [&str; 4] = ["partner-a", "partner-b", "partner-c", "partner-d"];
+
+/// Runs a command to completion with a time limit; panics with its output if it overruns.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "command {cmd:?} ran over {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process that is killed when dropped; its output goes to files.
+#[derive(Debug)]
+pub struct Proc {
+    /// Name for messages.
+    pub name: String,
+    child: Option<Child>,
+    /// Captured stdout.
+    pub stdout: PathBuf,
+    /// Captured stderr.
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd`, sending stdout/stderr to `<dir>/<name>.out` / `.log`.
+    pub fn spawn(name: &str, cmd: &mut Command, dir: &Path) -> Proc {
+        let stdout = dir.join(format!("{name}.out"));
+        let stderr = dir.join(format!("{name}.log"));
+        let child = cmd
+            .stdout(fs::File::create(&stdout).expect("stdout file"))
+            .stderr(fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits for exit, at most `limit`; panics with the logs on overrun.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("process already reaped");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                panic!(
+                    "{} did not exit within {limit:?}\nstdout:\n{}\nstderr (tail):\n{}",
+                    self.name,
+                    self.read_stdout(),
+                    tail(&self.read_stderr(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True while running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// What it printed on stdout so far.
+    pub fn read_stdout(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// What it printed on stderr so far.
+    pub fn read_stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Kills the process now.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last `n` lines of a text.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A federation in a temporary folder: certificates, configs, outputs, logs.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// Holds everything; removed on drop.
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    /// Creates the folder and a development CA with coordinator and partner certificates.
+    pub fn new() -> Sandbox {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sandbox = Sandbox { dir };
+        sandbox.make_ca("certs", &PARTNERS);
+        sandbox
+    }
+
+    /// Path inside the sandbox.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `certs init` into `<sandbox>/<folder>`.
+    pub fn make_ca(&self, folder: &str, clients: &[&str]) {
+        let mut cmd = Command::new(bin("fedprofile-coordinator"));
+        cmd.args(["certs", "init", "--dir"]).arg(self.path(folder));
+        for c in clients {
+            cmd.args(["--client", c]);
+        }
+        let out = run_bounded(&mut cmd, Duration::from_secs(30));
+        assert!(out.status.success(), "certs init failed: {out:?}");
+    }
+
+    /// Writes the coordinator config and a run file; returns (config, run) paths.
+    pub fn write_coordinator(&self, run_toml: &str) -> (PathBuf, PathBuf) {
+        let certs = self.path("certs");
+        let config = self.path("coordinator.toml");
+        fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\n[tls]\nca_cert = \"{0}/ca.pem\"\ncert = \"{0}/coordinator.pem\"\nkey = \"{0}/coordinator.key\"\n",
+                certs.display()
+            ),
+        )
+        .expect("write coordinator.toml");
+        let run = self.path("run.toml");
+        fs::write(&run, run_toml).expect("write run.toml");
+        (config, run)
+    }
+
+    /// Writes a client config for `partner` (data from the demo) using the
+    /// certificate `<certs>/<cert_name>.pem`.
+    pub fn write_client(&self, partner: &str, certs: &str, cert_name: &str) -> PathBuf {
+        let certs = self.path(certs);
+        let demo = demo_dir();
+        let path = self.path(&format!("{partner}-{cert_name}.toml"));
+        fs::write(
+            &path,
+            format!(
+                "coordinator = \"https://localhost:1\"\ndata_dir = \"{data}\"\nschema = \"{schema}\"\n\
+                 [tls]\nca_cert = \"{certs}/ca.pem\"\ncert = \"{certs}/{cert_name}.pem\"\nkey = \"{certs}/{cert_name}.key\"\nserver_name = \"coordinator\"\n\
+                 [connect]\nattempts = 20\ninitial_backoff_ms = 100\nmax_backoff_ms = 1000\n",
+                data = demo.join("data").join(partner).display(),
+                schema = demo.join("schema.toml").display(),
+                certs = certs.display(),
+            ),
+        )
+        .expect("write client config");
+        path
+    }
+
+    /// Starts the coordinator on an OS-assigned port; returns it and its port.
+    pub fn start_coordinator(
+        &self,
+        config: &Path,
+        run: &Path,
+        env: &[(&str, &str)],
+    ) -> (Proc, u16) {
+        let addr_file = self.path("coordinator.addr");
+        let _ = fs::remove_file(&addr_file);
+        let mut cmd = Command::new(bin("fedprofile-coordinator"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--run")
+            .arg(run)
+            .arg("--out")
+            .arg(self.path("out"))
+            .arg("--addr-file")
+            .arg(&addr_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut proc = Proc::spawn("coordinator", &mut cmd, self.dir.path());
+        let start = Instant::now();
+        loop {
+            if let Ok(text) = fs::read_to_string(&addr_file)
+                && let Some(port) = text.trim().rsplit(':').next().and_then(|p| p.parse().ok())
+            {
+                return (proc, port);
+            }
+            assert!(
+                proc.is_running(),
+                "coordinator exited early:\n{}",
+                proc.read_stderr()
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "coordinator did not write its address within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a client node for `config` against the coordinator on `port`.
+    pub fn start_client(&self, name: &str, config: &Path, port: u16, extra: &[&str]) -> Proc {
+        let mut cmd = Command::new(bin("fedprofile-client"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--coordinator")
+            .arg(format!("https://localhost:{port}"))
+            .args(extra);
+        Proc::spawn(name, &mut cmd, self.dir.path())
+    }
+
+    /// Reads `<out>/summary.json`.
+    pub fn summary(&self) -> serde_json::Value {
+        let text = fs::read_to_string(self.path("out/summary.json")).expect("summary.json");
+        serde_json::from_str(&text).expect("summary.json parses")
+    }
+}
+
+/// The run file used by the Telco tests: the demo's hyperparameters.
+pub fn telco_run(
+    rounds: u32,
+    min_per_round: usize,
+    min_connected: usize,
+    deadline_secs: f64,
+) -> String {
+    format!(
+        "[run]\nname = \"e2e\"\nrounds = {rounds}\n\
+         [clients]\nfraction_per_round = 1.0\nmin_per_round = {min_per_round}\nmin_connected_to_start = {min_connected}\nstart_timeout_secs = 60\n\
+         [round]\ndeadline_secs = {deadline_secs}\neval_every = 1\nmax_retries = 1\n\
+         [training]\nlocal_epochs = 1\nbatch_size = 32\nlearning_rate = 0.1\n"
+    )
+}

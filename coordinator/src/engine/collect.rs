@@ -27,7 +27,14 @@ impl TaskBook {
     }
 
     /// Records a task as sent.
-    pub fn record(&mut self, task_id: &str, client: &str, round: u32, attempt: u32, kind: TaskKind) {
+    pub fn record(
+        &mut self,
+        task_id: &str,
+        client: &str,
+        round: u32,
+        attempt: u32,
+        kind: TaskKind,
+    ) {
         self.issued.insert(
             task_id.to_string(),
             Issued {
@@ -107,10 +114,16 @@ impl std::fmt::Display for RejectReason {
         match self {
             RejectReason::UnknownTask => write!(f, "no such task was sent"),
             RejectReason::NotSelected { assigned_to } => {
-                write!(f, "client was not selected for this task (it was sent to {assigned_to})")
+                write!(
+                    f,
+                    "client was not selected for this task (it was sent to {assigned_to})"
+                )
             }
             RejectReason::Stale { task_round } => {
-                write!(f, "the task belongs to round {task_round}, not the current one")
+                write!(
+                    f,
+                    "the task belongs to round {task_round}, not the current one"
+                )
             }
             RejectReason::Duplicate => write!(f, "the task was already answered"),
             RejectReason::WrongKind { expected, got } => {
@@ -345,7 +358,10 @@ mod tests {
     fn update_for_another_round_is_rejected() {
         let (book, mut c) = setup();
         let offer = c.offer(&book, "a", reply("old-a", train(vec![0.0; 3], 10)));
-        assert_eq!(offer, Offer::Rejected(RejectReason::Stale { task_round: 1 }));
+        assert_eq!(
+            offer,
+            Offer::Rejected(RejectReason::Stale { task_round: 1 })
+        );
     }
 
     #[test]
@@ -368,19 +384,36 @@ mod tests {
         let Offer::Rejected(reason) = offer else {
             panic!("accepted a 4-parameter update")
         };
-        assert_eq!(reason, RejectReason::WrongDimension { expected: 3, got: 4 });
-        assert_eq!(reason.to_string(), "update has 4 parameters, the model has 3");
+        assert_eq!(
+            reason,
+            RejectReason::WrongDimension {
+                expected: 3,
+                got: 4
+            }
+        );
+        assert_eq!(
+            reason.to_string(),
+            "update has 4 parameters, the model has 3"
+        );
     }
 
     #[test]
     fn non_finite_values_are_rejected_with_their_index() {
         let (book, mut c) = setup();
         assert_eq!(
-            c.offer(&book, "a", reply("t-a", train(vec![0.0, f64::NAN, 0.0], 10))),
+            c.offer(
+                &book,
+                "a",
+                reply("t-a", train(vec![0.0, f64::NAN, 0.0], 10))
+            ),
             Offer::Rejected(RejectReason::NonFinite { index: 1 })
         );
         assert_eq!(
-            c.offer(&book, "b", reply("t-b", train(vec![0.0, 0.0, f64::INFINITY], 10))),
+            c.offer(
+                &book,
+                "b",
+                reply("t-b", train(vec![0.0, 0.0, f64::INFINITY], 10))
+            ),
             Offer::Rejected(RejectReason::NonFinite { index: 2 })
         );
     }

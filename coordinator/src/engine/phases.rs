@@ -70,7 +70,13 @@ impl Run {
             })
             .collect();
         // The federation's template is the one most clients share.
-        let key = |r: &StatsReport| (r.template.clone(), r.label_column.clone(), r.label_positive.clone());
+        let key = |r: &StatsReport| {
+            (
+                r.template.clone(),
+                r.label_column.clone(),
+                r.label_positive.clone(),
+            )
+        };
         let mut counts: Vec<((FeatureSpec, String, String), usize)> = Vec::new();
         for (_, r) in &reports {
             let k = key(r);
@@ -79,8 +85,10 @@ impl Run {
                 None => counts.push((k, 1)),
             }
         }
-        let Some((template, label, positive)) =
-            counts.iter().max_by_key(|(_, n)| *n).map(|(t, _)| t.clone())
+        let Some((template, label, positive)) = counts
+            .iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(t, _)| t.clone())
         else {
             return self.retry_or_fail(attempt, "statistics: no client answered", |a| {
                 State::Statistics { attempt: a }
@@ -151,7 +159,9 @@ impl Run {
             batch_size: self.config.batch_size,
             learning_rate: self.config.learning_rate,
         };
-        let tasks = self.send_tasks(round, attempt, &selected, |_| TaskBody::Train(train.clone()));
+        let tasks = self.send_tasks(round, attempt, &selected, |_| {
+            TaskBody::Train(train.clone())
+        });
         let mut collector = Collector::new(
             round,
             attempt,
@@ -227,7 +237,9 @@ impl Run {
             return State::Failed("internal: evaluation without a global model".into());
         };
         let clients = self.hub.connected();
-        let tasks = self.send_tasks(record.round, 0, &clients, |_| TaskBody::Eval(global.clone()));
+        let tasks = self.send_tasks(record.round, 0, &clients, |_| {
+            TaskBody::Eval(global.clone())
+        });
         let mut collector = Collector::new(record.round, 0, TaskKind::Eval, tasks, None);
         let gathered = self.collect(&mut collector).await;
         record.rejected += gathered.rejected;
@@ -245,8 +257,10 @@ impl Run {
         }
         record.metrics = (record.evaluated_clients > 0).then(|| pooled.metrics());
         if record.metrics.is_none() {
-            self.observer
-                .note(&format!("round {}: no client returned an evaluation", record.round));
+            self.observer.note(&format!(
+                "round {}: no client returned an evaluation",
+                record.round
+            ));
         }
         record.eval_phase_ms = started.elapsed().as_secs_f64() * 1e3;
         record.round_ms = record.train_phase_ms + record.eval_phase_ms;
@@ -273,8 +287,11 @@ impl Run {
 
     fn retry_or_fail(&mut self, attempt: u32, why: &str, again: impl Fn(u32) -> State) -> State {
         if attempt < self.config.max_retries {
-            self.observer
-                .note(&format!("{why}; retrying (attempt {} of {})", attempt + 2, self.config.max_retries + 1));
+            self.observer.note(&format!(
+                "{why}; retrying (attempt {} of {})",
+                attempt + 2,
+                self.config.max_retries + 1
+            ));
             again(attempt + 1)
         } else {
             State::Failed(format!("{why}; no retries left"))

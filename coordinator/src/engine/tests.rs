@@ -144,9 +144,27 @@ fn start(
 #[tokio::test(start_paused = true)]
 async fn fedavg_weights_updates_by_examples_and_pools_evaluation() {
     let behaviours = BTreeMap::from([
-        ("a".to_string(), Behaviour::Honest { v: 1.0, examples: 1 }),
-        ("b".to_string(), Behaviour::Honest { v: 4.0, examples: 2 }),
-        ("c".to_string(), Behaviour::Honest { v: 0.0, examples: 1 }),
+        (
+            "a".to_string(),
+            Behaviour::Honest {
+                v: 1.0,
+                examples: 1,
+            },
+        ),
+        (
+            "b".to_string(),
+            Behaviour::Honest {
+                v: 4.0,
+                examples: 2,
+            },
+        ),
+        (
+            "c".to_string(),
+            Behaviour::Honest {
+                v: 0.0,
+                examples: 1,
+            },
+        ),
     ]);
     let outcome = start(config(2, 3), behaviours).await.unwrap();
     assert!(outcome.completed, "{:?}", outcome.failure);
@@ -174,8 +192,20 @@ async fn fedavg_weights_updates_by_examples_and_pools_evaluation() {
 #[tokio::test(start_paused = true)]
 async fn deadline_closes_a_round_with_the_minimum_when_one_client_never_answers() {
     let behaviours = BTreeMap::from([
-        ("a".to_string(), Behaviour::Honest { v: 1.0, examples: 1 }),
-        ("b".to_string(), Behaviour::Honest { v: 3.0, examples: 1 }),
+        (
+            "a".to_string(),
+            Behaviour::Honest {
+                v: 1.0,
+                examples: 1,
+            },
+        ),
+        (
+            "b".to_string(),
+            Behaviour::Honest {
+                v: 3.0,
+                examples: 1,
+            },
+        ),
         ("c".to_string(), Behaviour::SilentInTraining),
     ]);
     let before = tokio::time::Instant::now();
@@ -193,7 +223,13 @@ async fn deadline_closes_a_round_with_the_minimum_when_one_client_never_answers(
 #[tokio::test(start_paused = true)]
 async fn a_round_below_the_minimum_fails_the_run_with_a_reason() {
     let behaviours = BTreeMap::from([
-        ("a".to_string(), Behaviour::Honest { v: 1.0, examples: 1 }),
+        (
+            "a".to_string(),
+            Behaviour::Honest {
+                v: 1.0,
+                examples: 1,
+            },
+        ),
         ("b".to_string(), Behaviour::SilentInTraining),
         ("c".to_string(), Behaviour::SilentInTraining),
     ]);

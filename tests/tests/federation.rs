@@ -1,0 +1,188 @@
+//! The Telco federation end to end: four real client processes and a coordinator
+//! over mutual TLS on loopback, 20 rounds of FedAvg.
+
+use std::collections::HashMap;
+use std::fs;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use fedprofile_e2e::{PARTNERS, Sandbox, bin, demo_dir, run_bounded, telco_run};
+use ndarray::Array1;
+
+/// One federation run shared by the tests of this file (it takes a few seconds).
+struct DemoRun {
+    sandbox: Sandbox,
+    coordinator_stdout: String,
+    coordinator_stderr: String,
+}
+
+fn demo_run() -> &'static DemoRun {
+    static RUN: OnceLock<DemoRun> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let sandbox = Sandbox::new();
+        let (config, run) = sandbox.write_coordinator(&telco_run(20, 4, 4, 60.0));
+        // Debug logging on the coordinator: the "no customer id" check must hold
+        // even at the most verbose level of our own crates.
+        let (mut coordinator, port) = sandbox.start_coordinator(
+            &config,
+            &run,
+            &[(
+                "RUST_LOG",
+                "debug,h2=info,hyper=info,tower=info,rustls=info",
+            )],
+        );
+        let mut clients: Vec<_> = PARTNERS
+            .iter()
+            .map(|p| {
+                let cfg = sandbox.write_client(p, "certs", p);
+                sandbox.start_client(p, &cfg, port, &[])
+            })
+            .collect();
+        let status = coordinator.wait(Duration::from_secs(300));
+        assert!(
+            status.success(),
+            "coordinator failed:\n{}\n{}",
+            coordinator.read_stdout(),
+            fedprofile_e2e::tail(&coordinator.read_stderr(), 30)
+        );
+        for c in &mut clients {
+            let status = c.wait(Duration::from_secs(30));
+            assert!(status.success(), "{} failed:\n{}", c.name, c.read_stderr());
+        }
+        DemoRun {
+            coordinator_stdout: coordinator.read_stdout(),
+            coordinator_stderr: coordinator.read_stderr(),
+            sandbox,
+        }
+    })
+}
+
+#[test]
+fn telco_federation_over_mtls_meets_the_auc_floor() {
+    let run = demo_run();
+    let summary = run.sandbox.summary();
+    assert_eq!(summary["completed"], true, "{summary}");
+    assert_eq!(summary["rounds"], 20);
+    let auc = summary["auc"].as_f64().unwrap();
+    let log_loss = summary["log_loss"].as_f64().unwrap();
+    assert!(auc >= 0.845, "pooled AUC {auc} below the 0.845 floor");
+    assert!(log_loss <= 0.43, "pooled log loss {log_loss} above 0.43");
+    assert_eq!(summary["clients"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        summary["evaluated_examples"], 1408,
+        "all four test splits are pooled"
+    );
+    // One progress line per round, with the pooled figures.
+    let lines: Vec<&str> = run
+        .coordinator_stdout
+        .lines()
+        .filter(|l| l.starts_with("round "))
+        .collect();
+    assert_eq!(lines.len(), 20, "{}", run.coordinator_stdout);
+    assert!(
+        lines[19].contains("clients 4/4") && lines[19].contains("auc 0.8"),
+        "{}",
+        lines[19]
+    );
+    // metrics.csv: a header and one row per round.
+    let csv = fs::read_to_string(run.sandbox.path("out/metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 21);
+}
+
+#[test]
+fn scores_written_by_partners_give_the_pooled_auc() {
+    let run = demo_run();
+    let model = run.sandbox.path("out/model.json");
+    let schema = fedprofile_data::Schema::from_path(&demo_dir().join("schema.toml")).unwrap();
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    for partner in PARTNERS {
+        let config = run.sandbox.write_client(partner, "certs", partner);
+        let out = run.sandbox.path(&format!("{partner}-scores.csv"));
+        let result = run_bounded(
+            Command::new(bin("fedprofile-client"))
+                .args(["score", "--config"])
+                .arg(&config)
+                .arg("--model")
+                .arg(&model)
+                .args(["--split", "test", "--out"])
+                .arg(&out),
+            Duration::from_secs(60),
+        );
+        assert!(result.status.success(), "score failed: {result:?}");
+        let truth =
+            fedprofile_data::load_split(&schema, &demo_dir().join("data").join(partner), "test")
+                .unwrap()
+                .dataset;
+        let truth: HashMap<String, f64> = truth
+            .ids()
+            .iter()
+            .cloned()
+            .zip(truth.labels().unwrap())
+            .collect();
+        let mut reader = csv::Reader::from_path(&out).unwrap();
+        assert_eq!(reader.headers().unwrap(), vec!["user_id", "score"]);
+        let mut rows = 0;
+        for record in reader.records() {
+            let record = record.unwrap();
+            let p: f64 = record[1].parse().unwrap();
+            assert!((0.0..=1.0).contains(&p));
+            scores.push(p);
+            labels.push(truth[&record[0]]);
+            rows += 1;
+        }
+        assert_eq!(rows, truth.len(), "{partner}: one row per user");
+    }
+    let auc = fedprofile_learning::roc_auc(
+        Array1::from_vec(scores).view(),
+        Array1::from_vec(labels).view(),
+    )
+    .unwrap();
+    let pooled = run.sandbox.summary()["auc"].as_f64().unwrap();
+    assert!(
+        (auc - pooled).abs() <= 0.005,
+        "AUC of the partners' scores {auc} differs from the pooled {pooled}"
+    );
+}
+
+#[test]
+fn no_customer_id_reaches_the_coordinator() {
+    let run = demo_run();
+    let is_customer_id =
+        |w: &str| w.len() == 6 && w.starts_with('C') && w[1..].chars().all(|c| c.is_ascii_digit());
+    let mut texts = vec![
+        (
+            "coordinator stdout".to_string(),
+            run.coordinator_stdout.clone(),
+        ),
+        (
+            "coordinator log".to_string(),
+            run.coordinator_stderr.clone(),
+        ),
+    ];
+    for entry in fs::read_dir(run.sandbox.path("out")).unwrap() {
+        let path = entry.unwrap().path();
+        texts.push((
+            path.display().to_string(),
+            fs::read_to_string(&path).unwrap(),
+        ));
+    }
+    assert!(
+        run.coordinator_stderr.len() > 1000,
+        "the debug log is suspiciously short: {}",
+        run.coordinator_stderr
+    );
+    for (name, text) in texts {
+        let hit = text
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .find(|w| is_customer_id(w));
+        assert!(hit.is_none(), "customer id {hit:?} found in {name}");
+    }
+    // The check itself works: the partners' data does contain such ids.
+    let sample = fs::read_to_string(demo_dir().join("data/partner-a/test/accounts.csv")).unwrap();
+    assert!(
+        sample
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(is_customer_id)
+    );
+}

@@ -1,0 +1,166 @@
+//! Mutual TLS: the coordinator refuses clients without a certificate, with one
+//! from another CA, or with an expired one, and accepts a valid one.
+
+use std::process::Command;
+use std::time::Duration;
+
+use fedprofile_e2e::{Proc, Sandbox, bin, run_bounded, telco_run};
+use fedprofile_protocol::pb::federation_client::FederationClient;
+use fedprofile_protocol::pb::{self, server_message};
+use fedprofile_protocol::tls::{self, TlsFiles};
+use tokio_stream::StreamExt;
+use tonic::transport::{ClientTlsConfig, Endpoint};
+
+/// A coordinator that waits for 99 clients, so nothing but handshakes happen.
+fn idle_coordinator(sandbox: &Sandbox) -> (Proc, u16) {
+    let (config, run) = sandbox.write_coordinator(&telco_run(1, 1, 99, 120.0));
+    sandbox.start_coordinator(&config, &run, &[])
+}
+
+/// Opens a session with `tls` and returns the client id of the welcome, or the error.
+async fn try_session(port: u16, tls: ClientTlsConfig) -> Result<String, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let channel = Endpoint::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let mut client = FederationClient::new(channel);
+    let hello = pb::ClientMessage {
+        body: Some(pb::client_message::Body::Hello(pb::Hello {
+            client_version: "test".into(),
+            protocol_version: fedprofile_protocol::PROTOCOL_VERSION,
+            // Ignored under mTLS: identity comes from the certificate.
+            insecure_name: "someone-else".into(),
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello).await.unwrap();
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.session(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .map_err(|_| "timeout".to_string())?
+    .map_err(|s| format!("session: {s:?}"))?;
+    let mut stream = response.into_inner();
+    match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+        Ok(Some(Ok(pb::ServerMessage {
+            body: Some(server_message::Body::Welcome(w)),
+        }))) => Ok(w.client_id),
+        other => Err(format!("no welcome: {other:?}")),
+    }
+}
+
+fn files(sandbox: &Sandbox, folder: &str, name: &str) -> TlsFiles {
+    TlsFiles {
+        // Always trust the real federation CA for the server side.
+        ca_cert: sandbox.path("certs/ca.pem"),
+        cert: sandbox.path(&format!("{folder}/{name}.pem")),
+        key: sandbox.path(&format!("{folder}/{name}.key")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_accepts_only_valid_certificates_of_the_federation_ca() {
+    let sandbox = Sandbox::new();
+    // Another CA with a client named like a real partner.
+    sandbox.make_ca("other-ca", &["partner-a"]);
+    // An expired certificate from the federation CA.
+    let out = run_bounded(
+        Command::new(bin("fedprofile-coordinator"))
+            .args([
+                "certs",
+                "issue",
+                "--name",
+                "partner-x",
+                "--expired",
+                "--dir",
+            ])
+            .arg(sandbox.path("certs")),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (_coordinator, port) = idle_coordinator(&sandbox);
+
+    // Valid: accepted, and the identity is the certificate's CN, not the claimed name.
+    let ok = tls::client_config(&files(&sandbox, "certs", "partner-b"), "coordinator").unwrap();
+    assert_eq!(try_session(port, ok).await, Ok("partner-b".to_string()));
+
+    // No client certificate.
+    let none =
+        tls::client_config_without_identity(&sandbox.path("certs/ca.pem"), "coordinator").unwrap();
+    let err = try_session(port, none).await.unwrap_err();
+    assert!(!err.is_empty());
+
+    // A certificate from another CA.
+    let other =
+        tls::client_config(&files(&sandbox, "other-ca", "partner-a"), "coordinator").unwrap();
+    assert!(
+        try_session(port, other).await.is_err(),
+        "another CA's certificate was accepted"
+    );
+
+    // An expired certificate of the federation CA.
+    let expired =
+        tls::client_config(&files(&sandbox, "certs", "partner-x"), "coordinator").unwrap();
+    assert!(
+        try_session(port, expired).await.is_err(),
+        "an expired certificate was accepted"
+    );
+}
+
+#[test]
+fn client_with_an_expired_certificate_exits_with_a_clear_error() {
+    let sandbox = Sandbox::new();
+    let out = run_bounded(
+        Command::new(bin("fedprofile-coordinator"))
+            .args([
+                "certs",
+                "issue",
+                "--name",
+                "partner-a",
+                "--expired",
+                "--dir",
+            ])
+            .arg(sandbox.path("certs")),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (_coordinator, port) = idle_coordinator(&sandbox);
+    let config = sandbox.write_client("partner-a", "certs", "partner-a");
+    let mut client = sandbox.start_client("expired", &config, port, &["--connect-attempts", "1"]);
+    let status = client.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1));
+    let stderr = client.read_stderr();
+    assert!(
+        stderr.contains("error: could not reach the coordinator"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn insecure_mode_is_refused_off_loopback() {
+    let sandbox = Sandbox::new();
+    let (config, run) = sandbox.write_coordinator(&telco_run(1, 1, 1, 10.0));
+    let out = run_bounded(
+        Command::new(bin("fedprofile-coordinator"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--run")
+            .arg(&run)
+            .args(["--insecure", "--listen", "0.0.0.0:0"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--insecure is only allowed on a loopback address"),
+        "{stderr}"
+    );
+}
