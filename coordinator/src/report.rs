@@ -122,7 +122,7 @@ pub fn write_outputs(
         path: dir.to_path_buf(),
         source,
     })?;
-    let last_metrics = outcome.rounds.iter().rev().find_map(|r| r.metrics.clone());
+    let last_metrics = outcome.rounds.iter().rev().find_map(|r| r.metrics);
 
     if let Some(model) = &outcome.model {
         let lr = fedprofile_learning::LogisticRegression::from_params(model.params.clone())
@@ -136,11 +136,11 @@ pub fn write_outputs(
                 rounds: outcome.rounds.len() as u32,
                 clients: outcome.contributors.clone(),
                 created_at: created_at.to_string(),
-                metrics: last_metrics.clone(),
+                metrics: last_metrics,
             },
         )
         .map_err(|e| ReportError::Model(e.to_string()))?;
-        file.save(&dir.join("model.json"))
+        file.save(dir.join("model.json"))
             .map_err(|e| ReportError::Model(e.to_string()))?;
     }
 

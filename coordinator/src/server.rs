@@ -134,9 +134,8 @@ pub async fn serve_run(
     // Give the sessions a moment to deliver the final `RunFinished` before closing.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = stop_tx.send(());
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Err(e))) => return Err(e.into()),
-        Ok(_) | Err(_) => {}
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), server).await {
+        return Err(e.into());
     }
     let Some(outcome) = outcome else {
         return Ok(RunOutcome {

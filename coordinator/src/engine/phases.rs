@@ -221,7 +221,7 @@ impl Run {
             metrics: None,
             evaluated_clients: 0,
         };
-        if round % self.config.eval_every == 0 || round == self.config.rounds {
+        if round.is_multiple_of(self.config.eval_every) || round == self.config.rounds {
             State::Evaluating {
                 record: Box::new(record),
             }

@@ -65,7 +65,7 @@ pub fn array_from_tensor(tensor: &pb::Tensor) -> Result<Array1<f64>, ConvertErro
         return Err(ConvertError::NotAVector(tensor.shape.clone()));
     }
     let len = tensor.shape[0] as usize;
-    let expected = len.checked_mul(width).unwrap_or(usize::MAX);
+    let expected = len.saturating_mul(width);
     if tensor.data.len() != expected {
         return Err(ConvertError::TensorLength {
             bytes: tensor.data.len(),
@@ -172,7 +172,11 @@ impl TryFrom<pb::Model> for ModelSnapshot {
                 .features
                 .ok_or(ConvertError::Missing("Model.features"))?
                 .try_into()?,
-            params: array_from_tensor(m.params.as_ref().ok_or(ConvertError::Missing("Model.params"))?)?,
+            params: array_from_tensor(
+                m.params
+                    .as_ref()
+                    .ok_or(ConvertError::Missing("Model.params"))?,
+            )?,
         })
     }
 }

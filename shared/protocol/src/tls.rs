@@ -129,7 +129,11 @@ pub fn identity_from_der(leaf: &[u8]) -> Result<String, TlsError> {
     let cn = cn
         .as_str()
         .map_err(|e| TlsError::BadPeerCertificate(e.to_string()))?;
-    if cn.is_empty() || !cn.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if cn.is_empty()
+        || !cn
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         return Err(TlsError::BadPeerCertificate(format!(
             "common name {cn:?} is not a valid client id (letters, digits, '-', '_', '.')"
         )));
