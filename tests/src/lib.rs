@@ -6,6 +6,8 @@
 //! executable (the coordinator and client packages have integration tests, so
 //! cargo builds their binaries before any test runs).
 
+pub mod light;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

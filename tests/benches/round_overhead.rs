@@ -1,0 +1,133 @@
+//! Coordination overhead per round, measured in-process over real mTLS on
+//! loopback: the coordinator's engine and gRPC service with clients that answer
+//! every task instantly (so the round time is the coordinator's own work: task
+//! fan-out, message encoding, collection, validation, FedAvg, pooled evaluation).
+//!
+//! Run: `cargo bench -p fedprofile-e2e --bench round_overhead`
+
+use std::time::{Duration, Instant};
+
+use fedprofile_coordinator::certs::{self, Role, Validity};
+use fedprofile_coordinator::config::{CoordinatorConfig, RunConfig};
+use fedprofile_coordinator::engine::{RoundRecord, RunObserver, RunSnapshot};
+use fedprofile_coordinator::server::{self, ServeOptions};
+use fedprofile_e2e::light::{open_session, serve_honestly};
+use fedprofile_protocol::tls::{self, TlsFiles};
+
+struct Quiet;
+impl RunObserver for Quiet {
+    fn round_finished(&mut self, _: &RunSnapshot<'_>, _: &RoundRecord) {}
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    v[i]
+}
+
+async fn scenario(clients: usize, rounds: u32, dim: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    certs::init_ca(dir.path(), "bench ca", 1).expect("ca");
+    certs::issue(
+        dir.path(),
+        "coordinator",
+        Role::Server,
+        &[],
+        Validity::Days(1),
+    )
+    .expect("cert");
+    let names: Vec<String> = (0..clients).map(|i| format!("client-{i:03}")).collect();
+    for n in &names {
+        certs::issue(dir.path(), n, Role::Client, &[], Validity::Days(1)).expect("cert");
+    }
+    let options = ServeOptions {
+        config: CoordinatorConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            max_message_bytes: fedprofile_protocol::DEFAULT_MAX_MESSAGE_BYTES,
+            tls: Some(TlsFiles {
+                ca_cert: certs::ca_cert_path(dir.path()),
+                cert: certs::cert_path(dir.path(), "coordinator"),
+                key: certs::key_path(dir.path(), "coordinator"),
+            }),
+        },
+        run: RunConfig {
+            name: "bench".into(),
+            rounds,
+            model: "logistic_regression".into(),
+            seed: Some(1),
+            fraction_per_round: 1.0,
+            min_per_round: clients,
+            min_connected_to_start: clients,
+            start_timeout: Duration::from_secs(60),
+            deadline: Duration::from_secs(60),
+            eval_every: 1,
+            max_retries: 0,
+            local_epochs: 1,
+            batch_size: 32,
+            learning_rate: 0.1,
+        },
+        out_dir: dir.path().join("out"),
+        insecure: false,
+        addr_file: None,
+    };
+    let listener = server::bind(&options).await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(server::serve_run(
+        options,
+        listener,
+        Box::new(Quiet),
+        std::future::pending(),
+    ));
+    let mut handles = Vec::new();
+    for n in &names {
+        let files = TlsFiles {
+            ca_cert: certs::ca_cert_path(dir.path()),
+            cert: certs::cert_path(dir.path(), n),
+            key: certs::key_path(dir.path(), n),
+        };
+        let session = open_session(
+            port,
+            tls::client_config(&files, "coordinator").expect("tls"),
+        )
+        .await
+        .expect("session");
+        handles.push(tokio::spawn(serve_honestly(session, dim)));
+    }
+    let started = Instant::now();
+    let outcome = server.await.expect("join").expect("run");
+    let wall = started.elapsed();
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    for h in handles {
+        let _ = h.await;
+    }
+    // Skip the first round (connection warm-up).
+    let rs = &outcome.rounds[1..];
+    let train: Vec<f64> = rs.iter().map(|r| r.train_phase_ms).collect();
+    let eval: Vec<f64> = rs.iter().map(|r| r.eval_phase_ms).collect();
+    let total: Vec<f64> = rs.iter().map(|r| r.round_ms).collect();
+    println!(
+        "clients {clients:>4} | params {:>3} | rounds {rounds} | train phase median {:.3} ms p90 {:.3} ms | eval phase median {:.3} ms p90 {:.3} ms | round median {:.3} ms p90 {:.3} ms | wall {:.2} s | peak rss {} KiB",
+        dim + 1,
+        percentile(&train, 0.5),
+        percentile(&train, 0.9),
+        percentile(&eval, 0.5),
+        percentile(&eval, 0.9),
+        percentile(&total, 0.5),
+        percentile(&total, 0.9),
+        wall.as_secs_f64(),
+        fedprofile_coordinator::report::peak_rss_kib().unwrap_or(0),
+    );
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // The Telco demo's model has 40 inputs (41 parameters).
+    runtime.block_on(scenario(4, 200, 40));
+    runtime.block_on(scenario(32, 50, 40));
+    runtime.block_on(scenario(4, 50, 10_000));
+}

@@ -1,0 +1,170 @@
+//! Lightweight in-process clients that speak the real protocol over mTLS, for
+//! load, rogue-client and overhead measurements. They hold no data: their
+//! answers are synthetic but well-formed (or deliberately malformed).
+
+use std::time::Duration;
+
+use fedprofile_learning::metrics::EvalSummary;
+use fedprofile_learning::{FeatureColumn, FeatureSpec};
+use fedprofile_protocol::messages::{
+    ClientReply, ColumnStats, ResultBody, StatsReport, Task, TaskBody, TrainReport,
+};
+use fedprofile_protocol::pb::federation_client::FederationClient;
+use fedprofile_protocol::pb::{self, server_message};
+use ndarray::Array1;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::transport::{ClientTlsConfig, Endpoint};
+
+/// An open session: send answers on `tx`, read tasks from `stream`.
+#[derive(Debug)]
+pub struct LightSession {
+    /// The identity the coordinator gave us (from our certificate).
+    pub client_id: String,
+    /// Outgoing messages.
+    pub tx: mpsc::Sender<pb::ClientMessage>,
+    /// Incoming messages after the welcome.
+    pub stream: tonic::Streaming<pb::ServerMessage>,
+}
+
+/// What the coordinator sent next.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A task.
+    Task(Task),
+    /// The run ended.
+    Finished,
+    /// The stream ended or failed.
+    Closed(String),
+}
+
+impl LightSession {
+    /// Next message, bounded by `limit`.
+    pub async fn next(&mut self, limit: Duration) -> Incoming {
+        match tokio::time::timeout(limit, self.stream.next()).await {
+            Err(_) => Incoming::Closed("timeout".into()),
+            Ok(None) => Incoming::Closed("end of stream".into()),
+            Ok(Some(Err(status))) => Incoming::Closed(status.to_string()),
+            Ok(Some(Ok(message))) => match message.body {
+                Some(server_message::Body::Task(t)) => match Task::try_from(t) {
+                    Ok(task) => Incoming::Task(task),
+                    Err(e) => Incoming::Closed(format!("bad task: {e}")),
+                },
+                Some(server_message::Body::Finished(_)) => Incoming::Finished,
+                other => Incoming::Closed(format!("unexpected message {other:?}")),
+            },
+        }
+    }
+
+    /// Sends one reply.
+    pub async fn send(&self, reply: &ClientReply) {
+        let _ = self.tx.send(pb::ClientMessage::from(reply)).await;
+    }
+}
+
+/// Opens a session (hello, welcome) on the coordinator at `localhost:port`.
+pub async fn open_session(port: u16, tls: ClientTlsConfig) -> Result<LightSession, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let channel = Endpoint::from_shared(format!("https://localhost:{port}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(10))
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let mut client = FederationClient::new(channel);
+    let (tx, rx) = mpsc::channel(16);
+    let hello = pb::ClientMessage {
+        body: Some(pb::client_message::Body::Hello(pb::Hello {
+            client_version: "light".into(),
+            protocol_version: fedprofile_protocol::PROTOCOL_VERSION,
+            // Ignored under mTLS: identity comes from the certificate.
+            insecure_name: "someone-else".into(),
+        })),
+    };
+    tx.send(hello).await.map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.session(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .map_err(|_| "timeout".to_string())?
+    .map_err(|s| format!("session: {s:?}"))?;
+    let mut stream = response.into_inner();
+    match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+        Ok(Some(Ok(pb::ServerMessage {
+            body: Some(server_message::Body::Welcome(w)),
+        }))) => Ok(LightSession {
+            client_id: w.client_id,
+            tx,
+            stream,
+        }),
+        other => Err(format!("no welcome: {other:?}")),
+    }
+}
+
+/// A template of `dim` numeric columns `f0..`, label `y` positive `1`.
+pub fn synthetic_stats(dim: usize) -> StatsReport {
+    StatsReport {
+        template: FeatureSpec {
+            columns: (0..dim)
+                .map(|i| FeatureColumn::Numeric {
+                    name: format!("f{i}"),
+                    mean: 0.0,
+                    std: 1.0,
+                })
+                .collect(),
+        },
+        numeric: (0..dim)
+            .map(|i| ColumnStats {
+                column: format!("f{i}"),
+                count: 10,
+                sum: 5.0,
+                sum_sq: 10.0,
+            })
+            .collect(),
+        train_examples: 100,
+        label_column: "y".into(),
+        label_positive: "1".into(),
+    }
+}
+
+/// A well-formed answer to any task (training: a small constant delta).
+pub fn honest_answer(task: &Task, dim: usize) -> ClientReply {
+    let body = match &task.body {
+        TaskBody::Stats => ResultBody::Stats(synthetic_stats(dim)),
+        TaskBody::Train(t) => ResultBody::Train(TrainReport {
+            delta: Array1::from_elem(t.model.params.len(), 0.01),
+            examples: 100,
+            steps: 4,
+            train_loss: 0.5,
+            train_micros: 1,
+        }),
+        TaskBody::Eval(_) => ResultBody::Eval(
+            EvalSummary::from_predictions(
+                Array1::from_vec(vec![0.8, 0.3, 0.6, 0.1]).view(),
+                Array1::from_vec(vec![1.0, 0.0, 1.0, 0.0]).view(),
+            )
+            .unwrap_or_default(),
+        ),
+    };
+    ClientReply::Result {
+        task_id: task.task_id.clone(),
+        body,
+    }
+}
+
+/// Answers every task honestly until the run finishes; returns tasks answered.
+pub async fn serve_honestly(mut session: LightSession, dim: usize) -> usize {
+    let mut answered = 0;
+    loop {
+        match session.next(Duration::from_secs(120)).await {
+            Incoming::Task(task) => {
+                session.send(&honest_answer(&task, dim)).await;
+                answered += 1;
+            }
+            Incoming::Finished | Incoming::Closed(_) => return answered,
+        }
+    }
+}

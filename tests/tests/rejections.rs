@@ -1,0 +1,142 @@
+//! A rogue participant over real mTLS: every kind of bad update is rejected,
+//! logged and counted, and the run goes on with the honest partners.
+
+use std::time::Duration;
+
+use fedprofile_e2e::light::{Incoming, open_session};
+use fedprofile_e2e::{Sandbox, telco_run};
+use fedprofile_protocol::messages::{ClientReply, ResultBody, TaskBody, TrainReport};
+use fedprofile_protocol::pb;
+use fedprofile_protocol::tls::{self, TlsFiles};
+use ndarray::Array1;
+
+fn train(task_id: &str, delta: Vec<f64>, examples: u64) -> ClientReply {
+    ClientReply::Result {
+        task_id: task_id.to_string(),
+        body: ResultBody::Train(TrainReport {
+            delta: Array1::from_vec(delta),
+            examples,
+            steps: 1,
+            train_loss: 0.1,
+            train_micros: 1,
+        }),
+    }
+}
+
+fn refuse(task_id: &str) -> ClientReply {
+    ClientReply::Refusal {
+        task_id: task_id.to_string(),
+        reason: "rogue declines".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_bad_update_is_rejected_and_counted() {
+    let sandbox = Sandbox::new();
+    let (config, run) = sandbox.write_coordinator(&telco_run(3, 3, 4, 30.0));
+    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let _honest: Vec<_> = ["partner-a", "partner-b", "partner-c"]
+        .iter()
+        .map(|p| {
+            let cfg = sandbox.write_client(p, "certs", p);
+            sandbox.start_client(p, &cfg, port, &[])
+        })
+        .collect();
+
+    // The rogue holds a valid certificate (partner-d) but sends bad updates.
+    let files = TlsFiles {
+        ca_cert: sandbox.path("certs/ca.pem"),
+        cert: sandbox.path("certs/partner-d.pem"),
+        key: sandbox.path("certs/partner-d.key"),
+    };
+    let mut rogue = open_session(port, tls::client_config(&files, "coordinator").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rogue.client_id, "partner-d");
+    let mut first_train_task = None;
+    loop {
+        let task = match rogue.next(Duration::from_secs(120)).await {
+            Incoming::Task(t) => t,
+            Incoming::Finished => break,
+            Incoming::Closed(why) => panic!("rogue session closed: {why}"),
+        };
+        let TaskBody::Train(t) = &task.body else {
+            rogue.send(&refuse(&task.task_id)).await;
+            continue;
+        };
+        let dim = t.model.params.len();
+        let id = task.task_id.clone();
+        match task.round {
+            1 => {
+                rogue.send(&train("no-such-task", vec![0.0; dim], 10)).await;
+                let others = id.replace("partner-d", "partner-a");
+                rogue.send(&train(&others, vec![0.0; dim], 10)).await;
+                rogue.send(&train(&id, vec![0.0; dim + 1], 10)).await;
+                rogue.send(&train(&id, vec![0.0; dim], 10)).await;
+                first_train_task = Some(id);
+            }
+            2 => {
+                // A tensor whose bytes do not match its shape: malformed.
+                let broken = pb::ClientMessage {
+                    body: Some(pb::client_message::Body::Result(pb::TaskResult {
+                        task_id: id.clone(),
+                        body: Some(pb::task_result::Body::Train(pb::TrainResult {
+                            delta: Some(pb::Tensor {
+                                shape: vec![dim as u32],
+                                dtype: pb::DType::DtypeF64 as i32,
+                                data: vec![0; 3],
+                            }),
+                            examples: 10,
+                            ..Default::default()
+                        })),
+                    })),
+                };
+                let _ = rogue.tx.send(broken).await;
+                let mut delta = vec![0.0; dim];
+                delta[2] = f64::NAN;
+                rogue.send(&train(&id, delta, 10)).await;
+            }
+            _ => {
+                let stale = first_train_task.clone().unwrap();
+                rogue.send(&train(&stale, vec![0.0; dim], 10)).await;
+                rogue.send(&train(&id, vec![0.0; dim], 0)).await;
+            }
+        }
+    }
+
+    let status = coordinator.wait(Duration::from_secs(120));
+    assert!(status.success(), "{}", coordinator.read_stderr());
+    let summary = sandbox.summary();
+    assert_eq!(summary["completed"], true);
+    assert_eq!(summary["rounds"], 3);
+    let rejected = &summary["rejected_updates"];
+    for key in [
+        "unknown_task",
+        "not_selected",
+        "wrong_dimension",
+        "duplicate",
+        "malformed",
+        "non_finite",
+        "stale_round",
+        "no_examples",
+    ] {
+        assert!(
+            rejected[key].as_u64().unwrap_or(0) >= 1,
+            "no '{key}' rejection counted: {rejected}"
+        );
+    }
+    // Only the honest partners contributed, and the model is still good.
+    assert_eq!(
+        summary["clients"],
+        serde_json::json!(["partner-a", "partner-b", "partner-c"])
+    );
+    assert!(summary["auc"].as_f64().unwrap() > 0.8, "{summary}");
+    assert_eq!(summary["refusals"]["partner-d"], "rogue declines");
+    // Each rejection is logged with its reason.
+    let log = coordinator.read_stderr();
+    assert!(log.contains("update rejected: update has"), "{log}");
+    assert!(
+        log.contains("reason=\"not_selected\"") || log.contains("reason=not_selected"),
+        "{log}"
+    );
+}
