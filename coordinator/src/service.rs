@@ -188,6 +188,7 @@ impl Federation for FederationService {
                 protocol_version: PROTOCOL_VERSION,
             })),
         }));
+        let error_tx = tx.clone();
         let serial = self.hub.register(&client, tx);
         tracing::info!(client = %client, version = %hello.client_version, "client session opened");
         let hub = Arc::clone(&self.hub);
@@ -209,7 +210,13 @@ impl Federation for FederationService {
                     },
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::info!(client = %client, "session ended: {}", status.message());
+                        // Transport-level refusals (oversized or undecodable frames) end
+                        // the session; the client is told why and may reconnect.
+                        tracing::warn!(client = %client, code = ?status.code(), "session ended: {}", status.message());
+                        let _ = error_tx.send(Err(Status::new(
+                            status.code(),
+                            format!("session closed by the coordinator: {}", status.message()),
+                        )));
                         break;
                     }
                 };

@@ -200,12 +200,17 @@ impl Sandbox {
 
     /// Writes the coordinator config and a run file; returns (config, run) paths.
     pub fn write_coordinator(&self, run_toml: &str) -> (PathBuf, PathBuf) {
+        self.write_coordinator_with(run_toml, "")
+    }
+
+    /// Same, with extra top-level config lines (e.g. `max_message_bytes = 4096`).
+    pub fn write_coordinator_with(&self, run_toml: &str, extra: &str) -> (PathBuf, PathBuf) {
         let certs = self.path("certs");
         let config = self.path("coordinator.toml");
         fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\n[tls]\nca_cert = \"{0}/ca.pem\"\ncert = \"{0}/coordinator.pem\"\nkey = \"{0}/coordinator.key\"\n",
+                "listen = \"127.0.0.1:0\"\n{extra}\n[tls]\nca_cert = \"{0}/ca.pem\"\ncert = \"{0}/coordinator.pem\"\nkey = \"{0}/coordinator.key\"\n",
                 certs.display()
             ),
         )
@@ -289,6 +294,16 @@ impl Sandbox {
             .arg(format!("https://localhost:{port}"))
             .args(extra);
         Proc::spawn(name, &mut cmd, self.dir.path())
+    }
+
+    /// mTLS client settings for the certificate `<certs>/<name>.pem`.
+    pub fn client_tls(&self, name: &str) -> tonic::transport::ClientTlsConfig {
+        let files = fedprofile_protocol::tls::TlsFiles {
+            ca_cert: self.path("certs/ca.pem"),
+            cert: self.path(&format!("certs/{name}.pem")),
+            key: self.path(&format!("certs/{name}.key")),
+        };
+        fedprofile_protocol::tls::client_config(&files, "coordinator").expect("client tls")
     }
 
     /// Reads `<out>/summary.json`.

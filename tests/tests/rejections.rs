@@ -140,3 +140,73 @@ async fn every_kind_of_bad_update_is_rejected_and_counted() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_closes_the_round_with_the_minimum_when_a_client_never_answers() {
+    let sandbox = Sandbox::new();
+    let (config, run) = sandbox.write_coordinator(&telco_run(2, 3, 4, 2.0));
+    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let _honest: Vec<_> = ["partner-a", "partner-b", "partner-c"]
+        .iter()
+        .map(|p| {
+            let cfg = sandbox.write_client(p, "certs", p);
+            sandbox.start_client(p, &cfg, port, &[])
+        })
+        .collect();
+    // partner-d joins, then never answers a training task.
+    let mut silent = open_session(port, sandbox.client_tls("partner-d"))
+        .await
+        .unwrap();
+    let mut train_tasks = 0;
+    loop {
+        match silent.next(Duration::from_secs(60)).await {
+            Incoming::Task(t) if matches!(t.body, TaskBody::Train(_)) => train_tasks += 1,
+            Incoming::Task(t) => silent.send(&refuse(&t.task_id)).await,
+            Incoming::Finished => break,
+            Incoming::Closed(why) => panic!("silent session closed: {why}"),
+        }
+    }
+    assert_eq!(train_tasks, 2, "partner-d was selected in both rounds");
+    assert!(coordinator.wait(Duration::from_secs(60)).success());
+    let summary = sandbox.summary();
+    assert_eq!(summary["completed"], true, "{summary}");
+    let csv = std::fs::read_to_string(sandbox.path("out/metrics.csv")).unwrap();
+    for row in csv.lines().skip(1) {
+        let cols: Vec<&str> = row.split(',').collect();
+        assert_eq!(
+            (cols[1], cols[2]),
+            ("4", "3"),
+            "selected 4, closed with 3: {row}"
+        );
+        let train_phase_ms: f64 = cols[15].parse().unwrap();
+        assert!(
+            train_phase_ms >= 2000.0,
+            "the round waited for its deadline: {row}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_refused_and_the_coordinator_carries_on() {
+    let sandbox = Sandbox::new();
+    let (config, run) =
+        sandbox.write_coordinator_with(&telco_run(1, 1, 99, 60.0), "max_message_bytes = 4096");
+    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let mut big = open_session(port, sandbox.client_tls("partner-a"))
+        .await
+        .unwrap();
+    big.send(&train("whatever", vec![0.5; 2_000], 1)).await;
+    match big.next(Duration::from_secs(20)).await {
+        Incoming::Closed(why) => assert!(
+            why.contains("session closed by the coordinator")
+                && why.contains("message length too large"),
+            "{why}"
+        ),
+        other => panic!("an oversized message was accepted: {other:?}"),
+    }
+    assert!(coordinator.is_running(), "the coordinator died");
+    let again = open_session(port, sandbox.client_tls("partner-b"))
+        .await
+        .unwrap();
+    assert_eq!(again.client_id, "partner-b");
+}

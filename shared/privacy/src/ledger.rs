@@ -1,0 +1,654 @@
+//! Append-only, hash-chained JSON-lines ledger of charged tasks.
+//!
+//! Each line is one JSON object with the fields of [`LedgerEntry`] in a fixed
+//! order, `hash` last. `hash` is the hex SHA-256 of the line's own bytes with
+//! the `,"hash":"…"` member removed (the canonical line), and `prev_hash` is
+//! the previous line's `hash` (64 zeros on the first line), so editing any
+//! byte, removing, reordering or splicing in a line breaks the chain at a
+//! line that [`verify`] names. Removing lines at the end is only detectable
+//! against a stored [`VerifiedLedger::head_hash`].
+//!
+//! The ledger records costs; the epsilons in it come from the
+//! [`crate::accountant`] (cost of the charge alone, and of the composition of
+//! every charge in the ledger).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::accountant::{Accountant, Charge, MechanismKind};
+use crate::error::PrivacyError;
+
+/// `prev_hash` of the first line.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Errors reading, verifying or appending to a ledger.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The file could not be read or written.
+    #[error("ledger {path}: {source}")]
+    Io {
+        /// The ledger file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A line is not a ledger entry.
+    #[error("ledger line {line} is malformed: {reason}")]
+    Malformed {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A line's content does not match its hash: it was edited.
+    #[error("ledger line {line} was edited: stored hash {stored} but content hashes to {computed}")]
+    HashMismatch {
+        /// 1-based line number.
+        line: usize,
+        /// The hash written in the line.
+        stored: String,
+        /// The hash of the line's content.
+        computed: String,
+    },
+    /// A line does not follow the previous one: lines were removed,
+    /// reordered, or it was appended out of chain.
+    #[error(
+        "ledger line {line} is out of chain: prev_hash {found} but the previous line hashes to {expected} ({hint})"
+    )]
+    BrokenChain {
+        /// 1-based line number.
+        line: usize,
+        /// Hash of the previous line (or the genesis hash).
+        expected: String,
+        /// The line's `prev_hash`.
+        found: String,
+        /// What the mismatch suggests.
+        hint: String,
+    },
+    /// A task id appears twice.
+    #[error("ledger line {line} charges task {task_id} again (first charged on line {first_line})")]
+    DuplicateTask {
+        /// 1-based line number.
+        line: usize,
+        /// The task id.
+        task_id: String,
+        /// Line of the first charge.
+        first_line: usize,
+    },
+    /// The file changed since it was opened.
+    #[error("ledger {path} changed since it was opened: head hash {found}, expected {expected}")]
+    ConcurrentModification {
+        /// The ledger file.
+        path: PathBuf,
+        /// Head hash held in memory.
+        expected: String,
+        /// Head hash of the file.
+        found: String,
+    },
+    /// The new entry's epsilon is not finite.
+    #[error("cannot record an infinite privacy loss for task {0}")]
+    InfiniteLoss(String),
+    /// Accounting failed.
+    #[error(transparent)]
+    Privacy(#[from] PrivacyError),
+}
+
+/// One charged task, as stored on one line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerEntry {
+    /// Training run.
+    pub run_id: String,
+    /// Federated round.
+    pub round: u64,
+    /// Task id (unique in the ledger).
+    pub task_id: String,
+    /// Mechanism.
+    pub mechanism: MechanismKind,
+    /// Sampling rate.
+    pub q: f64,
+    /// Noise multiplier.
+    pub sigma: f64,
+    /// Clip norm the noise was calibrated to.
+    pub clip_norm: f64,
+    /// Steps.
+    pub steps: u64,
+    /// Epsilon of this charge alone at `delta`.
+    pub cost_epsilon: f64,
+    /// Epsilon of every charge up to and including this line at `delta`.
+    pub cumulative_epsilon: f64,
+    /// Delta of both epsilons.
+    pub delta: f64,
+    /// Hash of the previous line.
+    pub prev_hash: String,
+    /// Hash of this line's canonical form.
+    pub hash: String,
+}
+
+impl LedgerEntry {
+    /// The charge this line records.
+    pub fn charge(&self) -> Charge {
+        Charge {
+            mechanism: self.mechanism,
+            q: self.q,
+            sigma: self.sigma,
+            steps: self.steps,
+        }
+    }
+}
+
+/// The canonical form: every field but `hash`, in declaration order.
+#[derive(Serialize)]
+struct CanonicalEntry<'a> {
+    run_id: &'a str,
+    round: u64,
+    task_id: &'a str,
+    mechanism: MechanismKind,
+    q: f64,
+    sigma: f64,
+    clip_norm: f64,
+    steps: u64,
+    cost_epsilon: f64,
+    cumulative_epsilon: f64,
+    delta: f64,
+    prev_hash: &'a str,
+}
+
+/// What to record for a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChargeRecord {
+    /// Training run.
+    pub run_id: String,
+    /// Federated round.
+    pub round: u64,
+    /// Task id.
+    pub task_id: String,
+    /// The charge (from the mechanism's privacy map).
+    pub charge: Charge,
+    /// Clip norm used.
+    pub clip_norm: f64,
+    /// Delta at which epsilons are recorded.
+    pub delta: f64,
+}
+
+/// Outcome of [`Ledger::append`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// A new line was written and synced.
+    New(LedgerEntry),
+    /// The task was already charged: nothing was written.
+    Existing(LedgerEntry),
+}
+
+impl Appended {
+    /// The entry, new or existing.
+    pub fn entry(&self) -> &LedgerEntry {
+        match self {
+            Appended::New(e) | Appended::Existing(e) => e,
+        }
+    }
+}
+
+/// A ledger whose every line has been verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedLedger {
+    /// Entries in file order.
+    pub entries: Vec<LedgerEntry>,
+    /// Hash of the last line (the genesis hash if empty); store it elsewhere
+    /// to detect truncation.
+    pub head_hash: String,
+}
+
+impl VerifiedLedger {
+    /// All charges in order.
+    pub fn charges(&self) -> Vec<Charge> {
+        self.entries.iter().map(LedgerEntry::charge).collect()
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Splits a stored line into its canonical form and stored hash.
+fn split_hash(line: &str) -> Option<(String, &str)> {
+    const KEY: &str = ",\"hash\":\"";
+    let idx = line.rfind(KEY)?;
+    let rest = line[idx + KEY.len()..].strip_suffix("\"}")?;
+    if rest.len() != 64 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((format!("{}}}", &line[..idx]), rest))
+}
+
+fn chain_hint(entries: &[LedgerEntry], line_idx: usize, found: &str) -> String {
+    if let Some(j) = entries.iter().position(|e| e.hash == found) {
+        if j > line_idx {
+            return format!("it follows line {}: lines were reordered", j + 1);
+        }
+        return format!(
+            "it follows line {}: lines were removed or reordered in between",
+            j + 1
+        );
+    }
+    if found == GENESIS_HASH {
+        return "it claims to be the first line: earlier lines were removed or a new ledger was spliced in"
+            .to_string();
+    }
+    "it follows no line in the ledger: a line before it was removed, or it was appended out of chain"
+        .to_string()
+}
+
+/// Reads and verifies a ledger file: every line's hash, the chain from the
+/// genesis hash, and uniqueness of task ids. Names the first bad line (1-based).
+/// A missing file is an empty ledger.
+pub fn verify(path: impl AsRef<Path>) -> Result<VerifiedLedger, LedgerError> {
+    let path = path.as_ref();
+    let io_err = |source| LedgerError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(VerifiedLedger {
+                entries: Vec::new(),
+                head_hash: GENESIS_HASH.to_string(),
+            });
+        }
+        Err(e) => return Err(io_err(e)),
+    };
+    let lines: Vec<String> = BufReader::new(file)
+        .lines()
+        .collect::<Result<_, _>>()
+        .map_err(io_err)?;
+    // Parse and hash every line first, so chain hints can look ahead.
+    let mut entries = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let n = i + 1;
+        let entry: LedgerEntry =
+            serde_json::from_str(line).map_err(|e| LedgerError::Malformed {
+                line: n,
+                reason: e.to_string(),
+            })?;
+        let (canonical, stored) = split_hash(line).ok_or_else(|| LedgerError::Malformed {
+            line: n,
+            reason: "the line does not end with a 64-digit hex \"hash\" member".to_string(),
+        })?;
+        let computed = sha256_hex(canonical.as_bytes());
+        if computed != stored || entry.hash != stored {
+            return Err(LedgerError::HashMismatch {
+                line: n,
+                stored: stored.to_string(),
+                computed,
+            });
+        }
+        entries.push(entry);
+    }
+    let mut expected = GENESIS_HASH.to_string();
+    for (i, e) in entries.iter().enumerate() {
+        if e.prev_hash != expected {
+            return Err(LedgerError::BrokenChain {
+                line: i + 1,
+                expected,
+                found: e.prev_hash.clone(),
+                hint: chain_hint(&entries, i, &e.prev_hash),
+            });
+        }
+        if let Some(j) = entries[..i].iter().position(|p| p.task_id == e.task_id) {
+            return Err(LedgerError::DuplicateTask {
+                line: i + 1,
+                task_id: e.task_id.clone(),
+                first_line: j + 1,
+            });
+        }
+        expected = e.hash.clone();
+    }
+    Ok(VerifiedLedger {
+        entries,
+        head_hash: expected,
+    })
+}
+
+/// An open ledger file (single writer).
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    verified: VerifiedLedger,
+    accountant: Accountant,
+}
+
+impl Ledger {
+    /// Opens (and verifies) the ledger at `path`; a missing file is created on first append.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Ledger, LedgerError> {
+        let path = path.into();
+        let verified = verify(&path)?;
+        Ok(Ledger {
+            path,
+            verified,
+            accountant: Accountant::default(),
+        })
+    }
+
+    /// The verified entries.
+    pub fn entries(&self) -> &[LedgerEntry] {
+        &self.verified.entries
+    }
+
+    /// All charges recorded so far.
+    pub fn charges(&self) -> Vec<Charge> {
+        self.verified.charges()
+    }
+
+    /// Hash of the last line.
+    pub fn head_hash(&self) -> &str {
+        &self.verified.head_hash
+    }
+
+    /// Records a charged task: computes its cost and the cumulative cost with
+    /// the accountant, writes one line and fsyncs. A task id already in the
+    /// ledger is never charged twice: its existing entry is returned.
+    /// The file is re-verified first; a change by another writer is an error.
+    pub fn append(&mut self, record: ChargeRecord) -> Result<Appended, LedgerError> {
+        let on_disk = verify(&self.path)?;
+        if on_disk.head_hash != self.verified.head_hash {
+            return Err(LedgerError::ConcurrentModification {
+                path: self.path.clone(),
+                expected: self.verified.head_hash.clone(),
+                found: on_disk.head_hash,
+            });
+        }
+        if let Some(e) = self
+            .verified
+            .entries
+            .iter()
+            .find(|e| e.task_id == record.task_id)
+        {
+            return Ok(Appended::Existing(e.clone()));
+        }
+        record.charge.validate()?;
+        if !(record.clip_norm > 0.0 && record.clip_norm.is_finite()) {
+            return Err(PrivacyError::InvalidClipNorm(record.clip_norm).into());
+        }
+        let cost = self
+            .accountant
+            .epsilon(&[record.charge], record.delta)?
+            .epsilon;
+        let mut all = self.charges();
+        all.push(record.charge);
+        let cumulative = self.accountant.epsilon(&all, record.delta)?.epsilon;
+        if !(cost.is_finite() && cumulative.is_finite()) {
+            return Err(LedgerError::InfiniteLoss(record.task_id));
+        }
+        let canonical = CanonicalEntry {
+            run_id: &record.run_id,
+            round: record.round,
+            task_id: &record.task_id,
+            mechanism: record.charge.mechanism,
+            q: record.charge.q,
+            sigma: record.charge.sigma,
+            clip_norm: record.clip_norm,
+            steps: record.charge.steps,
+            cost_epsilon: cost,
+            cumulative_epsilon: cumulative,
+            delta: record.delta,
+            prev_hash: &self.verified.head_hash,
+        };
+        let canonical = serde_json::to_string(&canonical).map_err(|e| LedgerError::Malformed {
+            line: self.verified.entries.len() + 1,
+            reason: e.to_string(),
+        })?;
+        let hash = sha256_hex(canonical.as_bytes());
+        let line = format!(
+            "{},\"hash\":\"{hash}\"}}\n",
+            canonical.strip_suffix('}').unwrap_or(&canonical)
+        );
+        let io_err = |source| LedgerError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io_err)?;
+        file.write_all(line.as_bytes()).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        let entry = LedgerEntry {
+            run_id: record.run_id,
+            round: record.round,
+            task_id: record.task_id,
+            mechanism: record.charge.mechanism,
+            q: record.charge.q,
+            sigma: record.charge.sigma,
+            clip_norm: record.clip_norm,
+            steps: record.charge.steps,
+            cost_epsilon: cost,
+            cumulative_epsilon: cumulative,
+            delta: record.delta,
+            prev_hash: self.verified.head_hash.clone(),
+            hash: hash.clone(),
+        };
+        self.verified.entries.push(entry.clone());
+        self.verified.head_hash = hash;
+        Ok(Appended::New(entry))
+    }
+}
+
+/// Opens the ledger at `path` and appends `record` (see [`Ledger::append`]).
+pub fn append(path: impl Into<PathBuf>, record: ChargeRecord) -> Result<Appended, LedgerError> {
+    Ledger::open(path)?.append(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(task: &str, round: u64) -> ChargeRecord {
+        ChargeRecord {
+            run_id: "run-1".to_string(),
+            round,
+            task_id: task.to_string(),
+            // Unsampled, so the accountant uses the exact Gaussian path and
+            // the tamper tests stay fast in debug builds.
+            charge: Charge::subsampled_gaussian(1.0, 2.0, 10).unwrap(),
+            clip_norm: 1.0,
+            delta: 1e-5,
+        }
+    }
+
+    fn ledger_with(n: usize) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let mut l = Ledger::open(&path).unwrap();
+        for i in 0..n {
+            l.append(record(&format!("task-{i}"), i as u64)).unwrap();
+        }
+        (dir, path)
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn write(path: &Path, lines: &[String]) {
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    #[test]
+    fn append_chains_and_accumulates() {
+        let (_d, path) = ledger_with(3);
+        let v = verify(&path).unwrap();
+        assert_eq!(v.entries.len(), 3);
+        assert_eq!(v.entries[0].prev_hash, GENESIS_HASH);
+        assert_eq!(v.entries[1].prev_hash, v.entries[0].hash);
+        assert_eq!(v.head_hash, v.entries[2].hash);
+        let e = &v.entries;
+        assert!(e[0].cumulative_epsilon == e[0].cost_epsilon);
+        assert!(e[1].cumulative_epsilon > e[0].cumulative_epsilon);
+        // Composition, not a sum of epsilons.
+        assert!(e[2].cumulative_epsilon < 3.0 * e[0].cost_epsilon);
+        assert!(
+            lines(&path)[0].starts_with("{\"run_id\":\"run-1\",\"round\":0,\"task_id\":\"task-0\"")
+        );
+    }
+
+    #[test]
+    fn records_subsampled_charges() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let mut rec = record("task-s", 0);
+        rec.charge = Charge::subsampled_gaussian(0.01, 1.1, 1000).unwrap();
+        let e = append(&path, rec).unwrap().entry().clone();
+        assert!((e.cost_epsilon - 1.5154).abs() < 2e-3, "{e:?}");
+        assert_eq!(e.cost_epsilon, e.cumulative_epsilon);
+        assert_eq!(verify(&path).unwrap().charges(), vec![e.charge()]);
+    }
+
+    #[test]
+    fn task_is_never_charged_twice() {
+        let (_d, path) = ledger_with(2);
+        let mut l = Ledger::open(&path).unwrap();
+        let again = l.append(record("task-1", 9)).unwrap();
+        assert!(matches!(again, Appended::Existing(ref e) if e.round == 1));
+        assert_eq!(lines(&path).len(), 2);
+    }
+
+    #[test]
+    fn detects_edited_line() {
+        let (_d, path) = ledger_with(3);
+        let mut l = lines(&path);
+        l[1] = l[1].replace("\"sigma\":2.0", "\"sigma\":2.5");
+        write(&path, &l);
+        let err = verify(&path).unwrap_err();
+        assert!(
+            matches!(err, LedgerError::HashMismatch { line: 2, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with("ledger line 2 was edited"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn detects_edited_line_with_recomputed_hash() {
+        let (_d, path) = ledger_with(3);
+        let mut l = lines(&path);
+        let edited = l[0].replace("\"sigma\":2.0", "\"sigma\":9.0");
+        let (canonical, _) = split_hash(&edited).unwrap();
+        let h = sha256_hex(canonical.as_bytes());
+        l[0] = format!(
+            "{},\"hash\":\"{h}\"}}",
+            canonical.strip_suffix('}').unwrap()
+        );
+        write(&path, &l);
+        let err = verify(&path).unwrap_err();
+        assert!(
+            matches!(err, LedgerError::BrokenChain { line: 2, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn detects_removed_line() {
+        let (_d, path) = ledger_with(4);
+        let mut l = lines(&path);
+        l.remove(1);
+        write(&path, &l);
+        let err = verify(&path).unwrap_err();
+        assert!(
+            matches!(err, LedgerError::BrokenChain { line: 2, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("a line before it was removed"),
+            "{err}"
+        );
+        // Removing the first line breaks line 1.
+        let (_d, path) = ledger_with(2);
+        let mut l = lines(&path);
+        l.remove(0);
+        write(&path, &l);
+        let err = verify(&path).unwrap_err();
+        assert!(
+            matches!(err, LedgerError::BrokenChain { line: 1, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn detects_reordered_lines() {
+        let (_d, path) = ledger_with(4);
+        let mut l = lines(&path);
+        l.swap(1, 2);
+        write(&path, &l);
+        let err = verify(&path).unwrap_err();
+        assert!(
+            matches!(err, LedgerError::BrokenChain { line: 2, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("reordered"), "{err}");
+    }
+
+    #[test]
+    fn detects_line_appended_out_of_chain() {
+        let (_d, path) = ledger_with(3);
+        // A valid line from another ledger, appended at the end.
+        let (_d2, other) = ledger_with(1);
+        let mut l = lines(&path);
+        let mut foreign = lines(&other)[0].replace("task-0", "task-x");
+        // Re-hash so only the chain is wrong.
+        let (canonical, _) = split_hash(&foreign).unwrap();
+        let h = sha256_hex(canonical.as_bytes());
+        foreign = format!(
+            "{},\"hash\":\"{h}\"}}",
+            canonical.strip_suffix('}').unwrap()
+        );
+        l.push(foreign);
+        write(&path, &l);
+        let err = verify(&path).unwrap_err();
+        assert!(
+            matches!(err, LedgerError::BrokenChain { line: 4, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("first line"), "{err}");
+    }
+
+    #[test]
+    fn detects_malformed_and_refuses_to_append_to_tampered_file() {
+        let (_d, path) = ledger_with(2);
+        let mut l = lines(&path);
+        l[1].push_str("garbage");
+        write(&path, &l);
+        let err = verify(&path).unwrap_err();
+        assert!(
+            matches!(err, LedgerError::Malformed { line: 2, .. }),
+            "{err}"
+        );
+        assert!(append(&path, record("task-9", 9)).is_err());
+    }
+
+    #[test]
+    fn detects_concurrent_writer() {
+        let (_d, path) = ledger_with(1);
+        let mut a = Ledger::open(&path).unwrap();
+        let mut b = Ledger::open(&path).unwrap();
+        a.append(record("task-a", 1)).unwrap();
+        let err = b.append(record("task-b", 1)).unwrap_err();
+        assert!(
+            matches!(err, LedgerError::ConcurrentModification { .. }),
+            "{err}"
+        );
+    }
+}
