@@ -37,6 +37,13 @@ enum Command {
         /// Plain-text gRPC to a loopback coordinator, claiming this client id (development only).
         #[arg(long, value_name = "CLIENT_ID")]
         insecure: Option<String>,
+        /// Override the privacy ledger file of the config's [privacy] section.
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+        /// Seed the training RNG for reproducibility tests. The updates are then
+        /// NOT private, and the coordinator is told so.
+        #[arg(long, value_name = "SEED")]
+        insecure_test_seed: Option<u64>,
     },
     /// Print the data-quality report of the train and test splits; contacts nobody.
     ///
@@ -49,6 +56,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Privacy: cost of a run, calibration, the ledger, the per-round report.
+    #[command(subcommand)]
+    Privacy(crate::privacy_cli::PrivacyCommand),
     /// Score this partner's users with a global model; writes user_id,score.
     ///
     /// Example: fedprofile-client score --config client.toml --model out/model.json --split test --out scores.csv
@@ -104,6 +114,7 @@ struct SplitReport<'a> {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Command::Privacy(command) => crate::privacy_cli::run(command),
         Command::CheckData { config, json } => {
             let config = load_config(&config)?;
             let schema =
@@ -148,8 +159,21 @@ fn run(cli: Cli) -> Result<(), String> {
             coordinator,
             connect_attempts,
             insecure,
+            insecure_test_seed,
+            ledger,
         } => {
             let mut config = load_config(&config)?;
+            if let Some(path) = ledger {
+                match config.privacy.as_mut() {
+                    Some(p) => p.ledger = path,
+                    None => {
+                        return Err(
+                            "--ledger needs a [privacy] section (the budget) in the client config"
+                                .into(),
+                        );
+                    }
+                }
+            }
             if let Some(url) = coordinator {
                 config.coordinator = url;
             }
@@ -161,6 +185,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 &config.data_dir,
                 &config.train_split,
                 &config.test_split,
+                config.privacy.as_ref(),
+                insecure_test_seed,
             )
             .map_err(|e| e.to_string())?;
             let options = TransportOptions {

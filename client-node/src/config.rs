@@ -14,6 +14,12 @@
 //! key = "certs/partner-a.key"
 //! server_name = "localhost"                 # optional: name in the coordinator's certificate
 //!
+//! [privacy]                                 # optional: this partner's budget
+//! epsilon = 1.0                             # total epsilon this ledger may spend
+//! delta = 1e-5
+//! ledger = "privacy-ledger.jsonl"           # append-only, hash-chained
+//! require_dp = false                        # refuse training without record-level DP
+//!
 //! [connect]                                 # optional
 //! attempts = 30                             # connection attempts before giving up
 //! initial_backoff_ms = 200                  # doubled after each failure, with jitter
@@ -24,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fedprofile_protocol::tls::TlsFiles;
+
+use crate::privacy::PrivacySettings;
 use serde::Deserialize;
 
 /// A configuration that cannot be used.
@@ -70,6 +78,26 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     connect: RawConnect,
+    privacy: Option<RawPrivacy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    epsilon: f64,
+    #[serde(default = "default_delta")]
+    delta: f64,
+    #[serde(default = "default_ledger")]
+    ledger: PathBuf,
+    #[serde(default)]
+    require_dp: bool,
+}
+
+fn default_delta() -> f64 {
+    1e-5
+}
+fn default_ledger() -> PathBuf {
+    PathBuf::from("privacy-ledger.jsonl")
 }
 
 fn default_train() -> String {
@@ -134,6 +162,8 @@ pub struct ClientConfig {
     pub tls: Option<(TlsFiles, Option<String>)>,
     /// Reconnection policy.
     pub connect: ConnectPolicy,
+    /// Privacy budget and ledger.
+    pub privacy: Option<PrivacySettings>,
 }
 
 impl ClientConfig {
@@ -159,6 +189,29 @@ impl ClientConfig {
                 format!("'{}' must be a URL like https://host:port", raw.coordinator),
             ));
         }
+        let privacy = match raw.privacy {
+            None => None,
+            Some(p) => {
+                if !(p.epsilon.is_finite() && p.epsilon > 0.0) {
+                    return Err(invalid(
+                        "privacy.epsilon",
+                        format!("must be a positive number, got {}", p.epsilon),
+                    ));
+                }
+                if !(p.delta > 0.0 && p.delta < 1.0) {
+                    return Err(invalid(
+                        "privacy.delta",
+                        format!("must be in (0, 1), got {}", p.delta),
+                    ));
+                }
+                Some(PrivacySettings {
+                    epsilon: p.epsilon,
+                    delta: p.delta,
+                    ledger: base.join(p.ledger),
+                    require_dp: p.require_dp,
+                })
+            }
+        };
         if raw.connect.attempts == 0 {
             return Err(invalid("connect.attempts", "must be at least 1".into()));
         }
@@ -183,6 +236,7 @@ impl ClientConfig {
                 initial_backoff: Duration::from_millis(raw.connect.initial_backoff_ms),
                 max_backoff: Duration::from_millis(raw.connect.max_backoff_ms.max(1)),
             },
+            privacy,
         })
     }
 }

@@ -9,5 +9,8 @@
 pub mod cli;
 pub mod config;
 pub mod node;
+pub mod plot;
+pub mod privacy;
+pub mod privacy_cli;
 pub mod score;
 pub mod session;

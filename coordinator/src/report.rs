@@ -47,10 +47,14 @@ impl RunObserver for ProgressPrinter {
             ),
             None => "not evaluated".to_string(),
         };
+        let epsilon = r
+            .epsilon
+            .map(|e| format!(" | ε {e:.3}"))
+            .unwrap_or_default();
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "round {:>3}/{} | clients {}/{} | {metrics} | {:.0} ms",
+            "round {:>3}/{} | clients {}/{} | {metrics}{epsilon} | {:.0} ms",
             r.round, run.rounds, r.accepted, r.selected, r.round_ms
         );
         let _ = out.flush();
@@ -89,6 +93,8 @@ struct Summary<'a> {
     f1: Option<f64>,
     evaluated_examples: Option<u64>,
     clients: &'a [String],
+    epsilon: Option<f64>,
+    not_private: &'a [String],
     rejected_updates: &'a std::collections::BTreeMap<String, u64>,
     refusals: &'a std::collections::BTreeMap<String, String>,
     median_round_ms: Option<f64>,
@@ -145,7 +151,7 @@ pub fn write_outputs(
     }
 
     let mut csv = String::from(
-        "round,selected,accepted,rejected,refused,attempts,train_loss,auc,log_loss,accuracy,precision,recall,f1,evaluated_clients,round_ms,train_phase_ms,max_client_train_ms,overhead_ms,eval_phase_ms\n",
+        "round,selected,accepted,rejected,refused,attempts,train_loss,auc,log_loss,accuracy,precision,recall,f1,evaluated_clients,epsilon,round_ms,train_phase_ms,max_client_train_ms,overhead_ms,eval_phase_ms\n",
     );
     for r in &outcome.rounds {
         let m = |f: fn(&fedprofile_learning::metrics::Metrics) -> Option<f64>| {
@@ -156,7 +162,7 @@ pub fn write_outputs(
                 .unwrap_or_default()
         };
         csv.push_str(&format!(
-            "{},{},{},{},{},{},{:.6},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3}\n",
+            "{},{},{},{},{},{},{:.6},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3}\n",
             r.round,
             r.selected,
             r.accepted,
@@ -171,6 +177,7 @@ pub fn write_outputs(
             m(|m| Some(m.recall)),
             m(|m| Some(m.f1)),
             r.evaluated_clients,
+            r.epsilon.map(|e| format!("{e:.6}")).unwrap_or_default(),
             r.round_ms,
             r.train_phase_ms,
             r.max_client_train_ms,
@@ -193,6 +200,8 @@ pub fn write_outputs(
         f1: last_metrics.as_ref().map(|m| m.f1),
         evaluated_examples: last_metrics.as_ref().map(|m| m.examples),
         clients: &outcome.contributors,
+        epsilon: outcome.rounds.iter().rev().find_map(|r| r.epsilon),
+        not_private: &outcome.not_private,
         rejected_updates: &outcome.rejections,
         refusals: &outcome.refusals,
         median_round_ms: median(outcome.rounds.iter().map(|r| r.round_ms).collect()),

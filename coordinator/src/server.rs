@@ -126,7 +126,14 @@ pub async fn serve_run(
     ));
 
     let run_id = make_run_id(&options.run.name);
-    let engine = Run::new(options.run.clone(), run_id, hub, inbox_rx, observer);
+    let engine = Run::new(options.run.clone(), run_id, hub, inbox_rx, observer)
+        .with_ledger(options.out_dir.join("coordinator-ledger.jsonl"));
+    if let Err(source) = std::fs::create_dir_all(&options.out_dir) {
+        return Err(ServeError::Report(ReportError::Write {
+            path: options.out_dir.clone(),
+            source,
+        }));
+    }
     let outcome = tokio::select! {
         outcome = engine.execute() => Some(outcome),
         () = shutdown => None,
@@ -147,6 +154,7 @@ pub async fn serve_run(
             rejections: Default::default(),
             refusals: Default::default(),
             contributors: Vec::new(),
+            not_private: Vec::new(),
             target: None,
         });
     };

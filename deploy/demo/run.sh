@@ -3,16 +3,23 @@
 # coordinator and four client nodes on loopback over mutual TLS, train 20 rounds,
 # stop everything, leave model.json, metrics.csv and summary.json in OUT_DIR.
 #
-#   deploy/demo/run.sh [OUT_DIR]        (default: out/demo)
+#   deploy/demo/run.sh [OUT_DIR] [RUN_FILE]     (defaults: out/demo, deploy/demo/run.toml)
+#
+# With deploy/demo/run-dp.toml the partners train with record-level differential
+# privacy; their ledgers go to OUT_DIR/ledgers and are verified at the end.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 out="${1:-out/demo}"
+run_file="$(cd "$(dirname "${2:-$here/run.toml}")" && pwd)/$(basename "${2:-$here/run.toml}")"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 logs="$out/logs"
 mkdir -p "$logs"
+# Each demo is a fresh federation: new ledgers (a real partner never deletes its ledger).
+rm -rf "$out/ledgers"
+mkdir -p "$out/ledgers"
 
 echo "== building (release)"
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" \
@@ -35,7 +42,7 @@ for p in "${partners[@]}"; do args+=(--client "$p"); done
 
 echo "== coordinator"
 rm -f "$out/coordinator.addr"
-"$bin/fedprofile-coordinator" serve --config "$here/coordinator.toml" --run "$here/run.toml" \
+"$bin/fedprofile-coordinator" serve --config "$here/coordinator.toml" --run "$run_file" \
   --out "$out" --listen 127.0.0.1:0 --addr-file "$out/coordinator.addr" \
   >"$logs/coordinator.out" 2>"$logs/coordinator.log" &
 coordinator=$!
@@ -52,7 +59,8 @@ echo "   listening on 127.0.0.1:$port (mutual TLS)"
 echo "== client nodes: ${partners[*]}"
 for p in "${partners[@]}"; do
   "$bin/fedprofile-client" run --config "$here/clients/$p.toml" \
-    --coordinator "https://localhost:$port" >"$logs/$p.out" 2>"$logs/$p.log" &
+    --coordinator "https://localhost:$port" --ledger "$out/ledgers/$p.jsonl" \
+    >"$logs/$p.out" 2>"$logs/$p.log" &
   pids+=("$!")
 done
 
@@ -70,3 +78,11 @@ if [ "$status" -ne 0 ]; then
 fi
 echo "== done: $out/model.json, $out/metrics.csv, $out/summary.json (logs in $logs)"
 cat "$out/summary.json"
+echo
+if compgen -G "$out/ledgers/*.jsonl" >/dev/null; then
+  echo "== privacy: each partner's ledger, and what the run file said it would cost"
+  for p in "${partners[@]}"; do
+    "$bin/fedprofile-client" privacy ledger verify "$out/ledgers/$p.jsonl"
+    "$bin/fedprofile-client" privacy cost --run "$run_file" --config "$here/clients/$p.toml" | head -n 1
+  done
+fi

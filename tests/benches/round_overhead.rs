@@ -66,6 +66,7 @@ async fn scenario(clients: usize, rounds: u32, dim: usize) {
             local_epochs: 1,
             batch_size: 32,
             learning_rate: 0.1,
+            privacy: fedprofile_protocol::run::PrivacyMode::None,
         },
         out_dir: dir.path().join("out"),
         insecure: false,

@@ -223,6 +223,17 @@ impl Sandbox {
     /// Writes a client config for `partner` (data from the demo) using the
     /// certificate `<certs>/<cert_name>.pem`.
     pub fn write_client(&self, partner: &str, certs: &str, cert_name: &str) -> PathBuf {
+        self.write_client_with(partner, certs, cert_name, "")
+    }
+
+    /// Same, with extra TOML appended (e.g. a `[privacy]` section).
+    pub fn write_client_with(
+        &self,
+        partner: &str,
+        certs: &str,
+        cert_name: &str,
+        extra: &str,
+    ) -> PathBuf {
         let certs = self.path(certs);
         let demo = demo_dir();
         let path = self.path(&format!("{partner}-{cert_name}.toml"));
@@ -235,7 +246,7 @@ impl Sandbox {
                 data = demo.join("data").join(partner).display(),
                 schema = demo.join("schema.toml").display(),
                 certs = certs.display(),
-            ),
+            ) + extra,
         )
         .expect("write client config");
         path
@@ -311,6 +322,13 @@ impl Sandbox {
         let text = fs::read_to_string(self.path("out/summary.json")).expect("summary.json");
         serde_json::from_str(&text).expect("summary.json parses")
     }
+}
+
+/// Runs `fedprofile-client ARGS…` to completion (bounded).
+pub fn client_cmd(args: &[&str]) -> Output {
+    let mut cmd = Command::new(bin("fedprofile-client"));
+    cmd.args(args);
+    run_bounded(&mut cmd, Duration::from_secs(120))
 }
 
 /// The run file used by the Telco tests: the demo's hyperparameters.

@@ -31,7 +31,7 @@ pub struct LightSession {
 #[derive(Debug)]
 pub enum Incoming {
     /// A task.
-    Task(Task),
+    Task(Box<Task>),
     /// The run ended.
     Finished,
     /// The stream ended or failed.
@@ -47,7 +47,7 @@ impl LightSession {
             Ok(Some(Err(status))) => Incoming::Closed(status.to_string()),
             Ok(Some(Ok(message))) => match message.body {
                 Some(server_message::Body::Task(t)) => match Task::try_from(t) {
-                    Ok(task) => Incoming::Task(task),
+                    Ok(task) => Incoming::Task(Box::new(task)),
                     Err(e) => Incoming::Closed(format!("bad task: {e}")),
                 },
                 Some(server_message::Body::Finished(_)) => Incoming::Finished,
@@ -140,6 +140,9 @@ pub fn honest_answer(task: &Task, dim: usize) -> ClientReply {
             steps: 4,
             train_loss: 0.5,
             train_micros: 1,
+            update_norm: 0.0,
+            epsilon_spent: None,
+            not_private: false,
         }),
         TaskBody::Eval(_) => ResultBody::Eval(
             EvalSummary::from_predictions(

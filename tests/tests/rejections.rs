@@ -19,6 +19,9 @@ fn train(task_id: &str, delta: Vec<f64>, examples: u64) -> ClientReply {
             steps: 1,
             train_loss: 0.1,
             train_micros: 1,
+            update_norm: 0.0,
+            epsilon_spent: None,
+            not_private: false,
         }),
     }
 }
@@ -171,14 +174,16 @@ async fn a_deadline_closes_the_round_with_the_minimum_when_a_client_never_answer
     let summary = sandbox.summary();
     assert_eq!(summary["completed"], true, "{summary}");
     let csv = std::fs::read_to_string(sandbox.path("out/metrics.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     for row in csv.lines().skip(1) {
         let cols: Vec<&str> = row.split(',').collect();
         assert_eq!(
-            (cols[1], cols[2]),
+            (cols[col("selected")], cols[col("accepted")]),
             ("4", "3"),
             "selected 4, closed with 3: {row}"
         );
-        let train_phase_ms: f64 = cols[15].parse().unwrap();
+        let train_phase_ms: f64 = cols[col("train_phase_ms")].parse().unwrap();
         assert!(
             train_phase_ms >= 2000.0,
             "the round waited for its deadline: {row}"

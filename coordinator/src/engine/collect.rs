@@ -78,6 +78,13 @@ pub enum RejectReason {
         /// Parameters received.
         got: usize,
     },
+    /// The update's L2 norm exceeds the clip norm of client-level DP.
+    NormTooLarge {
+        /// Norm received.
+        norm: f64,
+        /// Clip norm of the round.
+        clip_norm: f64,
+    },
     /// The update holds NaN or an infinity.
     NonFinite {
         /// First offending index.
@@ -102,6 +109,7 @@ impl RejectReason {
             RejectReason::WrongKind { .. } => "wrong_kind",
             RejectReason::WrongDimension { .. } => "wrong_dimension",
             RejectReason::NonFinite { .. } => "non_finite",
+            RejectReason::NormTooLarge { .. } => "norm_too_large",
             RejectReason::NoExamples => "no_examples",
             RejectReason::Inconsistent(_) => "inconsistent",
             RejectReason::Malformed(_) => "malformed",
@@ -136,6 +144,12 @@ impl std::fmt::Display for RejectReason {
                 write!(f, "update holds a non-finite value at index {index}")
             }
             RejectReason::NoExamples => write!(f, "update claims zero examples"),
+            RejectReason::NormTooLarge { norm, clip_norm } => {
+                write!(
+                    f,
+                    "update norm {norm:.6} exceeds the clip norm {clip_norm:.6}"
+                )
+            }
             RejectReason::Inconsistent(why) => write!(f, "{why}"),
             RejectReason::Malformed(why) => write!(f, "malformed message: {why}"),
         }
@@ -160,6 +174,7 @@ pub struct Collector {
     attempt: u32,
     kind: TaskKind,
     expected_dim: Option<usize>,
+    max_norm: Option<f64>,
     pending: HashMap<String, String>,
     answered: HashSet<String>,
 }
@@ -179,9 +194,16 @@ impl Collector {
             attempt,
             kind,
             expected_dim,
+            max_norm: None,
             pending: tasks,
             answered: HashSet::new(),
         }
+    }
+
+    /// Rejects training updates whose L2 norm exceeds `max_norm` (client-level DP).
+    pub fn with_max_norm(mut self, max_norm: Option<f64>) -> Collector {
+        self.max_norm = max_norm;
+        self
     }
 
     /// True once every task has been answered (or its client left).
@@ -257,6 +279,13 @@ impl Collector {
                 if t.examples == 0 {
                     return Err(RejectReason::NoExamples);
                 }
+                if let Some(clip_norm) = self.max_norm {
+                    let norm = t.delta.dot(&t.delta).sqrt();
+                    // Tolerance for the client's own floating-point clipping.
+                    if norm > clip_norm * (1.0 + 1e-9) {
+                        return Err(RejectReason::NormTooLarge { norm, clip_norm });
+                    }
+                }
                 Ok(())
             }
             ResultBody::Eval(e) => {
@@ -303,6 +332,9 @@ mod tests {
             steps: 1,
             train_loss: 0.5,
             train_micros: 10,
+            update_norm: 0.0,
+            epsilon_spent: None,
+            not_private: false,
         })
     }
 
@@ -436,6 +468,26 @@ mod tests {
             c.offer(&book, "b", reply("t-b", eval)),
             Offer::Rejected(RejectReason::WrongKind { .. })
         ));
+    }
+
+    #[test]
+    fn an_update_above_the_clip_norm_is_rejected() {
+        let (book, mut c) = setup();
+        let mut c2 = Collector::new(2, 0, TaskKind::Train, c.pending.clone(), Some(3))
+            .with_max_norm(Some(1.0));
+        // Norm 0.999... is fine, norm 2 is not.
+        assert!(matches!(
+            c2.offer(&book, "a", reply("t-a", train(vec![0.5, 0.5, 0.7], 10))),
+            Offer::Accepted(_)
+        ));
+        assert_eq!(
+            c2.offer(&book, "b", reply("t-b", train(vec![2.0, 0.0, 0.0], 10))),
+            Offer::Rejected(RejectReason::NormTooLarge {
+                norm: 2.0,
+                clip_norm: 1.0
+            })
+        );
+        c.client_left("a");
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! fakes.
 
 mod collect;
+pub mod dp;
 mod phases;
 
 use std::collections::BTreeMap;
@@ -101,6 +102,9 @@ pub struct RoundRecord {
     pub metrics: Option<Metrics>,
     /// Clients whose evaluation was pooled.
     pub evaluated_clients: usize,
+    /// Cumulative ε after this round: the largest any client reported
+    /// (record-level DP) or the coordinator's own (client-level DP).
+    pub epsilon: Option<f64>,
 }
 
 impl RoundRecord {
@@ -147,6 +151,8 @@ pub struct RunOutcome {
     pub refusals: BTreeMap<String, String>,
     /// Clients that contributed at least one accepted update.
     pub contributors: Vec<String>,
+    /// Clients whose updates were made with a fixed test seed (not private).
+    pub not_private: Vec<String>,
     /// The label column and its positive value, as the clients' schema declares.
     pub target: Option<(String, String)>,
 }
@@ -178,6 +184,9 @@ pub struct Run {
     rejections: BTreeMap<String, u64>,
     refusals: BTreeMap<String, String>,
     contributors: std::collections::BTreeSet<String>,
+    ledger_path: Option<std::path::PathBuf>,
+    server_dp: Option<dp::ServerDp>,
+    not_private: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Run {
@@ -214,12 +223,31 @@ impl Run {
             rejections: BTreeMap::new(),
             refusals: BTreeMap::new(),
             contributors: Default::default(),
+            ledger_path: None,
+            server_dp: None,
+            not_private: Default::default(),
         }
+    }
+
+    /// Where the coordinator's privacy ledger lives (client-level DP).
+    pub fn with_ledger(mut self, path: std::path::PathBuf) -> Run {
+        self.ledger_path = Some(path);
+        self
     }
 
     /// Runs the state machine to its end and tells every connected client.
     pub async fn execute(mut self) -> RunOutcome {
         let mut state = State::WaitingForClients;
+        if let fedprofile_protocol::run::PrivacyMode::Client(cfg) = self.config.privacy {
+            match dp::ServerDp::new(
+                cfg,
+                self.config.fraction_per_round,
+                self.ledger_path.as_deref(),
+            ) {
+                Ok(server_dp) => self.server_dp = Some(server_dp),
+                Err(e) => state = State::Failed(e.to_string()),
+            }
+        }
         let failure = loop {
             state = match state {
                 State::WaitingForClients => self.wait_for_clients().await,
@@ -253,6 +281,7 @@ impl Run {
             rejections: self.rejections,
             refusals: self.refusals,
             contributors: self.contributors.into_iter().collect(),
+            not_private: self.not_private.into_iter().collect(),
             target: self.target,
         }
     }

@@ -7,14 +7,15 @@ use fedprofile_learning::aggregate::{WeightedUpdate, fedavg};
 use fedprofile_learning::metrics::EvalSummary;
 use fedprofile_learning::{FeatureColumn, FeatureSpec};
 use fedprofile_protocol::messages::{
-    ClientReply, ModelSnapshot, ResultBody, ServerEvent, StatsReport, Task, TaskBody, TaskKind,
-    TrainTask,
+    ClientReply, ModelSnapshot, RecordDpTask, ResultBody, ServerEvent, StatsReport, Task, TaskBody,
+    TaskKind, TrainTask,
 };
+use fedprofile_protocol::run::{PrivacyMode, RecordNoise};
 use ndarray::Array1;
 use rand::seq::IndexedRandom;
 use tokio::time::timeout_at;
 
-use super::{Collector, Inbound, Offer, RejectReason, RoundRecord, Run, State, deadline_after};
+use super::{Collector, Inbound, Offer, RejectReason, RoundRecord, Run, State, deadline_after, dp};
 
 /// Answers gathered by one collection.
 #[derive(Debug, Default)]
@@ -153,11 +154,30 @@ impl Run {
             .cloned()
             .collect();
         selected.sort();
+        let record_dp = match self.config.privacy {
+            PrivacyMode::Record(r) => Some(RecordDpTask {
+                clip_norm: r.clip_norm,
+                noise_multiplier: match r.noise {
+                    RecordNoise::Multiplier(z) => Some(z),
+                    RecordNoise::TargetEpsilon(_) => None,
+                },
+                target_epsilon: match r.noise {
+                    RecordNoise::TargetEpsilon(e) => Some(e),
+                    RecordNoise::Multiplier(_) => None,
+                },
+                delta: r.delta,
+                planned_rounds: self.config.rounds,
+            }),
+            _ => None,
+        };
+        let update_clip_norm = self.server_dp.as_ref().map(dp::ServerDp::clip_norm);
         let train = TrainTask {
             model: global.clone(),
             local_epochs: self.config.local_epochs,
             batch_size: self.config.batch_size,
             learning_rate: self.config.learning_rate,
+            record_dp,
+            update_clip_norm,
         };
         let tasks = self.send_tasks(round, attempt, &selected, |_| {
             TaskBody::Train(train.clone())
@@ -168,17 +188,29 @@ impl Run {
             TaskKind::Train,
             tasks,
             Some(global.params.len()),
-        );
+        )
+        .with_max_norm(update_clip_norm);
         let gathered = self.collect(&mut collector).await;
 
         let mut updates = Vec::new();
+        let mut norms = Vec::new();
         let mut loss_sum = 0.0;
         let mut max_train_micros = 0u64;
+        let mut client_epsilon: Option<f64> = None;
         let mut contributors = Vec::new();
         for (client, body) in gathered.accepted {
             if let ResultBody::Train(t) = body {
                 loss_sum += t.train_loss * t.examples as f64;
                 max_train_micros = max_train_micros.max(t.train_micros);
+                norms.push(t.update_norm);
+                if let Some(e) = t.epsilon_spent {
+                    client_epsilon = Some(client_epsilon.map_or(e, |m: f64| m.max(e)));
+                }
+                if t.not_private && self.not_private.insert(client.clone()) {
+                    self.observer.note(&format!(
+                        "warning: {client} trained with a fixed test seed: its updates are NOT private"
+                    ));
+                }
                 updates.push(WeightedUpdate {
                     delta: t.delta,
                     weight: t.examples as f64,
@@ -195,9 +227,19 @@ impl Run {
             );
             return self.retry_or_fail(attempt, &why, |a| State::Training { round, attempt: a });
         }
-        let delta = match fedavg(&updates) {
-            Ok(d) => d,
-            Err(e) => return State::Failed(format!("round {round}: aggregation failed: {e}")),
+        let (delta, epsilon) = if let Some(server_dp) = self.server_dp.as_mut() {
+            let deltas: Vec<_> = updates.iter().map(|u| u.delta.clone()).collect();
+            match server_dp.aggregate(&self.run_id, round, &deltas, &norms, selected.len()) {
+                Ok(out) => (out.delta, Some(out.epsilon)),
+                Err(e) => return State::Failed(format!("round {round}: {e}")),
+            }
+        } else {
+            match fedavg(&updates) {
+                Ok(d) => (d, client_epsilon),
+                Err(e) => {
+                    return State::Failed(format!("round {round}: aggregation failed: {e}"));
+                }
+            }
         };
         let total_weight: f64 = updates.iter().map(|u| u.weight).sum();
         if let Some(g) = self.global.as_mut() {
@@ -220,6 +262,7 @@ impl Run {
             round_ms: train_phase_ms,
             metrics: None,
             evaluated_clients: 0,
+            epsilon,
         };
         if round.is_multiple_of(self.config.eval_every) || round == self.config.rounds {
             State::Evaluating {

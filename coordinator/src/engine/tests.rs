@@ -49,6 +49,7 @@ fn config(rounds: u32, min_per_round: usize) -> RunConfig {
         local_epochs: 1,
         batch_size: 32,
         learning_rate: 0.1,
+        privacy: fedprofile_protocol::run::PrivacyMode::None,
     }
 }
 
@@ -106,6 +107,9 @@ async fn play(
                     steps: 1,
                     train_loss: 0.5,
                     train_micros: 100,
+                    update_norm: 0.0,
+                    epsilon_spent: None,
+                    not_private: false,
                 })
             }
             (TaskBody::Eval(_), _) => ResultBody::Eval(

@@ -111,6 +111,21 @@ pub enum LearningError {
         /// Its value.
         value: f64,
     },
+    /// DP-SGD parameters checked for one data size used on another (the sampling
+    /// rate, and so the privacy accounting, depends on the number of examples).
+    #[error("dp-sgd parameters were checked for {checked} examples but the data has {got} rows")]
+    DpExamplesMismatch {
+        /// The `examples` passed to `DpSgdParams::check`.
+        checked: usize,
+        /// Rows of the training data.
+        got: usize,
+    },
+    /// A DP-SGD gradient step was asked for more noisy releases than were accounted for.
+    #[error("dp-sgd step refused: all {steps} accounted noisy steps have been taken")]
+    DpStepsExhausted {
+        /// The number of steps the privacy mechanism accounts for.
+        steps: usize,
+    },
     /// Two evaluation summaries with different histogram resolutions.
     #[error("cannot merge evaluation summaries with {left} and {right} score bins")]
     BinCountMismatch {

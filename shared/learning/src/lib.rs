@@ -4,12 +4,15 @@
 //! - [`features`]: how a user row becomes a model input vector;
 //! - [`model`]: binary logistic regression, parameters `[intercept, w_1..w_dim]`;
 //! - [`train`]: local mini-batch SGD from the global model, producing a delta;
+//! - [`dp`]: record-level DP-SGD (Poisson sampling, per-example clipping, noise from
+//!   the `fedprofile-privacy` mechanism), client-level update clipping, secure RNG;
 //! - [`aggregate`]: FedAvg of client deltas behind the [`Aggregator`] trait;
 //! - [`metrics`]: exactly poolable evaluation summaries and the metrics they give;
 //! - [`model_file`]: the versioned JSON file of the global model;
 //! - [`error`]: the error types.
 
 pub mod aggregate;
+pub mod dp;
 pub mod error;
 pub mod features;
 pub mod metrics;
@@ -18,6 +21,10 @@ pub mod model_file;
 pub mod train;
 
 pub use aggregate::{Aggregator, FedAvg, WeightedUpdate, fedavg, validate_update};
+pub use dp::{
+    DpSgdParams, DpSgdStep, PoissonSampler, ValidDpSgdParams, clip_update, secure_rng,
+    seeded_test_rng, train_dp_sgd,
+};
 pub use error::{AggregationError, LearningError, ModelFileError, ModelFileProblem};
 pub use features::{FeatureColumn, FeatureSpec};
 pub use metrics::{EvalSummary, Metrics, SCORE_BINS, roc_auc};

@@ -8,8 +8,8 @@ use fedprofile_learning::{FeatureColumn, FeatureSpec};
 use ndarray::Array1;
 
 use crate::messages::{
-    ClientReply, ColumnStats, ModelSnapshot, ResultBody, ServerEvent, StatsReport, Task, TaskBody,
-    TrainReport, TrainTask,
+    ClientReply, ColumnStats, ModelSnapshot, RecordDpTask, ResultBody, ServerEvent, StatsReport,
+    Task, TaskBody, TrainReport, TrainTask,
 };
 use crate::pb;
 
@@ -192,6 +192,14 @@ impl From<&Task> for pb::Task {
                 local_epochs: tt.local_epochs,
                 batch_size: tt.batch_size,
                 learning_rate: tt.learning_rate,
+                record_dp: tt.record_dp.map(|r| pb::RecordDp {
+                    clip_norm: r.clip_norm,
+                    noise_multiplier: r.noise_multiplier.unwrap_or(0.0),
+                    target_epsilon: r.target_epsilon.unwrap_or(0.0),
+                    delta: r.delta,
+                    planned_rounds: r.planned_rounds,
+                }),
+                update_clip_norm: tt.update_clip_norm.unwrap_or(0.0),
             }),
             TaskBody::Eval(m) => pb::task::Body::Eval(pb::EvalTask {
                 model: Some(m.into()),
@@ -219,6 +227,14 @@ impl TryFrom<pb::Task> for Task {
                 local_epochs: tt.local_epochs,
                 batch_size: tt.batch_size,
                 learning_rate: tt.learning_rate,
+                record_dp: tt.record_dp.map(|r| RecordDpTask {
+                    clip_norm: r.clip_norm,
+                    noise_multiplier: (r.noise_multiplier > 0.0).then_some(r.noise_multiplier),
+                    target_epsilon: (r.target_epsilon > 0.0).then_some(r.target_epsilon),
+                    delta: r.delta,
+                    planned_rounds: r.planned_rounds,
+                }),
+                update_clip_norm: (tt.update_clip_norm > 0.0).then_some(tt.update_clip_norm),
             }),
             pb::task::Body::Eval(e) => TaskBody::Eval(
                 e.model
@@ -317,6 +333,9 @@ impl From<&ClientReply> for pb::ClientMessage {
                         steps: t.steps,
                         train_loss: t.train_loss,
                         train_micros: t.train_micros,
+                        update_norm: t.update_norm,
+                        epsilon_spent: t.epsilon_spent,
+                        not_private: t.not_private,
                     }),
                     ResultBody::Eval(e) => pb::task_result::Body::Eval(e.into()),
                 };
@@ -363,6 +382,9 @@ impl TryFrom<pb::TaskResult> for ClientReply {
                 steps: t.steps,
                 train_loss: t.train_loss,
                 train_micros: t.train_micros,
+                update_norm: t.update_norm,
+                epsilon_spent: t.epsilon_spent,
+                not_private: t.not_private,
             }),
             pb::task_result::Body::Eval(e) => ResultBody::Eval(e.into()),
         };
@@ -434,6 +456,14 @@ mod tests {
                 local_epochs: 1,
                 batch_size: 32,
                 learning_rate: 0.1,
+                record_dp: Some(RecordDpTask {
+                    clip_norm: 1.0,
+                    noise_multiplier: None,
+                    target_epsilon: Some(1.0),
+                    delta: 1e-5,
+                    planned_rounds: 20,
+                }),
+                update_clip_norm: Some(0.5),
             }),
         };
         let back = Task::try_from(pb::Task::from(&task)).unwrap();

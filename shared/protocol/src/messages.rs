@@ -30,6 +30,26 @@ pub struct TrainTask {
     pub batch_size: u32,
     /// SGD step size.
     pub learning_rate: f64,
+    /// Record-level DP-SGD; `None` for plain SGD. `batch_size` is then the
+    /// expected Poisson batch size.
+    pub record_dp: Option<RecordDpTask>,
+    /// Client-level DP: clip the whole update to this L2 norm.
+    pub update_clip_norm: Option<f64>,
+}
+
+/// Record-level DP settings of a training task.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecordDpTask {
+    /// C: per-example gradient clip norm.
+    pub clip_norm: f64,
+    /// σ, or `None` to calibrate to `target_epsilon` over `planned_rounds`.
+    pub noise_multiplier: Option<f64>,
+    /// Target ε for the whole run (with `noise_multiplier: None`).
+    pub target_epsilon: Option<f64>,
+    /// δ.
+    pub delta: f64,
+    /// Rounds the run plans (for calibration).
+    pub planned_rounds: u32,
 }
 
 /// What a task asks a client to do.
@@ -129,6 +149,12 @@ pub struct TrainReport {
     pub train_loss: f64,
     /// Local training wall time in microseconds.
     pub train_micros: u64,
+    /// L2 norm of the update before client-level clipping.
+    pub update_norm: f64,
+    /// The client's cumulative ε after this task (record-level DP).
+    pub epsilon_spent: Option<f64>,
+    /// Produced with a fixed test seed: not private.
+    pub not_private: bool,
 }
 
 /// The body of a result.

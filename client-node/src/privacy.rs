@@ -1,0 +1,203 @@
+//! Record-level differential privacy on the client: the DP-SGD plan of a task,
+//! the budget that this partner's config sets, and the ledger that records every
+//! charge. The budget is enforced here, where the data lives: a task whose cost,
+//! composed with everything the ledger holds, would exceed the budget is refused
+//! before any noise is drawn; a task is charged (and the charge flushed to disk)
+//! before its update leaves.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use fedprofile_learning::dp::{DpSgdParams, ValidDpSgdParams};
+use fedprofile_privacy::ledger::{ChargeRecord, LedgerEntry};
+use fedprofile_privacy::{Charge, Decision, Ledger, PrivacyBudget, would_exceed};
+use fedprofile_protocol::messages::RecordDpTask;
+
+/// A privacy step that cannot go ahead; becomes the task's refusal reason.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivacyRefusal {
+    /// The task asks for DP but this client has no budget.
+    #[error("this client has no privacy budget configured (add a [privacy] section to its config)")]
+    NoBudget,
+    /// The task does not use record-level DP and this client requires it.
+    #[error("this client trains only with record-level differential privacy (privacy.require_dp)")]
+    DpRequired,
+    /// Composition with the ledger would exceed the budget.
+    #[error(
+        "privacy budget would be exceeded: this task would bring epsilon to {after:.4} (delta {delta}), above the budget of {budget}; {spent:.4} spent so far"
+    )]
+    OverBudget {
+        /// ε after the task.
+        after: f64,
+        /// ε spent before.
+        spent: f64,
+        /// The budget's ε.
+        budget: f64,
+        /// δ.
+        delta: f64,
+    },
+    /// The task was charged before but its result is gone (e.g. a restart).
+    #[error("task {0} was already charged in the ledger; it is not trained again")]
+    AlreadyCharged(String),
+    /// Bad parameters.
+    #[error("invalid DP parameters: {0}")]
+    Invalid(String),
+    /// The ledger could not be read or written.
+    #[error("privacy ledger: {0}")]
+    Ledger(#[from] fedprofile_privacy::LedgerError),
+    /// The accountant failed.
+    #[error("privacy accounting: {0}")]
+    Accounting(#[from] fedprofile_privacy::PrivacyError),
+}
+
+/// The DP-SGD parameters of a task on this client's data, with its cost.
+#[derive(Debug, Clone)]
+pub struct DpPlan {
+    /// Checked DP-SGD parameters (q, steps, σ, C).
+    pub params: ValidDpSgdParams,
+    /// What one task costs (from the mechanism's privacy map).
+    pub charge: Charge,
+}
+
+/// Works out σ (calibrating to the run's target ε when asked) and the charge of
+/// one training task for `examples` rows.
+pub fn plan(
+    task: &RecordDpTask,
+    examples: usize,
+    expected_batch_size: usize,
+    epochs: usize,
+    learning_rate: f64,
+    calibrated: &mut HashMap<String, f64>,
+) -> Result<DpPlan, PrivacyRefusal> {
+    let invalid = |e: &dyn std::fmt::Display| PrivacyRefusal::Invalid(e.to_string());
+    // σ is irrelevant for q and steps: derive them first with a placeholder.
+    let shape = DpSgdParams {
+        clip_norm: task.clip_norm,
+        noise_multiplier: 1.0,
+        expected_batch_size,
+        epochs,
+        learning_rate,
+    }
+    .check(examples)
+    .map_err(|e| invalid(&e))?;
+    let sigma = match (task.noise_multiplier, task.target_epsilon) {
+        (Some(z), _) => z,
+        (None, Some(target)) => {
+            let total = shape.steps() as u64 * u64::from(task.planned_rounds.max(1));
+            let key = format!("{target}/{}/{}/{total}", task.delta, shape.sampling_rate());
+            match calibrated.get(&key) {
+                Some(z) => *z,
+                None => {
+                    let z = fedprofile_privacy::calibrate::noise_multiplier(
+                        target,
+                        task.delta,
+                        shape.sampling_rate(),
+                        total,
+                    )?;
+                    calibrated.insert(key, z);
+                    z
+                }
+            }
+        }
+        (None, None) => {
+            return Err(PrivacyRefusal::Invalid(
+                "the task has neither a noise multiplier nor a target epsilon".into(),
+            ));
+        }
+    };
+    let params = DpSgdParams {
+        clip_norm: task.clip_norm,
+        noise_multiplier: sigma,
+        expected_batch_size,
+        epochs,
+        learning_rate,
+    }
+    .check(examples)
+    .map_err(|e| invalid(&e))?;
+    let charge = params.mechanism().map(1).map_err(|e| invalid(&e))?;
+    Ok(DpPlan { params, charge })
+}
+
+/// This partner's budget and ledger.
+#[derive(Debug)]
+pub struct PrivacyGuard {
+    budget: PrivacyBudget,
+    ledger: Ledger,
+}
+
+/// The `[privacy]` settings of a client config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrivacySettings {
+    /// Budget ε for everything this ledger holds.
+    pub epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// The ledger file.
+    pub ledger: PathBuf,
+    /// Refuse training tasks without record-level DP.
+    pub require_dp: bool,
+}
+
+impl PrivacyGuard {
+    /// Opens (and verifies) the ledger.
+    pub fn open(settings: &PrivacySettings) -> Result<PrivacyGuard, PrivacyRefusal> {
+        if let Some(dir) = settings.ledger.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                PrivacyRefusal::Invalid(format!(
+                    "cannot create the ledger folder '{}': {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        Ok(PrivacyGuard {
+            budget: PrivacyBudget::new(settings.epsilon, settings.delta)?,
+            ledger: Ledger::open(settings.ledger.clone())?,
+        })
+    }
+
+    /// The budget.
+    pub fn budget(&self) -> &PrivacyBudget {
+        &self.budget
+    }
+
+    /// Refuses if `task_id` is charged already or if `charge` would exceed the
+    /// budget; otherwise writes the charge (synced to disk) and returns the entry.
+    pub fn charge(
+        &mut self,
+        run_id: &str,
+        round: u32,
+        task_id: &str,
+        charge: Charge,
+        clip_norm: f64,
+    ) -> Result<LedgerEntry, PrivacyRefusal> {
+        if self.ledger.entries().iter().any(|e| e.task_id == task_id) {
+            return Err(PrivacyRefusal::AlreadyCharged(task_id.to_string()));
+        }
+        let spent = self
+            .ledger
+            .entries()
+            .last()
+            .map_or(0.0, |e| e.cumulative_epsilon);
+        if let Decision::Refuse { after } =
+            would_exceed(&self.ledger.charges(), &charge, &self.budget)?
+        {
+            return Err(PrivacyRefusal::OverBudget {
+                after: after.epsilon,
+                spent,
+                budget: self.budget.epsilon(),
+                delta: self.budget.delta(),
+            });
+        }
+        let appended = self.ledger.append(ChargeRecord {
+            run_id: run_id.to_string(),
+            round: u64::from(round),
+            task_id: task_id.to_string(),
+            charge,
+            clip_norm,
+            delta: self.budget.delta(),
+        })?;
+        Ok(appended.entry().clone())
+    }
+}

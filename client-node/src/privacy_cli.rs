@@ -1,0 +1,448 @@
+//! `fedprofile-client privacy …`: the privacy team's commands. None of them
+//! contacts the coordinator.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand, ValueEnum};
+use fedprofile_privacy::{Accountant, AccountantKind, Charge, Report};
+use fedprofile_protocol::messages::RecordDpTask;
+use fedprofile_protocol::run::{PrivacyMode, RecordNoise, RunConfig};
+use serde::Serialize;
+
+use crate::config::ClientConfig;
+
+/// Privacy commands.
+#[derive(Debug, Subcommand)]
+pub enum PrivacyCommand {
+    /// The epsilon a run (or explicit q, sigma, steps) would spend, before anything runs.
+    ///
+    /// Examples:
+    ///   fedprofile-client privacy cost --sampling-rate 0.01 --noise-multiplier 1.1 --steps 1000 --delta 1e-5
+    ///   fedprofile-client privacy cost --run run.toml --config client.toml --json
+    Cost(CostArgs),
+    /// The smallest noise multiplier that meets a target (epsilon, delta).
+    ///
+    /// Example: fedprofile-client privacy calibrate --epsilon 1 --delta 1e-5 --sampling-rate 0.01 --steps 1000
+    Calibrate {
+        /// Target epsilon.
+        #[arg(long)]
+        epsilon: f64,
+        /// Delta.
+        #[arg(long)]
+        delta: f64,
+        /// Poisson sampling rate q.
+        #[arg(long)]
+        sampling_rate: f64,
+        /// Number of steps.
+        #[arg(long)]
+        steps: u64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The privacy ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Per round: epsilon spent and cumulative, with a PNG plot against the budget.
+    ///
+    /// Example: fedprofile-client privacy report --ledger privacy-ledger.jsonl --budget-epsilon 1 --out report/
+    Report {
+        /// The ledger file.
+        #[arg(long)]
+        ledger: PathBuf,
+        /// Budget epsilon to draw (default: from --config, if given).
+        #[arg(long)]
+        budget_epsilon: Option<f64>,
+        /// Client config, for its budget.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Folder for epsilon.png and rounds.csv.
+        #[arg(long, default_value = "privacy-report")]
+        out: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Ledger commands.
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// The spend so far, line by line.
+    Show {
+        /// The ledger file.
+        file: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checks the hash chain; exits non-zero naming the first bad line.
+    Verify {
+        /// The ledger file.
+        file: PathBuf,
+    },
+}
+
+/// Which accountant to report.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AccountantChoice {
+    /// Rényi DP.
+    Rdp,
+    /// Privacy-loss distribution.
+    Pld,
+}
+
+/// `privacy cost` arguments.
+#[derive(Debug, Args)]
+pub struct CostArgs {
+    /// Poisson sampling rate q.
+    #[arg(long, requires_all = ["noise_multiplier", "steps", "delta"], conflicts_with = "run")]
+    sampling_rate: Option<f64>,
+    /// Noise multiplier sigma.
+    #[arg(long)]
+    noise_multiplier: Option<f64>,
+    /// Number of steps.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Delta.
+    #[arg(long)]
+    delta: Option<f64>,
+    /// A run file (with --config: this partner's data size and budget).
+    #[arg(long, requires = "config")]
+    run: Option<PathBuf>,
+    /// This partner's client config.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Report this accountant's figure instead of the tighter one.
+    #[arg(long, value_enum)]
+    accountant: Option<AccountantChoice>,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct CostOutput {
+    epsilon: f64,
+    accountant: &'static str,
+    delta: f64,
+    rdp_epsilon: f64,
+    rdp_order: f64,
+    pld_epsilon: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<RunPlan>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct RunPlan {
+    rounds: u32,
+    examples: usize,
+    sampling_rate: f64,
+    steps_per_round: u64,
+    noise_multiplier: f64,
+    clip_norm: f64,
+    epsilon_per_round: f64,
+}
+
+fn choose(
+    report: &Report,
+    choice: Option<AccountantChoice>,
+) -> Result<(f64, &'static str), String> {
+    match choice {
+        Some(AccountantChoice::Rdp) => Ok((report.rdp_epsilon, "rdp")),
+        Some(AccountantChoice::Pld) => report.pld_epsilon.map(|e| (e, "pld")).ok_or_else(|| {
+            "the PLD accountant has no figure for this composition (epsilon too large)".into()
+        }),
+        None => Ok((
+            report.epsilon,
+            match report.accountant {
+                AccountantKind::Rdp => "rdp",
+                AccountantKind::Pld => "pld",
+            },
+        )),
+    }
+}
+
+/// Runs a privacy command.
+pub fn run(command: PrivacyCommand) -> Result<(), String> {
+    match command {
+        PrivacyCommand::Cost(args) => cost(args),
+        PrivacyCommand::Calibrate {
+            epsilon,
+            delta,
+            sampling_rate,
+            steps,
+            json,
+        } => {
+            let z = fedprofile_privacy::calibrate::noise_multiplier(
+                epsilon,
+                delta,
+                sampling_rate,
+                steps,
+            )
+            .map_err(|e| e.to_string())?;
+            let check = fedprofile_privacy::accountant::epsilon(
+                &[Charge::subsampled_gaussian(sampling_rate, z, steps)
+                    .map_err(|e| e.to_string())?],
+                delta,
+            )
+            .map_err(|e| e.to_string())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"noise_multiplier": z, "epsilon": check.epsilon, "delta": delta, "sampling_rate": sampling_rate, "steps": steps})
+                );
+            } else {
+                println!(
+                    "noise multiplier {z:.4} gives epsilon {:.4} at delta {delta} (q {sampling_rate}, {steps} steps)",
+                    check.epsilon
+                );
+            }
+            Ok(())
+        }
+        PrivacyCommand::Ledger(LedgerCommand::Verify { file }) => {
+            let verified = fedprofile_privacy::ledger::verify(&file).map_err(|e| e.to_string())?;
+            let spent = verified
+                .entries
+                .last()
+                .map_or(0.0, |e| e.cumulative_epsilon);
+            println!(
+                "{}: intact, {} charged tasks, cumulative epsilon {spent:.4}, head {}",
+                file.display(),
+                verified.entries.len(),
+                verified.head_hash
+            );
+            Ok(())
+        }
+        PrivacyCommand::Ledger(LedgerCommand::Show { file, json }) => {
+            let verified = fedprofile_privacy::ledger::verify(&file).map_err(|e| e.to_string())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&verified.entries).map_err(|e| e.to_string())?
+                );
+                return Ok(());
+            }
+            println!(
+                "{:<6} {:<8} {:>8} {:>8} {:>6} {:>7} {:>10} {:>12}  task",
+                "line", "round", "q", "sigma", "C", "steps", "cost eps", "cumulative"
+            );
+            for (i, e) in verified.entries.iter().enumerate() {
+                println!(
+                    "{:<6} {:<8} {:>8.4} {:>8.4} {:>6.3} {:>7} {:>10.4} {:>12.4}  {}",
+                    i + 1,
+                    e.round,
+                    e.q,
+                    e.sigma,
+                    e.clip_norm,
+                    e.steps,
+                    e.cost_epsilon,
+                    e.cumulative_epsilon,
+                    e.task_id
+                );
+            }
+            Ok(())
+        }
+        PrivacyCommand::Report {
+            ledger,
+            budget_epsilon,
+            config,
+            out,
+            json,
+        } => report(&ledger, budget_epsilon, config.as_deref(), &out, json),
+    }
+}
+
+fn cost(args: CostArgs) -> Result<(), String> {
+    let (charges, delta, plan) = match (&args.run, args.sampling_rate) {
+        (Some(run), _) => {
+            let config_path = args.config.as_deref().ok_or("--run needs --config")?;
+            let (charges, delta, plan) = run_charges(run, config_path)?;
+            (charges, delta, Some(plan))
+        }
+        (None, Some(q)) => {
+            let (Some(z), Some(steps), Some(delta)) =
+                (args.noise_multiplier, args.steps, args.delta)
+            else {
+                return Err("--sampling-rate needs --noise-multiplier, --steps and --delta".into());
+            };
+            let charge = Charge::subsampled_gaussian(q, z, steps).map_err(|e| e.to_string())?;
+            (vec![charge], delta, None)
+        }
+        (None, None) => {
+            return Err("give either --run RUN.toml --config CLIENT.toml, or --sampling-rate, --noise-multiplier, --steps and --delta".into());
+        }
+    };
+    let report = Accountant::default()
+        .epsilon(&charges, delta)
+        .map_err(|e| e.to_string())?;
+    let (epsilon, accountant) = choose(&report, args.accountant)?;
+    let output = CostOutput {
+        epsilon,
+        accountant,
+        delta,
+        rdp_epsilon: report.rdp_epsilon,
+        rdp_order: report.rdp_order,
+        pld_epsilon: report.pld_epsilon,
+        plan,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&output).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "epsilon {epsilon:.4} at delta {delta} ({accountant}; rdp {:.4} at order {}, pld {})",
+            report.rdp_epsilon,
+            report.rdp_order,
+            report
+                .pld_epsilon
+                .map_or("n/a".into(), |e| format!("{e:.4}"))
+        );
+        if let Some(p) = &output.plan {
+            println!(
+                "plan: {} rounds x {} steps, q {:.5} ({} examples), sigma {:.4}, clip {}, {:.4} per round",
+                p.rounds,
+                p.steps_per_round,
+                p.sampling_rate,
+                p.examples,
+                p.noise_multiplier,
+                p.clip_norm,
+                p.epsilon_per_round
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The per-round charges a run would make on this partner, exactly as its ledger
+/// would record them.
+fn run_charges(run: &Path, config: &Path) -> Result<(Vec<Charge>, f64, RunPlan), String> {
+    let run = RunConfig::from_path(run).map_err(|e| e.to_string())?;
+    let config = ClientConfig::from_path(config).map_err(|e| e.to_string())?;
+    let PrivacyMode::Record(record) = run.privacy else {
+        return Err(
+            "this run file has no record-level DP ([privacy] mode = \"record\"): nothing is charged on the client".into(),
+        );
+    };
+    let schema = fedprofile_data::Schema::from_path(&config.schema).map_err(|e| e.to_string())?;
+    let examples = fedprofile_data::load_split(&schema, &config.data_dir, &config.train_split)
+        .map_err(|e| e.to_string())?
+        .dataset
+        .len();
+    let task = RecordDpTask {
+        clip_norm: record.clip_norm,
+        noise_multiplier: match record.noise {
+            RecordNoise::Multiplier(z) => Some(z),
+            RecordNoise::TargetEpsilon(_) => None,
+        },
+        target_epsilon: match record.noise {
+            RecordNoise::TargetEpsilon(e) => Some(e),
+            RecordNoise::Multiplier(_) => None,
+        },
+        delta: record.delta,
+        planned_rounds: run.rounds,
+    };
+    let plan = crate::privacy::plan(
+        &task,
+        examples,
+        run.batch_size as usize,
+        run.local_epochs as usize,
+        run.learning_rate,
+        &mut HashMap::new(),
+    )
+    .map_err(|e| e.to_string())?;
+    // The ledger accounts at the budget's delta when the partner has one.
+    let delta = config.privacy.as_ref().map_or(record.delta, |p| p.delta);
+    let per_round = Accountant::default()
+        .epsilon(&[plan.charge], delta)
+        .map_err(|e| e.to_string())?
+        .epsilon;
+    let summary = RunPlan {
+        rounds: run.rounds,
+        examples,
+        sampling_rate: plan.params.sampling_rate(),
+        steps_per_round: plan.charge.steps,
+        noise_multiplier: plan.charge.sigma,
+        clip_norm: record.clip_norm,
+        epsilon_per_round: per_round,
+    };
+    Ok((vec![plan.charge; run.rounds as usize], delta, summary))
+}
+
+fn report(
+    ledger: &Path,
+    budget_epsilon: Option<f64>,
+    config: Option<&Path>,
+    out: &Path,
+    json: bool,
+) -> Result<(), String> {
+    let verified = fedprofile_privacy::ledger::verify(ledger).map_err(|e| e.to_string())?;
+    let budget = match (budget_epsilon, config) {
+        (Some(b), _) => Some(b),
+        (None, Some(c)) => ClientConfig::from_path(c)
+            .map_err(|e| e.to_string())?
+            .privacy
+            .map(|p| p.epsilon),
+        (None, None) => None,
+    };
+    let mut points: Vec<crate::plot::EpsilonPoint> = Vec::new();
+    let mut previous = 0.0;
+    for e in &verified.entries {
+        points.push(crate::plot::EpsilonPoint {
+            round: e.round,
+            epsilon_spent: e.cumulative_epsilon - previous,
+            cumulative: e.cumulative_epsilon,
+        });
+        previous = e.cumulative_epsilon;
+    }
+    if points.is_empty() {
+        return Err(format!(
+            "{}: the ledger holds no charges yet",
+            ledger.display()
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create '{}': {e}", out.display()))?;
+    let mut csv = String::from("round,task_id,epsilon_spent,cumulative_epsilon\n");
+    for (p, e) in points.iter().zip(&verified.entries) {
+        csv.push_str(&format!(
+            "{},{},{:.6},{:.6}\n",
+            p.round, e.task_id, p.epsilon_spent, p.cumulative
+        ));
+    }
+    let csv_path = out.join("rounds.csv");
+    std::fs::write(&csv_path, csv)
+        .map_err(|e| format!("cannot write '{}': {e}", csv_path.display()))?;
+    let png = out.join("epsilon.png");
+    let title = format!("cumulative privacy loss ({})", ledger.display());
+    crate::plot::plot_cumulative_epsilon(&points, budget, &title, &png)
+        .map_err(|e| e.to_string())?;
+    if json {
+        let rows: Vec<_> = points
+            .iter()
+            .map(|p| serde_json::json!({"round": p.round, "epsilon_spent": p.epsilon_spent, "cumulative_epsilon": p.cumulative}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"rounds": rows, "budget_epsilon": budget, "plot": png})
+        );
+    } else {
+        println!(
+            "{:<8} {:>14} {:>18}",
+            "round", "epsilon spent", "cumulative epsilon"
+        );
+        for p in &points {
+            println!(
+                "{:<8} {:>14.4} {:>18.4}",
+                p.round, p.epsilon_spent, p.cumulative
+            );
+        }
+        if let Some(b) = budget {
+            println!("budget epsilon {b}: {:.1} % used", 100.0 * previous / b);
+        }
+        println!("plot: {}  table: {}", png.display(), csv_path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,582 @@
+//! The run file (TOML): what a federated run trains and how. The coordinator
+//! drives rounds from it; a partner's `privacy cost --run` reads the same file to
+//! see what the run would spend before anything runs. Raw `deny_unknown_fields`
+//! structs are parsed, then validated; errors name the file and the field.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A run file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RunFileError {
+    /// The file could not be read.
+    #[error("cannot read '{path}': {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a run file.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What toml said, with line and column.
+        message: String,
+    },
+    /// A field has a value outside its range.
+    #[error("{path}: field '{field}' {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted field name.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+// ----- run file --------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunFile {
+    run: RawRun,
+    #[serde(default)]
+    clients: RawClients,
+    #[serde(default)]
+    round: RawRound,
+    #[serde(default)]
+    training: RawTraining,
+    #[serde(default)]
+    privacy: RawPrivacy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    delta: Option<f64>,
+    #[serde(default)]
+    record: Option<RawRecordDp>,
+    #[serde(default)]
+    client: Option<RawClientDp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecordDp {
+    clip_norm: f64,
+    target_epsilon: Option<f64>,
+    noise_multiplier: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientDp {
+    clip_norm: f64,
+    noise_multiplier: f64,
+    #[serde(default)]
+    adaptive: bool,
+    #[serde(default = "default_quantile")]
+    target_quantile: f64,
+    #[serde(default = "default_clip_lr")]
+    clip_learning_rate: f64,
+    #[serde(default = "default_count_noise")]
+    count_noise_multiplier: f64,
+}
+
+fn default_quantile() -> f64 {
+    0.5
+}
+fn default_clip_lr() -> f64 {
+    0.2
+}
+fn default_count_noise() -> f64 {
+    10.0
+}
+
+/// How σ of record-level DP-SGD is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RecordNoise {
+    /// A fixed noise multiplier.
+    Multiplier(f64),
+    /// Each client calibrates σ so the whole run costs at most this ε.
+    TargetEpsilon(f64),
+}
+
+/// Record-level DP (DP-SGD on every client).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecordDp {
+    /// C: per-example gradient clip norm.
+    pub clip_norm: f64,
+    /// σ, fixed or calibrated.
+    pub noise: RecordNoise,
+    /// δ.
+    pub delta: f64,
+}
+
+/// Adaptive clipping by a privately estimated quantile (Andrew et al. 2021).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveClip {
+    /// γ: the quantile of update norms the clip norm tracks.
+    pub target_quantile: f64,
+    /// η: geometric step of the clip-norm update.
+    pub learning_rate: f64,
+    /// σ_b: noise multiplier of the clipped-count estimate.
+    pub count_noise_multiplier: f64,
+}
+
+/// Client-level DP (DP-FedAvg at the coordinator, McMahan et al. 2018).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientDp {
+    /// S: whole-update clip norm (initial value when adaptive).
+    pub clip_norm: f64,
+    /// z: noise multiplier of the summed updates.
+    pub noise_multiplier: f64,
+    /// δ.
+    pub delta: f64,
+    /// Adaptive clipping, when on.
+    pub adaptive: Option<AdaptiveClip>,
+}
+
+/// The differential-privacy mode of a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PrivacyMode {
+    /// No differential privacy.
+    None,
+    /// DP-SGD on every client (the unit of privacy: one user's row).
+    Record(RecordDp),
+    /// DP-FedAvg at the coordinator (the unit of privacy: one partner).
+    Client(ClientDp),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    name: String,
+    rounds: u32,
+    #[serde(default = "default_model")]
+    model: String,
+    seed: Option<u64>,
+}
+
+fn default_model() -> String {
+    "logistic_regression".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawClients {
+    fraction_per_round: f64,
+    min_per_round: usize,
+    min_connected_to_start: usize,
+    start_timeout_secs: f64,
+}
+
+impl Default for RawClients {
+    fn default() -> Self {
+        RawClients {
+            fraction_per_round: 1.0,
+            min_per_round: 1,
+            min_connected_to_start: 1,
+            start_timeout_secs: 300.0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRound {
+    deadline_secs: f64,
+    eval_every: u32,
+    max_retries: u32,
+}
+
+impl Default for RawRound {
+    fn default() -> Self {
+        RawRound {
+            deadline_secs: 60.0,
+            eval_every: 1,
+            max_retries: 3,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTraining {
+    local_epochs: u32,
+    batch_size: u32,
+    learning_rate: f64,
+}
+
+impl Default for RawTraining {
+    fn default() -> Self {
+        RawTraining {
+            local_epochs: 1,
+            batch_size: 32,
+            learning_rate: 0.1,
+        }
+    }
+}
+
+/// A validated run description.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    /// Human name of the run; the run id is derived from it.
+    pub name: String,
+    /// Number of training rounds.
+    pub rounds: u32,
+    /// Model family (only `logistic_regression` so far).
+    pub model: String,
+    /// Seed of the client-selection RNG (random when absent).
+    pub seed: Option<u64>,
+    /// Fraction of connected clients selected per round.
+    pub fraction_per_round: f64,
+    /// Fewest updates a round may close with.
+    pub min_per_round: usize,
+    /// Clients that must be connected before the run starts.
+    pub min_connected_to_start: usize,
+    /// How long to wait for them.
+    pub start_timeout: Duration,
+    /// A round's (and a statistics or evaluation task's) deadline.
+    pub deadline: Duration,
+    /// Evaluate every k rounds (and always after the last).
+    pub eval_every: u32,
+    /// How often a round that misses its minimum is retried before the run fails.
+    pub max_retries: u32,
+    /// Local epochs per training task.
+    pub local_epochs: u32,
+    /// Local batch size.
+    pub batch_size: u32,
+    /// Local learning rate.
+    pub learning_rate: f64,
+    /// Differential privacy.
+    pub privacy: PrivacyMode,
+}
+
+impl RunConfig {
+    /// Reads and validates a run file.
+    pub fn from_path(path: &Path) -> Result<RunConfig, RunFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RunFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Parses and validates run-file text; `path` names it in errors.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<RunConfig, RunFileError> {
+        let raw: RawRunFile = toml::from_str(text).map_err(|e| RunFileError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let invalid = |field: &'static str, problem: String| RunFileError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            problem,
+        };
+        let secs = |field: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 && v < 1e7 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(invalid(
+                    field,
+                    format!("must be a positive number of seconds, got {v}"),
+                ))
+            }
+        };
+        if raw.run.name.trim().is_empty() {
+            return Err(invalid("run.name", "must not be empty".into()));
+        }
+        if raw.run.rounds == 0 {
+            return Err(invalid("run.rounds", "must be at least 1".into()));
+        }
+        if raw.run.model != "logistic_regression" {
+            return Err(invalid(
+                "run.model",
+                format!(
+                    "'{}' is not supported (supported: logistic_regression)",
+                    raw.run.model
+                ),
+            ));
+        }
+        let c = &raw.clients;
+        if !(c.fraction_per_round > 0.0 && c.fraction_per_round <= 1.0) {
+            return Err(invalid(
+                "clients.fraction_per_round",
+                format!("must be in (0, 1], got {}", c.fraction_per_round),
+            ));
+        }
+        if c.min_per_round == 0 {
+            return Err(invalid(
+                "clients.min_per_round",
+                "must be at least 1".into(),
+            ));
+        }
+        if c.min_connected_to_start < c.min_per_round {
+            return Err(invalid(
+                "clients.min_connected_to_start",
+                format!(
+                    "must be at least clients.min_per_round ({}), got {}",
+                    c.min_per_round, c.min_connected_to_start
+                ),
+            ));
+        }
+        let t = &raw.training;
+        if t.local_epochs == 0 {
+            return Err(invalid(
+                "training.local_epochs",
+                "must be at least 1".into(),
+            ));
+        }
+        if t.batch_size == 0 {
+            return Err(invalid("training.batch_size", "must be at least 1".into()));
+        }
+        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
+            return Err(invalid(
+                "training.learning_rate",
+                format!("must be positive, got {}", t.learning_rate),
+            ));
+        }
+        if raw.round.eval_every == 0 {
+            return Err(invalid("round.eval_every", "must be at least 1".into()));
+        }
+        let privacy = validate_privacy(&raw.privacy, &invalid)?;
+        Ok(RunConfig {
+            name: raw.run.name,
+            rounds: raw.run.rounds,
+            model: raw.run.model,
+            seed: raw.run.seed,
+            fraction_per_round: c.fraction_per_round,
+            min_per_round: c.min_per_round,
+            min_connected_to_start: c.min_connected_to_start,
+            start_timeout: secs("clients.start_timeout_secs", c.start_timeout_secs)?,
+            deadline: secs("round.deadline_secs", raw.round.deadline_secs)?,
+            eval_every: raw.round.eval_every,
+            max_retries: raw.round.max_retries,
+            local_epochs: t.local_epochs,
+            batch_size: t.batch_size,
+            learning_rate: t.learning_rate,
+            privacy,
+        })
+    }
+}
+
+fn validate_privacy(
+    raw: &RawPrivacy,
+    invalid: &dyn Fn(&'static str, String) -> RunFileError,
+) -> Result<PrivacyMode, RunFileError> {
+    let positive = |field: &'static str, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(invalid(
+                field,
+                format!("must be a positive number, got {v}"),
+            ))
+        }
+    };
+    let delta = match raw.delta {
+        Some(d) if d > 0.0 && d < 1.0 => d,
+        Some(d) => {
+            return Err(invalid(
+                "privacy.delta",
+                format!("must be in (0, 1), got {d}"),
+            ));
+        }
+        None => 1e-5,
+    };
+    match raw.mode.as_deref().unwrap_or("none") {
+        "none" => {
+            if raw.record.is_some() || raw.client.is_some() {
+                return Err(invalid(
+                    "privacy.mode",
+                    "is \"none\" but a [privacy.record] or [privacy.client] section is present"
+                        .into(),
+                ));
+            }
+            Ok(PrivacyMode::None)
+        }
+        "record" => {
+            let r = raw.record.as_ref().ok_or_else(|| {
+                invalid(
+                    "privacy.record",
+                    "is required when privacy.mode = \"record\"".into(),
+                )
+            })?;
+            let noise = match (r.target_epsilon, r.noise_multiplier) {
+                (Some(e), None) => {
+                    RecordNoise::TargetEpsilon(positive("privacy.record.target_epsilon", e)?)
+                }
+                (None, Some(z)) => {
+                    RecordNoise::Multiplier(positive("privacy.record.noise_multiplier", z)?)
+                }
+                _ => {
+                    return Err(invalid(
+                        "privacy.record",
+                        "needs exactly one of target_epsilon and noise_multiplier".into(),
+                    ));
+                }
+            };
+            Ok(PrivacyMode::Record(RecordDp {
+                clip_norm: positive("privacy.record.clip_norm", r.clip_norm)?,
+                noise,
+                delta,
+            }))
+        }
+        "client" => {
+            let c = raw.client.as_ref().ok_or_else(|| {
+                invalid(
+                    "privacy.client",
+                    "is required when privacy.mode = \"client\"".into(),
+                )
+            })?;
+            let adaptive = if c.adaptive {
+                if !(c.target_quantile > 0.0 && c.target_quantile < 1.0) {
+                    return Err(invalid(
+                        "privacy.client.target_quantile",
+                        format!("must be in (0, 1), got {}", c.target_quantile),
+                    ));
+                }
+                let sigma_b = positive(
+                    "privacy.client.count_noise_multiplier",
+                    c.count_noise_multiplier,
+                )?;
+                if 2.0 * sigma_b <= c.noise_multiplier {
+                    return Err(invalid(
+                        "privacy.client.count_noise_multiplier",
+                        format!(
+                            "must exceed noise_multiplier / 2 ({}) for adaptive clipping to be private, got {sigma_b}",
+                            c.noise_multiplier / 2.0
+                        ),
+                    ));
+                }
+                Some(AdaptiveClip {
+                    target_quantile: c.target_quantile,
+                    learning_rate: positive(
+                        "privacy.client.clip_learning_rate",
+                        c.clip_learning_rate,
+                    )?,
+                    count_noise_multiplier: sigma_b,
+                })
+            } else {
+                None
+            };
+            Ok(PrivacyMode::Client(ClientDp {
+                clip_norm: positive("privacy.client.clip_norm", c.clip_norm)?,
+                noise_multiplier: positive("privacy.client.noise_multiplier", c.noise_multiplier)?,
+                delta,
+                adaptive,
+            }))
+        }
+        other => Err(invalid(
+            "privacy.mode",
+            format!("'{other}' is not one of none, record, client"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RunConfig, RunFileError> {
+        RunConfig::from_toml_str(text, Path::new("run.toml"))
+    }
+
+    #[test]
+    fn defaults_fill_a_minimal_run_file() {
+        let c = parse("[run]\nname = \"x\"\nrounds = 3\n").unwrap();
+        assert_eq!(c.rounds, 3);
+        assert_eq!(c.batch_size, 32);
+        assert_eq!(c.deadline, Duration::from_secs(60));
+        assert_eq!(c.privacy, PrivacyMode::None);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = parse("[run]\nname = \"x\"\nrounds = 3\n[training]\nlearning_rate = -1.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("training.learning_rate"), "{err}");
+        let err = parse("[run]\nname = \"x\"\nrounds = 3\nroundz = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("roundz"), "{err}");
+        let err = parse("[run]\nname = \"x\"\nrounds = 3\n[clients]\nmin_per_round = 3\nmin_connected_to_start = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("min_connected_to_start"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod privacy_tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RunConfig, RunFileError> {
+        RunConfig::from_toml_str(text, Path::new("run.toml"))
+    }
+
+    const HEAD: &str = "[run]\nname = \"x\"\nrounds = 3\n";
+
+    #[test]
+    fn record_mode_parses_with_a_target_epsilon() {
+        let c = parse(&format!(
+            "{HEAD}[privacy]\nmode = \"record\"\ndelta = 1e-6\n[privacy.record]\nclip_norm = 1.0\ntarget_epsilon = 2.0\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.privacy,
+            PrivacyMode::Record(RecordDp {
+                clip_norm: 1.0,
+                noise: RecordNoise::TargetEpsilon(2.0),
+                delta: 1e-6
+            })
+        );
+    }
+
+    #[test]
+    fn record_mode_needs_exactly_one_noise_setting() {
+        let err = parse(&format!(
+            "{HEAD}[privacy]\nmode = \"record\"\n[privacy.record]\nclip_norm = 1.0\ntarget_epsilon = 2.0\nnoise_multiplier = 1.0\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("exactly one of target_epsilon and noise_multiplier"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn adaptive_clipping_refuses_a_count_noise_that_breaks_the_guarantee() {
+        let err = parse(&format!(
+            "{HEAD}[privacy]\nmode = \"client\"\n[privacy.client]\nclip_norm = 1.0\nnoise_multiplier = 1.0\nadaptive = true\ncount_noise_multiplier = 0.4\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("privacy.client.count_noise_multiplier"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_modes_are_named() {
+        let err = parse(&format!("{HEAD}[privacy]\nmode = \"local\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'local' is not one of none, record, client"),
+            "{err}"
+        );
+    }
+}
