@@ -9,7 +9,6 @@
 pub mod cli;
 pub mod config;
 pub mod node;
-pub mod plot;
 pub mod privacy;
 pub mod privacy_cli;
 pub mod score;

@@ -388,10 +388,10 @@ fn report(
             .map(|p| p.epsilon),
         (None, None) => None,
     };
-    let mut points: Vec<crate::plot::EpsilonPoint> = Vec::new();
+    let mut points: Vec<fedprofile_plot::EpsilonPoint> = Vec::new();
     let mut previous = 0.0;
     for e in &verified.entries {
-        points.push(crate::plot::EpsilonPoint {
+        points.push(fedprofile_plot::EpsilonPoint {
             round: e.round,
             epsilon_spent: e.cumulative_epsilon - previous,
             cumulative: e.cumulative_epsilon,
@@ -417,7 +417,7 @@ fn report(
         .map_err(|e| format!("cannot write '{}': {e}", csv_path.display()))?;
     let png = out.join("epsilon.png");
     let title = format!("cumulative privacy loss ({})", ledger.display());
-    crate::plot::plot_cumulative_epsilon(&points, budget, &title, &png)
+    fedprofile_plot::plot_cumulative_epsilon(&points, budget, &title, &png)
         .map_err(|e| e.to_string())?;
     if json {
         let rows: Vec<_> = points

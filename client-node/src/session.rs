@@ -175,6 +175,7 @@ async fn serve(
             client_version: env!("CARGO_PKG_VERSION").to_string(),
             protocol_version: PROTOCOL_VERSION,
             insecure_name: options.insecure_name.clone().unwrap_or_default(),
+            ..Default::default()
         })),
     };
     tx.send(hello)

@@ -167,6 +167,9 @@ pub enum Role {
     Server,
     /// A partner's client certificate; CN = the partner's id.
     Client,
+    /// An operator's client certificate for the admin API; CN = the operator,
+    /// OU = `fedprofile-operator`.
+    Operator,
 }
 
 /// Issues `<name>.pem` / `<name>.key` in `dir`, signed by the CA there.
@@ -195,12 +198,18 @@ pub fn issue(
     }
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
+    if role == Role::Operator {
+        dn.push(
+            DnType::OrganizationalUnitName,
+            fedprofile_protocol::tls::OPERATOR_OU,
+        );
+    }
     params.distinguished_name = dn;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![match role {
         Role::Server => ExtendedKeyUsagePurpose::ServerAuth,
-        Role::Client => ExtendedKeyUsagePurpose::ClientAuth,
+        Role::Client | Role::Operator => ExtendedKeyUsagePurpose::ClientAuth,
     }];
     params.use_authority_key_identifier_extension = true;
     validity.apply(&mut params);
@@ -210,6 +219,83 @@ pub fn issue(
     write(&cert_file, &cert.pem(), false)?;
     write(&key_file, &key.serialize_pem(), true)?;
     Ok((cert_file, key_file))
+}
+
+/// The CRL file of a certificate directory.
+pub fn crl_path(dir: &Path) -> PathBuf {
+    dir.join("crl.pem")
+}
+
+fn revoked_list_path(dir: &Path) -> PathBuf {
+    dir.join("revoked.txt")
+}
+
+/// Revokes `<name>.pem` in `dir`: adds its serial to the directory's revocation
+/// list and rewrites `crl.pem`, signed by the CA. Returns the revoked serial (hex).
+pub fn revoke(dir: &Path, name: &str) -> Result<String, CertError> {
+    valid_name(name)?;
+    let pem = read(&cert_path(dir, name))?;
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+        .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
+        .map_err(|e| CertError::BadName(format!("{name}: not a PEM certificate ({e})")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| CertError::BadName(format!("{name}: {e}")))?;
+    let serial: Vec<u8> = cert.raw_serial().to_vec();
+    let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+    let list_path = revoked_list_path(dir);
+    let mut serials: Vec<String> = std::fs::read_to_string(&list_path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if !serials.contains(&hex) {
+        serials.push(hex.clone());
+    }
+    write_crl(dir, &serials)?;
+    write(&list_path, &(serials.join("\n") + "\n"), false)?;
+    Ok(hex)
+}
+
+fn write_crl(dir: &Path, serials_hex: &[String]) -> Result<(), CertError> {
+    let ca_key = KeyPair::from_pem(&read(&ca_key_path(dir))?).map_err(gen_err("ca"))?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&read(&ca_cert_path(dir))?, ca_key).map_err(gen_err("ca"))?;
+    let now = OffsetDateTime::now_utc();
+    let revoked_certs = serials_hex
+        .iter()
+        .map(|hex| {
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .filter_map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect();
+            rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&bytes),
+                revocation_time: now - Duration::minutes(1),
+                reason_code: Some(rcgen::RevocationReason::CessationOfOperation),
+                invalidity_date: None,
+            }
+        })
+        .collect();
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now - Duration::minutes(1),
+        next_update: now + Duration::days(30),
+        crl_number: rcgen::SerialNumber::from(now.unix_timestamp().max(1) as u64),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&issuer).map_err(gen_err("crl"))?;
+    let pem = crl.pem().map_err(gen_err("crl"))?;
+    write(&crl_path(dir), &pem, false)
+}
+
+/// Writes an empty CRL (nothing revoked yet) if `dir` has none.
+pub fn ensure_crl(dir: &Path) -> Result<(), CertError> {
+    if crl_path(dir).exists() {
+        return Ok(());
+    }
+    write_crl(dir, &[])
 }
 
 #[cfg(test)]
@@ -244,6 +330,39 @@ mod tests {
             fedprofile_protocol::tls::identity_from_der(&der).unwrap(),
             "partner-a"
         );
+    }
+
+    #[test]
+    fn operator_certificates_carry_the_operator_role_and_revocation_writes_a_crl() {
+        use fedprofile_protocol::tls::PeerRole;
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "test ca", 30).unwrap();
+        let (op, _) = issue(dir.path(), "alice", Role::Operator, &[], Validity::Days(3)).unwrap();
+        let (pa, _) = issue(
+            dir.path(),
+            "partner-a",
+            Role::Client,
+            &[],
+            Validity::Days(3),
+        )
+        .unwrap();
+        let der = |p: PathBuf| rustls_pem_der(&fs::read_to_string(p).unwrap());
+        assert_eq!(
+            fedprofile_protocol::tls::peer_from_der(&der(op)).unwrap(),
+            ("alice".to_string(), PeerRole::Operator)
+        );
+        assert_eq!(
+            fedprofile_protocol::tls::peer_from_der(&der(pa)).unwrap(),
+            ("partner-a".to_string(), PeerRole::Partner)
+        );
+        let serial = revoke(dir.path(), "partner-a").unwrap();
+        assert!(!serial.is_empty());
+        let crl = fs::read_to_string(crl_path(dir.path())).unwrap();
+        assert!(crl.starts_with("-----BEGIN X509 CRL-----"), "{crl}");
+        // Revoking twice keeps one entry.
+        revoke(dir.path(), "partner-a").unwrap();
+        let list = fs::read_to_string(dir.path().join("revoked.txt")).unwrap();
+        assert_eq!(list.lines().count(), 1);
     }
 
     #[test]

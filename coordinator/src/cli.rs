@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::certs::{self, Role, Validity};
-use crate::config::{CoordinatorConfig, RunConfig};
-use crate::report::ProgressPrinter;
-use crate::server::{self, ServeOptions};
+use crate::config::CoordinatorConfig;
+use crate::daemon::{self, ServeOptions};
+use crate::operator::{OperatorCommand, OperatorConfig};
 
 /// The fedprofile coordinator: runs federated rounds over gRPC and mutual TLS.
 #[derive(Debug, Parser)]
@@ -20,30 +20,109 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve one federated run: wait for clients, train, write the outputs, exit.
+    /// Run the coordinator: serve partners and operators, train queued runs.
     ///
-    /// Example: fedprofile-coordinator serve --config coordinator.toml --run run.toml --out out/
+    /// Long-lived: fedprofile-coordinator serve --config coordinator.toml
+    /// One run and exit (the demo): fedprofile-coordinator serve --config coordinator.toml --run run.toml --out out/
     Serve(ServeArgs),
     /// Development certificates (a federation CA and certificates it signs).
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Operators: start, list, inspect, cancel and watch runs over the admin API.
+    #[command(subcommand)]
+    Run(RunCommand),
+    /// Operators: the partners known to the coordinator, connected or not.
+    Clients(OperatorArgs),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+struct OperatorArgs {
+    /// Operator config (TOML): coordinator URL and the operator certificate.
+    #[arg(
+        long,
+        env = "FEDPROFILE_OPERATOR_CONFIG",
+        default_value = "operator.toml"
+    )]
+    operator_config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunCommand {
+    /// Queue a run file; prints the run id.
+    Start {
+        /// The run file (TOML).
+        run_file: PathBuf,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// All runs, newest first.
+    List {
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// One run's state and latest pooled metrics.
+    Status {
+        /// Run id.
+        run_id: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// Cancel a queued or running run.
+    Cancel {
+        /// Run id.
+        run_id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// A live progress bar over the rounds until the run ends.
+    Watch {
+        /// Run id.
+        run_id: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Checks the hash chain; exits 1 naming the first edited, removed or reordered line.
+    Verify {
+        /// The audit log (state_dir/audit.jsonl).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Coordinator config (TOML): listen address, TLS files, message size limit.
+    /// Coordinator config (TOML): listen address, TLS files, state folder, metrics.
     #[arg(long)]
     config: PathBuf,
-    /// Run file (TOML): rounds, clients per round, deadline, training hyperparameters.
+    /// Queue this run file at start, then exit once no run is left (one-shot mode).
     #[arg(long)]
-    run: PathBuf,
-    /// Folder for model.json, metrics.csv and summary.json.
-    #[arg(long, default_value = "out")]
-    out: PathBuf,
+    run: Option<PathBuf>,
+    /// Also write the outputs of the runs this process finishes here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override the config's state folder (database, ledgers, audit log, reports).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Exit once no run is queued or in progress (implied by --run).
+    #[arg(long)]
+    exit_when_idle: bool,
     /// Override the config's listen address (e.g. 127.0.0.1:0 for any free port).
     #[arg(long)]
     listen: Option<String>,
-    /// Write the bound address to this file once listening.
+    /// Override the metrics address (e.g. 127.0.0.1:0).
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Write the bound address to this file once listening (and the metrics
+    /// address to the same path with the extension `.metrics`).
     #[arg(long)]
     addr_file: Option<PathBuf>,
     /// Plain-text gRPC without TLS; refused unless the address is loopback.
@@ -82,14 +161,26 @@ enum CertsCommand {
         #[arg(long)]
         name: String,
         /// Issue a server certificate instead of a client one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "operator")]
         server: bool,
+        /// Issue an operator certificate (for the admin API) instead of a partner one.
+        #[arg(long)]
+        operator: bool,
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: i64,
         /// Issue an already expired certificate (to test that it is refused).
         #[arg(long, hide = true)]
         expired: bool,
+    },
+    /// Revoke <name>.pem: add it to DIR/crl.pem, which the coordinator re-reads.
+    Revoke {
+        /// Folder holding ca.pem, ca.key and the certificate.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The id of the certificate to revoke.
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -151,10 +242,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             dir,
             name,
             server,
+            operator,
             days,
             expired,
         }) => {
-            let role = if server { Role::Server } else { Role::Client };
+            let role = if server {
+                Role::Server
+            } else if operator {
+                Role::Operator
+            } else {
+                Role::Client
+            };
             let validity = if expired {
                 Validity::Expired
             } else {
@@ -165,8 +263,62 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             println!("wrote {} and {}", cert.display(), key.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Certs(CertsCommand::Revoke { dir, name }) => {
+            let serial = certs::revoke(&dir, &name).map_err(|e| e.to_string())?;
+            println!(
+                "revoked {name} (serial {serial}); {} updated: the coordinator picks it up on its next reload (SIGHUP or file change)",
+                certs::crl_path(&dir).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve(args) => serve(args),
+        Command::Run(command) => {
+            let (operator, command) = match command {
+                RunCommand::Start { run_file, operator } => {
+                    (operator, OperatorCommand::Start(run_file))
+                }
+                RunCommand::List { operator } => (operator, OperatorCommand::List),
+                RunCommand::Status { run_id, operator } => {
+                    (operator, OperatorCommand::Status(run_id))
+                }
+                RunCommand::Cancel {
+                    run_id,
+                    reason,
+                    operator,
+                } => (operator, OperatorCommand::Cancel(run_id, reason)),
+                RunCommand::Watch { run_id, operator } => {
+                    (operator, OperatorCommand::Watch(run_id))
+                }
+            };
+            operate(&operator, command)
+        }
+        Command::Clients(operator) => operate(&operator, OperatorCommand::Clients),
+        Command::Audit(AuditCommand::Verify { file }) => {
+            let entries = crate::audit::verify(&file).map_err(|e| e.to_string())?;
+            println!(
+                "{}: intact, {} events, head {}",
+                file.display(),
+                entries.len(),
+                entries
+                    .last()
+                    .map_or(crate::audit::GENESIS, |e| e.hash.as_str())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn operate(args: &OperatorArgs, command: OperatorCommand) -> Result<ExitCode, String> {
+    let config = OperatorConfig::from_path(&args.operator_config)?;
+    runtime()?.block_on(crate::operator::run(&config, command))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode, String> {
@@ -176,36 +328,51 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             .parse()
             .map_err(|e| format!("--listen '{listen}' is not an address like 127.0.0.1:0 ({e})"))?;
     }
-    let run = RunConfig::from_path(&args.run).map_err(|e| e.to_string())?;
+    if let Some(listen) = &args.metrics_listen {
+        config.metrics_listen = Some(listen.parse().map_err(|e| {
+            format!("--metrics-listen '{listen}' is not an address like 127.0.0.1:0 ({e})")
+        })?);
+    }
+    if let Some(dir) = args.state_dir {
+        config.state_dir = dir;
+    }
+    let queue_run = match &args.run {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
+            // Validate now so a bad run file fails before anything starts.
+            fedprofile_protocol::run::RunConfig::from_toml_str(&text, path)
+                .map_err(|e| e.to_string())?;
+            Some((path.clone(), text))
+        }
+        None => None,
+    };
     let options = ServeOptions {
+        exit_when_idle: args.exit_when_idle || queue_run.is_some(),
+        progress: queue_run.is_some() || args.out.is_some(),
         config,
-        run,
+        queue_run,
         out_dir: args.out,
         insecure: args.insecure,
         addr_file: args.addr_file,
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let outcome = runtime.block_on(async {
-        let listener = server::bind(&options).await?;
-        server::serve_run(
-            options.clone(),
-            listener,
-            Box::new(ProgressPrinter),
-            shutdown_signal(),
-        )
-        .await
+    let outcome = runtime()?.block_on(async {
+        let listener = daemon::bind(&options).await?;
+        daemon::serve(options.clone(), listener, shutdown_signal()).await
     });
     let outcome = outcome.map_err(|e| e.to_string())?;
-    match outcome.failure {
-        None => {
-            println!("outputs written to {}", options.out_dir.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(why) => Err(format!("run {} did not complete: {why}", outcome.run_id)),
+    match outcome {
+        Some(outcome) => match outcome.failure {
+            None => {
+                if let Some(out) = &options.out_dir {
+                    println!("outputs written to {}", out.display());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(why) => Err(format!("run {} did not complete: {why}", outcome.run_id)),
+        },
+        None => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -66,7 +66,14 @@ struct RawCoordinatorConfig {
     listen: String,
     #[serde(default = "default_max_message")]
     max_message_bytes: usize,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    metrics_listen: Option<String>,
     tls: Option<RawTls>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
 }
 
 fn default_listen() -> String {
@@ -83,6 +90,7 @@ struct RawTls {
     ca_cert: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    crl: Option<PathBuf>,
 }
 
 /// A validated coordinator configuration.
@@ -95,6 +103,12 @@ pub struct CoordinatorConfig {
     /// mTLS files (paths resolved against the config file's folder); `None`
     /// only with `--insecure`.
     pub tls: Option<TlsFiles>,
+    /// Certificate revocation list (PEM), re-read with the certificates.
+    pub crl: Option<PathBuf>,
+    /// Database, ledgers, audit log and run reports.
+    pub state_dir: PathBuf,
+    /// Where `/metrics` is served (loopback by default in the examples); `None`: off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl CoordinatorConfig {
@@ -117,14 +131,29 @@ impl CoordinatorConfig {
                 problem: format!("must be at least 1024, got {}", raw.max_message_bytes),
             });
         }
+        let metrics_listen = match &raw.metrics_listen {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field: "metrics_listen",
+                problem: format!("'{text}' is not an address like 127.0.0.1:9464 ({e})"),
+            })?),
+        };
         Ok(CoordinatorConfig {
             listen,
             max_message_bytes: raw.max_message_bytes,
+            crl: raw
+                .tls
+                .as_ref()
+                .and_then(|t| t.crl.as_ref())
+                .map(|c| base.join(c)),
             tls: raw.tls.map(|t| TlsFiles {
                 ca_cert: base.join(t.ca_cert),
                 cert: base.join(t.cert),
                 key: base.join(t.key),
             }),
+            state_dir: base.join(raw.state_dir),
+            metrics_listen,
         })
     }
 }

@@ -1,20 +1,26 @@
 //! The fedprofile coordinator.
 //!
 //! - [`engine`]: the round engine, an explicit state machine over domain types;
-//! - [`service`]: the gRPC edge (sessions, identity from certificates);
-//! - [`server`]: binding, TLS, one run from start to outputs;
-//! - [`config`]: coordinator config and run files;
-//! - [`certs`]: development CA and certificates;
-//! - [`report`]: outputs and progress lines;
+//! - [`daemon`]: the long-lived process: run queue, persistence, resume, TLS reload;
+//! - [`service`]: the federation gRPC edge (sessions, identity from certificates);
+//! - [`admin`] / [`operator`]: the operators' API and its command line;
+//! - [`store`]: the SQLite database; [`audit`]: the hash-chained audit log;
+//! - [`metrics`]: Prometheus metrics; [`report`]: outputs, plots, progress lines;
+//! - [`config`]: coordinator config; [`certs`]: development CA and certificates;
 //! - [`cli`]: the command line.
 //!
 //! The coordinator never links the raw-data pipeline: it sees counts, sums,
 //! model updates and evaluation histograms, never rows.
 
+pub mod admin;
+pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod engine;
+pub mod metrics;
+pub mod operator;
 pub mod report;
-pub mod server;
 pub mod service;
+pub mod store;

@@ -227,3 +227,69 @@ pub fn write_outputs(
     write_file(&dir.join("summary.json"), json.as_bytes())?;
     Ok(())
 }
+
+/// Writes `auc.png`, `log_loss.png` and, under DP, `epsilon.png` into `dir`
+/// (best effort: a plot that cannot be drawn is logged, not fatal).
+pub fn write_plots(dir: &Path, outcome: &RunOutcome) {
+    use fedprofile_plot::{EpsilonPoint, Series, plot_cumulative_epsilon, plot_series};
+    let series = |label: &str, f: fn(&RoundRecord) -> Option<f64>| Series {
+        label: label.to_string(),
+        points: outcome
+            .rounds
+            .iter()
+            .filter_map(|r| f(r).map(|v| (u64::from(r.round), v)))
+            .collect(),
+    };
+    let auc = series("pooled AUC", |r| r.metrics.and_then(|m| m.auc));
+    let loss = series("pooled log loss", |r| r.metrics.map(|m| m.log_loss));
+    let train = series("mean training loss", |r| {
+        (r.train_loss > 0.0).then_some(r.train_loss)
+    });
+    let results = [
+        (!auc.points.is_empty()).then(|| {
+            plot_series(
+                &[auc],
+                &format!("pooled AUC, run {}", outcome.run_id),
+                "AUC",
+                &dir.join("auc.png"),
+            )
+        }),
+        (!loss.points.is_empty()).then(|| {
+            plot_series(
+                &[loss, train],
+                &format!("log loss, run {}", outcome.run_id),
+                "log loss",
+                &dir.join("log_loss.png"),
+            )
+        }),
+    ];
+    let mut previous = 0.0;
+    let eps: Vec<EpsilonPoint> = outcome
+        .rounds
+        .iter()
+        .filter_map(|r| {
+            r.epsilon.map(|e| {
+                let p = EpsilonPoint {
+                    round: u64::from(r.round),
+                    epsilon_spent: (e - previous).max(0.0),
+                    cumulative: e,
+                };
+                previous = e;
+                p
+            })
+        })
+        .collect();
+    let eps_result = (!eps.is_empty()).then(|| {
+        plot_cumulative_epsilon(
+            &eps,
+            None,
+            &format!("privacy loss, run {}", outcome.run_id),
+            &dir.join("epsilon.png"),
+        )
+    });
+    for r in results.into_iter().flatten().chain(eps_result) {
+        if let Err(e) = r {
+            tracing::warn!("plot not written: {e}");
+        }
+    }
+}

@@ -34,12 +34,25 @@ struct Session {
     tx: mpsc::UnboundedSender<Result<pb::ServerMessage, Status>>,
 }
 
+/// Told when partners come and go (registry, audit, metrics).
+pub trait HubListener: Send + Sync + std::fmt::Debug {
+    /// A partner opened a session; `connected` sessions are open now.
+    fn joined(&self, client: &str, connected: usize, budget: Option<f64>, spent: Option<f64>);
+    /// A partner's session closed.
+    fn left(&self, client: &str, connected: usize);
+    /// A partner reported its cumulative epsilon.
+    fn spent(&self, _client: &str, _epsilon: f64) {}
+    /// A message or session of this partner was refused at the transport edge.
+    fn refused(&self, _client: &str, _reason: &str) {}
+}
+
 /// The connected sessions, shared by the service (which adds and removes them)
 /// and the engine (which sends tasks through it).
 pub struct SessionHub {
     sessions: Mutex<HashMap<String, Session>>,
     next_serial: Mutex<u64>,
     inbox: mpsc::Sender<Inbound>,
+    listener: Mutex<Option<Arc<dyn HubListener>>>,
 }
 
 impl std::fmt::Debug for SessionHub {
@@ -61,7 +74,21 @@ impl SessionHub {
             sessions: Mutex::new(HashMap::new()),
             next_serial: Mutex::new(0),
             inbox,
+            listener: Mutex::new(None),
         })
+    }
+
+    /// Installs the listener told about joins and leaves.
+    pub fn set_listener(&self, listener: Arc<dyn HubListener>) {
+        *lock(&self.listener) = Some(listener);
+    }
+
+    fn listener(&self) -> Option<Arc<dyn HubListener>> {
+        lock(&self.listener).clone()
+    }
+
+    fn count(&self) -> usize {
+        lock(&self.sessions).len()
     }
 
     fn register(
@@ -114,12 +141,49 @@ impl ClientHub for SessionHub {
 pub struct FederationService {
     hub: Arc<SessionHub>,
     identity: IdentityMode,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+    rate: RateLimit,
+}
+
+/// Per-session message rate limit (token bucket).
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    /// Burst size.
+    pub burst: f64,
+    /// Sustained messages per second.
+    pub per_second: f64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            burst: 256.0,
+            per_second: 128.0,
+        }
+    }
 }
 
 impl FederationService {
     /// A service feeding `hub`.
     pub fn new(hub: Arc<SessionHub>, identity: IdentityMode) -> FederationService {
-        FederationService { hub, identity }
+        FederationService {
+            hub,
+            identity,
+            metrics: None,
+            rate: RateLimit::default(),
+        }
+    }
+
+    /// Counts refusals in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> FederationService {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Overrides the per-session rate limit.
+    pub fn with_rate_limit(mut self, rate: RateLimit) -> FederationService {
+        self.rate = rate;
+        self
     }
 }
 
@@ -130,7 +194,13 @@ fn identity_from_certificate<T>(request: &Request<T>) -> Result<String, Status> 
     let leaf = certs
         .first()
         .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    tls::identity_from_der(leaf.as_ref()).map_err(|e| Status::unauthenticated(e.to_string()))
+    match tls::peer_from_der(leaf.as_ref()) {
+        Ok((id, tls::PeerRole::Partner)) => Ok(id),
+        Ok((id, tls::PeerRole::Operator)) => Err(Status::permission_denied(format!(
+            "'{id}' holds an operator certificate, which cannot join the federation as a partner"
+        ))),
+        Err(e) => Err(Status::unauthenticated(e.to_string())),
+    }
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
@@ -144,7 +214,15 @@ impl Federation for FederationService {
         request: Request<Streaming<pb::ClientMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let cert_identity = match self.identity {
-            IdentityMode::Certificate => Some(identity_from_certificate(&request)?),
+            IdentityMode::Certificate => match identity_from_certificate(&request) {
+                Ok(id) => Some(id),
+                Err(status) => {
+                    if let Some(m) = &self.metrics {
+                        m.refuse("wrong_role_or_identity");
+                    }
+                    return Err(status);
+                }
+            },
             IdentityMode::InsecureClaimed => None,
         };
         let mut inbound = request.into_inner();
@@ -192,27 +270,74 @@ impl Federation for FederationService {
         let serial = self.hub.register(&client, tx);
         tracing::info!(client = %client, version = %hello.client_version, "client session opened");
         let hub = Arc::clone(&self.hub);
+        if let Some(l) = hub.listener() {
+            l.joined(
+                &client,
+                hub.count(),
+                hello.budget_epsilon,
+                hello.epsilon_spent,
+            );
+        }
         let _ = hub.inbox.send(Inbound::Connected(client.clone())).await;
+        let rate = self.rate;
 
         tokio::spawn(async move {
+            let mut tokens = rate.burst;
+            let mut refilled = tokio::time::Instant::now();
             loop {
                 let event = match inbound.message().await {
-                    Ok(Some(message)) => match decode(message) {
-                        Ok(Some(reply)) => Inbound::Reply {
-                            client: client.clone(),
-                            reply,
-                        },
-                        Ok(None) => continue,
-                        Err(reason) => Inbound::Malformed {
-                            client: client.clone(),
-                            reason,
-                        },
-                    },
+                    Ok(Some(message)) => {
+                        // Token bucket: a burst beyond the limit is dropped and counted,
+                        // without touching the round or the session.
+                        let now = tokio::time::Instant::now();
+                        tokens = (tokens
+                            + now.duration_since(refilled).as_secs_f64() * rate.per_second)
+                            .min(rate.burst);
+                        refilled = now;
+                        if tokens < 1.0 {
+                            if let Some(l) = hub.listener() {
+                                l.refused(&client, "rate_limited");
+                            }
+                            continue;
+                        }
+                        tokens -= 1.0;
+                        match decode(message) {
+                            Ok(Some(reply)) => {
+                                if let ClientReply::Result {
+                                    body: fedprofile_protocol::messages::ResultBody::Train(t),
+                                    ..
+                                } = &reply
+                                    && let (Some(e), Some(l)) = (t.epsilon_spent, hub.listener())
+                                {
+                                    l.spent(&client, e);
+                                }
+                                Inbound::Reply {
+                                    client: client.clone(),
+                                    reply,
+                                }
+                            }
+                            Ok(None) => continue,
+                            Err(reason) => {
+                                if let Some(l) = hub.listener() {
+                                    l.refused(&client, "malformed");
+                                }
+                                Inbound::Malformed {
+                                    client: client.clone(),
+                                    reason,
+                                }
+                            }
+                        }
+                    }
                     Ok(None) => break,
                     Err(status) => {
+                        if status.message().contains("too large")
+                            && let Some(l) = hub.listener()
+                        {
+                            l.refused(&client, "oversized");
+                        }
                         // Transport-level refusals (oversized or undecodable frames) end
                         // the session; the client is told why and may reconnect.
-                        tracing::warn!(client = %client, code = ?status.code(), "session ended: {}", status.message());
+                        tracing::info!(client = %client, code = ?status.code(), "session ended: {}", status.message());
                         let _ = error_tx.send(Err(Status::new(
                             status.code(),
                             format!("session closed by the coordinator: {}", status.message()),
@@ -226,6 +351,9 @@ impl Federation for FederationService {
             }
             if hub.unregister(&client, serial) {
                 tracing::info!(client = %client, "client session closed");
+                if let Some(l) = hub.listener() {
+                    l.left(&client, hub.count());
+                }
                 let _ = hub.inbox.send(Inbound::Disconnected(client)).await;
             }
         });

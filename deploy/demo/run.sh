@@ -43,7 +43,7 @@ for p in "${partners[@]}"; do args+=(--client "$p"); done
 echo "== coordinator"
 rm -f "$out/coordinator.addr"
 "$bin/fedprofile-coordinator" serve --config "$here/coordinator.toml" --run "$run_file" \
-  --out "$out" --listen 127.0.0.1:0 --addr-file "$out/coordinator.addr" \
+  --out "$out" --state-dir "$out/state" --listen 127.0.0.1:0 --addr-file "$out/coordinator.addr" \
   >"$logs/coordinator.out" 2>"$logs/coordinator.log" &
 coordinator=$!
 pids+=("$coordinator")

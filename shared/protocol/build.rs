@@ -5,8 +5,13 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let proto = root.join("fedprofile/v1/federation.proto");
-    println!("cargo:rerun-if-changed={}", proto.display());
+    let protos = [
+        root.join("fedprofile/v1/federation.proto"),
+        root.join("fedprofile/v1/admin.proto"),
+    ];
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
 
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut config = prost_build::Config::new();
@@ -14,6 +19,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_with_config(config, &[proto], &[root])?;
+        .compile_with_config(config, &protos, &[root])?;
     Ok(())
 }

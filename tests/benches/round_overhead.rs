@@ -5,19 +5,13 @@
 //!
 //! Run: `cargo bench -p fedprofile-e2e --bench round_overhead`
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use fedprofile_coordinator::certs::{self, Role, Validity};
-use fedprofile_coordinator::config::{CoordinatorConfig, RunConfig};
-use fedprofile_coordinator::engine::{RoundRecord, RunObserver, RunSnapshot};
-use fedprofile_coordinator::server::{self, ServeOptions};
+use fedprofile_coordinator::config::CoordinatorConfig;
+use fedprofile_coordinator::daemon::{self, ServeOptions};
 use fedprofile_e2e::light::{open_session, serve_honestly};
 use fedprofile_protocol::tls::{self, TlsFiles};
-
-struct Quiet;
-impl RunObserver for Quiet {
-    fn round_finished(&mut self, _: &RunSnapshot<'_>, _: &RoundRecord) {}
-}
 
 fn percentile(v: &[f64], p: f64) -> f64 {
     let mut v = v.to_vec();
@@ -41,6 +35,11 @@ async fn scenario(clients: usize, rounds: u32, dim: usize) {
     for n in &names {
         certs::issue(dir.path(), n, Role::Client, &[], Validity::Days(1)).expect("cert");
     }
+    let run_toml = format!(
+        "[run]\nname = \"bench\"\nrounds = {rounds}\nseed = 1\n\
+         [clients]\nmin_per_round = {clients}\nmin_connected_to_start = {clients}\nstart_timeout_secs = 60\n\
+         [round]\ndeadline_secs = 60\nmax_retries = 0\n"
+    );
     let options = ServeOptions {
         config: CoordinatorConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -50,36 +49,20 @@ async fn scenario(clients: usize, rounds: u32, dim: usize) {
                 cert: certs::cert_path(dir.path(), "coordinator"),
                 key: certs::key_path(dir.path(), "coordinator"),
             }),
+            crl: None,
+            state_dir: dir.path().join("state"),
+            metrics_listen: None,
         },
-        run: RunConfig {
-            name: "bench".into(),
-            rounds,
-            model: "logistic_regression".into(),
-            seed: Some(1),
-            fraction_per_round: 1.0,
-            min_per_round: clients,
-            min_connected_to_start: clients,
-            start_timeout: Duration::from_secs(60),
-            deadline: Duration::from_secs(60),
-            eval_every: 1,
-            max_retries: 0,
-            local_epochs: 1,
-            batch_size: 32,
-            learning_rate: 0.1,
-            privacy: fedprofile_protocol::run::PrivacyMode::None,
-        },
-        out_dir: dir.path().join("out"),
+        queue_run: Some((dir.path().join("run.toml"), run_toml)),
+        out_dir: None,
+        exit_when_idle: true,
         insecure: false,
         addr_file: None,
+        progress: false,
     };
-    let listener = server::bind(&options).await.expect("bind");
+    let listener = daemon::bind(&options).await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let server = tokio::spawn(server::serve_run(
-        options,
-        listener,
-        Box::new(Quiet),
-        std::future::pending(),
-    ));
+    let server = tokio::spawn(daemon::serve(options, listener, std::future::pending()));
     let mut handles = Vec::new();
     for n in &names {
         let files = TlsFiles {
@@ -96,7 +79,11 @@ async fn scenario(clients: usize, rounds: u32, dim: usize) {
         handles.push(tokio::spawn(serve_honestly(session, dim)));
     }
     let started = Instant::now();
-    let outcome = server.await.expect("join").expect("run");
+    let outcome = server
+        .await
+        .expect("join")
+        .expect("run")
+        .expect("a finished run");
     let wall = started.elapsed();
     assert!(outcome.completed, "{:?}", outcome.failure);
     for h in handles {

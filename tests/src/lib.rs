@@ -269,6 +269,8 @@ impl Sandbox {
             .arg(run)
             .arg("--out")
             .arg(self.path("out"))
+            .arg("--state-dir")
+            .arg(self.path("state"))
             .arg("--addr-file")
             .arg(&addr_file);
         for (k, v) in env {

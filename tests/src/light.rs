@@ -81,6 +81,7 @@ pub async fn open_session(port: u16, tls: ClientTlsConfig) -> Result<LightSessio
             protocol_version: fedprofile_protocol::PROTOCOL_VERSION,
             // Ignored under mTLS: identity comes from the certificate.
             insecure_name: "someone-else".into(),
+            ..Default::default()
         })),
     };
     tx.send(hello).await.map_err(|e| e.to_string())?;

@@ -160,13 +160,35 @@ fn no_customer_id_reaches_the_coordinator() {
             run.coordinator_stderr.clone(),
         ),
     ];
-    for entry in fs::read_dir(run.sandbox.path("out")).unwrap() {
-        let path = entry.unwrap().path();
-        texts.push((
-            path.display().to_string(),
-            fs::read_to_string(&path).unwrap(),
-        ));
+    // Every file the coordinator wrote: outputs, plots, its database (with its
+    // write-ahead log), the audit log, run reports. Binary files are scanned as bytes.
+    fn walk(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                let bytes = fs::read(&path).unwrap();
+                out.push((
+                    path.display().to_string(),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
+            }
+        }
     }
+    let before = texts.len();
+    walk(&run.sandbox.path("out"), &mut texts);
+    walk(&run.sandbox.path("state"), &mut texts);
+    let names: Vec<&str> = texts.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(texts.len() > before + 5, "{names:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("coordinator.db")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.ends_with("audit.jsonl")),
+        "{names:?}"
+    );
     assert!(
         run.coordinator_stderr.len() > 1000,
         "the debug log is suspiciously short: {}",

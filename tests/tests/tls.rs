@@ -35,6 +35,7 @@ async fn try_session(port: u16, tls: ClientTlsConfig) -> Result<String, String> 
             protocol_version: fedprofile_protocol::PROTOCOL_VERSION,
             // Ignored under mTLS: identity comes from the certificate.
             insecure_name: "someone-else".into(),
+            ..Default::default()
         })),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -71,16 +71,22 @@ impl ServerDp {
         ledger_path: Option<&Path>,
     ) -> Result<ServerDp, ServerDpError> {
         let ledger = ledger_path.map(Ledger::open).transpose()?;
-        let charges = ledger.as_ref().map(Ledger::charges).unwrap_or_default();
         Ok(ServerDp {
             clip_norm: config.clip_norm,
             config,
             sampling_rate: sampling_rate.clamp(f64::MIN_POSITIVE, 1.0),
             ledger,
-            charges,
+            charges: Vec::new(),
             rng: ChaCha20Rng::from_os_rng(),
             accountant: Accountant::default(),
         })
+    }
+
+    /// Restores the (adaptive) clip norm from a checkpoint.
+    pub fn set_clip_norm(&mut self, clip_norm: f64) {
+        if clip_norm.is_finite() && clip_norm > 0.0 {
+            self.clip_norm = clip_norm;
+        }
     }
 
     /// The clip norm S clients must use this round.
@@ -121,7 +127,6 @@ impl ServerDp {
             1,
         )?
         .map(1)?;
-        self.charges.push(charge);
         let epsilon = if let Some(ledger) = self.ledger.as_mut() {
             let appended = ledger.append(ChargeRecord {
                 run_id: run_id.to_string(),
@@ -131,8 +136,11 @@ impl ServerDp {
                 clip_norm: self.clip_norm,
                 delta: self.config.delta,
             })?;
+            // A round re-run after a coordinator restart finds its charge already
+            // in the ledger (same task id) and is not charged twice.
             appended.entry().cumulative_epsilon
         } else {
+            self.charges.push(charge);
             self.accountant
                 .epsilon(&self.charges, self.config.delta)?
                 .epsilon
@@ -197,6 +205,19 @@ mod tests {
         let mut again = ServerDp::new(config(None), 1.0, Some(&path)).unwrap();
         let out2 = again.aggregate("run", 2, &deltas, &[1.0, 1.0], 4).unwrap();
         assert!(out2.epsilon > out.epsilon);
+        // Re-running round 2 (a resumed run) is not charged again.
+        let mut resumed = ServerDp::new(config(None), 1.0, Some(&path)).unwrap();
+        let out3 = resumed
+            .aggregate("run", 2, &deltas, &[1.0, 1.0], 4)
+            .unwrap();
+        assert_eq!(out3.epsilon, out2.epsilon);
+        assert_eq!(
+            fedprofile_privacy::ledger::verify(&path)
+                .unwrap()
+                .entries
+                .len(),
+            2
+        );
     }
 
     #[test]

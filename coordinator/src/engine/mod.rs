@@ -73,8 +73,8 @@ pub enum Inbound {
     },
 }
 
-/// One finished round, as recorded in `metrics.csv`.
-#[derive(Debug, Clone, PartialEq)]
+/// One finished round, as recorded in `metrics.csv` and in the database.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RoundRecord {
     /// Round number, from 1.
     pub round: u32,
@@ -121,6 +121,71 @@ pub trait RunObserver: Send {
     fn round_finished(&mut self, run: &RunSnapshot<'_>, record: &RoundRecord);
     /// A notable event (start, statistics done, retry, failure).
     fn note(&mut self, _message: &str) {}
+    /// An answer was rejected.
+    fn update_rejected(
+        &mut self,
+        _run_id: &str,
+        _client: &str,
+        _task_id: &str,
+        _reason: &RejectReason,
+    ) {
+    }
+    /// A client refused a task.
+    fn task_refused(&mut self, _run_id: &str, _client: &str, _task_id: &str, _reason: &str) {}
+}
+
+/// The model part of a checkpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointModel {
+    /// Model family.
+    pub model_type: String,
+    /// Feature encoding.
+    pub features: FeatureSpec,
+    /// Parameters.
+    pub params: Vec<f64>,
+}
+
+/// Everything needed to continue a run after the round it was taken at
+/// (round 0: after the statistics phase).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// The last completed round.
+    pub round: u32,
+    /// The global model after that round.
+    pub model: CheckpointModel,
+    /// Label column and positive value.
+    pub target: Option<(String, String)>,
+    /// Clients with an accepted update so far.
+    pub contributors: Vec<String>,
+    /// Rejections so far, by reason.
+    pub rejections: BTreeMap<String, u64>,
+    /// Refusals so far, by client.
+    pub refusals: BTreeMap<String, String>,
+    /// Clients that sent non-private (test-seeded) updates.
+    pub not_private: Vec<String>,
+    /// The adaptive clip norm of client-level DP.
+    pub server_clip_norm: Option<f64>,
+}
+
+/// Where finished rounds are made durable. A round is committed before the next
+/// one starts; if the commit fails, the run stops.
+pub trait RoundSink: Send {
+    /// Persists a round (`record` is `None` for round 0) with its checkpoint.
+    fn commit(
+        &mut self,
+        record: Option<&RoundRecord>,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), String>;
+}
+
+/// A sink that keeps nothing (tests, one-off runs without a database).
+#[derive(Debug, Default)]
+pub struct NoSink;
+
+impl RoundSink for NoSink {
+    fn commit(&mut self, _: Option<&RoundRecord>, _: &Checkpoint) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Read-only view for observers.
@@ -139,6 +204,8 @@ pub struct RunOutcome {
     pub run_id: String,
     /// True if every round completed.
     pub completed: bool,
+    /// Set when an operator cancelled the run (with the reason).
+    pub cancelled: Option<String>,
     /// Why the run stopped early.
     pub failure: Option<String>,
     /// The global model (absent if the run failed before statistics).
@@ -166,6 +233,7 @@ enum State {
     Evaluating { record: Box<RoundRecord> },
     Finished,
     Failed(String),
+    Cancelled(String),
 }
 
 /// One run in progress.
@@ -187,6 +255,9 @@ pub struct Run {
     ledger_path: Option<std::path::PathBuf>,
     server_dp: Option<dp::ServerDp>,
     not_private: std::collections::BTreeSet<String>,
+    sink: Box<dyn RoundSink>,
+    resume: Option<Checkpoint>,
+    cancel: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 impl std::fmt::Debug for Run {
@@ -226,7 +297,78 @@ impl Run {
             ledger_path: None,
             server_dp: None,
             not_private: Default::default(),
+            sink: Box::new(NoSink),
+            resume: None,
+            cancel: None,
         }
+    }
+
+    /// Commits every round to `sink` before going on.
+    pub fn with_sink(mut self, sink: Box<dyn RoundSink>) -> Run {
+        self.sink = sink;
+        self
+    }
+
+    /// Continues a run from its last committed round (`rounds`: the records so far).
+    pub fn resume_from(mut self, checkpoint: Checkpoint, rounds: Vec<RoundRecord>) -> Run {
+        self.global = Some(ModelSnapshot {
+            model_type: checkpoint.model.model_type.clone(),
+            features: checkpoint.model.features.clone(),
+            params: ndarray::Array1::from_vec(checkpoint.model.params.clone()),
+        });
+        self.features = Some(checkpoint.model.features.clone());
+        self.target = checkpoint.target.clone();
+        self.contributors = checkpoint.contributors.iter().cloned().collect();
+        self.rejections = checkpoint.rejections.clone();
+        self.refusals = checkpoint.refusals.clone();
+        self.not_private = checkpoint.not_private.iter().cloned().collect();
+        self.rounds = rounds;
+        self.resume = Some(checkpoint);
+        self
+    }
+
+    /// Lets an operator cancel the run: when the value becomes `Some(reason)`.
+    pub fn with_cancel(mut self, cancel: tokio::sync::watch::Receiver<Option<String>>) -> Run {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    /// The run id.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    fn checkpoint(&self, round: u32) -> Option<Checkpoint> {
+        let global = self.global.as_ref()?;
+        Some(Checkpoint {
+            round,
+            model: CheckpointModel {
+                model_type: global.model_type.clone(),
+                features: global.features.clone(),
+                params: global.params.to_vec(),
+            },
+            target: self.target.clone(),
+            contributors: self.contributors.iter().cloned().collect(),
+            rejections: self.rejections.clone(),
+            refusals: self.refusals.clone(),
+            not_private: self.not_private.iter().cloned().collect(),
+            server_clip_norm: self.server_dp.as_ref().map(dp::ServerDp::clip_norm),
+        })
+    }
+
+    /// Commits round `round` (0: after statistics); `Err` stops the run.
+    fn commit(&mut self, record: Option<&RoundRecord>, round: u32) -> Result<(), String> {
+        let Some(checkpoint) = self.checkpoint(round) else {
+            return Err("internal: no global model to checkpoint".into());
+        };
+        self.sink
+            .commit(record, &checkpoint)
+            .map_err(|e| format!("cannot persist round {round}: {e}"))
+    }
+
+    /// The operator's cancellation reason, if any.
+    fn cancelled(&self) -> Option<String> {
+        self.cancel.as_ref().and_then(|c| c.borrow().clone())
     }
 
     /// Where the coordinator's privacy ledger lives (client-level DP).
@@ -236,7 +378,8 @@ impl Run {
     }
 
     /// Runs the state machine to its end and tells every connected client.
-    pub async fn execute(mut self) -> RunOutcome {
+    /// Returns the outcome and hands the inbox back for the next run.
+    pub async fn execute(mut self) -> (RunOutcome, mpsc::Receiver<Inbound>) {
         let mut state = State::WaitingForClients;
         if let fedprofile_protocol::run::PrivacyMode::Client(cfg) = self.config.privacy {
             match dp::ServerDp::new(
@@ -244,23 +387,37 @@ impl Run {
                 self.config.fraction_per_round,
                 self.ledger_path.as_deref(),
             ) {
-                Ok(server_dp) => self.server_dp = Some(server_dp),
+                Ok(mut server_dp) => {
+                    if let Some(clip) = self.resume.as_ref().and_then(|c| c.server_clip_norm) {
+                        server_dp.set_clip_norm(clip);
+                    }
+                    self.server_dp = Some(server_dp);
+                }
                 Err(e) => state = State::Failed(e.to_string()),
             }
         }
-        let failure = loop {
+        let (failure, cancelled) = loop {
+            if let Some(reason) = self.cancelled()
+                && !matches!(
+                    state,
+                    State::Finished | State::Failed(_) | State::Cancelled(_)
+                )
+            {
+                state = State::Cancelled(reason);
+            }
             state = match state {
                 State::WaitingForClients => self.wait_for_clients().await,
                 State::Statistics { attempt } => self.statistics(attempt).await,
                 State::Training { round, attempt } => self.train_round(round, attempt).await,
                 State::Evaluating { record } => self.evaluate(*record).await,
-                State::Finished => break None,
-                State::Failed(why) => break Some(why),
+                State::Finished => break (None, None),
+                State::Failed(why) => break (Some(why), None),
+                State::Cancelled(why) => break (Some(format!("cancelled: {why}")), Some(why)),
             };
         };
         let message = match &failure {
             None => format!("run finished after {} rounds", self.rounds.len()),
-            Some(why) => format!("run failed: {why}"),
+            Some(why) => format!("run stopped: {why}"),
         };
         self.observer.note(&message);
         for client in self.hub.connected() {
@@ -272,9 +429,10 @@ impl Run {
                 },
             );
         }
-        RunOutcome {
+        let outcome = RunOutcome {
             run_id: self.run_id,
             completed: failure.is_none(),
+            cancelled,
             failure,
             model: self.global,
             rounds: self.rounds,
@@ -283,10 +441,13 @@ impl Run {
             contributors: self.contributors.into_iter().collect(),
             not_private: self.not_private.into_iter().collect(),
             target: self.target,
-        }
+        };
+        (outcome, self.inbox)
     }
 
     fn count_rejection(&mut self, client: &str, task: &str, reason: &RejectReason) {
+        self.observer
+            .update_rejected(&self.run_id, client, task, reason);
         tracing::warn!(
             run_id = %self.run_id,
             client = %client,

@@ -17,6 +17,18 @@ use tokio::time::timeout_at;
 
 use super::{Collector, Inbound, Offer, RejectReason, RoundRecord, Run, State, deadline_after, dp};
 
+/// What waiting produced.
+pub(super) enum Next {
+    /// An event from the sessions.
+    Event(Inbound),
+    /// The deadline passed.
+    Deadline,
+    /// The federation service stopped.
+    Closed,
+    /// An operator cancelled the run.
+    Cancelled(String),
+}
+
 /// Answers gathered by one collection.
 #[derive(Debug, Default)]
 pub(super) struct Gathered {
@@ -39,18 +51,34 @@ impl Run {
                     connected.len(),
                     connected.join(", ")
                 ));
+                if let Some(checkpoint) = &self.resume {
+                    let next = checkpoint.round + 1;
+                    self.observer.note(&format!(
+                        "run {} resumed after round {}",
+                        self.run_id, checkpoint.round
+                    ));
+                    return if next > self.config.rounds {
+                        State::Finished
+                    } else {
+                        State::Training {
+                            round: next,
+                            attempt: 0,
+                        }
+                    };
+                }
                 return State::Statistics { attempt: 0 };
             }
-            match timeout_at(deadline, self.inbox.recv()).await {
-                Err(_) => {
+            match self.next_event(deadline).await {
+                Next::Deadline => {
                     return State::Failed(format!(
                         "only {} of the {need} clients needed were connected after {:.0} s",
                         connected.len(),
                         self.config.start_timeout.as_secs_f64()
                     ));
                 }
-                Ok(None) => return State::Failed("the federation service stopped".into()),
-                Ok(Some(event)) => self.unexpected(event),
+                Next::Closed => return State::Failed("the federation service stopped".into()),
+                Next::Cancelled(why) => return State::Cancelled(why),
+                Next::Event(event) => self.unexpected(event),
             }
         }
     }
@@ -133,6 +161,9 @@ impl Run {
         });
         self.features = Some(spec);
         self.target = Some((label, positive));
+        if let Err(e) = self.commit(None, 0) {
+            return State::Failed(e);
+        }
         State::Training {
             round: 1,
             attempt: 0,
@@ -312,6 +343,11 @@ impl Run {
 
     fn finish_round(&mut self, record: RoundRecord) -> State {
         let round = record.round;
+        // Durable before anyone hears of it: a crash after this line resumes
+        // from this round, a crash before it re-runs the round.
+        if let Err(e) = self.commit(Some(&record), round) {
+            return State::Failed(e);
+        }
         let snapshot = super::RunSnapshot {
             run_id: &self.run_id,
             rounds: self.config.rounds,
@@ -375,10 +411,11 @@ impl Run {
         let deadline = deadline_after(self.config.deadline);
         let mut gathered = Gathered::default();
         while !collector.is_complete() {
-            let event = match timeout_at(deadline, self.inbox.recv()).await {
-                Ok(Some(event)) => event,
-                Ok(None) => break,
-                Err(_) => {
+            let event = match self.next_event(deadline).await {
+                Next::Event(event) => event,
+                Next::Closed => break,
+                Next::Cancelled(_) => break,
+                Next::Deadline => {
                     tracing::warn!(
                         run_id = %self.run_id,
                         waiting_for = %collector.waiting_for().join(","),
@@ -407,6 +444,8 @@ impl Run {
                             tracing::warn!(run_id = %self.run_id, client = %client, task_id = %task_id, "task refused: {reason}");
                             self.observer
                                 .note(&format!("{client} refused {task_id}: {reason}"));
+                            self.observer
+                                .task_refused(&self.run_id, &client, &task_id, &reason);
                             self.refusals.insert(client, reason);
                             gathered.refused += 1;
                         }
@@ -419,6 +458,35 @@ impl Run {
             }
         }
         gathered
+    }
+
+    /// The next session event, the deadline, or a cancellation, whichever is first.
+    pub(super) async fn next_event(&mut self, deadline: tokio::time::Instant) -> Next {
+        if let Some(reason) = self.cancelled() {
+            return Next::Cancelled(reason);
+        }
+        let cancel = self.cancel.clone();
+        let cancelled = async move {
+            match cancel {
+                Some(mut rx) => loop {
+                    if let Some(reason) = rx.borrow_and_update().clone() {
+                        return reason;
+                    }
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = timeout_at(deadline, self.inbox.recv()) => match event {
+                Ok(Some(event)) => Next::Event(event),
+                Ok(None) => Next::Closed,
+                Err(_) => Next::Deadline,
+            },
+            reason = cancelled => Next::Cancelled(reason),
+        }
     }
 
     /// An event outside any collection: replies can only be stale or unknown.

@@ -142,7 +142,7 @@ fn start(
     });
     tokio::spawn(play(out_rx, in_tx, behaviours));
     let run = Run::new(cfg, "run-1".into(), hub, in_rx, Box::new(Quiet));
-    tokio::spawn(run.execute())
+    tokio::spawn(async move { run.execute().await.0 })
 }
 
 #[tokio::test(start_paused = true)]

@@ -13,6 +13,7 @@ pub mod convert;
 pub mod messages;
 pub mod run;
 pub mod tls;
+pub mod tls_reload;
 
 /// Generated protobuf and gRPC code for `fedprofile.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]

@@ -117,6 +117,37 @@ pub fn client_config_without_identity(
         .domain_name(server_name.to_string()))
 }
 
+/// Organizational unit that marks an operator certificate.
+pub const OPERATOR_OU: &str = "fedprofile-operator";
+
+/// What a client certificate allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    /// A partner's client node: the federation service only.
+    Partner,
+    /// An operator: the admin service only.
+    Operator,
+}
+
+/// The identity (CN) and role (operator if OU = [`OPERATOR_OU`]) of a peer.
+pub fn peer_from_der(leaf: &[u8]) -> Result<(String, PeerRole), TlsError> {
+    let id = identity_from_der(leaf)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| TlsError::BadPeerCertificate(e.to_string()))?;
+    let operator = cert
+        .subject()
+        .iter_organizational_unit()
+        .any(|ou| ou.as_str().is_ok_and(|v| v == OPERATOR_OU));
+    Ok((
+        id,
+        if operator {
+            PeerRole::Operator
+        } else {
+            PeerRole::Partner
+        },
+    ))
+}
+
 /// The identity of a peer: the common name of its leaf certificate (DER).
 pub fn identity_from_der(leaf: &[u8]) -> Result<String, TlsError> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf)

@@ -66,7 +66,7 @@ pub enum PlotError {
 }
 
 /// Registers the bundled font once per process; `false` if it could not be parsed.
-fn ensure_font() -> bool {
+pub(crate) fn ensure_font() -> bool {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     *REGISTERED.get_or_init(|| register_font(FONT_FAMILY, FontStyle::Normal, FONT_BYTES).is_ok())
 }

@@ -1,0 +1,777 @@
+//! The long-lived coordinator: one gRPC port (federation for partners, admin for
+//! operators, both over mutual TLS), a queue of runs trained one at a time, every
+//! round committed to the database before the next starts, runs resumed after a
+//! crash, an audit log, Prometheus metrics, and a report folder per finished run.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fedprofile_learning::model_file::Target;
+use fedprofile_protocol::pb::admin_server::AdminServer;
+use fedprofile_protocol::pb::federation_server::FederationServer;
+use fedprofile_protocol::run::RunConfig;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tonic::transport::Server;
+
+use crate::audit::AuditLog;
+use crate::config::CoordinatorConfig;
+use crate::engine::{
+    Checkpoint, Inbound, RejectReason, RoundRecord, RoundSink, Run, RunObserver, RunOutcome,
+    RunSnapshot,
+};
+use crate::metrics::{Metrics, Reason};
+use crate::report::{self, ReportError};
+use crate::service::{FederationService, HubListener, IdentityMode, SessionHub};
+use crate::store::{RoundCommit, RunRow, RunState, Store, StoreError};
+
+/// Serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// TLS files unusable.
+    #[error(transparent)]
+    Tls(#[from] fedprofile_protocol::tls_reload::TlsReloadError),
+    /// Plain-text gRPC on a non-loopback address.
+    #[error("--insecure is only allowed on a loopback address, not {0}")]
+    InsecureNotLoopback(std::net::SocketAddr),
+    /// No TLS and no `--insecure`.
+    #[error("the coordinator config has no [tls] section; add one, or pass --insecure on loopback")]
+    NoTls,
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit log failed.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    /// The gRPC server stopped with an error.
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Outputs could not be written.
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    /// The run file given with --run is invalid.
+    #[error(transparent)]
+    RunFile(#[from] fedprofile_protocol::run::RunFileError),
+}
+
+/// Options of one `serve` invocation.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Validated coordinator config.
+    pub config: CoordinatorConfig,
+    /// A run to queue at start (`--run`), as TOML text with its path.
+    pub queue_run: Option<(PathBuf, String)>,
+    /// Where to also write the outputs of the runs this process finishes (`--out`).
+    pub out_dir: Option<PathBuf>,
+    /// Exit once no run is queued or in progress.
+    pub exit_when_idle: bool,
+    /// Plain text on loopback.
+    pub insecure: bool,
+    /// File to write the bound address to.
+    pub addr_file: Option<PathBuf>,
+    /// Print one progress line per round on stdout.
+    pub progress: bool,
+}
+
+/// A progress message for `run watch`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// Run id.
+    pub run_id: String,
+    /// Last finished round (0 before any).
+    pub round: u32,
+    /// Rounds planned.
+    pub rounds_planned: u32,
+    /// Run state.
+    pub state: RunState,
+    /// Updates aggregated in the round.
+    pub accepted: u32,
+    /// Clients selected in the round.
+    pub selected: u32,
+    /// Pooled AUC.
+    pub auc: Option<f64>,
+    /// Pooled log loss.
+    pub log_loss: Option<f64>,
+    /// Cumulative epsilon.
+    pub epsilon: Option<f64>,
+    /// A line of text.
+    pub message: String,
+}
+
+/// The run being trained now.
+#[derive(Debug)]
+pub struct ActiveRun {
+    /// Its id.
+    pub run_id: String,
+    /// Set to `Some(reason)` to cancel it.
+    pub cancel: watch::Sender<Option<String>>,
+    /// Its progress, for watchers.
+    pub progress: broadcast::Sender<Progress>,
+}
+
+/// State shared by the run manager, the admin service and the hub listener.
+#[derive(Debug)]
+pub struct Shared {
+    /// The database.
+    pub store: Arc<Store>,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Client sessions.
+    pub hub: Arc<SessionHub>,
+    /// Wakes the run manager when a run is queued.
+    pub queue: Notify,
+    /// The run in progress.
+    pub active: Mutex<Option<ActiveRun>>,
+    /// Reports, ledgers.
+    pub state_dir: PathBuf,
+}
+
+impl Shared {
+    /// The active run, if it is `run_id`.
+    pub fn with_active<T>(&self, f: impl FnOnce(Option<&ActiveRun>) -> T) -> T {
+        let guard = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        f(guard.as_ref())
+    }
+}
+
+/// Now, RFC 3339.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A run id from a run name: `<slug>-<utc stamp>-<4 hex>`.
+pub fn make_run_id(name: &str) -> String {
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]"
+        ))
+        .unwrap_or_default();
+    let slug: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{slug}-{stamp}-{:04x}", rand::random::<u16>())
+}
+
+/// Validates a run file and queues it; returns the stored row.
+pub fn queue_run(
+    shared: &Shared,
+    run_toml: &str,
+    origin: &Path,
+    actor: &str,
+) -> Result<RunRow, String> {
+    let run = RunConfig::from_toml_str(run_toml, origin).map_err(|e| e.to_string())?;
+    let id = make_run_id(&run.name);
+    shared
+        .store
+        .insert_run(&id, &run.name, run_toml, run.rounds, &now())
+        .map_err(|e| e.to_string())?;
+    shared.audit.note(
+        actor,
+        "run.queue",
+        Some(&id),
+        &format!("queued run '{}' ({} rounds)", run.name, run.rounds),
+    );
+    shared.queue.notify_one();
+    shared
+        .store
+        .run(&id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("run {id} vanished from the database"))
+}
+
+/// Binds the federation/admin listener, checking the insecure rule.
+pub async fn bind(options: &ServeOptions) -> Result<TcpListener, ServeError> {
+    let addr = options.config.listen;
+    if options.insecure && !addr.ip().is_loopback() {
+        return Err(ServeError::InsecureNotLoopback(addr));
+    }
+    if !options.insecure && options.config.tls.is_none() {
+        return Err(ServeError::NoTls);
+    }
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Records partners joining and leaving, and their privacy budget.
+#[derive(Debug)]
+struct Registry {
+    store: Arc<Store>,
+    audit: Arc<AuditLog>,
+    metrics: Arc<Metrics>,
+    budgets: Mutex<std::collections::HashMap<String, f64>>,
+}
+
+impl HubListener for Registry {
+    fn joined(&self, client: &str, connected: usize, budget: Option<f64>, spent: Option<f64>) {
+        self.metrics.clients_connected.set(connected as i64);
+        let left = match (budget, spent) {
+            (Some(b), s) => {
+                self.budgets
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(client.to_string(), b);
+                Some(b - s.unwrap_or(0.0))
+            }
+            _ => None,
+        };
+        if let Err(e) = self.store.client_seen(client, true, &now(), left) {
+            tracing::error!("{e}");
+        }
+        self.audit
+            .note(client, "client.join", None, "partner session opened");
+    }
+
+    fn left(&self, client: &str, connected: usize) {
+        self.metrics.clients_connected.set(connected as i64);
+        if let Err(e) = self.store.client_seen(client, false, &now(), None) {
+            tracing::error!("{e}");
+        }
+        self.audit
+            .note(client, "client.leave", None, "partner session closed");
+    }
+
+    fn spent(&self, client: &str, epsilon: f64) {
+        let budget = self
+            .budgets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(client)
+            .copied();
+        if let Some(b) = budget
+            && let Err(e) = self
+                .store
+                .client_seen(client, true, &now(), Some(b - epsilon))
+        {
+            tracing::error!("{e}");
+        }
+    }
+
+    fn refused(&self, client: &str, reason: &str) {
+        self.metrics.refuse(reason);
+        self.audit.note(
+            client,
+            "message.refused",
+            None,
+            &format!("message refused: {reason}"),
+        );
+    }
+}
+
+/// Runs the coordinator until `shutdown` resolves (or, with `exit_when_idle`,
+/// until no run is left). Returns the outcome of the last run it finished.
+pub async fn serve(
+    options: ServeOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<Option<RunOutcome>, ServeError> {
+    let state_dir = options.config.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).map_err(|source| ReportError::Write {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let store = Arc::new(Store::open(&state_dir.join("coordinator.db"))?);
+    let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?);
+    let metrics = Arc::new(Metrics::new());
+
+    let local = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: options.config.listen,
+        source,
+    })?;
+    let (inbox_tx, inbox_rx) = mpsc::channel(4096);
+    let hub = SessionHub::new(inbox_tx);
+    hub.set_listener(Arc::new(Registry {
+        store: Arc::clone(&store),
+        audit: Arc::clone(&audit),
+        metrics: Arc::clone(&metrics),
+        budgets: Mutex::new(Default::default()),
+    }));
+    let shared = Arc::new(Shared {
+        store,
+        audit,
+        metrics: Arc::clone(&metrics),
+        hub: Arc::clone(&hub),
+        queue: Notify::new(),
+        active: Mutex::new(None),
+        state_dir: state_dir.clone(),
+    });
+    shared.audit.note(
+        "coordinator",
+        "coordinator.start",
+        None,
+        &format!("listening on {local}"),
+    );
+
+    if let Some((path, text)) = &options.queue_run {
+        let row = queue_run(&shared, text, path, "coordinator").map_err(|problem| {
+            fedprofile_protocol::run::RunFileError::Parse {
+                path: path.clone(),
+                message: problem,
+            }
+        })?;
+        println!("queued run {}", row.id);
+    }
+
+    // gRPC: federation + admin on one port.
+    let identity = if options.insecure {
+        IdentityMode::InsecureClaimed
+    } else {
+        IdentityMode::Certificate
+    };
+    let federation = FederationServer::new(
+        FederationService::new(Arc::clone(&hub), identity).with_metrics(Arc::clone(&metrics)),
+    )
+    .max_decoding_message_size(options.config.max_message_bytes)
+    .max_encoding_message_size(options.config.max_message_bytes);
+    let admin = AdminServer::new(crate::admin::AdminService::new(
+        Arc::clone(&shared),
+        options.insecure,
+    ))
+    .max_decoding_message_size(options.config.max_message_bytes);
+    let builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .concurrency_limit_per_connection(64)
+        .add_service(federation)
+        .add_service(admin);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let stop = async {
+        let _ = stop_rx.await;
+    };
+    let mut tls_handle = None;
+    let server = if options.insecure {
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        tokio::spawn(builder.serve_with_incoming_shutdown(incoming, stop))
+    } else {
+        let files = options.config.tls.clone().ok_or(ServeError::NoTls)?;
+        let tls = fedprofile_protocol::tls_reload::ReloadableTls::load(
+            fedprofile_protocol::tls_reload::TlsSources {
+                ca_cert: files.ca_cert,
+                cert: files.cert,
+                key: files.key,
+                crl: options.config.crl.clone(),
+            },
+        )?;
+        tls_handle = Some(Arc::clone(&tls));
+        let incoming = fedprofile_protocol::tls_reload::incoming(listener, Arc::clone(&tls));
+        tokio::spawn(builder.serve_with_incoming_shutdown(incoming, stop))
+    };
+    let _watcher = tls_handle
+        .as_ref()
+        .map(|tls| tls.watch(Duration::from_secs(2)));
+    let reloader = tls_handle.clone().map(|tls| {
+        let audit = Arc::clone(&shared.audit);
+        tokio::spawn(reload_on_sighup(tls, audit))
+    });
+    let handshake_export = tls_handle.clone().map(|tls| {
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut seen = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = tls.handshake_failures();
+                if now > seen {
+                    metrics.tls_handshake_failures.inc_by(now - seen);
+                    seen = now;
+                }
+            }
+        })
+    });
+    if let Some(path) = &options.addr_file {
+        std::fs::write(path, local.to_string()).map_err(|source| ReportError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    tracing::info!(address = %local, insecure = options.insecure, "coordinator listening");
+
+    // Metrics endpoint.
+    let (metrics_stop_tx, metrics_stop_rx) = oneshot::channel::<()>();
+    if let Some(addr) = options.config.metrics_listen {
+        let listener = crate::metrics::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        if let Some(path) = &options.addr_file {
+            let bound = listener.local_addr().map_or(addr, |a| a);
+            let file = path.with_extension("metrics");
+            let _ = std::fs::write(file, bound.to_string());
+        }
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            Arc::clone(&metrics),
+            async {
+                let _ = metrics_stop_rx.await;
+            },
+        ));
+    }
+
+    let result = tokio::select! {
+        r = manage_runs(Arc::clone(&shared), inbox_rx, &options) => r,
+        () = shutdown => Ok(None),
+    };
+    shared
+        .audit
+        .note("coordinator", "coordinator.stop", None, "shutting down");
+    // Let the sessions deliver the final `RunFinished`.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stop_tx.send(());
+    let _ = metrics_stop_tx.send(());
+    if let Some(r) = reloader {
+        r.abort();
+    }
+    if let Some(h) = handshake_export {
+        h.abort();
+    }
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), server).await {
+        return Err(e.into());
+    }
+    result
+}
+
+async fn reload_on_sighup(
+    tls: Arc<fedprofile_protocol::tls_reload::ReloadableTls>,
+    audit: Arc<AuditLog>,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => audit.note(
+                    "coordinator",
+                    "tls.reload",
+                    None,
+                    &format!(
+                        "certificates reloaded on SIGHUP (generation {})",
+                        tls.generation()
+                    ),
+                ),
+                Err(e) => {
+                    tracing::error!("certificate reload failed, keeping the previous ones: {e}");
+                    audit.note("coordinator", "tls.reload_failed", None, &e.to_string());
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (tls, audit);
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Trains queued runs one at a time; resumes a run left in progress first.
+async fn manage_runs(
+    shared: Arc<Shared>,
+    mut inbox: mpsc::Receiver<Inbound>,
+    options: &ServeOptions,
+) -> Result<Option<RunOutcome>, ServeError> {
+    let mut last = None;
+    loop {
+        let next = match shared.store.in_progress()?.into_iter().next() {
+            Some(row) => Some(row),
+            None => shared.store.next_queued()?,
+        };
+        let Some(row) = next else {
+            if options.exit_when_idle {
+                return Ok(last);
+            }
+            // Drain session events while idle so the channel never fills.
+            tokio::select! {
+                () = shared.queue.notified() => {}
+                event = inbox.recv() => {
+                    if event.is_none() {
+                        return Ok(last);
+                    }
+                }
+            }
+            continue;
+        };
+        let (outcome, returned) = execute(&shared, row, inbox, options).await?;
+        inbox = returned;
+        last = outcome.or(last);
+    }
+}
+
+/// Trains one run (fresh or resumed) to its end.
+async fn execute(
+    shared: &Arc<Shared>,
+    row: RunRow,
+    inbox: mpsc::Receiver<Inbound>,
+    options: &ServeOptions,
+) -> Result<(Option<RunOutcome>, mpsc::Receiver<Inbound>), ServeError> {
+    let origin = PathBuf::from(format!("run {}", row.id));
+    let config = match RunConfig::from_toml_str(&row.run_toml, &origin) {
+        Ok(c) => c,
+        Err(e) => {
+            shared
+                .store
+                .set_run_state(&row.id, RunState::Failed, &now(), Some(&e.to_string()))?;
+            return Ok((None, inbox));
+        }
+    };
+    let checkpoint = shared
+        .store
+        .last_checkpoint(&row.id)?
+        .and_then(|c| serde_json::from_str::<Checkpoint>(&c.checkpoint_json).ok());
+    let rounds: Vec<RoundRecord> = shared
+        .store
+        .rounds(&row.id)?
+        .into_iter()
+        .filter_map(|r| {
+            serde_json::from_str::<Option<RoundRecord>>(&r.record_json)
+                .ok()
+                .flatten()
+        })
+        .collect();
+    let resumed = row.state == RunState::Running;
+    shared
+        .store
+        .set_run_state(&row.id, RunState::Running, &now(), None)?;
+    shared.audit.note(
+        "coordinator",
+        if resumed { "run.resume" } else { "run.start" },
+        Some(&row.id),
+        &match &checkpoint {
+            Some(c) if resumed => format!("resumed after round {}", c.round),
+            _ if resumed => "restarted from the beginning (no round was committed)".into(),
+            _ => format!("started '{}' ({} rounds)", config.name, config.rounds),
+        },
+    );
+    let (cancel_tx, cancel_rx) = watch::channel(None);
+    let (progress_tx, _) = broadcast::channel(256);
+    *shared.active.lock().unwrap_or_else(|e| e.into_inner()) = Some(ActiveRun {
+        run_id: row.id.clone(),
+        cancel: cancel_tx,
+        progress: progress_tx.clone(),
+    });
+    let run_dir = shared.state_dir.join("runs").join(&row.id);
+    std::fs::create_dir_all(&run_dir).map_err(|source| ReportError::Write {
+        path: run_dir.clone(),
+        source,
+    })?;
+    let observer = DaemonObserver {
+        shared: Arc::clone(shared),
+        run_id: row.id.clone(),
+        rounds_planned: config.rounds,
+        progress: progress_tx.clone(),
+        print: options.progress,
+    };
+    let mut run = Run::new(
+        config.clone(),
+        row.id.clone(),
+        Arc::clone(&shared.hub) as Arc<dyn crate::engine::ClientHub>,
+        inbox,
+        Box::new(observer),
+    )
+    .with_ledger(run_dir.join("coordinator-ledger.jsonl"))
+    .with_sink(Box::new(StoreSink {
+        store: Arc::clone(&shared.store),
+        run_id: row.id.clone(),
+    }))
+    .with_cancel(cancel_rx);
+    if let Some(checkpoint) = checkpoint {
+        run = run.resume_from(checkpoint, rounds);
+    }
+    let (outcome, inbox) = run.execute().await;
+
+    let state = if outcome.completed {
+        RunState::Finished
+    } else if outcome.cancelled.is_some() {
+        RunState::Cancelled
+    } else {
+        RunState::Failed
+    };
+    shared
+        .store
+        .set_run_state(&row.id, state, &now(), outcome.failure.as_deref())?;
+    shared.metrics.epsilon_spent.set(0.0);
+    shared
+        .metrics
+        .runs_finished
+        .get_or_create(&Reason {
+            reason: state.as_str().to_string(),
+        })
+        .inc();
+    shared.audit.note(
+        "coordinator",
+        &format!("run.{}", state.as_str()),
+        Some(&row.id),
+        outcome.failure.as_deref().unwrap_or("all rounds completed"),
+    );
+    let target = outcome
+        .target
+        .clone()
+        .map(|(column, positive_value)| Target {
+            column,
+            positive_value,
+        })
+        .unwrap_or(Target {
+            column: String::new(),
+            positive_value: String::new(),
+        });
+    report::write_outputs(&run_dir, &outcome, &target, &now())?;
+    report::write_plots(&run_dir, &outcome);
+    if let Some(out) = &options.out_dir {
+        report::write_outputs(out, &outcome, &target, &now())?;
+        report::write_plots(out, &outcome);
+        let ledger = run_dir.join("coordinator-ledger.jsonl");
+        if ledger.exists() {
+            let _ = std::fs::copy(&ledger, out.join("coordinator-ledger.jsonl"));
+        }
+    }
+    let _ = progress_tx.send(Progress {
+        run_id: row.id.clone(),
+        round: outcome.rounds.last().map_or(0, |r| r.round),
+        rounds_planned: config.rounds,
+        state,
+        accepted: 0,
+        selected: 0,
+        auc: outcome
+            .rounds
+            .iter()
+            .rev()
+            .find_map(|r| r.metrics.and_then(|m| m.auc)),
+        log_loss: outcome
+            .rounds
+            .iter()
+            .rev()
+            .find_map(|r| r.metrics.map(|m| m.log_loss)),
+        epsilon: outcome.rounds.iter().rev().find_map(|r| r.epsilon),
+        message: outcome
+            .failure
+            .clone()
+            .unwrap_or_else(|| "run finished".into()),
+    });
+    *shared.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    Ok((Some(outcome), inbox))
+}
+
+/// Commits rounds to the database.
+struct StoreSink {
+    store: Arc<Store>,
+    run_id: String,
+}
+
+impl RoundSink for StoreSink {
+    fn commit(
+        &mut self,
+        record: Option<&RoundRecord>,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), String> {
+        let record_json = serde_json::to_string(&record).map_err(|e| e.to_string())?;
+        let checkpoint_json = serde_json::to_string(checkpoint).map_err(|e| e.to_string())?;
+        let commit = || {
+            self.store.commit_round(&RoundCommit {
+                run_id: &self.run_id,
+                round: checkpoint.round,
+                record_json: &record_json,
+                checkpoint_json: &checkpoint_json,
+                committed_at: &now(),
+            })
+        };
+        // One short SQLite transaction with an fsync: keep it off the async workers.
+        tokio::task::block_in_place(commit).map_err(|e| e.to_string())
+    }
+}
+
+/// Metrics, audit, watchers and the progress line, per run.
+struct DaemonObserver {
+    shared: Arc<Shared>,
+    run_id: String,
+    rounds_planned: u32,
+    progress: broadcast::Sender<Progress>,
+    print: bool,
+}
+
+impl RunObserver for DaemonObserver {
+    fn round_finished(&mut self, run: &RunSnapshot<'_>, r: &RoundRecord) {
+        let m = &self.shared.metrics;
+        m.rounds_completed.inc();
+        m.round_duration.observe(r.round_ms / 1e3);
+        m.updates_accepted.inc_by(r.accepted as u64);
+        if let Some(e) = r.epsilon {
+            m.epsilon_spent.set(e);
+        }
+        if self.print {
+            report::ProgressPrinter.round_finished(run, r);
+        }
+        tracing::info!(run_id = %self.run_id, round = r.round, accepted = r.accepted, "round committed");
+        let _ = self.progress.send(Progress {
+            run_id: self.run_id.clone(),
+            round: r.round,
+            rounds_planned: self.rounds_planned,
+            state: RunState::Running,
+            accepted: r.accepted as u32,
+            selected: r.selected as u32,
+            auc: r.metrics.and_then(|m| m.auc),
+            log_loss: r.metrics.map(|m| m.log_loss),
+            epsilon: r.epsilon,
+            message: String::new(),
+        });
+    }
+
+    fn note(&mut self, message: &str) {
+        if self.print {
+            report::ProgressPrinter.note(message);
+        }
+        tracing::info!(run_id = %self.run_id, "{message}");
+    }
+
+    fn update_rejected(
+        &mut self,
+        run_id: &str,
+        client: &str,
+        task_id: &str,
+        reason: &RejectReason,
+    ) {
+        self.shared
+            .metrics
+            .updates_rejected
+            .get_or_create(&Reason {
+                reason: reason.key().to_string(),
+            })
+            .inc();
+        self.shared.audit.note(
+            client,
+            "update.rejected",
+            Some(run_id),
+            &format!("{task_id}: {reason}"),
+        );
+    }
+
+    fn task_refused(&mut self, run_id: &str, client: &str, task_id: &str, reason: &str) {
+        self.shared.metrics.tasks_refused.inc();
+        self.shared.audit.note(
+            client,
+            "task.refused",
+            Some(run_id),
+            &format!("{task_id}: {reason}"),
+        );
+    }
+}

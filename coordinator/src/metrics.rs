@@ -1,0 +1,235 @@
+//! Prometheus metrics, served as text on their own port (`/metrics`, loopback by
+//! default): rounds, round duration, connected clients, updates accepted and
+//! rejected by reason, refused tasks and messages, TLS handshake failures and the
+//! privacy loss of the current run.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// A `reason` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// Short reason key.
+    pub reason: String,
+}
+
+/// The coordinator's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Rounds aggregated and committed.
+    pub rounds_completed: Counter,
+    /// Wall time of a round, seconds.
+    pub round_duration: Histogram,
+    /// Client sessions open now.
+    pub clients_connected: Gauge,
+    /// Updates aggregated.
+    pub updates_accepted: Counter,
+    /// Answers rejected, by reason.
+    pub updates_rejected: Family<Reason, Counter>,
+    /// Tasks refused by clients (e.g. privacy budget).
+    pub tasks_refused: Counter,
+    /// Messages or connections refused at the transport edge, by reason.
+    pub messages_refused: Family<Reason, Counter>,
+    /// Failed TLS handshakes.
+    pub tls_handshake_failures: Counter,
+    /// Cumulative epsilon of the run in progress (the largest a client reported,
+    /// or the coordinator's own under client-level DP).
+    pub epsilon_spent: Gauge<f64, AtomicU64>,
+    /// Runs finished, by outcome.
+    pub runs_finished: Family<Reason, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("fedprofile");
+        let m = Metrics {
+            rounds_completed: Counter::default(),
+            round_duration: Histogram::new(
+                [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0].into_iter(),
+            ),
+            clients_connected: Gauge::default(),
+            updates_accepted: Counter::default(),
+            updates_rejected: Family::default(),
+            tasks_refused: Counter::default(),
+            messages_refused: Family::default(),
+            tls_handshake_failures: Counter::default(),
+            epsilon_spent: Gauge::default(),
+            runs_finished: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "rounds_completed",
+            "Rounds aggregated and committed",
+            m.rounds_completed.clone(),
+        );
+        registry.register(
+            "round_duration_seconds",
+            "Wall time of a round",
+            m.round_duration.clone(),
+        );
+        registry.register(
+            "clients_connected",
+            "Client sessions open now",
+            m.clients_connected.clone(),
+        );
+        registry.register(
+            "updates_accepted",
+            "Updates aggregated",
+            m.updates_accepted.clone(),
+        );
+        registry.register(
+            "updates_rejected",
+            "Answers rejected, by reason",
+            m.updates_rejected.clone(),
+        );
+        registry.register(
+            "tasks_refused",
+            "Tasks refused by clients",
+            m.tasks_refused.clone(),
+        );
+        registry.register(
+            "messages_refused",
+            "Messages or connections refused at the transport edge, by reason",
+            m.messages_refused.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Failed TLS handshakes",
+            m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "epsilon_spent",
+            "Cumulative epsilon of the current run",
+            m.epsilon_spent.clone(),
+        );
+        registry.register(
+            "runs_finished",
+            "Runs finished, by outcome",
+            m.runs_finished.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts a transport-level refusal.
+    pub fn refuse(&self, reason: &str) {
+        self.messages_refused
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let served = Arc::new(AtomicU64::new(0));
+    let accept = async {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = Arc::clone(&metrics);
+            let served = Arc::clone(&served);
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let metrics = Arc::clone(&metrics);
+                    served.fetch_add(1, Ordering::Relaxed);
+                    async move {
+                        let response = if req.uri().path() == "/metrics" {
+                            Response::builder()
+                                .header(
+                                    "content-type",
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )
+                                .body(Full::new(Bytes::from(metrics.encode())))
+                        } else {
+                            Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"see /metrics\n")))
+                        };
+                        response.map_err(|e| std::io::Error::other(e.to_string()))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    };
+    tokio::select! {
+        () = accept => {}
+        () = shutdown => {}
+    }
+}
+
+/// Binds the metrics listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_holds_every_metric_with_labels() {
+        let m = Metrics::new();
+        m.rounds_completed.inc();
+        m.round_duration.observe(0.004);
+        m.clients_connected.set(4);
+        m.updates_rejected
+            .get_or_create(&Reason {
+                reason: "wrong_dimension".into(),
+            })
+            .inc();
+        m.epsilon_spent.set(0.75);
+        let text = m.encode();
+        for name in [
+            "fedprofile_rounds_completed_total 1",
+            "fedprofile_clients_connected 4",
+            "fedprofile_updates_rejected_total{reason=\"wrong_dimension\"} 1",
+            "fedprofile_epsilon_spent 0.75",
+            "fedprofile_round_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The operator CLI: `run start|list|status|cancel|watch` and `clients`, over the
+//! admin API with an operator certificate.
+//!
+//! ```toml
+//! # operator.toml (paths relative to this file)
+//! coordinator = "https://coordinator.example.org:50051"
+//! [tls]
+//! ca_cert = "ca.pem"
+//! cert = "alice.pem"       # an operator certificate (certs issue --operator)
+//! key = "alice.key"
+//! server_name = "coordinator"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fedprofile_protocol::pb::admin_client::AdminClient;
+use fedprofile_protocol::pb::{self};
+use fedprofile_protocol::tls::{self, TlsFiles};
+use serde::Deserialize;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOperatorConfig {
+    coordinator: String,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_cert: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    server_name: Option<String>,
+}
+
+/// Where the admin API is and how to authenticate.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// Coordinator URL.
+    pub coordinator: String,
+    /// Operator certificate files and the coordinator's certificate name.
+    pub tls: Option<(TlsFiles, Option<String>)>,
+}
+
+impl OperatorConfig {
+    /// Reads an operator config file.
+    pub fn from_path(path: &Path) -> Result<OperatorConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
+        let raw: RawOperatorConfig = toml::from_str(&text).map_err(|e| {
+            format!(
+                "{}: {}",
+                path.display(),
+                e.to_string().trim_end().replace('\n', " ")
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Ok(OperatorConfig {
+            coordinator: raw.coordinator,
+            tls: raw.tls.map(|t| {
+                (
+                    TlsFiles {
+                        ca_cert: base.join(t.ca_cert),
+                        cert: base.join(t.cert),
+                        key: base.join(t.key),
+                    },
+                    t.server_name,
+                )
+            }),
+        })
+    }
+}
+
+/// What the operator asked for.
+#[derive(Debug, Clone)]
+pub enum OperatorCommand {
+    /// Queue a run file.
+    Start(PathBuf),
+    /// All runs.
+    List,
+    /// One run.
+    Status(String),
+    /// Cancel a run.
+    Cancel(String, String),
+    /// Follow a run live.
+    Watch(String),
+    /// The partners.
+    Clients,
+}
+
+async fn connect(config: &OperatorConfig) -> Result<AdminClient<Channel>, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut endpoint = Endpoint::from_shared(config.coordinator.clone())
+        .map_err(|_| {
+            format!(
+                "coordinator address '{}' is not a valid URL",
+                config.coordinator
+            )
+        })?
+        .connect_timeout(Duration::from_secs(10));
+    if let Some((files, name)) = &config.tls {
+        let host = endpoint.uri().host().unwrap_or_default().to_string();
+        let tls = tls::client_config(files, name.as_deref().unwrap_or(&host))
+            .map_err(|e| e.to_string())?;
+        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| {
+        format!(
+            "cannot reach the coordinator at {}: {e} (check the URL, and that your operator certificate is issued by the federation CA)",
+            config.coordinator
+        )
+    })?;
+    Ok(AdminClient::new(channel))
+}
+
+fn status_text(s: tonic::Status) -> String {
+    match s.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+            format!("refused by the coordinator: {}", s.message())
+        }
+        _ => s.message().to_string(),
+    }
+}
+
+fn print_run(r: &pb::RunInfo) {
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+    println!(
+        "{:<40} {:<10} {:>3}/{:<3} auc {:<7} log loss {:<7} ε {:<7} {}",
+        r.run_id,
+        r.state,
+        r.rounds_done,
+        r.rounds_planned,
+        opt(r.auc),
+        opt(r.log_loss),
+        opt(r.epsilon),
+        r.failure
+    );
+}
+
+/// Runs an operator command.
+pub async fn run(config: &OperatorConfig, command: OperatorCommand) -> Result<(), String> {
+    let mut client = connect(config).await?;
+    match command {
+        OperatorCommand::Start(path) => {
+            let run_toml = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
+            let info = client
+                .start_run(pb::StartRunRequest { run_toml })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            println!("{}", info.run_id);
+        }
+        OperatorCommand::List => {
+            let runs = client
+                .list_runs(pb::ListRunsRequest {})
+                .await
+                .map_err(status_text)?
+                .into_inner()
+                .runs;
+            if runs.is_empty() {
+                println!("no runs");
+            }
+            for r in &runs {
+                print_run(r);
+            }
+        }
+        OperatorCommand::Status(run_id) => {
+            let r = client
+                .get_run(pb::GetRunRequest { run_id })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            print_run(&r);
+            println!(
+                "created {}  started {}  finished {}",
+                r.created_at,
+                if r.started_at.is_empty() {
+                    "-"
+                } else {
+                    &r.started_at
+                },
+                if r.finished_at.is_empty() {
+                    "-"
+                } else {
+                    &r.finished_at
+                }
+            );
+        }
+        OperatorCommand::Cancel(run_id, reason) => {
+            let r = client
+                .cancel_run(pb::CancelRunRequest { run_id, reason })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            print_run(&r);
+        }
+        OperatorCommand::Watch(run_id) => watch(&mut client, run_id).await?,
+        OperatorCommand::Clients => {
+            let clients = client
+                .list_clients(pb::ListClientsRequest {})
+                .await
+                .map_err(status_text)?
+                .into_inner()
+                .clients;
+            println!(
+                "{:<20} {:<10} {:<26} {:>12}",
+                "client", "connected", "last seen", "ε budget left"
+            );
+            for c in clients {
+                println!(
+                    "{:<20} {:<10} {:<26} {:>12}",
+                    c.client_id,
+                    if c.connected { "yes" } else { "no" },
+                    c.last_seen,
+                    c.budget_epsilon_left
+                        .map_or("-".into(), |b| format!("{b:.4}"))
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn watch(client: &mut AdminClient<Channel>, run_id: String) -> Result<(), String> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let mut stream = client
+        .watch_run(pb::WatchRunRequest { run_id })
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} rounds  {msg}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut last_state = String::new();
+    while let Some(item) = stream.next().await {
+        let p = item.map_err(status_text)?;
+        bar.set_prefix(p.run_id.clone());
+        bar.set_length(u64::from(p.rounds_planned));
+        bar.set_position(u64::from(p.round));
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+        bar.set_message(format!(
+            "{} | auc {} | log loss {} | ε {}",
+            p.state,
+            opt(p.auc),
+            opt(p.log_loss),
+            opt(p.epsilon)
+        ));
+        if !bar.is_hidden() {
+            bar.tick();
+        } else {
+            eprintln!(
+                "round {}/{} {} auc {} log loss {} ε {}",
+                p.round,
+                p.rounds_planned,
+                p.state,
+                opt(p.auc),
+                opt(p.log_loss),
+                opt(p.epsilon)
+            );
+        }
+        last_state = p.state.clone();
+        if !p.message.is_empty() && matches!(p.state.as_str(), "finished" | "failed" | "cancelled")
+        {
+            bar.println(p.message.clone());
+        }
+    }
+    bar.finish();
+    println!("run {last_state}");
+    Ok(())
+}

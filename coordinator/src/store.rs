@@ -1,0 +1,1318 @@
+//! The coordinator's embedded database: runs, committed rounds with their
+//! checkpoints, and the client registry, in one SQLite file.
+//!
+//! SQLite is linked in (`rusqlite` with `bundled`), so no system library is
+//! needed. The connection runs in WAL mode with `synchronous=FULL`: once a
+//! method that writes has returned `Ok`, its change survives a crash of the
+//! process or of the machine. Foreign keys are enforced and a busy timeout
+//! bounds the wait for a lock held by another connection.
+//!
+//! A round is committed in one transaction: the round's record, its
+//! checkpoint and the run's `rounds_done` are written together or not at all,
+//! so after a crash [`Store::last_checkpoint`] is exactly the last round that
+//! [`Store::commit_round`] reported as committed.
+//!
+//! The schema is versioned: the `schema_version` table records each applied
+//! migration, and [`Store::open`] applies the missing ones in one transaction.
+//! To change the schema, append a migration to `MIGRATIONS`; never edit one
+//! that has shipped. A database written by a newer coordinator is refused.
+//!
+//! Every method blocks the calling thread for at most one short SQLite
+//! transaction (plus an fsync for writes). From async code, call it through
+//! `tokio::task::spawn_blocking` where that matters.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+/// How long a statement waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations, in order: `MIGRATIONS[i]` takes the schema from version
+/// `i` to version `i + 1`. Append only.
+const MIGRATIONS: &[&str] = &[MIGRATION_1];
+
+/// The schema version this coordinator writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Version 1: runs, rounds, checkpoints, clients.
+///
+/// `runs.seq` orders runs by insertion (the queue order); timestamps are
+/// stored as the caller's strings and never compared.
+const MIGRATION_1: &str = "
+CREATE TABLE runs (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             TEXT NOT NULL UNIQUE CHECK (length(id) > 0),
+    name           TEXT NOT NULL,
+    run_toml       TEXT NOT NULL,
+    state          TEXT NOT NULL
+                   CHECK (state IN ('queued', 'running', 'finished', 'failed', 'cancelled')),
+    rounds_planned INTEGER NOT NULL CHECK (rounds_planned >= 0),
+    rounds_done    INTEGER NOT NULL DEFAULT 0 CHECK (rounds_done >= 0),
+    created_at     TEXT NOT NULL,
+    started_at     TEXT,
+    finished_at    TEXT,
+    failure        TEXT
+);
+CREATE INDEX runs_by_state ON runs (state, seq);
+
+CREATE TABLE rounds (
+    run_id       TEXT NOT NULL REFERENCES runs (id),
+    round        INTEGER NOT NULL CHECK (round >= 0),
+    record_json  TEXT NOT NULL CONSTRAINT record_is_json CHECK (json_valid(record_json)),
+    committed_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, round)
+) WITHOUT ROWID;
+
+CREATE TABLE checkpoints (
+    run_id          TEXT NOT NULL,
+    round           INTEGER NOT NULL,
+    checkpoint_json TEXT NOT NULL
+                    CONSTRAINT checkpoint_is_json CHECK (json_valid(checkpoint_json)),
+    PRIMARY KEY (run_id, round),
+    FOREIGN KEY (run_id, round) REFERENCES rounds (run_id, round)
+) WITHOUT ROWID;
+
+CREATE TABLE clients (
+    id                  TEXT PRIMARY KEY NOT NULL CHECK (length(id) > 0),
+    first_seen          TEXT NOT NULL,
+    last_seen           TEXT NOT NULL,
+    connected           INTEGER NOT NULL CHECK (connected IN (0, 1)),
+    budget_epsilon_left REAL
+) WITHOUT ROWID;
+";
+
+const RUN_COLUMNS: &str = "id, name, run_toml, state, rounds_planned, rounds_done, \
+                           created_at, started_at, finished_at, failure";
+
+/// A store operation failed. The message names the operation and the
+/// database file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The directory that holds the database could not be created.
+    #[error("cannot create the directory of database '{path}': {source}")]
+    CreateDir {
+        /// The database file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// SQLite reported an error (I/O, corruption, a violated constraint…).
+    #[error("cannot {op} in database '{path}': {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What was being done, e.g. "commit round 3 of run 'r1'".
+        op: String,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The operation was refused; the database is unchanged.
+    #[error("cannot {op} in database '{path}': {problem}")]
+    Refused {
+        /// The database file.
+        path: PathBuf,
+        /// What was being done.
+        op: String,
+        /// Why it was refused.
+        problem: Problem,
+    },
+}
+
+impl StoreError {
+    /// Why the operation was refused, if it was refused rather than failed.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            StoreError::Refused { problem, .. } => Some(problem),
+            _ => None,
+        }
+    }
+}
+
+/// Why the store refused an operation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Problem {
+    /// No run has this id.
+    #[error("no run has this id")]
+    UnknownRun,
+    /// A run with this id already exists.
+    #[error("a run with this id already exists")]
+    DuplicateRun,
+    /// The run is finished, failed or cancelled; its state is final.
+    #[error("the run is already {state}")]
+    RunTerminal {
+        /// The run's current state.
+        state: RunState,
+    },
+    /// This round of this run is already committed.
+    #[error("the round is already committed")]
+    DuplicateRound,
+    /// A later round of this run is already committed.
+    #[error("round {last} is already committed, rounds must ascend")]
+    StaleRound {
+        /// The highest committed round.
+        last: u32,
+    },
+    /// A privacy budget was NaN.
+    #[error("the epsilon budget is not a number")]
+    NanBudget,
+    /// The database was written by a newer coordinator.
+    #[error("the schema is at version {found}, newer than this coordinator's {supported}")]
+    NewerSchema {
+        /// The database's schema version.
+        found: u32,
+        /// [`SCHEMA_VERSION`].
+        supported: u32,
+    },
+    /// SQLite did not switch to WAL mode (e.g. the file system lacks shared memory).
+    #[error("the journal mode is '{mode}', not 'wal'")]
+    NotWal {
+        /// The journal mode SQLite reported.
+        mode: String,
+    },
+}
+
+/// Inside an operation: an SQLite error or a refusal, before the path and the
+/// operation's name are attached.
+#[derive(Debug)]
+enum Fail {
+    Sql(rusqlite::Error),
+    Refused(Problem),
+}
+
+impl From<rusqlite::Error> for Fail {
+    fn from(e: rusqlite::Error) -> Self {
+        Fail::Sql(e)
+    }
+}
+
+impl From<Problem> for Fail {
+    fn from(p: Problem) -> Self {
+        Fail::Refused(p)
+    }
+}
+
+impl Fail {
+    fn at(self, path: &Path, op: String) -> StoreError {
+        let path = path.to_path_buf();
+        match self {
+            Fail::Sql(source) => StoreError::Sqlite { path, op, source },
+            Fail::Refused(problem) => StoreError::Refused { path, op, problem },
+        }
+    }
+}
+
+/// The state of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunState {
+    /// Waiting to start.
+    Queued,
+    /// Rounds are being run.
+    Running,
+    /// All rounds done, outputs written.
+    Finished,
+    /// Stopped by an error (see [`RunRow::failure`]).
+    Failed,
+    /// Stopped by an operator.
+    Cancelled,
+}
+
+impl RunState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [RunState; 5] = [
+        RunState::Queued,
+        RunState::Running,
+        RunState::Finished,
+        RunState::Failed,
+        RunState::Cancelled,
+    ];
+
+    /// The name stored in the database: "queued", "running", "finished",
+    /// "failed" or "cancelled".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Finished => "finished",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Finished, failed or cancelled: the run will not change state again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunState::Finished | RunState::Failed | RunState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that is not a [`RunState`] name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a run state (queued, running, finished, failed or cancelled)")]
+pub struct ParseRunStateError(pub String);
+
+impl FromStr for RunState {
+    type Err = ParseRunStateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| ParseRunStateError(s.to_string()))
+    }
+}
+
+impl ToSql for RunState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for RunState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    /// The run's id.
+    pub id: String,
+    /// A human-readable name.
+    pub name: String,
+    /// The run file, verbatim.
+    pub run_toml: String,
+    /// The current state.
+    pub state: RunState,
+    /// Rounds the run file asks for.
+    pub rounds_planned: u32,
+    /// The highest committed round (0 until a round after round 0 is committed).
+    pub rounds_done: u32,
+    /// When the run was queued.
+    pub created_at: String,
+    /// When it first entered [`RunState::Running`].
+    pub started_at: Option<String>,
+    /// When it entered a terminal state.
+    pub finished_at: Option<String>,
+    /// Why it failed (or was cancelled), if a reason was given.
+    pub failure: Option<String>,
+}
+
+/// One round to commit: its record, the checkpoint to resume from, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundCommit<'a> {
+    /// The run.
+    pub run_id: &'a str,
+    /// The round number; 0 is the state after the statistics phase.
+    pub round: u32,
+    /// The round's record (metrics, participants…), as JSON.
+    pub record_json: &'a str,
+    /// The model and server state after the round, as JSON (opaque here).
+    pub checkpoint_json: &'a str,
+    /// When the round was committed.
+    pub committed_at: &'a str,
+}
+
+/// The checkpoint of a committed round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The round it was taken after.
+    pub round: u32,
+    /// The model and server state, as committed.
+    pub checkpoint_json: String,
+}
+
+/// A committed round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoundRow {
+    /// The round number.
+    pub round: u32,
+    /// The round's record, as committed.
+    pub record_json: String,
+    /// When it was committed.
+    pub committed_at: String,
+}
+
+/// A client node the coordinator has seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRow {
+    /// The client's id (its certificate's common name).
+    pub id: String,
+    /// When it was first seen.
+    pub first_seen: String,
+    /// When it was last seen.
+    pub last_seen: String,
+    /// Whether it was connected when last seen.
+    pub connected: bool,
+    /// The privacy budget it last reported as left, if it ever reported one.
+    pub budget_epsilon_left: Option<f64>,
+}
+
+/// The coordinator's database. One connection behind a mutex: share it with
+/// an `Arc<Store>`.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens the database at `path`, creating it and its parent directory if
+    /// needed, switches it to WAL mode and brings its schema to
+    /// [`SCHEMA_VERSION`].
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut conn = Connection::open(path)
+            .map_err(|e| Fail::Sql(e).at(path, "open the database".into()))?;
+        configure(&conn).map_err(|e| e.at(path, "configure the connection".into()))?;
+        migrate(&mut conn, MIGRATIONS)
+            .map_err(|(to, e)| e.at(path, format!("migrate the schema to version {to}")))?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The database's schema version (after [`Store::open`], [`SCHEMA_VERSION`]).
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        self.with(
+            || "read the schema version".into(),
+            |conn| Ok(schema_version(conn)?),
+        )
+    }
+
+    // ----- runs -----
+
+    /// Queues a new run. A run with the same id is an error.
+    pub fn insert_run(
+        &self,
+        id: &str,
+        name: &str,
+        run_toml: &str,
+        rounds_planned: u32,
+        created_at: &str,
+    ) -> Result<(), StoreError> {
+        self.with(
+            || format!("insert run '{id}'"),
+            |conn| {
+                let inserted = conn.execute(
+                    "INSERT INTO runs (id, name, run_toml, state, rounds_planned, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (id) DO NOTHING",
+                    params![
+                        id,
+                        name,
+                        run_toml,
+                        RunState::Queued,
+                        rounds_planned,
+                        created_at
+                    ],
+                )?;
+                if inserted == 0 {
+                    return Err(Problem::DuplicateRun.into());
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Moves a run to `state` at time `at`.
+    ///
+    /// Entering [`RunState::Running`] sets `started_at` if it is unset;
+    /// entering a terminal state sets `finished_at`. `failure`, when given,
+    /// replaces the stored reason. An unknown run, or a run whose state is
+    /// already terminal, is an error and changes nothing.
+    pub fn set_run_state(
+        &self,
+        id: &str,
+        state: RunState,
+        at: &str,
+        failure: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.with(
+            || format!("set run '{id}' to {state}"),
+            |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let current: RunState = tx
+                    .query_row("SELECT state FROM runs WHERE id = ?1", [id], |r| r.get(0))
+                    .optional()?
+                    .ok_or(Problem::UnknownRun)?;
+                if current.is_terminal() {
+                    return Err(Problem::RunTerminal { state: current }.into());
+                }
+                tx.execute(
+                    "UPDATE runs SET
+                         state = ?2,
+                         started_at = CASE WHEN ?3 THEN coalesce(started_at, ?5) ELSE started_at END,
+                         finished_at = CASE WHEN ?4 THEN ?5 ELSE finished_at END,
+                         failure = coalesce(?6, failure)
+                     WHERE id = ?1",
+                    params![
+                        id,
+                        state,
+                        state == RunState::Running,
+                        state.is_terminal(),
+                        at,
+                        failure
+                    ],
+                )?;
+                tx.commit()?;
+                Ok(())
+            },
+        )
+    }
+
+    /// The run with this id, if any.
+    pub fn run(&self, id: &str) -> Result<Option<RunRow>, StoreError> {
+        self.with(
+            || format!("read run '{id}'"),
+            |conn| {
+                let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
+                Ok(conn.query_row(&sql, [id], run_row).optional()?)
+            },
+        )
+    }
+
+    /// Every run, newest (last inserted) first.
+    pub fn runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        self.with(
+            || "list runs".into(),
+            |conn| {
+                let sql = format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY seq DESC");
+                Ok(query_runs(conn, &sql, [])?)
+            },
+        )
+    }
+
+    /// The oldest (first inserted) queued run, if any.
+    pub fn next_queued(&self) -> Result<Option<RunRow>, StoreError> {
+        self.with(
+            || "find the next queued run".into(),
+            |conn| {
+                let sql = format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE state = ?1 ORDER BY seq ASC LIMIT 1"
+                );
+                Ok(conn
+                    .query_row(&sql, [RunState::Queued], run_row)
+                    .optional()?)
+            },
+        )
+    }
+
+    /// The runs in state [`RunState::Running`], oldest first: after a crash,
+    /// these are the runs to resume from their [`Store::last_checkpoint`].
+    pub fn in_progress(&self) -> Result<Vec<RunRow>, StoreError> {
+        self.with(
+            || "list running runs".into(),
+            |conn| {
+                let sql =
+                    format!("SELECT {RUN_COLUMNS} FROM runs WHERE state = ?1 ORDER BY seq ASC");
+                Ok(query_runs(conn, &sql, [RunState::Running])?)
+            },
+        )
+    }
+
+    // ----- rounds -----
+
+    /// Commits a round in one transaction: the round's record, its
+    /// checkpoint, and the run's `rounds_done` (set to this round). Either
+    /// all of it is durable when this returns `Ok`, or none of it is written.
+    ///
+    /// Refused: an unknown run, a round already committed, a round below the
+    /// highest committed one. Record and checkpoint must be valid JSON.
+    pub fn commit_round(&self, c: &RoundCommit<'_>) -> Result<(), StoreError> {
+        self.with(
+            || format!("commit round {} of run '{}'", c.round, c.run_id),
+            |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let exists = tx
+                    .query_row("SELECT 1 FROM runs WHERE id = ?1", [c.run_id], |_| Ok(()))
+                    .optional()?;
+                if exists.is_none() {
+                    return Err(Problem::UnknownRun.into());
+                }
+                let last: Option<u32> = tx.query_row(
+                    "SELECT max(round) FROM rounds WHERE run_id = ?1",
+                    [c.run_id],
+                    |r| r.get(0),
+                )?;
+                if let Some(last) = last.filter(|&last| c.round <= last) {
+                    let duplicate = tx
+                        .query_row(
+                            "SELECT 1 FROM rounds WHERE run_id = ?1 AND round = ?2",
+                            params![c.run_id, c.round],
+                            |_| Ok(()),
+                        )
+                        .optional()?;
+                    return Err(match duplicate {
+                        Some(()) => Problem::DuplicateRound,
+                        None => Problem::StaleRound { last },
+                    }
+                    .into());
+                }
+                tx.execute(
+                    "INSERT INTO rounds (run_id, round, record_json, committed_at)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![c.run_id, c.round, c.record_json, c.committed_at],
+                )?;
+                tx.execute(
+                    "INSERT INTO checkpoints (run_id, round, checkpoint_json) VALUES (?1, ?2, ?3)",
+                    params![c.run_id, c.round, c.checkpoint_json],
+                )?;
+                let updated = tx.execute(
+                    "UPDATE runs SET rounds_done = max(rounds_done, ?2) WHERE id = ?1",
+                    params![c.run_id, c.round],
+                )?;
+                if updated != 1 {
+                    // Dropping `tx` rolls the inserts back.
+                    return Err(Problem::UnknownRun.into());
+                }
+                tx.commit()?;
+                Ok(())
+            },
+        )
+    }
+
+    /// The checkpoint of the run's highest committed round, if any.
+    pub fn last_checkpoint(&self, run_id: &str) -> Result<Option<Checkpoint>, StoreError> {
+        self.with(
+            || format!("read the last checkpoint of run '{run_id}'"),
+            |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT round, checkpoint_json FROM checkpoints
+                         WHERE run_id = ?1 ORDER BY round DESC LIMIT 1",
+                        [run_id],
+                        |r| {
+                            Ok(Checkpoint {
+                                round: r.get(0)?,
+                                checkpoint_json: r.get(1)?,
+                            })
+                        },
+                    )
+                    .optional()?)
+            },
+        )
+    }
+
+    /// The run's committed rounds, ascending (empty for an unknown run).
+    pub fn rounds(&self, run_id: &str) -> Result<Vec<RoundRow>, StoreError> {
+        self.with(
+            || format!("list the rounds of run '{run_id}'"),
+            |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT round, record_json, committed_at FROM rounds
+                     WHERE run_id = ?1 ORDER BY round ASC",
+                )?;
+                let rows = stmt.query_map([run_id], |r| {
+                    Ok(RoundRow {
+                        round: r.get(0)?,
+                        record_json: r.get(1)?,
+                        committed_at: r.get(2)?,
+                    })
+                })?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            },
+        )
+    }
+
+    // ----- client registry -----
+
+    /// Records that client `id` was seen at `at`, connected or not. The first
+    /// sighting sets `first_seen`, later ones keep it; the budget is only
+    /// overwritten when `budget_epsilon_left` is `Some` (NaN is refused).
+    pub fn client_seen(
+        &self,
+        id: &str,
+        connected: bool,
+        at: &str,
+        budget_epsilon_left: Option<f64>,
+    ) -> Result<(), StoreError> {
+        self.with(
+            || format!("record client '{id}'"),
+            |conn| {
+                if budget_epsilon_left.is_some_and(f64::is_nan) {
+                    return Err(Problem::NanBudget.into());
+                }
+                conn.execute(
+                    "INSERT INTO clients (id, first_seen, last_seen, connected, budget_epsilon_left)
+                     VALUES (?1, ?2, ?2, ?3, ?4)
+                     ON CONFLICT (id) DO UPDATE SET
+                         last_seen = excluded.last_seen,
+                         connected = excluded.connected,
+                         budget_epsilon_left =
+                             coalesce(excluded.budget_epsilon_left, clients.budget_epsilon_left)",
+                    params![id, at, connected, budget_epsilon_left],
+                )?;
+                Ok(())
+            },
+        )
+    }
+
+    /// Every client seen, by id.
+    pub fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+        self.with(
+            || "list clients".into(),
+            |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, first_seen, last_seen, connected, budget_epsilon_left
+                     FROM clients ORDER BY id ASC",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(ClientRow {
+                        id: r.get(0)?,
+                        first_seen: r.get(1)?,
+                        last_seen: r.get(2)?,
+                        connected: r.get(3)?,
+                        budget_epsilon_left: r.get(4)?,
+                    })
+                })?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            },
+        )
+    }
+
+    // ----- plumbing -----
+
+    /// Runs `f` on the locked connection; on error, names the operation
+    /// (`op` is only called then) and the file.
+    fn with<T>(
+        &self,
+        op: impl FnOnce() -> String,
+        f: impl FnOnce(&mut Connection) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.lock();
+        f(&mut conn).map_err(|e| e.at(&self.path, op()))
+    }
+
+    /// A panic while the lock was held unwound through the open transaction,
+    /// which rolled it back on drop: the connection is consistent, so a
+    /// poisoned lock is still usable.
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Sets the connection's pragmas and checks that WAL mode took effect.
+fn configure(conn: &Connection) -> Result<(), Fail> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Problem::NotWal { mode }.into());
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    Ok(())
+}
+
+/// The highest applied migration (0 for a new database).
+fn schema_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row(
+        "SELECT coalesce(max(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Brings the schema to `migrations.len()` in one transaction, so a crash
+/// mid-migration leaves the previous version. Returns the version reached;
+/// on error, the version it was migrating to.
+fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<u32, (u32, Fail)> {
+    let target = u32::try_from(migrations.len()).unwrap_or(u32::MAX);
+    let fail = |to: u32| move |e: rusqlite::Error| (to, Fail::Sql(e));
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(fail(target))?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+             version    INTEGER PRIMARY KEY NOT NULL,
+             applied_at TEXT NOT NULL
+         );",
+    )
+    .map_err(fail(target))?;
+    let current = schema_version(&tx).map_err(fail(target))?;
+    if current > target {
+        let problem = Problem::NewerSchema {
+            found: current,
+            supported: target,
+        };
+        return Err((target, problem.into()));
+    }
+    for (to, sql) in (1..).zip(migrations).skip(current as usize) {
+        tx.execute_batch(sql).map_err(fail(to))?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at)
+             VALUES (?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            [to],
+        )
+        .map_err(fail(to))?;
+    }
+    tx.commit().map_err(fail(target))?;
+    Ok(target)
+}
+
+fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        run_toml: r.get(2)?,
+        state: r.get(3)?,
+        rounds_planned: r.get(4)?,
+        rounds_done: r.get(5)?,
+        created_at: r.get(6)?,
+        started_at: r.get(7)?,
+        finished_at: r.get(8)?,
+        failure: r.get(9)?,
+    })
+}
+
+fn query_runs<P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+) -> rusqlite::Result<Vec<RunRow>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, run_row)?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db").join("coordinator.sqlite")).unwrap();
+        (dir, store)
+    }
+
+    fn commit(store: &Store, run_id: &str, round: u32) -> Result<(), StoreError> {
+        let record = format!(r#"{{"round":{round}}}"#);
+        let checkpoint = format!(r#"{{"weights":[{round}.5],"round":{round}}}"#);
+        let at = format!("2025-01-01T00:00:{round:02}Z");
+        store.commit_round(&RoundCommit {
+            run_id,
+            round,
+            record_json: &record,
+            checkpoint_json: &checkpoint,
+            committed_at: &at,
+        })
+    }
+
+    fn count(store: &Store, sql: &str) -> i64 {
+        store.lock().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn store_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Store>();
+    }
+
+    #[test]
+    fn wal_mode_and_pragmas_are_on() {
+        let (dir, store) = temp_store();
+        let conn = store.lock();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        let fk: i64 = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+        let busy: i64 = conn
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(busy, 5000);
+        drop(conn);
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        store.insert_run("r1", "n", "", 1, "t0").unwrap();
+        let wal = dir.path().join("db").join("coordinator.sqlite-wal");
+        assert!(fs::metadata(wal).unwrap().len() > 0);
+    }
+
+    #[test]
+    fn open_refuses_a_file_that_is_not_a_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-a-db.sqlite");
+        fs::write(
+            &path,
+            "this is not an sqlite database, not at all ".repeat(40),
+        )
+        .unwrap();
+        let err = Store::open(&path).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("cannot "), "{msg}");
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn open_refuses_a_newer_schema_and_path_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(store.path(), path);
+            store
+                .lock()
+                .execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?1, 'later')",
+                    [SCHEMA_VERSION + 1],
+                )
+                .unwrap();
+        }
+        let err = Store::open(&path).unwrap_err();
+        assert_eq!(
+            err.problem(),
+            Some(&Problem::NewerSchema {
+                found: SCHEMA_VERSION + 1,
+                supported: SCHEMA_VERSION
+            })
+        );
+        assert!(err.to_string().contains("c.sqlite"), "{err}");
+    }
+
+    #[test]
+    fn migrations_upgrade_an_existing_database_and_keep_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        {
+            let store = Store::open(&path).unwrap();
+            store.insert_run("r1", "first", "x = 1", 3, "t0").unwrap();
+        }
+        let mut conn = Connection::open(&path).unwrap();
+        let v2 = "ALTER TABLE runs ADD COLUMN note TEXT NOT NULL DEFAULT 'none';";
+        let mut next: Vec<&str> = MIGRATIONS.to_vec();
+        next.push(v2);
+        assert_eq!(migrate(&mut conn, &next).unwrap(), SCHEMA_VERSION + 1);
+        // Idempotent: nothing left to apply.
+        assert_eq!(migrate(&mut conn, &next).unwrap(), SCHEMA_VERSION + 1);
+        let note: String = conn
+            .query_row("SELECT note FROM runs WHERE id = 'r1'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(note, "none");
+        let applied: i64 = conn
+            .query_row("SELECT count(*) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(applied, i64::from(SCHEMA_VERSION) + 1);
+        // A failing migration leaves the previous version in place.
+        next.push("ALTER TABLE no_such_table ADD COLUMN x TEXT;");
+        let (to, _) = migrate(&mut conn, &next).unwrap_err();
+        assert_eq!(to, SCHEMA_VERSION + 2);
+        assert_eq!(schema_version(&conn).unwrap(), SCHEMA_VERSION + 1);
+    }
+
+    #[test]
+    fn reopen_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let (run, rounds, clients);
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .insert_run("r1", "churn", "[model]\nkind = \"logistic\"\n", 20, "t0")
+                .unwrap();
+            store
+                .set_run_state("r1", RunState::Running, "t1", None)
+                .unwrap();
+            commit(&store, "r1", 0).unwrap();
+            commit(&store, "r1", 1).unwrap();
+            store
+                .client_seen("partner-a", true, "t1", Some(0.75))
+                .unwrap();
+            run = store.run("r1").unwrap().unwrap();
+            rounds = store.rounds("r1").unwrap();
+            clients = store.clients().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.run("r1").unwrap().unwrap(), run);
+        assert_eq!(run.rounds_done, 1);
+        assert_eq!(run.run_toml, "[model]\nkind = \"logistic\"\n");
+        assert_eq!(store.rounds("r1").unwrap(), rounds);
+        assert_eq!(store.clients().unwrap(), clients);
+        assert_eq!(store.last_checkpoint("r1").unwrap().unwrap().round, 1);
+    }
+
+    #[test]
+    fn insert_run_refuses_a_duplicate_id() {
+        let (_dir, store) = temp_store();
+        store.insert_run("r1", "a", "x = 1", 5, "t0").unwrap();
+        let err = store.insert_run("r1", "b", "x = 2", 6, "t1").unwrap_err();
+        assert_eq!(err.problem(), Some(&Problem::DuplicateRun));
+        assert!(err.to_string().contains("insert run 'r1'"), "{err}");
+        let run = store.run("r1").unwrap().unwrap();
+        assert_eq!((run.name.as_str(), run.rounds_planned), ("a", 5));
+        assert_eq!(run.state, RunState::Queued);
+        assert_eq!(run.rounds_done, 0);
+        assert_eq!(store.run("nope").unwrap(), None);
+    }
+
+    #[test]
+    fn state_transitions_set_timestamps() {
+        let (_dir, store) = temp_store();
+        store.insert_run("r1", "a", "", 5, "t0").unwrap();
+        let run = store.run("r1").unwrap().unwrap();
+        assert_eq!((run.started_at, run.finished_at), (None, None));
+
+        store
+            .set_run_state("r1", RunState::Running, "t1", None)
+            .unwrap();
+        let run = store.run("r1").unwrap().unwrap();
+        assert_eq!(run.state, RunState::Running);
+        assert_eq!(run.started_at.as_deref(), Some("t1"));
+        assert_eq!(run.finished_at, None);
+
+        // Running again (a resume) keeps the first start.
+        store
+            .set_run_state("r1", RunState::Running, "t2", None)
+            .unwrap();
+        assert_eq!(
+            store.run("r1").unwrap().unwrap().started_at.as_deref(),
+            Some("t1")
+        );
+
+        store
+            .set_run_state("r1", RunState::Failed, "t3", Some("client quorum lost"))
+            .unwrap();
+        let failed = store.run("r1").unwrap().unwrap();
+        assert_eq!(failed.state, RunState::Failed);
+        assert_eq!(failed.started_at.as_deref(), Some("t1"));
+        assert_eq!(failed.finished_at.as_deref(), Some("t3"));
+        assert_eq!(failed.failure.as_deref(), Some("client quorum lost"));
+
+        // A terminal state is final.
+        let err = store
+            .set_run_state("r1", RunState::Running, "t4", None)
+            .unwrap_err();
+        assert_eq!(
+            err.problem(),
+            Some(&Problem::RunTerminal {
+                state: RunState::Failed
+            })
+        );
+        assert_eq!(store.run("r1").unwrap().unwrap(), failed);
+
+        // Cancelled straight from the queue: finished, never started.
+        store.insert_run("r2", "b", "", 5, "t5").unwrap();
+        store
+            .set_run_state("r2", RunState::Cancelled, "t6", None)
+            .unwrap();
+        let r2 = store.run("r2").unwrap().unwrap();
+        assert_eq!(
+            (r2.started_at, r2.finished_at.as_deref()),
+            (None, Some("t6"))
+        );
+        assert_eq!(r2.failure, None);
+
+        let err = store
+            .set_run_state("ghost", RunState::Running, "t7", None)
+            .unwrap_err();
+        assert_eq!(err.problem(), Some(&Problem::UnknownRun));
+        assert!(err.to_string().contains("'ghost'"), "{err}");
+    }
+
+    #[test]
+    fn queue_order_and_listing() {
+        let (_dir, store) = temp_store();
+        assert_eq!(store.next_queued().unwrap(), None);
+        for id in ["a", "b", "c", "d"] {
+            store.insert_run(id, id, "", 3, "same-time").unwrap();
+        }
+        assert_eq!(store.next_queued().unwrap().unwrap().id, "a");
+        store
+            .set_run_state("a", RunState::Running, "t1", None)
+            .unwrap();
+        store
+            .set_run_state("c", RunState::Running, "t1", None)
+            .unwrap();
+        assert_eq!(store.next_queued().unwrap().unwrap().id, "b");
+        store
+            .set_run_state("b", RunState::Cancelled, "t2", None)
+            .unwrap();
+        assert_eq!(store.next_queued().unwrap().unwrap().id, "d");
+
+        let ids = |rows: Vec<RunRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.runs().unwrap()), ["d", "c", "b", "a"]);
+        assert_eq!(ids(store.in_progress().unwrap()), ["a", "c"]);
+    }
+
+    #[test]
+    fn rounds_commit_in_order_from_round_zero() {
+        let (_dir, store) = temp_store();
+        store.insert_run("r1", "a", "", 3, "t0").unwrap();
+        assert_eq!(store.last_checkpoint("r1").unwrap(), None);
+        assert!(store.rounds("r1").unwrap().is_empty());
+        for round in 0..=3 {
+            commit(&store, "r1", round).unwrap();
+        }
+        let rounds = store.rounds("r1").unwrap();
+        assert_eq!(
+            rounds.iter().map(|r| r.round).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(rounds[2].record_json, r#"{"round":2}"#);
+        assert_eq!(rounds[2].committed_at, "2025-01-01T00:00:02Z");
+        assert_eq!(
+            store.last_checkpoint("r1").unwrap(),
+            Some(Checkpoint {
+                round: 3,
+                checkpoint_json: r#"{"weights":[3.5],"round":3}"#.into()
+            })
+        );
+        assert_eq!(store.run("r1").unwrap().unwrap().rounds_done, 3);
+    }
+
+    type Snapshot = (Option<RunRow>, Vec<RoundRow>, Vec<(u32, String)>);
+
+    /// Everything a failed commit must leave untouched: the run, its rounds
+    /// and all its checkpoints.
+    fn snapshot(store: &Store, run: &str) -> Snapshot {
+        let conn = store.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT round, checkpoint_json FROM checkpoints WHERE run_id = ?1 ORDER BY round",
+            )
+            .unwrap();
+        let checkpoints = stmt
+            .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap();
+        drop(stmt);
+        drop(conn);
+        (
+            store.run(run).unwrap(),
+            store.rounds(run).unwrap(),
+            checkpoints,
+        )
+    }
+
+    #[test]
+    fn a_round_commit_is_atomic_when_its_second_half_fails() {
+        let (_dir, store) = temp_store();
+        store.insert_run("r1", "a", "", 5, "t0").unwrap();
+        commit(&store, "r1", 0).unwrap();
+        commit(&store, "r1", 1).unwrap();
+        let before = snapshot(&store, "r1");
+
+        // The round row is inserted, then the checkpoint insert fails.
+        let err = store
+            .commit_round(&RoundCommit {
+                run_id: "r1",
+                round: 2,
+                record_json: r#"{"round":2}"#,
+                checkpoint_json: "{truncated",
+                committed_at: "t9",
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Sqlite { .. }), "{err}");
+        assert!(err.to_string().contains("checkpoint_is_json"), "{err}");
+        assert!(
+            err.to_string().contains("commit round 2 of run 'r1'"),
+            "{err}"
+        );
+        assert_eq!(snapshot(&store, "r1"), before);
+        assert_eq!(store.run("r1").unwrap().unwrap().rounds_done, 1);
+
+        // The store still works, and round 2 can then be committed.
+        commit(&store, "r1", 2).unwrap();
+        assert_eq!(store.last_checkpoint("r1").unwrap().unwrap().round, 2);
+    }
+
+    #[test]
+    fn a_refused_round_commit_changes_nothing() {
+        let (_dir, store) = temp_store();
+        store.insert_run("r1", "a", "", 5, "t0").unwrap();
+        for round in 0..=2 {
+            commit(&store, "r1", round).unwrap();
+        }
+        let before = snapshot(&store, "r1");
+
+        // The same round again, with different content.
+        let err = store
+            .commit_round(&RoundCommit {
+                run_id: "r1",
+                round: 2,
+                record_json: r#"{"other":true}"#,
+                checkpoint_json: r#"{"other":true}"#,
+                committed_at: "t9",
+            })
+            .unwrap_err();
+        assert_eq!(err.problem(), Some(&Problem::DuplicateRound));
+        assert_eq!(snapshot(&store, "r1"), before);
+
+        // An earlier round that is missing.
+        store.insert_run("r2", "b", "", 5, "t0").unwrap();
+        commit(&store, "r2", 0).unwrap();
+        commit(&store, "r2", 3).unwrap();
+        let err = commit(&store, "r2", 1).unwrap_err();
+        assert_eq!(err.problem(), Some(&Problem::StaleRound { last: 3 }));
+        assert_eq!(store.rounds("r2").unwrap().len(), 2);
+
+        // A run that does not exist.
+        let err = commit(&store, "ghost", 0).unwrap_err();
+        assert_eq!(err.problem(), Some(&Problem::UnknownRun));
+        assert_eq!(
+            count(&store, "SELECT count(*) FROM rounds WHERE run_id = 'ghost'"),
+            0
+        );
+        assert_eq!(
+            count(
+                &store,
+                "SELECT count(*) FROM checkpoints WHERE run_id = 'ghost'"
+            ),
+            0
+        );
+        assert_eq!(snapshot(&store, "r1"), before);
+    }
+
+    #[test]
+    fn committed_rounds_survive_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let image = dir.path().join("image");
+        fs::create_dir(&image).unwrap();
+        {
+            let store = Store::open(&path).unwrap();
+            store.insert_run("r1", "a", "", 9, "t0").unwrap();
+            store
+                .set_run_state("r1", RunState::Running, "t1", None)
+                .unwrap();
+            for round in 0..=4 {
+                commit(&store, "r1", round).unwrap();
+            }
+            // The files as a power cut would leave them: the main file and
+            // the WAL (not yet checkpointed into the main file), no -shm.
+            let wal = PathBuf::from(format!("{}-wal", path.display()));
+            assert!(fs::metadata(&wal).unwrap().len() > 0);
+            fs::copy(&path, image.join("c.sqlite")).unwrap();
+            fs::copy(&wal, image.join("c.sqlite-wal")).unwrap();
+            // Never closed: no final checkpoint, no clean shutdown.
+            std::mem::forget(store);
+        }
+        for path in [path, image.join("c.sqlite")] {
+            let store = Store::open(&path).unwrap();
+            let last = store.last_checkpoint("r1").unwrap().unwrap();
+            assert_eq!(last.round, 4, "{}", path.display());
+            assert_eq!(last.checkpoint_json, r#"{"weights":[4.5],"round":4}"#);
+            let run = store.run("r1").unwrap().unwrap();
+            assert_eq!(run.rounds_done, 4);
+            assert_eq!(run.state, RunState::Running);
+            assert_eq!(store.in_progress().unwrap(), vec![run]);
+            commit(&store, "r1", 5).unwrap();
+        }
+    }
+
+    #[test]
+    fn client_seen_upserts() {
+        let (_dir, store) = temp_store();
+        store.client_seen("b", true, "t1", None).unwrap();
+        store.client_seen("a", true, "t1", Some(1.0)).unwrap();
+        store.client_seen("a", false, "t2", None).unwrap();
+        let clients = store.clients().unwrap();
+        assert_eq!(
+            clients,
+            [
+                ClientRow {
+                    id: "a".into(),
+                    first_seen: "t1".into(),
+                    last_seen: "t2".into(),
+                    connected: false,
+                    budget_epsilon_left: Some(1.0),
+                },
+                ClientRow {
+                    id: "b".into(),
+                    first_seen: "t1".into(),
+                    last_seen: "t1".into(),
+                    connected: true,
+                    budget_epsilon_left: None,
+                },
+            ]
+        );
+        store.client_seen("a", true, "t3", Some(0.25)).unwrap();
+        let a = &store.clients().unwrap()[0];
+        assert_eq!((a.first_seen.as_str(), a.last_seen.as_str()), ("t1", "t3"));
+        assert_eq!((a.connected, a.budget_epsilon_left), (true, Some(0.25)));
+
+        let err = store
+            .client_seen("a", true, "t4", Some(f64::NAN))
+            .unwrap_err();
+        assert_eq!(err.problem(), Some(&Problem::NanBudget));
+        assert_eq!(store.clients().unwrap()[0].last_seen, "t3");
+    }
+
+    #[test]
+    fn the_store_is_shared_across_threads() {
+        let (_dir, store) = temp_store();
+        let store = Arc::new(store);
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        let at = format!("t{i}");
+                        store
+                            .client_seen(&format!("c{t}"), i % 2 == 0, &at, None)
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let clients = store.clients().unwrap();
+        assert_eq!(clients.len(), 4);
+        assert!(clients.iter().all(|c| c.last_seen == "t9" && !c.connected));
+    }
+
+    #[test]
+    fn run_state_names_round_trip() {
+        for state in RunState::ALL {
+            assert_eq!(state.as_str().parse::<RunState>(), Ok(state));
+            assert_eq!(state.to_string(), state.as_str());
+        }
+        assert!(RunState::Finished.is_terminal());
+        assert!(RunState::Failed.is_terminal());
+        assert!(RunState::Cancelled.is_terminal());
+        assert!(!RunState::Queued.is_terminal());
+        assert!(!RunState::Running.is_terminal());
+        let err = "done".parse::<RunState>().unwrap_err();
+        assert!(err.to_string().starts_with("'done' is not a run state"));
+    }
+}

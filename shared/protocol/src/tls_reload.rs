@@ -1,0 +1,1208 @@
+//! Mutual TLS whose certificates change without a restart.
+//!
+//! tonic's `ServerTlsConfig` is fixed when the server starts. Here the coordinator
+//! terminates TLS itself: [`ReloadableTls`] holds the current
+//! [`rustls::ServerConfig`] (built from the CA bundle, the server certificate chain
+//! and key, and optional certificate revocation lists), and [`incoming`] turns a
+//! [`TcpListener`] into a stream of finished TLS connections for
+//! `tonic::transport::Server::serve_with_incoming_shutdown`.
+//!
+//! - Every accepted TCP connection handshakes with the configuration current at
+//!   accept time. Handshakes run concurrently (a slow client cannot hold up the
+//!   others), each bounded by a timeout, with a cap on how many run at once.
+//! - [`ReloadableTls::reload`] re-reads every file and swaps the configuration in
+//!   one step; on any error the previous configuration stays in force. Connections
+//!   already established keep their session; the next handshake uses the new
+//!   certificate, CA bundle and CRLs. Each configuration has its own session
+//!   cache, so a client cannot resume a session from before a revocation.
+//! - [`ReloadableTls::watch`] polls the files (size, modification time, inode) and
+//!   reloads when they change and have stayed unchanged for one more interval (so
+//!   a certificate and key replaced one after the other are read together).
+//! - Failed handshakes are logged and counted ([`ReloadableTls::handshake_failures`]),
+//!   never yielded to tonic as errors.
+//!
+//! The streams are `tokio_rustls::server::TlsStream<TcpStream>`, for which tonic
+//! implements `Connected` (tokio-rustls 0.26, the version tonic 0.14 uses), so
+//! `Request::peer_certs()` keeps working in the service.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::Stream;
+
+/// A TLS file that cannot be used; the previous configuration (if any) stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsReloadError {
+    /// The file could not be read.
+    #[error("cannot read {what} '{path}': {source}")]
+    Read {
+        /// Which file (e.g. "CA certificate").
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid PEM.
+    #[error("{what} '{path}' is not valid PEM: {detail}")]
+    Pem {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The file holds no PEM block of the expected kind.
+    #[error("{what} '{path}' holds no PEM '{label}' block")]
+    NotPem {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The PEM label expected.
+        label: &'static str,
+    },
+    /// A certificate in the file cannot be used.
+    #[error("{what} '{path}' cannot be used: {detail}")]
+    BadCertificate {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The server certificate has expired (clients would refuse it).
+    #[error("certificate '{path}' expired at {not_after}")]
+    Expired {
+        /// The certificate file.
+        path: PathBuf,
+        /// Its end of validity.
+        not_after: String,
+    },
+    /// The certificate revocation list cannot be used.
+    #[error("certificate revocation list '{path}' cannot be used: {detail}")]
+    Crl {
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The certificate and private key do not go together (or the key is unusable).
+    #[error("certificate '{cert}' and private key '{key}' cannot be used together: {detail}")]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// rustls refused the configuration for another reason.
+    #[error("cannot build the TLS configuration: {0}")]
+    Config(String),
+}
+
+/// The files the coordinator's TLS configuration is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSources {
+    /// CA certificate(s) that client certificates must chain to; the file may hold
+    /// several certificates (a bundle, e.g. the old and the new CA during a CA change).
+    pub ca_cert: PathBuf,
+    /// The server certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// The server private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// Optional certificate revocation list(s), PEM "X509 CRL" blocks, one per issuer.
+    pub crl: Option<PathBuf>,
+}
+
+impl TlsSources {
+    fn paths(&self) -> Vec<&Path> {
+        let mut paths = vec![
+            self.ca_cert.as_path(),
+            self.cert.as_path(),
+            self.key.as_path(),
+        ];
+        if let Some(crl) = &self.crl {
+            paths.push(crl.as_path());
+        }
+        paths
+    }
+}
+
+impl From<&crate::tls::TlsFiles> for TlsSources {
+    fn from(files: &crate::tls::TlsFiles) -> TlsSources {
+        TlsSources {
+            ca_cert: files.ca_cert.clone(),
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            crl: None,
+        }
+    }
+}
+
+/// What the watcher compares: per file, (length, modification time, device, inode),
+/// or `None` when the file cannot be inspected.
+type Fingerprint = Vec<Option<(u64, Option<SystemTime>, u64, u64)>>;
+
+fn fingerprint(sources: &TlsSources) -> Fingerprint {
+    sources
+        .paths()
+        .into_iter()
+        .map(|path| {
+            let meta = std::fs::metadata(path).ok()?;
+            #[cfg(unix)]
+            let (dev, ino) = {
+                use std::os::unix::fs::MetadataExt;
+                (meta.dev(), meta.ino())
+            };
+            #[cfg(not(unix))]
+            let (dev, ino) = (0, 0);
+            Some((meta.len(), meta.modified().ok(), dev, ino))
+        })
+        .collect()
+}
+
+/// The coordinator's TLS configuration, replaceable while the server runs.
+#[derive(Debug)]
+pub struct ReloadableTls {
+    sources: TlsSources,
+    current: RwLock<Arc<ServerConfig>>,
+    /// Serializes reloads; holds the fingerprint of the files last loaded successfully.
+    loaded: Mutex<Fingerprint>,
+    generation: AtomicU64,
+    handshake_failures: AtomicU64,
+    handshakes: AtomicU64,
+    reload_failures: AtomicU64,
+}
+
+impl ReloadableTls {
+    /// Reads the files and builds the first configuration: a client certificate
+    /// chaining to one of the CAs (and not revoked) is required, ALPN is "h2".
+    pub fn load(sources: TlsSources) -> Result<Arc<ReloadableTls>, TlsReloadError> {
+        let fp = fingerprint(&sources);
+        let config = build_config(&sources)?;
+        Ok(Arc::new(ReloadableTls {
+            sources,
+            current: RwLock::new(Arc::new(config)),
+            loaded: Mutex::new(fp),
+            generation: AtomicU64::new(0),
+            handshake_failures: AtomicU64::new(0),
+            handshakes: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        }))
+    }
+
+    /// Re-reads every file and, if all of them are usable, makes the new
+    /// configuration current (new handshakes use it; established connections are
+    /// untouched). On any error the previous configuration stays current.
+    pub fn reload(&self) -> Result<(), TlsReloadError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        let fp = fingerprint(&self.sources);
+        match build_config(&self.sources) {
+            Ok(config) => {
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+                *loaded = fp;
+                let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                tracing::info!(
+                    generation,
+                    cert = %self.sources.cert.display(),
+                    ca = %self.sources.ca_cert.display(),
+                    crl = ?self.sources.crl,
+                    "TLS configuration reloaded; new connections use it"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// The configuration new handshakes use.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// How many successful reloads there have been (0 right after [`load`](Self::load)).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Handshakes that failed or timed out (refused certificates included).
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::Relaxed)
+    }
+
+    /// Handshakes that succeeded.
+    pub fn handshakes(&self) -> u64 {
+        self.handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Reloads that failed (the previous configuration stayed current).
+    pub fn reload_failures(&self) -> u64 {
+        self.reload_failures.load(Ordering::Relaxed)
+    }
+
+    /// The files this configuration is built from.
+    pub fn sources(&self) -> &TlsSources {
+        &self.sources
+    }
+
+    /// Polls the files every `interval` and reloads when one changed (size,
+    /// modification time or inode, so atomic renames and symlink swaps count) and
+    /// then stayed the same for one more interval. A failed reload is logged
+    /// (`tracing::warn!`) once and retried when the files change again. The task
+    /// ends when this `ReloadableTls` is dropped, or when the handle is aborted.
+    pub fn watch(self: &Arc<Self>, interval: Duration) -> JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let interval = interval.max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            // A changed fingerprint seen once (reload when seen again), and the
+            // fingerprint of files that failed to load (not retried until they change).
+            let mut pending: Option<Fingerprint> = None;
+            let mut failed: Option<Fingerprint> = None;
+            loop {
+                ticker.tick().await;
+                let Some(tls) = weak.upgrade() else { return };
+                let state = (pending.take(), failed.take());
+                let step = tokio::task::spawn_blocking(move || tls.watch_step(state)).await;
+                (pending, failed) = step.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "TLS file watcher step failed");
+                    (None, None)
+                });
+            }
+        })
+    }
+
+    /// One poll of [`watch`](Self::watch): takes and returns (pending, failed).
+    fn watch_step(
+        &self,
+        (pending, failed): (Option<Fingerprint>, Option<Fingerprint>),
+    ) -> (Option<Fingerprint>, Option<Fingerprint>) {
+        let fp = fingerprint(&self.sources);
+        let loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if fp == loaded {
+            return (None, None);
+        }
+        if failed.as_ref() == Some(&fp) {
+            return (None, failed);
+        }
+        if pending.as_ref() != Some(&fp) {
+            tracing::debug!("TLS files changed; reloading once they are stable");
+            return (Some(fp), failed);
+        }
+        match self.reload() {
+            Ok(()) => (None, None),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "TLS files changed but cannot be used; keeping the previous configuration"
+                );
+                (None, Some(fp))
+            }
+        }
+    }
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsReloadError> {
+    std::fs::read(path).map_err(|source| TlsReloadError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn pem_error(what: &'static str, path: &Path, e: rustls::pki_types::pem::Error) -> TlsReloadError {
+    TlsReloadError::Pem {
+        what,
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+fn read_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsReloadError> {
+    let bytes = read_file(what, path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(what, path, e))?;
+    if certs.is_empty() {
+        return Err(TlsReloadError::NotPem {
+            what,
+            path: path.to_path_buf(),
+            label: "CERTIFICATE",
+        });
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsReloadError> {
+    const WHAT: &str = "private key";
+    let bytes = read_file(WHAT, path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsReloadError::NotPem {
+            what: WHAT,
+            path: path.to_path_buf(),
+            label: "PRIVATE KEY",
+        },
+        e => pem_error(WHAT, path, e),
+    })
+}
+
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsReloadError> {
+    const WHAT: &str = "certificate revocation list";
+    let bytes = read_file(WHAT, path)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(WHAT, path, e))?;
+    // An empty file is refused: more likely a file caught mid-write than a CRL.
+    if crls.is_empty() {
+        return Err(TlsReloadError::NotPem {
+            what: WHAT,
+            path: path.to_path_buf(),
+            label: "X509 CRL",
+        });
+    }
+    for crl in &crls {
+        match x509_parser::parse_x509_crl(crl.as_ref()) {
+            Ok((_, parsed)) => {
+                if let Some(next) = parsed.next_update()
+                    && next.timestamp() < time_now()
+                {
+                    tracing::warn!(
+                        crl = %path.display(),
+                        next_update = %next,
+                        "certificate revocation list is past its next update; publish a fresh one"
+                    );
+                }
+            }
+            Err(e) => {
+                return Err(TlsReloadError::Crl {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(crls)
+}
+
+fn time_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Refuses an expired server certificate (every client would refuse it).
+fn check_leaf(path: &Path, leaf: &CertificateDer<'_>) -> Result<(), TlsReloadError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| {
+        TlsReloadError::BadCertificate {
+            what: "certificate",
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        }
+    })?;
+    let validity = cert.validity();
+    let now = time_now();
+    if validity.not_after.timestamp() < now {
+        return Err(TlsReloadError::Expired {
+            path: path.to_path_buf(),
+            not_after: validity.not_after.to_string(),
+        });
+    }
+    if validity.not_before.timestamp() > now {
+        tracing::warn!(
+            cert = %path.display(),
+            not_before = %validity.not_before,
+            "server certificate is not valid yet; clients will refuse it until then"
+        );
+    }
+    let mut serial = String::new();
+    for byte in cert.raw_serial() {
+        let _ = write!(serial, "{byte:02x}");
+    }
+    tracing::debug!(cert = %path.display(), serial, not_after = %validity.not_after, "server certificate");
+    Ok(())
+}
+
+fn build_config(sources: &TlsSources) -> Result<ServerConfig, TlsReloadError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+
+    let mut roots = RootCertStore::empty();
+    for ca in read_certs("CA certificate", &sources.ca_cert)? {
+        roots.add(ca).map_err(|e| TlsReloadError::BadCertificate {
+            what: "CA certificate",
+            path: sources.ca_cert.clone(),
+            detail: e.to_string(),
+        })?;
+    }
+    let chain = read_certs("certificate", &sources.cert)?;
+    check_leaf(&sources.cert, &chain[0])?;
+    let key = read_key(&sources.key)?;
+
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            // A CA in the bundle without a CRL in the file: its clients are accepted
+            // (as without any CRL). A CRL from a CA is applied to the whole chain.
+            .allow_unknown_revocation_status();
+    if let Some(crl_path) = &sources.crl {
+        verifier = verifier.with_crls(read_crls(crl_path)?);
+    }
+    let verifier = verifier.build().map_err(|e| match (&sources.crl, e) {
+        (Some(path), rustls::server::VerifierBuilderError::InvalidCrl(e)) => TlsReloadError::Crl {
+            path: path.clone(),
+            detail: format!("{e:?}"),
+        },
+        (_, e) => TlsReloadError::Config(e.to_string()),
+    })?;
+
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsReloadError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsReloadError::KeyMismatch {
+            cert: sources.cert.clone(),
+            key: sources.key.clone(),
+            detail: e.to_string(),
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// How [`incoming_with`] accepts connections.
+#[derive(Debug, Clone, Copy)]
+pub struct IncomingOptions {
+    /// A handshake not finished within this time is dropped (and counted as failed).
+    pub handshake_timeout: Duration,
+    /// At most this many handshakes run at once; further connections wait in the
+    /// listen backlog.
+    pub max_concurrent_handshakes: usize,
+    /// Set `TCP_NODELAY` on accepted connections.
+    pub nodelay: bool,
+}
+
+impl Default for IncomingOptions {
+    fn default() -> IncomingOptions {
+        IncomingOptions {
+            handshake_timeout: Duration::from_secs(10),
+            max_concurrent_handshakes: 256,
+            nodelay: true,
+        }
+    }
+}
+
+/// A stream of accepted TLS connections for
+/// `tonic::transport::Server::serve_with_incoming_shutdown`, with the default
+/// [`IncomingOptions`] (10 s handshake timeout, 256 concurrent handshakes, nodelay).
+///
+/// Must be called inside a tokio runtime (it spawns the accept loop).
+pub fn incoming(listener: TcpListener, tls: Arc<ReloadableTls>) -> TlsIncoming {
+    incoming_with(listener, tls, IncomingOptions::default())
+}
+
+/// [`incoming`] with explicit options.
+pub fn incoming_with(
+    listener: TcpListener,
+    tls: Arc<ReloadableTls>,
+    options: IncomingOptions,
+) -> TlsIncoming {
+    let (tx, rx) = mpsc::channel(64);
+    let accept = tokio::spawn(accept_loop(listener, tls, options, tx));
+    TlsIncoming {
+        rx,
+        accept: accept.abort_handle(),
+    }
+}
+
+/// Accepted TLS connections. Never yields an error: failed handshakes are logged
+/// and counted in [`ReloadableTls::handshake_failures`]. Dropping it stops
+/// accepting (and closes the listener).
+#[derive(Debug)]
+pub struct TlsIncoming {
+    rx: mpsc::Receiver<TlsStream<TcpStream>>,
+    accept: AbortHandle,
+}
+
+impl Stream for TlsIncoming {
+    type Item = Result<TlsStream<TcpStream>, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx).map(|next| next.map(Ok))
+    }
+}
+
+impl Drop for TlsIncoming {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<ReloadableTls>,
+    options: IncomingOptions,
+    tx: mpsc::Sender<TlsStream<TcpStream>>,
+) {
+    let slots = Arc::new(Semaphore::new(options.max_concurrent_handshakes.max(1)));
+    loop {
+        let permit = tokio::select! {
+            () = tx.closed() => return,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            () = tx.closed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // E.g. out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a TCP connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if options.nodelay
+            && let Err(e) = tcp.set_nodelay(true)
+        {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        // The configuration current at accept time.
+        let acceptor = TlsAcceptor::from(tls.current());
+        let tls = Arc::clone(&tls);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp));
+            let result = tokio::select! {
+                () = tx.closed() => return,
+                result = handshake => result,
+            };
+            drop(permit);
+            match result {
+                Ok(Ok(stream)) => {
+                    tls.handshakes.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx.send(stream).await;
+                }
+                Ok(Err(e)) => {
+                    tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        %peer,
+                        timeout_ms = u64::try_from(options.handshake_timeout.as_millis()).unwrap_or(u64::MAX),
+                        "TLS handshake timed out"
+                    );
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+        DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+        RevocationReason, RevokedCertParams, SanType, SerialNumber,
+    };
+    use rustls::pki_types::ServerName;
+    use time::OffsetDateTime;
+    use tokio::sync::oneshot;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, Server};
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+    use crate::pb;
+    use crate::pb::federation_client::FederationClient;
+    use crate::pb::federation_server::{Federation, FederationServer};
+
+    const SERVER_NAME: &str = "coordinator";
+    const WAIT: Duration = Duration::from_secs(10);
+
+    // ---- PKI -------------------------------------------------------------------
+
+    struct Ca {
+        issuer: Issuer<'static, KeyPair>,
+        pem: String,
+    }
+
+    struct Leaf {
+        cert_pem: String,
+        key_pem: String,
+        der: CertificateDer<'static>,
+        serial: u64,
+    }
+
+    fn params(cn: &str, serial: u64) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        params.serial_number = Some(SerialNumber::from(serial));
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(1);
+        params
+    }
+
+    fn new_ca(cn: &str) -> Ca {
+        let mut params = params(cn, 1);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca {
+            issuer: Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    fn issue(ca: &Ca, cn: &str, serial: u64, server: bool) -> Leaf {
+        let mut params = params(cn, serial);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if server {
+            params.subject_alt_names = vec![SanType::DnsName(SERVER_NAME.try_into().unwrap())];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        } else {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+            serial,
+        }
+    }
+
+    fn crl(ca: &Ca, number: u64, revoked: &[u64]) -> String {
+        let now = OffsetDateTime::now_utc();
+        CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(5),
+            next_update: now + time::Duration::days(1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|&serial| RevokedCertParams {
+                    serial_number: SerialNumber::from(serial),
+                    revocation_time: now - time::Duration::minutes(1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+
+    /// Replaces a file the way deployment tools do: write aside, then rename over.
+    fn replace(path: &Path, contents: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    // ---- a tiny service: every message gets a Welcome with the peer's CN ----------
+
+    struct Echo;
+
+    type EchoStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl Federation for Echo {
+        type SessionStream = EchoStream;
+
+        async fn session(
+            &self,
+            request: Request<Streaming<pb::ClientMessage>>,
+        ) -> Result<Response<EchoStream>, Status> {
+            let certs = request
+                .peer_certs()
+                .ok_or_else(|| Status::unauthenticated("no peer certificates"))?;
+            let leaf = certs
+                .first()
+                .ok_or_else(|| Status::unauthenticated("empty peer certificates"))?;
+            let cn = crate::tls::identity_from_der(leaf.as_ref())
+                .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            let mut inbound = request.into_inner();
+            let (tx, rx) = mpsc::channel(8);
+            tokio::spawn(async move {
+                while let Ok(Some(_)) = inbound.message().await {
+                    let welcome = pb::ServerMessage {
+                        body: Some(pb::server_message::Body::Welcome(pb::Welcome {
+                            client_id: cn.clone(),
+                            ..Default::default()
+                        })),
+                    };
+                    if tx.send(Ok(welcome)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
+    }
+
+    fn hello() -> pb::ClientMessage {
+        pb::ClientMessage {
+            body: Some(pb::client_message::Body::Hello(pb::Hello {
+                client_version: "test".into(),
+                protocol_version: 1,
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// A long-lived streaming call.
+    struct Session {
+        tx: mpsc::Sender<pb::ClientMessage>,
+        rx: Streaming<pb::ServerMessage>,
+    }
+
+    impl Session {
+        async fn open(addr: SocketAddr, ca_pem: &str, leaf: &Leaf) -> Result<Session, String> {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca_pem))
+                .identity(Identity::from_pem(&leaf.cert_pem, &leaf.key_pem))
+                .domain_name(SERVER_NAME);
+            let channel = Channel::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .map_err(|e| e.to_string())?
+                .connect_timeout(WAIT)
+                .connect()
+                .await
+                .map_err(|e| format!("connect: {e:?}"))?;
+            let (tx, rx) = mpsc::channel(8);
+            let response = FederationClient::new(channel)
+                .session(ReceiverStream::new(rx))
+                .await
+                .map_err(|e| format!("session: {e:?}"))?;
+            Ok(Session {
+                tx,
+                rx: response.into_inner(),
+            })
+        }
+
+        async fn hello(&mut self) -> Result<String, String> {
+            self.tx.send(hello()).await.map_err(|e| e.to_string())?;
+            let reply = tokio::time::timeout(WAIT, self.rx.message())
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| format!("message: {e:?}"))?;
+            match reply.and_then(|m| m.body) {
+                Some(pb::server_message::Body::Welcome(w)) => Ok(w.client_id),
+                other => Err(format!("unexpected reply {other:?}")),
+            }
+        }
+    }
+
+    /// A fresh connection and one call; the client id the server saw.
+    async fn try_hello(addr: SocketAddr, ca_pem: &str, leaf: &Leaf) -> Result<String, String> {
+        tokio::time::timeout(WAIT, async {
+            Session::open(addr, ca_pem, leaf).await?.hello().await
+        })
+        .await
+        .map_err(|_| "timed out".to_string())?
+    }
+
+    /// The leaf certificate the server presents to a new connection.
+    async fn server_leaf(addr: SocketAddr, ca_pem: &str, client: &Leaf) -> CertificateDer<'static> {
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![client.der.clone()],
+            PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let stream = tokio::time::timeout(
+            WAIT,
+            connector.connect(ServerName::try_from(SERVER_NAME).unwrap(), tcp),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        stream.get_ref().1.peer_certificates().unwrap()[0]
+            .clone()
+            .into_owned()
+    }
+
+    // ---- the fixture: a coordinator-like server on 127.0.0.1:0 -------------------
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        ca: Ca,
+        server_cert: Leaf,
+        sources: TlsSources,
+        tls: Arc<ReloadableTls>,
+        addr: SocketAddr,
+        stop: Option<oneshot::Sender<()>>,
+        server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    }
+
+    impl Fixture {
+        async fn start(options: IncomingOptions) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let ca = new_ca("fedprofile test CA");
+            let server_cert = issue(&ca, SERVER_NAME, 10, true);
+            let sources = TlsSources {
+                ca_cert: dir.path().join("ca.pem"),
+                cert: dir.path().join("server.pem"),
+                key: dir.path().join("server.key"),
+                crl: Some(dir.path().join("crl.pem")),
+            };
+            replace(&sources.ca_cert, &ca.pem);
+            replace(&sources.cert, &server_cert.cert_pem);
+            replace(&sources.key, &server_cert.key_pem);
+            replace(sources.crl.as_ref().unwrap(), &crl(&ca, 1, &[]));
+            let tls = ReloadableTls::load(sources.clone()).unwrap();
+            assert_eq!(tls.generation(), 0);
+
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let server = tokio::spawn(
+                Server::builder()
+                    .add_service(FederationServer::new(Echo))
+                    .serve_with_incoming_shutdown(
+                        incoming_with(listener, Arc::clone(&tls), options),
+                        async {
+                            let _ = stopped.await;
+                        },
+                    ),
+            );
+            Fixture {
+                _dir: dir,
+                ca,
+                server_cert,
+                sources,
+                tls,
+                addr,
+                stop: Some(stop),
+                server: Some(server),
+            }
+        }
+
+        async fn shutdown(mut self) {
+            let _ = self.stop.take().unwrap().send(());
+            let server = self.server.take().unwrap();
+            // Open sessions may keep the graceful shutdown waiting; that is fine here.
+            if let Ok(result) = tokio::time::timeout(Duration::from_secs(2), server).await {
+                result.unwrap().unwrap();
+            }
+        }
+    }
+
+    // ---- tests --------------------------------------------------------------------
+
+    #[tokio::test]
+    async fn a_valid_client_connects_and_the_service_sees_its_certificate() {
+        let f = Fixture::start(IncomingOptions::default()).await;
+        let a = issue(&f.ca, "partner-a", 20, false);
+        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        assert_eq!(f.tls.handshakes(), 1);
+        assert_eq!(f.tls.handshake_failures(), 0);
+
+        // A client from another CA is refused, counted, and does not stop the server.
+        let other_ca = new_ca("someone else");
+        let stranger = issue(&other_ca, "stranger", 20, false);
+        assert!(try_hello(f.addr, &f.ca.pem, &stranger).await.is_err());
+        wait_until(|| f.tls.handshake_failures() == 1).await;
+        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        f.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_renewed_server_certificate_is_used_by_new_connections_only() {
+        let f = Fixture::start(IncomingOptions::default()).await;
+        let a = issue(&f.ca, "partner-a", 20, false);
+        let mut running = Session::open(f.addr, &f.ca.pem, &a).await.unwrap();
+        assert_eq!(running.hello().await.unwrap(), "partner-a");
+        assert_eq!(server_leaf(f.addr, &f.ca.pem, &a).await, f.server_cert.der);
+
+        let renewed = issue(&f.ca, SERVER_NAME, 11, true);
+        replace(&f.sources.cert, &renewed.cert_pem);
+        replace(&f.sources.key, &renewed.key_pem);
+        f.tls.reload().unwrap();
+        assert_eq!(f.tls.generation(), 1);
+
+        // The running call (and its connection) is untouched.
+        assert_eq!(running.hello().await.unwrap(), "partner-a");
+        // A new connection gets the renewed certificate.
+        assert_eq!(server_leaf(f.addr, &f.ca.pem, &a).await, renewed.der);
+        assert_ne!(renewed.serial, f.server_cert.serial);
+        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        assert_eq!(running.hello().await.unwrap(), "partner-a");
+        drop(running);
+        f.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_changed_ca_bundle_decides_which_clients_may_connect() {
+        let f = Fixture::start(IncomingOptions::default()).await;
+        let a = issue(&f.ca, "partner-a", 20, false);
+        let new_ca = new_ca("fedprofile test CA 2");
+        let c = issue(&new_ca, "partner-c", 30, false);
+        assert!(try_hello(f.addr, &f.ca.pem, &c).await.is_err());
+
+        // Both CAs during the change-over.
+        replace(&f.sources.ca_cert, &format!("{}{}", f.ca.pem, new_ca.pem));
+        f.tls.reload().unwrap();
+        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        assert_eq!(try_hello(f.addr, &f.ca.pem, &c).await.unwrap(), "partner-c");
+
+        // Only the new CA afterwards.
+        replace(&f.sources.ca_cert, &new_ca.pem);
+        f.tls.reload().unwrap();
+        assert!(try_hello(f.addr, &f.ca.pem, &a).await.is_err());
+        assert_eq!(try_hello(f.addr, &f.ca.pem, &c).await.unwrap(), "partner-c");
+        assert_eq!(f.tls.generation(), 2);
+        f.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_revoked_client_is_refused_after_the_crl_is_reloaded() {
+        let f = Fixture::start(IncomingOptions::default()).await;
+        let a = issue(&f.ca, "partner-a", 20, false);
+        let b = issue(&f.ca, "partner-b", 21, false);
+        assert_eq!(try_hello(f.addr, &f.ca.pem, &b).await.unwrap(), "partner-b");
+        let mut b_running = Session::open(f.addr, &f.ca.pem, &b).await.unwrap();
+        assert_eq!(b_running.hello().await.unwrap(), "partner-b");
+
+        replace(f.sources.crl.as_ref().unwrap(), &crl(&f.ca, 2, &[b.serial]));
+        f.tls.reload().unwrap();
+        let failures = f.tls.handshake_failures();
+
+        let refused = try_hello(f.addr, &f.ca.pem, &b).await;
+        assert!(refused.is_err(), "a revoked client connected: {refused:?}");
+        wait_until(|| f.tls.handshake_failures() == failures + 1).await;
+        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        // Connections established before the revocation are not touched (documented).
+        assert_eq!(b_running.hello().await.unwrap(), "partner-b");
+        drop(b_running);
+        f.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_broken_file_is_refused_and_the_previous_configuration_stays() {
+        let f = Fixture::start(IncomingOptions::default()).await;
+        let a = issue(&f.ca, "partner-a", 20, false);
+        let previous = f.tls.current();
+
+        replace(&f.sources.cert, "this is not a certificate\n");
+        let e = f.tls.reload().unwrap_err();
+        let message = e.to_string();
+        assert!(message.contains("server.pem"), "{message}");
+        assert!(message.starts_with("certificate '"), "{message}");
+
+        replace(
+            &f.sources.cert,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        );
+        assert!(
+            f.tls
+                .reload()
+                .unwrap_err()
+                .to_string()
+                .contains("server.pem")
+        );
+
+        // A renewed certificate with the old key.
+        let renewed = issue(&f.ca, SERVER_NAME, 11, true);
+        replace(&f.sources.cert, &renewed.cert_pem);
+        let e = f.tls.reload().unwrap_err();
+        assert!(matches!(e, TlsReloadError::KeyMismatch { .. }), "{e}");
+
+        replace(&f.sources.cert, &f.server_cert.cert_pem);
+        replace(f.sources.crl.as_ref().unwrap(), "garbage");
+        let e = f.tls.reload().unwrap_err().to_string();
+        assert!(e.contains("crl.pem"), "{e}");
+
+        std::fs::remove_file(&f.sources.ca_cert).unwrap();
+        let e = f.tls.reload().unwrap_err().to_string();
+        assert!(
+            e.starts_with("cannot read CA certificate") && e.contains("ca.pem"),
+            "{e}"
+        );
+
+        assert_eq!(f.tls.generation(), 0);
+        assert_eq!(f.tls.reload_failures(), 5);
+        assert!(Arc::ptr_eq(&previous, &f.tls.current()));
+        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        assert_eq!(server_leaf(f.addr, &f.ca.pem, &a).await, f.server_cert.der);
+        f.shutdown().await;
+    }
+
+    #[test]
+    fn load_reports_the_file_at_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca("ca");
+        let server = issue(&ca, SERVER_NAME, 10, true);
+        let sources = TlsSources {
+            ca_cert: dir.path().join("ca.pem"),
+            cert: dir.path().join("server.pem"),
+            key: dir.path().join("server.key"),
+            crl: None,
+        };
+        replace(&sources.cert, &server.cert_pem);
+        replace(&sources.key, &server.key_pem);
+        let e = ReloadableTls::load(sources.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("cannot read CA certificate") && e.contains("ca.pem"),
+            "{e}"
+        );
+        replace(&sources.ca_cert, &ca.pem);
+        replace(&sources.key, "");
+        let e = ReloadableTls::load(sources.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.key") && e.contains("PRIVATE KEY"), "{e}");
+        replace(&sources.key, &server.key_pem);
+        let tls = ReloadableTls::load(sources).unwrap();
+        assert_eq!(tls.current().alpn_protocols, vec![b"h2".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn watch_picks_up_changed_files() {
+        let f = Fixture::start(IncomingOptions::default()).await;
+        let a = issue(&f.ca, "partner-a", 20, false);
+        let watcher = f.tls.watch(Duration::from_millis(50));
+
+        let renewed = issue(&f.ca, SERVER_NAME, 11, true);
+        replace(&f.sources.key, &renewed.key_pem);
+        replace(&f.sources.cert, &renewed.cert_pem);
+        wait_until(|| f.tls.generation() == 1).await;
+        assert_eq!(server_leaf(f.addr, &f.ca.pem, &a).await, renewed.der);
+
+        // A broken file: one failed reload, the server keeps serving.
+        replace(&f.sources.cert, "garbage");
+        wait_until(|| f.tls.reload_failures() == 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            f.tls.reload_failures(),
+            1,
+            "a broken file is not retried until it changes"
+        );
+        assert_eq!(f.tls.generation(), 1);
+        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+
+        // Fixed again.
+        replace(&f.sources.cert, &renewed.cert_pem);
+        wait_until(|| f.tls.generation() == 2).await;
+        watcher.abort();
+        f.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_does_not_block_others_and_times_out() {
+        let f = Fixture::start(IncomingOptions {
+            handshake_timeout: Duration::from_millis(500),
+            max_concurrent_handshakes: 4,
+            nodelay: true,
+        })
+        .await;
+        let a = issue(&f.ca, "partner-a", 20, false);
+        // Connections that never say anything.
+        let mut silent = Vec::new();
+        for _ in 0..3 {
+            silent.push(TcpStream::connect(f.addr).await.unwrap());
+        }
+        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        wait_until(|| f.tls.handshake_failures() == 3).await;
+        // The slots are free again.
+        for _ in 0..4 {
+            silent.push(TcpStream::connect(f.addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        drop(silent);
+        f.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn the_watcher_ends_when_the_configuration_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca("ca");
+        let server = issue(&ca, SERVER_NAME, 10, true);
+        let sources = TlsSources {
+            ca_cert: dir.path().join("ca.pem"),
+            cert: dir.path().join("server.pem"),
+            key: dir.path().join("server.key"),
+            crl: None,
+        };
+        replace(&sources.ca_cert, &ca.pem);
+        replace(&sources.cert, &server.cert_pem);
+        replace(&sources.key, &server.key_pem);
+        let tls = ReloadableTls::load(sources).unwrap();
+        let watcher = tls.watch(Duration::from_millis(10));
+        drop(tls);
+        tokio::time::timeout(WAIT, watcher).await.unwrap().unwrap();
+    }
+
+    async fn wait_until(condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !condition() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not met in time"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
