@@ -37,6 +37,9 @@ enum Command {
         /// Plain-text gRPC to a loopback coordinator, claiming this client id (development only).
         #[arg(long, value_name = "CLIENT_ID")]
         insecure: Option<String>,
+        /// Stay connected after a run ends and serve the next runs (production).
+        #[arg(long)]
+        keep_running: bool,
         /// Override the privacy ledger file of the config's [privacy] section.
         #[arg(long)]
         ledger: Option<PathBuf>,
@@ -161,6 +164,7 @@ fn run(cli: Cli) -> Result<(), String> {
             insecure,
             insecure_test_seed,
             ledger,
+            keep_running,
         } => {
             let mut config = load_config(&config)?;
             if let Some(path) = ledger {
@@ -191,6 +195,7 @@ fn run(cli: Cli) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
             let options = TransportOptions {
                 insecure_name: insecure,
+                keep_running,
             };
             let _ = rustls::crypto::ring::default_provider().install_default();
             let runtime = tokio::runtime::Builder::new_multi_thread()

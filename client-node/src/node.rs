@@ -154,6 +154,14 @@ impl Node {
         })
     }
 
+    /// The budget ε and what the ledger has spent, when this client has a budget.
+    pub fn privacy_status(&self) -> (Option<f64>, Option<f64>) {
+        match &self.guard {
+            Some(g) => (Some(g.budget().epsilon()), Some(g.spent())),
+            None => (None, None),
+        }
+    }
+
     /// Does one task; any failure becomes a refusal with its reason.
     pub fn handle(&mut self, task: &Task) -> ClientReply {
         if let Some(reply) = self.answered.get(&task.task_id) {

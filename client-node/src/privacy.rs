@@ -162,6 +162,14 @@ impl PrivacyGuard {
         &self.budget
     }
 
+    /// Cumulative ε of everything the ledger holds.
+    pub fn spent(&self) -> f64 {
+        self.ledger
+            .entries()
+            .last()
+            .map_or(0.0, |e| e.cumulative_epsilon)
+    }
+
     /// Refuses if `task_id` is charged already or if `charge` would exceed the
     /// budget; otherwise writes the charge (synced to disk) and returns the entry.
     pub fn charge(

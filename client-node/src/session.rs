@@ -60,6 +60,8 @@ pub enum SessionEnd {
 pub struct TransportOptions {
     /// Plain text (loopback only); the claimed name is then the client id.
     pub insecure_name: Option<String>,
+    /// Stay connected after a run finishes, for the next one.
+    pub keep_running: bool,
 }
 
 fn endpoint(config: &ClientConfig, options: &TransportOptions) -> Result<Endpoint, SessionError> {
@@ -122,15 +124,33 @@ pub async fn run(
     options: &TransportOptions,
     node: Node,
 ) -> Result<SessionEnd, SessionError> {
-    let endpoint = endpoint(config, options)?;
+    // Validate the settings once up front (clear errors before any network I/O).
+    endpoint(config, options)?;
     let node = Arc::new(Mutex::new(node));
+    #[cfg(unix)]
+    tokio::spawn(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: certificates are re-read at the next reconnect");
+            }
+        }
+    });
     let policy = config.connect;
     let mut failures = 0u32;
     loop {
+        let mut joined = false;
+        // Rebuilt on every attempt so renewed certificate files are picked up at
+        // the next reconnect.
+        let endpoint = endpoint(config, options)?;
         let outcome = match endpoint.connect().await {
-            Ok(channel) => serve(channel, options, Arc::clone(&node)).await,
+            Ok(channel) => serve(channel, options, Arc::clone(&node), &mut joined).await,
             Err(e) => Err(format!("connection failed: {e}{}", source_chain(&e))),
         };
+        if joined {
+            // A session was established: the next outage gets the full policy again.
+            failures = 0;
+        }
         match outcome {
             Ok(end) => return Ok(end),
             Err(last) => {
@@ -165,7 +185,12 @@ async fn serve(
     channel: Channel,
     options: &TransportOptions,
     node: Arc<Mutex<Node>>,
+    joined: &mut bool,
 ) -> Result<SessionEnd, String> {
+    let (budget_epsilon, epsilon_spent) = node
+        .lock()
+        .map(|n| n.privacy_status())
+        .unwrap_or((None, None));
     let mut client = FederationClient::new(channel)
         .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES);
@@ -175,7 +200,8 @@ async fn serve(
             client_version: env!("CARGO_PKG_VERSION").to_string(),
             protocol_version: PROTOCOL_VERSION,
             insecure_name: options.insecure_name.clone().unwrap_or_default(),
-            ..Default::default()
+            budget_epsilon,
+            epsilon_spent,
         })),
     };
     tx.send(hello)
@@ -194,6 +220,7 @@ async fn serve(
         };
         match message.body {
             Some(server_message::Body::Welcome(w)) => {
+                *joined = true;
                 tracing::info!(client_id = %w.client_id, "joined the federation");
             }
             Some(server_message::Body::Task(task)) => {
@@ -218,6 +245,10 @@ async fn serve(
             }
             Some(server_message::Body::Finished(f)) => {
                 tracing::info!(run_id = %f.run_id, "{}", f.message);
+                if options.keep_running {
+                    println!("{}: {}", f.run_id, f.message);
+                    continue;
+                }
                 return Ok(SessionEnd::RunFinished(f.message));
             }
             None => {}

@@ -166,6 +166,9 @@ enum CertsCommand {
         /// Issue an operator certificate (for the admin API) instead of a partner one.
         #[arg(long)]
         operator: bool,
+        /// Extra DNS names (server certificates).
+        #[arg(long = "san")]
+        sans: Vec<String>,
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: i64,
@@ -231,6 +234,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 certs::issue(&dir, client, Role::Client, &[], Validity::Days(days))
                     .map_err(|e| e.to_string())?;
             }
+            // An empty revocation list, so a coordinator can name it from day one.
+            let _ = std::fs::remove_file(certs::crl_path(&dir));
+            let _ = std::fs::remove_file(dir.join("revoked.txt"));
+            certs::ensure_crl(&dir).map_err(|e| e.to_string())?;
             println!(
                 "wrote a CA, the coordinator certificate '{server_name}' and {} client certificates to {}",
                 clients.len(),
@@ -243,6 +250,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             name,
             server,
             operator,
+            sans,
             days,
             expired,
         }) => {
@@ -259,7 +267,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 Validity::Days(days)
             };
             let (cert, key) =
-                certs::issue(&dir, &name, role, &[], validity).map_err(|e| e.to_string())?;
+                certs::issue(&dir, &name, role, &sans, validity).map_err(|e| e.to_string())?;
             println!("wrote {} and {}", cert.display(), key.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -69,9 +69,9 @@ impl Metrics {
         let mut registry = Registry::with_prefix("fedprofile");
         let m = Metrics {
             rounds_completed: Counter::default(),
-            round_duration: Histogram::new(
-                [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0].into_iter(),
-            ),
+            round_duration: Histogram::new([
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
+            ]),
             clients_connected: Gauge::default(),
             updates_accepted: Counter::default(),
             updates_rejected: Family::default(),

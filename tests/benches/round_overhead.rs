@@ -118,4 +118,6 @@ fn main() {
     runtime.block_on(scenario(4, 200, 40));
     runtime.block_on(scenario(32, 50, 40));
     runtime.block_on(scenario(4, 50, 10_000));
+    // The load test's shape: 200 mTLS clients, 5 rounds.
+    runtime.block_on(scenario(200, 5, 40));
 }

@@ -122,6 +122,43 @@ impl Proc {
         }
     }
 
+    /// The OS process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGHUP (reload certificates).
+    pub fn hup(&self) {
+        if let Some(pid) = self.pid() {
+            let status = Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .expect("kill -HUP");
+            assert!(status.success());
+        }
+    }
+
+    /// Waits until `pred(stdout)` holds, at most `limit`.
+    pub fn wait_for_stdout(&mut self, limit: Duration, pred: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        while !pred(&self.read_stdout()) {
+            assert!(
+                self.is_running(),
+                "{} exited while waiting:\n{}\n{}",
+                self.name,
+                self.read_stdout(),
+                tail(&self.read_stderr(), 30)
+            );
+            assert!(
+                start.elapsed() < limit,
+                "{}: condition not met within {limit:?}; stdout:\n{}",
+                self.name,
+                self.read_stdout()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// True while running.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -259,14 +296,25 @@ impl Sandbox {
         run: &Path,
         env: &[(&str, &str)],
     ) -> (Proc, u16) {
+        self.start_coordinator_with(config, Some(run), &[], env)
+    }
+
+    /// Starts the coordinator (`--run` optional, extra arguments) on an OS-assigned port.
+    pub fn start_coordinator_with(
+        &self,
+        config: &Path,
+        run: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Proc, u16) {
         let addr_file = self.path("coordinator.addr");
         let _ = fs::remove_file(&addr_file);
         let mut cmd = Command::new(bin("fedprofile-coordinator"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(config)
-            .arg("--run")
-            .arg(run)
+        cmd.arg("serve").arg("--config").arg(config);
+        if let Some(run) = run {
+            cmd.arg("--run").arg(run);
+        }
+        cmd.args(extra)
             .arg("--out")
             .arg(self.path("out"))
             .arg("--state-dir")
@@ -317,6 +365,46 @@ impl Sandbox {
             key: self.path(&format!("certs/{name}.key")),
         };
         fedprofile_protocol::tls::client_config(&files, "coordinator").expect("client tls")
+    }
+
+    /// The metrics address the coordinator wrote (config `metrics_listen`).
+    pub fn metrics_addr(&self) -> String {
+        fs::read_to_string(self.path("coordinator.metrics"))
+            .expect("metrics address file")
+            .trim()
+            .to_string()
+    }
+
+    /// Writes `<name>-operator.toml` for `port`, issuing an operator certificate
+    /// `name` first when `issue` (else `name` must exist, e.g. a partner's).
+    pub fn operator_config(&self, name: &str, port: u16, issue: bool) -> PathBuf {
+        if issue {
+            let out = run_bounded(
+                Command::new(bin("fedprofile-coordinator"))
+                    .args(["certs", "issue", "--operator", "--name", name, "--dir"])
+                    .arg(self.path("certs")),
+                Duration::from_secs(30),
+            );
+            assert!(out.status.success(), "{out:?}");
+        }
+        let certs = self.path("certs");
+        let path = self.path(&format!("{name}-operator.toml"));
+        fs::write(
+            &path,
+            format!(
+                "coordinator = \"https://localhost:{port}\"\n[tls]\nca_cert = \"{0}/ca.pem\"\ncert = \"{0}/{name}.pem\"\nkey = \"{0}/{name}.key\"\nserver_name = \"coordinator\"\n",
+                certs.display()
+            ),
+        )
+        .expect("operator config");
+        path
+    }
+
+    /// Runs `fedprofile-coordinator ARGS… --operator-config CONFIG` (bounded).
+    pub fn operator(&self, config: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("fedprofile-coordinator"));
+        cmd.args(args).arg("--operator-config").arg(config);
+        run_bounded(&mut cmd, Duration::from_secs(120))
     }
 
     /// Reads `<out>/summary.json`.
