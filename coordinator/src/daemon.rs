@@ -598,7 +598,8 @@ async fn execute(
     if let Some(checkpoint) = checkpoint {
         run = run.resume_from(checkpoint, rounds);
     }
-    let (outcome, inbox) = run.execute().await;
+    let span = tracing::info_span!("run", run_id = %row.id);
+    let (outcome, inbox) = tracing::Instrument::instrument(run.execute(), span).await;
 
     let state = if outcome.completed {
         RunState::Finished

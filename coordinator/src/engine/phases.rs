@@ -172,6 +172,11 @@ impl Run {
 
     /// Training(r): select, send, collect, aggregate.
     pub(super) async fn train_round(&mut self, round: u32, attempt: u32) -> State {
+        let span = tracing::info_span!("round", round, attempt);
+        tracing::Instrument::instrument(self.train_round_inner(round, attempt), span).await
+    }
+
+    async fn train_round_inner(&mut self, round: u32, attempt: u32) -> State {
         let started = Instant::now();
         let Some(global) = self.global.clone() else {
             return State::Failed("internal: training without a global model".into());
