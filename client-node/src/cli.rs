@@ -47,6 +47,14 @@ enum Command {
         /// NOT private, and the coordinator is told so.
         #[arg(long, value_name = "SEED")]
         insecure_test_seed: Option<u64>,
+        /// TEST ONLY: send poisoned updates (scaled, sign-flip, random) to test
+        /// robust aggregation.
+        #[arg(long, value_name = "MODE", hide = true)]
+        insecure_test_poison: Option<crate::node::Poison>,
+        /// Use only part of this partner's users (INDEX/COUNT by user-id hash), to
+        /// run one partner as several clients.
+        #[arg(long, value_name = "INDEX/COUNT")]
+        shard: Option<crate::node::Shard>,
     },
     /// Print the data-quality report of the train and test splits; contacts nobody.
     ///
@@ -58,6 +66,29 @@ enum Command {
         /// Machine-readable JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Per-user profiles: prediction and the features that pushed it most.
+    ///
+    /// Example: fedprofile-client profile --config client.toml --model out/model.json --out profiles.csv
+    Profile {
+        /// Client config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Global model file (model.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// A segmentation model (k-means); not supported yet.
+        #[arg(long)]
+        segments: Option<PathBuf>,
+        /// Split to profile.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// How many top contributing features per user.
+        #[arg(long, default_value_t = 3)]
+        top: usize,
+        /// Output CSV.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Privacy: cost of a run, calibration, the ledger, the per-round report.
     #[command(subcommand)]
@@ -118,6 +149,36 @@ struct SplitReport<'a> {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Privacy(command) => crate::privacy_cli::run(command),
+        Command::Profile {
+            config,
+            model,
+            segments,
+            split,
+            top,
+            out,
+        } => {
+            if let Some(path) = segments {
+                return Err(format!(
+                    "--segments {}: segmentation (k-means) models are not supported by this version yet",
+                    path.display()
+                ));
+            }
+            let config = load_config(&config)?;
+            let rows = crate::profile::profile(
+                &config.schema,
+                &config.data_dir,
+                &split,
+                &model,
+                top,
+                &out,
+            )
+            .map_err(|e| e.to_string())?;
+            println!(
+                "profiled {rows} users of split '{split}' into {}",
+                out.display()
+            );
+            Ok(())
+        }
         Command::CheckData { config, json } => {
             let config = load_config(&config)?;
             let schema =
@@ -163,6 +224,8 @@ fn run(cli: Cli) -> Result<(), String> {
             connect_attempts,
             insecure,
             insecure_test_seed,
+            insecure_test_poison,
+            shard,
             ledger,
             keep_running,
         } => {
@@ -190,7 +253,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 &config.train_split,
                 &config.test_split,
                 config.privacy.as_ref(),
-                insecure_test_seed,
+                crate::node::TestOptions {
+                    seed: insecure_test_seed,
+                    poison: insecure_test_poison,
+                    shard,
+                },
             )
             .map_err(|e| e.to_string())?;
             let options = TransportOptions {

@@ -11,5 +11,6 @@ pub mod config;
 pub mod node;
 pub mod privacy;
 pub mod privacy_cli;
+pub mod profile;
 pub mod score;
 pub mod session;

@@ -103,6 +103,85 @@ impl Split {
     }
 }
 
+/// A deliberately bad update, for robustness tests only (`--insecure-test-poison`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poison {
+    /// The honest update scaled by 20.
+    Scaled,
+    /// The honest update negated and scaled by 5.
+    SignFlip,
+    /// Gaussian noise with 10 times the honest update's norm.
+    Random,
+}
+
+impl std::str::FromStr for Poison {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Poison, String> {
+        match s {
+            "scaled" => Ok(Poison::Scaled),
+            "sign-flip" | "sign_flip" => Ok(Poison::SignFlip),
+            "random" => Ok(Poison::Random),
+            other => Err(format!(
+                "'{other}' is not a poisoning mode (scaled, sign-flip, random)"
+            )),
+        }
+    }
+}
+
+/// One of `count` disjoint parts of a partner's users (by a hash of the user id),
+/// to run one partner as several clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This part, from 0.
+    pub index: u32,
+    /// Number of parts.
+    pub count: u32,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Shard, String> {
+        let bad = || format!("'{s}' is not a shard like 0/2 (index/count, index < count)");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (u32, u32) =
+            (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    fn keep(&self, dataset: &Dataset) -> Dataset {
+        // FNV-1a: stable across platforms and releases.
+        let hash = |id: &str| {
+            id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            })
+        };
+        let rows: Vec<usize> = dataset
+            .ids()
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| hash(id) % u64::from(self.count) == u64::from(self.index))
+            .map(|(i, _)| i)
+            .collect();
+        dataset.subset(&rows)
+    }
+}
+
+/// Test-only options of a node.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TestOptions {
+    /// Seed the RNG (updates are then NOT private).
+    pub seed: Option<u64>,
+    /// Send poisoned updates.
+    pub poison: Option<Poison>,
+    /// Use only a part of the partner's users.
+    pub shard: Option<Shard>,
+}
+
 /// A partner's node: its schema, its cleaned splits, its RNG.
 #[derive(Debug)]
 pub struct Node {
@@ -111,6 +190,7 @@ pub struct Node {
     test: Split,
     rng: ChaCha20Rng,
     test_seed: bool,
+    poison: Option<Poison>,
     guard: Option<PrivacyGuard>,
     require_dp: bool,
     calibrated: HashMap<String, f64>,
@@ -128,11 +208,20 @@ impl Node {
         train_split: &str,
         test_split: &str,
         privacy: Option<&PrivacySettings>,
-        test_seed: Option<u64>,
+        test: TestOptions,
     ) -> Result<Node, NodeError> {
+        let test_options = test;
         let schema = Schema::from_path(schema_path)?;
-        let train = fedprofile_data::load_split(&schema, data_dir, train_split)?;
-        let test = fedprofile_data::load_split(&schema, data_dir, test_split)?;
+        let mut train = fedprofile_data::load_split(&schema, data_dir, train_split)?;
+        let mut test = fedprofile_data::load_split(&schema, data_dir, test_split)?;
+        if let Some(shard) = test_options.shard {
+            train.dataset = shard.keep(&train.dataset);
+            test.dataset = shard.keep(&test.dataset);
+        }
+        if let Some(poison) = test_options.poison {
+            tracing::warn!(?poison, "TEST MODE: this node sends poisoned updates");
+        }
+        let test_seed = test_options.seed;
         tracing::info!(
             train_rows = train.dataset.len(),
             test_rows = test.dataset.len(),
@@ -147,6 +236,7 @@ impl Node {
                 None => secure_rng(),
             },
             test_seed: test_seed.is_some(),
+            poison: test_options.poison,
             guard: privacy.map(PrivacyGuard::open).transpose()?,
             require_dp: privacy.is_some_and(|p| p.require_dp),
             calibrated: HashMap::new(),
@@ -236,6 +326,7 @@ impl Node {
                     batch_size: train.batch_size as usize,
                     learning_rate: train.learning_rate,
                     l2: 0.0,
+                    prox_mu: train.prox_mu,
                 }
                 .check()?;
                 let (x, y) = self.train.xy(&train.model.features)?;
@@ -266,6 +357,19 @@ impl Node {
         };
         let train_micros = started.elapsed().as_micros() as u64;
         let mut delta = outcome.delta;
+        if let Some(poison) = self.poison {
+            let norm = delta.dot(&delta).sqrt().max(1e-6);
+            match poison {
+                Poison::Scaled => delta *= 20.0,
+                Poison::SignFlip => delta *= -5.0,
+                Poison::Random => {
+                    let noise =
+                        rand_distr::Normal::new(0.0, 10.0 * norm / (delta.len() as f64).sqrt())
+                            .map_err(|_| TaskError::Internal("poison noise"))?;
+                    delta.mapv_inplace(|_| rand::Rng::sample(&mut self.rng, noise));
+                }
+            }
+        }
         let update_norm = delta.dot(&delta).sqrt();
         if let Some(clip) = train.update_clip_norm
             && update_norm > clip

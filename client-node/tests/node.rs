@@ -28,7 +28,10 @@ fn node(ledger: &Path, epsilon: f64, seed: Option<u64>) -> Node {
         "train",
         "test",
         Some(&settings),
-        seed,
+        fedprofile_client::node::TestOptions {
+            seed,
+            ..Default::default()
+        },
     )
     .unwrap()
 }
@@ -59,6 +62,7 @@ fn dp_task(id: &str, round: u32, sigma: f64) -> Task {
                 planned_rounds: 20,
             }),
             update_clip_norm: None,
+            prox_mu: 0.0,
         }),
     }
 }

@@ -744,6 +744,22 @@ impl RunObserver for DaemonObserver {
         tracing::info!(run_id = %self.run_id, "{message}");
     }
 
+    fn excluded(&mut self, run_id: &str, round: u32, strategy: &str, clients: &[String]) {
+        let message = format!(
+            "round {round}: {strategy} excluded the updates of {}",
+            clients.join(", ")
+        );
+        if self.print {
+            report::ProgressPrinter.note(&message);
+        }
+        self.shared.audit.note(
+            "coordinator",
+            "aggregation.excluded",
+            Some(run_id),
+            &message,
+        );
+    }
+
     fn update_rejected(
         &mut self,
         run_id: &str,

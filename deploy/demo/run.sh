@@ -83,6 +83,6 @@ if compgen -G "$out/ledgers/*.jsonl" >/dev/null; then
   echo "== privacy: each partner's ledger, and what the run file said it would cost"
   for p in "${partners[@]}"; do
     "$bin/fedprofile-client" privacy ledger verify "$out/ledgers/$p.jsonl"
-    "$bin/fedprofile-client" privacy cost --run "$run_file" --config "$here/clients/$p.toml" | head -n 1
+    "$bin/fedprofile-client" privacy cost --run "$run_file" --config "$here/clients/$p.toml"
   done
 fi

@@ -208,3 +208,97 @@ fn no_customer_id_reaches_the_coordinator() {
             .any(is_customer_id)
     );
 }
+
+#[test]
+fn profiles_have_one_row_per_user_and_contributions_that_add_up() {
+    let run = demo_run();
+    let model = run.sandbox.path("out/model.json");
+    let config = run.sandbox.write_client("partner-a", "certs", "partner-a");
+    let out = run.sandbox.path("profiles.csv");
+    let result = run_bounded(
+        Command::new(bin("fedprofile-client"))
+            .args(["profile", "--config"])
+            .arg(&config)
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(&out),
+        Duration::from_secs(60),
+    );
+    assert!(result.status.success(), "profile failed: {result:?}");
+    let mut reader = csv::Reader::from_path(&out).unwrap();
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        &header[..4],
+        ["user_id", "churn_probability", "logit", "intercept"]
+    );
+    assert_eq!(header.last().unwrap(), "other_contribution");
+    let mut ids = std::collections::HashSet::new();
+    let mut rows = 0;
+    for record in reader.records() {
+        let r = record.unwrap();
+        assert!(ids.insert(r[0].to_string()), "user {} twice", &r[0]);
+        let p: f64 = r[1].parse().unwrap();
+        assert!((0.0..=1.0).contains(&p));
+        let logit: f64 = r[2].parse().unwrap();
+        let intercept: f64 = r[3].parse().unwrap();
+        // sigmoid(logit) is the probability.
+        assert!((1.0 / (1.0 + (-logit).exp()) - p).abs() < 1e-5);
+        let contributions: f64 = (5..r.len() - 1)
+            .step_by(2)
+            .map(|i| r[i].parse::<f64>().unwrap())
+            .sum::<f64>()
+            + r[r.len() - 1].parse::<f64>().unwrap();
+        assert!(
+            (contributions - (logit - intercept)).abs() < 1e-4,
+            "contributions {contributions} vs logit - intercept {}",
+            logit - intercept
+        );
+        // The named features are the largest in magnitude, in order.
+        let c1: f64 = r[5].parse().unwrap();
+        let c2: f64 = r[7].parse().unwrap();
+        assert!(c1.abs() >= c2.abs());
+        rows += 1;
+    }
+    assert_eq!(rows, 473, "partner-a's test split has 473 users");
+}
+
+#[test]
+fn a_run_can_warm_start_from_an_earlier_global_model() {
+    let run = demo_run();
+    let sandbox = Sandbox::new();
+    let earlier = run.sandbox.path("out/model.json");
+    let run_toml = telco_run(1, 4, 4, 60.0).replace(
+        "[run]\n",
+        &format!("[run]\nwarm_start = \"{}\"\n", earlier.display()),
+    );
+    let (config, run_file) = sandbox.write_coordinator(&run_toml);
+    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run_file, &[]);
+    let _clients: Vec<_> = PARTNERS
+        .iter()
+        .map(|p| {
+            let cfg = sandbox.write_client(p, "certs", p);
+            sandbox.start_client(p, &cfg, port, &[])
+        })
+        .collect();
+    assert!(
+        coordinator.wait(Duration::from_secs(120)).success(),
+        "{}",
+        coordinator.read_stderr()
+    );
+    assert!(coordinator.read_stdout().contains("warm start from"));
+    // One round from the 20-round model is already at its level (a cold first
+    // round reaches about 0.834).
+    let auc = sandbox.summary()["auc"].as_f64().unwrap();
+    assert!(auc >= 0.848, "warm-started AUC after one round: {auc}");
+    let warm: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(sandbox.path("out/model.json")).unwrap()).unwrap();
+    let cold: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&earlier).unwrap()).unwrap();
+    assert_eq!(warm["features"], cold["features"], "the encoding is kept");
+}

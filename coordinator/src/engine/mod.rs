@@ -121,6 +121,8 @@ pub trait RunObserver: Send {
     fn round_finished(&mut self, run: &RunSnapshot<'_>, record: &RoundRecord);
     /// A notable event (start, statistics done, retry, failure).
     fn note(&mut self, _message: &str) {}
+    /// A robust strategy left clients' updates out of a round.
+    fn excluded(&mut self, _run_id: &str, _round: u32, _strategy: &str, _clients: &[String]) {}
     /// An answer was rejected.
     fn update_rejected(
         &mut self,
@@ -256,6 +258,7 @@ pub struct Run {
     server_dp: Option<dp::ServerDp>,
     not_private: std::collections::BTreeSet<String>,
     sink: Box<dyn RoundSink>,
+    strategy: Option<Box<dyn fedprofile_learning::strategy::ServerStrategy>>,
     resume: Option<Checkpoint>,
     cancel: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
@@ -298,6 +301,7 @@ impl Run {
             server_dp: None,
             not_private: Default::default(),
             sink: Box::new(NoSink),
+            strategy: None,
             resume: None,
             cancel: None,
         }
@@ -381,6 +385,10 @@ impl Run {
     /// Returns the outcome and hands the inbox back for the next run.
     pub async fn execute(mut self) -> (RunOutcome, mpsc::Receiver<Inbound>) {
         let mut state = State::WaitingForClients;
+        match self.config.strategy.build() {
+            Ok(strategy) => self.strategy = Some(strategy),
+            Err(e) => state = State::Failed(format!("strategy: {e}")),
+        }
         if let fedprofile_protocol::run::PrivacyMode::Client(cfg) = self.config.privacy {
             match dp::ServerDp::new(
                 cfg,

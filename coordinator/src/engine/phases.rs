@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use fedprofile_learning::aggregate::{WeightedUpdate, fedavg};
 use fedprofile_learning::metrics::EvalSummary;
+use fedprofile_learning::strategy::{Aggregated, ClientUpdate};
 use fedprofile_learning::{FeatureColumn, FeatureSpec};
 use fedprofile_protocol::messages::{
     ClientReply, ModelSnapshot, RecordDpTask, ResultBody, ServerEvent, StatsReport, Task, TaskBody,
@@ -146,7 +147,21 @@ impl Run {
             );
             return self.retry_or_fail(attempt, &why, |a| State::Statistics { attempt: a });
         }
-        let spec = global_feature_spec(&template, &agreeing);
+        let mut spec = global_feature_spec(&template, &agreeing);
+        let mut start = None;
+        if let Some(path) = &self.config.warm_start {
+            match warm_start(path, &template, &label, &positive) {
+                Ok((features, params)) => {
+                    self.observer.note(&format!(
+                        "warm start from {} (its feature encoding is kept)",
+                        path.display()
+                    ));
+                    spec = features;
+                    start = Some(params);
+                }
+                Err(why) => return State::Failed(format!("warm start: {why}")),
+            }
+        }
         let dim = spec.dim();
         self.observer.note(&format!(
             "feature statistics from {} clients ({} training examples): {} model inputs",
@@ -157,7 +172,7 @@ impl Run {
         self.global = Some(ModelSnapshot {
             model_type: self.config.model.clone(),
             features: spec.clone(),
-            params: Array1::zeros(dim + 1),
+            params: start.unwrap_or_else(|| Array1::zeros(dim + 1)),
         });
         self.features = Some(spec);
         self.target = Some((label, positive));
@@ -214,6 +229,7 @@ impl Run {
             learning_rate: self.config.learning_rate,
             record_dp,
             update_clip_norm,
+            prox_mu: self.config.strategy.proximal_mu().unwrap_or(0.0),
         };
         let tasks = self.send_tasks(round, attempt, &selected, |_| {
             TaskBody::Train(train.clone())
@@ -263,20 +279,59 @@ impl Run {
             );
             return self.retry_or_fail(attempt, &why, |a| State::Training { round, attempt: a });
         }
-        let (delta, epsilon) = if let Some(server_dp) = self.server_dp.as_mut() {
+        // Client-level DP first releases the noised mean; the strategy (a server
+        // optimizer, validated to compose with DP) then post-processes that mean.
+        let (inputs, epsilon) = if let Some(server_dp) = self.server_dp.as_mut() {
             let deltas: Vec<_> = updates.iter().map(|u| u.delta.clone()).collect();
             match server_dp.aggregate(&self.run_id, round, &deltas, &norms, selected.len()) {
-                Ok(out) => (out.delta, Some(out.epsilon)),
+                Ok(out) => (
+                    vec![ClientUpdate {
+                        client: "dp-mean".into(),
+                        delta: out.delta,
+                        weight: 1.0,
+                    }],
+                    Some(out.epsilon),
+                ),
                 Err(e) => return State::Failed(format!("round {round}: {e}")),
             }
         } else {
-            match fedavg(&updates) {
-                Ok(d) => (d, client_epsilon),
-                Err(e) => {
-                    return State::Failed(format!("round {round}: aggregation failed: {e}"));
-                }
+            (
+                contributors
+                    .iter()
+                    .zip(&updates)
+                    .map(|(client, u)| ClientUpdate {
+                        client: client.clone(),
+                        delta: u.delta.clone(),
+                        weight: u.weight,
+                    })
+                    .collect(),
+                client_epsilon,
+            )
+        };
+        let aggregated = match self.strategy.as_mut() {
+            Some(strategy) => strategy.aggregate(&inputs),
+            None => fedavg(&updates).map(|step| Aggregated {
+                step,
+                excluded: Vec::new(),
+            }),
+        };
+        let (delta, excluded) = match aggregated {
+            Ok(a) => (a.step, a.excluded),
+            Err(e) => {
+                let why = format!("round {round}: aggregation failed: {e}");
+                return self
+                    .retry_or_fail(attempt, &why, |a| State::Training { round, attempt: a });
             }
         };
+        if !excluded.is_empty() {
+            tracing::warn!(run_id = %self.run_id, round, excluded = %excluded.join(","), strategy = self.config.strategy.name(), "updates excluded by the strategy");
+            self.observer
+                .excluded(&self.run_id, round, self.config.strategy.name(), &excluded);
+        }
+        let contributors: Vec<String> = contributors
+            .into_iter()
+            .filter(|c| !excluded.contains(c))
+            .collect();
         let total_weight: f64 = updates.iter().map(|u| u.weight).sum();
         if let Some(g) = self.global.as_mut() {
             g.params += &delta;
@@ -516,6 +571,46 @@ impl Run {
             }
         }
     }
+}
+
+/// Loads an earlier global model for a warm start and checks that it fits the
+/// federation's current schema (same columns, kinds, vocabularies and target).
+fn warm_start(
+    path: &std::path::Path,
+    template: &FeatureSpec,
+    label: &str,
+    positive: &str,
+) -> Result<(FeatureSpec, Array1<f64>), String> {
+    let file = fedprofile_learning::ModelFile::load(path).map_err(|e| e.to_string())?;
+    let shape = |spec: &FeatureSpec| -> Vec<FeatureColumn> {
+        spec.columns
+            .iter()
+            .map(|c| match c {
+                FeatureColumn::Numeric { name, .. } => FeatureColumn::Numeric {
+                    name: name.clone(),
+                    mean: 0.0,
+                    std: 1.0,
+                },
+                other => other.clone(),
+            })
+            .collect()
+    };
+    if shape(&file.features) != shape(template) {
+        return Err(format!(
+            "{} was trained on other features than the clients' schema declares",
+            path.display()
+        ));
+    }
+    if file.target.column != label || file.target.positive_value != positive {
+        return Err(format!(
+            "{} predicts '{}' = '{}', the clients' schema labels '{label}' = '{positive}'",
+            path.display(),
+            file.target.column,
+            file.target.positive_value
+        ));
+    }
+    let model = file.to_model().map_err(|e| e.to_string())?;
+    Ok((file.features, model.params().clone()))
 }
 
 /// The global feature spec: the template with federated means and standard deviations.

@@ -39,6 +39,7 @@ fn config(rounds: u32, min_per_round: usize) -> RunConfig {
         rounds,
         model: "logistic_regression".into(),
         seed: Some(1),
+        warm_start: None,
         fraction_per_round: 1.0,
         min_per_round,
         min_connected_to_start: 3,
@@ -50,6 +51,7 @@ fn config(rounds: u32, min_per_round: usize) -> RunConfig {
         batch_size: 32,
         learning_rate: 0.1,
         privacy: fedprofile_protocol::run::PrivacyMode::None,
+        strategy: fedprofile_learning::strategy::StrategyConfig::FedAvg,
     }
 }
 

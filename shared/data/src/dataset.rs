@@ -102,6 +102,50 @@ impl Dataset {
         }
     }
 
+    /// The rows at `rows` (in that order), e.g. to split one partner's data into
+    /// several clients; indices out of range are skipped.
+    pub fn subset(&self, rows: &[usize]) -> Dataset {
+        let rows: Vec<usize> = rows
+            .iter()
+            .copied()
+            .filter(|&r| r < self.ids.len())
+            .collect();
+        let columns = self
+            .columns
+            .iter()
+            .map(|c| FeatureColumnData {
+                name: c.name.clone(),
+                data: match &c.data {
+                    ColumnData::Numeric { impute, values } => ColumnData::Numeric {
+                        impute: *impute,
+                        values: rows.iter().map(|&r| values[r]).collect(),
+                    },
+                    ColumnData::Categorical {
+                        vocabulary,
+                        impute,
+                        values,
+                    } => ColumnData::Categorical {
+                        vocabulary: vocabulary.clone(),
+                        impute: impute.clone(),
+                        values: rows.iter().map(|&r| values[r]).collect(),
+                    },
+                    ColumnData::Boolean { impute, values } => ColumnData::Boolean {
+                        impute: *impute,
+                        values: rows.iter().map(|&r| values[r]).collect(),
+                    },
+                },
+            })
+            .collect();
+        Dataset {
+            ids: rows.iter().map(|&r| self.ids[r].clone()).collect(),
+            labels: self
+                .labels
+                .as_ref()
+                .map(|l| rows.iter().map(|&r| l[r]).collect()),
+            columns,
+        }
+    }
+
     /// Number of users.
     pub fn len(&self) -> usize {
         self.ids.len()

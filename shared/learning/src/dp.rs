@@ -22,6 +22,12 @@
 //! budget does not allow it. [`DpSgdStep`] refuses to release more noisy
 //! gradients than the mechanism accounts for.
 //!
+//! With [`ValidDpSgdParams::with_prox_mu`] the loop also adds the FedProx
+//! proximal gradient `mu * (params - start)`. It depends only on the current
+//! parameters (themselves a post-processing of earlier noisy releases) and on the
+//! global model the client received, never on the data, so it is added *after*
+//! the noise, is not clipped, and does not change the accounting.
+//!
 //! The guarantee covers the model (and so the delta) only: [`TrainOutcome::examples`]
 //! and [`TrainOutcome::mean_loss`] are computed from the raw data without noise.
 //!
@@ -146,6 +152,7 @@ impl DpSgdParams {
             batch_size: batch,
             learning_rate: self.learning_rate,
             l2: 0.0,
+            prox_mu: 0.0,
         }
         .check()?;
         Ok(ValidDpSgdParams {
@@ -231,6 +238,25 @@ impl ValidDpSgdParams {
     /// accountant / budget filter before training.
     pub fn mechanism(&self) -> SubsampledGaussianMechanism {
         self.mechanism
+    }
+
+    /// The same parameters with the FedProx proximal coefficient `prox_mu`
+    /// (non-negative and finite; see [`TrainParams::prox_mu`]). The proximal
+    /// gradient is data-independent and added after the noise, so the schedule,
+    /// the mechanism and the privacy cost are unchanged.
+    pub fn with_prox_mu(mut self, prox_mu: f64) -> Result<Self, LearningError> {
+        self.train = TrainParams {
+            prox_mu,
+            ..self.train.params().clone()
+        }
+        .check()?;
+        Ok(self)
+    }
+
+    /// The FedProx proximal coefficient (0 unless set by
+    /// [`ValidDpSgdParams::with_prox_mu`]).
+    pub fn prox_mu(&self) -> f64 {
+        self.train.prox_mu()
     }
 
     /// A fresh Poisson sampler with this schedule.
@@ -942,5 +968,40 @@ mod tests {
             .count() as f64
             / 2000.0;
         assert!(accuracy > 0.8, "accuracy {accuracy}");
+    }
+
+    /// The FedProx term rides on the DP-SGD loop without touching its noise:
+    /// same seed, same batches and noise, only the pull towards the start differs.
+    #[test]
+    fn dp_sgd_accepts_a_proximal_term() {
+        let (x, y) = synthetic(500, 3);
+        let start = LogisticRegression::zeros(3);
+        let v = params(1.0, 1.0, 50, 2, 0.5).check(500).unwrap();
+        assert_eq!(v.prox_mu(), 0.0);
+        let err = v.clone().with_prox_mu(-1.0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid training parameter `prox_mu` = -1 (must be non-negative and finite)"
+        );
+        let plain = train_dp_sgd(&start, x.view(), y.view(), &v, &mut seeded_test_rng(3)).unwrap();
+        let zero = v.clone().with_prox_mu(0.0).unwrap();
+        assert_eq!(
+            train_dp_sgd(&start, x.view(), y.view(), &zero, &mut seeded_test_rng(3)).unwrap(),
+            plain
+        );
+        let prox = v.clone().with_prox_mu(1.0).unwrap();
+        assert_eq!(prox.prox_mu(), 1.0);
+        assert_eq!(prox.mechanism(), v.mechanism());
+        assert_eq!(prox.steps(), v.steps());
+        let pulled =
+            train_dp_sgd(&start, x.view(), y.view(), &prox, &mut seeded_test_rng(3)).unwrap();
+        assert_eq!(pulled.steps, plain.steps);
+        let norm = |d: &Array1<f64>| d.dot(d).sqrt();
+        assert!(
+            norm(&pulled.delta) < norm(&plain.delta),
+            "{} vs {}",
+            pulled.delta,
+            plain.delta
+        );
     }
 }

@@ -192,6 +192,44 @@ pub enum AggregationError {
         /// Why it was rejected.
         error: Box<AggregationError>,
     },
+    /// A round's updates do not suit the strategy (e.g. too few for Krum).
+    #[error(transparent)]
+    Strategy(#[from] StrategyError),
+}
+
+/// Errors of a server strategy's configuration.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum StrategyError {
+    /// A strategy parameter outside its range.
+    #[error("{field} must be {requirement}, got {value}")]
+    InvalidParam {
+        /// Field name with its section, e.g. `strategy.beta`.
+        field: &'static str,
+        /// The offending value, formatted.
+        value: String,
+        /// The allowed range, e.g. `in [0, 0.5)`.
+        requirement: &'static str,
+    },
+    /// Fewer clients than the strategy needs.
+    #[error("{strategy} needs at least {minimum} clients ({rule}), got {clients}")]
+    TooFewClients {
+        /// The strategy's name, e.g. `krum`.
+        strategy: &'static str,
+        /// The number of clients.
+        clients: usize,
+        /// The smallest admissible number of clients.
+        minimum: usize,
+        /// The rule with the parameters, e.g. `n >= 2f + 3 with byzantine = 1`.
+        rule: String,
+    },
+    /// A strategy name this build does not know.
+    #[error("unknown strategy '{name}' (expected one of {known})")]
+    UnknownStrategy {
+        /// The name asked for.
+        name: String,
+        /// The known names, comma-separated.
+        known: String,
+    },
 }
 
 /// Why a model file (or the model about to be written) is not valid.

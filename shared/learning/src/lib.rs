@@ -7,6 +7,9 @@
 //! - [`dp`]: record-level DP-SGD (Poisson sampling, per-example clipping, noise from
 //!   the `fedprofile-privacy` mechanism), client-level update clipping, secure RNG;
 //! - [`aggregate`]: FedAvg of client deltas behind the [`Aggregator`] trait;
+//! - [`strategy`]: the configurable server strategies of a run ([`StrategyConfig`]:
+//!   FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, median, trimmed mean,
+//!   Krum, Multi-Krum, norm bounding) behind the [`ServerStrategy`] trait;
 //! - [`metrics`]: exactly poolable evaluation summaries and the metrics they give;
 //! - [`model_file`]: the versioned JSON file of the global model;
 //! - [`error`]: the error types.
@@ -18,6 +21,7 @@ pub mod features;
 pub mod metrics;
 pub mod model;
 pub mod model_file;
+pub mod strategy;
 pub mod train;
 
 pub use aggregate::{Aggregator, FedAvg, WeightedUpdate, fedavg, validate_update};
@@ -25,11 +29,12 @@ pub use dp::{
     DpSgdParams, DpSgdStep, PoissonSampler, ValidDpSgdParams, clip_update, secure_rng,
     seeded_test_rng, train_dp_sgd,
 };
-pub use error::{AggregationError, LearningError, ModelFileError, ModelFileProblem};
+pub use error::{AggregationError, LearningError, ModelFileError, ModelFileProblem, StrategyError};
 pub use features::{FeatureColumn, FeatureSpec};
 pub use metrics::{EvalSummary, Metrics, SCORE_BINS, roc_auc};
 pub use model::LogisticRegression;
 pub use model_file::{ModelFile, NamedWeight, Provenance, Target};
+pub use strategy::{Aggregated, ClientUpdate, ServerStrategy, StrategyConfig};
 pub use train::{
     BatchSampler, GradientStep, MeanGradient, ShuffledBatches, TrainOutcome, TrainParams,
     ValidTrainParams, per_example_gradients, train_local, train_with,

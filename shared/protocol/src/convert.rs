@@ -200,6 +200,7 @@ impl From<&Task> for pb::Task {
                     planned_rounds: r.planned_rounds,
                 }),
                 update_clip_norm: tt.update_clip_norm.unwrap_or(0.0),
+                prox_mu: tt.prox_mu,
             }),
             TaskBody::Eval(m) => pb::task::Body::Eval(pb::EvalTask {
                 model: Some(m.into()),
@@ -235,6 +236,7 @@ impl TryFrom<pb::Task> for Task {
                     planned_rounds: r.planned_rounds,
                 }),
                 update_clip_norm: (tt.update_clip_norm > 0.0).then_some(tt.update_clip_norm),
+                prox_mu: tt.prox_mu.max(0.0),
             }),
             pb::task::Body::Eval(e) => TaskBody::Eval(
                 e.model
@@ -464,6 +466,7 @@ mod tests {
                     planned_rounds: 20,
                 }),
                 update_clip_norm: Some(0.5),
+                prox_mu: 0.01,
             }),
         };
         let back = Task::try_from(pb::Task::from(&task)).unwrap();

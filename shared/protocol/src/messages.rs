@@ -35,6 +35,8 @@ pub struct TrainTask {
     pub record_dp: Option<RecordDpTask>,
     /// Client-level DP: clip the whole update to this L2 norm.
     pub update_clip_norm: Option<f64>,
+    /// FedProx proximal coefficient μ (0: plain local training).
+    pub prox_mu: f64,
 }
 
 /// Record-level DP settings of a training task.

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fedprofile_learning::strategy::StrategyConfig;
 use serde::Deserialize;
 
 /// A run file that cannot be used.
@@ -53,6 +54,7 @@ struct RawRunFile {
     training: RawTraining,
     #[serde(default)]
     privacy: RawPrivacy,
+    strategy: Option<StrategyConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +166,7 @@ struct RawRun {
     #[serde(default = "default_model")]
     model: String,
     seed: Option<u64>,
+    warm_start: Option<PathBuf>,
 }
 
 fn default_model() -> String {
@@ -237,6 +240,9 @@ pub struct RunConfig {
     pub model: String,
     /// Seed of the client-selection RNG (random when absent).
     pub seed: Option<u64>,
+    /// Start from this earlier global model (a `model.json` on the coordinator's
+    /// host) instead of zeros; its feature encoding is kept.
+    pub warm_start: Option<PathBuf>,
     /// Fraction of connected clients selected per round.
     pub fraction_per_round: f64,
     /// Fewest updates a round may close with.
@@ -259,6 +265,8 @@ pub struct RunConfig {
     pub learning_rate: f64,
     /// Differential privacy.
     pub privacy: PrivacyMode,
+    /// Server strategy (aggregation and server optimizer); FedAvg by default.
+    pub strategy: StrategyConfig,
 }
 
 impl RunConfig {
@@ -349,11 +357,36 @@ impl RunConfig {
             return Err(invalid("round.eval_every", "must be at least 1".into()));
         }
         let privacy = validate_privacy(&raw.privacy, &invalid)?;
+        let strategy = raw.strategy.unwrap_or(StrategyConfig::FedAvg);
+        strategy
+            .validate()
+            .map_err(|e| invalid("strategy", e.to_string()))?;
+        strategy
+            .check_clients(c.min_per_round)
+            .map_err(|e| invalid("clients.min_per_round", e.to_string()))?;
+        if let PrivacyMode::Client(_) = privacy
+            && let Err(why) = strategy.compatible_with_client_level_dp()
+        {
+            return Err(invalid(
+                "strategy.name",
+                format!(
+                    "'{}' does not compose with client-level DP (privacy.mode = \"client\"): {why}",
+                    strategy.name()
+                ),
+            ));
+        }
         Ok(RunConfig {
             name: raw.run.name,
             rounds: raw.run.rounds,
             model: raw.run.model,
             seed: raw.run.seed,
+            warm_start: raw.run.warm_start.map(|p| {
+                if p.is_relative() {
+                    path.parent().map_or(p.clone(), |dir| dir.join(&p))
+                } else {
+                    p
+                }
+            }),
             fraction_per_round: c.fraction_per_round,
             min_per_round: c.min_per_round,
             min_connected_to_start: c.min_connected_to_start,
@@ -365,6 +398,7 @@ impl RunConfig {
             batch_size: t.batch_size,
             learning_rate: t.learning_rate,
             privacy,
+            strategy,
         })
     }
 }
@@ -565,6 +599,33 @@ mod privacy_tests {
         .to_string();
         assert!(
             err.contains("privacy.client.count_noise_multiplier"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn strategies_are_parsed_validated_and_refused_with_client_level_dp() {
+        let c = parse(&format!("{HEAD}[strategy]\nname = \"fed_adam\"\n")).unwrap();
+        assert_eq!(c.strategy.name(), "fed_adam");
+        let err = parse(&format!(
+            "{HEAD}[strategy]\nname = \"trimmed_mean\"\nbeta = 0.7\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("beta"), "{err}");
+        let err = parse(&format!(
+            "{HEAD}[clients]\nmin_per_round = 4\nmin_connected_to_start = 4\n[strategy]\nname = \"krum\"\nbyzantine = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("clients.min_per_round"), "{err}");
+        let err = parse(&format!(
+            "{HEAD}[privacy]\nmode = \"client\"\n[privacy.client]\nclip_norm = 1.0\nnoise_multiplier = 1.0\n[strategy]\nname = \"median\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("does not compose with client-level DP"),
             "{err}"
         );
     }
