@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use fedprofile_learning::dp::{DpSgdParams, ValidDpSgdParams};
-use fedprofile_privacy::ledger::{ChargeRecord, LedgerEntry};
-use fedprofile_privacy::{Charge, Decision, Ledger, PrivacyBudget, would_exceed};
+use fedprofile_privacy::ledger::{ChargeRecord, Guarded, LedgerEntry};
+use fedprofile_privacy::{Charge, Ledger, PrivacyBudget};
 use fedprofile_protocol::messages::RecordDpTask;
 
 /// A privacy step that cannot go ahead; becomes the task's refusal reason.
@@ -183,29 +183,29 @@ impl PrivacyGuard {
         if self.ledger.entries().iter().any(|e| e.task_id == task_id) {
             return Err(PrivacyRefusal::AlreadyCharged(task_id.to_string()));
         }
-        let spent = self
-            .ledger
-            .entries()
-            .last()
-            .map_or(0.0, |e| e.cumulative_epsilon);
-        if let Decision::Refuse { after } =
-            would_exceed(&self.ledger.charges(), &charge, &self.budget)?
-        {
-            return Err(PrivacyRefusal::OverBudget {
-                after: after.epsilon,
-                spent,
-                budget: self.budget.epsilon(),
+        let spent = self.spent();
+        let guarded = self.ledger.append_within(
+            ChargeRecord {
+                run_id: run_id.to_string(),
+                round: u64::from(round),
+                task_id: task_id.to_string(),
+                charge,
+                clip_norm,
                 delta: self.budget.delta(),
-            });
-        }
-        let appended = self.ledger.append(ChargeRecord {
-            run_id: run_id.to_string(),
-            round: u64::from(round),
-            task_id: task_id.to_string(),
-            charge,
-            clip_norm,
-            delta: self.budget.delta(),
-        })?;
+            },
+            &self.budget,
+        )?;
+        let appended = match guarded {
+            Guarded::Charged(appended) => appended,
+            Guarded::Refused { after } => {
+                return Err(PrivacyRefusal::OverBudget {
+                    after,
+                    spent,
+                    budget: self.budget.epsilon(),
+                    delta: self.budget.delta(),
+                });
+            }
+        };
         Ok(appended.entry().clone())
     }
 }

@@ -95,8 +95,9 @@ async fn scenario(clients: usize, rounds: u32, dim: usize) {
     let eval: Vec<f64> = rs.iter().map(|r| r.eval_phase_ms).collect();
     let total: Vec<f64> = rs.iter().map(|r| r.round_ms).collect();
     println!(
-        "clients {clients:>4} | params {:>3} | rounds {rounds} | train phase median {:.3} ms p90 {:.3} ms | eval phase median {:.3} ms p90 {:.3} ms | round median {:.3} ms p90 {:.3} ms | wall {:.2} s | peak rss {} KiB",
+        "clients {clients:>4} | params {:>3} | rounds {rounds} | first round {:.1} ms | train phase median {:.3} ms p90 {:.3} ms | eval phase median {:.3} ms p90 {:.3} ms | round median {:.3} ms p90 {:.3} ms | wall {:.2} s | peak rss {} KiB",
         dim + 1,
+        outcome.rounds[0].round_ms,
         percentile(&train, 0.5),
         percentile(&train, 0.9),
         percentile(&eval, 0.5),

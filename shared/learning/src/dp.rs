@@ -28,6 +28,10 @@
 //! global model the client received, never on the data, so it is added *after*
 //! the noise, is not clipped, and does not change the accounting.
 //!
+//! [`train_dp_sgd_with_objective`] is the same procedure for any
+//! [`Objective`] (linear or softmax regression): each example's whole gradient
+//! vector is clipped, so the mechanism and the accounting are unchanged.
+//!
 //! The guarantee covers the model (and so the delta) only: [`TrainOutcome::examples`]
 //! and [`TrainOutcome::mean_loss`] are computed from the raw data without noise.
 //!
@@ -44,7 +48,7 @@
 //! no privacy at all.
 
 use fedprofile_privacy::{GaussianMechanism, L2Clip, SubsampledGaussianMechanism};
-use ndarray::{Array1, ArrayView1, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use rand::distr::{Bernoulli, Distribution};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -52,6 +56,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LearningError;
 use crate::model::{LogisticRegression, check_examples};
+use crate::objective::{Objective, ObjectiveOutcome, ObjectiveStep, train_with_objective};
 use crate::train::{
     BatchSampler, GradientStep, TrainOutcome, TrainParams, ValidTrainParams, per_example_gradients,
     train_with,
@@ -388,6 +393,11 @@ fn clipped_sum(
     y_batch: ArrayView1<f64>,
 ) -> Result<Array1<f64>, LearningError> {
     let grads = per_example_gradients(model, x_batch, y_batch)?;
+    Ok(clip_rows_and_sum(clip, &grads))
+}
+
+/// Each row clipped to the clip's L2 norm, then summed.
+fn clip_rows_and_sum(clip: &L2Clip, grads: &Array2<f64>) -> Array1<f64> {
     let mut sum = Array1::zeros(grads.ncols());
     let mut row_buf = vec![0.0; grads.ncols()];
     for row in grads.rows() {
@@ -397,7 +407,28 @@ fn clipped_sum(
         clip.apply(&mut row_buf);
         sum += &ArrayView1::from(&row_buf[..]);
     }
-    Ok(sum)
+    sum
+}
+
+impl DpSgdStep {
+    fn check_budget(&self) -> Result<(), LearningError> {
+        if self.steps_taken >= self.max_steps {
+            return Err(LearningError::DpStepsExhausted {
+                steps: self.max_steps,
+            });
+        }
+        Ok(())
+    }
+
+    /// Noises a clipped sum, counts the release and divides by `q * n`.
+    fn release<R: Rng + ?Sized>(&mut self, clipped_sum: Array1<f64>, rng: &mut R) -> Array1<f64> {
+        let mut noisy = clipped_sum.to_vec();
+        self.mechanism.add_noise(&mut noisy, rng);
+        self.steps_taken += 1;
+        let mut grad = Array1::from(noisy);
+        grad /= self.expected_batch_size;
+        grad
+    }
 }
 
 impl GradientStep for DpSgdStep {
@@ -408,17 +439,33 @@ impl GradientStep for DpSgdStep {
         y_batch: ArrayView1<f64>,
         rng: &mut R,
     ) -> Result<Array1<f64>, LearningError> {
-        if self.steps_taken >= self.max_steps {
-            return Err(LearningError::DpStepsExhausted {
-                steps: self.max_steps,
-            });
-        }
-        let mut noisy = self.clipped_sum(model, x_batch, y_batch)?.to_vec();
-        self.mechanism.add_noise(&mut noisy, rng);
-        self.steps_taken += 1;
-        let mut grad = Array1::from(noisy);
-        grad /= self.expected_batch_size;
-        Ok(grad)
+        self.check_budget()?;
+        let sum = self.clipped_sum(model, x_batch, y_batch)?;
+        Ok(self.release(sum, rng))
+    }
+}
+
+/// DP-SGD on any [`Objective`]: the objective's per-example gradients (the whole
+/// flat vector of each example, e.g. all `k * (dim + 1)` softmax parameters) are
+/// clipped to L2 norm `C`, summed, noised and divided by `q * n` exactly as for
+/// logistic regression, so the same mechanism and accounting apply.
+impl ObjectiveStep for DpSgdStep {
+    fn objective_gradient<O, R>(
+        &mut self,
+        objective: &O,
+        params: ArrayView1<f64>,
+        x_batch: ArrayView2<f64>,
+        y_batch: ArrayView1<f64>,
+        rng: &mut R,
+    ) -> Result<Array1<f64>, LearningError>
+    where
+        O: Objective + ?Sized,
+        R: Rng + ?Sized,
+    {
+        self.check_budget()?;
+        let grads = objective.per_example_gradients(params, x_batch, y_batch)?;
+        let sum = clip_rows_and_sum(&self.mechanism.gaussian().clip(), &grads);
+        Ok(self.release(sum, rng))
     }
 }
 
@@ -445,6 +492,44 @@ pub fn train_dp_sgd<R: Rng + ?Sized>(
     }
     train_with(
         model,
+        x,
+        y,
+        &params.train,
+        &mut params.sampler(),
+        &mut params.gradient_step(),
+        rng,
+    )
+}
+
+/// Record-level DP-SGD on any [`Objective`] (linear or softmax regression, ...)
+/// from `start` (the global parameters): the schedule, mechanism and privacy cost
+/// of [`train_dp_sgd`], with the objective's per-example gradients.
+///
+/// `x` must have exactly `params.examples()` rows and pass
+/// [`Objective::check_examples`]; `start` must have `objective.param_count()`
+/// finite entries. Draw `rng` from [`secure_rng`] in production.
+pub fn train_dp_sgd_with_objective<O, R>(
+    objective: &O,
+    start: ArrayView1<f64>,
+    x: ArrayView2<f64>,
+    y: ArrayView1<f64>,
+    params: &ValidDpSgdParams,
+    rng: &mut R,
+) -> Result<ObjectiveOutcome, LearningError>
+where
+    O: Objective + ?Sized,
+    R: Rng + ?Sized,
+{
+    objective.check_examples(x, y)?;
+    if x.nrows() != params.examples {
+        return Err(LearningError::DpExamplesMismatch {
+            checked: params.examples,
+            got: x.nrows(),
+        });
+    }
+    train_with_objective(
+        objective,
+        start,
         x,
         y,
         &params.train,
@@ -501,7 +586,7 @@ mod tests {
     use super::*;
     use crate::model::sigmoid;
     use crate::testutil::assert_close;
-    use ndarray::{Array2, array};
+    use ndarray::{Array2, Axis, Slice, array};
 
     fn params(
         clip_norm: f64,
@@ -1002,6 +1087,66 @@ mod tests {
             "{} vs {}",
             pulled.delta,
             plain.delta
+        );
+    }
+
+    /// The objective path of DP-SGD with the logistic objective reproduces
+    /// `train_dp_sgd` draw for draw (same seed: same batches, same noise).
+    #[test]
+    fn objective_dp_sgd_reproduces_train_dp_sgd() {
+        let (x, y) = synthetic(300, 4);
+        let start = LogisticRegression::from_params(array![0.1, 0.0, -0.2, 0.3]).unwrap();
+        let v = params(1.0, 1.0, 30, 2, 0.5)
+            .check(300)
+            .unwrap()
+            .with_prox_mu(0.1)
+            .unwrap();
+        let a = train_dp_sgd(&start, x.view(), y.view(), &v, &mut seeded_test_rng(5)).unwrap();
+        let b = train_dp_sgd_with_objective(
+            &crate::objective::LogLoss { dim: 3 },
+            start.params().view(),
+            x.view(),
+            y.view(),
+            &v,
+            &mut seeded_test_rng(5),
+        )
+        .unwrap();
+        assert_eq!(a.steps, b.steps);
+        assert_close(a.model.params(), &b.params, 1e-12);
+        assert!((a.mean_loss - b.mean_loss).abs() < 1e-12);
+        let err = train_dp_sgd_with_objective(
+            &crate::objective::LogLoss { dim: 3 },
+            start.params().view(),
+            x.slice_axis(Axis(0), Slice::from(..10)),
+            y.slice_axis(Axis(0), Slice::from(..10)),
+            &v,
+            &mut seeded_test_rng(5),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            LearningError::DpExamplesMismatch {
+                checked: 300,
+                got: 10
+            }
+        );
+    }
+
+    /// Every release is counted on the objective path too.
+    #[test]
+    fn objective_dp_step_refuses_unaccounted_releases() {
+        let v = params(1.0, 1.0, 2, 1, 0.1).check(2).unwrap();
+        let mut step = v.gradient_step();
+        let o = crate::objective::LogLoss { dim: 1 };
+        let (x, y) = (array![[1.0], [2.0]], array![1.0, 0.0]);
+        let r = &mut seeded_test_rng(1);
+        assert_eq!(v.steps(), 1);
+        step.objective_gradient(&o, array![0.0, 0.0].view(), x.view(), y.view(), r)
+            .unwrap();
+        assert_eq!(step.steps_taken(), 1);
+        assert_eq!(
+            step.objective_gradient(&o, array![0.0, 0.0].view(), x.view(), y.view(), r),
+            Err(LearningError::DpStepsExhausted { steps: 1 })
         );
     }
 }

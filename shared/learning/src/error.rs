@@ -140,6 +140,81 @@ pub enum LearningError {
         /// What does not add up, with the numbers.
         reason: String,
     },
+    /// A regression target that is NaN or infinite.
+    #[error("label at row {index} is not finite: {value}")]
+    NonFiniteLabel {
+        /// Row of the label.
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// A prediction that is NaN or infinite.
+    #[error("prediction at index {index} is not finite: {value}")]
+    NonFinitePrediction {
+        /// Position of the prediction.
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// A multi-class label that is not a class index `0..classes`.
+    #[error("label at row {index} is {value} (expected a class index in 0..{classes})")]
+    InvalidClassLabel {
+        /// Row of the label.
+        index: usize,
+        /// The offending value.
+        value: f64,
+        /// Number of classes.
+        classes: usize,
+    },
+    /// A class probability outside `[0, 1]` (or NaN).
+    #[error(
+        "probability of class {class} at row {row} is {value} (expected a probability in [0, 1])"
+    )]
+    InvalidClassProbability {
+        /// Row of the prediction matrix.
+        row: usize,
+        /// Column (class index).
+        class: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// A flat parameter vector that cannot be cut into `rows` equal, non-empty rows
+    /// (classes of a softmax model, centroids of a k-means model).
+    #[error("got {got} parameters, which is not a positive multiple of {rows} {what}")]
+    ParamRows {
+        /// Length received.
+        got: usize,
+        /// Number of rows (classes or clusters).
+        rows: usize,
+        /// What the rows are, e.g. `classes`.
+        what: &'static str,
+    },
+    /// Two multi-class summaries over different numbers of classes.
+    #[error("cannot merge multiclass summaries over {left} and {right} classes")]
+    ClassCountMismatch {
+        /// Classes of the summary merged into.
+        left: usize,
+        /// Classes of the summary merged in.
+        right: usize,
+    },
+    /// One client's contribution to a pooled computation was rejected.
+    #[error("client {position}: {error}")]
+    InClient {
+        /// Index of the client's entry in the slice passed in.
+        position: usize,
+        /// Why it was rejected.
+        error: Box<LearningError>,
+    },
+    /// Client k-means statistics whose shape differs from the model's.
+    #[error("cluster stats field `{field}` has {got} values but the model needs {expected}")]
+    ClusterStatsShape {
+        /// `sums` or `counts`.
+        field: &'static str,
+        /// Length the model needs.
+        expected: usize,
+        /// Length received.
+        got: usize,
+    },
 }
 
 /// Errors of server-side aggregation of client updates.
@@ -273,6 +348,30 @@ pub enum ModelFileProblem {
         /// Name from `FeatureSpec::entry_names`.
         expected: String,
     },
+    /// A `version` that none of this build's readers knows (see
+    /// `VersionedModelFile`, which reads several versions).
+    #[error("format version {found} is not supported (this build reads versions {supported})")]
+    UnsupportedVersions {
+        /// The value found, as JSON (`<missing>` if absent).
+        found: String,
+        /// The versions this build reads, e.g. `1 and 2`.
+        supported: String,
+    },
+    /// A `model_type` that the file's version does not define.
+    #[error(
+        "model type '{found}' is not supported in version {version} (expected one of {expected})"
+    )]
+    UnknownModelType {
+        /// The value found.
+        found: String,
+        /// The file's format version.
+        version: u32,
+        /// The model types of that version, quoted and comma-separated.
+        expected: String,
+    },
+    /// Parts of a version 2 file that do not line up (class names, centroids, ...).
+    #[error("{0}")]
+    Layout(String),
     /// A number that is NaN or infinite (or a negative standard deviation).
     #[error("{field} is invalid: {value}")]
     InvalidNumber {

@@ -173,13 +173,7 @@ impl ModelFile {
         let text = self
             .to_json()
             .map_err(|e| write(std::io::Error::other(e)))?;
-        let tmp = tmp_path(path);
-        fs::write(&tmp, text).map_err(write)?;
-        fs::rename(&tmp, path).map_err(|source| {
-            // best effort: do not leave the temporary file behind
-            let _ = fs::remove_file(&tmp);
-            write(source)
-        })
+        write_atomic(path, &text)
     }
 
     /// The file as pretty-printed JSON with a trailing newline (not validated).
@@ -210,18 +204,7 @@ impl ModelFile {
                 found: self.model_type.clone(),
             });
         }
-        for column in &self.features.columns {
-            if let FeatureColumn::Numeric { name, mean, std } = column {
-                finite(&format!("mean of feature '{name}'"), *mean)?;
-                finite(&format!("std of feature '{name}'"), *std)?;
-                if *std < 0.0 {
-                    return Err(ModelFileProblem::InvalidNumber {
-                        field: format!("std of feature '{name}' (negative)"),
-                        value: *std,
-                    });
-                }
-            }
-        }
+        check_feature_stats(&self.features)?;
         let names = self.features.entry_names();
         if self.weights.len() != names.len() {
             return Err(ModelFileProblem::WeightCount {
@@ -284,7 +267,40 @@ fn check_header(
     Ok(())
 }
 
-fn finite(field: &str, value: f64) -> Result<(), ModelFileProblem> {
+/// Finite means and finite, non-negative standard deviations of the numeric
+/// features.
+pub(crate) fn check_feature_stats(features: &FeatureSpec) -> Result<(), ModelFileProblem> {
+    for column in &features.columns {
+        if let FeatureColumn::Numeric { name, mean, std } = column {
+            finite(&format!("mean of feature '{name}'"), *mean)?;
+            finite(&format!("std of feature '{name}'"), *std)?;
+            if *std < 0.0 {
+                return Err(ModelFileProblem::InvalidNumber {
+                    field: format!("std of feature '{name}' (negative)"),
+                    value: *std,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `text` to `<path>.tmp` and renames it over `path`.
+pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<(), ModelFileError> {
+    let write = |source| ModelFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = tmp_path(path);
+    fs::write(&tmp, text).map_err(write)?;
+    fs::rename(&tmp, path).map_err(|source| {
+        // best effort: do not leave the temporary file behind
+        let _ = fs::remove_file(&tmp);
+        write(source)
+    })
+}
+
+pub(crate) fn finite(field: &str, value: f64) -> Result<(), ModelFileProblem> {
     if value.is_finite() {
         Ok(())
     } else {
@@ -295,11 +311,11 @@ fn finite(field: &str, value: f64) -> Result<(), ModelFileProblem> {
     }
 }
 
-fn json_string(s: &str) -> String {
+pub(crate) fn json_string(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".tmp");
     PathBuf::from(name)

@@ -177,6 +177,18 @@ pub struct ChargeRecord {
     pub delta: f64,
 }
 
+/// Outcome of [`Ledger::append_within`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Guarded {
+    /// Written (or already there).
+    Charged(Appended),
+    /// Not written: the budget would be exceeded.
+    Refused {
+        /// The cumulative epsilon the charge would have reached.
+        after: f64,
+    },
+}
+
 /// Outcome of [`Ledger::append`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
@@ -376,13 +388,66 @@ impl Ledger {
         if !(record.clip_norm > 0.0 && record.clip_norm.is_finite()) {
             return Err(PrivacyError::InvalidClipNorm(record.clip_norm).into());
         }
+        let mut all = self.charges();
+        all.push(record.charge);
+        let cumulative = self.accountant.epsilon(&all, record.delta)?.epsilon;
+        self.write_entry(record, cumulative)
+    }
+
+    /// The epsilon of `charges` at `delta`, by this ledger's accountant.
+    pub fn epsilon_of(&self, charges: &[Charge], delta: f64) -> Result<f64, PrivacyError> {
+        Ok(self.accountant.epsilon(charges, delta)?.epsilon)
+    }
+
+    /// Appends `record` only if everything the ledger holds composed with it stays
+    /// within `budget` (at the budget's delta); otherwise writes nothing and returns
+    /// [`Guarded::Refused`] with the epsilon the charge would have reached. The
+    /// composition is computed once and is the figure recorded as cumulative.
+    /// A task already in the ledger is returned as charged, never charged twice.
+    pub fn append_within(
+        &mut self,
+        mut record: ChargeRecord,
+        budget: &crate::PrivacyBudget,
+    ) -> Result<Guarded, LedgerError> {
+        let on_disk = verify(&self.path)?;
+        if on_disk.head_hash != self.verified.head_hash {
+            return Err(LedgerError::ConcurrentModification {
+                path: self.path.clone(),
+                expected: self.verified.head_hash.clone(),
+                found: on_disk.head_hash,
+            });
+        }
+        if let Some(e) = self
+            .verified
+            .entries
+            .iter()
+            .find(|e| e.task_id == record.task_id)
+        {
+            return Ok(Guarded::Charged(Appended::Existing(e.clone())));
+        }
+        record.charge.validate()?;
+        if !(record.clip_norm > 0.0 && record.clip_norm.is_finite()) {
+            return Err(PrivacyError::InvalidClipNorm(record.clip_norm).into());
+        }
+        record.delta = budget.delta();
+        let mut all = self.charges();
+        all.push(record.charge);
+        let cumulative = self.accountant.epsilon(&all, record.delta)?.epsilon;
+        if cumulative > budget.epsilon() {
+            return Ok(Guarded::Refused { after: cumulative });
+        }
+        self.write_entry(record, cumulative).map(Guarded::Charged)
+    }
+
+    fn write_entry(
+        &mut self,
+        record: ChargeRecord,
+        cumulative: f64,
+    ) -> Result<Appended, LedgerError> {
         let cost = self
             .accountant
             .epsilon(&[record.charge], record.delta)?
             .epsilon;
-        let mut all = self.charges();
-        all.push(record.charge);
-        let cumulative = self.accountant.epsilon(&all, record.delta)?.epsilon;
         if !(cost.is_finite() && cumulative.is_finite()) {
             return Err(LedgerError::InfiniteLoss(record.task_id));
         }
@@ -461,6 +526,26 @@ mod tests {
             clip_norm: 1.0,
             delta: 1e-5,
         }
+    }
+
+    #[test]
+    fn append_within_refuses_over_budget_without_writing_and_never_charges_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let mut ledger = Ledger::open(&path).unwrap();
+        let one = ledger.epsilon_of(&[record("t1", 1).charge], 1e-5).unwrap();
+        // Room for one charge but not two.
+        let budget = crate::PrivacyBudget::new(one * 1.5, 1e-5).unwrap();
+        let first = ledger.append_within(record("t1", 1), &budget).unwrap();
+        assert!(matches!(first, Guarded::Charged(Appended::New(_))));
+        let again = ledger.append_within(record("t1", 1), &budget).unwrap();
+        assert!(matches!(again, Guarded::Charged(Appended::Existing(_))));
+        let Guarded::Refused { after } = ledger.append_within(record("t2", 2), &budget).unwrap()
+        else {
+            panic!("a charge over budget was written");
+        };
+        assert!(after > budget.epsilon());
+        assert_eq!(verify(&path).unwrap().entries.len(), 1);
     }
 
     fn ledger_with(n: usize) -> (tempfile::TempDir, PathBuf) {
