@@ -221,6 +221,9 @@ struct Registry {
     audit: Arc<AuditLog>,
     metrics: Arc<Metrics>,
     budgets: Mutex<std::collections::HashMap<String, f64>>,
+    /// (client, reason) pairs already written to the audit log: a flood is
+    /// counted in the metrics, not written line by line.
+    audited_refusals: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl HubListener for Registry {
@@ -270,12 +273,21 @@ impl HubListener for Registry {
 
     fn refused(&self, client: &str, reason: &str) {
         self.metrics.refuse(reason);
-        self.audit.note(
-            client,
-            "message.refused",
-            None,
-            &format!("message refused: {reason}"),
-        );
+        let first = self
+            .audited_refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((client.to_string(), reason.to_string()));
+        if first {
+            self.audit.note(
+                client,
+                "message.refused",
+                None,
+                &format!(
+                    "message refused: {reason} (further ones are counted in fedprofile_messages_refused_total)"
+                ),
+            );
+        }
     }
 }
 
@@ -306,6 +318,7 @@ pub async fn serve(
         audit: Arc::clone(&audit),
         metrics: Arc::clone(&metrics),
         budgets: Mutex::new(Default::default()),
+        audited_refusals: Mutex::new(Default::default()),
     }));
     let shared = Arc::new(Shared {
         store,

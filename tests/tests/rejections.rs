@@ -215,3 +215,59 @@ async fn an_oversized_message_is_refused_and_the_coordinator_carries_on() {
         .unwrap();
     assert_eq!(again.client_id, "partner-b");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_messages_is_refused_and_counted_without_harming_the_process() {
+    let sandbox = Sandbox::new();
+    let (config, run) = sandbox.write_coordinator_with(
+        &telco_run(1, 1, 99, 60.0),
+        "metrics_listen = \"127.0.0.1:0\"",
+    );
+    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let flood = open_session(port, sandbox.client_tls("partner-a"))
+        .await
+        .unwrap();
+    for i in 0..6000 {
+        flood.send(&refuse(&format!("junk-{i}"))).await;
+    }
+    // Still serving: a new session is welcomed.
+    let other = open_session(port, sandbox.client_tls("partner-b"))
+        .await
+        .unwrap();
+    assert_eq!(other.client_id, "partner-b");
+    assert!(coordinator.is_running());
+    let addr = sandbox.metrics_addr();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            write!(
+                s,
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut b = String::new();
+            s.read_to_string(&mut b).unwrap();
+            b
+        };
+        let refused = body
+            .lines()
+            .find(|l| l.starts_with("fedprofile_messages_refused_total{reason=\"rate_limited\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if refused > 100.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rate-limit refusals counted:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The audit log records the flood once, not 4,000 times.
+    let audit = std::fs::read_to_string(sandbox.path("state/audit.jsonl")).unwrap();
+    assert_eq!(audit.matches("rate_limited").count(), 1);
+    coordinator.kill();
+}
