@@ -258,6 +258,7 @@ pub struct Run {
     server_dp: Option<dp::ServerDp>,
     not_private: std::collections::BTreeSet<String>,
     sink: Box<dyn RoundSink>,
+    tail: std::collections::VecDeque<ndarray::Array1<f64>>,
     strategy: Option<Box<dyn fedprofile_learning::strategy::ServerStrategy>>,
     resume: Option<Checkpoint>,
     cancel: Option<tokio::sync::watch::Receiver<Option<String>>>,
@@ -301,6 +302,7 @@ impl Run {
             server_dp: None,
             not_private: Default::default(),
             sink: Box::new(NoSink),
+            tail: Default::default(),
             strategy: None,
             resume: None,
             cancel: None,
@@ -335,6 +337,20 @@ impl Run {
     pub fn with_cancel(mut self, cancel: tokio::sync::watch::Receiver<Option<String>>) -> Run {
         self.cancel = Some(cancel);
         self
+    }
+
+    /// The model released for evaluation and saving: the mean of the last
+    /// `tail_average_rounds` global models (the global model itself when 1).
+    fn released(&self) -> Option<ModelSnapshot> {
+        let mut model = self.global.clone()?;
+        if self.config.tail_average_rounds > 1 && !self.tail.is_empty() {
+            let mut sum = ndarray::Array1::<f64>::zeros(model.params.len());
+            for p in &self.tail {
+                sum += p;
+            }
+            model.params = sum / self.tail.len() as f64;
+        }
+        Some(model)
     }
 
     /// The run id.
@@ -437,12 +453,13 @@ impl Run {
                 },
             );
         }
+        let released = self.released();
         let outcome = RunOutcome {
             run_id: self.run_id,
             completed: failure.is_none(),
             cancelled,
             failure,
-            model: self.global,
+            model: released,
             rounds: self.rounds,
             rejections: self.rejections,
             refusals: self.refusals,

@@ -335,6 +335,13 @@ impl Run {
         let total_weight: f64 = updates.iter().map(|u| u.weight).sum();
         if let Some(g) = self.global.as_mut() {
             g.params += &delta;
+            let keep = self.config.tail_average_rounds as usize;
+            if keep > 1 {
+                self.tail.push_back(g.params.clone());
+                while self.tail.len() > keep {
+                    self.tail.pop_front();
+                }
+            }
         }
         self.contributors.extend(contributors);
         let train_phase_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -367,7 +374,7 @@ impl Run {
     /// Evaluating(r): pooled metrics of the global model on every client's test split.
     pub(super) async fn evaluate(&mut self, mut record: RoundRecord) -> State {
         let started = Instant::now();
-        let Some(global) = self.global.clone() else {
+        let Some(global) = self.released() else {
             return State::Failed("internal: evaluation without a global model".into());
         };
         let clients = self.hub.connected();

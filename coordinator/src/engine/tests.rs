@@ -50,6 +50,7 @@ fn config(rounds: u32, min_per_round: usize) -> RunConfig {
         local_epochs: 1,
         batch_size: 32,
         learning_rate: 0.1,
+        tail_average_rounds: 1,
         privacy: fedprofile_protocol::run::PrivacyMode::None,
         strategy: fedprofile_learning::strategy::StrategyConfig::FedAvg,
     }
@@ -251,4 +252,37 @@ async fn too_few_clients_to_start_fails_after_the_start_timeout() {
     let outcome = start(config(1, 1), behaviours).await.unwrap();
     let why = outcome.failure.unwrap();
     assert!(why.contains("only 1 of the 3 clients needed"), "{why}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_released_model_is_the_mean_of_the_last_rounds_with_tail_averaging() {
+    let behaviours = BTreeMap::from([
+        (
+            "a".to_string(),
+            Behaviour::Honest {
+                v: 1.0,
+                examples: 1,
+            },
+        ),
+        (
+            "b".to_string(),
+            Behaviour::Honest {
+                v: 4.0,
+                examples: 2,
+            },
+        ),
+        (
+            "c".to_string(),
+            Behaviour::Honest {
+                v: 0.0,
+                examples: 1,
+            },
+        ),
+    ]);
+    let mut cfg = config(3, 3);
+    cfg.tail_average_rounds = 2;
+    let outcome = start(cfg, behaviours).await.unwrap();
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    // Global after rounds 1..3: 2.25, 4.5, 6.75; released: (4.5 + 6.75) / 2.
+    assert_eq!(outcome.model.unwrap().params.to_vec(), vec![5.625; 3]);
 }

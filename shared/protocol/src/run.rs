@@ -217,6 +217,7 @@ struct RawTraining {
     local_epochs: u32,
     batch_size: u32,
     learning_rate: f64,
+    tail_average_rounds: u32,
 }
 
 impl Default for RawTraining {
@@ -225,6 +226,7 @@ impl Default for RawTraining {
             local_epochs: 1,
             batch_size: 32,
             learning_rate: 0.1,
+            tail_average_rounds: 1,
         }
     }
 }
@@ -263,6 +265,10 @@ pub struct RunConfig {
     pub batch_size: u32,
     /// Local learning rate.
     pub learning_rate: f64,
+    /// The released (evaluated and saved) model is the mean of the last this-many
+    /// global models (tail averaging; 1 = the last one). Post-processing: free
+    /// under DP, and it damps the noise of the last rounds.
+    pub tail_average_rounds: u32,
     /// Differential privacy.
     pub privacy: PrivacyMode,
     /// Server strategy (aggregation and server optimizer); FedAvg by default.
@@ -353,6 +359,12 @@ impl RunConfig {
                 format!("must be positive, got {}", t.learning_rate),
             ));
         }
+        if t.tail_average_rounds == 0 {
+            return Err(invalid(
+                "training.tail_average_rounds",
+                "must be at least 1".into(),
+            ));
+        }
         if raw.round.eval_every == 0 {
             return Err(invalid("round.eval_every", "must be at least 1".into()));
         }
@@ -397,6 +409,7 @@ impl RunConfig {
             local_epochs: t.local_epochs,
             batch_size: t.batch_size,
             learning_rate: t.learning_rate,
+            tail_average_rounds: t.tail_average_rounds,
             privacy,
             strategy,
         })
