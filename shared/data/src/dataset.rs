@@ -6,7 +6,7 @@ use ndarray::Array1;
 use serde::{Deserialize, Serialize};
 
 use crate::error::DataError;
-use crate::schema::{CategoricalImpute, NumericImpute};
+use crate::schema::{CategoricalImpute, LabelKind, NumericImpute};
 
 /// A categorical cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +86,8 @@ pub struct NumericStats {
 pub struct Dataset {
     ids: Vec<String>,
     labels: Option<Vec<bool>>,
+    /// The numeric target (a `type = "target"` schema); `labels` is then `None`.
+    targets: Option<Vec<f64>>,
     pub(crate) columns: Vec<FeatureColumnData>,
 }
 
@@ -98,6 +100,21 @@ impl Dataset {
         Dataset {
             ids,
             labels,
+            targets: None,
+            columns,
+        }
+    }
+
+    /// A dataset with a numeric target (one value per user) instead of a binary label.
+    pub(crate) fn with_targets(
+        ids: Vec<String>,
+        targets: Vec<f64>,
+        columns: Vec<FeatureColumnData>,
+    ) -> Self {
+        Dataset {
+            ids,
+            labels: None,
+            targets: Some(targets),
             columns,
         }
     }
@@ -142,6 +159,10 @@ impl Dataset {
                 .labels
                 .as_ref()
                 .map(|l| rows.iter().map(|&r| l[r]).collect()),
+            targets: self
+                .targets
+                .as_ref()
+                .map(|t| rows.iter().map(|&r| t[r]).collect()),
             columns,
         }
     }
@@ -166,15 +187,38 @@ impl Dataset {
         self.columns.iter().map(|c| c.name.as_str()).collect()
     }
 
-    /// 1.0 for the positive label, 0.0 otherwise, one per user. Rows with a missing or
-    /// unparseable label were dropped (and counted) at cleaning, so this fails only when
-    /// the schema declares no label.
+    /// The training targets, one per user: for a binary label (`type = "label"`) 1.0 for
+    /// the positive value and 0.0 otherwise; for a numeric target (`type = "target"`)
+    /// the parsed values. Rows with a missing or unparseable label or target were
+    /// dropped (and counted) at cleaning, so this fails only when the schema declares
+    /// neither.
     pub fn labels(&self) -> Result<Array1<f64>, DataError> {
+        if let Some(targets) = &self.targets {
+            return Ok(Array1::from(targets.clone()));
+        }
         let labels = self.labels.as_ref().ok_or(DataError::NoLabel)?;
         Ok(labels.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect())
     }
 
-    /// Users with the positive label, if the schema declares a label.
+    /// Whether [`Dataset::labels`] holds a binary label or a numeric target (`None` if
+    /// the schema declares neither).
+    pub fn label_kind(&self) -> Option<LabelKind> {
+        if self.targets.is_some() {
+            Some(LabelKind::Numeric)
+        } else if self.labels.is_some() {
+            Some(LabelKind::Binary)
+        } else {
+            None
+        }
+    }
+
+    /// The numeric target values, if the schema declares a `type = "target"` column.
+    pub(crate) fn targets(&self) -> Option<&[f64]> {
+        self.targets.as_deref()
+    }
+
+    /// Users with the positive label, if the schema declares a binary label (`None`
+    /// for a numeric target).
     pub fn positives(&self) -> Option<usize> {
         self.labels
             .as_ref()
@@ -259,5 +303,25 @@ mod tests {
         let mut d = dataset();
         d.labels = None;
         assert!(matches!(d.labels(), Err(DataError::NoLabel)));
+    }
+
+    #[test]
+    fn numeric_targets() {
+        let d = dataset();
+        assert_eq!(d.label_kind(), Some(LabelKind::Binary));
+        let t = Dataset::with_targets(
+            vec!["a".into(), "b".into(), "c".into()],
+            vec![20.5, 99.0, 64.25],
+            d.columns.clone(),
+        );
+        assert_eq!(t.label_kind(), Some(LabelKind::Numeric));
+        assert_eq!(t.labels().unwrap().to_vec(), [20.5, 99.0, 64.25]);
+        assert_eq!(t.positives(), None);
+        let sub = t.subset(&[2, 0, 7]);
+        assert_eq!(sub.labels().unwrap().to_vec(), [64.25, 20.5]);
+        assert_eq!(sub.label_kind(), Some(LabelKind::Numeric));
+        let mut none = dataset();
+        none.labels = None;
+        assert_eq!(none.label_kind(), None);
     }
 }

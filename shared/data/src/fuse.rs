@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use crate::dataset::{Cat, ColumnData, Dataset, FeatureColumnData};
 use crate::ingest::{CleanRow, CleanSource, Value};
 use crate::report::{Collector, Example, Reason};
-use crate::schema::{ColumnKind, Schema, SourceDef};
+use crate::schema::{ColumnKind, LabelKind, Schema, SourceDef};
 
 /// Rows of one source after de-duplication, one per id, in order of the id's first
 /// appearance in the file.
@@ -216,7 +216,10 @@ pub(crate) fn join(
                         })
                         .collect(),
                 },
-                ColumnKind::Id | ColumnKind::Label { .. } | ColumnKind::Ignore => continue,
+                ColumnKind::Id
+                | ColumnKind::Label { .. }
+                | ColumnKind::Target
+                | ColumnKind::Ignore => continue,
             };
             let column = FeatureColumnData {
                 name: col.name.clone(),
@@ -229,14 +232,16 @@ pub(crate) fn join(
         }
     }
 
+    let ids = users.iter().map(|r| r.id.clone()).collect();
+    if schema.label_kind() == Some(LabelKind::Numeric) {
+        // Rows without a parseable target were dropped at cleaning.
+        let targets = users.iter().map(|r| r.target.unwrap_or(0.0)).collect();
+        return Dataset::with_targets(ids, targets, columns);
+    }
     let labels = schema
         .label_name()
         .map(|_| users.iter().map(|r| r.label.unwrap_or(false)).collect());
-    Dataset::new(
-        users.iter().map(|r| r.id.clone()).collect(),
-        labels,
-        columns,
-    )
+    Dataset::new(ids, labels, columns)
 }
 
 #[cfg(test)]

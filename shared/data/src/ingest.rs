@@ -3,7 +3,8 @@
 //! Row-level checks come first, in this order, and a failing row is dropped and counted
 //! once: field count ([`Reason::MalformedRow`]), UTF-8 of the declared cells
 //! ([`Reason::InvalidEncoding`]), blank key ([`Reason::MissingId`]), blank or unknown
-//! label ([`Reason::MissingLabel`], [`Reason::UnparseableLabel`]). The cells of every
+//! label, or blank or unparseable numeric target ([`Reason::MissingLabel`],
+//! [`Reason::UnparseableLabel`]). The cells of every
 //! remaining row are then cleaned: trimmed, case-folded (categorical, boolean, label),
 //! parsed (numeric), and counted by reason. Cell counts therefore cover every row that
 //! passed the row-level checks, including rows later dropped by de-duplication.
@@ -12,7 +13,7 @@
 //! only after trimming or case-folding, i.e. it has surrounding white space, or its
 //! trimmed spelling differs from the dominant spelling of the same value in this file
 //! (`NO` and `no` are noise where most cells say `No`; ties go to the spelling seen
-//! first). For the key and numeric columns only surrounding white space is noise.
+//! first). For the key, numeric and target columns only surrounding white space is noise.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -54,6 +55,8 @@ pub(crate) struct CleanRow {
     pub id: String,
     /// The label (primary source with a label column only).
     pub label: Option<bool>,
+    /// The numeric target (primary source with a target column only).
+    pub target: Option<f64>,
     /// The keep-newest date, if the source has one and it parsed.
     pub date: Option<DateKey>,
     /// One value per declared column of the source, in schema order.
@@ -78,6 +81,7 @@ enum Cleaner {
         positive: String,
         negative: Option<String>,
     },
+    Target,
     Ignore {
         date: bool,
     },
@@ -163,6 +167,12 @@ impl SpellingStats {
         }
         (count, examples)
     }
+}
+
+/// Parses a trimmed numeric or target cell: a finite number (`N/A`, text, `inf` and
+/// `NaN` are not).
+fn parse_number(trimmed: &str) -> Option<f64> {
+    trimmed.parse::<f64>().ok().filter(|x| x.is_finite())
 }
 
 /// Parses `YYYY-MM-DD`, optionally followed by `T` or a space and a time
@@ -299,6 +309,7 @@ pub(crate) fn read_source(
                 positive: positive.clone(),
                 negative: negative.clone(),
             },
+            ColumnKind::Target => Cleaner::Target,
             ColumnKind::Ignore => Cleaner::Ignore {
                 date: source.keep_newest_by.as_deref() == Some(c.name.as_str()),
             },
@@ -307,7 +318,7 @@ pub(crate) fn read_source(
     let key_col = source.columns.iter().position(|c| c.name == key);
     let label_col = cleaners
         .iter()
-        .position(|c| matches!(c, Cleaner::Label { .. }));
+        .position(|c| matches!(c, Cleaner::Label { .. } | Cleaner::Target));
 
     let mut columns: Vec<ColumnReport> = source
         .columns
@@ -393,30 +404,42 @@ pub(crate) fn read_source(
             continue;
         }
 
-        // Row-level: label.
+        // Row-level: label or target.
         let mut label = None;
-        if let Some(l) = label_col
-            && let Cleaner::Label { positive, negative } = &cleaners[l]
-        {
+        let mut target = None;
+        if let Some(l) = label_col {
             let raw = cells[l];
-            let folded = raw.trim().to_lowercase();
+            let trimmed = raw.trim();
             let example = || Example {
                 column: Some(source.columns[l].name.clone()),
                 ..row_example(raw.to_owned())
             };
-            if folded.is_empty() {
+            if trimmed.is_empty() {
                 report.rows_missing_label += 1;
                 collector.record(Reason::MissingLabel, example);
                 continue;
             }
-            if folded == *positive {
-                label = Some(true);
-            } else if negative.as_ref().is_none_or(|n| *n == folded) {
-                label = Some(false);
-            } else {
-                report.rows_unparseable_label += 1;
-                collector.record(Reason::UnparseableLabel, example);
-                continue;
+            match &cleaners[l] {
+                Cleaner::Label { positive, negative } => {
+                    let folded = trimmed.to_lowercase();
+                    if folded == *positive {
+                        label = Some(true);
+                    } else if negative.as_ref().is_none_or(|n| *n == folded) {
+                        label = Some(false);
+                    } else {
+                        report.rows_unparseable_label += 1;
+                        collector.record(Reason::UnparseableLabel, example);
+                        continue;
+                    }
+                }
+                _ => match parse_number(trimmed) {
+                    Some(x) => target = Some(x),
+                    None => {
+                        report.rows_unparseable_label += 1;
+                        collector.record(Reason::UnparseableLabel, example);
+                        continue;
+                    }
+                },
             }
         }
 
@@ -461,14 +484,21 @@ pub(crate) fn read_source(
                     collector.record(Reason::BlankCell, example);
                     Value::Missing
                 }
+                Cleaner::Target => {
+                    if padded {
+                        col.noise += 1;
+                        collector.record(Reason::CaseOrWhitespaceNoise, example);
+                    }
+                    target.map_or(Value::Missing, Value::Number)
+                }
                 Cleaner::Numeric => {
                     if padded {
                         col.noise += 1;
                         collector.record(Reason::CaseOrWhitespaceNoise, example);
                     }
-                    match trimmed.parse::<f64>() {
-                        Ok(x) if x.is_finite() => Value::Number(x),
-                        _ => {
+                    match parse_number(trimmed) {
+                        Some(x) => Value::Number(x),
+                        None => {
                             col.unparseable += 1;
                             collector.record(Reason::UnparseableNumber, example);
                             Value::Missing
@@ -515,6 +545,7 @@ pub(crate) fn read_source(
             line,
             id: id.to_owned(),
             label,
+            target,
             date,
             values,
         });
@@ -728,5 +759,77 @@ negative = "no"
         assert!(parse_date("N/A").is_none());
         assert!(parse_date("2026-07-01").unwrap() < parse_date("2026-10-01").unwrap());
         assert!(parse_date("2026-10-01").unwrap() < parse_date("2026-10-01T00:00").unwrap());
+    }
+
+    const TARGET_SCHEMA: &str = r#"
+key = "id"
+[[source]]
+name = "main"
+path = "main.csv"
+drop_exact_duplicates = true
+[[source.column]]
+name = "id"
+type = "id"
+[[source.column]]
+name = "n"
+type = "numeric"
+[[source.column]]
+name = "amount"
+type = "target"
+"#;
+
+    fn read_target(csv: &str) -> (CleanSource, Vec<crate::report::Issue>) {
+        let schema = Schema::from_toml_str(TARGET_SCHEMA, "s").unwrap();
+        let mut collector = Collector::default();
+        let src = read_source(
+            schema.primary_source(),
+            schema.key(),
+            csv.as_bytes(),
+            "main.csv",
+            &mut collector,
+        )
+        .unwrap();
+        (src, collector.into_issues())
+    }
+
+    #[test]
+    fn target_cells_are_parsed_like_numbers() {
+        let (src, issues) = read_target("id,n,amount\nA,1,29.85\nB,2, 56.95 \nC,3,-1e2\nD,x,0\n");
+        assert_eq!(src.rows.len(), 4);
+        let targets: Vec<Option<f64>> = src.rows.iter().map(|r| r.target).collect();
+        assert_eq!(targets, [Some(29.85), Some(56.95), Some(-100.0), Some(0.0)]);
+        assert!(src.rows.iter().all(|r| r.label.is_none()));
+        assert_eq!(src.rows[1].values[2], Value::Number(56.95));
+        // " 56.95 " is white-space noise, like a numeric cell; "x" is a feature cell.
+        assert_eq!(count(&issues, Reason::CaseOrWhitespaceNoise), 1);
+        assert_eq!(count(&issues, Reason::UnparseableNumber), 1);
+        assert_eq!(count(&issues, Reason::MissingLabel), 0);
+        let col = src.columns.iter().find(|c| c.name == "amount").unwrap();
+        assert_eq!(col.kind, "target");
+        assert_eq!(col.noise, 1);
+    }
+
+    #[test]
+    fn rows_with_blank_or_unparseable_target_are_dropped() {
+        let (src, issues) = read_target(
+            "id,n,amount\nA,1,10\nB,2,\nC,3,  \nD,4,N/A\nE,5,inf\nF,6,NaN\nG,7,12.5\nH,8,ten\n",
+        );
+        let ids: Vec<&str> = src.rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["A", "G"]);
+        assert_eq!(src.report.rows_read, 8);
+        assert_eq!(src.report.rows_missing_label, 2);
+        assert_eq!(src.report.rows_unparseable_label, 4);
+        assert_eq!(count(&issues, Reason::MissingLabel), 2);
+        assert_eq!(count(&issues, Reason::UnparseableLabel), 4);
+        // Dropped rows are not cleaned: no cell-level counts for them.
+        assert_eq!(count(&issues, Reason::BlankCell), 0);
+        assert_eq!(count(&issues, Reason::UnparseableNumber), 0);
+        let issue = issues
+            .iter()
+            .find(|i| i.reason == Reason::UnparseableLabel)
+            .unwrap();
+        assert_eq!(issue.examples[0].line, 5);
+        assert_eq!(issue.examples[0].column.as_deref(), Some("amount"));
+        assert_eq!(issue.examples[0].value, "N/A");
     }
 }

@@ -31,9 +31,11 @@ pub use error::DataError;
 pub use fedprofile_learning::{FeatureColumn, FeatureSpec};
 pub use report::{
     ColumnReport, Example, Issue, LabelSummary, MAX_EXAMPLES, QualityReport, Reason, SourceReport,
+    TargetSummary,
 };
 pub use schema::{
-    CategoricalImpute, ColumnDef, ColumnKind, NumericImpute, SPLIT_PLACEHOLDER, Schema, SourceDef,
+    CategoricalImpute, ColumnDef, ColumnKind, LabelKind, NumericImpute, SPLIT_PLACEHOLDER, Schema,
+    SourceDef,
 };
 
 use report::Collector;
@@ -161,6 +163,10 @@ fn load_with<'a>(
         }),
         _ => None,
     };
+    let target = match (schema.label_name(), dataset.targets()) {
+        (Some(column), Some(values)) => Some(TargetSummary::of(column, values)),
+        _ => None,
+    };
     let mut sources = Vec::with_capacity(cleaned.len());
     let mut columns = Vec::new();
     for clean in cleaned {
@@ -172,6 +178,7 @@ fn load_with<'a>(
         data_dir: data_dir.to_owned(),
         users,
         label,
+        target,
         sources,
         columns,
         issues: collector.into_issues(),
@@ -297,5 +304,91 @@ vocabulary = ["dsl", "fiber optic"]
                 Err(DataError::InvalidSplit { .. })
             ));
         }
+    }
+
+    const TARGET_SCHEMA: &str = r#"
+key = "id"
+[[source]]
+name = "a"
+path = "{split}/a.csv"
+primary = true
+keep_newest_by = "when"
+[[source.column]]
+name = "id"
+type = "id"
+[[source.column]]
+name = "when"
+type = "ignore"
+[[source.column]]
+name = "n"
+type = "numeric"
+[[source.column]]
+name = "churn"
+type = "boolean"
+true_values = ["yes"]
+false_values = ["no"]
+value = false
+[[source.column]]
+name = "charges"
+type = "target"
+"#;
+
+    #[test]
+    fn numeric_target_end_to_end() {
+        let schema = Schema::from_toml_str(TARGET_SCHEMA, "schema.toml").unwrap();
+        let a = "id,when,n,churn,charges\n\
+                 U1,2026-01-01,1,Yes,20\n\
+                 U2,2026-01-01,2,No,N/A\n\
+                 U1,2025-01-01,9,No,99\n\
+                 U3,2026-01-01,3,no,\n\
+                 U4,2026-01-01,4,No,80.5\n\
+                 U5,2026-01-01,5,yes,30\n";
+        let loaded = load_from_strs(&schema, "train", &[("a", a)]).unwrap();
+        let (d, r) = (&loaded.dataset, &loaded.report);
+        assert_eq!(d.ids(), ["U1", "U4", "U5"]);
+        assert_eq!(d.label_kind(), Some(LabelKind::Numeric));
+        assert_eq!(d.labels().unwrap().to_vec(), [20.0, 80.5, 30.0]);
+        assert_eq!(d.positives(), None);
+        assert_eq!(d.feature_names(), ["n", "churn"]);
+        assert_eq!(r.count(Reason::MissingLabel), 1);
+        assert_eq!(r.count(Reason::UnparseableLabel), 1);
+        assert_eq!(r.source("a").unwrap().rows_unparseable_label, 1);
+        assert!(r.label.is_none());
+        assert_eq!(r.positive_rate(), None);
+        let t = r.target.as_ref().unwrap();
+        assert_eq!(t.column, "charges");
+        assert_eq!(t.count, 3);
+        assert!((t.mean - 130.5 / 3.0).abs() < 1e-12);
+        assert_eq!((t.min, t.max), (20.0, 80.5));
+
+        let x = d.encode(&schema.feature_template()).unwrap();
+        assert_eq!(x.dim(), (3, 2));
+        assert_eq!(x.row(0).to_vec(), [1.0, 1.0]);
+
+        let text = r.to_string();
+        assert!(
+            text.contains(
+                "users after cleaning and fusion: 3 (charges: 3 values, mean 43.50, min 20.00, max 80.50)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("rows with an unparseable label or target, dropped"),
+            "{text}"
+        );
+        let json = serde_json::to_value(r).unwrap();
+        assert_eq!(json["target"]["count"], 3);
+        assert_eq!(json["label"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn binary_label_report_has_no_target() {
+        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let loaded = load_from_strs(&schema, "train", &[("a", A), ("b", B)]).unwrap();
+        assert_eq!(loaded.dataset.label_kind(), Some(LabelKind::Binary));
+        assert_eq!(schema.label_kind(), Some(LabelKind::Binary));
+        assert!(loaded.report.target.is_none());
+        let json = serde_json::to_value(&loaded.report).unwrap();
+        assert!(json.get("target").is_none());
     }
 }

@@ -23,9 +23,10 @@ pub enum Reason {
     InvalidEncoding,
     /// Row dropped: the key cell is blank.
     MissingId,
-    /// Row dropped: the label cell is blank.
+    /// Row dropped: the label or target cell is blank.
     MissingLabel,
-    /// Row dropped: the label is neither the positive nor the negative value.
+    /// Row dropped: the label is neither the positive nor the negative value, or the
+    /// numeric target is not a finite number.
     UnparseableLabel,
     /// Cell imputed: blank numeric, categorical or boolean cell.
     BlankCell,
@@ -59,8 +60,8 @@ impl Reason {
             Reason::MalformedRow => "malformed rows (wrong field count), dropped",
             Reason::InvalidEncoding => "rows with invalid utf-8, dropped",
             Reason::MissingId => "rows with a blank id, dropped",
-            Reason::MissingLabel => "rows with a blank label, dropped",
-            Reason::UnparseableLabel => "rows with an unparseable label, dropped",
+            Reason::MissingLabel => "rows with a blank label or target, dropped",
+            Reason::UnparseableLabel => "rows with an unparseable label or target, dropped",
             Reason::BlankCell => "blank cells, imputed",
             Reason::UnparseableNumber => "unparseable numbers, imputed",
             Reason::OutsideVocabulary => "values outside the vocabulary",
@@ -129,9 +130,9 @@ pub struct SourceReport {
     pub invalid_encoding_rows: u64,
     /// Rows dropped for a blank id.
     pub rows_missing_id: u64,
-    /// Rows dropped for a blank label.
+    /// Rows dropped for a blank label or target.
     pub rows_missing_label: u64,
-    /// Rows dropped for an unparseable label.
+    /// Rows dropped for an unparseable label or target.
     pub rows_unparseable_label: u64,
     /// Rows dropped as exact duplicates (after cleaning).
     pub exact_duplicates_removed: u64,
@@ -186,6 +187,44 @@ pub struct LabelSummary {
     pub positive_rate: f64,
 }
 
+/// Distribution of a numeric target (`type = "target"`) over the fused dataset.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetSummary {
+    /// The target column.
+    pub column: String,
+    /// Users with a target (every user: rows without one were dropped).
+    pub count: u64,
+    /// Mean of the target (0 when there are no users).
+    pub mean: f64,
+    /// Smallest target (0 when there are no users).
+    pub min: f64,
+    /// Largest target (0 when there are no users).
+    pub max: f64,
+}
+
+impl TargetSummary {
+    /// The summary of `values` (finite numbers).
+    pub fn of(column: &str, values: &[f64]) -> TargetSummary {
+        let count = values.len() as u64;
+        let (mean, min, max) = if values.is_empty() {
+            (0.0, 0.0, 0.0)
+        } else {
+            (
+                values.iter().sum::<f64>() / values.len() as f64,
+                values.iter().copied().fold(f64::INFINITY, f64::min),
+                values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            )
+        };
+        TargetSummary {
+            column: column.to_owned(),
+            count,
+            mean,
+            min,
+            max,
+        }
+    }
+}
+
 /// The data-quality report of one split.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QualityReport {
@@ -195,8 +234,12 @@ pub struct QualityReport {
     pub data_dir: String,
     /// Rows of the fused dataset (one per user of the primary source).
     pub users: u64,
-    /// Label balance, if the schema has a label.
+    /// Label balance, if the schema has a binary label (`type = "label"`).
     pub label: Option<LabelSummary>,
+    /// Target distribution, if the schema has a numeric target (`type = "target"`);
+    /// omitted from the JSON otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetSummary>,
     /// One entry per source, in schema order.
     pub sources: Vec<SourceReport>,
     /// One entry per declared column except the key, in schema order.
@@ -246,6 +289,13 @@ impl fmt::Display for QualityReport {
                 l.positive,
                 l.positives,
                 100.0 * l.positive_rate
+            )?;
+        }
+        if let Some(t) = &self.target {
+            write!(
+                f,
+                " ({}: {} values, mean {:.2}, min {:.2}, max {:.2})",
+                t.column, t.count, t.mean, t.min, t.max
             )?;
         }
         writeln!(f)?;
@@ -413,5 +463,15 @@ mod tests {
     fn reason_serializes_snake_case() {
         let json = serde_json::to_string(&Reason::CaseOrWhitespaceNoise).unwrap();
         assert_eq!(json, "\"case_or_whitespace_noise\"");
+    }
+
+    #[test]
+    fn target_summary() {
+        let t = TargetSummary::of("m", &[20.0, 30.0, 70.0]);
+        assert_eq!(t.count, 3);
+        assert!((t.mean - 40.0).abs() < 1e-12);
+        assert_eq!((t.min, t.max), (20.0, 70.0));
+        let e = TargetSummary::of("m", &[]);
+        assert_eq!((e.count, e.mean, e.min, e.max), (0, 0.0, 0.0, 0.0));
     }
 }

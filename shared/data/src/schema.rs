@@ -85,8 +85,19 @@ pub enum ColumnKind {
         /// The (lowercase) negative value; if absent, every other non-blank value is negative.
         negative: Option<String>,
     },
+    /// A numeric regression target; rows without a parseable number are dropped.
+    Target,
     /// Read but not used as a feature (e.g. a dedup date).
     Ignore,
+}
+
+/// What the schema's training target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LabelKind {
+    /// A `type = "label"` column: 1.0 for the positive value, 0.0 otherwise.
+    Binary,
+    /// A `type = "target"` column: the parsed number.
+    Numeric,
 }
 
 /// Imputation of a numeric column.
@@ -116,6 +127,7 @@ impl ColumnKind {
             ColumnKind::Categorical { .. } => "categorical",
             ColumnKind::Boolean { .. } => "boolean",
             ColumnKind::Label { .. } => "label",
+            ColumnKind::Target => "target",
             ColumnKind::Ignore => "ignore",
         }
     }
@@ -212,18 +224,33 @@ impl Schema {
                 ColumnKind::Boolean { .. } => Some(FeatureColumn::Boolean {
                     name: c.name.clone(),
                 }),
-                ColumnKind::Id | ColumnKind::Label { .. } | ColumnKind::Ignore => None,
+                ColumnKind::Id
+                | ColumnKind::Label { .. }
+                | ColumnKind::Target
+                | ColumnKind::Ignore => None,
             })
             .collect();
         FeatureSpec { columns }
     }
 
-    /// The label column, if the schema declares one.
+    /// The label (`type = "label"`) or target (`type = "target"`) column, if the schema
+    /// declares one.
     pub fn label_name(&self) -> Option<&str> {
         self.label_column().map(|c| c.name.as_str())
     }
 
-    /// The (lowercase) positive label value, if the schema declares a label.
+    /// Whether the schema's training target is a binary label or a numeric target
+    /// (`None` if it declares neither).
+    pub fn label_kind(&self) -> Option<LabelKind> {
+        self.label_column().and_then(|c| match c.kind {
+            ColumnKind::Label { .. } => Some(LabelKind::Binary),
+            ColumnKind::Target => Some(LabelKind::Numeric),
+            _ => None,
+        })
+    }
+
+    /// The (lowercase) positive label value, if the schema declares a binary label
+    /// (`None` for a numeric target).
     pub fn label_positive(&self) -> Option<&str> {
         self.label_column().and_then(|c| match &c.kind {
             ColumnKind::Label { positive, .. } => Some(positive.as_str()),
@@ -234,7 +261,7 @@ impl Schema {
     fn label_column(&self) -> Option<&ColumnDef> {
         self.columns()
             .map(|(_, c)| c)
-            .find(|c| matches!(c.kind, ColumnKind::Label { .. }))
+            .find(|c| matches!(c.kind, ColumnKind::Label { .. } | ColumnKind::Target))
     }
 }
 
@@ -285,9 +312,10 @@ enum Ty {
     Categorical,
     Boolean,
     Label,
+    Target,
 }
 
-const TYPES: &str = "id, numeric, categorical, boolean, label, ignore";
+const TYPES: &str = "id, numeric, categorical, boolean, label, target, ignore";
 
 impl RawSchema {
     fn validate(self, origin: &str) -> Result<Schema, DataError> {
@@ -307,7 +335,8 @@ impl RawSchema {
         let mut names = HashSet::new();
         let mut column_owner: HashMap<String, String> = HashMap::new();
         let mut sources = Vec::with_capacity(self.sources.len());
-        let mut label_seen: Option<(String, String)> = None;
+        // (column, source, type name) of the label or target column.
+        let mut label_seen: Option<(String, String, &'static str)> = None;
         for raw in self.sources {
             let source = raw.validate(origin, &key, single)?;
             if !names.insert(source.name.clone()) {
@@ -326,14 +355,14 @@ impl RawSchema {
                         c.name, source.name
                     )));
                 }
-                if matches!(c.kind, ColumnKind::Label { .. }) {
-                    if let Some((first, _)) = &label_seen {
+                if matches!(c.kind, ColumnKind::Label { .. } | ColumnKind::Target) {
+                    if let Some((first, _, first_ty)) = &label_seen {
                         return Err(err(format!(
-                            "column '{}': only one label column is allowed, '{first}' is already one",
+                            "column '{}': only one label column (type label or target) is allowed, '{first}' is already one (type {first_ty})",
                             c.name
                         )));
                     }
-                    label_seen = Some((c.name.clone(), source.name.clone()));
+                    label_seen = Some((c.name.clone(), source.name.clone(), c.kind.type_name()));
                 }
             }
             sources.push(source);
@@ -359,11 +388,11 @@ impl RawSchema {
                 )));
             }
         };
-        if let Some((label, source)) = &label_seen
+        if let Some((label, source, ty)) = &label_seen
             && *source != sources[primary].name
         {
             return Err(err(format!(
-                "column '{label}': the label column must be in the primary source '{}', not in '{source}'",
+                "column '{label}': the {ty} column must be in the primary source '{}', not in '{source}'",
                 sources[primary].name
             )));
         }
@@ -473,6 +502,7 @@ impl RawColumn {
                 &["true_values", "false_values", "impute", "value"],
             ),
             "label" => (Ty::Label, &["positive", "negative"]),
+            "target" => (Ty::Target, &[]),
             other => {
                 return Err(err(format!(
                     "unknown type '{other}' (expected one of {TYPES})"
@@ -505,6 +535,7 @@ impl RawColumn {
         let kind = match parsed {
             Ty::Id => ColumnKind::Id,
             Ty::Ignore => ColumnKind::Ignore,
+            Ty::Target => ColumnKind::Target,
             Ty::Numeric => {
                 let impute = match (impute, &self.value) {
                     (None | Some("mean"), None) => NumericImpute::Mean,
@@ -916,5 +947,112 @@ type = "numeric"
         assert_eq!(spec.dim(), 1 + 3 + 1);
         assert_eq!(s.label_name(), Some("l"));
         assert_eq!(s.label_positive(), Some("yes"));
+    }
+
+    #[test]
+    fn target_column_is_the_label_but_not_a_feature() {
+        let s = Schema::from_toml_str(&with_column("name = \"amount\"\ntype = \"target\""), "s")
+            .unwrap();
+        assert_eq!(s.column("amount").unwrap().kind, ColumnKind::Target);
+        assert_eq!(s.column("amount").unwrap().kind.type_name(), "target");
+        assert!(!ColumnKind::Target.is_feature());
+        assert_eq!(s.label_name(), Some("amount"));
+        assert_eq!(s.label_kind(), Some(LabelKind::Numeric));
+        assert_eq!(s.label_positive(), None);
+        let names: Vec<String> = s
+            .feature_template()
+            .columns
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        assert_eq!(names, ["x"]);
+
+        let binary = Schema::from_toml_str(
+            &with_column("name = \"l\"\ntype = \"label\"\npositive = \"yes\""),
+            "s",
+        )
+        .unwrap();
+        assert_eq!(binary.label_kind(), Some(LabelKind::Binary));
+        let none = Schema::from_toml_str(MINIMAL, "s").unwrap();
+        assert_eq!(none.label_kind(), None);
+    }
+
+    #[test]
+    fn at_most_one_label_or_target() {
+        let e = err_of(&format!(
+            "{}\n[[source.column]]\nname = \"t2\"\ntype = \"target\"\n",
+            with_column("name = \"t\"\ntype = \"target\"")
+        ));
+        assert_eq!(
+            e,
+            "schema.toml: column 't2': only one label column (type label or target) is allowed, 't' is already one (type target)"
+        );
+        let e = err_of(&format!(
+            "{}\n[[source.column]]\nname = \"t\"\ntype = \"target\"\n",
+            with_column("name = \"l\"\ntype = \"label\"\npositive = \"yes\"")
+        ));
+        assert!(
+            e.contains("column 't': only one label column (type label or target) is allowed, 'l' is already one (type label)"),
+            "{e}"
+        );
+        let e = err_of(&format!(
+            "{}\n[[source.column]]\nname = \"l\"\ntype = \"label\"\npositive = \"yes\"\n",
+            with_column("name = \"t\"\ntype = \"target\"")
+        ));
+        assert!(e.contains("column 'l': only one label column"), "{e}");
+    }
+
+    #[test]
+    fn target_takes_no_label_or_imputation_keys() {
+        let e = err_of(&with_column(
+            "name = \"t\"\ntype = \"target\"\npositive = \"yes\"",
+        ));
+        assert_eq!(
+            e,
+            "schema.toml: column 't': key 'positive' is not allowed for type 'target'"
+        );
+        for extra in ["negative = \"no\"", "impute = \"mean\"", "value = 0.0"] {
+            let e = err_of(&with_column(&format!(
+                "name = \"t\"\ntype = \"target\"\n{extra}"
+            )));
+            assert!(
+                e.contains("is not allowed for type 'target'"),
+                "{extra}: {e}"
+            );
+        }
+        let e = err_of(&with_column("name = \"t\"\ntype = \"targt\""));
+        assert!(
+            e.contains(
+                "(expected one of id, numeric, categorical, boolean, label, target, ignore)"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn target_must_be_in_primary() {
+        let text = r#"
+key = "id"
+[[source]]
+name = "a"
+path = "a.csv"
+primary = true
+[[source.column]]
+name = "id"
+type = "id"
+[[source]]
+name = "b"
+path = "b.csv"
+[[source.column]]
+name = "id"
+type = "id"
+[[source.column]]
+name = "t"
+type = "target"
+"#;
+        assert_eq!(
+            err_of(text),
+            "schema.toml: column 't': the target column must be in the primary source 'a', not in 'b'"
+        );
     }
 }
