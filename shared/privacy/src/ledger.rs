@@ -368,6 +368,19 @@ impl Ledger {
     /// ledger is never charged twice: its existing entry is returned.
     /// The file is re-verified first; a change by another writer is an error.
     pub fn append(&mut self, record: ChargeRecord) -> Result<Appended, LedgerError> {
+        if let Some(existing) = self.prepare(&record)? {
+            return Ok(Appended::Existing(existing));
+        }
+        let mut all = self.charges();
+        all.push(record.charge);
+        let cumulative = self.accountant.epsilon(&all, record.delta)?.epsilon;
+        self.write_entry(record, cumulative)
+    }
+
+    /// Checks shared by every append: the file is unchanged by another writer,
+    /// and the record is valid. Returns the existing entry when the task was
+    /// already charged (it is never charged twice).
+    fn prepare(&self, record: &ChargeRecord) -> Result<Option<LedgerEntry>, LedgerError> {
         let on_disk = verify(&self.path)?;
         if on_disk.head_hash != self.verified.head_hash {
             return Err(LedgerError::ConcurrentModification {
@@ -382,16 +395,13 @@ impl Ledger {
             .iter()
             .find(|e| e.task_id == record.task_id)
         {
-            return Ok(Appended::Existing(e.clone()));
+            return Ok(Some(e.clone()));
         }
         record.charge.validate()?;
         if !(record.clip_norm > 0.0 && record.clip_norm.is_finite()) {
             return Err(PrivacyError::InvalidClipNorm(record.clip_norm).into());
         }
-        let mut all = self.charges();
-        all.push(record.charge);
-        let cumulative = self.accountant.epsilon(&all, record.delta)?.epsilon;
-        self.write_entry(record, cumulative)
+        Ok(None)
     }
 
     /// The epsilon of `charges` at `delta`, by this ledger's accountant.
@@ -409,25 +419,8 @@ impl Ledger {
         mut record: ChargeRecord,
         budget: &crate::PrivacyBudget,
     ) -> Result<Guarded, LedgerError> {
-        let on_disk = verify(&self.path)?;
-        if on_disk.head_hash != self.verified.head_hash {
-            return Err(LedgerError::ConcurrentModification {
-                path: self.path.clone(),
-                expected: self.verified.head_hash.clone(),
-                found: on_disk.head_hash,
-            });
-        }
-        if let Some(e) = self
-            .verified
-            .entries
-            .iter()
-            .find(|e| e.task_id == record.task_id)
-        {
-            return Ok(Guarded::Charged(Appended::Existing(e.clone())));
-        }
-        record.charge.validate()?;
-        if !(record.clip_norm > 0.0 && record.clip_norm.is_finite()) {
-            return Err(PrivacyError::InvalidClipNorm(record.clip_norm).into());
+        if let Some(existing) = self.prepare(&record)? {
+            return Ok(Guarded::Charged(Appended::Existing(existing)));
         }
         record.delta = budget.delta();
         let mut all = self.charges();
