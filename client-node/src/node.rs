@@ -6,14 +6,16 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use fedprofile_data::{Dataset, FeatureSpec, LoadedSplit, Schema};
-use fedprofile_learning::LogisticRegression;
+use fedprofile_data::{Dataset, FeatureSpec, LabelKind, LoadedSplit, Schema};
 use fedprofile_learning::dp::{secure_rng, seeded_test_rng, train_dp_sgd};
-use fedprofile_learning::metrics::EvalSummary;
 use fedprofile_learning::train::{TrainParams, train_local};
+use fedprofile_learning::{
+    AnyModel, Evaluation, LabelNeed, ModelFamily, kmeans_local_stats, kmeans_local_stats_dp,
+    train_dp_sgd_with_objective, train_local_with_objective,
+};
 use fedprofile_protocol::messages::{
-    ClientReply, ColumnStats, ModelSnapshot, ResultBody, StatsReport, Task, TaskBody, TrainReport,
-    TrainTask,
+    ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, ResultBody, StatsReport, Task, TaskBody,
+    TrainReport, TrainTask,
 };
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use rand_chacha::ChaCha20Rng;
@@ -57,13 +59,24 @@ pub enum TaskError {
     /// The model type is not one this node can train.
     #[error("model type '{0}' is not supported by this client")]
     ModelType(String),
+    /// The model needs a label this node's schema does not declare.
+    #[error("a {family} model needs {needs} in this client's schema, which declares {has}")]
+    Label {
+        /// The model family.
+        family: ModelFamily,
+        /// What it needs.
+        needs: &'static str,
+        /// What the schema has.
+        has: &'static str,
+    },
 }
 
-/// One loaded, cleaned split with its labels and an encoding cache.
+/// One loaded, cleaned split with its labels (if the schema has a label) and
+/// an encoding cache.
 #[derive(Debug)]
 struct Split {
     dataset: Dataset,
-    labels: Array1<f64>,
+    labels: Option<Array1<f64>>,
     encoded: Option<(FeatureSpec, Array2<f64>)>,
 }
 
@@ -75,7 +88,10 @@ impl Split {
                 dir: dir.display().to_string(),
             });
         }
-        let labels = loaded.dataset.labels()?;
+        let labels = match loaded.dataset.label_kind() {
+            Some(_) => Some(loaded.dataset.labels()?),
+            None => None,
+        };
         Ok(Split {
             dataset: loaded.dataset,
             labels,
@@ -88,6 +104,18 @@ impl Split {
         &mut self,
         spec: &FeatureSpec,
     ) -> Result<(ArrayView2<'_, f64>, ArrayView1<'_, f64>), TaskError> {
+        let (x, y) = self.x_and_labels(spec)?;
+        Ok((
+            x,
+            y.ok_or(TaskError::Internal("labels checked before use"))?,
+        ))
+    }
+
+    /// The encoded features (cached per spec) and the labels, if any.
+    fn x_and_labels(
+        &mut self,
+        spec: &FeatureSpec,
+    ) -> Result<(ArrayView2<'_, f64>, Option<ArrayView1<'_, f64>>), TaskError> {
         let stale = self
             .encoded
             .as_ref()
@@ -97,7 +125,7 @@ impl Split {
             self.encoded = Some((spec.clone(), x));
         }
         match &self.encoded {
-            Some((_, x)) => Ok((x.view(), self.labels.view())),
+            Some((_, x)) => Ok((x.view(), self.labels.as_ref().map(|y| y.view()))),
             None => Err(TaskError::Internal("feature cache empty after encoding")),
         }
     }
@@ -302,18 +330,192 @@ impl Node {
             train_examples: self.train.dataset.len() as u64,
             label_column: self.schema.label_name().unwrap_or_default().to_string(),
             label_positive: self.schema.label_positive().unwrap_or_default().to_string(),
+            label_kind: match self.schema.label_kind() {
+                None => LabelKindMsg::None,
+                Some(LabelKind::Binary) => LabelKindMsg::Binary,
+                Some(LabelKind::Numeric) => LabelKindMsg::Numeric,
+                Some(LabelKind::Multiclass) => LabelKindMsg::Classes,
+            },
+            label_classes: self
+                .schema
+                .label_classes()
+                .map(<[String]>::to_vec)
+                .unwrap_or_default(),
         }
     }
 
-    fn model(snapshot: &ModelSnapshot) -> Result<LogisticRegression, TaskError> {
-        if snapshot.model_type != "logistic_regression" {
-            return Err(TaskError::ModelType(snapshot.model_type.clone()));
+    /// The task's model, checked against what this node's schema can train.
+    fn model(&self, snapshot: &ModelSnapshot) -> Result<AnyModel, TaskError> {
+        let family = ModelFamily::parse(&snapshot.model_type)
+            .ok_or_else(|| TaskError::ModelType(snapshot.model_type.clone()))?;
+        let has = self.schema.label_kind();
+        let (fits, needs) = match family.label_need() {
+            LabelNeed::Binary => (
+                has == Some(LabelKind::Binary),
+                "a binary label (type = \"label\")",
+            ),
+            LabelNeed::Numeric => (
+                has == Some(LabelKind::Numeric),
+                "a numeric target (type = \"target\")",
+            ),
+            LabelNeed::Classes => (
+                has == Some(LabelKind::Multiclass),
+                "a multi-class label (type = \"class\")",
+            ),
+            LabelNeed::None => (true, ""),
+        };
+        if !fits {
+            return Err(TaskError::Label {
+                family,
+                needs,
+                has: match has {
+                    None => "no label",
+                    Some(LabelKind::Binary) => "a binary label",
+                    Some(LabelKind::Numeric) => "a numeric target",
+                    Some(LabelKind::Multiclass) => "a multi-class label",
+                },
+            });
         }
-        Ok(LogisticRegression::from_params(snapshot.params.clone())?)
+        Ok(AnyModel::from_parts(
+            family,
+            snapshot.params.clone(),
+            snapshot.outputs,
+        )?)
     }
 
     fn train(&mut self, task: &Task, train: &TrainTask) -> Result<TrainReport, TaskError> {
-        let model = Self::model(&train.model)?;
+        match self.model(&train.model)? {
+            AnyModel::Logistic(model) => self.train_logistic(task, train, &model),
+            AnyModel::KMeans(model) => self.train_kmeans(task, train, &model),
+            other => self.train_objective(task, train, &other),
+        }
+    }
+
+    /// Linear and softmax regression: SGD (or DP-SGD) on the model's objective.
+    fn train_objective(
+        &mut self,
+        task: &Task,
+        train: &TrainTask,
+        model: &AnyModel,
+    ) -> Result<TrainReport, TaskError> {
+        let objective = model.objective().ok_or(TaskError::Internal(
+            "a gradient-trained model has an objective",
+        ))?;
+        let examples = self.train.dataset.len();
+        let started = Instant::now();
+        let start = model.params().view();
+        let (outcome, epsilon_spent) = match &train.record_dp {
+            None => {
+                if self.require_dp {
+                    return Err(PrivacyRefusal::DpRequired.into());
+                }
+                let params = TrainParams {
+                    epochs: train.local_epochs as usize,
+                    batch_size: train.batch_size as usize,
+                    learning_rate: train.learning_rate,
+                    l2: 0.0,
+                    prox_mu: train.prox_mu,
+                }
+                .check()?;
+                let (x, y) = self.train.xy(&train.model.features)?;
+                let outcome =
+                    train_local_with_objective(&*objective, start, x, y, &params, &mut self.rng)?;
+                (outcome, None)
+            }
+            Some(record) => {
+                let plan = privacy::plan(
+                    record,
+                    examples,
+                    train.batch_size as usize,
+                    train.local_epochs as usize,
+                    train.learning_rate,
+                    &mut self.calibrated,
+                )?;
+                let guard = self.guard.as_mut().ok_or(PrivacyRefusal::NoBudget)?;
+                let entry = guard.charge(
+                    &task.run_id,
+                    task.round,
+                    &task.task_id,
+                    plan.charge,
+                    record.clip_norm,
+                )?;
+                let (x, y) = self.train.xy(&train.model.features)?;
+                let params = plan.params.with_prox_mu(train.prox_mu)?;
+                let outcome =
+                    train_dp_sgd_with_objective(&*objective, start, x, y, &params, &mut self.rng)?;
+                (outcome, Some(entry.cumulative_epsilon))
+            }
+        };
+        let train_micros = started.elapsed().as_micros() as u64;
+        self.finish_update(
+            train,
+            outcome.delta,
+            outcome.examples,
+            outcome.steps,
+            outcome.mean_loss,
+            train_micros,
+            epsilon_spent,
+        )
+    }
+
+    /// k-means: per-cluster sums and counts of the local rows (noised and
+    /// charged under record-level DP).
+    fn train_kmeans(
+        &mut self,
+        task: &Task,
+        train: &TrainTask,
+        model: &fedprofile_learning::KMeans,
+    ) -> Result<TrainReport, TaskError> {
+        let started = Instant::now();
+        let (stats, epsilon_spent) = match &train.record_dp {
+            None => {
+                if self.require_dp {
+                    return Err(PrivacyRefusal::DpRequired.into());
+                }
+                let (x, _) = self.train.x_and_labels(&train.model.features)?;
+                (kmeans_local_stats(model, x)?, None)
+            }
+            Some(record) => {
+                let plan = privacy::plan_kmeans(record, &mut self.calibrated)?;
+                let guard = self.guard.as_mut().ok_or(PrivacyRefusal::NoBudget)?;
+                let entry = guard.charge(
+                    &task.run_id,
+                    task.round,
+                    &task.task_id,
+                    plan.charge,
+                    record.clip_norm,
+                )?;
+                let (x, _) = self.train.x_and_labels(&train.model.features)?;
+                let stats = kmeans_local_stats_dp(
+                    model,
+                    x,
+                    record.clip_norm,
+                    plan.noise_multiplier,
+                    &mut self.rng,
+                )?;
+                (stats, Some(entry.cumulative_epsilon))
+            }
+        };
+        let examples = stats.examples() as u64;
+        Ok(TrainReport {
+            delta: Array1::zeros(0),
+            examples,
+            steps: 1,
+            train_loss: 0.0,
+            train_micros: started.elapsed().as_micros() as u64,
+            update_norm: 0.0,
+            epsilon_spent,
+            not_private: self.test_seed,
+            clusters: Some(stats),
+        })
+    }
+
+    fn train_logistic(
+        &mut self,
+        task: &Task,
+        train: &TrainTask,
+        model: &fedprofile_learning::LogisticRegression,
+    ) -> Result<TrainReport, TaskError> {
         let examples = self.train.dataset.len();
         let started = Instant::now();
         let (outcome, epsilon_spent) = match &train.record_dp {
@@ -330,7 +532,7 @@ impl Node {
                 }
                 .check()?;
                 let (x, y) = self.train.xy(&train.model.features)?;
-                (train_local(&model, x, y, &params, &mut self.rng)?, None)
+                (train_local(model, x, y, &params, &mut self.rng)?, None)
             }
             Some(record) => {
                 let plan = privacy::plan(
@@ -351,12 +553,34 @@ impl Node {
                     record.clip_norm,
                 )?;
                 let (x, y) = self.train.xy(&train.model.features)?;
-                let outcome = train_dp_sgd(&model, x, y, &plan.params, &mut self.rng)?;
+                let outcome = train_dp_sgd(model, x, y, &plan.params, &mut self.rng)?;
                 (outcome, Some(entry.cumulative_epsilon))
             }
         };
         let train_micros = started.elapsed().as_micros() as u64;
-        let mut delta = outcome.delta;
+        self.finish_update(
+            train,
+            outcome.delta,
+            outcome.examples,
+            outcome.steps,
+            outcome.mean_loss,
+            train_micros,
+            epsilon_spent,
+        )
+    }
+
+    /// Poisoning (tests only), client-level clipping and the report of a delta.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_update(
+        &mut self,
+        train: &TrainTask,
+        mut delta: Array1<f64>,
+        examples: usize,
+        steps: usize,
+        mean_loss: f64,
+        train_micros: u64,
+        epsilon_spent: Option<f64>,
+    ) -> Result<TrainReport, TaskError> {
         if let Some(poison) = self.poison {
             let norm = delta.dot(&delta).sqrt().max(1e-6);
             match poison {
@@ -378,26 +602,31 @@ impl Node {
         }
         Ok(TrainReport {
             delta,
-            examples: outcome.examples as u64,
-            steps: outcome.steps as u64,
+            examples: examples as u64,
+            steps: steps as u64,
             // The training loss is computed from raw rows without noise: under
             // record-level DP it is not sent.
             train_loss: if epsilon_spent.is_some() {
                 0.0
             } else {
-                outcome.mean_loss
+                mean_loss
             },
             train_micros,
             update_norm,
             epsilon_spent,
             not_private: self.test_seed,
+            clusters: None,
         })
     }
 
-    fn evaluate(&mut self, snapshot: &ModelSnapshot) -> Result<EvalSummary, TaskError> {
-        let model = Self::model(snapshot)?;
-        let (x, y) = self.test.xy(&snapshot.features)?;
-        let probs = model.predict_proba(x)?;
-        Ok(EvalSummary::from_predictions(probs.view(), y)?)
+    fn evaluate(&mut self, snapshot: &ModelSnapshot) -> Result<Evaluation, TaskError> {
+        let model = self.model(snapshot)?;
+        let (x, y) = self.test.x_and_labels(&snapshot.features)?;
+        let y = if model.family().label_need() == LabelNeed::None {
+            None
+        } else {
+            y
+        };
+        Ok(model.evaluate(x, y)?)
     }
 }

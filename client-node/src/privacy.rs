@@ -118,6 +118,55 @@ pub fn plan(
     Ok(DpPlan { params, charge })
 }
 
+/// The noise and the cost of one k-means round on this client.
+#[derive(Debug, Clone, Copy)]
+pub struct KMeansPlan {
+    /// σ of the Gaussian release of `(C · counts, sums)`.
+    pub noise_multiplier: f64,
+    /// What one round costs.
+    pub charge: Charge,
+}
+
+/// k-means under record-level DP: one Gaussian release per round over all of
+/// the client's rows (no subsampling), with σ given or calibrated so that
+/// `planned_rounds` releases cost the run's target ε.
+pub fn plan_kmeans(
+    task: &RecordDpTask,
+    calibrated: &mut HashMap<String, f64>,
+) -> Result<KMeansPlan, PrivacyRefusal> {
+    let sigma = match (task.noise_multiplier, task.target_epsilon) {
+        (Some(z), _) => z,
+        (None, Some(target)) => {
+            let rounds = u64::from(task.planned_rounds.max(1));
+            let key = format!("kmeans/{target}/{}/{rounds}", task.delta);
+            match calibrated.get(&key) {
+                Some(z) => *z,
+                None => {
+                    let z = fedprofile_privacy::calibrate::noise_multiplier(
+                        target, task.delta, 1.0, rounds,
+                    )?;
+                    calibrated.insert(key, z);
+                    z
+                }
+            }
+        }
+        (None, None) => {
+            return Err(PrivacyRefusal::Invalid(
+                "the task has neither a noise multiplier nor a target epsilon".into(),
+            ));
+        }
+    };
+    let mechanism = fedprofile_learning::kmeans_mechanism(sigma, task.clip_norm)
+        .map_err(|e| PrivacyRefusal::Invalid(e.to_string()))?;
+    let charge = mechanism
+        .map(1)
+        .map_err(|e| PrivacyRefusal::Invalid(e.to_string()))?;
+    Ok(KMeansPlan {
+        noise_multiplier: sigma,
+        charge,
+    })
+}
+
 /// This partner's budget and ledger.
 #[derive(Debug)]
 pub struct PrivacyGuard {

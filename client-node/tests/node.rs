@@ -50,6 +50,7 @@ fn dp_task(id: &str, round: u32, sigma: f64) -> Task {
                 model_type: "logistic_regression".into(),
                 features,
                 params: Array1::zeros(dim + 1),
+                outputs: 1,
             },
             local_epochs: 1,
             batch_size: 256,

@@ -5,6 +5,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use fedprofile_learning::model_file::{ModelFile, Provenance, Target};
+use fedprofile_learning::{
+    KMeans, KMeansFile, KMeansMetrics, LinearRegression, LinearRegressionFile, ModelFamily,
+    ModelFileV2, Quality, RunProvenance, SoftmaxRegression, SoftmaxRegressionFile, TargetColumn,
+};
 use serde::Serialize;
 
 use crate::engine::{RoundRecord, RunObserver, RunOutcome, RunSnapshot};
@@ -38,14 +42,15 @@ pub struct ProgressPrinter;
 
 impl RunObserver for ProgressPrinter {
     fn round_finished(&mut self, run: &RunSnapshot<'_>, r: &RoundRecord) {
-        let metrics = match &r.metrics {
-            Some(m) => format!(
+        let metrics = match (&r.metrics, &r.quality) {
+            (Some(m), _) => format!(
                 "auc {} | log loss {:.4} | accuracy {:.4}",
                 m.auc.map_or("n/a".to_string(), |a| format!("{a:.4}")),
                 m.log_loss,
                 m.accuracy
             ),
-            None => "not evaluated".to_string(),
+            (None, Some(q)) => headline(q),
+            (None, None) => "not evaluated".to_string(),
         };
         let epsilon = r
             .epsilon
@@ -67,6 +72,28 @@ impl RunObserver for ProgressPrinter {
     }
 }
 
+/// One line of the pooled metrics of a linear, softmax or k-means model.
+pub fn headline(q: &Quality) -> String {
+    match q {
+        Quality::Regression(m) => format!(
+            "r2 {} | rmse {:.4} | mae {:.4}",
+            m.r2.map_or("n/a".to_string(), |r| format!("{r:.4}")),
+            m.rmse,
+            m.mae
+        ),
+        Quality::Multiclass(m) => format!(
+            "accuracy {:.4} | log loss {:.4} | macro f1 {:.4}",
+            m.accuracy, m.log_loss, m.macro_f1
+        ),
+        Quality::Clustering {
+            inertia,
+            mean_inertia,
+            counts,
+            ..
+        } => format!("inertia {inertia:.1} (mean {mean_inertia:.4}) | segment sizes {counts:?}"),
+    }
+}
+
 /// The coordinator's peak resident memory in KiB, where the OS tells it.
 pub fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -82,6 +109,7 @@ pub fn peak_rss_kib() -> Option<u64> {
 #[derive(Debug, Serialize)]
 struct Summary<'a> {
     run_id: &'a str,
+    model: &'a str,
     completed: bool,
     failure: Option<&'a str>,
     rounds: usize,
@@ -92,6 +120,8 @@ struct Summary<'a> {
     recall: Option<f64>,
     f1: Option<f64>,
     evaluated_examples: Option<u64>,
+    /// Pooled metrics of a linear, softmax or k-means model after the last evaluation.
+    quality: Option<&'a Quality>,
     clients: &'a [String],
     epsilon: Option<f64>,
     not_private: &'a [String],
@@ -129,8 +159,97 @@ pub fn write_outputs(
         source,
     })?;
     let last_metrics = outcome.rounds.iter().rev().find_map(|r| r.metrics);
+    let last_quality = outcome.rounds.iter().rev().find_map(|r| r.quality.as_ref());
+    let family = outcome
+        .model
+        .as_ref()
+        .and_then(|m| ModelFamily::parse(&m.model_type));
 
-    if let Some(model) = &outcome.model {
+    if let Some(model) = &outcome.model
+        && family != Some(ModelFamily::LogisticRegression)
+    {
+        let err = |e: &dyn std::fmt::Display| ReportError::Model(e.to_string());
+        fn provenance<M>(
+            outcome: &RunOutcome,
+            created_at: &str,
+            metrics: Option<M>,
+        ) -> RunProvenance<M> {
+            RunProvenance {
+                run_id: outcome.run_id.clone(),
+                rounds: outcome.rounds.len() as u32,
+                clients: outcome.contributors.clone(),
+                created_at: created_at.to_string(),
+                metrics,
+            }
+        }
+        let target = TargetColumn {
+            column: target.column.clone(),
+        };
+        let file: ModelFileV2 = match family {
+            Some(ModelFamily::LinearRegression) => LinearRegressionFile::new(
+                target,
+                model.features.clone(),
+                &LinearRegression::from_params(model.params.clone()).map_err(|e| err(&e))?,
+                provenance(
+                    outcome,
+                    created_at,
+                    last_quality.and_then(|q| match q {
+                        Quality::Regression(m) => Some(*m),
+                        _ => None,
+                    }),
+                ),
+            )
+            .map_err(|e| err(&e))?
+            .into(),
+            Some(ModelFamily::SoftmaxRegression) => SoftmaxRegressionFile::new(
+                target,
+                outcome.classes.clone(),
+                model.features.clone(),
+                &SoftmaxRegression::from_params(model.params.clone(), model.outputs)
+                    .map_err(|e| err(&e))?,
+                provenance(
+                    outcome,
+                    created_at,
+                    last_quality.and_then(|q| match q {
+                        Quality::Multiclass(m) => Some(*m),
+                        _ => None,
+                    }),
+                ),
+            )
+            .map_err(|e| err(&e))?
+            .into(),
+            Some(ModelFamily::KMeans) => KMeansFile::new(
+                model.features.clone(),
+                &KMeans::from_params(model.params.clone(), model.outputs).map_err(|e| err(&e))?,
+                provenance(
+                    outcome,
+                    created_at,
+                    last_quality.and_then(|q| match q {
+                        Quality::Clustering {
+                            examples,
+                            inertia,
+                            counts,
+                            ..
+                        } => Some(KMeansMetrics {
+                            examples: *examples,
+                            inertia: *inertia,
+                            counts: counts.clone(),
+                        }),
+                        _ => None,
+                    }),
+                ),
+            )
+            .map_err(|e| err(&e))?
+            .into(),
+            _ => {
+                return Err(ReportError::Model(format!(
+                    "unknown model type '{}'",
+                    model.model_type
+                )));
+            }
+        };
+        file.save(dir.join("model.json")).map_err(|e| err(&e))?;
+    } else if let Some(model) = &outcome.model {
         let lr = fedprofile_learning::LogisticRegression::from_params(model.params.clone())
             .map_err(|e| ReportError::Model(e.to_string()))?;
         let file = ModelFile::new(
@@ -151,7 +270,7 @@ pub fn write_outputs(
     }
 
     let mut csv = String::from(
-        "round,selected,accepted,rejected,refused,attempts,train_loss,auc,log_loss,accuracy,precision,recall,f1,evaluated_clients,epsilon,round_ms,train_phase_ms,max_client_train_ms,overhead_ms,eval_phase_ms\n",
+        "round,selected,accepted,rejected,refused,attempts,train_loss,auc,log_loss,accuracy,precision,recall,f1,evaluated_clients,epsilon,round_ms,train_phase_ms,max_client_train_ms,overhead_ms,eval_phase_ms,r2,rmse,mae,mse,macro_f1,inertia,mean_inertia\n",
     );
     for r in &outcome.rounds {
         let m = |f: fn(&fedprofile_learning::metrics::Metrics) -> Option<f64>| {
@@ -161,8 +280,20 @@ pub fn write_outputs(
                 .map(|v| format!("{v:.6}"))
                 .unwrap_or_default()
         };
+        let q = |f: fn(&Quality) -> Option<f64>| {
+            r.quality
+                .as_ref()
+                .and_then(f)
+                .map(|v| format!("{v:.6}"))
+                .unwrap_or_default()
+        };
+        let multiclass = |f: fn(&fedprofile_learning::MulticlassMetrics) -> f64| match &r.quality {
+            Some(Quality::Multiclass(m)) => format!("{:.6}", f(m)),
+            _ => String::new(),
+        };
+        let or = |a: String, b: String| if a.is_empty() { b } else { a };
         csv.push_str(&format!(
-            "{},{},{},{},{},{},{:.6},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3}\n",
+            "{},{},{},{},{},{},{:.6},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{}\n",
             r.round,
             r.selected,
             r.accepted,
@@ -171,8 +302,8 @@ pub fn write_outputs(
             r.attempts,
             r.train_loss,
             m(|m| m.auc),
-            m(|m| Some(m.log_loss)),
-            m(|m| Some(m.accuracy)),
+            or(m(|m| Some(m.log_loss)), multiclass(|m| m.log_loss)),
+            or(m(|m| Some(m.accuracy)), multiclass(|m| m.accuracy)),
             m(|m| Some(m.precision)),
             m(|m| Some(m.recall)),
             m(|m| Some(m.f1)),
@@ -183,12 +314,38 @@ pub fn write_outputs(
             r.max_client_train_ms,
             r.overhead_ms(),
             r.eval_phase_ms,
+            q(|q| match q {
+                Quality::Regression(m) => m.r2,
+                _ => None,
+            }),
+            q(|q| match q {
+                Quality::Regression(m) => Some(m.rmse),
+                _ => None,
+            }),
+            q(|q| match q {
+                Quality::Regression(m) => Some(m.mae),
+                _ => None,
+            }),
+            q(|q| match q {
+                Quality::Regression(m) => Some(m.mse),
+                _ => None,
+            }),
+            multiclass(|m| m.macro_f1),
+            q(|q| match q {
+                Quality::Clustering { inertia, .. } => Some(*inertia),
+                _ => None,
+            }),
+            q(|q| match q {
+                Quality::Clustering { mean_inertia, .. } => Some(*mean_inertia),
+                _ => None,
+            }),
         ));
     }
     write_file(&dir.join("metrics.csv"), csv.as_bytes())?;
 
     let summary = Summary {
         run_id: &outcome.run_id,
+        model: outcome.model.as_ref().map_or("", |m| m.model_type.as_str()),
         completed: outcome.completed,
         failure: outcome.failure.as_deref(),
         rounds: outcome.rounds.len(),
@@ -199,6 +356,7 @@ pub fn write_outputs(
         recall: last_metrics.as_ref().map(|m| m.recall),
         f1: last_metrics.as_ref().map(|m| m.f1),
         evaluated_examples: last_metrics.as_ref().map(|m| m.examples),
+        quality: last_quality,
         clients: &outcome.contributors,
         epsilon: outcome.rounds.iter().rev().find_map(|r| r.epsilon),
         not_private: &outcome.not_private,
@@ -241,6 +399,30 @@ pub fn write_plots(dir: &Path, outcome: &RunOutcome) {
             .collect(),
     };
     let auc = series("pooled AUC", |r| r.metrics.and_then(|m| m.auc));
+    let quality = [
+        series("pooled R²", |r| match &r.quality {
+            Some(Quality::Regression(m)) => m.r2,
+            _ => None,
+        }),
+        series("pooled test inertia per row", |r| match &r.quality {
+            Some(Quality::Clustering { mean_inertia, .. }) => Some(*mean_inertia),
+            _ => None,
+        }),
+        series("pooled accuracy", |r| match &r.quality {
+            Some(Quality::Multiclass(m)) => Some(m.accuracy),
+            _ => None,
+        }),
+    ];
+    let quality_results: Vec<_> = quality
+        .into_iter()
+        .zip(["r2.png", "inertia.png", "accuracy.png"])
+        .filter(|(s, _)| !s.points.is_empty())
+        .map(|(s, file)| {
+            let title = format!("{}, run {}", s.label, outcome.run_id);
+            let label = s.label.clone();
+            plot_series(&[s], &title, &label, &dir.join(file))
+        })
+        .collect();
     let loss = series("pooled log loss", |r| r.metrics.map(|m| m.log_loss));
     let train = series("mean training loss", |r| {
         (r.train_loss > 0.0).then_some(r.train_loss)
@@ -287,7 +469,12 @@ pub fn write_plots(dir: &Path, outcome: &RunOutcome) {
             &dir.join("epsilon.png"),
         )
     });
-    for r in results.into_iter().flatten().chain(eps_result) {
+    for r in results
+        .into_iter()
+        .flatten()
+        .chain(eps_result)
+        .chain(quality_results)
+    {
         if let Err(e) = r {
             tracing::warn!("plot not written: {e}");
         }

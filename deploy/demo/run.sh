@@ -5,6 +5,10 @@
 #
 #   deploy/demo/run.sh [OUT_DIR] [RUN_FILE]     (defaults: out/demo, deploy/demo/run.toml)
 #
+# The partners' configs are RUN_FILE's folder's clients/ if it has one (e.g.
+# deploy/demo/value/: monthly charges with linear regression), else
+# deploy/demo/clients/ (the churn schema).
+#
 # With deploy/demo/run-dp.toml the partners train with record-level differential
 # privacy; their ledgers go to OUT_DIR/ledgers and are verified at the end.
 set -euo pipefail
@@ -13,6 +17,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 out="${1:-out/demo}"
 run_file="$(cd "$(dirname "${2:-$here/run.toml}")" && pwd)/$(basename "${2:-$here/run.toml}")"
+clients="$(dirname "$run_file")/clients"
+[ -d "$clients" ] || clients="$here/clients"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 logs="$out/logs"
@@ -56,10 +62,12 @@ done
 port="$(cut -d: -f2 < "$out/coordinator.addr")"
 echo "   listening on 127.0.0.1:$port (mutual TLS)"
 
-echo "== client nodes: ${partners[*]}"
+echo "== client nodes: ${partners[*]} (configs in $clients)"
 for p in "${partners[@]}"; do
-  "$bin/fedprofile-client" run --config "$here/clients/$p.toml" \
-    --coordinator "https://localhost:$port" --ledger "$out/ledgers/$p.jsonl" \
+  ledger=()
+  grep -q '^\[privacy\]' "$clients/$p.toml" && ledger=(--ledger "$out/ledgers/$p.jsonl")
+  "$bin/fedprofile-client" run --config "$clients/$p.toml" \
+    --coordinator "https://localhost:$port" "${ledger[@]}" \
     >"$logs/$p.out" 2>"$logs/$p.log" &
   pids+=("$!")
 done
@@ -83,6 +91,6 @@ if compgen -G "$out/ledgers/*.jsonl" >/dev/null; then
   echo "== privacy: each partner's ledger, and what the run file said it would cost"
   for p in "${partners[@]}"; do
     "$bin/fedprofile-client" privacy ledger verify "$out/ledgers/$p.jsonl"
-    "$bin/fedprofile-client" privacy cost --run "$run_file" --config "$here/clients/$p.toml"
+    "$bin/fedprofile-client" privacy cost --run "$run_file" --config "$clients/$p.toml"
   done
 fi

@@ -128,6 +128,8 @@ pub fn synthetic_stats(dim: usize) -> StatsReport {
         train_examples: 100,
         label_column: "y".into(),
         label_positive: "1".into(),
+        label_kind: fedprofile_protocol::messages::LabelKindMsg::Binary,
+        label_classes: Vec::new(),
     }
 }
 
@@ -144,14 +146,15 @@ pub fn honest_answer(task: &Task, dim: usize) -> ClientReply {
             update_norm: 0.0,
             epsilon_spent: None,
             not_private: false,
+            clusters: None,
         }),
-        TaskBody::Eval(_) => ResultBody::Eval(
+        TaskBody::Eval(_) => ResultBody::Eval(fedprofile_learning::Evaluation::Binary(
             EvalSummary::from_predictions(
                 Array1::from_vec(vec![0.8, 0.3, 0.6, 0.1]).view(),
                 Array1::from_vec(vec![1.0, 0.0, 1.0, 0.0]).view(),
             )
             .unwrap_or_default(),
-        ),
+        )),
     };
     ClientReply::Result {
         task_id: task.task_id.clone(),

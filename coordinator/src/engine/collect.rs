@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use fedprofile_learning::Evaluation;
 use fedprofile_learning::metrics::SCORE_BINS;
 use fedprofile_protocol::messages::{ClientReply, ResultBody, TaskKind};
 
@@ -174,6 +175,7 @@ pub struct Collector {
     attempt: u32,
     kind: TaskKind,
     expected_dim: Option<usize>,
+    clusters: Option<(usize, usize)>,
     max_norm: Option<f64>,
     pending: HashMap<String, String>,
     answered: HashSet<String>,
@@ -194,6 +196,7 @@ impl Collector {
             attempt,
             kind,
             expected_dim,
+            clusters: None,
             max_norm: None,
             pending: tasks,
             answered: HashSet::new(),
@@ -203,6 +206,12 @@ impl Collector {
     /// Rejects training updates whose L2 norm exceeds `max_norm` (client-level DP).
     pub fn with_max_norm(mut self, max_norm: Option<f64>) -> Collector {
         self.max_norm = max_norm;
+        self
+    }
+
+    /// Expects k-means statistics for `clusters × dim` centroids instead of deltas.
+    pub fn with_clusters(mut self, clusters: usize, dim: usize) -> Collector {
+        self.clusters = Some((clusters, dim));
         self
     }
 
@@ -265,6 +274,33 @@ impl Collector {
         }
         match body {
             ResultBody::Train(t) => {
+                if let Some((k, d)) = self.clusters {
+                    let Some(c) = &t.clusters else {
+                        return Err(RejectReason::Inconsistent(
+                            "a k-means round needs cluster statistics, got a model delta".into(),
+                        ));
+                    };
+                    if c.sums.len() != k * d {
+                        return Err(RejectReason::WrongDimension {
+                            expected: k * d,
+                            got: c.sums.len(),
+                        });
+                    }
+                    if let Some(index) = c.sums.iter().position(|v| !v.is_finite()) {
+                        return Err(RejectReason::NonFinite { index });
+                    }
+                    c.check(k, d)
+                        .map_err(|e| RejectReason::Inconsistent(e.to_string()))?;
+                    if c.examples() == 0 {
+                        return Err(RejectReason::NoExamples);
+                    }
+                    return Ok(());
+                }
+                if t.clusters.is_some() {
+                    return Err(RejectReason::Inconsistent(
+                        "cluster statistics sent for a gradient-trained model".into(),
+                    ));
+                }
                 if let Some(expected) = self.expected_dim
                     && t.delta.len() != expected
                 {
@@ -288,7 +324,16 @@ impl Collector {
                 }
                 Ok(())
             }
-            ResultBody::Eval(e) => {
+            ResultBody::Eval(Evaluation::Regression(s)) => s
+                .check()
+                .map_err(|e| RejectReason::Inconsistent(e.to_string())),
+            ResultBody::Eval(Evaluation::Multiclass(s)) => s
+                .check()
+                .map_err(|e| RejectReason::Inconsistent(e.to_string())),
+            ResultBody::Eval(Evaluation::Clustering(s)) => s
+                .check()
+                .map_err(|e| RejectReason::Inconsistent(e.to_string())),
+            ResultBody::Eval(Evaluation::Binary(e)) => {
                 if e.hist_pos.len() != SCORE_BINS || e.hist_neg.len() != SCORE_BINS {
                     return Err(RejectReason::Inconsistent(format!(
                         "score histograms have {} and {} bins, expected {SCORE_BINS}",
@@ -335,6 +380,7 @@ mod tests {
             update_norm: 0.0,
             epsilon_spent: None,
             not_private: false,
+            clusters: None,
         })
     }
 
@@ -457,13 +503,13 @@ mod tests {
             c.offer(&book, "a", reply("t-a", train(vec![0.0; 3], 0))),
             Offer::Rejected(RejectReason::NoExamples)
         );
-        let eval = ResultBody::Eval(
+        let eval = ResultBody::Eval(fedprofile_learning::Evaluation::Binary(
             fedprofile_learning::metrics::EvalSummary::from_predictions(
                 Array1::from_vec(vec![0.2]).view(),
                 Array1::from_vec(vec![1.0]).view(),
             )
             .unwrap(),
-        );
+        ));
         assert!(matches!(
             c.offer(&book, "b", reply("t-b", eval)),
             Offer::Rejected(RejectReason::WrongKind { .. })

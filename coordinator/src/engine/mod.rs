@@ -31,8 +31,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedprofile_learning::FeatureSpec;
 use fedprofile_learning::metrics::Metrics;
+use fedprofile_learning::{FeatureSpec, Quality};
 use fedprofile_protocol::messages::{ClientReply, ModelSnapshot, ServerEvent};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -98,8 +98,11 @@ pub struct RoundRecord {
     pub eval_phase_ms: f64,
     /// Slowest client's evaluation time is not reported; this is whole round wall time, ms.
     pub round_ms: f64,
-    /// Pooled evaluation of the global model after this round, when evaluated.
+    /// Pooled evaluation of a logistic-regression model after this round, when evaluated.
     pub metrics: Option<Metrics>,
+    /// Pooled evaluation of a linear, softmax or k-means model, when evaluated.
+    #[serde(default)]
+    pub quality: Option<Quality>,
     /// Clients whose evaluation was pooled.
     pub evaluated_clients: usize,
     /// Cumulative ε after this round: the largest any client reported
@@ -145,6 +148,13 @@ pub struct CheckpointModel {
     pub features: FeatureSpec,
     /// Parameters.
     pub params: Vec<f64>,
+    /// Rows of the parameters (classes or clusters; 1 otherwise).
+    #[serde(default = "one")]
+    pub outputs: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Everything needed to continue a run after the round it was taken at
@@ -157,6 +167,9 @@ pub struct Checkpoint {
     pub model: CheckpointModel,
     /// Label column and positive value.
     pub target: Option<(String, String)>,
+    /// Class names of a multi-class label.
+    #[serde(default)]
+    pub classes: Vec<String>,
     /// Clients with an accepted update so far.
     pub contributors: Vec<String>,
     /// Rejections so far, by reason.
@@ -224,6 +237,8 @@ pub struct RunOutcome {
     pub not_private: Vec<String>,
     /// The label column and its positive value, as the clients' schema declares.
     pub target: Option<(String, String)>,
+    /// Class names of a multi-class label, in the schema's order.
+    pub classes: Vec<String>,
 }
 
 /// The states of a run.
@@ -249,6 +264,7 @@ pub struct Run {
     book: TaskBook,
     features: Option<FeatureSpec>,
     target: Option<(String, String)>,
+    classes: Vec<String>,
     global: Option<ModelSnapshot>,
     rounds: Vec<RoundRecord>,
     rejections: BTreeMap<String, u64>,
@@ -293,6 +309,7 @@ impl Run {
             book: TaskBook::default(),
             features: None,
             target: None,
+            classes: Vec::new(),
             global: None,
             rounds: Vec::new(),
             rejections: BTreeMap::new(),
@@ -321,7 +338,9 @@ impl Run {
             model_type: checkpoint.model.model_type.clone(),
             features: checkpoint.model.features.clone(),
             params: ndarray::Array1::from_vec(checkpoint.model.params.clone()),
+            outputs: checkpoint.model.outputs,
         });
+        self.classes = checkpoint.classes.clone();
         self.features = Some(checkpoint.model.features.clone());
         self.target = checkpoint.target.clone();
         self.contributors = checkpoint.contributors.iter().cloned().collect();
@@ -366,8 +385,10 @@ impl Run {
                 model_type: global.model_type.clone(),
                 features: global.features.clone(),
                 params: global.params.to_vec(),
+                outputs: global.outputs,
             },
             target: self.target.clone(),
+            classes: self.classes.clone(),
             contributors: self.contributors.iter().cloned().collect(),
             rejections: self.rejections.clone(),
             refusals: self.refusals.clone(),
@@ -466,6 +487,7 @@ impl Run {
             contributors: self.contributors.into_iter().collect(),
             not_private: self.not_private.into_iter().collect(),
             target: self.target,
+            classes: self.classes,
         };
         (outcome, self.inbox)
     }

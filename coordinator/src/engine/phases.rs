@@ -4,12 +4,14 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use fedprofile_learning::aggregate::{WeightedUpdate, fedavg};
-use fedprofile_learning::metrics::EvalSummary;
 use fedprofile_learning::strategy::{Aggregated, ClientUpdate};
-use fedprofile_learning::{FeatureColumn, FeatureSpec};
+use fedprofile_learning::{
+    Evaluation, FeatureColumn, FeatureSpec, KMeans, LabelNeed, ModelFamily, kmeans_reseed_empty,
+    kmeans_update,
+};
 use fedprofile_protocol::messages::{
-    ClientReply, ModelSnapshot, RecordDpTask, ResultBody, ServerEvent, StatsReport, Task, TaskBody,
-    TaskKind, TrainTask,
+    ClientReply, LabelKindMsg, ModelSnapshot, RecordDpTask, ResultBody, ServerEvent, StatsReport,
+    Task, TaskBody, TaskKind, TrainTask,
 };
 use fedprofile_protocol::run::{PrivacyMode, RecordNoise};
 use ndarray::Array1;
@@ -19,6 +21,8 @@ use tokio::time::timeout_at;
 use super::{Collector, Inbound, Offer, RejectReason, RoundRecord, Run, State, deadline_after, dp};
 
 /// What waiting produced.
+// Lives on the stack for one `select!`; boxing the event would add an allocation per reply.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Next {
     /// An event from the sessions.
     Event(Inbound),
@@ -105,9 +109,12 @@ impl Run {
                 r.template.clone(),
                 r.label_column.clone(),
                 r.label_positive.clone(),
+                r.label_kind,
+                r.label_classes.clone(),
             )
         };
-        let mut counts: Vec<((FeatureSpec, String, String), usize)> = Vec::new();
+        type Key = (FeatureSpec, String, String, LabelKindMsg, Vec<String>);
+        let mut counts: Vec<(Key, usize)> = Vec::new();
         for (_, r) in &reports {
             let k = key(r);
             match counts.iter_mut().find(|(t, _)| *t == k) {
@@ -115,7 +122,7 @@ impl Run {
                 None => counts.push((k, 1)),
             }
         }
-        let Some((template, label, positive)) = counts
+        let Some((template, label, positive, label_kind, classes)) = counts
             .iter()
             .max_by_key(|(_, n)| *n)
             .map(|(t, _)| t.clone())
@@ -129,6 +136,8 @@ impl Run {
             if report.template == template
                 && report.label_column == label
                 && report.label_positive == positive
+                && report.label_kind == label_kind
+                && report.label_classes == classes
             {
                 agreeing.push(report);
             } else {
@@ -146,6 +155,10 @@ impl Run {
                 self.config.min_per_round
             );
             return self.retry_or_fail(attempt, &why, |a| State::Statistics { attempt: a });
+        }
+        let family = self.config.model;
+        if let Err(why) = label_fits(family, label_kind, &label, &classes) {
+            return State::Failed(why);
         }
         let mut spec = global_feature_spec(&template, &agreeing);
         let mut start = None;
@@ -169,13 +182,27 @@ impl Run {
             agreeing.iter().map(|r| r.train_examples).sum::<u64>(),
             dim
         ));
+        let outputs = match family {
+            ModelFamily::SoftmaxRegression => classes.len(),
+            ModelFamily::KMeans => self.config.clusters as usize,
+            _ => 1,
+        };
+        let params = match start {
+            Some(params) => params,
+            None => match family.initial(dim, outputs, self.config.seed.unwrap_or(0)) {
+                Ok(model) => model.params().clone(),
+                Err(e) => return State::Failed(format!("cannot build the initial model: {e}")),
+            },
+        };
         self.global = Some(ModelSnapshot {
-            model_type: self.config.model.clone(),
+            model_type: family.name().to_string(),
             features: spec.clone(),
-            params: start.unwrap_or_else(|| Array1::zeros(dim + 1)),
+            params,
+            outputs,
         });
         self.features = Some(spec);
-        self.target = Some((label, positive));
+        self.target = (label_kind != LabelKindMsg::None).then_some((label, positive));
+        self.classes = classes;
         if let Err(e) = self.commit(None, 0) {
             return State::Failed(e);
         }
@@ -234,15 +261,25 @@ impl Run {
         let tasks = self.send_tasks(round, attempt, &selected, |_| {
             TaskBody::Train(train.clone())
         });
-        let mut collector = Collector::new(
-            round,
-            attempt,
-            TaskKind::Train,
-            tasks,
-            Some(global.params.len()),
-        )
-        .with_max_norm(update_clip_norm);
+        let kmeans = self.config.model == ModelFamily::KMeans;
+        let mut collector = if kmeans {
+            let dim = global.params.len() / global.outputs.max(1);
+            Collector::new(round, attempt, TaskKind::Train, tasks, None)
+                .with_clusters(global.outputs, dim)
+        } else {
+            Collector::new(
+                round,
+                attempt,
+                TaskKind::Train,
+                tasks,
+                Some(global.params.len()),
+            )
+            .with_max_norm(update_clip_norm)
+        };
         let gathered = self.collect(&mut collector).await;
+        if kmeans {
+            return self.kmeans_step(round, attempt, started, &selected, gathered, &global);
+        }
 
         let mut updates = Vec::new();
         let mut norms = Vec::new();
@@ -359,6 +396,7 @@ impl Run {
             eval_phase_ms: 0.0,
             round_ms: train_phase_ms,
             metrics: None,
+            quality: None,
             evaluated_clients: 0,
             epsilon,
         };
@@ -384,7 +422,10 @@ impl Run {
         let mut collector = Collector::new(record.round, 0, TaskKind::Eval, tasks, None);
         let gathered = self.collect(&mut collector).await;
         record.rejected += gathered.rejected;
-        let mut pooled = EvalSummary::empty();
+        let mut pooled = match Evaluation::empty(self.config.model, global.outputs) {
+            Ok(pooled) => pooled,
+            Err(e) => return State::Failed(format!("internal: {e}")),
+        };
         for (client, body) in gathered.accepted {
             let ResultBody::Eval(summary) = body else {
                 continue;
@@ -396,8 +437,13 @@ impl Run {
             }
             record.evaluated_clients += 1;
         }
-        record.metrics = (record.evaluated_clients > 0).then(|| pooled.metrics());
-        if record.metrics.is_none() {
+        if record.evaluated_clients > 0 {
+            match &pooled {
+                Evaluation::Binary(summary) => record.metrics = Some(summary.metrics()),
+                other => record.quality = other.quality(),
+            }
+        }
+        if record.metrics.is_none() && record.quality.is_none() {
             self.observer.note(&format!(
                 "round {}: no client returned an evaluation",
                 record.round
@@ -406,6 +452,107 @@ impl Run {
         record.eval_phase_ms = started.elapsed().as_secs_f64() * 1e3;
         record.round_ms = record.train_phase_ms + record.eval_phase_ms;
         self.finish_round(record)
+    }
+
+    /// The k-means half of Training(r): pool the accepted per-cluster sums and
+    /// counts and move every centroid to the mean of its pooled rows.
+    fn kmeans_step(
+        &mut self,
+        round: u32,
+        attempt: u32,
+        started: Instant,
+        selected: &[String],
+        gathered: Gathered,
+        global: &ModelSnapshot,
+    ) -> State {
+        let mut stats = Vec::new();
+        let mut contributors = Vec::new();
+        let mut max_train_micros = 0u64;
+        let mut client_epsilon: Option<f64> = None;
+        for (client, body) in gathered.accepted {
+            if let ResultBody::Train(t) = body
+                && let Some(c) = t.clusters
+            {
+                max_train_micros = max_train_micros.max(t.train_micros);
+                if let Some(e) = t.epsilon_spent {
+                    client_epsilon = Some(client_epsilon.map_or(e, |m: f64| m.max(e)));
+                }
+                if t.not_private && self.not_private.insert(client.clone()) {
+                    self.observer.note(&format!(
+                        "warning: {client} trained with a fixed test seed: its updates are NOT private"
+                    ));
+                }
+                stats.push(c);
+                contributors.push(client);
+            }
+        }
+        if stats.len() < self.config.min_per_round {
+            let why = format!(
+                "round {round}: {} of the {} cluster statistics needed arrived before the deadline (selected: {})",
+                stats.len(),
+                self.config.min_per_round,
+                selected.join(", ")
+            );
+            return self.retry_or_fail(attempt, &why, |a| State::Training { round, attempt: a });
+        }
+        let old = match KMeans::from_params(global.params.clone(), global.outputs) {
+            Ok(m) => m,
+            Err(e) => return State::Failed(format!("internal: {e}")),
+        };
+        let update = match kmeans_update(&old, &stats) {
+            Ok(u) => u,
+            Err(e) => {
+                let why = format!("round {round}: k-means update failed: {e}");
+                return self
+                    .retry_or_fail(attempt, &why, |a| State::Training { round, attempt: a });
+            }
+        };
+        let mut next = update.model;
+        if !update.empty_clusters.is_empty() {
+            let seed = self.config.seed.unwrap_or(0) ^ u64::from(round).wrapping_mul(0x9e37_79b9);
+            match kmeans_reseed_empty(&next, &update.counts, &update.empty_clusters, seed) {
+                Ok(reseeded) => {
+                    self.observer.note(&format!(
+                        "round {round}: clusters {:?} received no rows; re-seeded by splitting the largest clusters",
+                        update.empty_clusters
+                    ));
+                    next = reseeded;
+                }
+                Err(e) => return State::Failed(format!("internal: {e}")),
+            }
+        }
+        if let Some(g) = self.global.as_mut() {
+            g.params = next.into_params();
+        }
+        self.contributors.extend(contributors);
+        let train_phase_ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(run_id = %self.run_id, round, updates = stats.len(), inertia = update.inertia, "k-means round aggregated");
+        let record = RoundRecord {
+            round,
+            selected: selected.len(),
+            accepted: stats.len(),
+            rejected: gathered.rejected,
+            refused: gathered.refused,
+            attempts: attempt + 1,
+            // Mean training inertia of the centroids the clients were sent (0
+            // under record-level DP, where the inertia is not released).
+            train_loss: update.inertia / update.examples.max(1) as f64,
+            train_phase_ms,
+            max_client_train_ms: max_train_micros as f64 / 1e3,
+            eval_phase_ms: 0.0,
+            round_ms: train_phase_ms,
+            metrics: None,
+            quality: None,
+            evaluated_clients: 0,
+            epsilon: client_epsilon,
+        };
+        if round.is_multiple_of(self.config.eval_every) || round == self.config.rounds {
+            State::Evaluating {
+                record: Box::new(record),
+            }
+        } else {
+            self.finish_round(record)
+        }
     }
 
     fn finish_round(&mut self, record: RoundRecord) -> State {
@@ -578,6 +725,38 @@ impl Run {
             }
         }
     }
+}
+
+/// Checks that the clients' label column is what the run's model family trains on.
+fn label_fits(
+    family: ModelFamily,
+    kind: LabelKindMsg,
+    column: &str,
+    classes: &[String],
+) -> Result<(), String> {
+    let need = match family.label_need() {
+        LabelNeed::Binary => LabelKindMsg::Binary,
+        LabelNeed::Numeric => LabelKindMsg::Numeric,
+        LabelNeed::Classes => LabelKindMsg::Classes,
+        LabelNeed::None => return Ok(()),
+    };
+    if kind != need {
+        let has = match kind {
+            LabelKindMsg::None => "no label column".to_string(),
+            other => format!("'{column}' as {}", other.describe()),
+        };
+        return Err(format!(
+            "the run trains a {family} model, which needs {} in the clients' schema; their schema declares {has}",
+            need.describe()
+        ));
+    }
+    if need == LabelKindMsg::Classes && classes.len() < 2 {
+        return Err(format!(
+            "the clients' class column '{column}' declares {} classes, at least 2 are needed",
+            classes.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Loads an earlier global model for a warm start and checks that it fits the

@@ -37,7 +37,8 @@ fn config(rounds: u32, min_per_round: usize) -> RunConfig {
     RunConfig {
         name: "t".into(),
         rounds,
-        model: "logistic_regression".into(),
+        model: fedprofile_learning::ModelFamily::LogisticRegression,
+        clusters: 0,
         seed: Some(1),
         warm_start: None,
         fraction_per_round: 1.0,
@@ -101,6 +102,8 @@ async fn play(
                 train_examples: 2,
                 label_column: "y".into(),
                 label_positive: "yes".into(),
+                label_kind: fedprofile_protocol::messages::LabelKindMsg::Binary,
+                label_classes: Vec::new(),
             }),
             (TaskBody::Train(_), Behaviour::SilentInTraining) => continue,
             (TaskBody::Train(_), Behaviour::Honest { v, examples }) => {
@@ -113,15 +116,16 @@ async fn play(
                     update_norm: 0.0,
                     epsilon_spent: None,
                     not_private: false,
+                    clusters: None,
                 })
             }
-            (TaskBody::Eval(_), _) => ResultBody::Eval(
+            (TaskBody::Eval(_), _) => ResultBody::Eval(fedprofile_learning::Evaluation::Binary(
                 EvalSummary::from_predictions(
                     Array1::from_vec(vec![0.9, 0.1, 0.6]).view(),
                     Array1::from_vec(vec![1.0, 0.0, 0.0]).view(),
                 )
                 .unwrap(),
-            ),
+            )),
         };
         let reply = ClientReply::Result {
             task_id: task.task_id.clone(),

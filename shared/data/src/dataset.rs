@@ -81,13 +81,44 @@ pub struct NumericStats {
     pub sum_sq: f64,
 }
 
+/// The training target of every user, by the schema's kind of label.
+#[derive(Debug, Clone, PartialEq)]
+enum Labels {
+    /// The schema declares no label, target or class column.
+    None,
+    /// A `type = "label"` column: true for the positive value.
+    Binary(Vec<bool>),
+    /// A `type = "target"` column: the parsed values.
+    Numeric(Vec<f64>),
+    /// A `type = "class"` column: the class indices, each below `classes`.
+    Multiclass {
+        /// Number of declared classes.
+        classes: usize,
+        /// 0-based class index per user, in declared order.
+        index: Vec<u32>,
+    },
+}
+
+impl Labels {
+    /// The same kind of labels for the users at `rows` (all in range).
+    fn subset(&self, rows: &[usize]) -> Labels {
+        match self {
+            Labels::None => Labels::None,
+            Labels::Binary(l) => Labels::Binary(rows.iter().map(|&r| l[r]).collect()),
+            Labels::Numeric(t) => Labels::Numeric(rows.iter().map(|&r| t[r]).collect()),
+            Labels::Multiclass { classes, index } => Labels::Multiclass {
+                classes: *classes,
+                index: rows.iter().map(|&r| index[r]).collect(),
+            },
+        }
+    }
+}
+
 /// The cleaned, fused rows of one split: one per user of the primary source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     ids: Vec<String>,
-    labels: Option<Vec<bool>>,
-    /// The numeric target (a `type = "target"` schema); `labels` is then `None`.
-    targets: Option<Vec<f64>>,
+    labels: Labels,
     pub(crate) columns: Vec<FeatureColumnData>,
 }
 
@@ -99,8 +130,7 @@ impl Dataset {
     ) -> Self {
         Dataset {
             ids,
-            labels,
-            targets: None,
+            labels: labels.map_or(Labels::None, Labels::Binary),
             columns,
         }
     }
@@ -113,8 +143,22 @@ impl Dataset {
     ) -> Self {
         Dataset {
             ids,
-            labels: None,
-            targets: Some(targets),
+            labels: Labels::Numeric(targets),
+            columns,
+        }
+    }
+
+    /// A dataset with a multi-class label: one class index (below `classes`, the
+    /// number of declared classes) per user.
+    pub(crate) fn with_classes(
+        ids: Vec<String>,
+        classes: usize,
+        index: Vec<u32>,
+        columns: Vec<FeatureColumnData>,
+    ) -> Self {
+        Dataset {
+            ids,
+            labels: Labels::Multiclass { classes, index },
             columns,
         }
     }
@@ -155,14 +199,7 @@ impl Dataset {
             .collect();
         Dataset {
             ids: rows.iter().map(|&r| self.ids[r].clone()).collect(),
-            labels: self
-                .labels
-                .as_ref()
-                .map(|l| rows.iter().map(|&r| l[r]).collect()),
-            targets: self
-                .targets
-                .as_ref()
-                .map(|t| rows.iter().map(|&r| t[r]).collect()),
+            labels: self.labels.subset(&rows),
             columns,
         }
     }
@@ -189,40 +226,63 @@ impl Dataset {
 
     /// The training targets, one per user: for a binary label (`type = "label"`) 1.0 for
     /// the positive value and 0.0 otherwise; for a numeric target (`type = "target"`)
-    /// the parsed values. Rows with a missing or unparseable label or target were
-    /// dropped (and counted) at cleaning, so this fails only when the schema declares
-    /// neither.
+    /// the parsed values; for a multi-class label (`type = "class"`) the 0-based index
+    /// of the class in the schema's declared order (0.0, 1.0, 2.0, …). Rows with a
+    /// missing or unparseable label, target or class were dropped (and counted) at
+    /// cleaning, so this fails only when the schema declares none of them.
     pub fn labels(&self) -> Result<Array1<f64>, DataError> {
-        if let Some(targets) = &self.targets {
-            return Ok(Array1::from(targets.clone()));
+        match &self.labels {
+            Labels::None => Err(DataError::NoLabel),
+            Labels::Binary(l) => Ok(l.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect()),
+            Labels::Numeric(t) => Ok(Array1::from(t.clone())),
+            Labels::Multiclass { index, .. } => Ok(index.iter().map(|&i| f64::from(i)).collect()),
         }
-        let labels = self.labels.as_ref().ok_or(DataError::NoLabel)?;
-        Ok(labels.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect())
     }
 
-    /// Whether [`Dataset::labels`] holds a binary label or a numeric target (`None` if
-    /// the schema declares neither).
+    /// Whether [`Dataset::labels`] holds a binary label, a numeric target or class
+    /// indices (`None` if the schema declares none of them).
     pub fn label_kind(&self) -> Option<LabelKind> {
-        if self.targets.is_some() {
-            Some(LabelKind::Numeric)
-        } else if self.labels.is_some() {
-            Some(LabelKind::Binary)
-        } else {
-            None
+        match self.labels {
+            Labels::None => None,
+            Labels::Binary(_) => Some(LabelKind::Binary),
+            Labels::Numeric(_) => Some(LabelKind::Numeric),
+            Labels::Multiclass { .. } => Some(LabelKind::Multiclass),
         }
     }
 
     /// The numeric target values, if the schema declares a `type = "target"` column.
     pub(crate) fn targets(&self) -> Option<&[f64]> {
-        self.targets.as_deref()
+        match &self.labels {
+            Labels::Numeric(t) => Some(t),
+            _ => None,
+        }
     }
 
     /// Users with the positive label, if the schema declares a binary label (`None`
-    /// for a numeric target).
+    /// for a numeric target or a multi-class label).
     pub fn positives(&self) -> Option<usize> {
-        self.labels
-            .as_ref()
-            .map(|l| l.iter().filter(|b| **b).count())
+        match &self.labels {
+            Labels::Binary(l) => Some(l.iter().filter(|b| **b).count()),
+            _ => None,
+        }
+    }
+
+    /// Users per class, one count per declared class in the schema's order (index `i`
+    /// counts the users whose [`Dataset::labels`] value is `i`), if the schema declares
+    /// a multi-class label (`None` otherwise). A class no user has counts 0.
+    pub fn class_counts(&self) -> Option<Vec<u64>> {
+        match &self.labels {
+            Labels::Multiclass { classes, index } => {
+                let mut counts = vec![0; *classes];
+                for &i in index {
+                    if let Some(c) = counts.get_mut(i as usize) {
+                        *c += 1;
+                    }
+                }
+                Some(counts)
+            }
+            _ => None,
+        }
     }
 
     /// Per numeric feature column, in schema order: count, sum and sum of squares of
@@ -301,7 +361,7 @@ mod tests {
     #[test]
     fn no_label_is_an_error() {
         let mut d = dataset();
-        d.labels = None;
+        d.labels = Labels::None;
         assert!(matches!(d.labels(), Err(DataError::NoLabel)));
     }
 
@@ -321,7 +381,43 @@ mod tests {
         assert_eq!(sub.labels().unwrap().to_vec(), [64.25, 20.5]);
         assert_eq!(sub.label_kind(), Some(LabelKind::Numeric));
         let mut none = dataset();
-        none.labels = None;
+        none.labels = Labels::None;
         assert_eq!(none.label_kind(), None);
+        assert_eq!(none.class_counts(), None);
+        assert_eq!(t.class_counts(), None);
+        assert_eq!(d.class_counts(), None);
+    }
+
+    #[test]
+    fn class_labels() {
+        let d = Dataset::with_classes(
+            vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            3,
+            vec![2, 0, 2, 1],
+            vec![FeatureColumnData {
+                name: "n".into(),
+                data: ColumnData::Numeric {
+                    impute: NumericImpute::Mean,
+                    values: vec![Some(1.0), None, Some(3.0), Some(4.0)],
+                },
+            }],
+        );
+        assert_eq!(d.label_kind(), Some(LabelKind::Multiclass));
+        assert_eq!(d.labels().unwrap().to_vec(), [2.0, 0.0, 2.0, 1.0]);
+        assert_eq!(d.class_counts(), Some(vec![1, 1, 2]));
+        assert_eq!(d.positives(), None);
+        assert_eq!(d.targets(), None);
+
+        // subset keeps the kind and the number of classes, even for an absent class.
+        let sub = d.subset(&[3, 0, 9, 2]);
+        assert_eq!(sub.ids(), ["d", "a", "c"]);
+        assert_eq!(sub.label_kind(), Some(LabelKind::Multiclass));
+        assert_eq!(sub.labels().unwrap().to_vec(), [1.0, 2.0, 2.0]);
+        assert_eq!(sub.class_counts(), Some(vec![0, 1, 2]));
+        assert_eq!(sub.numeric_stats()[0].count, 3);
+        let empty = d.subset(&[]);
+        assert!(empty.is_empty());
+        assert_eq!(empty.labels().unwrap().len(), 0);
+        assert_eq!(empty.class_counts(), Some(vec![0, 0, 0]));
     }
 }

@@ -219,6 +219,7 @@ pub(crate) fn join(
                 ColumnKind::Id
                 | ColumnKind::Label { .. }
                 | ColumnKind::Target
+                | ColumnKind::Class { .. }
                 | ColumnKind::Ignore => continue,
             };
             let column = FeatureColumnData {
@@ -237,6 +238,11 @@ pub(crate) fn join(
         // Rows without a parseable target were dropped at cleaning.
         let targets = users.iter().map(|r| r.target.unwrap_or(0.0)).collect();
         return Dataset::with_targets(ids, targets, columns);
+    }
+    if let Some(classes) = schema.label_classes() {
+        // Rows without a declared class were dropped at cleaning.
+        let index = users.iter().map(|r| r.class.unwrap_or(0)).collect();
+        return Dataset::with_classes(ids, classes.len(), index, columns);
     }
     let labels = schema
         .label_name()

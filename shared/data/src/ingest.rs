@@ -3,13 +3,13 @@
 //! Row-level checks come first, in this order, and a failing row is dropped and counted
 //! once: field count ([`Reason::MalformedRow`]), UTF-8 of the declared cells
 //! ([`Reason::InvalidEncoding`]), blank key ([`Reason::MissingId`]), blank or unknown
-//! label, or blank or unparseable numeric target ([`Reason::MissingLabel`],
-//! [`Reason::UnparseableLabel`]). The cells of every
-//! remaining row are then cleaned: trimmed, case-folded (categorical, boolean, label),
-//! parsed (numeric), and counted by reason. Cell counts therefore cover every row that
-//! passed the row-level checks, including rows later dropped by de-duplication.
+//! label, blank or unparseable numeric target, or blank class or one that is not
+//! declared ([`Reason::MissingLabel`], [`Reason::UnparseableLabel`]). The cells of every
+//! remaining row are then cleaned: trimmed, case-folded (categorical, boolean, label,
+//! class), parsed (numeric), and counted by reason. Cell counts therefore cover every
+//! row that passed the row-level checks, including rows later dropped by de-duplication.
 //!
-//! Noise: a cell of a categorical, boolean or label column is noise when it matched
+//! Noise: a cell of a categorical, boolean, label or class column is noise when it matched
 //! only after trimming or case-folding, i.e. it has surrounding white space, or its
 //! trimmed spelling differs from the dominant spelling of the same value in this file
 //! (`NO` and `no` are noise where most cells say `No`; ties go to the spelling seen
@@ -29,7 +29,7 @@ pub(crate) enum Value {
     Missing,
     /// A finite number.
     Number(f64),
-    /// Index into the schema vocabulary.
+    /// Index into the schema vocabulary, or into the classes of a class column.
     Category(u32),
     /// A (case-folded) value outside the vocabulary.
     Unseen(String),
@@ -57,6 +57,8 @@ pub(crate) struct CleanRow {
     pub label: Option<bool>,
     /// The numeric target (primary source with a target column only).
     pub target: Option<f64>,
+    /// The class index, in declared order (primary source with a class column only).
+    pub class: Option<u32>,
     /// The keep-newest date, if the source has one and it parsed.
     pub date: Option<DateKey>,
     /// One value per declared column of the source, in schema order.
@@ -82,6 +84,8 @@ enum Cleaner {
         negative: Option<String>,
     },
     Target,
+    /// Class name (trimmed, lowercase) to its index.
+    Class(HashMap<String, u32>),
     Ignore {
         date: bool,
     },
@@ -91,7 +95,10 @@ impl Cleaner {
     fn has_spellings(&self) -> bool {
         matches!(
             self,
-            Cleaner::Categorical(_) | Cleaner::Boolean(_) | Cleaner::Label { .. }
+            Cleaner::Categorical(_)
+                | Cleaner::Boolean(_)
+                | Cleaner::Label { .. }
+                | Cleaner::Class(_)
         )
     }
 }
@@ -310,15 +317,20 @@ pub(crate) fn read_source(
                 negative: negative.clone(),
             },
             ColumnKind::Target => Cleaner::Target,
+            ColumnKind::Class { classes } => Cleaner::Class(
+                classes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (v.clone(), i as u32))
+                    .collect(),
+            ),
             ColumnKind::Ignore => Cleaner::Ignore {
                 date: source.keep_newest_by.as_deref() == Some(c.name.as_str()),
             },
         })
         .collect();
     let key_col = source.columns.iter().position(|c| c.name == key);
-    let label_col = cleaners
-        .iter()
-        .position(|c| matches!(c, Cleaner::Label { .. } | Cleaner::Target));
+    let label_col = source.columns.iter().position(|c| c.kind.is_label());
 
     let mut columns: Vec<ColumnReport> = source
         .columns
@@ -404,9 +416,10 @@ pub(crate) fn read_source(
             continue;
         }
 
-        // Row-level: label or target.
+        // Row-level: label, target or class.
         let mut label = None;
         let mut target = None;
+        let mut class = None;
         if let Some(l) = label_col {
             let raw = cells[l];
             let trimmed = raw.trim();
@@ -432,6 +445,14 @@ pub(crate) fn read_source(
                         continue;
                     }
                 }
+                Cleaner::Class(classes) => match classes.get(&trimmed.to_lowercase()) {
+                    Some(&i) => class = Some(i),
+                    None => {
+                        report.rows_unparseable_label += 1;
+                        collector.record(Reason::UnparseableLabel, example);
+                        continue;
+                    }
+                },
                 _ => match parse_number(trimmed) {
                     Some(x) => target = Some(x),
                     None => {
@@ -538,6 +559,11 @@ pub(crate) fn read_source(
                     spellings[ci].add(&folded, trimmed, padded, example);
                     Value::Bool(label.unwrap_or(false))
                 }
+                Cleaner::Class(_) => {
+                    let folded = trimmed.to_lowercase();
+                    spellings[ci].add(&folded, trimmed, padded, example);
+                    class.map_or(Value::Missing, Value::Category)
+                }
             };
             values.push(value);
         }
@@ -546,6 +572,7 @@ pub(crate) fn read_source(
             id: id.to_owned(),
             label,
             target,
+            class,
             date,
             values,
         });
@@ -831,5 +858,94 @@ type = "target"
         assert_eq!(issue.examples[0].line, 5);
         assert_eq!(issue.examples[0].column.as_deref(), Some("amount"));
         assert_eq!(issue.examples[0].value, "N/A");
+    }
+
+    const CLASS_SCHEMA: &str = r#"
+key = "id"
+[[source]]
+name = "main"
+path = "main.csv"
+[[source.column]]
+name = "id"
+type = "id"
+[[source.column]]
+name = "n"
+type = "numeric"
+[[source.column]]
+name = "contract"
+type = "class"
+classes = ["month-to-month", "one year", "two year"]
+"#;
+
+    fn read_class(csv: &str) -> (CleanSource, Vec<crate::report::Issue>) {
+        let schema = Schema::from_toml_str(CLASS_SCHEMA, "s").unwrap();
+        let mut collector = Collector::default();
+        let src = read_source(
+            schema.primary_source(),
+            schema.key(),
+            csv.as_bytes(),
+            "main.csv",
+            &mut collector,
+        )
+        .unwrap();
+        (src, collector.into_issues())
+    }
+
+    #[test]
+    fn class_cells_are_indexed_in_declared_order() {
+        let (src, issues) = read_class(
+            "id,n,contract\nA,1,Month-to-month\nB,2,Two year\nC,3,One year\nD,4,ONE YEAR\nE,5, Two year\nF,6,One year\n",
+        );
+        assert_eq!(src.rows.len(), 6);
+        let classes: Vec<Option<u32>> = src.rows.iter().map(|r| r.class).collect();
+        assert_eq!(
+            classes,
+            [Some(0), Some(2), Some(1), Some(1), Some(2), Some(1)]
+        );
+        assert!(
+            src.rows
+                .iter()
+                .all(|r| r.label.is_none() && r.target.is_none())
+        );
+        assert_eq!(src.rows[3].values[2], Value::Category(1));
+        // "ONE YEAR" (dominant spelling "One year") and " Two year" (padded) are noise,
+        // like in a categorical column.
+        assert_eq!(count(&issues, Reason::CaseOrWhitespaceNoise), 2);
+        assert_eq!(count(&issues, Reason::MissingLabel), 0);
+        assert_eq!(count(&issues, Reason::UnparseableLabel), 0);
+        let col = src.columns.iter().find(|c| c.name == "contract").unwrap();
+        assert_eq!(col.kind, "class");
+        assert_eq!(col.noise, 2);
+        assert_eq!(col.outside_vocabulary, 0);
+    }
+
+    #[test]
+    fn rows_with_blank_or_unknown_class_are_dropped() {
+        let (src, issues) = read_class(
+            "id,n,contract\nA,1,one year\nB,x,\nC,3,  \nD,4,three year\nE,5,month to month\nF,6,two year\nG,,N/A\n",
+        );
+        let ids: Vec<&str> = src.rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["A", "F"]);
+        assert_eq!(src.report.rows_read, 7);
+        assert_eq!(src.report.rows_missing_label, 2);
+        assert_eq!(src.report.rows_unparseable_label, 3);
+        assert_eq!(count(&issues, Reason::MissingLabel), 2);
+        assert_eq!(count(&issues, Reason::UnparseableLabel), 3);
+        // Dropped rows are not cleaned: "x" and the blank n of G are not counted.
+        assert_eq!(count(&issues, Reason::UnparseableNumber), 0);
+        assert_eq!(count(&issues, Reason::BlankCell), 0);
+        let issue = issues
+            .iter()
+            .find(|i| i.reason == Reason::UnparseableLabel)
+            .unwrap();
+        assert_eq!(issue.examples[0].line, 5);
+        assert_eq!(issue.examples[0].column.as_deref(), Some("contract"));
+        assert_eq!(issue.examples[0].value, "three year");
+        let issue = issues
+            .iter()
+            .find(|i| i.reason == Reason::MissingLabel)
+            .unwrap();
+        assert_eq!(issue.examples[1].line, 4);
+        assert_eq!(issue.examples[1].value, "  ");
     }
 }

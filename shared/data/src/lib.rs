@@ -30,8 +30,8 @@ pub use dataset::{Dataset, NumericStats};
 pub use error::DataError;
 pub use fedprofile_learning::{FeatureColumn, FeatureSpec};
 pub use report::{
-    ColumnReport, Example, Issue, LabelSummary, MAX_EXAMPLES, QualityReport, Reason, SourceReport,
-    TargetSummary,
+    ClassSummary, ColumnReport, Example, Issue, LabelSummary, MAX_EXAMPLES, QualityReport, Reason,
+    SourceReport, TargetSummary,
 };
 pub use schema::{
     CategoricalImpute, ColumnDef, ColumnKind, LabelKind, NumericImpute, SPLIT_PLACEHOLDER, Schema,
@@ -167,6 +167,18 @@ fn load_with<'a>(
         (Some(column), Some(values)) => Some(TargetSummary::of(column, values)),
         _ => None,
     };
+    let classes = match (
+        schema.label_name(),
+        schema.label_classes(),
+        dataset.class_counts(),
+    ) {
+        (Some(column), Some(classes), Some(counts)) => Some(ClassSummary {
+            column: column.to_owned(),
+            classes: classes.to_vec(),
+            counts,
+        }),
+        _ => None,
+    };
     let mut sources = Vec::with_capacity(cleaned.len());
     let mut columns = Vec::new();
     for clean in cleaned {
@@ -179,6 +191,7 @@ fn load_with<'a>(
         users,
         label,
         target,
+        classes,
         sources,
         columns,
         issues: collector.into_issues(),
@@ -373,7 +386,7 @@ type = "target"
             "{text}"
         );
         assert!(
-            text.contains("rows with an unparseable label or target, dropped"),
+            text.contains("rows with an unparseable label or target, or an unknown class, dropped"),
             "{text}"
         );
         let json = serde_json::to_value(r).unwrap();
@@ -388,7 +401,121 @@ type = "target"
         assert_eq!(loaded.dataset.label_kind(), Some(LabelKind::Binary));
         assert_eq!(schema.label_kind(), Some(LabelKind::Binary));
         assert!(loaded.report.target.is_none());
+        assert!(loaded.report.classes.is_none());
+        assert_eq!(loaded.dataset.class_counts(), None);
         let json = serde_json::to_value(&loaded.report).unwrap();
         assert!(json.get("target").is_none());
+        assert!(json.get("classes").is_none());
+    }
+
+    const CLASS_SCHEMA: &str = r#"
+key = "id"
+[[source]]
+name = "a"
+path = "{split}/a.csv"
+primary = true
+keep_newest_by = "when"
+[[source.column]]
+name = "id"
+type = "id"
+[[source.column]]
+name = "when"
+type = "ignore"
+[[source.column]]
+name = "n"
+type = "numeric"
+[[source.column]]
+name = "contract"
+type = "class"
+classes = ["month-to-month", "one year", "two year"]
+
+[[source]]
+name = "b"
+path = "{split}/b.csv"
+[[source.column]]
+name = "id"
+type = "id"
+[[source.column]]
+name = "churn"
+type = "boolean"
+true_values = ["yes"]
+false_values = ["no"]
+value = false
+"#;
+
+    #[test]
+    fn class_label_end_to_end() {
+        let schema = Schema::from_toml_str(CLASS_SCHEMA, "schema.toml").unwrap();
+        assert_eq!(schema.label_kind(), Some(LabelKind::Multiclass));
+        let a = "id,when,n,contract\n\
+                 U1,2026-01-01,1,Two year\n\
+                 U2,2026-01-01,2,\n\
+                 U1,2025-01-01,9,One year\n\
+                 U3,2026-01-01,3,Month-to-month\n\
+                 U4,2026-01-01,4,three year\n\
+                 U5,2026-01-01,5, two year\n\
+                 U6,2026-01-01,6,month-to-month\n";
+        let b = "id,churn\nU1,Yes\nU2,No\nU3,No\nU4,Yes\nU6,No\n";
+        let loaded = load_from_strs(&schema, "train", &[("a", a), ("b", b)]).unwrap();
+        let (d, r) = (&loaded.dataset, &loaded.report);
+        assert_eq!(d.ids(), ["U1", "U3", "U5", "U6"]);
+        assert_eq!(d.label_kind(), Some(LabelKind::Multiclass));
+        assert_eq!(d.labels().unwrap().to_vec(), [2.0, 0.0, 2.0, 0.0]);
+        assert_eq!(d.class_counts(), Some(vec![2, 0, 2]));
+        assert_eq!(d.positives(), None);
+        assert_eq!(d.feature_names(), ["n", "churn"]);
+        assert_eq!(r.count(Reason::MissingLabel), 1);
+        assert_eq!(r.count(Reason::UnparseableLabel), 1);
+        let src = r.source("a").unwrap();
+        assert_eq!((src.rows_missing_label, src.rows_unparseable_label), (1, 1));
+        assert_eq!(src.stale_duplicates_removed, 1);
+        // U2 and U4 were dropped, so their services rows are orphans.
+        assert_eq!(r.count(Reason::OrphanRow), 2);
+        // " two year" and "month-to-month" lose their ties to the first-seen spellings
+        // "Two year" and "Month-to-month": noise, like in a categorical column.
+        assert_eq!(r.column("contract").unwrap().noise, 2);
+        assert_eq!(r.column("contract").unwrap().kind, "class");
+        assert!(r.label.is_none());
+        assert!(r.target.is_none());
+        assert_eq!(r.positive_rate(), None);
+        let c = r.classes.as_ref().unwrap();
+        assert_eq!(c.column, "contract");
+        assert_eq!(c.classes, ["month-to-month", "one year", "two year"]);
+        assert_eq!(c.counts, [2, 0, 2]);
+
+        let x = d.encode(&schema.feature_template()).unwrap();
+        assert_eq!(x.dim(), (4, 2));
+
+        let text = r.to_string();
+        assert!(
+            text.contains(
+                "users after cleaning and fusion: 4 (contract: month-to-month = 2 (50.00%), one year = 0 (0.00%), two year = 2 (50.00%))"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("blank-label rows dropped"), "{text}");
+        assert!(
+            text.contains("rows with a blank label, target or class, dropped"),
+            "{text}"
+        );
+        assert!(text.contains("bad-label rows dropped"), "{text}");
+        assert!(
+            text.contains("train/a.csv:6: column 'contract': \"three year\""),
+            "{text}"
+        );
+        let json = serde_json::to_value(r).unwrap();
+        assert_eq!(json["classes"]["column"], "contract");
+        assert_eq!(
+            json["classes"]["classes"],
+            serde_json::json!(["month-to-month", "one year", "two year"])
+        );
+        assert_eq!(json["classes"]["counts"], serde_json::json!([2, 0, 2]));
+        assert!(json.get("target").is_none());
+        assert_eq!(json["label"], serde_json::Value::Null);
+
+        // A subset (e.g. one of several clients) keeps the class labels.
+        let sub = d.subset(&[3, 1]);
+        assert_eq!(sub.labels().unwrap().to_vec(), [0.0, 0.0]);
+        assert_eq!(sub.class_counts(), Some(vec![2, 0, 0]));
     }
 }

@@ -23,10 +23,11 @@ pub enum Reason {
     InvalidEncoding,
     /// Row dropped: the key cell is blank.
     MissingId,
-    /// Row dropped: the label or target cell is blank.
+    /// Row dropped: the label, target or class cell is blank.
     MissingLabel,
-    /// Row dropped: the label is neither the positive nor the negative value, or the
-    /// numeric target is not a finite number.
+    /// Row dropped: the label is neither the positive nor the negative value, the
+    /// numeric target is not a finite number, or the class is not one of the declared
+    /// classes.
     UnparseableLabel,
     /// Cell imputed: blank numeric, categorical or boolean cell.
     BlankCell,
@@ -60,8 +61,10 @@ impl Reason {
             Reason::MalformedRow => "malformed rows (wrong field count), dropped",
             Reason::InvalidEncoding => "rows with invalid utf-8, dropped",
             Reason::MissingId => "rows with a blank id, dropped",
-            Reason::MissingLabel => "rows with a blank label or target, dropped",
-            Reason::UnparseableLabel => "rows with an unparseable label or target, dropped",
+            Reason::MissingLabel => "rows with a blank label, target or class, dropped",
+            Reason::UnparseableLabel => {
+                "rows with an unparseable label or target, or an unknown class, dropped"
+            }
             Reason::BlankCell => "blank cells, imputed",
             Reason::UnparseableNumber => "unparseable numbers, imputed",
             Reason::OutsideVocabulary => "values outside the vocabulary",
@@ -130,9 +133,9 @@ pub struct SourceReport {
     pub invalid_encoding_rows: u64,
     /// Rows dropped for a blank id.
     pub rows_missing_id: u64,
-    /// Rows dropped for a blank label or target.
+    /// Rows dropped for a blank label, target or class.
     pub rows_missing_label: u64,
-    /// Rows dropped for an unparseable label or target.
+    /// Rows dropped for an unparseable label or target, or an undeclared class.
     pub rows_unparseable_label: u64,
     /// Rows dropped as exact duplicates (after cleaning).
     pub exact_duplicates_removed: u64,
@@ -225,6 +228,17 @@ impl TargetSummary {
     }
 }
 
+/// Class balance of a multi-class label (`type = "class"`) over the fused dataset.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassSummary {
+    /// The class column.
+    pub column: String,
+    /// The declared classes, in declared order (class index order).
+    pub classes: Vec<String>,
+    /// Users per class, in the order of `classes`.
+    pub counts: Vec<u64>,
+}
+
 /// The data-quality report of one split.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QualityReport {
@@ -240,6 +254,10 @@ pub struct QualityReport {
     /// omitted from the JSON otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetSummary>,
+    /// Class counts, if the schema has a multi-class label (`type = "class"`); omitted
+    /// from the JSON otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<ClassSummary>,
     /// One entry per source, in schema order.
     pub sources: Vec<SourceReport>,
     /// One entry per declared column except the key, in schema order.
@@ -297,6 +315,19 @@ impl fmt::Display for QualityReport {
                 " ({}: {} values, mean {:.2}, min {:.2}, max {:.2})",
                 t.column, t.count, t.mean, t.min, t.max
             )?;
+        }
+        if let Some(c) = &self.classes {
+            write!(f, " ({}: ", c.column)?;
+            for (i, (class, n)) in c.classes.iter().zip(&c.counts).enumerate() {
+                let pct = if self.users == 0 {
+                    0.0
+                } else {
+                    100.0 * *n as f64 / self.users as f64
+                };
+                let sep = if i == 0 { "" } else { ", " };
+                write!(f, "{sep}{class} = {n} ({pct:.2}%)")?;
+            }
+            write!(f, ")")?;
         }
         writeln!(f)?;
 
@@ -473,5 +504,63 @@ mod tests {
         assert_eq!((t.min, t.max), (20.0, 70.0));
         let e = TargetSummary::of("m", &[]);
         assert_eq!((e.count, e.mean, e.min, e.max), (0, 0.0, 0.0, 0.0));
+    }
+
+    fn report(users: u64, classes: Option<ClassSummary>) -> QualityReport {
+        QualityReport {
+            split: "train".into(),
+            data_dir: "d".into(),
+            users,
+            label: None,
+            target: None,
+            classes,
+            sources: Vec::new(),
+            columns: Vec::new(),
+            issues: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn class_summary_text_and_json() {
+        let summary = ClassSummary {
+            column: "contract".into(),
+            classes: vec!["month-to-month".into(), "one year".into()],
+            counts: vec![3, 1],
+        };
+        let r = report(4, Some(summary.clone()));
+        let text = r.to_string();
+        assert!(
+            text.contains(
+                "users after cleaning and fusion: 4 (contract: month-to-month = 3 (75.00%), one year = 1 (25.00%))\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["classes"],
+            serde_json::json!({
+                "column": "contract",
+                "classes": ["month-to-month", "one year"],
+                "counts": [3, 1]
+            })
+        );
+        // No users: rates are 0, not NaN.
+        let empty = report(
+            0,
+            Some(ClassSummary {
+                counts: vec![0, 0],
+                ..summary
+            }),
+        );
+        assert!(
+            empty
+                .to_string()
+                .contains("(contract: month-to-month = 0 (0.00%), one year = 0 (0.00%))"),
+            "{empty}"
+        );
+        // Absent for other label kinds.
+        let none = serde_json::to_value(report(4, None)).unwrap();
+        assert!(none.get("classes").is_none());
+        assert!(!report(4, None).to_string().contains("(contract"));
     }
 }

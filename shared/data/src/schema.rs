@@ -87,6 +87,13 @@ pub enum ColumnKind {
     },
     /// A numeric regression target; rows without a parseable number are dropped.
     Target,
+    /// A multi-class training target (e.g. for softmax regression); rows whose value is
+    /// blank or not one of the classes are dropped.
+    Class {
+        /// The class names, trimmed and lowercase, in declared order: a row's class index
+        /// is its position here.
+        classes: Vec<String>,
+    },
     /// Read but not used as a feature (e.g. a dedup date).
     Ignore,
 }
@@ -98,6 +105,8 @@ pub enum LabelKind {
     Binary,
     /// A `type = "target"` column: the parsed number.
     Numeric,
+    /// A `type = "class"` column: the 0-based index of the class in declared order.
+    Multiclass,
 }
 
 /// Imputation of a numeric column.
@@ -128,8 +137,17 @@ impl ColumnKind {
             ColumnKind::Boolean { .. } => "boolean",
             ColumnKind::Label { .. } => "label",
             ColumnKind::Target => "target",
+            ColumnKind::Class { .. } => "class",
             ColumnKind::Ignore => "ignore",
         }
+    }
+
+    /// Whether the column is the training target (type label, target or class).
+    pub fn is_label(&self) -> bool {
+        matches!(
+            self,
+            ColumnKind::Label { .. } | ColumnKind::Target | ColumnKind::Class { .. }
+        )
     }
 
     /// Whether the column becomes a model input.
@@ -207,7 +225,7 @@ impl Schema {
 
     /// The model input columns, in schema order: numeric columns with placeholder
     /// statistics (mean 0, std 1), categorical columns with the schema vocabulary, and
-    /// boolean columns. Id, label and ignored columns are excluded.
+    /// boolean columns. Id, label, target, class and ignored columns are excluded.
     pub fn feature_template(&self) -> FeatureSpec {
         let columns = self
             .columns()
@@ -227,30 +245,32 @@ impl Schema {
                 ColumnKind::Id
                 | ColumnKind::Label { .. }
                 | ColumnKind::Target
+                | ColumnKind::Class { .. }
                 | ColumnKind::Ignore => None,
             })
             .collect();
         FeatureSpec { columns }
     }
 
-    /// The label (`type = "label"`) or target (`type = "target"`) column, if the schema
-    /// declares one.
+    /// The label (`type = "label"`), target (`type = "target"`) or class
+    /// (`type = "class"`) column, if the schema declares one.
     pub fn label_name(&self) -> Option<&str> {
         self.label_column().map(|c| c.name.as_str())
     }
 
-    /// Whether the schema's training target is a binary label or a numeric target
-    /// (`None` if it declares neither).
+    /// Whether the schema's training target is a binary label, a numeric target or a
+    /// multi-class label (`None` if it declares none of them).
     pub fn label_kind(&self) -> Option<LabelKind> {
         self.label_column().and_then(|c| match c.kind {
             ColumnKind::Label { .. } => Some(LabelKind::Binary),
             ColumnKind::Target => Some(LabelKind::Numeric),
+            ColumnKind::Class { .. } => Some(LabelKind::Multiclass),
             _ => None,
         })
     }
 
     /// The (lowercase) positive label value, if the schema declares a binary label
-    /// (`None` for a numeric target).
+    /// (`None` for a numeric target or a multi-class label).
     pub fn label_positive(&self) -> Option<&str> {
         self.label_column().and_then(|c| match &c.kind {
             ColumnKind::Label { positive, .. } => Some(positive.as_str()),
@@ -258,10 +278,18 @@ impl Schema {
         })
     }
 
+    /// The class names (trimmed, lowercase) in declared order, if the schema declares a
+    /// multi-class label (`type = "class"`); a row's label is its class's index here.
+    /// `None` for a binary label or a numeric target.
+    pub fn label_classes(&self) -> Option<&[String]> {
+        self.label_column().and_then(|c| match &c.kind {
+            ColumnKind::Class { classes } => Some(classes.as_slice()),
+            _ => None,
+        })
+    }
+
     fn label_column(&self) -> Option<&ColumnDef> {
-        self.columns()
-            .map(|(_, c)| c)
-            .find(|c| matches!(c.kind, ColumnKind::Label { .. } | ColumnKind::Target))
+        self.columns().map(|(_, c)| c).find(|c| c.kind.is_label())
     }
 }
 
@@ -301,6 +329,7 @@ struct RawColumn {
     false_values: Option<Vec<String>>,
     positive: Option<String>,
     negative: Option<String>,
+    classes: Option<Vec<String>>,
     impute: Option<String>,
     value: Option<toml::Value>,
 }
@@ -313,9 +342,10 @@ enum Ty {
     Boolean,
     Label,
     Target,
+    Class,
 }
 
-const TYPES: &str = "id, numeric, categorical, boolean, label, target, ignore";
+const TYPES: &str = "id, numeric, categorical, boolean, label, target, class, ignore";
 
 impl RawSchema {
     fn validate(self, origin: &str) -> Result<Schema, DataError> {
@@ -335,7 +365,7 @@ impl RawSchema {
         let mut names = HashSet::new();
         let mut column_owner: HashMap<String, String> = HashMap::new();
         let mut sources = Vec::with_capacity(self.sources.len());
-        // (column, source, type name) of the label or target column.
+        // (column, source, type name) of the label, target or class column.
         let mut label_seen: Option<(String, String, &'static str)> = None;
         for raw in self.sources {
             let source = raw.validate(origin, &key, single)?;
@@ -355,10 +385,10 @@ impl RawSchema {
                         c.name, source.name
                     )));
                 }
-                if matches!(c.kind, ColumnKind::Label { .. } | ColumnKind::Target) {
+                if c.kind.is_label() {
                     if let Some((first, _, first_ty)) = &label_seen {
                         return Err(err(format!(
-                            "column '{}': only one label column (type label or target) is allowed, '{first}' is already one (type {first_ty})",
+                            "column '{}': only one label column (type label, target or class) is allowed, '{first}' is already one (type {first_ty})",
                             c.name
                         )));
                     }
@@ -503,6 +533,7 @@ impl RawColumn {
             ),
             "label" => (Ty::Label, &["positive", "negative"]),
             "target" => (Ty::Target, &[]),
+            "class" => (Ty::Class, &["classes"]),
             other => {
                 return Err(err(format!(
                     "unknown type '{other}' (expected one of {TYPES})"
@@ -515,6 +546,7 @@ impl RawColumn {
             ("false_values", self.false_values.is_some()),
             ("positive", self.positive.is_some()),
             ("negative", self.negative.is_some()),
+            ("classes", self.classes.is_some()),
             ("impute", self.impute.is_some()),
             ("value", self.value.is_some()),
         ] {
@@ -536,6 +568,20 @@ impl RawColumn {
             Ty::Id => ColumnKind::Id,
             Ty::Ignore => ColumnKind::Ignore,
             Ty::Target => ColumnKind::Target,
+            Ty::Class => {
+                let classes = match self.classes {
+                    Some(classes) if classes.len() >= 2 => classes,
+                    _ => {
+                        return Err(err(
+                            "type 'class' needs a 'classes' list of at least 2 values".into(),
+                        ));
+                    }
+                };
+                // Same rules as a categorical vocabulary: cells are trimmed and
+                // case-folded before matching.
+                check_values("classes", &classes).map_err(&err)?;
+                ColumnKind::Class { classes }
+            }
             Ty::Numeric => {
                 let impute = match (impute, &self.value) {
                     (None | Some("mean"), None) => NumericImpute::Mean,
@@ -985,14 +1031,14 @@ type = "numeric"
         ));
         assert_eq!(
             e,
-            "schema.toml: column 't2': only one label column (type label or target) is allowed, 't' is already one (type target)"
+            "schema.toml: column 't2': only one label column (type label, target or class) is allowed, 't' is already one (type target)"
         );
         let e = err_of(&format!(
             "{}\n[[source.column]]\nname = \"t\"\ntype = \"target\"\n",
             with_column("name = \"l\"\ntype = \"label\"\npositive = \"yes\"")
         ));
         assert!(
-            e.contains("column 't': only one label column (type label or target) is allowed, 'l' is already one (type label)"),
+            e.contains("column 't': only one label column (type label, target or class) is allowed, 'l' is already one (type label)"),
             "{e}"
         );
         let e = err_of(&format!(
@@ -1023,7 +1069,7 @@ type = "numeric"
         let e = err_of(&with_column("name = \"t\"\ntype = \"targt\""));
         assert!(
             e.contains(
-                "(expected one of id, numeric, categorical, boolean, label, target, ignore)"
+                "(expected one of id, numeric, categorical, boolean, label, target, class, ignore)"
             ),
             "{e}"
         );
@@ -1053,6 +1099,205 @@ type = "target"
         assert_eq!(
             err_of(text),
             "schema.toml: column 't': the target column must be in the primary source 'a', not in 'b'"
+        );
+    }
+
+    const CONTRACT: &str = "name = \"contract\"\ntype = \"class\"\nclasses = [\"month-to-month\", \"one year\", \"two year\"]";
+
+    #[test]
+    fn class_column_is_the_label_but_not_a_feature() {
+        let s = Schema::from_toml_str(&with_column(CONTRACT), "s").unwrap();
+        let classes = ["month-to-month", "one year", "two year"].map(String::from);
+        assert_eq!(
+            s.column("contract").unwrap().kind,
+            ColumnKind::Class {
+                classes: classes.to_vec()
+            }
+        );
+        assert_eq!(s.column("contract").unwrap().kind.type_name(), "class");
+        assert!(!s.column("contract").unwrap().kind.is_feature());
+        assert!(s.column("contract").unwrap().kind.is_label());
+        assert_eq!(s.label_name(), Some("contract"));
+        assert_eq!(s.label_kind(), Some(LabelKind::Multiclass));
+        assert_eq!(s.label_positive(), None);
+        assert_eq!(s.label_classes(), Some(&classes[..]));
+        let names: Vec<String> = s
+            .feature_template()
+            .columns
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        assert_eq!(names, ["x"]);
+
+        // Two classes are enough; declared order is kept (it is the index order).
+        let two = Schema::from_toml_str(
+            &with_column("name = \"k\"\ntype = \"class\"\nclasses = [\"b\", \"a\"]"),
+            "s",
+        )
+        .unwrap();
+        assert_eq!(
+            two.label_classes(),
+            Some(&["b".to_owned(), "a".to_owned()][..])
+        );
+
+        // The other kinds have no classes.
+        let target =
+            Schema::from_toml_str(&with_column("name = \"t\"\ntype = \"target\""), "s").unwrap();
+        assert_eq!(target.label_classes(), None);
+        let binary = Schema::from_toml_str(
+            &with_column("name = \"l\"\ntype = \"label\"\npositive = \"yes\""),
+            "s",
+        )
+        .unwrap();
+        assert_eq!(binary.label_classes(), None);
+        assert_eq!(
+            Schema::from_toml_str(MINIMAL, "s").unwrap().label_classes(),
+            None
+        );
+    }
+
+    #[test]
+    fn class_needs_at_least_two_classes() {
+        let needs = "schema.toml: column 'contract': type 'class' needs a 'classes' list of at least 2 values";
+        for classes in ["", "\nclasses = []", "\nclasses = [\"one year\"]"] {
+            let e = err_of(&with_column(&format!(
+                "name = \"contract\"\ntype = \"class\"{classes}"
+            )));
+            assert_eq!(e, needs, "{classes:?}");
+        }
+    }
+
+    #[test]
+    fn class_values_are_normalized_like_a_vocabulary() {
+        let e = err_of(&with_column(
+            "name = \"contract\"\ntype = \"class\"\nclasses = [\"Month-to-month\", \"one year\"]",
+        ));
+        assert_eq!(
+            e,
+            "schema.toml: column 'contract': classes: 'Month-to-month' must be lowercase without surrounding spaces (cells are trimmed and case-folded before matching)"
+        );
+        let e = err_of(&with_column(
+            "name = \"contract\"\ntype = \"class\"\nclasses = [\"one year\", \"two year \"]",
+        ));
+        assert!(
+            e.contains("column 'contract': classes: 'two year ' must be lowercase without surrounding spaces"),
+            "{e}"
+        );
+        let e = err_of(&with_column(
+            "name = \"contract\"\ntype = \"class\"\nclasses = [\"one year\", \"two year\", \"one year\"]",
+        ));
+        assert_eq!(
+            e,
+            "schema.toml: column 'contract': classes: 'one year' is listed twice"
+        );
+        let e = err_of(&with_column(
+            "name = \"contract\"\ntype = \"class\"\nclasses = [\"one year\", \" \"]",
+        ));
+        assert_eq!(
+            e,
+            "schema.toml: column 'contract': classes: values must not be blank"
+        );
+        let e = err_of(&with_column(
+            "name = \"contract\"\ntype = \"class\"\nclasses = [\"one year\", 2]",
+        ));
+        assert!(e.starts_with("schema.toml: invalid schema:"), "{e}");
+    }
+
+    #[test]
+    fn class_takes_no_other_keys() {
+        for (extra, key) in [
+            ("positive = \"yes\"", "positive"),
+            ("negative = \"no\"", "negative"),
+            ("vocabulary = [\"a\", \"b\"]", "vocabulary"),
+            ("true_values = [\"yes\"]", "true_values"),
+            ("impute = \"constant\"", "impute"),
+            ("value = \"one year\"", "value"),
+        ] {
+            let e = err_of(&with_column(&format!("{CONTRACT}\n{extra}")));
+            assert_eq!(
+                e,
+                format!(
+                    "schema.toml: column 'contract': key '{key}' is not allowed for type 'class'"
+                ),
+                "{extra}"
+            );
+        }
+        // ... and `classes` belongs to type class only.
+        let e = err_of(&with_column(
+            "name = \"c\"\ntype = \"categorical\"\nvocabulary = [\"a\"]\nclasses = [\"a\", \"b\"]",
+        ));
+        assert_eq!(
+            e,
+            "schema.toml: column 'c': key 'classes' is not allowed for type 'categorical'"
+        );
+        let e = err_of(&with_column("name = \"c\"\ntype = \"classes\""));
+        assert!(
+            e.contains("unknown type 'classes' (expected one of id, numeric, categorical, boolean, label, target, class, ignore)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn at_most_one_label_target_or_class() {
+        let e = err_of(&format!(
+            "{}\n[[source.column]]\n{CONTRACT}\n",
+            with_column("name = \"churn\"\ntype = \"label\"\npositive = \"yes\"")
+        ));
+        assert_eq!(
+            e,
+            "schema.toml: column 'contract': only one label column (type label, target or class) is allowed, 'churn' is already one (type label)"
+        );
+        let e = err_of(&format!(
+            "{}\n[[source.column]]\nname = \"t\"\ntype = \"target\"\n",
+            with_column(CONTRACT)
+        ));
+        assert_eq!(
+            e,
+            "schema.toml: column 't': only one label column (type label, target or class) is allowed, 'contract' is already one (type class)"
+        );
+        let e = err_of(&format!(
+            "{}\n[[source.column]]\nname = \"k\"\ntype = \"class\"\nclasses = [\"a\", \"b\"]\n",
+            with_column(CONTRACT)
+        ));
+        assert!(
+            e.contains("column 'k': only one label column (type label, target or class) is allowed, 'contract' is already one (type class)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn class_must_be_in_primary_and_not_the_key() {
+        let text = format!(
+            r#"
+key = "id"
+[[source]]
+name = "a"
+path = "a.csv"
+primary = true
+[[source.column]]
+name = "id"
+type = "id"
+[[source]]
+name = "b"
+path = "b.csv"
+[[source.column]]
+name = "id"
+type = "id"
+[[source.column]]
+{CONTRACT}
+"#
+        );
+        assert_eq!(
+            err_of(&text),
+            "schema.toml: column 'contract': the class column must be in the primary source 'a', not in 'b'"
+        );
+        let e = err_of(&MINIMAL.replace(
+            "name = \"id\"\ntype = \"id\"",
+            "name = \"id\"\ntype = \"class\"\nclasses = [\"a\", \"b\"]",
+        ));
+        assert_eq!(
+            e,
+            "schema.toml: column 'id': the key column must have type 'id', not 'class'"
         );
     }
 }

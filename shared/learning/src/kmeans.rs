@@ -32,9 +32,9 @@
 //! optimum or leave a cluster empty; run several seeds and keep the lowest pooled
 //! inertia if that matters.
 //!
-//! # Differential privacy (not implemented here)
+//! # Differential privacy
 //!
-//! The client release is a vector of per-cluster sums and counts. To make it
+//! [`kmeans_local_stats_dp`] implements the following. The client release is a vector of per-cluster sums and counts. To make it
 //! record-level private, clip each row to an L2 norm `C` before summing (so one
 //! row changes the sums by at most `C` and the counts by 1 in one cluster) and
 //! noise sums and counts with a Gaussian mechanism like any other release, with
@@ -49,6 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LearningError;
 use crate::model::check_features;
+use fedprofile_privacy::GaussianMechanism;
 
 /// `k` finite centroids over `dim >= 1` features, flat row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -295,6 +296,125 @@ pub fn kmeans_local_stats(
     Ok(stats)
 }
 
+/// The mechanism behind [`kmeans_local_stats_dp`]: one Gaussian release of the
+/// vector `(C · counts, sums)` whose per-record L2 sensitivity is `√2 · C` (one
+/// row adds 1 to one count and a vector of norm at most `C` to one sum). Its
+/// [`GaussianMechanism::map`]`(1)` is the charge of one round.
+pub fn kmeans_mechanism(
+    noise_multiplier: f64,
+    clip_norm: f64,
+) -> Result<GaussianMechanism, LearningError> {
+    GaussianMechanism::new(noise_multiplier, std::f64::consts::SQRT_2 * clip_norm).map_err(|_| {
+        LearningError::InvalidParam {
+            field: "k-means DP",
+            value: format!("noise multiplier {noise_multiplier}, clip norm {clip_norm}"),
+            requirement: "a positive, finite noise multiplier and clip norm",
+        }
+    })
+}
+
+/// Record-level differentially private [`kmeans_local_stats`]: each row is
+/// assigned to its nearest centroid, clipped to L2 norm `clip_norm` and summed;
+/// then the vector `(clip_norm · counts, sums)` gets Gaussian noise of standard
+/// deviation `noise_multiplier · √2 · clip_norm` per coordinate
+/// ([`kmeans_mechanism`]). Post-processing (free): noisy counts are rounded to
+/// the nearest non-negative integer and the sums of a cluster whose count
+/// rounds to 0 are dropped. The inertia is computed from raw rows and is **not**
+/// released (it is 0).
+pub fn kmeans_local_stats_dp<R: Rng + ?Sized>(
+    model: &KMeans,
+    x: ArrayView2<f64>,
+    clip_norm: f64,
+    noise_multiplier: f64,
+    rng: &mut R,
+) -> Result<ClusterStats, LearningError> {
+    let mechanism = kmeans_mechanism(noise_multiplier, clip_norm)?;
+    let (k, d) = (model.clusters(), model.dim());
+    let mut scaled_counts = vec![0.0; k];
+    let mut sums = Array1::<f64>::zeros(k * d);
+    for ((cluster, _), row) in model.assign(x)?.into_iter().zip(x.rows()) {
+        let norm = row.dot(&row).sqrt();
+        let scale = if norm > clip_norm {
+            clip_norm / norm
+        } else {
+            1.0
+        };
+        let mut sum = sums.slice_axis_mut(Axis(0), Slice::from(cluster * d..(cluster + 1) * d));
+        sum.scaled_add(scale, &row);
+        scaled_counts[cluster] += clip_norm;
+    }
+    mechanism.add_noise(&mut scaled_counts, rng);
+    if let Some(values) = sums.as_slice_mut() {
+        mechanism.add_noise(values, rng);
+    } else {
+        return Err(LearningError::EmptyInput);
+    }
+    let mut counts = vec![0u64; k];
+    for (cluster, scaled) in scaled_counts.iter().enumerate() {
+        let count = (scaled / clip_norm).round();
+        if count >= 1.0 {
+            counts[cluster] = count as u64;
+        } else {
+            sums.slice_axis_mut(Axis(0), Slice::from(cluster * d..(cluster + 1) * d))
+                .fill(0.0);
+        }
+    }
+    Ok(ClusterStats {
+        sums,
+        counts,
+        inertia: 0.0,
+    })
+}
+
+/// Re-seeds the clusters of `empty` (clusters no row was assigned to) by
+/// splitting the largest ones: each empty cluster gets the centroid of the
+/// cluster with the most rows in `counts`, moved by a small random step
+/// (`N(0, 0.05²)` per coordinate, seeded by `seed`), and the donor's count is
+/// halved so that several empty clusters split different donors.
+///
+/// Uses only the released centroids and counts (post-processing: no privacy
+/// cost), and never raises the inertia of the next assignment, since every
+/// row keeps its old centroid as an option.
+pub fn kmeans_reseed_empty(
+    model: &KMeans,
+    counts: &[u64],
+    empty: &[usize],
+    seed: u64,
+) -> Result<KMeans, LearningError> {
+    let (k, d) = (model.clusters(), model.dim());
+    if counts.len() != k {
+        return Err(LearningError::ClusterStatsShape {
+            field: "counts",
+            expected: k,
+            got: counts.len(),
+        });
+    }
+    let mut counts = counts.to_vec();
+    let mut centroids = model.centroids();
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    for &cluster in empty {
+        if cluster >= k {
+            return Err(invalid("cluster", cluster, "below the number of clusters"));
+        }
+        let Some((donor, &most)) = counts.iter().enumerate().max_by_key(|(_, c)| **c) else {
+            break;
+        };
+        if most < 2 {
+            break;
+        }
+        let base = centroids.row(donor).to_owned();
+        for j in 0..d {
+            let u1 = 1.0 - rng.random::<f64>();
+            let u2: f64 = rng.random();
+            let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+            centroids[[cluster, j]] = base[j] + 0.05 * z;
+        }
+        counts[donor] = most / 2;
+        counts[cluster] = most - most / 2;
+    }
+    KMeans::from_params(centroids.into_iter().collect(), k)
+}
+
 /// The result of one server-side k-means step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KMeansUpdate {
@@ -399,6 +519,62 @@ mod tests {
                 got: 1
             })
         );
+    }
+
+    #[test]
+    fn dp_stats_are_noised_and_charged_as_one_gaussian_release() {
+        let m = KMeans::from_params(array![0.0, 0.0, 10.0, 10.0], 2).unwrap();
+        let x = Array2::from_shape_fn(
+            (2000, 2),
+            |(i, j)| if i % 2 == 0 { 0.1 * j as f64 } else { 10.0 },
+        );
+        let mut rng = crate::dp::seeded_test_rng(3);
+        let s = kmeans_local_stats_dp(&m, x.view(), 20.0, 0.5, &mut rng).unwrap();
+        assert_eq!(s.inertia, 0.0);
+        // noise std on counts: 0.5 * sqrt(2) ~ 0.71; on sums: 0.5 * sqrt(2) * 20 ~ 14
+        for (c, want) in s.counts.iter().zip([1000.0, 1000.0]) {
+            assert!((*c as f64 - want).abs() < 5.0, "{:?}", s.counts);
+        }
+        assert!((s.sums[2] - 10_000.0).abs() < 80.0, "{}", s.sums);
+        assert_ne!(s.sums[2], 10_000.0);
+        // rows of norm 14.1 are clipped to 5: sums shrink
+        let c = kmeans_local_stats_dp(&m, x.view(), 5.0, 0.5, &mut rng).unwrap();
+        assert!(
+            (c.sums[2] - 1000.0 * 5.0 / 2f64.sqrt()).abs() < 40.0,
+            "{}",
+            c.sums
+        );
+        let charge = kmeans_mechanism(0.5, 5.0).unwrap().map(1).unwrap();
+        let direct = fedprofile_privacy::GaussianMechanism::new(0.5, 1.0)
+            .unwrap()
+            .map(1)
+            .unwrap();
+        assert_eq!(charge, direct);
+        assert!(kmeans_mechanism(0.0, 1.0).is_err());
+    }
+
+    #[test]
+    fn empty_clusters_split_the_largest() {
+        let m =
+            KMeans::from_params(array![0.0, 0.0, 10.0, 10.0, 50.0, 50.0, 60.0, 60.0], 4).unwrap();
+        let r = kmeans_reseed_empty(&m, &[10, 30, 0, 0], &[2, 3], 1).unwrap();
+        assert_eq!(r.centroid(0), m.centroid(0));
+        assert_eq!(r.centroid(1), m.centroid(1));
+        // both empty clusters moved next to a populated centroid: the largest
+        // (1, 30 rows) first, then the larger of its halves (15 each: cluster 1)
+        for c in [2, 3] {
+            let dist = (&r.centroid(c) - &m.centroid(1))
+                .mapv(|v| v * v)
+                .sum()
+                .sqrt();
+            assert!(dist > 0.0 && dist < 0.5, "cluster {c}: {}", r.centroid(c));
+        }
+        assert_ne!(r.centroid(2), r.centroid(3));
+        assert_eq!(
+            r,
+            kmeans_reseed_empty(&m, &[10, 30, 0, 0], &[2, 3], 1).unwrap()
+        );
+        assert!(kmeans_reseed_empty(&m, &[1, 2], &[0], 1).is_err());
     }
 
     /// Centroids (0, 0), (10, 10), (-5, 5); rows

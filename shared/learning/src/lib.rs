@@ -25,14 +25,17 @@
 //! - [`softmax`]: multi-class softmax regression, `k × (dim + 1)` parameters
 //!   row-major; [`multiclass_metrics`]: [`MulticlassSummary`] (accuracy, log loss,
 //!   macro precision / recall / F1);
-//! - [`kmeans`]: federated k-means (client [`kmeans_local_stats`], server
-//!   [`kmeans_update`], data-free [`kmeans_init`]);
+//! - [`kmeans`]: federated k-means (client [`kmeans_local_stats`] or its DP form
+//!   [`kmeans_local_stats_dp`], server [`kmeans_update`], data-free [`kmeans_init`]);
+//! - [`family`]: the families a run can train ([`ModelFamily`]), one model of any
+//!   family ([`AnyModel`]) and its poolable [`Evaluation`];
 //! - [`model_file_v2`]: model file version 2 for these types, and
 //!   [`VersionedModelFile`], which reads versions 1 and 2.
 
 pub mod aggregate;
 pub mod dp;
 pub mod error;
+pub mod family;
 pub mod features;
 pub mod kmeans;
 pub mod linear;
@@ -53,9 +56,11 @@ pub use dp::{
     seeded_test_rng, train_dp_sgd, train_dp_sgd_with_objective,
 };
 pub use error::{AggregationError, LearningError, ModelFileError, ModelFileProblem, StrategyError};
+pub use family::{AnyModel, ClusteringSummary, Evaluation, LabelNeed, ModelFamily, Quality};
 pub use features::{FeatureColumn, FeatureSpec};
 pub use kmeans::{
-    ClusterStats, KMeans, KMeansUpdate, kmeans_init, kmeans_local_stats, kmeans_update,
+    ClusterStats, KMeans, KMeansUpdate, kmeans_init, kmeans_local_stats, kmeans_local_stats_dp,
+    kmeans_mechanism, kmeans_reseed_empty, kmeans_update,
 };
 pub use linear::{LinearRegression, SquaredError};
 pub use metrics::{EvalSummary, Metrics, SCORE_BINS, roc_auc};

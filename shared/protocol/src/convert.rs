@@ -4,12 +4,15 @@
 //! length not matching its shape, unknown dtype) and says which field.
 
 use fedprofile_learning::metrics::EvalSummary;
-use fedprofile_learning::{FeatureColumn, FeatureSpec};
+use fedprofile_learning::{
+    ClusterStats, ClusteringSummary, Evaluation, FeatureColumn, FeatureSpec, MulticlassSummary,
+    RegressionSummary,
+};
 use ndarray::Array1;
 
 use crate::messages::{
-    ClientReply, ColumnStats, ModelSnapshot, RecordDpTask, ResultBody, ServerEvent, StatsReport,
-    Task, TaskBody, TrainReport, TrainTask,
+    ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, RecordDpTask, ResultBody, ServerEvent,
+    StatsReport, Task, TaskBody, TrainReport, TrainTask,
 };
 use crate::pb;
 
@@ -37,6 +40,18 @@ pub enum ConvertError {
     /// A tensor that is not one-dimensional where a vector is expected.
     #[error("expected a one-dimensional tensor, got shape {0:?}")]
     NotAVector(Vec<u32>),
+    /// A tensor of more than two dimensions, or with a zero dimension, where a
+    /// vector or a matrix is expected.
+    #[error("expected a vector or a matrix, got shape {0:?}")]
+    NotAMatrix(Vec<u32>),
+    /// A field with a value outside its range.
+    #[error("message field '{field}' {problem}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 // ----- tensors ---------------------------------------------------------------
@@ -51,6 +66,47 @@ pub fn tensor_from_array(values: &Array1<f64>) -> pb::Tensor {
         shape: vec![values.len() as u32],
         dtype: pb::DType::DtypeF64 as i32,
         data,
+    }
+}
+
+/// Packs flat row-major values as a `rows × (len / rows)` matrix (a vector when
+/// `rows` is 1).
+pub fn tensor_from_rows(values: &Array1<f64>, rows: usize) -> pb::Tensor {
+    let mut t = tensor_from_array(values);
+    if rows > 1 && values.len().is_multiple_of(rows) {
+        t.shape = vec![rows as u32, (values.len() / rows) as u32];
+    }
+    t
+}
+
+/// Unpacks a vector or a matrix (flattened row-major) and its number of rows
+/// (1 for a vector).
+pub fn rows_from_tensor(tensor: &pb::Tensor) -> Result<(Array1<f64>, usize), ConvertError> {
+    match tensor.shape.as_slice() {
+        [_] => Ok((array_from_tensor(tensor)?, 1)),
+        &[rows, cols] if rows > 0 && cols > 0 => {
+            let flat = pb::Tensor {
+                shape: vec![rows.saturating_mul(cols)],
+                dtype: tensor.dtype,
+                data: tensor.data.clone(),
+            };
+            let values = array_from_tensor(&flat).map_err(|e| match e {
+                ConvertError::TensorLength {
+                    bytes,
+                    dtype,
+                    expected,
+                    ..
+                } => ConvertError::TensorLength {
+                    bytes,
+                    shape: tensor.shape.clone(),
+                    dtype,
+                    expected,
+                },
+                other => other,
+            })?;
+            Ok((values, rows as usize))
+        }
+        other => Err(ConvertError::NotAMatrix(other.to_vec())),
     }
 }
 
@@ -158,7 +214,7 @@ impl From<&ModelSnapshot> for pb::Model {
         pb::Model {
             model_type: m.model_type.clone(),
             features: Some((&m.features).into()),
-            params: Some(tensor_from_array(&m.params)),
+            params: Some(tensor_from_rows(&m.params, m.outputs)),
         }
     }
 }
@@ -166,17 +222,19 @@ impl From<&ModelSnapshot> for pb::Model {
 impl TryFrom<pb::Model> for ModelSnapshot {
     type Error = ConvertError;
     fn try_from(m: pb::Model) -> Result<Self, ConvertError> {
+        let (params, outputs) = rows_from_tensor(
+            m.params
+                .as_ref()
+                .ok_or(ConvertError::Missing("Model.params"))?,
+        )?;
         Ok(ModelSnapshot {
             model_type: m.model_type,
             features: m
                 .features
                 .ok_or(ConvertError::Missing("Model.features"))?
                 .try_into()?,
-            params: array_from_tensor(
-                m.params
-                    .as_ref()
-                    .ok_or(ConvertError::Missing("Model.params"))?,
-            )?,
+            params,
+            outputs,
         })
     }
 }
@@ -270,6 +328,68 @@ impl From<&ServerEvent> for pb::ServerMessage {
 
 // ----- results ---------------------------------------------------------------
 
+impl From<&Evaluation> for pb::EvalResult {
+    fn from(e: &Evaluation) -> Self {
+        let other = match e {
+            Evaluation::Binary(s) => return s.into(),
+            Evaluation::Regression(s) => pb::eval_result::Other::Regression(pb::RegressionEval {
+                examples: s.examples,
+                sum_y: s.sum_y,
+                sum_y2: s.sum_y2,
+                sse: s.sse,
+                sae: s.sae,
+            }),
+            Evaluation::Multiclass(s) => pb::eval_result::Other::Multiclass(pb::MulticlassEval {
+                classes: s.classes as u32,
+                examples: s.examples,
+                loss_sum: s.loss_sum,
+                confusion: s.confusion.clone(),
+            }),
+            Evaluation::Clustering(s) => pb::eval_result::Other::Clustering(pb::ClusteringEval {
+                examples: s.examples,
+                inertia: s.inertia,
+                counts: s.counts.clone(),
+            }),
+        };
+        pb::EvalResult {
+            other: Some(other),
+            ..Default::default()
+        }
+    }
+}
+
+impl From<pb::EvalResult> for Evaluation {
+    fn from(r: pb::EvalResult) -> Self {
+        match r.other {
+            None => Evaluation::Binary(r.into()),
+            Some(pb::eval_result::Other::Regression(s)) => {
+                Evaluation::Regression(RegressionSummary {
+                    examples: s.examples,
+                    sum_y: s.sum_y,
+                    sum_y2: s.sum_y2,
+                    sse: s.sse,
+                    sae: s.sae,
+                })
+            }
+            Some(pb::eval_result::Other::Multiclass(s)) => {
+                Evaluation::Multiclass(MulticlassSummary {
+                    classes: s.classes as usize,
+                    examples: s.examples,
+                    loss_sum: s.loss_sum,
+                    confusion: s.confusion,
+                })
+            }
+            Some(pb::eval_result::Other::Clustering(s)) => {
+                Evaluation::Clustering(ClusteringSummary {
+                    examples: s.examples,
+                    inertia: s.inertia,
+                    counts: s.counts,
+                })
+            }
+        }
+    }
+}
+
 impl From<&EvalSummary> for pb::EvalResult {
     fn from(s: &EvalSummary) -> Self {
         pb::EvalResult {
@@ -282,6 +402,7 @@ impl From<&EvalSummary> for pb::EvalResult {
             r#fn: s.fn_,
             hist_pos: s.hist_pos.clone(),
             hist_neg: s.hist_neg.clone(),
+            other: None,
         }
     }
 }
@@ -328,9 +449,11 @@ impl From<&ClientReply> for pb::ClientMessage {
                         train_examples: s.train_examples,
                         label_column: s.label_column.clone(),
                         label_positive: s.label_positive.clone(),
+                        label_kind: s.label_kind.as_str().to_string(),
+                        label_classes: s.label_classes.clone(),
                     }),
                     ResultBody::Train(t) => pb::task_result::Body::Train(pb::TrainResult {
-                        delta: Some(tensor_from_array(&t.delta)),
+                        delta: t.clusters.is_none().then(|| tensor_from_array(&t.delta)),
                         examples: t.examples,
                         steps: t.steps,
                         train_loss: t.train_loss,
@@ -338,6 +461,11 @@ impl From<&ClientReply> for pb::ClientMessage {
                         update_norm: t.update_norm,
                         epsilon_spent: t.epsilon_spent,
                         not_private: t.not_private,
+                        clusters: t.clusters.as_ref().map(|c| pb::ClusterStats {
+                            sums: Some(tensor_from_rows(&c.sums, c.counts.len())),
+                            counts: c.counts.clone(),
+                            inertia: c.inertia,
+                        }),
                     }),
                     ResultBody::Eval(e) => pb::task_result::Body::Eval(e.into()),
                 };
@@ -371,15 +499,44 @@ impl TryFrom<pb::TaskResult> for ClientReply {
                     })
                     .collect(),
                 train_examples: s.train_examples,
+                label_kind: match s.label_kind.as_str() {
+                    "binary" => LabelKindMsg::Binary,
+                    "numeric" => LabelKindMsg::Numeric,
+                    "classes" => LabelKindMsg::Classes,
+                    "" if !s.label_positive.is_empty() => LabelKindMsg::Binary,
+                    "" => LabelKindMsg::None,
+                    other => {
+                        return Err(ConvertError::Invalid {
+                            field: "StatsResult.label_kind",
+                            problem: format!(
+                                "is '{other}' (expected binary, numeric, classes or empty)"
+                            ),
+                        });
+                    }
+                },
+                label_classes: s.label_classes,
                 label_column: s.label_column,
                 label_positive: s.label_positive,
             }),
             pb::task_result::Body::Train(t) => ResultBody::Train(TrainReport {
-                delta: array_from_tensor(
-                    t.delta
-                        .as_ref()
-                        .ok_or(ConvertError::Missing("TrainResult.delta"))?,
-                )?,
+                clusters: match &t.clusters {
+                    None => None,
+                    Some(c) => Some(ClusterStats {
+                        sums: rows_from_tensor(
+                            c.sums
+                                .as_ref()
+                                .ok_or(ConvertError::Missing("ClusterStats.sums"))?,
+                        )?
+                        .0,
+                        counts: c.counts.clone(),
+                        inertia: c.inertia,
+                    }),
+                },
+                delta: match (&t.delta, &t.clusters) {
+                    (Some(delta), _) => array_from_tensor(delta)?,
+                    (None, Some(_)) => Array1::zeros(0),
+                    (None, None) => return Err(ConvertError::Missing("TrainResult.delta")),
+                },
                 examples: t.examples,
                 steps: t.steps,
                 train_loss: t.train_loss,
@@ -451,9 +608,10 @@ mod tests {
             round: 3,
             body: TaskBody::Train(TrainTask {
                 model: ModelSnapshot {
-                    model_type: "logistic_regression".into(),
+                    model_type: "softmax_regression".into(),
                     features: spec,
-                    params: Array1::from_vec(vec![0.5, 1.0, 2.0, 3.0]),
+                    params: Array1::from_vec(vec![0.5, 1.0, 2.0, 3.0, 4.0, 5.0]),
+                    outputs: 2,
                 },
                 local_epochs: 1,
                 batch_size: 32,
@@ -469,8 +627,101 @@ mod tests {
                 prox_mu: 0.01,
             }),
         };
-        let back = Task::try_from(pb::Task::from(&task)).unwrap();
+        let wire = pb::Task::from(&task);
+        let Some(pb::task::Body::Train(t)) = &wire.body else {
+            panic!("not a train task")
+        };
+        assert_eq!(
+            t.model.as_ref().unwrap().params.as_ref().unwrap().shape,
+            [2, 3]
+        );
+        let back = Task::try_from(wire).unwrap();
         assert_eq!(back, task);
+    }
+
+    #[test]
+    fn matrices_decode_with_their_rows() {
+        let a = Array1::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let t = tensor_from_rows(&a, 3);
+        assert_eq!(t.shape, [3, 2]);
+        assert_eq!(rows_from_tensor(&t).unwrap(), (a.clone(), 3));
+        assert_eq!(rows_from_tensor(&tensor_from_rows(&a, 1)).unwrap().1, 1);
+        let mut short = t.clone();
+        short.data.truncate(40);
+        assert!(
+            rows_from_tensor(&short)
+                .unwrap_err()
+                .to_string()
+                .contains("40 bytes")
+        );
+        let cube = pb::Tensor {
+            shape: vec![1, 2, 3],
+            ..t
+        };
+        assert_eq!(
+            rows_from_tensor(&cube).unwrap_err(),
+            ConvertError::NotAMatrix(vec![1, 2, 3])
+        );
+    }
+
+    #[test]
+    fn results_of_every_family_round_trip() {
+        let bodies = vec![
+            ResultBody::Eval(Evaluation::Binary(EvalSummary::empty())),
+            ResultBody::Eval(Evaluation::Regression(RegressionSummary {
+                examples: 3,
+                sum_y: 6.0,
+                sum_y2: 14.0,
+                sse: 0.5,
+                sae: 1.0,
+            })),
+            ResultBody::Eval(Evaluation::Multiclass(MulticlassSummary {
+                classes: 2,
+                examples: 3,
+                loss_sum: 1.5,
+                confusion: vec![1, 0, 1, 1],
+            })),
+            ResultBody::Eval(Evaluation::Clustering(ClusteringSummary {
+                examples: 4,
+                inertia: 2.5,
+                counts: vec![3, 1],
+            })),
+            ResultBody::Train(TrainReport {
+                delta: Array1::zeros(0),
+                examples: 4,
+                steps: 1,
+                train_loss: 0.0,
+                train_micros: 10,
+                update_norm: 0.0,
+                epsilon_spent: Some(0.3),
+                not_private: false,
+                clusters: Some(ClusterStats {
+                    sums: Array1::from_vec(vec![1.0, 2.0, 3.0, 4.0]),
+                    counts: vec![1, 3],
+                    inertia: 0.0,
+                }),
+            }),
+            ResultBody::Stats(StatsReport {
+                template: FeatureSpec { columns: vec![] },
+                numeric: vec![],
+                train_examples: 9,
+                label_column: "contract".into(),
+                label_positive: String::new(),
+                label_kind: LabelKindMsg::Classes,
+                label_classes: vec!["a".into(), "b".into()],
+            }),
+        ];
+        for body in bodies {
+            let reply = ClientReply::Result {
+                task_id: "t".into(),
+                body,
+            };
+            let pb::client_message::Body::Result(r) = pb::ClientMessage::from(&reply).body.unwrap()
+            else {
+                panic!("not a result")
+            };
+            assert_eq!(ClientReply::try_from(r).unwrap(), reply);
+        }
     }
 
     #[test]

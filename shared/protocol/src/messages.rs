@@ -1,8 +1,7 @@
 //! Domain form of the protocol messages. No tonic or prost types appear here;
 //! [`crate::convert`] translates to and from [`crate::pb`].
 
-use fedprofile_learning::FeatureSpec;
-use fedprofile_learning::metrics::EvalSummary;
+use fedprofile_learning::{ClusterStats, Evaluation, FeatureSpec};
 use ndarray::Array1;
 
 /// Version of the federation protocol spoken by this build.
@@ -11,12 +10,15 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// A model as it travels: type, feature encoding and parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSnapshot {
-    /// Model family, e.g. `logistic_regression`.
+    /// Model family, e.g. `logistic_regression` (see
+    /// [`fedprofile_learning::ModelFamily`]).
     pub model_type: String,
     /// The feature encoding the parameters expect.
     pub features: FeatureSpec,
-    /// Parameters, `[intercept, weights...]`.
+    /// Parameters, flat row-major: `[intercept, weights...]` per output row.
     pub params: Array1<f64>,
+    /// Rows of the parameters: classes (softmax), clusters (k-means), else 1.
+    pub outputs: usize,
 }
 
 /// Hyperparameters and starting point of one local training task.
@@ -134,8 +136,47 @@ pub struct StatsReport {
     pub train_examples: u64,
     /// The label column of the schema.
     pub label_column: String,
-    /// The label's positive value.
+    /// The label's positive value (binary labels).
     pub label_positive: String,
+    /// What the label column holds.
+    pub label_kind: LabelKindMsg,
+    /// Class names of a multi-class label, in the schema's order.
+    pub label_classes: Vec<String>,
+}
+
+/// What a client's label column holds, as it reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LabelKindMsg {
+    /// No label.
+    None,
+    /// A binary label (`type = "label"`).
+    Binary,
+    /// A numeric target (`type = "target"`).
+    Numeric,
+    /// A multi-class label (`type = "class"`).
+    Classes,
+}
+
+impl LabelKindMsg {
+    /// The wire name (`""`, `binary`, `numeric`, `classes`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LabelKindMsg::None => "",
+            LabelKindMsg::Binary => "binary",
+            LabelKindMsg::Numeric => "numeric",
+            LabelKindMsg::Classes => "classes",
+        }
+    }
+
+    /// For messages: "a binary label", "a numeric target", ...
+    pub fn describe(self) -> &'static str {
+        match self {
+            LabelKindMsg::None => "no label",
+            LabelKindMsg::Binary => "a binary label (type = \"label\")",
+            LabelKindMsg::Numeric => "a numeric target (type = \"target\")",
+            LabelKindMsg::Classes => "a multi-class label (type = \"class\")",
+        }
+    }
 }
 
 /// Answer to a training task.
@@ -157,6 +198,8 @@ pub struct TrainReport {
     pub epsilon_spent: Option<f64>,
     /// Produced with a fixed test seed: not private.
     pub not_private: bool,
+    /// k-means rounds: per-cluster sums and counts (`delta` is then empty).
+    pub clusters: Option<ClusterStats>,
 }
 
 /// The body of a result.
@@ -167,7 +210,7 @@ pub enum ResultBody {
     /// Answer to a training task.
     Train(TrainReport),
     /// Answer to an evaluation task.
-    Eval(EvalSummary),
+    Eval(Evaluation),
 }
 
 impl ResultBody {
@@ -210,6 +253,9 @@ impl ClientReply {
 }
 
 /// A message from the coordinator to a client.
+// One event per task sent, moved straight into a channel: boxing the task
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerEvent {
     /// Work to do.

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fedprofile_learning::ModelFamily;
 use fedprofile_learning::strategy::StrategyConfig;
 use serde::Deserialize;
 
@@ -165,6 +166,7 @@ struct RawRun {
     rounds: u32,
     #[serde(default = "default_model")]
     model: String,
+    clusters: Option<u32>,
     seed: Option<u64>,
     warm_start: Option<PathBuf>,
 }
@@ -238,8 +240,10 @@ pub struct RunConfig {
     pub name: String,
     /// Number of training rounds.
     pub rounds: u32,
-    /// Model family (only `logistic_regression` so far).
-    pub model: String,
+    /// Model family.
+    pub model: ModelFamily,
+    /// Number of clusters of a k-means run (0 for the other families).
+    pub clusters: u32,
     /// Seed of the client-selection RNG (random when absent).
     pub seed: Option<u64>,
     /// Start from this earlier global model (a `model.json` on the coordinator's
@@ -312,15 +316,41 @@ impl RunConfig {
         if raw.run.rounds == 0 {
             return Err(invalid("run.rounds", "must be at least 1".into()));
         }
-        if raw.run.model != "logistic_regression" {
-            return Err(invalid(
+        let model = ModelFamily::parse(&raw.run.model).ok_or_else(|| {
+            invalid(
                 "run.model",
                 format!(
-                    "'{}' is not supported (supported: logistic_regression)",
-                    raw.run.model
+                    "'{}' is not a model family (supported: {})",
+                    raw.run.model,
+                    ModelFamily::names()
                 ),
-            ));
-        }
+            )
+        })?;
+        let clusters = match (model, raw.run.clusters) {
+            (ModelFamily::KMeans, Some(k)) if (2..=256).contains(&k) => k,
+            (ModelFamily::KMeans, Some(k)) => {
+                return Err(invalid(
+                    "run.clusters",
+                    format!("must be between 2 and 256, got {k}"),
+                ));
+            }
+            (ModelFamily::KMeans, None) => {
+                return Err(invalid(
+                    "run.clusters",
+                    "is required when run.model = \"kmeans\" (the number of segments)".into(),
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "run.clusters",
+                    format!(
+                        "applies only to run.model = \"kmeans\", not '{}'",
+                        model.name()
+                    ),
+                ));
+            }
+            (_, None) => 0,
+        };
         let c = &raw.clients;
         if !(c.fraction_per_round > 0.0 && c.fraction_per_round <= 1.0) {
             return Err(invalid(
@@ -376,6 +406,38 @@ impl RunConfig {
         strategy
             .check_clients(c.min_per_round)
             .map_err(|e| invalid("clients.min_per_round", e.to_string()))?;
+        if model == ModelFamily::KMeans {
+            if !matches!(strategy, StrategyConfig::FedAvg) {
+                return Err(invalid(
+                    "strategy.name",
+                    format!(
+                        "'{}' cannot be used with k-means: a k-means round pools the clients' per-cluster sums and counts (the exact Lloyd step), it has no update to optimize or filter",
+                        strategy.name()
+                    ),
+                ));
+            }
+            if let PrivacyMode::Client(_) = privacy {
+                return Err(invalid(
+                    "privacy.mode",
+                    "\"client\" is not available for k-means (no update to clip); use \"record\": each partner noises its cluster sums and counts and charges its own ledger".into(),
+                ));
+            }
+            if t.tail_average_rounds > 1 {
+                return Err(invalid(
+                    "training.tail_average_rounds",
+                    "must be 1 for k-means (averaging centroids of different rounds is not a Lloyd step)".into(),
+                ));
+            }
+        }
+        if raw.run.warm_start.is_some() && model != ModelFamily::LogisticRegression {
+            return Err(invalid(
+                "run.warm_start",
+                format!(
+                    "is only available for logistic_regression so far, not '{}'",
+                    model.name()
+                ),
+            ));
+        }
         if let PrivacyMode::Client(_) = privacy
             && let Err(why) = strategy.compatible_with_client_level_dp()
         {
@@ -390,7 +452,8 @@ impl RunConfig {
         Ok(RunConfig {
             name: raw.run.name,
             rounds: raw.run.rounds,
-            model: raw.run.model,
+            model,
+            clusters,
             seed: raw.run.seed,
             warm_start: raw.run.warm_start.map(|p| {
                 if p.is_relative() {
@@ -561,6 +624,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("min_connected_to_start"), "{err}");
+    }
+
+    #[test]
+    fn model_families_and_their_settings() {
+        let head = "[run]\nname = \"x\"\nrounds = 3\n";
+        let c = parse(&format!("{head}model = \"kmeans\"\nclusters = 4\n")).unwrap();
+        assert_eq!((c.model, c.clusters), (ModelFamily::KMeans, 4));
+        let c = parse(&format!("{head}model = \"linear_regression\"\n")).unwrap();
+        assert_eq!((c.model, c.clusters), (ModelFamily::LinearRegression, 0));
+        assert_eq!(parse(head).unwrap().model, ModelFamily::LogisticRegression);
+        let refused = [
+            (
+                "model = \"svm\"\n",
+                "'svm' is not a model family (supported: logistic_regression, linear_regression, softmax_regression, kmeans)",
+            ),
+            ("model = \"kmeans\"\n", "run.clusters' is required"),
+            (
+                "model = \"kmeans\"\nclusters = 1\n",
+                "between 2 and 256, got 1",
+            ),
+            (
+                "model = \"linear_regression\"\nclusters = 3\n",
+                "applies only to run.model = \"kmeans\"",
+            ),
+            (
+                "model = \"kmeans\"\nclusters = 3\n[strategy]\nname = \"median\"\n",
+                "'median' cannot be used with k-means",
+            ),
+            (
+                "model = \"kmeans\"\nclusters = 3\n[privacy]\nmode = \"client\"\n[privacy.client]\nclip_norm = 1.0\nnoise_multiplier = 1.0\n",
+                "not available for k-means",
+            ),
+            (
+                "model = \"kmeans\"\nclusters = 3\n[training]\ntail_average_rounds = 3\n",
+                "must be 1 for k-means",
+            ),
+            (
+                "model = \"softmax_regression\"\nwarm_start = \"m.json\"\n",
+                "run.warm_start' is only available for logistic_regression",
+            ),
+        ];
+        for (extra, want) in refused {
+            let err = parse(&format!("{head}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
     }
 }
 
