@@ -69,15 +69,15 @@ enum Command {
     },
     /// Per-user profiles: prediction and the features that pushed it most.
     ///
-    /// Example: fedprofile-client profile --config client.toml --model out/model.json --out profiles.csv
+    /// Example: fedprofile-client profile --config client.toml --model out/demo/model.json --segments out/segments/model.json --out profiles.csv
     Profile {
         /// Client config (TOML).
         #[arg(long)]
         config: PathBuf,
-        /// Global model file (model.json).
+        /// Global model file (model.json of a logistic, linear or softmax regression run).
         #[arg(long)]
-        model: PathBuf,
-        /// A segmentation model (k-means); not supported yet.
+        model: Option<PathBuf>,
+        /// A segmentation model (a k-means model.json): adds each user's segment.
         #[arg(long)]
         segments: Option<PathBuf>,
         /// Split to profile.
@@ -157,18 +157,16 @@ fn run(cli: Cli) -> Result<(), String> {
             top,
             out,
         } => {
-            if let Some(path) = segments {
-                return Err(format!(
-                    "--segments {}: segmentation (k-means) models are not supported by this version yet",
-                    path.display()
-                ));
+            if model.is_none() && segments.is_none() {
+                return Err("profile needs --model, --segments or both".into());
             }
             let config = load_config(&config)?;
             let rows = crate::profile::profile(
                 &config.schema,
                 &config.data_dir,
                 &split,
-                &model,
+                model.as_deref(),
+                segments.as_deref(),
                 top,
                 &out,
             )

@@ -1,99 +1,253 @@
-//! Per-user profiles: for every user of a split, the model's prediction and the
-//! few features that pushed the user's score most (for a linear model, the
-//! per-feature contributions w_i·x_i, which add up to the logit minus the
-//! intercept). Written locally; nothing leaves the partner.
+//! Per-user profiles: for every user of a split, the model's prediction, the
+//! few features that pushed the user's score most (per-feature contributions
+//! `w_i·x_i` of the linear score, which add up to the score minus the
+//! intercept), and the user's segment. Written locally; nothing leaves the
+//! partner.
 
 use std::path::Path;
 
-use fedprofile_data::Schema;
-use fedprofile_learning::ModelFile;
+use fedprofile_data::{Dataset, Schema};
+use fedprofile_learning::{
+    FeatureSpec, KMeans, LinearRegression, LogisticRegression, ModelFileV2, SoftmaxRegression,
+    VersionedModelFile,
+};
+use ndarray::{Array1, Array2};
 
 use crate::score::ScoreError;
 
+/// A supervised model of any family, as a profile uses it.
+enum Predictor {
+    Logistic(LogisticRegression),
+    Linear(LinearRegression),
+    Softmax(SoftmaxRegression, Vec<String>),
+}
+
+/// One user's prediction columns and the linear score the contributions explain.
+struct Prediction {
+    columns: Vec<String>,
+    score: f64,
+    intercept: f64,
+    contributions: Array1<f64>,
+}
+
+fn mismatch(path: &Path) -> impl Fn(String) -> ScoreError + '_ {
+    move |reason| ScoreError::Mismatch {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// The predictor, its feature encoding and the header of its columns.
+fn load_predictor(path: &Path) -> Result<(Predictor, FeatureSpec, Vec<String>), ScoreError> {
+    let err = mismatch(path);
+    match VersionedModelFile::load(path)? {
+        VersionedModelFile::V1(file) => {
+            let name = if file.target.column.is_empty() {
+                "score".to_string()
+            } else {
+                format!("{}_probability", file.target.column)
+            };
+            let model = file.to_model()?;
+            Ok((
+                Predictor::Logistic(model),
+                file.features,
+                vec![name, "logit".into()],
+            ))
+        }
+        VersionedModelFile::V2(ModelFileV2::LinearRegression(file)) => {
+            let model = file.to_model()?;
+            Ok((
+                Predictor::Linear(model),
+                file.features,
+                vec![format!("{}_predicted", file.target.column), "score".into()],
+            ))
+        }
+        VersionedModelFile::V2(ModelFileV2::SoftmaxRegression(file)) => {
+            let model = file.to_model()?;
+            let target = &file.target.column;
+            let mut header = vec![
+                format!("{target}_predicted"),
+                format!("{target}_probability"),
+            ];
+            header.extend(
+                file.classes
+                    .iter()
+                    .map(|c| format!("{target}_probability_{}", c.replace(' ', "_"))),
+            );
+            header.push("score".into());
+            Ok((
+                Predictor::Softmax(model, file.classes.clone()),
+                file.features,
+                header,
+            ))
+        }
+        VersionedModelFile::V2(ModelFileV2::KMeans(_)) => Err(err(
+            "it is a segmentation (k-means) model: pass it with --segments".into(),
+        )),
+    }
+}
+
+fn predict(p: &Predictor, x: &Array2<f64>) -> Result<Vec<Prediction>, String> {
+    let e = |e: fedprofile_learning::LearningError| e.to_string();
+    let mut out = Vec::with_capacity(x.nrows());
+    match p {
+        Predictor::Logistic(m) => {
+            let probs = m.predict_proba(x.view()).map_err(e)?;
+            let logits = m.logits(x.view()).map_err(e)?;
+            for (row, (p, z)) in probs.iter().zip(&logits).enumerate() {
+                out.push(Prediction {
+                    columns: vec![format!("{p:.6}"), format!("{z:.6}")],
+                    score: *z,
+                    intercept: m.intercept(),
+                    contributions: m.contributions(x.row(row)).map_err(e)?,
+                });
+            }
+        }
+        Predictor::Linear(m) => {
+            let predictions = m.predict(x.view()).map_err(e)?;
+            for (row, y) in predictions.iter().enumerate() {
+                out.push(Prediction {
+                    columns: vec![format!("{y:.6}"), format!("{y:.6}")],
+                    score: *y,
+                    intercept: m.intercept(),
+                    contributions: m.contributions(x.row(row)).map_err(e)?,
+                });
+            }
+        }
+        Predictor::Softmax(m, classes) => {
+            let probs = m.predict_proba(x.view()).map_err(e)?;
+            let logits = m.logits(x.view()).map_err(e)?;
+            let predicted = m.predict(x.view()).map_err(e)?;
+            for (row, &class) in predicted.iter().enumerate() {
+                let mut columns = vec![
+                    classes.get(class).cloned().unwrap_or_default(),
+                    format!("{:.6}", probs[[row, class]]),
+                ];
+                columns.extend(probs.row(row).iter().map(|p| format!("{p:.6}")));
+                let score = logits[[row, class]];
+                columns.push(format!("{score:.6}"));
+                out.push(Prediction {
+                    columns,
+                    score,
+                    intercept: m.intercepts()[class],
+                    contributions: m.contributions(x.row(row), class).map_err(e)?,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn load_segments(path: &Path) -> Result<(KMeans, FeatureSpec), ScoreError> {
+    match VersionedModelFile::load(path)? {
+        VersionedModelFile::V2(ModelFileV2::KMeans(file)) => Ok((file.to_model()?, file.features)),
+        other => Err(mismatch(path)(format!(
+            "--segments needs a k-means model, this is a {} model",
+            other.model_type()
+        ))),
+    }
+}
+
+fn encode(dataset: &Dataset, spec: &FeatureSpec, path: &Path) -> Result<Array2<f64>, ScoreError> {
+    dataset
+        .encode(spec)
+        .map_err(|e| mismatch(path)(e.to_string()))
+}
+
 /// Writes `out` with one row per user of `split`; returns the row count.
 ///
-/// Columns: `user_id`, `<target>_probability`, `logit`, `intercept`, then for
-/// the `top` largest |contributions| `feature_i`, `contribution_i`, and
-/// `other_contribution` (the sum of all the others), so that
-/// `Σ contribution_i + other_contribution = logit − intercept`.
+/// Columns: `user_id`; with `model`, its prediction columns (logistic:
+/// `<target>_probability`, `logit`; linear: `<target>_predicted`, `score`;
+/// softmax: `<target>_predicted`, `<target>_probability` (of the predicted
+/// class), one `<target>_probability_<class>` per class, `score` (the predicted
+/// class's logit)), then `intercept`, the `top` largest |contributions| as
+/// `feature_i`, `contribution_i`, and `other_contribution` (the sum of all the
+/// others), so that `Σ contribution_i + other_contribution = score − intercept`
+/// (the logit for logistic regression); with `segments`, `segment` and
+/// `segment_distance` (squared distance to the segment's centroid).
 pub fn profile(
     schema_path: &Path,
     data_dir: &Path,
     split: &str,
-    model_path: &Path,
+    model_path: Option<&Path>,
+    segments_path: Option<&Path>,
     top: usize,
     out: &Path,
 ) -> Result<usize, ScoreError> {
     let schema = Schema::from_path(schema_path)?;
-    let file = ModelFile::load(model_path)?;
-    let model = file.to_model()?;
+    let predictor = model_path.map(load_predictor).transpose()?;
+    let segments = segments_path.map(load_segments).transpose()?;
     let loaded = fedprofile_data::load_split(&schema, data_dir, split)?;
-    let mismatch = |reason: String| ScoreError::Mismatch {
-        path: model_path.to_path_buf(),
-        reason,
+    let dataset = &loaded.dataset;
+
+    let mut header = vec!["user_id".to_string()];
+    let predictions = match (&predictor, model_path) {
+        (Some((p, spec, columns)), Some(path)) => {
+            header.extend(columns.iter().cloned());
+            header.push("intercept".into());
+            for i in 1..=top {
+                header.push(format!("feature_{i}"));
+                header.push(format!("contribution_{i}"));
+            }
+            header.push("other_contribution".into());
+            let x = encode(dataset, spec, path)?;
+            Some((predict(p, &x).map_err(mismatch(path))?, spec.entry_names()))
+        }
+        _ => None,
     };
-    let x = loaded
-        .dataset
-        .encode(&file.features)
-        .map_err(|e| mismatch(e.to_string()))?;
-    let probs = model
-        .predict_proba(x.view())
-        .map_err(|e| mismatch(e.to_string()))?;
-    let logits = model
-        .logits(x.view())
-        .map_err(|e| mismatch(e.to_string()))?;
-    let names = file.features.entry_names();
-    let target = if file.target.column.is_empty() {
-        "score".to_string()
-    } else {
-        format!("{}_probability", file.target.column)
+    let assigned = match (&segments, segments_path) {
+        (Some((model, spec)), Some(path)) => {
+            header.push("segment".into());
+            header.push("segment_distance".into());
+            let x = encode(dataset, spec, path)?;
+            Some(
+                model
+                    .assign(x.view())
+                    .map_err(|e| mismatch(path)(e.to_string()))?,
+            )
+        }
+        _ => None,
     };
+
     let write_err = |reason: String| ScoreError::Write {
         path: out.to_path_buf(),
         reason,
     };
     let mut writer = csv::Writer::from_path(out).map_err(|e| write_err(e.to_string()))?;
-    let mut header = vec![
-        "user_id".to_string(),
-        target,
-        "logit".into(),
-        "intercept".into(),
-    ];
-    for i in 1..=top {
-        header.push(format!("feature_{i}"));
-        header.push(format!("contribution_{i}"));
-    }
-    header.push("other_contribution".into());
     writer
         .write_record(&header)
         .map_err(|e| write_err(e.to_string()))?;
-    for (row, id) in loaded.dataset.ids().iter().enumerate() {
-        let contributions = model
-            .contributions(x.row(row))
-            .map_err(|e| mismatch(e.to_string()))?;
-        let mut order: Vec<usize> = (0..contributions.len()).collect();
-        order.sort_by(|&a, &b| contributions[b].abs().total_cmp(&contributions[a].abs()));
-        let mut record = vec![
-            id.clone(),
-            format!("{:.6}", probs[row]),
-            format!("{:.6}", logits[row]),
-            format!("{:.6}", model.intercept()),
-        ];
-        let shown = top.min(order.len());
-        for &j in &order[..shown] {
-            record.push(names.get(j).cloned().unwrap_or_default());
-            record.push(format!("{:.6}", contributions[j]));
+    for (row, id) in dataset.ids().iter().enumerate() {
+        let mut record = vec![id.clone()];
+        if let Some((predictions, names)) = &predictions {
+            let p = &predictions[row];
+            record.extend(p.columns.iter().cloned());
+            record.push(format!("{:.6}", p.intercept));
+            let c = &p.contributions;
+            let mut order: Vec<usize> = (0..c.len()).collect();
+            order.sort_by(|&a, &b| c[b].abs().total_cmp(&c[a].abs()));
+            let shown = top.min(order.len());
+            for &j in &order[..shown] {
+                record.push(names.get(j).cloned().unwrap_or_default());
+                record.push(format!("{:.6}", c[j]));
+            }
+            for _ in shown..top {
+                record.push(String::new());
+                record.push(String::new());
+            }
+            let other: f64 = order[shown..].iter().map(|&j| c[j]).sum();
+            record.push(format!("{other:.6}"));
+            debug_assert!((c.sum() - (p.score - p.intercept)).abs() < 1e-6);
         }
-        for _ in shown..top {
-            record.push(String::new());
-            record.push(String::new());
+        if let Some(assigned) = &assigned {
+            let (segment, distance) = assigned[row];
+            record.push(segment.to_string());
+            record.push(format!("{distance:.6}"));
         }
-        let other: f64 = order[shown..].iter().map(|&j| contributions[j]).sum();
-        record.push(format!("{other:.6}"));
         writer
             .write_record(&record)
             .map_err(|e| write_err(e.to_string()))?;
     }
     writer.flush().map_err(|e| write_err(e.to_string()))?;
-    Ok(loaded.dataset.len())
+    Ok(dataset.len())
 }

@@ -271,9 +271,22 @@ impl Sandbox {
         cert_name: &str,
         extra: &str,
     ) -> PathBuf {
+        self.write_client_schema(partner, certs, cert_name, "schema.toml", extra)
+    }
+
+    /// Same, with another schema of `deploy/demo/` (e.g. `schema-value.toml`).
+    pub fn write_client_schema(
+        &self,
+        partner: &str,
+        certs: &str,
+        cert_name: &str,
+        schema: &str,
+        extra: &str,
+    ) -> PathBuf {
         let certs = self.path(certs);
         let demo = demo_dir();
-        let path = self.path(&format!("{partner}-{cert_name}.toml"));
+        let stem = schema.trim_end_matches(".toml");
+        let path = self.path(&format!("{partner}-{cert_name}-{stem}.toml"));
         fs::write(
             &path,
             format!(
@@ -281,7 +294,7 @@ impl Sandbox {
                  [tls]\nca_cert = \"{certs}/ca.pem\"\ncert = \"{certs}/{cert_name}.pem\"\nkey = \"{certs}/{cert_name}.key\"\nserver_name = \"coordinator\"\n\
                  [connect]\nattempts = 20\ninitial_backoff_ms = 100\nmax_backoff_ms = 1000\n",
                 data = demo.join("data").join(partner).display(),
-                schema = demo.join("schema.toml").display(),
+                schema = demo.join(schema).display(),
                 certs = certs.display(),
             ) + extra,
         )

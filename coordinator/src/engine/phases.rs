@@ -508,13 +508,22 @@ impl Run {
             }
         };
         let mut next = update.model;
-        if !update.empty_clusters.is_empty() {
+        // Under record-level DP the counts are noisy: a cluster with a handful of
+        // (noisy) rows has a centroid made mostly of noise, so clusters below 2%
+        // of the pooled rows are treated as empty.
+        let min_rows = match self.config.privacy {
+            PrivacyMode::Record(_) => (update.examples as f64 * 0.02).ceil() as u64,
+            _ => 1,
+        };
+        let starved: Vec<usize> = (0..update.counts.len())
+            .filter(|&c| update.counts[c] < min_rows)
+            .collect();
+        if !starved.is_empty() {
             let seed = self.config.seed.unwrap_or(0) ^ u64::from(round).wrapping_mul(0x9e37_79b9);
-            match kmeans_reseed_empty(&next, &update.counts, &update.empty_clusters, seed) {
+            match kmeans_reseed_empty(&next, &update.counts, &starved, seed) {
                 Ok(reseeded) => {
                     self.observer.note(&format!(
-                        "round {round}: clusters {:?} received no rows; re-seeded by splitting the largest clusters",
-                        update.empty_clusters
+                        "round {round}: clusters {starved:?} received fewer than {min_rows} rows; re-seeded by splitting the largest clusters"
                     ));
                     next = reseeded;
                 }
