@@ -345,6 +345,27 @@ fn run_charges(run: &Path, config: &Path) -> Result<(Vec<Charge>, f64, RunPlan),
         delta: record.delta,
         planned_rounds: run.rounds,
     };
+    // The ledger accounts at the budget's delta when the partner has one.
+    let delta = config.privacy.as_ref().map_or(record.delta, |p| p.delta);
+    if run.model == fedprofile_learning::ModelFamily::KMeans {
+        // One Gaussian release of all rows' cluster sums and counts per round.
+        let plan =
+            crate::privacy::plan_kmeans(&task, &mut HashMap::new()).map_err(|e| e.to_string())?;
+        let per_round = Accountant::default()
+            .epsilon(&[plan.charge], delta)
+            .map_err(|e| e.to_string())?
+            .epsilon;
+        let summary = RunPlan {
+            rounds: run.rounds,
+            examples,
+            sampling_rate: 1.0,
+            steps_per_round: 1,
+            noise_multiplier: plan.noise_multiplier,
+            clip_norm: record.clip_norm,
+            epsilon_per_round: per_round,
+        };
+        return Ok((vec![plan.charge; run.rounds as usize], delta, summary));
+    }
     let plan = crate::privacy::plan(
         &task,
         examples,
@@ -354,8 +375,6 @@ fn run_charges(run: &Path, config: &Path) -> Result<(Vec<Charge>, f64, RunPlan),
         &mut HashMap::new(),
     )
     .map_err(|e| e.to_string())?;
-    // The ledger accounts at the budget's delta when the partner has one.
-    let delta = config.privacy.as_ref().map_or(record.delta, |p| p.delta);
     let per_round = Accountant::default()
         .epsilon(&[plan.charge], delta)
         .map_err(|e| e.to_string())?

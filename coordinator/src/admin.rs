@@ -66,7 +66,7 @@ impl AdminService {
                 serde_json::from_str::<Option<RoundRecord>>(&r.record_json)
                     .ok()
                     .flatten()
-                    .filter(|rec| rec.metrics.is_some())
+                    .filter(|rec| rec.metrics.is_some() || rec.quality.is_some())
             })
         });
         let epsilon = self.shared.store.rounds(&row.id).ok().and_then(|rows| {
@@ -90,6 +90,11 @@ impl AdminService {
             auc: last.as_ref().and_then(|r| r.metrics.and_then(|m| m.auc)),
             log_loss: last.as_ref().and_then(|r| r.metrics.map(|m| m.log_loss)),
             epsilon,
+            quality: last
+                .as_ref()
+                .and_then(|r| r.quality.as_ref())
+                .map(crate::report::headline)
+                .unwrap_or_default(),
         }
     }
 
@@ -114,6 +119,7 @@ fn progress_message(p: &Progress) -> pb::RunProgress {
         log_loss: p.log_loss,
         epsilon: p.epsilon,
         message: p.message.clone(),
+        quality: p.quality.clone(),
     }
 }
 
@@ -228,6 +234,7 @@ impl Admin for AdminService {
                     log_loss: info.log_loss,
                     epsilon: info.epsilon,
                     message: info.failure.clone(),
+                    quality: info.quality.clone(),
                     ..Default::default()
                 }))
                 .await;
@@ -267,6 +274,7 @@ impl Admin for AdminService {
                                 auc: None,
                                 log_loss: None,
                                 epsilon: None,
+                                quality: String::new(),
                                 message: r.failure.unwrap_or_default(),
                             })))
                             .await;

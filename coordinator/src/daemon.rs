@@ -104,6 +104,8 @@ pub struct Progress {
     pub log_loss: Option<f64>,
     /// Cumulative epsilon.
     pub epsilon: Option<f64>,
+    /// One line of the pooled metrics of a linear, softmax or k-means model.
+    pub quality: String,
     /// A line of text.
     pub message: String,
 }
@@ -677,6 +679,13 @@ async fn execute(
             .rev()
             .find_map(|r| r.metrics.map(|m| m.log_loss)),
         epsilon: outcome.rounds.iter().rev().find_map(|r| r.epsilon),
+        quality: outcome
+            .rounds
+            .iter()
+            .rev()
+            .find_map(|r| r.quality.as_ref())
+            .map(report::headline)
+            .unwrap_or_default(),
         message: outcome
             .failure
             .clone()
@@ -746,6 +755,7 @@ impl RunObserver for DaemonObserver {
             auc: r.metrics.and_then(|m| m.auc),
             log_loss: r.metrics.map(|m| m.log_loss),
             epsilon: r.epsilon,
+            quality: r.quality.as_ref().map(report::headline).unwrap_or_default(),
             message: String::new(),
         });
     }

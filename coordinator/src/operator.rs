@@ -128,14 +128,17 @@ fn status_text(s: tonic::Status) -> String {
 
 fn print_run(r: &pb::RunInfo) {
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+    let metrics = if r.quality.is_empty() {
+        format!("auc {:<7} log loss {:<7}", opt(r.auc), opt(r.log_loss))
+    } else {
+        r.quality.clone()
+    };
     println!(
-        "{:<40} {:<10} {:>3}/{:<3} auc {:<7} log loss {:<7} ε {:<7} {}",
+        "{:<40} {:<10} {:>3}/{:<3} {metrics} ε {:<7} {}",
         r.run_id,
         r.state,
         r.rounds_done,
         r.rounds_planned,
-        opt(r.auc),
-        opt(r.log_loss),
         opt(r.epsilon),
         r.failure
     );
@@ -246,23 +249,20 @@ async fn watch(client: &mut AdminClient<Channel>, run_id: String) -> Result<(), 
         bar.set_length(u64::from(p.rounds_planned));
         bar.set_position(u64::from(p.round));
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
-        bar.set_message(format!(
-            "{} | auc {} | log loss {} | ε {}",
-            p.state,
-            opt(p.auc),
-            opt(p.log_loss),
-            opt(p.epsilon)
-        ));
+        let metrics = if p.quality.is_empty() {
+            format!("auc {} | log loss {}", opt(p.auc), opt(p.log_loss))
+        } else {
+            p.quality.clone()
+        };
+        bar.set_message(format!("{} | {metrics} | ε {}", p.state, opt(p.epsilon)));
         if !bar.is_hidden() {
             bar.tick();
         } else {
             eprintln!(
-                "round {}/{} {} auc {} log loss {} ε {}",
+                "round {}/{} {} {metrics} ε {}",
                 p.round,
                 p.rounds_planned,
                 p.state,
-                opt(p.auc),
-                opt(p.log_loss),
                 opt(p.epsilon)
             );
         }

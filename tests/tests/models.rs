@@ -323,6 +323,27 @@ fn kmeans_under_record_level_dp_charges_every_partner_and_still_converges() {
     assert!(inertia[14] < 0.85 * inertia[0], "{inertia:?}");
     // The raw training inertia is not released under DP.
     assert!(column(&rows, "train_loss").iter().all(|&v| v == 0.0));
+    // What `privacy cost` predicts for this run file is what the ledgers hold.
+    let run_file = run.sandbox.path("run.toml");
+    let config =
+        run.sandbox
+            .write_client_schema("partner-a", "certs", "partner-a", "schema.toml", ledgers);
+    let cost = client_tool(
+        &["privacy", "cost", "--json"],
+        &[("--run", &run_file), ("--config", &config)],
+    );
+    assert!(cost.status.success(), "{cost:?}");
+    let cost: serde_json::Value = serde_json::from_slice(&cost.stdout).unwrap();
+    assert_eq!(cost["plan"]["sampling_rate"], 1.0, "{cost}");
+    assert_eq!(cost["plan"]["steps_per_round"], 1, "{cost}");
+    let predicted = cost["epsilon"].as_f64().unwrap();
+    let ledger_a = fs::read_to_string(run.sandbox.path("partner-a-ledger.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(ledger_a.lines().last().unwrap()).unwrap();
+    let charged = last["cumulative_epsilon"].as_f64().unwrap();
+    assert!(
+        (predicted - charged).abs() < 1e-9,
+        "privacy cost {predicted} vs ledger {charged}"
+    );
     for p in PARTNERS {
         let ledger: PathBuf = run.sandbox.path(&format!("{p}-ledger.jsonl"));
         let verified = client_tool(&["privacy", "ledger", "verify"], &[("", &ledger)]);
@@ -441,4 +462,36 @@ fn a_model_family_that_does_not_fit_the_clients_label_stops_the_run_with_a_reaso
     for c in &mut clients {
         c.wait(Duration::from_secs(30));
     }
+}
+
+#[test]
+fn operators_see_the_pooled_metrics_of_a_kmeans_run_in_status_and_watch() {
+    let sandbox = Sandbox::new();
+    let (config, _) = sandbox.write_coordinator(&fedprofile_e2e::telco_run(1, 1, 1, 10.0));
+    let (_coordinator, port) = sandbox.start_coordinator_with(&config, None, &[], &[]);
+    let _clients: Vec<_> = PARTNERS
+        .iter()
+        .map(|p| {
+            let cfg = sandbox.write_client(p, "certs", p);
+            sandbox.start_client(p, &cfg, port, &["--keep-running"])
+        })
+        .collect();
+    let operator = sandbox.operator_config("ops", port, true);
+    let run_file = sandbox.path("segments.toml");
+    fs::write(&run_file, demo_run_file("run-segments.toml")).unwrap();
+    let started = sandbox.operator(&operator, &["run", "start", run_file.to_str().unwrap()]);
+    assert!(started.status.success(), "{started:?}");
+    let id = String::from_utf8_lossy(&started.stdout).trim().to_string();
+    let watched = sandbox.operator(&operator, &["run", "watch", &id]);
+    assert!(watched.status.success(), "{watched:?}");
+    let watch_text = String::from_utf8_lossy(&watched.stderr).to_string()
+        + &String::from_utf8_lossy(&watched.stdout);
+    assert!(watch_text.contains("inertia"), "{watch_text}");
+    let status = sandbox.operator(&operator, &["run", "status", &id]);
+    assert!(status.status.success(), "{status:?}");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("finished") && text.contains("inertia") && text.contains("segment sizes"),
+        "{text}"
+    );
 }

@@ -290,3 +290,200 @@ async fn the_released_model_is_the_mean_of_the_last_rounds_with_tail_averaging()
     // Global after rounds 1..3: 2.25, 4.5, 6.75; released: (4.5 + 6.75) / 2.
     assert_eq!(outcome.model.unwrap().params.to_vec(), vec![5.625; 3]);
 }
+
+/// Plays k-means clients: each holds fixed rows and answers with real
+/// per-cluster statistics and evaluations; `liar` sends a model delta instead.
+async fn play_kmeans(
+    mut outbox: mpsc::UnboundedReceiver<(String, ServerEvent)>,
+    inbox: mpsc::Sender<Inbound>,
+    rows: BTreeMap<String, ndarray::Array2<f64>>,
+    liar: Option<String>,
+) {
+    use fedprofile_learning::{AnyModel, ModelFamily, kmeans_local_stats};
+    while let Some((client, event)) = outbox.recv().await {
+        let ServerEvent::Task(task) = event else {
+            continue;
+        };
+        let x = &rows[&client];
+        let model = |m: &fedprofile_protocol::messages::ModelSnapshot| {
+            AnyModel::from_parts(ModelFamily::KMeans, m.params.clone(), m.outputs).unwrap()
+        };
+        let body = match &task.body {
+            TaskBody::Stats => ResultBody::Stats(StatsReport {
+                template: template(),
+                numeric: vec![],
+                train_examples: x.nrows() as u64,
+                label_column: String::new(),
+                label_positive: String::new(),
+                label_kind: fedprofile_protocol::messages::LabelKindMsg::None,
+                label_classes: Vec::new(),
+            }),
+            TaskBody::Train(_) if liar.as_deref() == Some(client.as_str()) => {
+                ResultBody::Train(TrainReport {
+                    delta: Array1::zeros(4),
+                    examples: 3,
+                    steps: 1,
+                    train_loss: 0.0,
+                    train_micros: 1,
+                    update_norm: 0.0,
+                    epsilon_spent: None,
+                    not_private: false,
+                    clusters: None,
+                })
+            }
+            TaskBody::Train(t) => {
+                let AnyModel::KMeans(m) = model(&t.model) else {
+                    unreachable!()
+                };
+                let stats = kmeans_local_stats(&m, x.view()).unwrap();
+                ResultBody::Train(TrainReport {
+                    delta: Array1::zeros(0),
+                    examples: stats.examples() as u64,
+                    steps: 1,
+                    train_loss: 0.0,
+                    train_micros: 1,
+                    update_norm: 0.0,
+                    epsilon_spent: None,
+                    not_private: false,
+                    clusters: Some(stats),
+                })
+            }
+            TaskBody::Eval(m) => ResultBody::Eval(model(m).evaluate(x.view(), None).unwrap()),
+        };
+        let reply = ClientReply::Result {
+            task_id: task.task_id.clone(),
+            body,
+        };
+        if inbox.send(Inbound::Reply { client, reply }).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn kmeans_config(rounds: u32) -> RunConfig {
+    RunConfig {
+        model: fedprofile_learning::ModelFamily::KMeans,
+        clusters: 2,
+        ..config(rounds, 2)
+    }
+}
+
+fn kmeans_rows() -> BTreeMap<String, ndarray::Array2<f64>> {
+    use ndarray::array;
+    BTreeMap::from([
+        (
+            "a".to_string(),
+            array![[-4.0, -5.0], [-6.0, -5.0], [5.0, 4.0]],
+        ),
+        (
+            "b".to_string(),
+            array![[-5.0, -4.0], [4.0, 5.0], [6.0, 6.0]],
+        ),
+        (
+            "c".to_string(),
+            array![[-5.0, -6.0], [5.0, 5.0], [5.0, 5.0]],
+        ),
+    ])
+}
+
+fn start_kmeans(cfg: RunConfig, liar: Option<&str>) -> tokio::task::JoinHandle<RunOutcome> {
+    let rows = kmeans_rows();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let hub = Arc::new(FakeHub {
+        clients: Mutex::new(rows.keys().cloned().collect()),
+        outbox: out_tx,
+    });
+    tokio::spawn(play_kmeans(out_rx, in_tx, rows, liar.map(str::to_string)));
+    let run = Run::new(cfg, "run-k".into(), hub, in_rx, Box::new(Quiet));
+    tokio::spawn(async move { run.execute().await.0 })
+}
+
+#[tokio::test(start_paused = true)]
+async fn kmeans_rounds_are_exact_lloyd_steps_on_pooled_statistics() {
+    let outcome = start_kmeans(kmeans_config(6), None).await.unwrap();
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    let model = outcome.model.unwrap();
+    assert_eq!((model.model_type.as_str(), model.outputs), ("kmeans", 2));
+    // The pooled rows form two groups whose means are (-5, -5) (4 rows) and
+    // (5, 5) (5 rows: (5,4), (4,5), (6,6), (5,5), (5,5)).
+    let mut centroids: Vec<(f64, f64)> = model
+        .params
+        .to_vec()
+        .chunks(2)
+        .map(|c| (c[0], c[1]))
+        .collect();
+    centroids.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert_eq!(centroids, vec![(-5.0, -5.0), (5.0, 5.0)]);
+    let inertia: Vec<f64> = outcome
+        .rounds
+        .iter()
+        .map(|r| match &r.quality {
+            Some(fedprofile_learning::Quality::Clustering { inertia, .. }) => *inertia,
+            other => panic!("no clustering quality: {other:?}"),
+        })
+        .collect();
+    for w in inertia.windows(2) {
+        assert!(w[1] <= w[0] + 1e-9, "inertia rose: {inertia:?}");
+    }
+    // Converged: 4 rows at distance² 2 or 1 from (-5,-5): 1+1+1+1 = 4; the other
+    // group: 1 + 1 + 2 + 0 + 0 = 4.
+    assert!((inertia.last().unwrap() - 8.0).abs() < 1e-9, "{inertia:?}");
+    match &outcome.rounds.last().unwrap().quality {
+        Some(fedprofile_learning::Quality::Clustering { counts, .. }) => {
+            let mut c = counts.clone();
+            c.sort();
+            assert_eq!(c, vec![4, 5]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(outcome.rounds.iter().all(|r| r.metrics.is_none()));
+    assert_eq!(outcome.target, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delta_in_a_kmeans_round_is_rejected_and_the_round_goes_on() {
+    let outcome = start_kmeans(kmeans_config(2), Some("c")).await.unwrap();
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    assert_eq!(outcome.rejections.get("inconsistent"), Some(&2));
+    assert!(outcome.rounds.iter().all(|r| r.accepted == 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_family_that_needs_another_label_fails_after_statistics_with_the_reason() {
+    let behaviours = BTreeMap::from([
+        (
+            "a".to_string(),
+            Behaviour::Honest {
+                v: 1.0,
+                examples: 1,
+            },
+        ),
+        (
+            "b".to_string(),
+            Behaviour::Honest {
+                v: 1.0,
+                examples: 1,
+            },
+        ),
+        (
+            "c".to_string(),
+            Behaviour::Honest {
+                v: 1.0,
+                examples: 1,
+            },
+        ),
+    ]);
+    let cfg = RunConfig {
+        model: fedprofile_learning::ModelFamily::SoftmaxRegression,
+        ..config(2, 3)
+    };
+    let outcome = start(cfg, behaviours).await.unwrap();
+    assert!(!outcome.completed);
+    let why = outcome.failure.unwrap();
+    assert_eq!(
+        why,
+        "the run trains a softmax_regression model, which needs a multi-class label (type = \"class\") in the clients' schema; their schema declares 'y' as a binary label (type = \"label\")"
+    );
+    assert!(outcome.rounds.is_empty());
+}
