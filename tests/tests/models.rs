@@ -495,3 +495,58 @@ fn operators_see_the_pooled_metrics_of_a_kmeans_run_in_status_and_watch() {
         "{text}"
     );
 }
+
+#[test]
+fn a_kmeans_run_can_warm_start_from_earlier_segments() {
+    let earlier = segments_run();
+    let earlier_model = earlier.sandbox.path("out/model.json");
+    let earlier_inertia = column(&metrics(&earlier.sandbox), "inertia");
+    let run_toml = demo_run_file("run-segments.toml")
+        .replace("rounds = 15", "rounds = 2")
+        .replace(
+            "seed = 7",
+            &format!("seed = 7\nwarm_start = \"{}\"", earlier_model.display()),
+        );
+    let run = federate("schema.toml", &run_toml, "");
+    assert!(run.stdout.contains("warm start from"), "{}", run.stdout);
+    let inertia = column(&metrics(&run.sandbox), "inertia");
+    // The first round already assigns against the earlier (converged) centroids.
+    let converged = *earlier_inertia.last().unwrap();
+    assert!(
+        (inertia[0] - converged).abs() <= 0.01 * converged,
+        "warm-started round 1 inertia {} vs earlier final {converged}",
+        inertia[0]
+    );
+    assert!(inertia[0] < 0.8 * earlier_inertia[0]);
+}
+
+#[test]
+fn a_warm_start_from_another_family_is_refused_with_the_reason() {
+    let earlier = segments_run();
+    let run_toml = demo_run_file("value/run.toml").replace(
+        "model = \"linear_regression\"",
+        &format!(
+            "model = \"linear_regression\"\nwarm_start = \"{}\"",
+            earlier.sandbox.path("out/model.json").display()
+        ),
+    );
+    let sandbox = Sandbox::new();
+    let (config, run) = sandbox.write_coordinator(&run_toml);
+    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let mut clients: Vec<_> = PARTNERS
+        .iter()
+        .map(|p| {
+            let cfg = sandbox.write_client_schema(p, "certs", p, "schema-value.toml", "");
+            sandbox.start_client(p, &cfg, port, &[])
+        })
+        .collect();
+    assert!(!coordinator.wait(Duration::from_secs(120)).success());
+    let text = coordinator.read_stdout() + &coordinator.read_stderr();
+    assert!(
+        text.contains("is a kmeans model, the run trains linear_regression"),
+        "{text}"
+    );
+    for c in &mut clients {
+        c.wait(Duration::from_secs(30));
+    }
+}

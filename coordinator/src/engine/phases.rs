@@ -163,7 +163,14 @@ impl Run {
         let mut spec = global_feature_spec(&template, &agreeing);
         let mut start = None;
         if let Some(path) = &self.config.warm_start {
-            match warm_start(path, &template, &label, &positive) {
+            let expected = WarmStartTarget {
+                family,
+                label: &label,
+                positive: &positive,
+                classes: &classes,
+                clusters: self.config.clusters as usize,
+            };
+            match warm_start(path, &template, &expected) {
                 Ok((features, params)) => {
                     self.observer.note(&format!(
                         "warm start from {} (its feature encoding is kept)",
@@ -768,15 +775,33 @@ fn label_fits(
     Ok(())
 }
 
-/// Loads an earlier global model for a warm start and checks that it fits the
-/// federation's current schema (same columns, kinds, vocabularies and target).
+/// What a warm-start model must predict to continue this run.
+struct WarmStartTarget<'a> {
+    family: ModelFamily,
+    label: &'a str,
+    positive: &'a str,
+    classes: &'a [String],
+    clusters: usize,
+}
+
+/// Loads an earlier global model (model file version 1 or 2) for a warm start
+/// and checks that it fits the federation's current schema (same columns,
+/// kinds, vocabularies and target) and the run (same family, classes, clusters).
 fn warm_start(
     path: &std::path::Path,
     template: &FeatureSpec,
-    label: &str,
-    positive: &str,
+    expected: &WarmStartTarget<'_>,
 ) -> Result<(FeatureSpec, Array1<f64>), String> {
-    let file = fedprofile_learning::ModelFile::load(path).map_err(|e| e.to_string())?;
+    use fedprofile_learning::{ModelFileV2, VersionedModelFile};
+    let file = VersionedModelFile::load(path).map_err(|e| e.to_string())?;
+    let shown = path.display();
+    if file.model_type() != expected.family.name() {
+        return Err(format!(
+            "{shown} is a {} model, the run trains {}",
+            file.model_type(),
+            expected.family
+        ));
+    }
     let shape = |spec: &FeatureSpec| -> Vec<FeatureColumn> {
         spec.columns
             .iter()
@@ -790,22 +815,56 @@ fn warm_start(
             })
             .collect()
     };
-    if shape(&file.features) != shape(template) {
+    if shape(file.features()) != shape(template) {
         return Err(format!(
-            "{} was trained on other features than the clients' schema declares",
-            path.display()
+            "{shown} was trained on other features than the clients' schema declares"
         ));
     }
-    if file.target.column != label || file.target.positive_value != positive {
-        return Err(format!(
-            "{} predicts '{}' = '{}', the clients' schema labels '{label}' = '{positive}'",
-            path.display(),
-            file.target.column,
-            file.target.positive_value
-        ));
-    }
-    let model = file.to_model().map_err(|e| e.to_string())?;
-    Ok((file.features, model.params().clone()))
+    let (label, positive) = (expected.label, expected.positive);
+    let target_differs = |column: &str| {
+        Err(format!(
+            "{shown} predicts '{column}', the clients' schema's label is '{label}'"
+        ))
+    };
+    let params = match &file {
+        VersionedModelFile::V1(f) => {
+            if f.target.column != label || f.target.positive_value != positive {
+                return Err(format!(
+                    "{shown} predicts '{}' = '{}', the clients' schema labels '{label}' = '{positive}'",
+                    f.target.column, f.target.positive_value
+                ));
+            }
+            f.to_model().map_err(|e| e.to_string())?.into_params()
+        }
+        VersionedModelFile::V2(ModelFileV2::LinearRegression(f)) => {
+            if f.target.column != label {
+                return target_differs(&f.target.column);
+            }
+            f.to_model().map_err(|e| e.to_string())?.into_params()
+        }
+        VersionedModelFile::V2(ModelFileV2::SoftmaxRegression(f)) => {
+            if f.target.column != label {
+                return target_differs(&f.target.column);
+            }
+            if f.classes != expected.classes {
+                return Err(format!(
+                    "{shown} has the classes {:?}, the clients' schema declares {:?}",
+                    f.classes, expected.classes
+                ));
+            }
+            f.to_model().map_err(|e| e.to_string())?.into_params()
+        }
+        VersionedModelFile::V2(ModelFileV2::KMeans(f)) => {
+            if f.clusters != expected.clusters {
+                return Err(format!(
+                    "{shown} has {} clusters, the run file asks for {}",
+                    f.clusters, expected.clusters
+                ));
+            }
+            f.to_model().map_err(|e| e.to_string())?.into_params()
+        }
+    };
+    Ok((file.features().clone(), params))
 }
 
 /// The global feature spec: the template with federated means and standard deviations.

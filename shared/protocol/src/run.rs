@@ -429,15 +429,6 @@ impl RunConfig {
                 ));
             }
         }
-        if raw.run.warm_start.is_some() && model != ModelFamily::LogisticRegression {
-            return Err(invalid(
-                "run.warm_start",
-                format!(
-                    "is only available for logistic_regression so far, not '{}'",
-                    model.name()
-                ),
-            ));
-        }
         if let PrivacyMode::Client(_) = privacy
             && let Err(why) = strategy.compatible_with_client_level_dp()
         {
@@ -659,10 +650,6 @@ mod tests {
             (
                 "model = \"kmeans\"\nclusters = 3\n[training]\ntail_average_rounds = 3\n",
                 "must be 1 for k-means",
-            ),
-            (
-                "model = \"softmax_regression\"\nwarm_start = \"m.json\"\n",
-                "run.warm_start' is only available for logistic_regression",
             ),
         ];
         for (extra, want) in refused {
