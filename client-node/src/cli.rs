@@ -69,14 +69,15 @@ enum Command {
     },
     /// Per-user profiles: prediction and the features that pushed it most.
     ///
-    /// Example: fedprofile-client profile --config client.toml --model out/demo/model.json --segments out/segments/model.json --out profiles.csv
+    /// Example: fedprofile-client profile --config client.toml --model out/demo/model.json --model out/value/model.json --segments out/segments/model.json --out profiles.csv
     Profile {
         /// Client config (TOML).
         #[arg(long)]
         config: PathBuf,
-        /// Global model file (model.json of a logistic, linear or softmax regression run).
+        /// Global model file (model.json of a logistic, linear or softmax regression
+        /// run); repeat for several models (e.g. churn and monthly value).
         #[arg(long)]
-        model: Option<PathBuf>,
+        model: Vec<PathBuf>,
         /// A segmentation model (a k-means model.json): adds each user's segment.
         #[arg(long)]
         segments: Option<PathBuf>,
@@ -157,7 +158,7 @@ fn run(cli: Cli) -> Result<(), String> {
             top,
             out,
         } => {
-            if model.is_none() && segments.is_none() {
+            if model.is_empty() && segments.is_none() {
                 return Err("profile needs --model, --segments or both".into());
             }
             let config = load_config(&config)?;
@@ -165,7 +166,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 &config.schema,
                 &config.data_dir,
                 &split,
-                model.as_deref(),
+                &model,
                 segments.as_deref(),
                 top,
                 &out,

@@ -37,8 +37,32 @@ fn mismatch(path: &Path) -> impl Fn(String) -> ScoreError + '_ {
     }
 }
 
-/// The predictor, its feature encoding and the header of its columns.
-fn load_predictor(path: &Path) -> Result<(Predictor, FeatureSpec, Vec<String>), ScoreError> {
+/// A loaded supervised model: the predictor, its encoding, the names of its
+/// prediction columns (the last one is the score the contributions explain)
+/// and its target column.
+struct Loaded {
+    predictor: Predictor,
+    features: FeatureSpec,
+    columns: Vec<String>,
+    score: String,
+    target: String,
+}
+
+fn load_predictor(path: &Path) -> Result<Loaded, ScoreError> {
+    let (predictor, features, mut columns, target) = load_parts(path)?;
+    let score = columns.pop().unwrap_or_else(|| "score".into());
+    Ok(Loaded {
+        predictor,
+        features,
+        columns,
+        score,
+        target,
+    })
+}
+
+type Parts = (Predictor, FeatureSpec, Vec<String>, String);
+
+fn load_parts(path: &Path) -> Result<Parts, ScoreError> {
     let err = mismatch(path);
     match VersionedModelFile::load(path)? {
         VersionedModelFile::V1(file) => {
@@ -48,10 +72,12 @@ fn load_predictor(path: &Path) -> Result<(Predictor, FeatureSpec, Vec<String>), 
                 format!("{}_probability", file.target.column)
             };
             let model = file.to_model()?;
+            let target = file.target.column.clone();
             Ok((
                 Predictor::Logistic(model),
                 file.features,
                 vec![name, "logit".into()],
+                target,
             ))
         }
         VersionedModelFile::V2(ModelFileV2::LinearRegression(file)) => {
@@ -60,6 +86,7 @@ fn load_predictor(path: &Path) -> Result<(Predictor, FeatureSpec, Vec<String>), 
                 Predictor::Linear(model),
                 file.features,
                 vec![format!("{}_predicted", file.target.column), "score".into()],
+                file.target.column,
             ))
         }
         VersionedModelFile::V2(ModelFileV2::SoftmaxRegression(file)) => {
@@ -79,6 +106,7 @@ fn load_predictor(path: &Path) -> Result<(Predictor, FeatureSpec, Vec<String>), 
                 Predictor::Softmax(model, file.classes.clone()),
                 file.features,
                 header,
+                file.target.column,
             ))
         }
         VersionedModelFile::V2(ModelFileV2::KMeans(_)) => Err(err(
@@ -156,45 +184,57 @@ fn encode(dataset: &Dataset, spec: &FeatureSpec, path: &Path) -> Result<Array2<f
 
 /// Writes `out` with one row per user of `split`; returns the row count.
 ///
-/// Columns: `user_id`; with `model`, its prediction columns (logistic:
+/// Columns: `user_id`; for each of `models`, its prediction columns (logistic:
 /// `<target>_probability`, `logit`; linear: `<target>_predicted`, `score`;
 /// softmax: `<target>_predicted`, `<target>_probability` (of the predicted
 /// class), one `<target>_probability_<class>` per class, `score` (the predicted
 /// class's logit)), then `intercept`, the `top` largest |contributions| as
 /// `feature_i`, `contribution_i`, and `other_contribution` (the sum of all the
 /// others), so that `Σ contribution_i + other_contribution = score − intercept`
-/// (the logit for logistic regression); with `segments`, `segment` and
+/// (the logit for logistic regression); with several models, these per-model
+/// columns (all but the prediction columns, which name their target already)
+/// are prefixed with `<target>_`; with `segments`, `segment` and
 /// `segment_distance` (squared distance to the segment's centroid).
 pub fn profile(
     schema_path: &Path,
     data_dir: &Path,
     split: &str,
-    model_path: Option<&Path>,
+    model_paths: &[std::path::PathBuf],
     segments_path: Option<&Path>,
     top: usize,
     out: &Path,
 ) -> Result<usize, ScoreError> {
     let schema = Schema::from_path(schema_path)?;
-    let predictor = model_path.map(load_predictor).transpose()?;
+    let models = model_paths
+        .iter()
+        .map(|p| load_predictor(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let segments = segments_path.map(load_segments).transpose()?;
     let loaded = fedprofile_data::load_split(&schema, data_dir, split)?;
     let dataset = &loaded.dataset;
 
     let mut header = vec!["user_id".to_string()];
-    let predictions = match (&predictor, model_path) {
-        (Some((p, spec, columns)), Some(path)) => {
-            header.extend(columns.iter().cloned());
-            header.push("intercept".into());
-            for i in 1..=top {
-                header.push(format!("feature_{i}"));
-                header.push(format!("contribution_{i}"));
-            }
-            header.push("other_contribution".into());
-            let x = encode(dataset, spec, path)?;
-            Some((predict(p, &x).map_err(mismatch(path))?, spec.entry_names()))
+    let mut predictions = Vec::new();
+    for (model, path) in models.iter().zip(model_paths) {
+        let prefix = if models.len() > 1 {
+            format!("{}_", model.target)
+        } else {
+            String::new()
+        };
+        header.extend(model.columns.iter().cloned());
+        header.push(format!("{prefix}{}", model.score));
+        header.push(format!("{prefix}intercept"));
+        for i in 1..=top {
+            header.push(format!("{prefix}feature_{i}"));
+            header.push(format!("{prefix}contribution_{i}"));
         }
-        _ => None,
-    };
+        header.push(format!("{prefix}other_contribution"));
+        let x = encode(dataset, &model.features, path)?;
+        predictions.push((
+            predict(&model.predictor, &x).map_err(mismatch(path))?,
+            model.features.entry_names(),
+        ));
+    }
     let assigned = match (&segments, segments_path) {
         (Some((model, spec)), Some(path)) => {
             header.push("segment".into());
@@ -219,7 +259,7 @@ pub fn profile(
         .map_err(|e| write_err(e.to_string()))?;
     for (row, id) in dataset.ids().iter().enumerate() {
         let mut record = vec![id.clone()];
-        if let Some((predictions, names)) = &predictions {
+        for (predictions, names) in &predictions {
             let p = &predictions[row];
             record.extend(p.columns.iter().cloned());
             record.push(format!("{:.6}", p.intercept));

@@ -258,35 +258,87 @@ fn kmeans_segmentation_reports_a_falling_pooled_inertia() {
 }
 
 #[test]
-fn profiles_combine_the_churn_model_and_the_segments() {
+fn one_profile_holds_churn_probability_predicted_value_and_segment_per_user() {
     let segments = segments_run();
+    let value = value_run();
     // A churn model from a short run of the churn demo.
     let churn = federate("schema.toml", &fedprofile_e2e::telco_run(5, 4, 4, 30.0), "");
+    // The partner's churn config scores with all three models: the value model's
+    // inputs are features of the churn schema too.
     let config =
         churn
             .sandbox
             .write_client_schema("partner-c", "certs", "partner-c", "schema.toml", "");
     let out = churn.sandbox.path("profiles.csv");
     let result = client_tool(
-        &["profile"],
+        &["profile", "--top", "2"],
         &[
             ("--config", &config),
             ("--model", &churn.sandbox.path("out/model.json")),
+            ("--model", &value.sandbox.path("out/model.json")),
             ("--segments", &segments.sandbox.path("out/model.json")),
             ("--out", &out),
         ],
     );
     assert!(result.status.success(), "profile failed: {result:?}");
     let (header, rows) = csv_rows(&out);
-    assert_eq!(&header[..2], ["user_id", "churn_probability"]);
+    let at = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+    };
+    assert_eq!(
+        &header[..4],
+        [
+            "user_id",
+            "churn_probability",
+            "churn_logit",
+            "churn_intercept"
+        ]
+    );
     assert_eq!(&header[header.len() - 2..], ["segment", "segment_distance"]);
+    // partner-c's test split: every user once.
+    assert_eq!(rows.len(), 309, "{} rows", rows.len());
+    let mut ids = std::collections::HashSet::new();
     let mut seen = std::collections::BTreeSet::new();
     for r in &rows {
-        let p: f64 = r[1].parse().unwrap();
+        assert!(ids.insert(r[0].clone()), "user {} twice", r[0]);
+        let p: f64 = r[at("churn_probability")].parse().unwrap();
         assert!((0.0..=1.0).contains(&p));
-        let segment: usize = r[r.len() - 2].parse().unwrap();
+        for (score, first, other) in [
+            (
+                "churn_logit",
+                "churn_contribution_1",
+                "churn_other_contribution",
+            ),
+            (
+                "monthly_charges_score",
+                "monthly_charges_contribution_1",
+                "monthly_charges_other_contribution",
+            ),
+        ] {
+            let intercept_col = score
+                .replace("logit", "intercept")
+                .replace("score", "intercept");
+            let score_v: f64 = r[at(score)].parse().unwrap();
+            let intercept: f64 = r[at(&intercept_col)].parse().unwrap();
+            let sum: f64 = (at(first)..at(other))
+                .step_by(2)
+                .map(|i| r[i].parse::<f64>().unwrap())
+                .sum::<f64>()
+                + r[at(other)].parse::<f64>().unwrap();
+            assert!(
+                (sum - (score_v - intercept)).abs() < 1e-4,
+                "{score}: contributions {sum} vs score - intercept {}",
+                score_v - intercept
+            );
+        }
+        let predicted: f64 = r[at("monthly_charges_predicted")].parse().unwrap();
+        assert!((10.0..150.0).contains(&predicted), "{r:?}");
+        let segment: usize = r[at("segment")].parse().unwrap();
         assert!(segment < 4);
-        assert!(r[r.len() - 1].parse::<f64>().unwrap() >= 0.0);
+        assert!(r[at("segment_distance")].parse::<f64>().unwrap() >= 0.0);
         seen.insert(segment);
     }
     assert!(seen.len() >= 3, "users fall in segments {seen:?}");

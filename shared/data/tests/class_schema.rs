@@ -1,6 +1,6 @@
 //! The Telco demo data with `deploy/demo/schema-contract.toml`: `contract` is a
 //! multi-class label (`type = "class"`), `monthly_charges` a numeric feature and
-//! `churn` a boolean feature.
+//! `churn` ignored.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -32,12 +32,7 @@ fn schema_declares_contract_as_class() {
     let spec = schema.feature_template();
     let names: Vec<&str> = spec.columns.iter().map(|c| c.name()).collect();
     assert!(!names.contains(&"contract"), "{names:?}");
-    assert!(
-        spec.columns
-            .iter()
-            .any(|c| matches!(c, FeatureColumn::Boolean { name } if name == "churn")),
-        "{names:?}"
-    );
+    assert!(!names.contains(&"churn"), "{names:?}");
     assert!(
         spec.columns
             .iter()
@@ -45,7 +40,7 @@ fn schema_declares_contract_as_class() {
         "{names:?}"
     );
 
-    // The same features as schema.toml, without contract and with churn.
+    // The same features as schema.toml, without contract.
     let base = Schema::from_path(Path::new(BASE_SCHEMA)).unwrap();
     let base_spec = base.feature_template();
     let mut expected: Vec<&str> = base_spec
@@ -54,7 +49,6 @@ fn schema_declares_contract_as_class() {
         .map(|c| c.name())
         .filter(|n| *n != "contract")
         .collect();
-    expected.push("churn");
     let mut names = names;
     names.sort_unstable();
     expected.sort_unstable();
@@ -171,7 +165,6 @@ fn every_split_loads_with_class_labels() {
         assert_eq!(counts.iter().sum::<u64>(), r.users, "{name}");
         assert_eq!(r.classes.as_ref().unwrap().counts, counts, "{name}");
 
-        assert_eq!(r.column("churn").unwrap().imputed, 0, "{name}");
         let x = d.encode(&spec).unwrap();
         assert_eq!(x.dim(), (d.len(), spec.dim()), "{name}");
         assert!(x.iter().all(|v| v.is_finite()), "{name}");
