@@ -487,3 +487,71 @@ async fn a_family_that_needs_another_label_fails_after_statistics_with_the_reaso
     );
     assert!(outcome.rounds.is_empty());
 }
+
+/// Keeps every checkpoint it is given.
+struct Keep(Arc<Mutex<Vec<Checkpoint>>>);
+
+impl RoundSink for Keep {
+    fn commit(&mut self, _: Option<&RoundRecord>, checkpoint: &Checkpoint) -> Result<(), String> {
+        self.0.lock().unwrap().push(checkpoint.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kmeans_run_resumes_from_its_checkpoint_with_its_clusters() {
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let rows = kmeans_rows();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let hub = Arc::new(FakeHub {
+        clients: Mutex::new(rows.keys().cloned().collect()),
+        outbox: out_tx,
+    });
+    tokio::spawn(play_kmeans(out_rx, in_tx, rows.clone(), None));
+    let run = Run::new(
+        kmeans_config(4),
+        "run-k".into(),
+        hub,
+        in_rx,
+        Box::new(Quiet),
+    )
+    .with_sink(Box::new(Keep(Arc::clone(&kept))));
+    let (full, _) = run.execute().await;
+    assert!(full.completed);
+
+    // The checkpoint after round 2, through JSON as the store keeps it.
+    let json = serde_json::to_string(&kept.lock().unwrap()[2]).unwrap();
+    let checkpoint: Checkpoint = serde_json::from_str(&json).unwrap();
+    assert_eq!((checkpoint.round, checkpoint.model.outputs), (2, 2));
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let hub = Arc::new(FakeHub {
+        clients: Mutex::new(rows.keys().cloned().collect()),
+        outbox: out_tx,
+    });
+    tokio::spawn(play_kmeans(out_rx, in_tx, rows, None));
+    let resumed = Run::new(
+        kmeans_config(4),
+        "run-k".into(),
+        hub,
+        in_rx,
+        Box::new(Quiet),
+    )
+    .resume_from(checkpoint, full.rounds[..2].to_vec());
+    let (outcome, _) = resumed.execute().await;
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    assert_eq!(outcome.rounds.len(), 4);
+    let (a, b) = (outcome.model.unwrap(), full.model.unwrap());
+    assert_eq!((a.outputs, &a.params), (2, &b.params));
+}
+
+#[test]
+fn checkpoints_written_before_model_families_still_load() {
+    let old = r#"{"round":3,"model":{"model_type":"logistic_regression","features":{"columns":[]},"params":[0.5]},"target":["y","yes"],"contributors":[],"rejections":{},"refusals":{},"not_private":[],"server_clip_norm":null}"#;
+    let c: Checkpoint = serde_json::from_str(old).unwrap();
+    assert_eq!((c.model.outputs, c.classes.len()), (1, 0));
+    let record = r#"{"round":1,"selected":3,"accepted":3,"rejected":0,"refused":0,"attempts":1,"train_loss":0.5,"train_phase_ms":1.0,"max_client_train_ms":0.5,"eval_phase_ms":1.0,"round_ms":2.0,"metrics":null,"evaluated_clients":3,"epsilon":null}"#;
+    let r: RoundRecord = serde_json::from_str(record).unwrap();
+    assert_eq!(r.quality, None);
+}
