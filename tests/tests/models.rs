@@ -602,3 +602,41 @@ fn a_warm_start_from_another_family_is_refused_with_the_reason() {
         c.wait(Duration::from_secs(30));
     }
 }
+
+#[test]
+fn linear_regression_trains_under_record_level_dp_and_softmax_under_client_level_dp() {
+    // Record-level DP-SGD on the squared error: each partner calibrates sigma
+    // to epsilon 2 for the run and charges its ledger every round.
+    let run_toml = demo_run_file("value/run.toml").replace("rounds = 20", "rounds = 5")
+        + "[privacy]\nmode = \"record\"\ndelta = 1e-5\n[privacy.record]\nclip_norm = 50.0\ntarget_epsilon = 2.0\n";
+    let ledgers = "[privacy]\nepsilon = 3.0\ndelta = 1e-5\nledger = \"{partner}-ledger.jsonl\"\n";
+    let run = federate("schema-value.toml", &run_toml, ledgers);
+    let summary = run.sandbox.summary();
+    let epsilon = summary["epsilon"].as_f64().unwrap();
+    let r2 = summary["quality"]["r2"].as_f64().unwrap();
+    println!("linear regression, record-level DP: epsilon {epsilon:.4}, R² {r2:.4}");
+    assert!(epsilon > 1.9 && epsilon <= 2.0 + 1e-6, "{summary}");
+    assert!(r2 > 0.8, "{summary}");
+    for p in PARTNERS {
+        let ledger = run.sandbox.path(&format!("{p}-ledger.jsonl"));
+        assert_eq!(
+            fs::read_to_string(&ledger).unwrap().lines().count(),
+            5,
+            "{p}"
+        );
+    }
+
+    // DP-FedAvg at the coordinator acts on the softmax model's deltas like on any other.
+    let run_toml = demo_run_file("contract/run.toml")
+        + "[privacy]\nmode = \"client\"\ndelta = 1e-5\n[privacy.client]\nclip_norm = 1.0\nnoise_multiplier = 0.3\n";
+    let run = federate("schema-contract.toml", &run_toml, "");
+    let summary = run.sandbox.summary();
+    println!(
+        "softmax regression, client-level DP: {}",
+        summary["quality"]
+    );
+    assert_eq!(summary["completed"], true, "{summary}");
+    assert!(summary["epsilon"].as_f64().unwrap() > 0.0, "{summary}");
+    assert_eq!(summary["quality"]["kind"], "multiclass");
+    assert!(run.sandbox.path("out/coordinator-ledger.jsonl").exists());
+}
