@@ -209,6 +209,17 @@ pub fn profile(
         .iter()
         .map(|p| load_predictor(p))
         .collect::<Result<Vec<_>, _>>()?;
+    if models.len() > 1 {
+        for (i, m) in models.iter().enumerate() {
+            if let Some(j) = models[..i].iter().position(|o| o.target == m.target) {
+                return Err(mismatch(&model_paths[i])(format!(
+                    "it predicts '{}' like {}: profile one model per target",
+                    m.target,
+                    model_paths[j].display()
+                )));
+            }
+        }
+    }
     let segments = segments_path.map(load_segments).transpose()?;
     let loaded = fedprofile_data::load_split(&schema, data_dir, split)?;
     let dataset = &loaded.dataset;

@@ -354,6 +354,20 @@ fn one_profile_holds_churn_probability_predicted_value_and_segment_per_user() {
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("pass it with --segments"), "{err}");
+    // Two models of the same target would give clashing columns: refused.
+    let value_model = value.sandbox.path("out/model.json");
+    let twice = client_tool(
+        &["profile"],
+        &[
+            ("--config", &config),
+            ("--model", &value_model),
+            ("--model", &value_model),
+            ("--out", &out),
+        ],
+    );
+    assert!(!twice.status.success());
+    let err = String::from_utf8_lossy(&twice.stderr);
+    assert!(err.contains("it predicts 'monthly_charges' like"), "{err}");
 }
 
 #[test]
