@@ -7,8 +7,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use fedprofile_data::{Dataset, FeatureSpec, LabelKind, LoadedSplit, Schema};
+use fedprofile_learning::dp::ValidDpSgdParams;
 use fedprofile_learning::dp::{secure_rng, seeded_test_rng, train_dp_sgd};
-use fedprofile_learning::train::{TrainParams, train_local};
+use fedprofile_learning::train::{TrainParams, ValidTrainParams, train_local};
 use fedprofile_learning::{
     AnyModel, Evaluation, LabelNeed, ModelFamily, kmeans_local_stats, kmeans_local_stats_dp,
     train_dp_sgd_with_objective, train_local_with_objective,
@@ -21,6 +22,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use rand_chacha::ChaCha20Rng;
 
 use crate::privacy::{self, PrivacyGuard, PrivacyRefusal, PrivacySettings};
+use fedprofile_protocol::messages::RecordDpTask;
 
 /// The node could not load its data.
 #[derive(Debug, thiserror::Error)]
@@ -401,49 +403,22 @@ impl Node {
         let objective = model.objective().ok_or(TaskError::Internal(
             "a gradient-trained model has an objective",
         ))?;
-        let examples = self.train.dataset.len();
         let started = Instant::now();
         let start = model.params().view();
         let (outcome, epsilon_spent) = match &train.record_dp {
             None => {
-                if self.require_dp {
-                    return Err(PrivacyRefusal::DpRequired.into());
-                }
-                let params = TrainParams {
-                    epochs: train.local_epochs as usize,
-                    batch_size: train.batch_size as usize,
-                    learning_rate: train.learning_rate,
-                    l2: 0.0,
-                    prox_mu: train.prox_mu,
-                }
-                .check()?;
+                let params = self.plain_params(train)?;
                 let (x, y) = self.train.xy(&train.model.features)?;
                 let outcome =
                     train_local_with_objective(&*objective, start, x, y, &params, &mut self.rng)?;
                 (outcome, None)
             }
             Some(record) => {
-                let plan = privacy::plan(
-                    record,
-                    examples,
-                    train.batch_size as usize,
-                    train.local_epochs as usize,
-                    train.learning_rate,
-                    &mut self.calibrated,
-                )?;
-                let guard = self.guard.as_mut().ok_or(PrivacyRefusal::NoBudget)?;
-                let entry = guard.charge(
-                    &task.run_id,
-                    task.round,
-                    &task.task_id,
-                    plan.charge,
-                    record.clip_norm,
-                )?;
+                let (params, epsilon) = self.charge_dp_sgd(task, train, record)?;
                 let (x, y) = self.train.xy(&train.model.features)?;
-                let params = plan.params.with_prox_mu(train.prox_mu)?;
                 let outcome =
                     train_dp_sgd_with_objective(&*objective, start, x, y, &params, &mut self.rng)?;
-                (outcome, Some(entry.cumulative_epsilon))
+                (outcome, Some(epsilon))
             }
         };
         let train_micros = started.elapsed().as_micros() as u64;
@@ -516,45 +491,18 @@ impl Node {
         train: &TrainTask,
         model: &fedprofile_learning::LogisticRegression,
     ) -> Result<TrainReport, TaskError> {
-        let examples = self.train.dataset.len();
         let started = Instant::now();
         let (outcome, epsilon_spent) = match &train.record_dp {
             None => {
-                if self.require_dp {
-                    return Err(PrivacyRefusal::DpRequired.into());
-                }
-                let params = TrainParams {
-                    epochs: train.local_epochs as usize,
-                    batch_size: train.batch_size as usize,
-                    learning_rate: train.learning_rate,
-                    l2: 0.0,
-                    prox_mu: train.prox_mu,
-                }
-                .check()?;
+                let params = self.plain_params(train)?;
                 let (x, y) = self.train.xy(&train.model.features)?;
                 (train_local(model, x, y, &params, &mut self.rng)?, None)
             }
             Some(record) => {
-                let plan = privacy::plan(
-                    record,
-                    examples,
-                    train.batch_size as usize,
-                    train.local_epochs as usize,
-                    train.learning_rate,
-                    &mut self.calibrated,
-                )?;
-                let guard = self.guard.as_mut().ok_or(PrivacyRefusal::NoBudget)?;
-                // Refuse or charge (synced to disk) before any noise is drawn.
-                let entry = guard.charge(
-                    &task.run_id,
-                    task.round,
-                    &task.task_id,
-                    plan.charge,
-                    record.clip_norm,
-                )?;
+                let (params, epsilon) = self.charge_dp_sgd(task, train, record)?;
                 let (x, y) = self.train.xy(&train.model.features)?;
-                let outcome = train_dp_sgd(model, x, y, &plan.params, &mut self.rng)?;
-                (outcome, Some(entry.cumulative_epsilon))
+                let outcome = train_dp_sgd(model, x, y, &params, &mut self.rng)?;
+                (outcome, Some(epsilon))
             }
         };
         let train_micros = started.elapsed().as_micros() as u64;
@@ -567,6 +515,54 @@ impl Node {
             train_micros,
             epsilon_spent,
         )
+    }
+
+    /// Plain local-training parameters of a task; refused when this client
+    /// trains only with record-level DP.
+    fn plain_params(&self, train: &TrainTask) -> Result<ValidTrainParams, TaskError> {
+        if self.require_dp {
+            return Err(PrivacyRefusal::DpRequired.into());
+        }
+        Ok(TrainParams {
+            epochs: train.local_epochs as usize,
+            batch_size: train.batch_size as usize,
+            learning_rate: train.learning_rate,
+            l2: 0.0,
+            prox_mu: train.prox_mu,
+        }
+        .check()?)
+    }
+
+    /// Record-level DP-SGD: plans the task on this client's data, then refuses it
+    /// or charges it to the ledger (synced to disk) before any noise is drawn.
+    /// Returns the DP-SGD parameters (with the task's FedProx μ) and the
+    /// cumulative ε after the charge.
+    fn charge_dp_sgd(
+        &mut self,
+        task: &Task,
+        train: &TrainTask,
+        record: &RecordDpTask,
+    ) -> Result<(ValidDpSgdParams, f64), TaskError> {
+        let plan = privacy::plan(
+            record,
+            self.train.dataset.len(),
+            train.batch_size as usize,
+            train.local_epochs as usize,
+            train.learning_rate,
+            &mut self.calibrated,
+        )?;
+        let guard = self.guard.as_mut().ok_or(PrivacyRefusal::NoBudget)?;
+        let entry = guard.charge(
+            &task.run_id,
+            task.round,
+            &task.task_id,
+            plan.charge,
+            record.clip_norm,
+        )?;
+        Ok((
+            plan.params.with_prox_mu(train.prox_mu)?,
+            entry.cumulative_epsilon,
+        ))
     }
 
     /// Poisoning (tests only), client-level clipping and the report of a delta.

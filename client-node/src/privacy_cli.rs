@@ -347,48 +347,39 @@ fn run_charges(run: &Path, config: &Path) -> Result<(Vec<Charge>, f64, RunPlan),
     };
     // The ledger accounts at the budget's delta when the partner has one.
     let delta = config.privacy.as_ref().map_or(record.delta, |p| p.delta);
-    if run.model == fedprofile_learning::ModelFamily::KMeans {
-        // One Gaussian release of all rows' cluster sums and counts per round.
-        let plan =
-            crate::privacy::plan_kmeans(&task, &mut HashMap::new()).map_err(|e| e.to_string())?;
-        let per_round = Accountant::default()
-            .epsilon(&[plan.charge], delta)
-            .map_err(|e| e.to_string())?
-            .epsilon;
-        let summary = RunPlan {
-            rounds: run.rounds,
-            examples,
-            sampling_rate: 1.0,
-            steps_per_round: 1,
-            noise_multiplier: plan.noise_multiplier,
-            clip_norm: record.clip_norm,
-            epsilon_per_round: per_round,
+    // k-means: one Gaussian release of all rows' cluster sums and counts per
+    // round (q 1, one step); the other families: DP-SGD steps.
+    let (charge, sampling_rate, noise_multiplier) =
+        if run.model == fedprofile_learning::ModelFamily::KMeans {
+            let plan = crate::privacy::plan_kmeans(&task, &mut HashMap::new())
+                .map_err(|e| e.to_string())?;
+            (plan.charge, 1.0, plan.noise_multiplier)
+        } else {
+            let plan = crate::privacy::plan(
+                &task,
+                examples,
+                run.batch_size as usize,
+                run.local_epochs as usize,
+                run.learning_rate,
+                &mut HashMap::new(),
+            )
+            .map_err(|e| e.to_string())?;
+            (plan.charge, plan.params.sampling_rate(), plan.charge.sigma)
         };
-        return Ok((vec![plan.charge; run.rounds as usize], delta, summary));
-    }
-    let plan = crate::privacy::plan(
-        &task,
-        examples,
-        run.batch_size as usize,
-        run.local_epochs as usize,
-        run.learning_rate,
-        &mut HashMap::new(),
-    )
-    .map_err(|e| e.to_string())?;
     let per_round = Accountant::default()
-        .epsilon(&[plan.charge], delta)
+        .epsilon(&[charge], delta)
         .map_err(|e| e.to_string())?
         .epsilon;
     let summary = RunPlan {
         rounds: run.rounds,
         examples,
-        sampling_rate: plan.params.sampling_rate(),
-        steps_per_round: plan.charge.steps,
-        noise_multiplier: plan.charge.sigma,
+        sampling_rate,
+        steps_per_round: charge.steps,
+        noise_multiplier,
         clip_norm: record.clip_norm,
         epsilon_per_round: per_round,
     };
-    Ok((vec![plan.charge; run.rounds as usize], delta, summary))
+    Ok((vec![charge; run.rounds as usize], delta, summary))
 }
 
 fn report(

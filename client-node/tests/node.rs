@@ -154,3 +154,32 @@ fn a_task_over_budget_is_refused_before_training_and_not_charged() {
     }
     assert_eq!(ledger_lines(&ledger), 0);
 }
+
+#[test]
+fn fedprox_applies_under_record_level_dp_at_the_same_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, mu: f64| {
+        let mut n = node(&dir.path().join(name), 10.0, Some(3));
+        let mut task = dp_task("t-1", 1, 2.0);
+        if let TaskBody::Train(t) = &mut task.body {
+            // Start away from zero so that the proximal pull is visible.
+            t.model.params.fill(0.5);
+            t.prox_mu = mu;
+        }
+        let reply = n.handle(&task);
+        let epsilon = match &reply {
+            ClientReply::Result {
+                body: ResultBody::Train(t),
+                ..
+            } => t.epsilon_spent.unwrap(),
+            other => panic!("{other:?}"),
+        };
+        (delta(&reply), epsilon)
+    };
+    let (plain, e0) = run("a.jsonl", 0.0);
+    let (prox, e1) = run("b.jsonl", 1.0);
+    assert_eq!(e0, e1, "the proximal term is data-independent: same charge");
+    // Same seed, same noise: only the proximal pull differs, and it shrinks the update.
+    assert_ne!(plain, prox);
+    assert!(prox.dot(&prox) < plain.dot(&plain), "{prox} vs {plain}");
+}

@@ -407,13 +407,7 @@ impl Run {
             evaluated_clients: 0,
             epsilon,
         };
-        if round.is_multiple_of(self.config.eval_every) || round == self.config.rounds {
-            State::Evaluating {
-                record: Box::new(record),
-            }
-        } else {
-            self.finish_round(record)
-        }
+        self.after_training(record)
     }
 
     /// Evaluating(r): pooled metrics of the global model on every client's test split.
@@ -562,6 +556,13 @@ impl Run {
             evaluated_clients: 0,
             epsilon: client_epsilon,
         };
+        self.after_training(record)
+    }
+
+    /// Evaluating(r) every `eval_every` rounds and after the last; otherwise the
+    /// round is committed now.
+    fn after_training(&mut self, record: RoundRecord) -> State {
+        let round = record.round;
         if round.is_multiple_of(self.config.eval_every) || round == self.config.rounds {
             State::Evaluating {
                 record: Box::new(record),
