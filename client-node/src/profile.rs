@@ -221,7 +221,8 @@ pub fn profile(
         }
     }
     let segments = segments_path.map(load_segments).transpose()?;
-    let loaded = fedprofile_data::load_split(&schema, data_dir, split)?;
+    // Every user is scored, also those whose label is blank or not yet known.
+    let loaded = fedprofile_data::load_split(&schema.without_label(), data_dir, split)?;
     let dataset = &loaded.dataset;
 
     let mut header = vec!["user_id".to_string()];

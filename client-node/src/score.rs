@@ -46,7 +46,8 @@ pub fn score(
 ) -> Result<usize, ScoreError> {
     let schema = Schema::from_path(schema_path)?;
     let file = VersionedModelFile::load(model_path)?;
-    let loaded = fedprofile_data::load_split(&schema, data_dir, split)?;
+    // Every user is scored, also those whose label is blank or not yet known.
+    let loaded = fedprofile_data::load_split(&schema.without_label(), data_dir, split)?;
     let mismatch = |reason: String| ScoreError::Mismatch {
         path: model_path.to_path_buf(),
         reason,

@@ -347,6 +347,24 @@ type = "target"
 "#;
 
     #[test]
+    fn without_label_keeps_every_user_for_scoring() {
+        let schema = Schema::from_toml_str(TARGET_SCHEMA, "schema.toml").unwrap();
+        let a = "id,when,n,churn,charges\n\
+                 U1,2026-01-01,1,Yes,20\n\
+                 U2,2026-01-01,2,No,N/A\n\
+                 U3,2026-01-01,3,no,\n";
+        let scoring = schema.without_label();
+        assert_eq!(scoring.label_kind(), None);
+        assert_eq!(scoring.feature_template(), schema.feature_template());
+        let loaded = load_from_strs(&scoring, "train", &[("a", a)]).unwrap();
+        assert_eq!(loaded.dataset.ids(), ["U1", "U2", "U3"]);
+        assert_eq!(loaded.report.count(Reason::MissingLabel), 0);
+        assert_eq!(loaded.report.count(Reason::UnparseableLabel), 0);
+        let trained = load_from_strs(&schema, "train", &[("a", a)]).unwrap();
+        assert_eq!(trained.dataset.ids(), ["U1"]);
+    }
+
+    #[test]
     fn numeric_target_end_to_end() {
         let schema = Schema::from_toml_str(TARGET_SCHEMA, "schema.toml").unwrap();
         let a = "id,when,n,churn,charges\n\

@@ -252,6 +252,21 @@ impl Schema {
         FeatureSpec { columns }
     }
 
+    /// The same schema with its label, target or class column read as `ignore`:
+    /// for scoring, where every user counts, including those whose label is
+    /// blank or not yet known (a row is then never dropped for its label).
+    pub fn without_label(&self) -> Schema {
+        let mut schema = self.clone();
+        for source in &mut schema.sources {
+            for column in &mut source.columns {
+                if column.kind.is_label() {
+                    column.kind = ColumnKind::Ignore;
+                }
+            }
+        }
+        schema
+    }
+
     /// The label (`type = "label"`), target (`type = "target"`) or class
     /// (`type = "class"`) column, if the schema declares one.
     pub fn label_name(&self) -> Option<&str> {
