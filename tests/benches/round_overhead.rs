@@ -20,7 +20,7 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     v[i]
 }
 
-async fn scenario(clients: usize, rounds: u32, dim: usize) {
+async fn scenario(clients: usize, rounds: u32, dim: usize, clusters: Option<usize>) {
     let dir = tempfile::tempdir().expect("tempdir");
     certs::init_ca(dir.path(), "bench ca", 1).expect("ca");
     certs::issue(
@@ -35,8 +35,13 @@ async fn scenario(clients: usize, rounds: u32, dim: usize) {
     for n in &names {
         certs::issue(dir.path(), n, Role::Client, &[], Validity::Days(1)).expect("cert");
     }
+    let model = match clusters {
+        Some(k) => format!("model = \"kmeans\"\nclusters = {k}\n"),
+        None => String::new(),
+    };
+    let params = clusters.map_or(dim + 1, |k| k * dim);
     let run_toml = format!(
-        "[run]\nname = \"bench\"\nrounds = {rounds}\nseed = 1\n\
+        "[run]\nname = \"bench\"\nrounds = {rounds}\nseed = 1\n{model}\
          [clients]\nmin_per_round = {clients}\nmin_connected_to_start = {clients}\nstart_timeout_secs = 60\n\
          [round]\ndeadline_secs = 60\nmax_retries = 0\n"
     );
@@ -95,8 +100,8 @@ async fn scenario(clients: usize, rounds: u32, dim: usize) {
     let eval: Vec<f64> = rs.iter().map(|r| r.eval_phase_ms).collect();
     let total: Vec<f64> = rs.iter().map(|r| r.round_ms).collect();
     println!(
-        "clients {clients:>4} | params {:>3} | rounds {rounds} | first round {:.1} ms | train phase median {:.3} ms p90 {:.3} ms | eval phase median {:.3} ms p90 {:.3} ms | round median {:.3} ms p90 {:.3} ms | wall {:.2} s | peak rss {} KiB",
-        dim + 1,
+        "{:<8} | clients {clients:>4} | params {params:>5} | rounds {rounds} | first round {:.1} ms | train phase median {:.3} ms p90 {:.3} ms | eval phase median {:.3} ms p90 {:.3} ms | round median {:.3} ms p90 {:.3} ms | wall {:.2} s | peak rss {} KiB",
+        clusters.map_or("logistic", |_| "k-means"),
         outcome.rounds[0].round_ms,
         percentile(&train, 0.5),
         percentile(&train, 0.9),
@@ -116,9 +121,13 @@ fn main() {
         .build()
         .expect("runtime");
     // The Telco demo's model has 40 inputs (41 parameters).
-    runtime.block_on(scenario(4, 200, 40));
-    runtime.block_on(scenario(32, 50, 40));
-    runtime.block_on(scenario(4, 50, 10_000));
+    runtime.block_on(scenario(4, 200, 40, None));
+    runtime.block_on(scenario(32, 50, 40, None));
+    runtime.block_on(scenario(4, 50, 10_000, None));
     // The load test's shape: 200 mTLS clients, 5 rounds.
-    runtime.block_on(scenario(200, 5, 40));
+    runtime.block_on(scenario(200, 5, 40, None));
+    // A k-means round (cluster sums and counts instead of deltas): the demo's
+    // 4 segments, and 64 segments over 100 inputs.
+    runtime.block_on(scenario(4, 200, 40, Some(4)));
+    runtime.block_on(scenario(4, 50, 100, Some(64)));
 }

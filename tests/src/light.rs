@@ -133,10 +133,41 @@ pub fn synthetic_stats(dim: usize) -> StatsReport {
     }
 }
 
-/// A well-formed answer to any task (training: a small constant delta).
+/// A well-formed answer to any task (training: a small constant delta, or for
+/// k-means cluster statistics with every cluster populated).
 pub fn honest_answer(task: &Task, dim: usize) -> ClientReply {
     let body = match &task.body {
         TaskBody::Stats => ResultBody::Stats(synthetic_stats(dim)),
+        TaskBody::Train(t) if t.model.model_type == "kmeans" => {
+            let k = t.model.outputs.max(1);
+            ResultBody::Train(TrainReport {
+                delta: Array1::zeros(0),
+                examples: 100,
+                steps: 1,
+                train_loss: 0.0,
+                train_micros: 1,
+                update_norm: 0.0,
+                epsilon_spent: None,
+                not_private: false,
+                clusters: Some(fedprofile_learning::ClusterStats {
+                    sums: Array1::from_elem(t.model.params.len(), 0.5),
+                    counts: (0..k)
+                        .map(|c| if c == 0 { 100 - (k as u64 - 1) } else { 1 })
+                        .collect(),
+                    inertia: 50.0,
+                }),
+            })
+        }
+        TaskBody::Eval(m) if m.model_type == "kmeans" => {
+            let k = m.outputs.max(1);
+            ResultBody::Eval(fedprofile_learning::Evaluation::Clustering(
+                fedprofile_learning::ClusteringSummary {
+                    examples: k as u64,
+                    inertia: 5.0,
+                    counts: vec![1; k],
+                },
+            ))
+        }
         TaskBody::Train(t) => ResultBody::Train(TrainReport {
             delta: Array1::from_elem(t.model.params.len(), 0.01),
             examples: 100,
