@@ -73,6 +73,16 @@ pub enum TaskError {
     },
 }
 
+/// The schema's label kind as the protocol reports it.
+fn label_kind_msg(kind: Option<LabelKind>) -> LabelKindMsg {
+    match kind {
+        None => LabelKindMsg::None,
+        Some(LabelKind::Binary) => LabelKindMsg::Binary,
+        Some(LabelKind::Numeric) => LabelKindMsg::Numeric,
+        Some(LabelKind::Multiclass) => LabelKindMsg::Classes,
+    }
+}
+
 /// One loaded, cleaned split with its labels (if the schema has a label) and
 /// an encoding cache.
 #[derive(Debug)]
@@ -332,12 +342,7 @@ impl Node {
             train_examples: self.train.dataset.len() as u64,
             label_column: self.schema.label_name().unwrap_or_default().to_string(),
             label_positive: self.schema.label_positive().unwrap_or_default().to_string(),
-            label_kind: match self.schema.label_kind() {
-                None => LabelKindMsg::None,
-                Some(LabelKind::Binary) => LabelKindMsg::Binary,
-                Some(LabelKind::Numeric) => LabelKindMsg::Numeric,
-                Some(LabelKind::Multiclass) => LabelKindMsg::Classes,
-            },
+            label_kind: label_kind_msg(self.schema.label_kind()),
             label_classes: self
                 .schema
                 .label_classes()
@@ -350,32 +355,18 @@ impl Node {
     fn model(&self, snapshot: &ModelSnapshot) -> Result<AnyModel, TaskError> {
         let family = ModelFamily::parse(&snapshot.model_type)
             .ok_or_else(|| TaskError::ModelType(snapshot.model_type.clone()))?;
-        let has = self.schema.label_kind();
-        let (fits, needs) = match family.label_need() {
-            LabelNeed::Binary => (
-                has == Some(LabelKind::Binary),
-                "a binary label (type = \"label\")",
-            ),
-            LabelNeed::Numeric => (
-                has == Some(LabelKind::Numeric),
-                "a numeric target (type = \"target\")",
-            ),
-            LabelNeed::Classes => (
-                has == Some(LabelKind::Multiclass),
-                "a multi-class label (type = \"class\")",
-            ),
-            LabelNeed::None => (true, ""),
+        let has = label_kind_msg(self.schema.label_kind());
+        let needs = match family.label_need() {
+            LabelNeed::Binary => LabelKindMsg::Binary,
+            LabelNeed::Numeric => LabelKindMsg::Numeric,
+            LabelNeed::Classes => LabelKindMsg::Classes,
+            LabelNeed::None => has,
         };
-        if !fits {
+        if has != needs {
             return Err(TaskError::Label {
                 family,
-                needs,
-                has: match has {
-                    None => "no label",
-                    Some(LabelKind::Binary) => "a binary label",
-                    Some(LabelKind::Numeric) => "a numeric target",
-                    Some(LabelKind::Multiclass) => "a multi-class label",
-                },
+                needs: needs.describe(),
+                has: has.describe(),
             });
         }
         Ok(AnyModel::from_parts(
@@ -618,11 +609,6 @@ impl Node {
     fn evaluate(&mut self, snapshot: &ModelSnapshot) -> Result<Evaluation, TaskError> {
         let model = self.model(snapshot)?;
         let (x, y) = self.test.x_and_labels(&snapshot.features)?;
-        let y = if model.family().label_need() == LabelNeed::None {
-            None
-        } else {
-            y
-        };
         Ok(model.evaluate(x, y)?)
     }
 }

@@ -11,7 +11,7 @@ use fedprofile_learning::{
 };
 use fedprofile_protocol::messages::{
     ClientReply, LabelKindMsg, ModelSnapshot, RecordDpTask, ResultBody, ServerEvent, StatsReport,
-    Task, TaskBody, TaskKind, TrainTask,
+    Task, TaskBody, TaskKind, TrainReport, TrainTask,
 };
 use fedprofile_protocol::run::{PrivacyMode, RecordNoise};
 use ndarray::Array1;
@@ -299,14 +299,7 @@ impl Run {
                 loss_sum += t.train_loss * t.examples as f64;
                 max_train_micros = max_train_micros.max(t.train_micros);
                 norms.push(t.update_norm);
-                if let Some(e) = t.epsilon_spent {
-                    client_epsilon = Some(client_epsilon.map_or(e, |m: f64| m.max(e)));
-                }
-                if t.not_private && self.not_private.insert(client.clone()) {
-                    self.observer.note(&format!(
-                        "warning: {client} trained with a fixed test seed: its updates are NOT private"
-                    ));
-                }
+                self.note_privacy(&client, &t, &mut client_epsilon);
                 updates.push(WeightedUpdate {
                     delta: t.delta,
                     weight: t.examples as f64,
@@ -471,18 +464,11 @@ impl Run {
         let mut max_train_micros = 0u64;
         let mut client_epsilon: Option<f64> = None;
         for (client, body) in gathered.accepted {
-            if let ResultBody::Train(t) = body
-                && let Some(c) = t.clusters
+            if let ResultBody::Train(mut t) = body
+                && let Some(c) = t.clusters.take()
             {
                 max_train_micros = max_train_micros.max(t.train_micros);
-                if let Some(e) = t.epsilon_spent {
-                    client_epsilon = Some(client_epsilon.map_or(e, |m: f64| m.max(e)));
-                }
-                if t.not_private && self.not_private.insert(client.clone()) {
-                    self.observer.note(&format!(
-                        "warning: {client} trained with a fixed test seed: its updates are NOT private"
-                    ));
-                }
+                self.note_privacy(&client, &t, &mut client_epsilon);
                 stats.push(c);
                 contributors.push(client);
             }
@@ -557,6 +543,19 @@ impl Run {
             epsilon: client_epsilon,
         };
         self.after_training(record)
+    }
+
+    /// The privacy side of an accepted training result: the largest cumulative ε
+    /// the clients report, and a warning (once per client) for test-seeded updates.
+    fn note_privacy(&mut self, client: &str, t: &TrainReport, client_epsilon: &mut Option<f64>) {
+        if let Some(e) = t.epsilon_spent {
+            *client_epsilon = Some(client_epsilon.map_or(e, |m: f64| m.max(e)));
+        }
+        if t.not_private && self.not_private.insert(client.to_string()) {
+            self.observer.note(&format!(
+                "warning: {client} trained with a fixed test seed: its updates are NOT private"
+            ));
+        }
     }
 
     /// Evaluating(r) every `eval_every` rounds and after the last; otherwise the
