@@ -51,6 +51,10 @@ enum Command {
         /// robust aggregation.
         #[arg(long, value_name = "MODE", hide = true)]
         insecure_test_poison: Option<crate::node::Poison>,
+        /// TEST ONLY: after charging a training task of round ROUND to the
+        /// ledger, stall forever without answering (to test crash recovery).
+        #[arg(long, value_name = "ROUND", hide = true)]
+        insecure_test_stall_after_charge: Option<u32>,
         /// Use only part of this partner's users (INDEX/COUNT by user-id hash), to
         /// run one partner as several clients.
         #[arg(long, value_name = "INDEX/COUNT")]
@@ -224,6 +228,7 @@ fn run(cli: Cli) -> Result<(), String> {
             insecure,
             insecure_test_seed,
             insecure_test_poison,
+            insecure_test_stall_after_charge,
             shard,
             ledger,
             keep_running,
@@ -256,6 +261,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     seed: insecure_test_seed,
                     poison: insecure_test_poison,
                     shard,
+                    stall_after_charge: insecure_test_stall_after_charge,
                 },
             )
             .map_err(|e| e.to_string())?;

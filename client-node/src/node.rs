@@ -15,8 +15,8 @@ use fedprofile_learning::{
     train_dp_sgd_with_objective, train_local_with_objective,
 };
 use fedprofile_protocol::messages::{
-    ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, ResultBody, StatsReport, Task, TaskBody,
-    TrainReport, TrainTask,
+    ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, RefusalKind, ResultBody, StatsReport,
+    Task, TaskBody, TrainReport, TrainTask,
 };
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use rand_chacha::ChaCha20Rng;
@@ -71,6 +71,16 @@ pub enum TaskError {
         /// What the schema has.
         has: &'static str,
     },
+}
+
+impl TaskError {
+    /// What the coordinator should make of this refusal.
+    pub fn refusal_kind(&self) -> RefusalKind {
+        match self {
+            TaskError::Privacy(p) => p.refusal_kind(),
+            _ => RefusalKind::Other,
+        }
+    }
 }
 
 /// The schema's label kind as the protocol reports it.
@@ -220,6 +230,8 @@ pub struct TestOptions {
     pub poison: Option<Poison>,
     /// Use only a part of the partner's users.
     pub shard: Option<Shard>,
+    /// Stall forever after charging a training task of this round.
+    pub stall_after_charge: Option<u32>,
 }
 
 /// A partner's node: its schema, its cleaned splits, its RNG.
@@ -231,6 +243,7 @@ pub struct Node {
     rng: ChaCha20Rng,
     test_seed: bool,
     poison: Option<Poison>,
+    stall_after_charge: Option<u32>,
     guard: Option<PrivacyGuard>,
     require_dp: bool,
     calibrated: HashMap<String, f64>,
@@ -277,6 +290,7 @@ impl Node {
             },
             test_seed: test_seed.is_some(),
             poison: test_options.poison,
+            stall_after_charge: test_options.stall_after_charge,
             guard: privacy.map(PrivacyGuard::open).transpose()?,
             require_dp: privacy.is_some_and(|p| p.require_dp),
             calibrated: HashMap::new(),
@@ -315,10 +329,12 @@ impl Node {
                 reply
             }
             Err(e) => {
-                tracing::warn!(task_id = %task.task_id, "task refused: {e}");
+                let kind = e.refusal_kind();
+                tracing::warn!(task_id = %task.task_id, kind = kind.as_str(), "task refused: {e}");
                 ClientReply::Refusal {
                     task_id: task.task_id.clone(),
                     reason: e.to_string(),
+                    kind,
                 }
             }
         }
@@ -451,6 +467,7 @@ impl Node {
                     plan.charge,
                     record.clip_norm,
                 )?;
+                self.stall_if_asked(task);
                 let (x, _) = self.train.x_and_labels(&train.model.features)?;
                 let stats = kmeans_local_stats_dp(
                     model,
@@ -508,6 +525,18 @@ impl Node {
         )
     }
 
+    /// Test only (`--insecure-test-stall-after-charge`): stop answering after
+    /// the charge of the chosen round, so a test can kill every process between
+    /// the partners' charges and the round's commit.
+    fn stall_if_asked(&self, task: &Task) {
+        if self.stall_after_charge == Some(task.round) {
+            tracing::warn!(task_id = %task.task_id, "TEST MODE: charged, now stalling without answering");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+    }
+
     /// Plain local-training parameters of a task; refused when this client
     /// trains only with record-level DP.
     fn plain_params(&self, train: &TrainTask) -> Result<ValidTrainParams, TaskError> {
@@ -550,6 +579,7 @@ impl Node {
             plan.charge,
             record.clip_norm,
         )?;
+        self.stall_if_asked(task);
         Ok((
             plan.params.with_prox_mu(train.prox_mu)?,
             entry.cumulative_epsilon,

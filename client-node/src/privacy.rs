@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use fedprofile_learning::dp::{DpSgdParams, ValidDpSgdParams};
 use fedprofile_privacy::ledger::{ChargeRecord, Guarded, LedgerEntry};
 use fedprofile_privacy::{Charge, Ledger, PrivacyBudget};
-use fedprofile_protocol::messages::RecordDpTask;
+use fedprofile_protocol::messages::{RecordDpTask, RefusalKind};
 
 /// A privacy step that cannot go ahead; becomes the task's refusal reason.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,9 @@ pub enum PrivacyRefusal {
         delta: f64,
     },
     /// The task was charged before but its result is gone (e.g. a restart).
-    #[error("task {0} was already charged in the ledger; it is not trained again")]
+    #[error(
+        "task {0} was already charged in the ledger but its result was lost (this client restarted); it is not trained again, so it is not charged twice"
+    )]
     AlreadyCharged(String),
     /// Bad parameters.
     #[error("invalid DP parameters: {0}")]
@@ -48,6 +50,22 @@ pub enum PrivacyRefusal {
     /// The accountant failed.
     #[error("privacy accounting: {0}")]
     Accounting(#[from] fedprofile_privacy::PrivacyError),
+}
+
+impl PrivacyRefusal {
+    /// What the coordinator should make of this refusal: a budget or policy
+    /// refusal cannot succeed on retry; a lost result must not be re-asked
+    /// under a new task id (that would charge twice).
+    pub fn refusal_kind(&self) -> RefusalKind {
+        match self {
+            PrivacyRefusal::OverBudget { .. } => RefusalKind::BudgetExhausted,
+            PrivacyRefusal::AlreadyCharged(_) => RefusalKind::ResultLost,
+            PrivacyRefusal::NoBudget | PrivacyRefusal::DpRequired => RefusalKind::Policy,
+            PrivacyRefusal::Invalid(_)
+            | PrivacyRefusal::Ledger(_)
+            | PrivacyRefusal::Accounting(_) => RefusalKind::Other,
+        }
+    }
 }
 
 /// The DP-SGD parameters of a task on this client's data, with its cost.

@@ -19,8 +19,8 @@ use tonic::transport::Server;
 use crate::audit::AuditLog;
 use crate::config::CoordinatorConfig;
 use crate::engine::{
-    Checkpoint, Inbound, RejectReason, RoundRecord, RoundSink, Run, RunObserver, RunOutcome,
-    RunSnapshot,
+    Checkpoint, InFlight, Inbound, RejectReason, RoundRecord, RoundSink, Run, RunObserver,
+    RunOutcome, RunSnapshot,
 };
 use crate::metrics::{Metrics, Reason};
 use crate::report::{self, ReportError};
@@ -611,7 +611,19 @@ async fn execute(
     }))
     .with_cancel(cancel_rx);
     if let Some(checkpoint) = checkpoint {
-        run = run.resume_from(checkpoint, rounds);
+        // The attempt in flight when the coordinator stopped, repeated under the
+        // same task ids so that partners' charges are never made twice.
+        let in_flight = if resumed {
+            shared
+                .store
+                .in_flight(&row.id)?
+                .and_then(|a| serde_json::from_str::<InFlight>(&a.selected_json).ok())
+        } else {
+            None
+        };
+        run = run
+            .resume_from(checkpoint, rounds)
+            .with_in_flight(in_flight);
     }
     let span = tracing::info_span!("run", run_id = %row.id);
     let (outcome, inbox) = tracing::Instrument::instrument(run.execute(), span).await;
@@ -720,6 +732,15 @@ impl RoundSink for StoreSink {
         };
         // One short SQLite transaction with an fsync: keep it off the async workers.
         tokio::task::block_in_place(commit).map_err(|e| e.to_string())
+    }
+
+    fn begin_attempt(&mut self, attempt: &InFlight) -> Result<(), String> {
+        let json = serde_json::to_string(attempt).map_err(|e| e.to_string())?;
+        let write = || {
+            self.store
+                .begin_attempt(&self.run_id, attempt.round, attempt.attempt, &json, &now())
+        };
+        tokio::task::block_in_place(write).map_err(|e| e.to_string())
     }
 }
 

@@ -56,10 +56,24 @@ impl RunObserver for ProgressPrinter {
             .epsilon
             .map(|e| format!(" | ε {e:.3}"))
             .unwrap_or_default();
+        let mut refused = String::new();
+        if !r.refusals.is_empty() {
+            let who: Vec<String> = r
+                .refusals
+                .iter()
+                .map(|x| format!("{} ({})", x.client, x.kind.as_str()))
+                .collect();
+            refused = format!(" | refused: {}", who.join(", "));
+        }
+        let skipped = if r.skipped.is_some() {
+            " | no update (results lost in a restart)"
+        } else {
+            ""
+        };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "round {:>3}/{} | clients {}/{} | {metrics}{epsilon} | {:.0} ms",
+            "round {:>3}/{} | clients {}/{} | {metrics}{epsilon}{refused}{skipped} | {:.0} ms",
             r.round, run.rounds, r.accepted, r.selected, r.round_ms
         );
         let _ = out.flush();
@@ -127,11 +141,21 @@ struct Summary<'a> {
     not_private: &'a [String],
     rejected_updates: &'a std::collections::BTreeMap<String, u64>,
     refusals: &'a std::collections::BTreeMap<String, String>,
+    /// Clients left out of the run after refusing for good (budget, policy), with why.
+    excluded_clients: &'a std::collections::BTreeMap<String, String>,
+    /// Rounds committed without an update, with why.
+    skipped_rounds: Vec<SkippedRound<'a>>,
     median_round_ms: Option<f64>,
     median_train_phase_ms: Option<f64>,
     median_client_train_ms: Option<f64>,
     median_overhead_ms: Option<f64>,
     peak_rss_kib: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct SkippedRound<'a> {
+    round: u32,
+    reason: &'a str,
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -362,6 +386,17 @@ pub fn write_outputs(
         not_private: &outcome.not_private,
         rejected_updates: &outcome.rejections,
         refusals: &outcome.refusals,
+        excluded_clients: &outcome.excluded,
+        skipped_rounds: outcome
+            .rounds
+            .iter()
+            .filter_map(|r| {
+                r.skipped.as_deref().map(|reason| SkippedRound {
+                    round: r.round,
+                    reason,
+                })
+            })
+            .collect(),
         median_round_ms: median(outcome.rounds.iter().map(|r| r.round_ms).collect()),
         median_train_phase_ms: median(outcome.rounds.iter().map(|r| r.train_phase_ms).collect()),
         median_client_train_ms: median(

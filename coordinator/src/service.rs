@@ -370,10 +370,7 @@ fn decode(message: pb::ClientMessage) -> Result<Option<ClientReply>, String> {
         Some(client_message::Body::Result(result)) => ClientReply::try_from(result)
             .map(Some)
             .map_err(|e| e.to_string()),
-        Some(client_message::Body::Refusal(r)) => Ok(Some(ClientReply::Refusal {
-            task_id: r.task_id,
-            reason: r.reason,
-        })),
+        Some(client_message::Body::Refusal(r)) => Ok(Some(ClientReply::from(r))),
         Some(client_message::Body::Hello(_)) => Ok(None),
         None => Err("message has no body".into()),
     }

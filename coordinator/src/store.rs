@@ -12,6 +12,13 @@
 //! so after a crash [`Store::last_checkpoint`] is exactly the last round that
 //! [`Store::commit_round`] reported as committed.
 //!
+//! Before a round's tasks go out, [`Store::begin_attempt`] records which
+//! attempt of which round is in flight and whom it selected (durable when it
+//! returns). A run resumed after a crash repeats exactly that attempt, under
+//! the same task ids and to the same clients, so partners that already charged
+//! the round's tasks to their privacy ledgers answer from their cache or say
+//! the result is lost; nothing is charged twice ([`Store::in_flight`]).
+//!
 //! The schema is versioned: the `schema_version` table records each applied
 //! migration, and [`Store::open`] applies the missing ones in one transaction.
 //! To change the schema, append a migration to `MIGRATIONS`; never edit one
@@ -36,7 +43,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, in order: `MIGRATIONS[i]` takes the schema from version
 /// `i` to version `i + 1`. Append only.
-const MIGRATIONS: &[&str] = &[MIGRATION_1];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
 
 /// The schema version this coordinator writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -85,6 +92,18 @@ CREATE TABLE clients (
     last_seen           TEXT NOT NULL,
     connected           INTEGER NOT NULL CHECK (connected IN (0, 1)),
     budget_epsilon_left REAL
+) WITHOUT ROWID;
+";
+
+/// Version 2: the attempt in flight per run (at most one row per run: the
+/// latest `begin_attempt`), so a resumed run repeats it under the same task ids.
+const MIGRATION_2: &str = "
+CREATE TABLE attempts (
+    run_id        TEXT PRIMARY KEY NOT NULL REFERENCES runs (id),
+    round         INTEGER NOT NULL CHECK (round >= 1),
+    attempt       INTEGER NOT NULL CHECK (attempt >= 0),
+    selected_json TEXT NOT NULL CONSTRAINT selected_is_json CHECK (json_valid(selected_json)),
+    started_at    TEXT NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -340,6 +359,17 @@ pub struct Checkpoint {
     pub round: u32,
     /// The model and server state, as committed.
     pub checkpoint_json: String,
+}
+
+/// An attempt of a round that was sent out (see [`Store::begin_attempt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// The round.
+    pub round: u32,
+    /// The attempt (0 = first).
+    pub attempt: u32,
+    /// JSON array of the selected client ids.
+    pub selected_json: String,
 }
 
 /// A committed round.
@@ -599,6 +629,73 @@ impl Store {
                 }
                 tx.commit()?;
                 Ok(())
+            },
+        )
+    }
+
+    /// Records that `attempt` of `round` is about to send its tasks to
+    /// `selected` (a JSON array of client ids). Durable when it returns `Ok`.
+    /// Refused for an unknown run or a round already committed.
+    pub fn begin_attempt(
+        &self,
+        run_id: &str,
+        round: u32,
+        attempt: u32,
+        selected_json: &str,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        self.with(
+            || format!("record attempt {attempt} of round {round} of run '{run_id}'"),
+            |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let exists = tx
+                    .query_row("SELECT 1 FROM runs WHERE id = ?1", [run_id], |_| Ok(()))
+                    .optional()?;
+                if exists.is_none() {
+                    return Err(Problem::UnknownRun.into());
+                }
+                let last: Option<u32> = tx.query_row(
+                    "SELECT max(round) FROM rounds WHERE run_id = ?1",
+                    [run_id],
+                    |r| r.get(0),
+                )?;
+                if let Some(last) = last.filter(|&last| round <= last) {
+                    return Err(Problem::StaleRound { last }.into());
+                }
+                tx.execute(
+                    "INSERT INTO attempts (run_id, round, attempt, selected_json, started_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (run_id) DO UPDATE SET round = ?2, attempt = ?3,
+                         selected_json = ?4, started_at = ?5",
+                    params![run_id, round, attempt, selected_json, at],
+                )?;
+                tx.commit()?;
+                Ok(())
+            },
+        )
+    }
+
+    /// The attempt that was in flight when the run stopped: `Some` only if
+    /// its round was never committed (a committed round has nothing to repeat).
+    pub fn in_flight(&self, run_id: &str) -> Result<Option<Attempt>, StoreError> {
+        self.with(
+            || format!("read the attempt in flight of run '{run_id}'"),
+            |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT a.round, a.attempt, a.selected_json FROM attempts a
+                         WHERE a.run_id = ?1 AND NOT EXISTS (
+                             SELECT 1 FROM rounds r WHERE r.run_id = a.run_id AND r.round >= a.round)",
+                        [run_id],
+                        |r| {
+                            Ok(Attempt {
+                                round: r.get(0)?,
+                                attempt: r.get(1)?,
+                                selected_json: r.get(2)?,
+                            })
+                        },
+                    )
+                    .optional()?)
             },
         )
     }
@@ -905,6 +1002,43 @@ mod tests {
             })
         );
         assert!(err.to_string().contains("c.sqlite"), "{err}");
+    }
+
+    #[test]
+    fn the_attempt_in_flight_survives_a_reopen_until_its_round_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        {
+            let store = Store::open(&path).unwrap();
+            store.insert_run("r1", "n", "", 5, "t0").unwrap();
+            commit(&store, "r1", 0).unwrap();
+            store
+                .begin_attempt("r1", 1, 0, r#"["a","b"]"#, "t1")
+                .unwrap();
+            store.begin_attempt("r1", 1, 1, r#"["b"]"#, "t2").unwrap();
+            // An unknown run is refused.
+            let err = store.begin_attempt("nope", 1, 0, "[]", "t").unwrap_err();
+            assert!(matches!(err.problem(), Some(Problem::UnknownRun)), "{err}");
+        }
+        // "Crash": reopen. The latest attempt of the uncommitted round is there.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.in_flight("r1").unwrap(),
+            Some(Attempt {
+                round: 1,
+                attempt: 1,
+                selected_json: r#"["b"]"#.into()
+            })
+        );
+        commit(&store, "r1", 1).unwrap();
+        // Committed: nothing to repeat, and an attempt of a committed round is refused.
+        assert_eq!(store.in_flight("r1").unwrap(), None);
+        let err = store.begin_attempt("r1", 1, 2, "[]", "t3").unwrap_err();
+        assert!(
+            matches!(err.problem(), Some(Problem::StaleRound { last: 1 })),
+            "{err}"
+        );
+        assert_eq!(store.in_flight("other").unwrap(), None);
     }
 
     #[test]

@@ -401,6 +401,7 @@ async fn a_stalling_client_is_not_waited_for_and_its_late_update_is_rejected_as_
                     slow.send(&ClientReply::Refusal {
                         task_id: task.task_id.clone(),
                         reason: "slow".into(),
+                        kind: fedprofile_protocol::messages::RefusalKind::Other,
                     })
                     .await
                 }

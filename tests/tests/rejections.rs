@@ -31,6 +31,7 @@ fn refuse(task_id: &str) -> ClientReply {
     ClientReply::Refusal {
         task_id: task_id.to_string(),
         reason: "rogue declines".into(),
+        kind: fedprofile_protocol::messages::RefusalKind::Other,
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use fedprofile_learning::Evaluation;
 use fedprofile_learning::metrics::SCORE_BINS;
-use fedprofile_protocol::messages::{ClientReply, ResultBody, TaskKind};
+use fedprofile_protocol::messages::{ClientReply, RefusalKind, ResultBody, TaskKind};
 
 /// Everything ever sent in this run: task id -> who, which round, what kind.
 #[derive(Debug, Default)]
@@ -162,8 +162,13 @@ impl std::fmt::Display for RejectReason {
 pub enum Offer {
     /// The answer counts.
     Accepted(ResultBody),
-    /// The client declined the task, with its reason.
-    Refused(String),
+    /// The client declined the task, with its reason and its kind.
+    Refused {
+        /// The client's sentence.
+        reason: String,
+        /// Whether asking again can help.
+        kind: RefusalKind,
+    },
     /// The answer was thrown away.
     Rejected(RejectReason),
 }
@@ -253,7 +258,7 @@ impl Collector {
             return Offer::Rejected(RejectReason::Duplicate);
         }
         let outcome = match reply {
-            ClientReply::Refusal { reason, .. } => Offer::Refused(reason),
+            ClientReply::Refusal { reason, kind, .. } => Offer::Refused { reason, kind },
             ClientReply::Result { body, .. } => match self.check(&body) {
                 Ok(()) => Offer::Accepted(body),
                 Err(reason) => Offer::Rejected(reason),
@@ -545,9 +550,16 @@ mod tests {
             ClientReply::Refusal {
                 task_id: "t-b".into(),
                 reason: "budget".into(),
+                kind: RefusalKind::BudgetExhausted,
             },
         );
-        assert_eq!(offer, Offer::Refused("budget".into()));
+        assert_eq!(
+            offer,
+            Offer::Refused {
+                reason: "budget".into(),
+                kind: RefusalKind::BudgetExhausted
+            }
+        );
         c.client_left("a");
         assert!(c.is_complete());
     }

@@ -1,18 +1,22 @@
 //! Client-level differential privacy at the coordinator: DP-FedAvg (McMahan et
 //! al. 2018) with fixed or adaptive clipping (Andrew et al. 2021).
 //!
-//! Clients clip their whole update to norm S; the collector re-checks the norm
-//! (an update above S is rejected); here the clipped updates are summed, Gaussian
-//! noise of standard deviation z·S is added to the sum by the privacy crate's
-//! mechanism, and the sum is divided by the fixed number of clients selected
-//! (not by the number that answered, which would leak who dropped out).
+//! Each connected client is sampled independently with probability
+//! q = `clients.fraction_per_round` (Poisson sampling from a CSPRNG, never from
+//! the run file's seed); that same q is charged ([`fedprofile_privacy::sampling`]).
+//! Sampled clients clip their whole update to norm S; the collector re-checks the
+//! norm (an update above S is rejected); here the clipped updates are summed,
+//! the privacy crate's mechanism adds Gaussian noise, and the sum is divided by
+//! the expected number of sampled clients q·N (N: clients connected when the
+//! round sampled), not by the number that answered, which would leak who
+//! dropped out. Every round releases and is charged, however many clients were
+//! sampled or answered.
 //!
-//! With adaptive clipping, S follows the γ-quantile of update norms: each round
-//! the fraction of clients whose update norm was at most S is estimated with
-//! Gaussian noise σ_b, and S ← S·exp(−η(b̃ − γ)). The pair (sum, count) then has
-//! the privacy of one Gaussian mechanism of multiplier z when the sum's noise uses
-//! z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) (Andrew et al., Theorem 1), which is what is
-//! charged.
+//! With adaptive clipping, S follows the γ-quantile of update norms through
+//! [`AdaptiveClippingMechanism`]: one mechanism that noises the sum and the
+//! centred count of clients within S, and charges the pair as one Gaussian of
+//! multiplier z (Andrew et al., Theorem 1). Any failure to draw noise fails the
+//! round: nothing is released.
 //!
 //! Every round's charge is written to the coordinator's ledger before the noised
 //! aggregate is used.
@@ -21,13 +25,13 @@ use std::path::Path;
 
 use fedprofile_privacy::ledger::ChargeRecord;
 use fedprofile_privacy::{
-    Accountant, Charge, GaussianMechanism, Ledger, SubsampledGaussianMechanism,
+    Accountant, AdaptiveClippingMechanism, Charge, GaussianMechanism, Ledger, PoissonSampling,
+    SubsampledGaussianMechanism,
 };
 use fedprofile_protocol::run::ClientDp;
 use ndarray::Array1;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use rand_distr::{Distribution, Normal};
 
 /// Server-side DP failed (a ledger or accountant error): the round cannot be released.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +39,7 @@ pub enum ServerDpError {
     /// The ledger could not be written.
     #[error("coordinator privacy ledger: {0}")]
     Ledger(#[from] fedprofile_privacy::LedgerError),
-    /// The accountant refused the parameters.
+    /// The accountant or a mechanism refused the parameters, or noise could not be drawn.
     #[error("privacy accounting: {0}")]
     Privacy(#[from] fedprofile_privacy::PrivacyError),
 }
@@ -45,7 +49,7 @@ pub enum ServerDpError {
 pub struct ServerDp {
     config: ClientDp,
     clip_norm: f64,
-    sampling_rate: f64,
+    sampling: PoissonSampling,
     ledger: Option<Ledger>,
     charges: Vec<Charge>,
     rng: ChaCha20Rng,
@@ -64,7 +68,7 @@ pub struct DpAggregate {
 }
 
 impl ServerDp {
-    /// `sampling_rate`: the fraction of clients selected per round.
+    /// `sampling_rate`: the probability that a connected client is sampled in a round.
     pub fn new(
         config: ClientDp,
         sampling_rate: f64,
@@ -74,7 +78,7 @@ impl ServerDp {
         Ok(ServerDp {
             clip_norm: config.clip_norm,
             config,
-            sampling_rate: sampling_rate.clamp(f64::MIN_POSITIVE, 1.0),
+            sampling: PoissonSampling::new(sampling_rate)?,
             ledger,
             charges: Vec::new(),
             rng: ChaCha20Rng::from_os_rng(),
@@ -94,39 +98,65 @@ impl ServerDp {
         self.clip_norm
     }
 
-    /// Noise multiplier of the summed updates: z, or z_Δ with adaptive clipping.
-    pub fn sum_noise_multiplier(&self) -> f64 {
-        let z = self.config.noise_multiplier;
-        match self.config.adaptive {
-            None => z,
-            Some(a) => {
-                let inv = z.powi(-2) - (2.0 * a.count_noise_multiplier).powi(-2);
-                // Validated at load: 2σ_b > z, so inv > 0.
-                inv.max(f64::MIN_POSITIVE).powf(-0.5)
-            }
-        }
+    /// The sampling rate q that is both sampled and charged.
+    pub fn sampling_rate(&self) -> f64 {
+        self.sampling.rate()
     }
 
-    /// Aggregates clipped updates: noised sum divided by `selected`.
-    /// `norms` are the clients' pre-clip update norms (for adaptive clipping).
+    /// This round's clients: each of `connected` independently with probability q.
+    pub fn sample(&mut self, connected: &[String]) -> Vec<String> {
+        self.sampling.sample(connected, &mut self.rng)
+    }
+
+    /// Noise multiplier of the summed updates: z, or z_Δ with adaptive clipping.
+    pub fn sum_noise_multiplier(&self) -> Result<f64, ServerDpError> {
+        Ok(match self.config.adaptive {
+            None => self.config.noise_multiplier,
+            Some(a) => AdaptiveClippingMechanism::new(
+                self.config.noise_multiplier,
+                a.count_noise_multiplier,
+                self.clip_norm,
+            )?
+            .sum_noise_multiplier(),
+        })
+    }
+
+    /// Aggregates clipped updates: the noised sum divided by q·`population`
+    /// (the expected number of sampled clients). `norms` are the clients'
+    /// pre-clip update norms (for adaptive clipping).
     pub fn aggregate(
         &mut self,
         run_id: &str,
         round: u32,
         deltas: &[Array1<f64>],
         norms: &[f64],
-        selected: usize,
+        population: usize,
+        dim: usize,
     ) -> Result<DpAggregate, ServerDpError> {
-        let dim = deltas.first().map_or(0, Array1::len);
-        let mechanism = GaussianMechanism::new(self.sum_noise_multiplier(), self.clip_norm)?;
-        // The charge comes from the mechanism's own privacy map, and is written
-        // before the noised aggregate is released.
-        let charge = SubsampledGaussianMechanism::new(
+        let q = self.sampling.rate();
+        // One mechanism gives both the noise and the charge.
+        let adaptive = self
+            .config
+            .adaptive
+            .map(|a| {
+                AdaptiveClippingMechanism::new(
+                    self.config.noise_multiplier,
+                    a.count_noise_multiplier,
+                    self.clip_norm,
+                )
+                .map(|m| (a, m))
+            })
+            .transpose()?;
+        let fixed = SubsampledGaussianMechanism::new(
             GaussianMechanism::new(self.config.noise_multiplier, self.clip_norm)?,
-            self.sampling_rate,
+            q,
             1,
-        )?
-        .map(1)?;
+        )?;
+        let charge = match &adaptive {
+            Some((_, m)) => m.map(q, 1)?,
+            None => fixed.map(1)?,
+        };
+        // Written before the noised aggregate is released.
         let epsilon = if let Some(ledger) = self.ledger.as_mut() {
             let appended = ledger.append(ChargeRecord {
                 run_id: run_id.to_string(),
@@ -151,18 +181,18 @@ impl ServerDp {
             sum += d;
         }
         let mut values = sum.to_vec();
-        mechanism.add_noise(&mut values, &mut self.rng);
-        let denominator = selected.max(1) as f64;
-        let delta = Array1::from_vec(values) / denominator;
-
-        if let Some(a) = self.config.adaptive {
-            let below = norms.iter().filter(|n| **n <= self.clip_norm).count() as f64;
-            let noise = Normal::new(0.0, a.count_noise_multiplier)
-                .map(|n| n.sample(&mut self.rng))
-                .unwrap_or(0.0);
-            let fraction = (below + noise) / denominator;
-            self.clip_norm *= (-a.learning_rate * (fraction - a.target_quantile)).exp();
+        let expected_clients = (q * population as f64).max(1.0);
+        match adaptive {
+            Some((a, m)) => {
+                let count = m.release(&mut values, norms, &mut self.rng)?;
+                let fraction = count.unclipped_fraction(expected_clients);
+                self.clip_norm *= (-a.learning_rate * (fraction - a.target_quantile)).exp();
+            }
+            None => fixed
+                .gaussian()
+                .add_noise_checked(&mut values, &mut self.rng)?,
         }
+        let delta = Array1::from_vec(values) / expected_clients;
         Ok(DpAggregate {
             delta,
             epsilon,
@@ -191,7 +221,9 @@ mod tests {
         let path = dir.path().join("ledger.jsonl");
         let mut dp = ServerDp::new(config(None), 1.0, Some(&path)).unwrap();
         let deltas = vec![Array1::from_elem(2000, 0.5), Array1::from_elem(2000, 0.5)];
-        let out = dp.aggregate("run", 1, &deltas, &[1.0, 1.0], 4).unwrap();
+        let out = dp
+            .aggregate("run", 1, &deltas, &[1.0, 1.0], 4, 2000)
+            .unwrap();
         // mean = (0.5 + 0.5) / 4 = 0.25; noise std on the mean = z·S / 4 = 0.25.
         let mean = out.delta.mean().unwrap();
         let std = out.delta.std(0.0);
@@ -203,12 +235,14 @@ mod tests {
         assert_eq!(verified.entries.len(), 1);
         // A coordinator restarted on the same ledger keeps counting from it.
         let mut again = ServerDp::new(config(None), 1.0, Some(&path)).unwrap();
-        let out2 = again.aggregate("run", 2, &deltas, &[1.0, 1.0], 4).unwrap();
+        let out2 = again
+            .aggregate("run", 2, &deltas, &[1.0, 1.0], 4, 2000)
+            .unwrap();
         assert!(out2.epsilon > out.epsilon);
         // Re-running round 2 (a resumed run) is not charged again.
         let mut resumed = ServerDp::new(config(None), 1.0, Some(&path)).unwrap();
         let out3 = resumed
-            .aggregate("run", 2, &deltas, &[1.0, 1.0], 4)
+            .aggregate("run", 2, &deltas, &[1.0, 1.0], 4, 2000)
             .unwrap();
         assert_eq!(out3.epsilon, out2.epsilon);
         assert_eq!(
@@ -227,15 +261,65 @@ mod tests {
             learning_rate: 0.2,
             count_noise_multiplier: 1e-3,
         };
-        let mut dp = ServerDp::new(config(Some(adaptive)), 1.0, None).unwrap();
+        // σ_b must exceed z / 2: a small z keeps the count's noise small too.
+        let mut cfg = config(Some(adaptive));
+        cfg.noise_multiplier = 1e-3;
+        let mut dp = ServerDp::new(cfg, 1.0, None).unwrap();
         let deltas = vec![Array1::zeros(3); 4];
         // Every update norm is far above S: the clip norm must grow.
-        let out = dp.aggregate("run", 1, &deltas, &[10.0; 4], 4).unwrap();
+        let out = dp.aggregate("run", 1, &deltas, &[10.0; 4], 4, 3).unwrap();
         assert!((out.next_clip_norm - (0.2f64 * 0.5).exp()).abs() < 1e-3);
         // Every norm below S: it shrinks.
-        let out = dp.aggregate("run", 2, &deltas, &[0.0; 4], 4).unwrap();
+        let out = dp.aggregate("run", 2, &deltas, &[0.0; 4], 4, 3).unwrap();
         assert!(out.next_clip_norm < (0.2f64 * 0.5).exp());
         // The sum's noise is larger than z to pay for the count.
-        assert!(dp.sum_noise_multiplier() > 1.0);
+        assert!(dp.sum_noise_multiplier().unwrap() > 1e-3);
+        // A count noise that cannot pay for the count fails closed: no release.
+        let mut bad = config(Some(AdaptiveClip {
+            count_noise_multiplier: 0.4,
+            ..adaptive
+        }));
+        bad.noise_multiplier = 1.0;
+        let mut dp = ServerDp::new(bad, 1.0, None).unwrap();
+        assert!(dp.aggregate("run", 1, &deltas, &[1.0; 4], 4, 3).is_err());
+    }
+
+    /// The sampling rate that selects the clients is the one charged: over
+    /// 2,000 rounds of 8 clients at q = 0.5 each client is sampled within four
+    /// standard errors of q, and the ledger's charges all say q = 0.5. (Before,
+    /// `ceil(q·n).max(min_per_round)` clients were chosen without replacement
+    /// and charged as Poisson sampling at q.)
+    #[test]
+    fn the_charged_sampling_rate_is_the_sampled_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let mut dp = ServerDp::new(config(None), 0.5, Some(&path)).unwrap();
+        let clients: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+        let rounds = 2_000;
+        let mut hits = std::collections::HashMap::<String, u32>::new();
+        for _ in 0..rounds {
+            for c in dp.sample(&clients) {
+                *hits.entry(c).or_default() += 1;
+            }
+        }
+        let se = (0.25f64 / f64::from(rounds)).sqrt();
+        for c in &clients {
+            let f = f64::from(hits.get(c).copied().unwrap_or(0)) / f64::from(rounds);
+            assert!((f - 0.5).abs() <= 4.0 * se, "{c}: {f}");
+        }
+        assert_eq!(dp.sampling_rate(), 0.5);
+        let deltas = vec![Array1::from_elem(5, 0.1); 3];
+        for round in 1..=3 {
+            dp.aggregate("run", round, &deltas, &[0.5; 3], 8, 5)
+                .unwrap();
+        }
+        let verified = fedprofile_privacy::ledger::verify(&path).unwrap();
+        assert_eq!(verified.entries.len(), 3);
+        assert!(
+            verified
+                .entries
+                .iter()
+                .all(|e| e.q == 0.5 && e.sigma == 1.0)
+        );
     }
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use fedprofile_learning::metrics::Metrics;
 use fedprofile_learning::{FeatureSpec, Quality};
-use fedprofile_protocol::messages::{ClientReply, ModelSnapshot, ServerEvent};
+use fedprofile_protocol::messages::{ClientReply, ModelSnapshot, RefusalKind, ServerEvent};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::mpsc;
@@ -108,6 +108,24 @@ pub struct RoundRecord {
     /// Cumulative ε after this round: the largest any client reported
     /// (record-level DP) or the coordinator's own (client-level DP).
     pub epsilon: Option<f64>,
+    /// Tasks of this round that clients refused, with their kind and reason.
+    #[serde(default)]
+    pub refusals: Vec<RoundRefusal>,
+    /// Set when the round was committed without changing the model, with why
+    /// (e.g. its results were charged and then lost in a restart).
+    #[serde(default)]
+    pub skipped: Option<String>,
+}
+
+/// One refused task of a round.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RoundRefusal {
+    /// The client that refused.
+    pub client: String,
+    /// What kind of refusal.
+    pub kind: RefusalKind,
+    /// The client's sentence.
+    pub reason: String,
 }
 
 impl RoundRecord {
@@ -180,6 +198,25 @@ pub struct Checkpoint {
     pub not_private: Vec<String>,
     /// The adaptive clip norm of client-level DP.
     pub server_clip_norm: Option<f64>,
+    /// Clients left out of the rest of the run because they refused for good
+    /// (privacy budget exhausted, policy), with their reason.
+    #[serde(default)]
+    pub excluded: BTreeMap<String, String>,
+}
+
+/// The attempt of a round that was sent out when the run stopped; a resumed
+/// run repeats it to the same clients under the same task ids, so nothing a
+/// partner already charged is charged again.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InFlight {
+    /// The round.
+    pub round: u32,
+    /// The attempt.
+    pub attempt: u32,
+    /// The clients it selected.
+    pub selected: Vec<String>,
+    /// Clients connected when it sampled (client-level DP's denominator).
+    pub population: usize,
 }
 
 /// Where finished rounds are made durable. A round is committed before the next
@@ -191,6 +228,12 @@ pub trait RoundSink: Send {
         record: Option<&RoundRecord>,
         checkpoint: &Checkpoint,
     ) -> Result<(), String>;
+
+    /// Persists the attempt about to be sent (under DP, before any task goes
+    /// out), so a resumed run can repeat it exactly. The default keeps nothing.
+    fn begin_attempt(&mut self, _attempt: &InFlight) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A sink that keeps nothing (tests, one-off runs without a database).
@@ -231,6 +274,8 @@ pub struct RunOutcome {
     pub rejections: BTreeMap<String, u64>,
     /// Refusals by client, with the last reason.
     pub refusals: BTreeMap<String, String>,
+    /// Clients left out of the run after refusing for good (budget, policy).
+    pub excluded: BTreeMap<String, String>,
     /// Clients that contributed at least one accepted update.
     pub contributors: Vec<String>,
     /// Clients whose updates were made with a fixed test seed (not private).
@@ -277,6 +322,8 @@ pub struct Run {
     tail: std::collections::VecDeque<ndarray::Array1<f64>>,
     strategy: Option<Box<dyn fedprofile_learning::strategy::ServerStrategy>>,
     resume: Option<Checkpoint>,
+    in_flight: Option<InFlight>,
+    excluded: BTreeMap<String, String>,
     cancel: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
@@ -322,6 +369,8 @@ impl Run {
             tail: Default::default(),
             strategy: None,
             resume: None,
+            in_flight: None,
+            excluded: BTreeMap::new(),
             cancel: None,
         }
     }
@@ -347,8 +396,16 @@ impl Run {
         self.rejections = checkpoint.rejections.clone();
         self.refusals = checkpoint.refusals.clone();
         self.not_private = checkpoint.not_private.iter().cloned().collect();
+        self.excluded = checkpoint.excluded.clone();
         self.rounds = rounds;
         self.resume = Some(checkpoint);
+        self
+    }
+
+    /// The attempt that was in flight when the run stopped (see [`InFlight`]);
+    /// ignored unless it is the round after the resumed checkpoint.
+    pub fn with_in_flight(mut self, in_flight: Option<InFlight>) -> Run {
+        self.in_flight = in_flight;
         self
     }
 
@@ -394,6 +451,7 @@ impl Run {
             refusals: self.refusals.clone(),
             not_private: self.not_private.iter().cloned().collect(),
             server_clip_norm: self.server_dp.as_ref().map(dp::ServerDp::clip_norm),
+            excluded: self.excluded.clone(),
         })
     }
 
@@ -484,6 +542,7 @@ impl Run {
             rounds: self.rounds,
             rejections: self.rejections,
             refusals: self.refusals,
+            excluded: self.excluded,
             contributors: self.contributors.into_iter().collect(),
             not_private: self.not_private.into_iter().collect(),
             target: self.target,

@@ -18,7 +18,11 @@ use ndarray::Array1;
 use rand::seq::IndexedRandom;
 use tokio::time::timeout_at;
 
-use super::{Collector, Inbound, Offer, RejectReason, RoundRecord, Run, State, deadline_after, dp};
+use super::{
+    Collector, InFlight, Inbound, Offer, RejectReason, RoundRecord, RoundRefusal, Run, State,
+    deadline_after, dp,
+};
+use fedprofile_protocol::messages::RefusalKind;
 
 /// What waiting produced.
 // Lives on the stack for one `select!`; boxing the event would add an allocation per reply.
@@ -40,6 +44,7 @@ pub(super) struct Gathered {
     pub(super) accepted: Vec<(String, ResultBody)>,
     pub(super) refused: usize,
     pub(super) rejected: usize,
+    pub(super) refusals: Vec<RoundRefusal>,
 }
 
 impl Run {
@@ -62,12 +67,27 @@ impl Run {
                         "run {} resumed after round {}",
                         self.run_id, checkpoint.round
                     ));
+                    // Repeat the attempt that was in flight, to the same clients
+                    // under the same task ids: a partner that already charged it
+                    // answers from its cache or says the result is lost.
+                    self.in_flight.take_if(|f| f.round != next);
+                    let attempt = match &self.in_flight {
+                        Some(f) => {
+                            self.observer.note(&format!(
+                                "round {next} was in flight (attempt {}, sent to {}): repeating it under the same task ids, so nothing is charged twice",
+                                f.attempt + 1,
+                                f.selected.join(", ")
+                            ));
+                            f.attempt
+                        }
+                        None => 0,
+                    };
                     return if next > self.config.rounds {
                         State::Finished
                     } else {
                         State::Training {
                             round: next,
-                            attempt: 0,
+                            attempt,
                         }
                     };
                 }
@@ -230,15 +250,54 @@ impl Run {
         let Some(global) = self.global.clone() else {
             return State::Failed("internal: training without a global model".into());
         };
-        let connected = self.hub.connected();
-        let want = ((self.config.fraction_per_round * connected.len() as f64).ceil() as usize)
-            .max(self.config.min_per_round)
-            .min(connected.len());
-        let mut selected: Vec<String> = connected
-            .choose_multiple(&mut self.rng, want)
-            .cloned()
-            .collect();
+        let (mut selected, population) = match self.in_flight.take() {
+            Some(f) if f.round == round && f.attempt == attempt => (f.selected, f.population),
+            _ => {
+                let connected: Vec<String> = self
+                    .hub
+                    .connected()
+                    .into_iter()
+                    .filter(|c| !self.excluded.contains_key(c))
+                    .collect();
+                if connected.is_empty() && !self.excluded.is_empty() {
+                    return State::Failed(format!(
+                        "round {round}: no connected client can train any more: {}",
+                        self.excluded_list()
+                    ));
+                }
+                let selected = match self.server_dp.as_mut() {
+                    // Client-level DP: Poisson sampling at the charged rate,
+                    // from a CSPRNG (never the run file's seed).
+                    Some(server_dp) => server_dp.sample(&connected),
+                    None => {
+                        let want =
+                            ((self.config.fraction_per_round * connected.len() as f64).ceil()
+                                as usize)
+                                .max(self.config.min_per_round)
+                                .min(connected.len());
+                        connected
+                            .choose_multiple(&mut self.rng, want)
+                            .cloned()
+                            .collect()
+                    }
+                };
+                (selected, connected.len())
+            }
+        };
         selected.sort();
+        if !matches!(self.config.privacy, PrivacyMode::None) {
+            let in_flight = InFlight {
+                round,
+                attempt,
+                selected: selected.clone(),
+                population,
+            };
+            if let Err(e) = self.sink.begin_attempt(&in_flight) {
+                return State::Failed(format!(
+                    "round {round}: cannot record the attempt before sending it: {e}"
+                ));
+            }
+        }
         let record_dp = match self.config.privacy {
             PrivacyMode::Record(r) => Some(RecordDpTask {
                 clip_norm: r.clip_norm,
@@ -283,10 +342,11 @@ impl Run {
             )
             .with_max_norm(update_clip_norm)
         };
-        let gathered = self.collect(&mut collector).await;
+        let mut gathered = self.collect(&mut collector).await;
         if kmeans {
             return self.kmeans_step(round, attempt, started, &selected, gathered, &global);
         }
+        let refusals = std::mem::take(&mut gathered.refusals);
 
         let mut updates = Vec::new();
         let mut norms = Vec::new();
@@ -307,20 +367,34 @@ impl Run {
                 contributors.push(client);
             }
         }
-        if updates.len() < self.config.min_per_round {
-            let why = format!(
-                "round {round}: {} of the {} updates needed arrived before the deadline (selected: {})",
-                updates.len(),
-                self.config.min_per_round,
-                selected.join(", ")
+        // Client-level DP releases (and is charged for) every round, however
+        // many sampled clients answered: min_per_round does not apply.
+        if self.server_dp.is_none() && updates.len() < self.config.min_per_round {
+            return self.short_round(
+                ShortRound {
+                    round,
+                    attempt,
+                    got: updates.len(),
+                    what: "updates",
+                    selected: &selected,
+                    started,
+                    rejected: gathered.rejected,
+                },
+                refusals,
             );
-            return self.retry_or_fail(attempt, &why, |a| State::Training { round, attempt: a });
         }
         // Client-level DP first releases the noised mean; the strategy (a server
         // optimizer, validated to compose with DP) then post-processes that mean.
         let (inputs, epsilon) = if let Some(server_dp) = self.server_dp.as_mut() {
             let deltas: Vec<_> = updates.iter().map(|u| u.delta.clone()).collect();
-            match server_dp.aggregate(&self.run_id, round, &deltas, &norms, selected.len()) {
+            match server_dp.aggregate(
+                &self.run_id,
+                round,
+                &deltas,
+                &norms,
+                population,
+                global.params.len(),
+            ) {
                 Ok(out) => (
                     vec![ClientUpdate {
                         client: "dp-mean".into(),
@@ -390,7 +464,11 @@ impl Run {
             rejected: gathered.rejected,
             refused: gathered.refused,
             attempts: attempt + 1,
-            train_loss: loss_sum / total_weight,
+            train_loss: if total_weight > 0.0 {
+                loss_sum / total_weight
+            } else {
+                0.0
+            },
             train_phase_ms,
             max_client_train_ms: max_train_micros as f64 / 1e3,
             eval_phase_ms: 0.0,
@@ -399,6 +477,8 @@ impl Run {
             quality: None,
             evaluated_clients: 0,
             epsilon,
+            refusals,
+            skipped: None,
         };
         self.after_training(record)
     }
@@ -473,14 +553,20 @@ impl Run {
                 contributors.push(client);
             }
         }
+        let refusals = gathered.refusals;
         if stats.len() < self.config.min_per_round {
-            let why = format!(
-                "round {round}: {} of the {} cluster statistics needed arrived before the deadline (selected: {})",
-                stats.len(),
-                self.config.min_per_round,
-                selected.join(", ")
+            return self.short_round(
+                ShortRound {
+                    round,
+                    attempt,
+                    got: stats.len(),
+                    what: "cluster statistics",
+                    selected,
+                    started,
+                    rejected: gathered.rejected,
+                },
+                refusals,
             );
-            return self.retry_or_fail(attempt, &why, |a| State::Training { round, attempt: a });
         }
         let old = match KMeans::from_params(global.params.clone(), global.outputs) {
             Ok(m) => m,
@@ -541,6 +627,8 @@ impl Run {
             quality: None,
             evaluated_clients: 0,
             epsilon: client_epsilon,
+            refusals,
+            skipped: None,
         };
         self.after_training(record)
     }
@@ -592,6 +680,93 @@ impl Run {
                 attempt: 0,
             }
         }
+    }
+
+    /// The clients left out of the run, with their reasons, for messages.
+    fn excluded_list(&self) -> String {
+        self.excluded
+            .iter()
+            .map(|(c, why)| format!("{c} refused for good: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// A training round with fewer usable answers than needed. It is retried
+    /// only when a retry can succeed and charges nobody twice:
+    /// - results that partners charged and then lost (a restart) are not asked
+    ///   for again under any task id: the round is committed without an update;
+    /// - when the clients that can still train (not refused for budget or
+    ///   policy) are fewer than the minimum, the run fails at once, naming them;
+    /// - otherwise the round is retried as before.
+    fn short_round(&mut self, short: ShortRound<'_>, refusals: Vec<RoundRefusal>) -> State {
+        let ShortRound {
+            round,
+            attempt,
+            got,
+            what,
+            selected,
+            started,
+            rejected,
+        } = short;
+        let need = self.config.min_per_round;
+        let lost: Vec<&str> = refusals
+            .iter()
+            .filter(|r| r.kind == RefusalKind::ResultLost)
+            .map(|r| r.client.as_str())
+            .collect();
+        if !lost.is_empty() {
+            let why = format!(
+                "round {round}: the results of {} were charged to their privacy ledgers and lost in a restart; the round is committed without an update (asking again would charge them twice)",
+                lost.join(", ")
+            );
+            self.observer.note(&why);
+            tracing::warn!(run_id = %self.run_id, round, "{why}");
+            let train_phase_ms = started.elapsed().as_secs_f64() * 1e3;
+            let record = RoundRecord {
+                round,
+                selected: selected.len(),
+                accepted: 0,
+                rejected,
+                refused: refusals.len(),
+                attempts: attempt + 1,
+                train_loss: 0.0,
+                train_phase_ms,
+                max_client_train_ms: 0.0,
+                eval_phase_ms: 0.0,
+                round_ms: train_phase_ms,
+                metrics: None,
+                quality: None,
+                evaluated_clients: 0,
+                epsilon: self.rounds.iter().rev().find_map(|r| r.epsilon),
+                refusals,
+                skipped: Some(why),
+            };
+            return self.after_training(record);
+        }
+        let mut why = format!(
+            "round {round}: {got} of the {need} {what} needed arrived (selected: {})",
+            selected.join(", ")
+        );
+        if !refusals.is_empty() {
+            let refused: Vec<String> = refusals
+                .iter()
+                .map(|r| format!("{} ({}): {}", r.client, r.kind.as_str(), r.reason))
+                .collect();
+            why.push_str(&format!("; refused: {}", refused.join("; ")));
+        }
+        let can_train = self
+            .hub
+            .connected()
+            .iter()
+            .filter(|c| !self.excluded.contains_key(*c))
+            .count();
+        if !self.excluded.is_empty() && can_train < need {
+            return State::Failed(format!(
+                "{why}; no retry can succeed: {can_train} connected clients can still train, {need} needed ({})",
+                self.excluded_list()
+            ));
+        }
+        self.retry_or_fail(attempt, &why, |a| State::Training { round, attempt: a })
     }
 
     fn retry_or_fail(&mut self, attempt: u32, why: &str, again: impl Fn(u32) -> State) -> State {
@@ -670,13 +845,26 @@ impl Run {
                     let task_id = reply.task_id().to_string();
                     match collector.offer(&self.book, &client, reply) {
                         Offer::Accepted(body) => gathered.accepted.push((client, body)),
-                        Offer::Refused(reason) => {
-                            tracing::warn!(run_id = %self.run_id, client = %client, task_id = %task_id, "task refused: {reason}");
+                        Offer::Refused { reason, kind } => {
+                            tracing::warn!(run_id = %self.run_id, client = %client, task_id = %task_id, kind = kind.as_str(), "task refused: {reason}");
                             self.observer
                                 .note(&format!("{client} refused {task_id}: {reason}"));
                             self.observer
                                 .task_refused(&self.run_id, &client, &task_id, &reason);
-                            self.refusals.insert(client, reason);
+                            if kind.is_permanent() && !self.excluded.contains_key(&client) {
+                                self.observer.note(&format!(
+                                    "{client} is left out of the rest of run {}: it refused for good ({})",
+                                    self.run_id,
+                                    kind.as_str()
+                                ));
+                                self.excluded.insert(client.clone(), reason.clone());
+                            }
+                            self.refusals.insert(client.clone(), reason.clone());
+                            gathered.refusals.push(RoundRefusal {
+                                client,
+                                kind,
+                                reason,
+                            });
                             gathered.refused += 1;
                         }
                         Offer::Rejected(reason) => {
@@ -741,6 +929,17 @@ impl Run {
             }
         }
     }
+}
+
+/// What [`Run::short_round`] needs to know about the round.
+pub(super) struct ShortRound<'a> {
+    round: u32,
+    attempt: u32,
+    got: usize,
+    what: &'static str,
+    selected: &'a [String],
+    started: Instant,
+    rejected: usize,
 }
 
 /// Checks that the clients' label column is what the run's model family trains on.

@@ -7,7 +7,8 @@ use std::time::Duration;
 use fedprofile_learning::metrics::EvalSummary;
 use fedprofile_learning::{FeatureColumn, FeatureSpec};
 use fedprofile_protocol::messages::{
-    ClientReply, ColumnStats, ResultBody, ServerEvent, StatsReport, TaskBody, TrainReport,
+    ClientReply, ColumnStats, RefusalKind, ResultBody, ServerEvent, StatsReport, TaskBody,
+    TrainReport,
 };
 use ndarray::Array1;
 use tokio::sync::mpsc;
@@ -77,19 +78,51 @@ enum Behaviour {
     Honest { v: f64, examples: u64 },
     /// Answers statistics and evaluation, never training.
     SilentInTraining,
+    /// Refuses training tasks of rounds up to `until` with `kind`, then is honest.
+    Refuses { kind: RefusalKind, until: u32 },
 }
 
 /// Plays the clients: answers every task per its behaviour.
 async fn play(
+    outbox: mpsc::UnboundedReceiver<(String, ServerEvent)>,
+    inbox: mpsc::Sender<Inbound>,
+    behaviours: BTreeMap<String, Behaviour>,
+) {
+    play_recording(outbox, inbox, behaviours, Arc::default()).await;
+}
+
+/// [`play`], noting the id of every training task received in `seen`.
+async fn play_recording(
     mut outbox: mpsc::UnboundedReceiver<(String, ServerEvent)>,
     inbox: mpsc::Sender<Inbound>,
     behaviours: BTreeMap<String, Behaviour>,
+    seen: Arc<Mutex<Vec<String>>>,
 ) {
     while let Some((client, event)) = outbox.recv().await {
         let ServerEvent::Task(task) = event else {
             continue;
         };
-        let behaviour = behaviours[&client];
+        if matches!(task.body, TaskBody::Train(_)) {
+            seen.lock().unwrap().push(task.task_id.clone());
+        }
+        let mut behaviour = behaviours[&client];
+        if let Behaviour::Refuses { kind, until } = behaviour {
+            if matches!(task.body, TaskBody::Train(_)) && task.round <= until {
+                let reply = ClientReply::Refusal {
+                    task_id: task.task_id.clone(),
+                    reason: format!("scripted {} refusal", kind.as_str()),
+                    kind,
+                };
+                if inbox.send(Inbound::Reply { client, reply }).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            behaviour = Behaviour::Honest {
+                v: 1.0,
+                examples: 1,
+            };
+        }
         let body = match (&task.body, behaviour) {
             (TaskBody::Stats, _) => ResultBody::Stats(StatsReport {
                 template: template(),
@@ -106,6 +139,7 @@ async fn play(
                 label_classes: Vec::new(),
             }),
             (TaskBody::Train(_), Behaviour::SilentInTraining) => continue,
+            (TaskBody::Train(_), Behaviour::Refuses { .. }) => continue,
             (TaskBody::Train(_), Behaviour::Honest { v, examples }) => {
                 ResultBody::Train(TrainReport {
                     delta: Array1::from_elem(3, v),
@@ -554,4 +588,169 @@ fn checkpoints_written_before_model_families_still_load() {
     let record = r#"{"round":1,"selected":3,"accepted":3,"rejected":0,"refused":0,"attempts":1,"train_loss":0.5,"train_phase_ms":1.0,"max_client_train_ms":0.5,"eval_phase_ms":1.0,"round_ms":2.0,"metrics":null,"evaluated_clients":3,"epsilon":null}"#;
     let r: RoundRecord = serde_json::from_str(record).unwrap();
     assert_eq!(r.quality, None);
+}
+
+fn honest(v: f64) -> Behaviour {
+    Behaviour::Honest { v, examples: 1 }
+}
+
+/// Partners whose budget is spent refuse for good: the run stops at once,
+/// without the retries that cannot succeed, and names them. (Before, the round
+/// was retried and the run ended "… arrived before the deadline".)
+#[tokio::test(start_paused = true)]
+async fn budget_refusals_stop_the_run_at_once_and_name_the_partners() {
+    let refuses = Behaviour::Refuses {
+        kind: RefusalKind::BudgetExhausted,
+        until: u32::MAX,
+    };
+    let behaviours = BTreeMap::from([
+        ("a".to_string(), honest(1.0)),
+        ("b".to_string(), refuses),
+        ("c".to_string(), refuses),
+    ]);
+    let mut cfg = config(3, 2);
+    cfg.max_retries = 3;
+    let before = tokio::time::Instant::now();
+    let outcome = start(cfg, behaviours).await.unwrap();
+    assert!(!outcome.completed);
+    let why = outcome.failure.unwrap();
+    assert!(why.contains("no retry can succeed"), "{why}");
+    assert!(!why.contains("no retries left"), "{why}");
+    assert!(
+        why.contains("b (budget_exhausted)") && why.contains("c (budget_exhausted)"),
+        "{why}"
+    );
+    assert_eq!(
+        outcome.excluded.keys().cloned().collect::<Vec<_>>(),
+        vec!["b".to_string(), "c".to_string()]
+    );
+    // Nobody waited for a deadline.
+    assert!(before.elapsed() < Duration::from_secs(30));
+}
+
+/// A budget refusal leaves that partner out of later rounds; the others go on.
+#[tokio::test(start_paused = true)]
+async fn a_partner_out_of_budget_is_left_out_and_the_others_go_on() {
+    let behaviours = BTreeMap::from([
+        ("a".to_string(), honest(1.0)),
+        ("b".to_string(), honest(1.0)),
+        (
+            "c".to_string(),
+            Behaviour::Refuses {
+                kind: RefusalKind::BudgetExhausted,
+                until: u32::MAX,
+            },
+        ),
+    ]);
+    let outcome = start(config(3, 2), behaviours).await.unwrap();
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    assert_eq!(outcome.rounds[0].refusals[0].client, "c");
+    assert_eq!(outcome.rounds[0].selected, 3);
+    // Not asked again after its refusal.
+    assert_eq!(
+        (outcome.rounds[1].selected, outcome.rounds[1].refused),
+        (2, 0)
+    );
+    assert!(outcome.excluded.contains_key("c"));
+}
+
+/// Results charged and then lost in a restart are never asked for again (that
+/// would charge twice): the round is committed without an update.
+#[tokio::test(start_paused = true)]
+async fn lost_results_commit_the_round_without_an_update_and_no_retry() {
+    let lost = Behaviour::Refuses {
+        kind: RefusalKind::ResultLost,
+        until: 1,
+    };
+    let behaviours = BTreeMap::from([
+        ("a".to_string(), lost),
+        ("b".to_string(), lost),
+        ("c".to_string(), honest(3.0)),
+    ]);
+    let mut cfg = config(2, 2);
+    cfg.max_retries = 2;
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let hub = Arc::new(FakeHub {
+        clients: Mutex::new(behaviours.keys().cloned().collect()),
+        outbox: out_tx,
+    });
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    tokio::spawn(play_recording(out_rx, in_tx, behaviours, Arc::clone(&seen)));
+    let run = Run::new(cfg, "run-1".into(), hub, in_rx, Box::new(Quiet));
+    let (outcome, _) = run.execute().await;
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    let r1 = &outcome.rounds[0];
+    assert!(
+        r1.skipped.as_deref().unwrap().contains("lost in a restart"),
+        "{r1:?}"
+    );
+    assert_eq!((r1.accepted, r1.attempts), (0, 1));
+    // Round 1 changed nothing; round 2 is the mean of 1, 1 and 3.
+    let params = outcome.model.unwrap().params.to_vec();
+    assert!(
+        params.iter().all(|p| (p - 5.0 / 3.0).abs() < 1e-12),
+        "{params:?}"
+    );
+    // Three round-1 tasks (no retry under a new id) and three round-2 tasks.
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.iter().filter(|t| t.contains("/r1/")).count(),
+        3,
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|t| !t.contains("/a1/")), "{seen:?}");
+}
+
+/// A run resumed with an attempt in flight repeats it: same attempt, same
+/// clients, same task ids (so partners that charged it are not charged again).
+#[tokio::test(start_paused = true)]
+async fn a_resumed_run_repeats_the_attempt_in_flight_under_the_same_task_ids() {
+    let behaviours = BTreeMap::from([
+        ("a".to_string(), honest(1.0)),
+        ("b".to_string(), honest(1.0)),
+        ("c".to_string(), honest(1.0)),
+    ]);
+    // Round 0's checkpoint from a first run.
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let hub = Arc::new(FakeHub {
+        clients: Mutex::new(behaviours.keys().cloned().collect()),
+        outbox: out_tx,
+    });
+    tokio::spawn(play(out_rx, in_tx, behaviours.clone()));
+    let run = Run::new(config(2, 2), "run-1".into(), hub, in_rx, Box::new(Quiet))
+        .with_sink(Box::new(Keep(Arc::clone(&kept))));
+    assert!(run.execute().await.0.completed);
+    let checkpoint = kept.lock().unwrap()[0].clone();
+
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let hub = Arc::new(FakeHub {
+        clients: Mutex::new(behaviours.keys().cloned().collect()),
+        outbox: out_tx,
+    });
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    tokio::spawn(play_recording(out_rx, in_tx, behaviours, Arc::clone(&seen)));
+    let in_flight = InFlight {
+        round: 1,
+        attempt: 1,
+        selected: vec!["a".into(), "c".into()],
+        population: 3,
+    };
+    let resumed = Run::new(config(2, 2), "run-1".into(), hub, in_rx, Box::new(Quiet))
+        .resume_from(checkpoint, Vec::new())
+        .with_in_flight(Some(in_flight));
+    let (outcome, _) = resumed.execute().await;
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    let seen = seen.lock().unwrap();
+    let round1: Vec<&String> = seen.iter().filter(|t| t.contains("/r1/")).collect();
+    assert_eq!(
+        round1,
+        vec!["run-1/r1/a1/train/a", "run-1/r1/a1/train/c"],
+        "{seen:?}"
+    );
+    assert_eq!(outcome.rounds[0].selected, 2);
+    assert_eq!(outcome.rounds[1].selected, 3);
 }

@@ -77,6 +77,19 @@ pub enum PrivacyError {
         /// Largest noise multiplier tried.
         max_sigma: f64,
     },
+    /// Adaptive clipping's count noise is too small to pay for the count.
+    #[error(
+        "count noise multiplier must exceed half the noise multiplier ({half}) for adaptive clipping to be private (got {count})"
+    )]
+    InvalidCountNoise {
+        /// Half the joint noise multiplier.
+        half: f64,
+        /// The count noise multiplier given.
+        count: f64,
+    },
+    /// Noise could not be drawn: nothing is released.
+    #[error("cannot draw the noise of {0}: nothing is released")]
+    NoiseDraw(&'static str),
     /// A numerical routine failed to produce a finite, valid value.
     #[error("numerical failure in {0}")]
     Numerical(&'static str),

@@ -28,9 +28,13 @@ mod math;
 pub mod mechanism;
 pub mod pld;
 pub mod rdp;
+pub mod sampling;
 
 pub use accountant::{Accountant, AccountantKind, Charge, MechanismKind, Report};
 pub use budget::{Decision, PrivacyBudget, would_exceed};
 pub use error::PrivacyError;
 pub use ledger::{Ledger, LedgerEntry, LedgerError, VerifiedLedger};
-pub use mechanism::{GaussianMechanism, L2Clip, SubsampledGaussianMechanism};
+pub use mechanism::{
+    AdaptiveClippingMechanism, GaussianMechanism, L2Clip, NoisedCount, SubsampledGaussianMechanism,
+};
+pub use sampling::PoissonSampling;

@@ -109,6 +109,16 @@ impl GaussianMechanism {
         check_charge(&self.map(d_in)?, budget)
     }
 
+    /// Like [`GaussianMechanism::add_noise`], but a failure to draw noise is an
+    /// error (fails closed): on `Err` nothing may be released.
+    pub fn add_noise_checked<R: Rng + ?Sized>(
+        &self,
+        values: &mut [f64],
+        rng: &mut R,
+    ) -> Result<(), PrivacyError> {
+        add_gaussian(values, self.noise_std(), rng, "the Gaussian mechanism")
+    }
+
     /// Adds independent Gaussian noise of std [`GaussianMechanism::noise_std`]
     /// to each value, drawing from the injected `rng`.
     pub fn add_noise<R: Rng + ?Sized>(&self, values: &mut [f64], rng: &mut R) {
@@ -204,6 +214,171 @@ impl SubsampledGaussianMechanism {
     }
 }
 
+/// DP-FedAvg with adaptive clipping (Andrew, Thakkar, McMahan & Ramaswamy
+/// 2021) as one mechanism: it noises the sum of clipped client updates *and*
+/// the count of clients whose update was within the clip norm, and its privacy
+/// map charges the pair as one Gaussian mechanism.
+///
+/// # Proof sketch
+///
+/// Under add/remove of one client, the sum of updates clipped to `S` moves by
+/// at most `S` (L2), and the centred count `Σ (b_i − ½)` with
+/// `b_i = 1[‖Δ_i‖ ≤ S]` moves by exactly `½`. The sum gets `N(0, (z_Δ S)²)` per
+/// coordinate and the count `N(0, σ_b²)`: two Gaussian mechanisms with
+/// multipliers `z_Δ` and `2σ_b`. Their composition is one Gaussian mechanism
+/// on the concatenated, rescaled vector, with multiplier
+/// `(z_Δ⁻² + (2σ_b)⁻²)^(−½)`; choosing `z_Δ = (z⁻² − (2σ_b)⁻²)^(−½)` makes that
+/// `z` (Andrew et al., Theorem 1; `tensorflow_federated`'s
+/// `adaptive_clip_noise_params`). So [`AdaptiveClippingMechanism::map`]
+/// charges a Gaussian of multiplier `z`, subsampled at the client sampling
+/// rate. The clip-norm update `S ← S·exp(−η(b̃ − γ))` reads only the noised
+/// count (and the public expected number of clients): post-processing.
+///
+/// Fails closed: any failure to draw noise is an error and the caller must not
+/// release anything.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveClippingMechanism {
+    noise_multiplier: f64,
+    count_noise_multiplier: f64,
+    sum_noise_multiplier: f64,
+    clip: L2Clip,
+}
+
+/// What one release of [`AdaptiveClippingMechanism`] produced besides the noised sum.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NoisedCount {
+    /// `Σ (b_i − ½) + N(0, σ_b²)`.
+    pub centred: f64,
+}
+
+impl NoisedCount {
+    /// Estimated fraction of clients whose update was within the clip norm,
+    /// given the (public) expected number of clients per round, in `[0, 1]`.
+    pub fn unclipped_fraction(&self, expected_clients: f64) -> f64 {
+        (self.centred / expected_clients.max(f64::MIN_POSITIVE) + 0.5).clamp(0.0, 1.0)
+    }
+}
+
+impl AdaptiveClippingMechanism {
+    /// `noise_multiplier` z (the joint one, what is charged), the count's noise
+    /// standard deviation σ_b (must exceed z / 2), and the current clip norm S.
+    pub fn new(
+        noise_multiplier: f64,
+        count_noise_multiplier: f64,
+        clip_norm: f64,
+    ) -> Result<AdaptiveClippingMechanism, PrivacyError> {
+        if !(noise_multiplier > 0.0 && noise_multiplier.is_finite()) {
+            return Err(PrivacyError::InvalidNoiseMultiplier(noise_multiplier));
+        }
+        if !(count_noise_multiplier.is_finite() && 2.0 * count_noise_multiplier > noise_multiplier)
+        {
+            return Err(PrivacyError::InvalidCountNoise {
+                half: noise_multiplier / 2.0,
+                count: count_noise_multiplier,
+            });
+        }
+        let inv = noise_multiplier.powi(-2) - (2.0 * count_noise_multiplier).powi(-2);
+        let sum_noise_multiplier = inv.powf(-0.5);
+        if !(sum_noise_multiplier.is_finite() && sum_noise_multiplier >= noise_multiplier) {
+            return Err(PrivacyError::Numerical(
+                "adaptive clipping's sum noise multiplier",
+            ));
+        }
+        Ok(AdaptiveClippingMechanism {
+            noise_multiplier,
+            count_noise_multiplier,
+            sum_noise_multiplier,
+            clip: L2Clip::new(clip_norm)?,
+        })
+    }
+
+    /// z: the multiplier of the pair, as charged.
+    pub fn noise_multiplier(&self) -> f64 {
+        self.noise_multiplier
+    }
+
+    /// z_Δ: the multiplier of the noise on the sum (larger than z).
+    pub fn sum_noise_multiplier(&self) -> f64 {
+        self.sum_noise_multiplier
+    }
+
+    /// σ_b: the standard deviation of the noise on the centred count.
+    pub fn count_noise_multiplier(&self) -> f64 {
+        self.count_noise_multiplier
+    }
+
+    /// The clip norm S.
+    pub fn clip_norm(&self) -> f64 {
+        self.clip.clip_norm()
+    }
+
+    /// Privacy map of one release on clients Poisson-sampled at
+    /// `sampling_rate`: `d_in` clients added or removed. The pair (sum, count)
+    /// is one Gaussian mechanism of multiplier z (see the type's proof sketch).
+    pub fn map(&self, sampling_rate: f64, d_in: u32) -> Result<Charge, PrivacyError> {
+        let joint = GaussianMechanism::new(self.noise_multiplier, self.clip.clip_norm())?;
+        SubsampledGaussianMechanism::new(joint, sampling_rate, 1)?.map(d_in)
+    }
+
+    /// Adds the sum's noise to `sum` (the sum of updates already clipped to S)
+    /// and returns the noised centred count of `norms` (the clients' pre-clip
+    /// update norms) at or below S. On error nothing may be released: `sum`
+    /// may hold partial noise.
+    pub fn release<R: Rng + ?Sized>(
+        &self,
+        sum: &mut [f64],
+        norms: &[f64],
+        rng: &mut R,
+    ) -> Result<NoisedCount, PrivacyError> {
+        add_gaussian(
+            sum,
+            self.sum_noise_multiplier * self.clip.clip_norm(),
+            rng,
+            "the adaptive-clipping sum",
+        )?;
+        let centred: f64 = norms
+            .iter()
+            .map(|n| {
+                if *n <= self.clip.clip_norm() {
+                    0.5
+                } else {
+                    -0.5
+                }
+            })
+            .sum();
+        let mut count = [centred];
+        add_gaussian(
+            &mut count,
+            self.count_noise_multiplier,
+            rng,
+            "the adaptive-clipping count",
+        )?;
+        Ok(NoisedCount { centred: count[0] })
+    }
+}
+
+/// Adds `N(0, std²)` to every value; an invalid scale or a non-finite draw is
+/// an error (fails closed).
+pub(crate) fn add_gaussian<R: Rng + ?Sized>(
+    values: &mut [f64],
+    std: f64,
+    rng: &mut R,
+    what: &'static str,
+) -> Result<(), PrivacyError> {
+    if !(std > 0.0 && std.is_finite()) {
+        return Err(PrivacyError::NoiseDraw(what));
+    }
+    let normal = Normal::new(0.0, std).map_err(|_| PrivacyError::NoiseDraw(what))?;
+    for v in values.iter_mut() {
+        let noise = normal.sample(rng);
+        if !noise.is_finite() {
+            return Err(PrivacyError::NoiseDraw(what));
+        }
+        *v += noise;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +435,49 @@ mod tests {
         assert!((v[0] - 0.6).abs() < 1e-15 && (v[1] - 0.8).abs() < 1e-15);
         let mut w = [0.1, 0.1];
         assert_eq!(clip.apply(&mut w), 1.0);
+    }
+
+    #[test]
+    fn adaptive_clipping_is_one_mechanism_that_fails_closed() {
+        // z = 1, σ_b = 1: z_Δ = (1 − 1/4)^(−1/2).
+        let m = AdaptiveClippingMechanism::new(1.0, 1.0, 2.0).unwrap();
+        assert!((m.sum_noise_multiplier() - (0.75f64).powf(-0.5)).abs() < 1e-12);
+        // The charge is the joint multiplier z at the sampling rate.
+        let c = m.map(0.25, 1).unwrap();
+        assert_eq!((c.q, c.sigma, c.steps), (0.25, 1.0, 1));
+        // A count noise at or below z / 2 cannot pay for the count.
+        assert!(matches!(
+            AdaptiveClippingMechanism::new(1.0, 0.5, 1.0),
+            Err(PrivacyError::InvalidCountNoise { .. })
+        ));
+        assert!(AdaptiveClippingMechanism::new(1.0, f64::NAN, 1.0).is_err());
+        // The noise on the sum has std z_Δ·S, the centred count's std σ_b.
+        let m = AdaptiveClippingMechanism::new(1.0, 3.0, 2.0).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let n = 20_000;
+        let mut sum = vec![0.0; n];
+        let mut counts = Vec::new();
+        for _ in 0..2_000 {
+            // Three of four within S = 2: centred count 3·½ − ½ = 1.
+            let c = m
+                .release(&mut [0.0], &[1.0, 2.0, 0.5, 9.0], &mut rng)
+                .unwrap();
+            counts.push(c.centred);
+        }
+        m.release(&mut sum, &[], &mut rng).unwrap();
+        let std = (sum.iter().map(|v| v * v).sum::<f64>() / n as f64).sqrt();
+        assert!((std - 2.0 * m.sum_noise_multiplier()).abs() < 0.05, "{std}");
+        let mean = counts.iter().sum::<f64>() / counts.len() as f64;
+        assert!((mean - 1.0).abs() < 4.0 * 3.0 / (2_000f64).sqrt(), "{mean}");
+        let estimate = NoisedCount { centred: 1.0 }.unclipped_fraction(4.0);
+        assert!((estimate - 0.75).abs() < 1e-12);
+        // An invalid noise scale is an error, never a release without noise.
+        let mut v = [1.0];
+        assert!(matches!(
+            add_gaussian(&mut v, 0.0, &mut rng, "test"),
+            Err(PrivacyError::NoiseDraw("test"))
+        ));
+        assert!(add_gaussian(&mut v, f64::INFINITY, &mut rng, "test").is_err());
     }
 
     /// Noise has mean 0 and the configured std, and is normal (KS test).

@@ -11,8 +11,8 @@ use fedprofile_learning::{
 use ndarray::Array1;
 
 use crate::messages::{
-    ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, RecordDpTask, ResultBody, ServerEvent,
-    StatsReport, Task, TaskBody, TrainReport, TrainTask,
+    ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, RecordDpTask, RefusalKind, ResultBody,
+    ServerEvent, StatsReport, Task, TaskBody, TrainReport, TrainTask,
 };
 use crate::pb;
 
@@ -426,12 +426,15 @@ impl From<pb::EvalResult> for EvalSummary {
 impl From<&ClientReply> for pb::ClientMessage {
     fn from(r: &ClientReply) -> Self {
         let body = match r {
-            ClientReply::Refusal { task_id, reason } => {
-                pb::client_message::Body::Refusal(pb::TaskRefusal {
-                    task_id: task_id.clone(),
-                    reason: reason.clone(),
-                })
-            }
+            ClientReply::Refusal {
+                task_id,
+                reason,
+                kind,
+            } => pb::client_message::Body::Refusal(pb::TaskRefusal {
+                task_id: task_id.clone(),
+                reason: reason.clone(),
+                kind: pb::RefusalKind::from(*kind) as i32,
+            }),
             ClientReply::Result { task_id, body } => {
                 let body = match body {
                     ResultBody::Stats(s) => pb::task_result::Body::Stats(pb::StatsResult {
@@ -476,6 +479,35 @@ impl From<&ClientReply> for pb::ClientMessage {
             }
         };
         pb::ClientMessage { body: Some(body) }
+    }
+}
+
+impl From<RefusalKind> for pb::RefusalKind {
+    fn from(k: RefusalKind) -> Self {
+        match k {
+            RefusalKind::Other => pb::RefusalKind::Other,
+            RefusalKind::BudgetExhausted => pb::RefusalKind::BudgetExhausted,
+            RefusalKind::ResultLost => pb::RefusalKind::ResultLost,
+            RefusalKind::Policy => pb::RefusalKind::Policy,
+        }
+    }
+}
+
+/// A refusal; an unknown kind (from a newer client) is treated as
+/// [`RefusalKind::Other`], which only means the coordinator may retry.
+impl From<pb::TaskRefusal> for ClientReply {
+    fn from(r: pb::TaskRefusal) -> Self {
+        let kind = match pb::RefusalKind::try_from(r.kind) {
+            Ok(pb::RefusalKind::BudgetExhausted) => RefusalKind::BudgetExhausted,
+            Ok(pb::RefusalKind::ResultLost) => RefusalKind::ResultLost,
+            Ok(pb::RefusalKind::Policy) => RefusalKind::Policy,
+            Ok(pb::RefusalKind::Other) | Err(_) => RefusalKind::Other,
+        };
+        ClientReply::Refusal {
+            task_id: r.task_id,
+            reason: r.reason,
+            kind,
+        }
     }
 }
 

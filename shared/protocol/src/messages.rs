@@ -240,7 +240,44 @@ pub enum ClientReply {
         task_id: String,
         /// Why.
         reason: String,
+        /// Whether asking again can help.
+        kind: RefusalKind,
     },
+}
+
+/// Why a client refused a task, as far as the coordinator must act on it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    /// Anything else: a retry may succeed.
+    #[default]
+    Other,
+    /// The partner's privacy budget would be exceeded: no retry can succeed.
+    BudgetExhausted,
+    /// Charged in the partner's ledger, but the result was lost (a restart):
+    /// asking again, under any task id, would charge twice.
+    ResultLost,
+    /// The partner's policy forbids the task (no budget, DP required).
+    Policy,
+}
+
+impl RefusalKind {
+    /// True when no retry in this run can succeed for this partner.
+    pub fn is_permanent(self) -> bool {
+        matches!(self, RefusalKind::BudgetExhausted | RefusalKind::Policy)
+    }
+
+    /// Short name for logs, status and summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::Other => "other",
+            RefusalKind::BudgetExhausted => "budget_exhausted",
+            RefusalKind::ResultLost => "result_lost",
+            RefusalKind::Policy => "policy",
+        }
+    }
 }
 
 impl ClientReply {
