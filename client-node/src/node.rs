@@ -250,6 +250,8 @@ pub struct Node {
     /// Training results by task id: a task sent again is answered from here,
     /// never trained (or charged) twice.
     answered: HashMap<String, ClientReply>,
+    /// Runs whose DP-SGD plan was already assessed (warned once per run).
+    warned_runs: std::collections::HashSet<String>,
 }
 
 impl Node {
@@ -295,6 +297,7 @@ impl Node {
             require_dp: privacy.is_some_and(|p| p.require_dp),
             calibrated: HashMap::new(),
             answered: HashMap::new(),
+            warned_runs: Default::default(),
         })
     }
 
@@ -571,6 +574,18 @@ impl Node {
             train.learning_rate,
             &mut self.calibrated,
         )?;
+        if self.warned_runs.insert(task.run_id.clone()) {
+            let warnings = fedprofile_privacy::utility::assess_dp_sgd(
+                self.train.dataset.len(),
+                train.batch_size as usize,
+                plan.params.sampling_rate(),
+                plan.charge.sigma,
+                train.model.params.len(),
+            );
+            for w in warnings {
+                tracing::warn!(run_id = %task.run_id, kind = w.kind(), "{w}");
+            }
+        }
         let guard = self.guard.as_mut().ok_or(PrivacyRefusal::NoBudget)?;
         let entry = guard.charge(
             &task.run_id,

@@ -777,7 +777,7 @@ impl RunObserver for DaemonObserver {
             log_loss: r.metrics.map(|m| m.log_loss),
             epsilon: r.epsilon,
             quality: r.quality.as_ref().map(report::headline).unwrap_or_default(),
-            message: String::new(),
+            message: report::round_notes(r),
         });
     }
 

@@ -56,24 +56,16 @@ impl RunObserver for ProgressPrinter {
             .epsilon
             .map(|e| format!(" | ε {e:.3}"))
             .unwrap_or_default();
-        let mut refused = String::new();
-        if !r.refusals.is_empty() {
-            let who: Vec<String> = r
-                .refusals
-                .iter()
-                .map(|x| format!("{} ({})", x.client, x.kind.as_str()))
-                .collect();
-            refused = format!(" | refused: {}", who.join(", "));
-        }
-        let skipped = if r.skipped.is_some() {
-            " | no update (results lost in a restart)"
+        let notes = round_notes(r);
+        let notes = if notes.is_empty() {
+            notes
         } else {
-            ""
+            format!(" | {notes}")
         };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "round {:>3}/{} | clients {}/{} | {metrics}{epsilon}{refused}{skipped} | {:.0} ms",
+            "round {:>3}/{} | clients {}/{} | {metrics}{epsilon}{notes} | {:.0} ms",
             r.round, run.rounds, r.accepted, r.selected, r.round_ms
         );
         let _ = out.flush();
@@ -84,6 +76,24 @@ impl RunObserver for ProgressPrinter {
         let _ = writeln!(out, "{message}");
         let _ = out.flush();
     }
+}
+
+/// What a round's progress line and `run watch` say beyond the metrics: who
+/// refused and why (kind), and whether the round changed nothing.
+pub fn round_notes(r: &RoundRecord) -> String {
+    let mut parts = Vec::new();
+    if !r.refusals.is_empty() {
+        let who: Vec<String> = r
+            .refusals
+            .iter()
+            .map(|x| format!("{} ({}: {})", x.client, x.kind.as_str(), x.reason))
+            .collect();
+        parts.push(format!("refused: {}", who.join("; ")));
+    }
+    if r.skipped.is_some() {
+        parts.push("no update (results charged and lost in a restart)".to_string());
+    }
+    parts.join(" | ")
 }
 
 /// One line of the pooled metrics of a linear, softmax or k-means model.

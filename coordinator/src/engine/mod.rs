@@ -494,6 +494,10 @@ impl Run {
                     if let Some(clip) = self.resume.as_ref().and_then(|c| c.server_clip_norm) {
                         server_dp.set_clip_norm(clip);
                     }
+                    self.observer.note(&format!(
+                        "client-level DP: each connected client is sampled with probability {} per round (Poisson, from a CSPRNG; the run file's seed and clients.min_per_round do not change who is sampled), and that rate is charged",
+                        server_dp.sampling_rate()
+                    ));
                     self.server_dp = Some(server_dp);
                 }
                 Err(e) => state = State::Failed(e.to_string()),
