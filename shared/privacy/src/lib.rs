@@ -29,7 +29,7 @@ pub mod mechanism;
 pub mod pld;
 pub mod rdp;
 
-pub use accountant::{Accountant, AccountantKind, Charge, MechanismKind, Report};
+pub use accountant::{Accountant, AccountantKind, Charge, Composition, MechanismKind, Report};
 pub use budget::{Decision, PrivacyBudget, would_exceed};
 pub use error::PrivacyError;
 pub use ledger::{Ledger, LedgerEntry, LedgerError, VerifiedLedger};
