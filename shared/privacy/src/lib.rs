@@ -28,9 +28,11 @@ mod math;
 pub mod mechanism;
 pub mod pld;
 pub mod rdp;
+pub mod utility;
 
 pub use accountant::{Accountant, AccountantKind, Charge, Composition, MechanismKind, Report};
 pub use budget::{Decision, PrivacyBudget, would_exceed};
 pub use error::PrivacyError;
 pub use ledger::{Ledger, LedgerEntry, LedgerError, VerifiedLedger};
 pub use mechanism::{GaussianMechanism, L2Clip, SubsampledGaussianMechanism};
+pub use utility::{UtilityWarning, assess_dp_sgd, dp_sgd_signal_to_noise};
