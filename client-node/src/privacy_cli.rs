@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
-use fedprofile_privacy::{Accountant, AccountantKind, Charge, Report};
+use fedprofile_privacy::ledger::Ledger;
+use fedprofile_privacy::{Accountant, AccountantKind, Charge, Report, UtilityWarning};
 use fedprofile_protocol::messages::RecordDpTask;
 use fedprofile_protocol::run::{PrivacyMode, RecordNoise, RunConfig};
 use serde::Serialize;
@@ -78,9 +79,15 @@ pub enum LedgerCommand {
         json: bool,
     },
     /// Checks the hash chain; exits non-zero naming the first bad line.
+    ///
+    /// A missing or empty ledger is an error (a ledger that should hold
+    /// charges may have been lost) unless --allow-empty is given.
     Verify {
         /// The ledger file.
         file: PathBuf,
+        /// Accept a missing or empty ledger (it holds nothing: exit 0).
+        #[arg(long)]
+        allow_empty: bool,
     },
 }
 
@@ -114,6 +121,10 @@ pub struct CostArgs {
     /// This partner's client config.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// With --run: the ledger to compose the run with, instead of the one in
+    /// the config's [privacy] section.
+    #[arg(long, requires = "run")]
+    ledger: Option<PathBuf>,
     /// Report this accountant's figure instead of the tighter one.
     #[arg(long, value_enum)]
     accountant: Option<AccountantChoice>,
@@ -132,6 +143,44 @@ struct CostOutput {
     pld_epsilon: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     plan: Option<RunPlan>,
+    /// With --run: the run composed with the partner's ledger.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    budget: Option<BudgetCheck>,
+    /// With --run: why the plan may learn little (DP-SGD families).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<Vec<WarningOutput>>,
+}
+
+/// A run composed with what the partner's ledger already holds.
+#[derive(Debug, Clone, Serialize)]
+struct BudgetCheck {
+    /// The ledger read (absent: nothing spent).
+    ledger: Option<PathBuf>,
+    /// Whether the ledger file exists (a missing ledger has spent nothing).
+    ledger_exists: bool,
+    /// Charged tasks in the ledger.
+    ledger_entries: usize,
+    /// Epsilon of everything the ledger holds.
+    spent_epsilon: f64,
+    /// Epsilon of this run alone.
+    run_epsilon: f64,
+    /// Epsilon of the ledger's charges composed with the run's (not a sum).
+    total_epsilon: f64,
+    /// The partner's budget, if its config has one.
+    budget_epsilon: Option<f64>,
+    /// Budget minus what is spent already.
+    budget_left: Option<f64>,
+    /// Budget minus the total after the run (negative: it does not fit).
+    budget_left_after_run: Option<f64>,
+    /// Whether the total stays within the budget.
+    fits: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct WarningOutput {
+    message: String,
+    #[serde(flatten)]
+    detail: UtilityWarning,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -201,8 +250,23 @@ pub fn run(command: PrivacyCommand) -> Result<(), String> {
             }
             Ok(())
         }
-        PrivacyCommand::Ledger(LedgerCommand::Verify { file }) => {
+        PrivacyCommand::Ledger(LedgerCommand::Verify { file, allow_empty }) => {
+            let exists = file.exists();
             let verified = fedprofile_privacy::ledger::verify(&file).map_err(|e| e.to_string())?;
+            if verified.entries.is_empty() {
+                let what = if exists { "is empty" } else { "does not exist" };
+                if !allow_empty {
+                    return Err(format!(
+                        "the ledger {} {what}: there is no charged task to verify (pass --allow-empty if no charge is expected yet)",
+                        file.display()
+                    ));
+                }
+                println!(
+                    "{}: the ledger {what}: no charged tasks, nothing spent",
+                    file.display()
+                );
+                return Ok(());
+            }
             let spent = verified
                 .entries
                 .last()
@@ -255,11 +319,26 @@ pub fn run(command: PrivacyCommand) -> Result<(), String> {
 }
 
 fn cost(args: CostArgs) -> Result<(), String> {
-    let (charges, delta, plan) = match (&args.run, args.sampling_rate) {
+    let (charges, delta, plan, budget, warnings) = match (&args.run, args.sampling_rate) {
         (Some(run), _) => {
             let config_path = args.config.as_deref().ok_or("--run needs --config")?;
-            let (charges, delta, plan) = run_charges(run, config_path)?;
-            (charges, delta, Some(plan))
+            let run = run_charges(run, config_path, args.ledger.as_deref())?;
+            let check = budget_check(&run)?;
+            let warnings = run
+                .warnings
+                .iter()
+                .map(|w| WarningOutput {
+                    message: w.to_string(),
+                    detail: w.clone(),
+                })
+                .collect();
+            (
+                run.charges,
+                run.delta,
+                Some(run.plan),
+                Some(check),
+                Some(warnings),
+            )
         }
         (None, Some(q)) => {
             let (Some(z), Some(steps), Some(delta)) =
@@ -268,7 +347,7 @@ fn cost(args: CostArgs) -> Result<(), String> {
                 return Err("--sampling-rate needs --noise-multiplier, --steps and --delta".into());
             };
             let charge = Charge::subsampled_gaussian(q, z, steps).map_err(|e| e.to_string())?;
-            (vec![charge], delta, None)
+            (vec![charge], delta, None, None, None)
         }
         (None, None) => {
             return Err("give either --run RUN.toml --config CLIENT.toml, or --sampling-rate, --noise-multiplier, --steps and --delta".into());
@@ -286,6 +365,8 @@ fn cost(args: CostArgs) -> Result<(), String> {
         rdp_order: report.rdp_order,
         pld_epsilon: report.pld_epsilon,
         plan,
+        budget,
+        warnings,
     };
     if args.json {
         println!(
@@ -313,13 +394,112 @@ fn cost(args: CostArgs) -> Result<(), String> {
                 p.epsilon_per_round
             );
         }
+        if let Some(b) = &output.budget {
+            print_budget(b);
+        }
+        for w in output.warnings.iter().flatten() {
+            eprintln!("warning: {}", w.message);
+        }
     }
-    Ok(())
+    match &output.budget {
+        Some(b) if b.fits == Some(false) => Err(does_not_fit(b, output.plan.as_ref())),
+        _ => Ok(()),
+    }
+}
+
+fn print_budget(b: &BudgetCheck) {
+    match &b.ledger {
+        Some(path) if !b.ledger_exists => println!(
+            "ledger {} does not exist yet: nothing spent so far",
+            path.display()
+        ),
+        Some(path) => println!(
+            "ledger {}: {} charged tasks, spent so far epsilon {:.4}",
+            path.display(),
+            b.ledger_entries,
+            b.spent_epsilon
+        ),
+        None => println!("no ledger ([privacy] section absent): nothing spent so far"),
+    }
+    println!(
+        "this run alone: epsilon {:.4}; total after the run: epsilon {:.4} (the ledger's charges composed with the run's)",
+        b.run_epsilon, b.total_epsilon
+    );
+    match (b.budget_epsilon, b.budget_left, b.budget_left_after_run) {
+        (Some(budget), Some(left), Some(after)) => println!(
+            "budget epsilon {budget}: {left:.4} left now, {after:.4} left after the run{}",
+            if b.fits == Some(true) {
+                ""
+            } else {
+                " (does not fit)"
+            }
+        ),
+        _ => println!("no budget: the client config has no [privacy] section"),
+    }
+}
+
+fn does_not_fit(b: &BudgetCheck, plan: Option<&RunPlan>) -> String {
+    let rounds = plan.map_or(String::from("its"), |p| format!("its {}", p.rounds));
+    format!(
+        "this run does not fit the budget: {rounds} rounds would bring epsilon to {:.4} above the budget {}; {:.4} spent so far ({} charged tasks in the ledger)",
+        b.total_epsilon,
+        b.budget_epsilon.unwrap_or(f64::NAN),
+        b.spent_epsilon,
+        b.ledger_entries
+    )
+}
+
+/// Composes the run's charges with what the partner's ledger holds, at the
+/// run's delta (the budget's, when the partner has one).
+fn budget_check(run: &PlannedRun) -> Result<BudgetCheck, String> {
+    let ledger = match &run.ledger {
+        Some(path) => Some(Ledger::open(path.clone()).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let epsilon_of = |charges: &[Charge]| -> Result<f64, String> {
+        match &ledger {
+            Some(l) => l.epsilon_with(charges, run.delta),
+            None => Accountant::default()
+                .epsilon(charges, run.delta)
+                .map(|r| r.epsilon),
+        }
+        .map_err(|e| e.to_string())
+    };
+    let spent = epsilon_of(&[])?;
+    let total = epsilon_of(&run.charges)?;
+    let run_epsilon = Accountant::default()
+        .epsilon(&run.charges, run.delta)
+        .map_err(|e| e.to_string())?
+        .epsilon;
+    Ok(BudgetCheck {
+        ledger: run.ledger.clone(),
+        ledger_exists: run.ledger.as_ref().is_some_and(|p| p.exists()),
+        ledger_entries: ledger.as_ref().map_or(0, |l| l.entries().len()),
+        spent_epsilon: spent,
+        run_epsilon,
+        total_epsilon: total,
+        budget_epsilon: run.budget,
+        budget_left: run.budget.map(|b| b - spent),
+        budget_left_after_run: run.budget.map(|b| b - total),
+        fits: run.budget.map(|b| total <= b),
+    })
+}
+
+/// A run as this partner would execute it.
+struct PlannedRun {
+    charges: Vec<Charge>,
+    delta: f64,
+    plan: RunPlan,
+    /// The partner's ledger (from --ledger or the config's [privacy] section).
+    ledger: Option<PathBuf>,
+    /// The partner's budget epsilon.
+    budget: Option<f64>,
+    warnings: Vec<UtilityWarning>,
 }
 
 /// The per-round charges a run would make on this partner, exactly as its ledger
 /// would record them.
-fn run_charges(run: &Path, config: &Path) -> Result<(Vec<Charge>, f64, RunPlan), String> {
+fn run_charges(run: &Path, config: &Path, ledger: Option<&Path>) -> Result<PlannedRun, String> {
     let run = RunConfig::from_path(run).map_err(|e| e.to_string())?;
     let config = ClientConfig::from_path(config).map_err(|e| e.to_string())?;
     let PrivacyMode::Record(record) = run.privacy else {
@@ -349,6 +529,7 @@ fn run_charges(run: &Path, config: &Path) -> Result<(Vec<Charge>, f64, RunPlan),
     let delta = config.privacy.as_ref().map_or(record.delta, |p| p.delta);
     // k-means: one Gaussian release of all rows' cluster sums and counts per
     // round (q 1, one step); the other families: DP-SGD steps.
+    let mut warnings = Vec::new();
     let (charge, sampling_rate, noise_multiplier) =
         if run.model == fedprofile_learning::ModelFamily::KMeans {
             let plan = crate::privacy::plan_kmeans(&task, &mut HashMap::new())
@@ -364,7 +545,15 @@ fn run_charges(run: &Path, config: &Path) -> Result<(Vec<Charge>, f64, RunPlan),
                 &mut HashMap::new(),
             )
             .map_err(|e| e.to_string())?;
-            (plan.charge, plan.params.sampling_rate(), plan.charge.sigma)
+            let q = plan.params.sampling_rate();
+            warnings = fedprofile_privacy::assess_dp_sgd(
+                examples,
+                run.batch_size as usize,
+                q,
+                plan.charge.sigma,
+                parameter_count(&schema, run.model),
+            );
+            (plan.charge, q, plan.charge.sigma)
         };
     let per_round = Accountant::default()
         .epsilon(&[charge], delta)
@@ -379,7 +568,31 @@ fn run_charges(run: &Path, config: &Path) -> Result<(Vec<Charge>, f64, RunPlan),
         clip_norm: record.clip_norm,
         epsilon_per_round: per_round,
     };
-    Ok((vec![charge; run.rounds as usize], delta, summary))
+    Ok(PlannedRun {
+        charges: vec![charge; run.rounds as usize],
+        delta,
+        plan: summary,
+        ledger: ledger
+            .map(Path::to_path_buf)
+            .or_else(|| config.privacy.as_ref().map(|p| p.ledger.clone())),
+        budget: config.privacy.as_ref().map(|p| p.epsilon),
+        warnings,
+    })
+}
+
+/// Parameters of a gradient-trained model on this schema: the encoded
+/// features plus the intercept, once per class for softmax regression.
+fn parameter_count(
+    schema: &fedprofile_data::Schema,
+    model: fedprofile_learning::ModelFamily,
+) -> usize {
+    let per_output = schema.feature_template().dim() + 1;
+    match model {
+        fedprofile_learning::ModelFamily::SoftmaxRegression => {
+            per_output * schema.label_classes().map_or(1, <[String]>::len).max(1)
+        }
+        _ => per_output,
+    }
 }
 
 fn report(

@@ -45,6 +45,14 @@ pub enum PrivacyError {
     /// The number of steps is zero where at least one is needed.
     #[error("steps must be at least 1 (got {0})")]
     InvalidSteps(u64),
+    /// The total number of steps of a group of charges does not fit in a `u64`.
+    #[error("the composition would have more than 2^64 - 1 steps ({steps} plus {more})")]
+    TooManySteps {
+        /// Steps already in the group.
+        steps: u64,
+        /// Steps of the charge being added.
+        more: u64,
+    },
     /// The sensitivity (input distance) is not supported by the mechanism.
     #[error("input distance {d_in} is not supported: {reason}")]
     UnsupportedDistance {

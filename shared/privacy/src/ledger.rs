@@ -12,15 +12,17 @@
 //! [`crate::accountant`] (cost of the charge alone, and of the composition of
 //! every charge in the ledger).
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::accountant::{Accountant, Charge, MechanismKind};
+use crate::accountant::{Accountant, Charge, Composition, MechanismKind};
 use crate::error::PrivacyError;
 
 /// `prev_hash` of the first line.
@@ -261,49 +263,74 @@ fn chain_hint(entries: &[LedgerEntry], line_idx: usize, found: &str) -> String {
 /// genesis hash, and uniqueness of task ids. Names the first bad line (1-based).
 /// A missing file is an empty ledger.
 pub fn verify(path: impl AsRef<Path>) -> Result<VerifiedLedger, LedgerError> {
-    let path = path.as_ref();
+    verify_with_state(path.as_ref()).map(|(verified, _)| verified)
+}
+
+/// What this process knows of the file it last read or wrote: its length and
+/// modification time. Another writer changes at least one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileState {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileState {
+    /// The state of the file at `path` (length 0 if it does not exist).
+    fn of(path: &Path) -> Result<FileState, LedgerError> {
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(FileState {
+                len: m.len(),
+                modified: m.modified().ok(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileState {
+                len: 0,
+                modified: None,
+            }),
+            Err(source) => Err(LedgerError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+}
+
+/// [`verify`], also returning the state of the file as read: its length is
+/// the number of bytes verified, its time the one seen before reading.
+fn verify_with_state(path: &Path) -> Result<(VerifiedLedger, FileState), LedgerError> {
     let io_err = |source| LedgerError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let file = match File::open(path) {
+    let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(VerifiedLedger {
-                entries: Vec::new(),
-                head_hash: GENESIS_HASH.to_string(),
-            });
+            return Ok((
+                VerifiedLedger {
+                    entries: Vec::new(),
+                    head_hash: GENESIS_HASH.to_string(),
+                },
+                FileState {
+                    len: 0,
+                    modified: None,
+                },
+            ));
         }
         Err(e) => return Err(io_err(e)),
     };
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .collect::<Result<_, _>>()
-        .map_err(io_err)?;
+    let modified = file.metadata().map_err(io_err)?.modified().ok();
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io_err)?;
+    let state = FileState {
+        len: text.len() as u64,
+        modified,
+    };
     // Parse and hash every line first, so chain hints can look ahead.
-    let mut entries = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
-        let n = i + 1;
-        let entry: LedgerEntry =
-            serde_json::from_str(line).map_err(|e| LedgerError::Malformed {
-                line: n,
-                reason: e.to_string(),
-            })?;
-        let (canonical, stored) = split_hash(line).ok_or_else(|| LedgerError::Malformed {
-            line: n,
-            reason: "the line does not end with a 64-digit hex \"hash\" member".to_string(),
-        })?;
-        let computed = sha256_hex(canonical.as_bytes());
-        if computed != stored || entry.hash != stored {
-            return Err(LedgerError::HashMismatch {
-                line: n,
-                stored: stored.to_string(),
-                computed,
-            });
-        }
-        entries.push(entry);
+    let mut entries = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        entries.push(parse_line(line, i + 1)?);
     }
     let mut expected = GENESIS_HASH.to_string();
+    let mut first_line: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
         if e.prev_hash != expected {
             return Err(LedgerError::BrokenChain {
@@ -313,38 +340,111 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifiedLedger, LedgerError> {
                 hint: chain_hint(&entries, i, &e.prev_hash),
             });
         }
-        if let Some(j) = entries[..i].iter().position(|p| p.task_id == e.task_id) {
+        if let Some(&j) = first_line.get(e.task_id.as_str()) {
             return Err(LedgerError::DuplicateTask {
                 line: i + 1,
                 task_id: e.task_id.clone(),
                 first_line: j + 1,
             });
         }
+        first_line.insert(&e.task_id, i);
         expected = e.hash.clone();
     }
-    Ok(VerifiedLedger {
-        entries,
-        head_hash: expected,
-    })
+    Ok((
+        VerifiedLedger {
+            entries,
+            head_hash: expected,
+        },
+        state,
+    ))
+}
+
+/// Parses line `n` (1-based) and checks that its content hashes to its `hash`.
+fn parse_line(line: &str, n: usize) -> Result<LedgerEntry, LedgerError> {
+    let entry: LedgerEntry = serde_json::from_str(line).map_err(|e| LedgerError::Malformed {
+        line: n,
+        reason: e.to_string(),
+    })?;
+    let (canonical, stored) = split_hash(line).ok_or_else(|| LedgerError::Malformed {
+        line: n,
+        reason: "the line does not end with a 64-digit hex \"hash\" member".to_string(),
+    })?;
+    let computed = sha256_hex(canonical.as_bytes());
+    if computed != stored || entry.hash != stored {
+        return Err(LedgerError::HashMismatch {
+            line: n,
+            stored: stored.to_string(),
+            computed,
+        });
+    }
+    Ok(entry)
+}
+
+/// The last line of the first `len` bytes of `file` (without its newline),
+/// read backwards in growing chunks; `None` if it is not UTF-8.
+fn last_line(file: &mut File, len: u64) -> std::io::Result<Option<String>> {
+    let mut chunk: u64 = 4096;
+    loop {
+        let from = len.saturating_sub(chunk);
+        file.seek(SeekFrom::Start(from))?;
+        let mut buf = vec![0; usize::try_from(len - from).unwrap_or(usize::MAX)];
+        file.read_exact(&mut buf)?;
+        let body = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let body = body.strip_suffix(b"\r").unwrap_or(body);
+        if let Some(pos) = body.iter().rposition(|&b| b == b'\n') {
+            return Ok(String::from_utf8(body[pos + 1..].to_vec()).ok());
+        }
+        if from == 0 {
+            return Ok(String::from_utf8(body.to_vec()).ok());
+        }
+        chunk = chunk.saturating_mul(4);
+    }
 }
 
 /// An open ledger file (single writer).
+///
+/// It holds the incremental composition of every charge in the file
+/// ([`Composition`], built once when the file is opened and verified), so an
+/// append costs one PLD per distinct (q, sigma) in the ledger, not a
+/// recomposition of the whole history. Before each append it checks cheaply
+/// that no other writer touched the file: same length and modification time
+/// as after its own last read or write, and a last line that hashes to the
+/// head hash it holds; if the length or time differ, the whole file is
+/// verified again and must still end at that head. (An edit of an earlier
+/// line that keeps the file's length and lands within the file system's
+/// time granularity of our own write is only found by [`verify`] or the
+/// next [`Ledger::open`].)
 #[derive(Debug)]
 pub struct Ledger {
     path: PathBuf,
     verified: VerifiedLedger,
     accountant: Accountant,
+    composition: Composition,
+    /// Index in `verified.entries` of each task id.
+    tasks: HashMap<String, usize>,
+    /// The file as this ledger last read or wrote it.
+    file: FileState,
 }
 
 impl Ledger {
     /// Opens (and verifies) the ledger at `path`; a missing file is created on first append.
     pub fn open(path: impl Into<PathBuf>) -> Result<Ledger, LedgerError> {
         let path = path.into();
-        let verified = verify(&path)?;
+        let (verified, file) = verify_with_state(&path)?;
+        let accountant = Accountant::default();
+        let mut composition = accountant.composition();
+        let mut tasks = HashMap::with_capacity(verified.entries.len());
+        for (i, e) in verified.entries.iter().enumerate() {
+            composition.push(e.charge())?;
+            tasks.insert(e.task_id.clone(), i);
+        }
         Ok(Ledger {
             path,
             verified,
-            accountant: Accountant::default(),
+            accountant,
+            composition,
+            tasks,
+            file,
         })
     }
 
@@ -358,6 +458,18 @@ impl Ledger {
         self.verified.charges()
     }
 
+    /// The composition of every charge recorded so far.
+    pub fn composition(&self) -> &Composition {
+        &self.composition
+    }
+
+    /// The entry of `task_id`, if it was charged.
+    pub fn entry_of(&self, task_id: &str) -> Option<&LedgerEntry> {
+        self.tasks
+            .get(task_id)
+            .and_then(|&i| self.verified.entries.get(i))
+    }
+
     /// Hash of the last line.
     pub fn head_hash(&self) -> &str {
         &self.verified.head_hash
@@ -366,35 +478,23 @@ impl Ledger {
     /// Records a charged task: computes its cost and the cumulative cost with
     /// the accountant, writes one line and fsyncs. A task id already in the
     /// ledger is never charged twice: its existing entry is returned.
-    /// The file is re-verified first; a change by another writer is an error.
+    /// A change of the file by another writer is an error.
     pub fn append(&mut self, record: ChargeRecord) -> Result<Appended, LedgerError> {
         if let Some(existing) = self.prepare(&record)? {
             return Ok(Appended::Existing(existing));
         }
-        let mut all = self.charges();
-        all.push(record.charge);
-        let cumulative = self.accountant.epsilon(&all, record.delta)?.epsilon;
-        self.write_entry(record, cumulative)
+        let mut next = self.composition.clone();
+        next.push(record.charge)?;
+        let cumulative = next.epsilon(record.delta)?.epsilon;
+        self.write_entry(record, cumulative, next)
     }
 
     /// Checks shared by every append: the file is unchanged by another writer,
     /// and the record is valid. Returns the existing entry when the task was
     /// already charged (it is never charged twice).
-    fn prepare(&self, record: &ChargeRecord) -> Result<Option<LedgerEntry>, LedgerError> {
-        let on_disk = verify(&self.path)?;
-        if on_disk.head_hash != self.verified.head_hash {
-            return Err(LedgerError::ConcurrentModification {
-                path: self.path.clone(),
-                expected: self.verified.head_hash.clone(),
-                found: on_disk.head_hash,
-            });
-        }
-        if let Some(e) = self
-            .verified
-            .entries
-            .iter()
-            .find(|e| e.task_id == record.task_id)
-        {
+    fn prepare(&mut self, record: &ChargeRecord) -> Result<Option<LedgerEntry>, LedgerError> {
+        self.check_unchanged()?;
+        if let Some(e) = self.entry_of(&record.task_id) {
             return Ok(Some(e.clone()));
         }
         record.charge.validate()?;
@@ -404,9 +504,58 @@ impl Ledger {
         Ok(None)
     }
 
+    /// Errors if the file is not the one this ledger last read or wrote.
+    fn check_unchanged(&mut self) -> Result<(), LedgerError> {
+        let now = FileState::of(&self.path)?;
+        if now == self.file && self.last_line_is_head()? {
+            return Ok(());
+        }
+        // Touched, or rewritten: verify everything; it must still end at our head.
+        let (on_disk, state) = verify_with_state(&self.path)?;
+        if on_disk.head_hash != self.verified.head_hash
+            || on_disk.entries.len() != self.verified.entries.len()
+        {
+            return Err(LedgerError::ConcurrentModification {
+                path: self.path.clone(),
+                expected: self.verified.head_hash.clone(),
+                found: on_disk.head_hash,
+            });
+        }
+        self.file = state;
+        Ok(())
+    }
+
+    /// Whether the file's last line hashes to the head hash held in memory
+    /// (an empty ledger: whether the file is empty or absent).
+    fn last_line_is_head(&self) -> Result<bool, LedgerError> {
+        if self.file.len == 0 {
+            return Ok(self.verified.entries.is_empty());
+        }
+        let io_err = |source| LedgerError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = File::open(&self.path).map_err(io_err)?;
+        let Some(line) = last_line(&mut file, self.file.len).map_err(io_err)? else {
+            return Ok(false);
+        };
+        Ok(parse_line(&line, self.verified.entries.len())
+            .is_ok_and(|e| e.hash == self.verified.head_hash))
+    }
+
     /// The epsilon of `charges` at `delta`, by this ledger's accountant.
     pub fn epsilon_of(&self, charges: &[Charge], delta: f64) -> Result<f64, PrivacyError> {
         Ok(self.accountant.epsilon(charges, delta)?.epsilon)
+    }
+
+    /// The epsilon at `delta` of everything the ledger holds composed with
+    /// `charges` (e.g. a planned run), without writing anything.
+    pub fn epsilon_with(&self, charges: &[Charge], delta: f64) -> Result<f64, PrivacyError> {
+        let mut next = self.composition.clone();
+        for c in charges {
+            next.push(*c)?;
+        }
+        Ok(next.epsilon(delta)?.epsilon)
     }
 
     /// Appends `record` only if everything the ledger holds composed with it stays
@@ -423,19 +572,21 @@ impl Ledger {
             return Ok(Guarded::Charged(Appended::Existing(existing)));
         }
         record.delta = budget.delta();
-        let mut all = self.charges();
-        all.push(record.charge);
-        let cumulative = self.accountant.epsilon(&all, record.delta)?.epsilon;
+        let mut next = self.composition.clone();
+        next.push(record.charge)?;
+        let cumulative = next.epsilon(record.delta)?.epsilon;
         if cumulative > budget.epsilon() {
             return Ok(Guarded::Refused { after: cumulative });
         }
-        self.write_entry(record, cumulative).map(Guarded::Charged)
+        self.write_entry(record, cumulative, next)
+            .map(Guarded::Charged)
     }
 
     fn write_entry(
         &mut self,
         record: ChargeRecord,
         cumulative: f64,
+        composition: Composition,
     ) -> Result<Appended, LedgerError> {
         let cost = self
             .accountant
@@ -478,6 +629,12 @@ impl Ledger {
             .map_err(io_err)?;
         file.write_all(line.as_bytes()).map_err(io_err)?;
         file.sync_all().map_err(io_err)?;
+        // Our own write: the length we expect next time is ours plus this line
+        // (if another writer slipped in, the next check sees a different length).
+        self.file = FileState {
+            len: self.file.len + line.len() as u64,
+            modified: file.metadata().map_err(io_err)?.modified().ok(),
+        };
         let entry = LedgerEntry {
             run_id: record.run_id,
             round: record.round,
@@ -493,8 +650,11 @@ impl Ledger {
             prev_hash: self.verified.head_hash.clone(),
             hash: hash.clone(),
         };
+        self.tasks
+            .insert(entry.task_id.clone(), self.verified.entries.len());
         self.verified.entries.push(entry.clone());
         self.verified.head_hash = hash;
+        self.composition = composition;
         Ok(Appended::New(entry))
     }
 }
@@ -728,5 +888,92 @@ mod tests {
             matches!(err, LedgerError::ConcurrentModification { .. }),
             "{err}"
         );
+    }
+
+    fn rehash(line: &str) -> String {
+        let (canonical, _) = split_hash(line).unwrap();
+        let h = sha256_hex(canonical.as_bytes());
+        format!(
+            "{},\"hash\":\"{h}\"}}",
+            canonical.strip_suffix('}').unwrap()
+        )
+    }
+
+    #[test]
+    fn detects_duplicate_task_in_a_valid_chain() {
+        let (_d, path) = ledger_with(3);
+        let mut l = lines(&path);
+        l[2] = rehash(&l[2].replace("task-2", "task-0"));
+        write(&path, &l);
+        let err = verify(&path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LedgerError::DuplicateTask {
+                    line: 3,
+                    first_line: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(Ledger::open(&path).is_err());
+    }
+
+    #[test]
+    fn cumulative_is_the_accountants_figure_for_the_whole_file_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let kinds = [
+            Charge::subsampled_gaussian(0.09, 1.0, 40).unwrap(),
+            Charge::subsampled_gaussian(1.0, 4.0, 1).unwrap(),
+            Charge::subsampled_gaussian(0.2, 2.0, 5).unwrap(),
+        ];
+        for i in 0..12 {
+            // Reopen every third append: the state is rebuilt from the file.
+            let mut l = Ledger::open(&path).unwrap();
+            let mut rec = record(&format!("t{i}"), i);
+            rec.charge = kinds[i as usize % kinds.len()];
+            let e = l.append(rec).unwrap().entry().clone();
+            let all = verify(&path).unwrap().charges();
+            let full = Accountant::default().epsilon(&all, 1e-5).unwrap().epsilon;
+            assert_eq!(e.cumulative_epsilon, full, "after {} charges", i + 1);
+            assert_eq!(l.epsilon_with(&[], 1e-5).unwrap(), full);
+            assert_eq!(l.composition().len(), all.len());
+        }
+    }
+
+    #[test]
+    fn an_open_ledger_refuses_to_append_after_its_last_line_was_edited() {
+        let (_d, path) = ledger_with(2);
+        let mut ledger = Ledger::open(&path).unwrap();
+        ledger.append(record("task-2", 2)).unwrap();
+        // Same length, so only the content (and the time) tell.
+        let mut l = lines(&path);
+        l[2] = l[2].replace("\"sigma\":2.0", "\"sigma\":2.5");
+        write(&path, &l);
+        let err = ledger.append(record("task-3", 3)).unwrap_err();
+        assert!(
+            matches!(err, LedgerError::HashMismatch { line: 3, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_touched_but_unchanged_file_is_verified_again_and_accepted() {
+        let (_d, path) = ledger_with(2);
+        let mut ledger = Ledger::open(&path).unwrap();
+        let f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH).unwrap();
+        drop(f);
+        assert!(matches!(
+            ledger.append(record("task-2", 2)).unwrap(),
+            Appended::New(_)
+        ));
+        assert!(matches!(
+            ledger.append(record("task-3", 3)).unwrap(),
+            Appended::New(_)
+        ));
+        assert_eq!(verify(&path).unwrap().entries.len(), 4);
     }
 }

@@ -29,8 +29,9 @@ pub mod mechanism;
 pub mod pld;
 pub mod rdp;
 pub mod sampling;
+pub mod utility;
 
-pub use accountant::{Accountant, AccountantKind, Charge, MechanismKind, Report};
+pub use accountant::{Accountant, AccountantKind, Charge, Composition, MechanismKind, Report};
 pub use budget::{Decision, PrivacyBudget, would_exceed};
 pub use error::PrivacyError;
 pub use ledger::{Ledger, LedgerEntry, LedgerError, VerifiedLedger};
@@ -38,3 +39,4 @@ pub use mechanism::{
     AdaptiveClippingMechanism, GaussianMechanism, L2Clip, NoisedCount, SubsampledGaussianMechanism,
 };
 pub use sampling::PoissonSampling;
+pub use utility::{UtilityWarning, assess_dp_sgd, dp_sgd_signal_to_noise};

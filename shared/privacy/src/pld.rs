@@ -462,20 +462,48 @@ pub fn epsilon(charges: &[Charge], delta: f64) -> Result<f64, PrivacyError> {
 
 /// Like [`epsilon`] with an explicit discretisation interval `h`
 /// (`dp-accounting` uses `1e-4`). Always uses the discretised PLD.
+///
+/// The charges are composed in their grouped form
+/// ([`crate::accountant::grouped`]): each distinct (mechanism, q, sigma) is
+/// one self-composition by FFT power of the sum of its steps, and the groups
+/// are convolved in first-seen order.
 pub fn epsilon_with_interval(charges: &[Charge], delta: f64, h: f64) -> Result<f64, PrivacyError> {
+    check_delta_interval(delta, h)?;
+    compose_and_search(&crate::accountant::grouped(charges)?, delta, h)
+}
+
+/// The old, ungrouped composition: one self-composition per charge, each
+/// convolved with the running total. Kept to test the grouped form against.
+#[cfg(test)]
+pub(crate) fn epsilon_with_interval_sequential(
+    charges: &[Charge],
+    delta: f64,
+    h: f64,
+) -> Result<f64, PrivacyError> {
+    check_delta_interval(delta, h)?;
+    for c in charges {
+        c.validate()?;
+    }
+    compose_and_search(charges, delta, h)
+}
+
+fn check_delta_interval(delta: f64, h: f64) -> Result<(), PrivacyError> {
     if !(delta > 0.0 && delta < 1.0) {
         return Err(PrivacyError::InvalidDelta(delta));
     }
     if !(h.is_finite() && h > 0.0) {
         return Err(PrivacyError::Numerical("pld interval must be positive"));
     }
-    let mut active = Vec::new();
-    for c in charges {
-        c.validate()?;
-        if c.q > 0.0 && c.steps > 0 {
-            active.push(c);
-        }
-    }
+    Ok(())
+}
+
+/// Composes validated `charges` one after the other (each self-composed by
+/// FFT power, then convolved with the total) and searches the epsilon.
+fn compose_and_search(charges: &[Charge], delta: f64, h: f64) -> Result<f64, PrivacyError> {
+    let active: Vec<&Charge> = charges
+        .iter()
+        .filter(|c| c.q > 0.0 && c.steps > 0)
+        .collect();
     if active.is_empty() {
         return Ok(0.0);
     }
@@ -562,15 +590,15 @@ pub fn gaussian_epsilon(mu: f64, delta: f64) -> Result<f64, PrivacyError> {
 }
 
 /// Exact epsilon when every active charge has `q = 1`: the composition of
-/// Gaussian mechanisms is a Gaussian mechanism with `mu^2 = sum steps / sigma^2`.
+/// Gaussian mechanisms is a Gaussian mechanism with `mu^2 = sum steps / sigma^2`
+/// (summed over the grouped charges, in first-seen order).
 /// Returns `None` if some charge is subsampled.
 pub(crate) fn exact_gaussian_epsilon(
     charges: &[Charge],
     delta: f64,
 ) -> Result<Option<f64>, PrivacyError> {
     let mut mu2 = 0.0;
-    for c in charges {
-        c.validate()?;
+    for c in &crate::accountant::grouped(charges)? {
         if c.q == 0.0 || c.steps == 0 {
             continue;
         }
