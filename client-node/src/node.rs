@@ -585,6 +585,10 @@ impl Node {
             for w in warnings {
                 tracing::warn!(run_id = %task.run_id, kind = w.kind(), "{w}");
             }
+            if let Some(guard) = self.guard.as_ref() {
+                let left = record.planned_rounds.saturating_sub(task.round) + 1;
+                guard.plan_ahead(plan.charge, left);
+            }
         }
         let guard = self.guard.as_mut().ok_or(PrivacyRefusal::NoBudget)?;
         let entry = guard.charge(

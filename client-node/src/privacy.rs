@@ -237,6 +237,18 @@ impl PrivacyGuard {
             .map_or(0.0, |e| e.cumulative_epsilon)
     }
 
+    /// Computes the cumulative figures of the run's remaining `rounds` charges
+    /// ahead (at most 500), so later rounds' accounting does not grow with the
+    /// run (see `Ledger::plan_ahead`). A failure only loses the head start.
+    pub fn plan_ahead(&self, charge: Charge, rounds: u32) {
+        if let Err(e) = self
+            .ledger
+            .plan_ahead(charge, rounds.min(500), self.budget.delta())
+        {
+            tracing::warn!("could not plan the run's privacy accounting ahead: {e}");
+        }
+    }
+
     /// Refuses if `task_id` is charged already or if `charge` would exceed the
     /// budget; otherwise writes the charge (synced to disk) and returns the entry.
     pub fn charge(

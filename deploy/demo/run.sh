@@ -41,6 +41,15 @@ trap cleanup EXIT INT TERM
 
 partners=(partner-a partner-b partner-c partner-d)
 
+if grep -q '^mode = "record"' "$run_file"; then
+  echo "== privacy: what this run will cost each partner, composed with its ledger (before anything runs)"
+  for p in "${partners[@]}"; do
+    grep -q '^\[privacy\]' "$clients/$p.toml" || continue
+    "$bin/fedprofile-client" privacy cost --run "$run_file" --config "$clients/$p.toml" \
+      --ledger "$out/ledgers/$p.jsonl"
+  done
+fi
+
 echo "== certificates (development CA) in $here/certs"
 args=()
 for p in "${partners[@]}"; do args+=(--client "$p"); done
@@ -88,9 +97,8 @@ echo "== done: $out/model.json, $out/metrics.csv, $out/summary.json (logs in $lo
 cat "$out/summary.json"
 echo
 if compgen -G "$out/ledgers/*.jsonl" >/dev/null; then
-  echo "== privacy: each partner's ledger, and what the run file said it would cost"
+  echo "== privacy: each partner's ledger, verified"
   for p in "${partners[@]}"; do
     "$bin/fedprofile-client" privacy ledger verify "$out/ledgers/$p.jsonl"
-    "$bin/fedprofile-client" privacy cost --run "$run_file" --config "$clients/$p.toml"
   done
 fi

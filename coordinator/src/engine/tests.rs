@@ -761,32 +761,36 @@ async fn a_resumed_run_repeats_the_attempt_in_flight_under_the_same_task_ids() {
 /// three clients took part in every round (75 %) and 10 % was charged.
 #[tokio::test(start_paused = true)]
 async fn client_level_dp_samples_each_client_at_the_charged_rate() {
-    let behaviours: BTreeMap<String, Behaviour> = (0..4)
-        .map(|i| (format!("c{i}"), honest(0.1)))
-        .collect();
+    let behaviours: BTreeMap<String, Behaviour> =
+        (0..4).map(|i| (format!("c{i}"), honest(0.1))).collect();
     let rounds = 150;
     let mut cfg = config(rounds, 3);
     cfg.min_connected_to_start = 4;
     cfg.fraction_per_round = 0.1;
     cfg.eval_every = rounds;
-    cfg.privacy = fedprofile_protocol::run::PrivacyMode::Client(fedprofile_protocol::run::ClientDp {
-        clip_norm: 1.0,
-        noise_multiplier: 1.0,
-        delta: 1e-5,
-        adaptive: None,
-    });
+    cfg.privacy =
+        fedprofile_protocol::run::PrivacyMode::Client(fedprofile_protocol::run::ClientDp {
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+            delta: 1e-5,
+            adaptive: None,
+        });
     let outcome = start(cfg, behaviours).await.unwrap();
     assert!(outcome.completed, "{:?}", outcome.failure);
     let selected: Vec<usize> = outcome.rounds.iter().map(|r| r.selected).collect();
     let mean = selected.iter().sum::<usize>() as f64 / (4.0 * f64::from(rounds));
     let se = (0.1f64 * 0.9 / (4.0 * f64::from(rounds))).sqrt();
     assert!((mean - 0.1).abs() <= 4.0 * se, "mean rate {mean}");
-    assert!(selected.iter().any(|&n| n == 0) && selected.iter().any(|&n| n > 0));
+    assert!(selected.contains(&0) && selected.iter().any(|&n| n > 0));
     // Every round was released and charged at q = 0.1, however many were sampled.
-    let charge = fedprofile_privacy::Charge::subsampled_gaussian(0.1, 1.0, u64::from(rounds)).unwrap();
+    let charge =
+        fedprofile_privacy::Charge::subsampled_gaussian(0.1, 1.0, u64::from(rounds)).unwrap();
     let expected = fedprofile_privacy::accountant::epsilon(&[charge], 1e-5)
         .unwrap()
         .epsilon;
     let reported = outcome.rounds.last().unwrap().epsilon.unwrap();
-    assert!((reported - expected).abs() <= 1e-9 * expected, "{reported} vs {expected}");
+    assert!(
+        (reported - expected).abs() <= 1e-9 * expected,
+        "{reported} vs {expected}"
+    );
 }

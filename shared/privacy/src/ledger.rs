@@ -558,6 +558,21 @@ impl Ledger {
         Ok(next.epsilon(delta)?.epsilon)
     }
 
+    /// Computes ahead, at `delta`, the cumulative figures of the next `count`
+    /// appends of `charge` (a run's planned rounds), so that each of those
+    /// appends finds its figure already computed instead of running a PLD
+    /// whose size grows with the run. The figures are the ones an append
+    /// computes (same function, remembered per process). Nothing is written.
+    pub fn plan_ahead(&self, charge: Charge, count: u32, delta: f64) -> Result<(), PrivacyError> {
+        let mut next = self.composition.clone();
+        self.accountant.epsilon(&[charge], delta)?;
+        for _ in 0..count {
+            next.push(charge)?;
+            next.epsilon(delta)?;
+        }
+        Ok(())
+    }
+
     /// Appends `record` only if everything the ledger holds composed with it stays
     /// within `budget` (at the budget's delta); otherwise writes nothing and returns
     /// [`Guarded::Refused`] with the epsilon the charge would have reached. The

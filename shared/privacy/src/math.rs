@@ -72,21 +72,14 @@ pub(crate) fn next_up(x: f64) -> f64 {
     }
 }
 
-/// Smallest `m >= n` whose only prime factors are 2, 3 and 5.
-pub(crate) fn next_fast_len(n: usize) -> usize {
-    let mut m = n.max(1);
-    loop {
-        let mut r = m;
-        for p in [2, 3, 5] {
-            while r % p == 0 {
-                r /= p;
-            }
-        }
-        if r == 1 {
-            return m;
-        }
-        m += 1;
-    }
+/// The FFT length used for `n` bins: the smallest `2^k` or `3·2^k` at least
+/// `n`. At most half of padding, and only two sizes per octave, so the
+/// plans that a thread's FFT planner caches are reused as a composition grows
+/// round after round (planning costs as much as the transform itself).
+pub(crate) fn plan_len(n: usize) -> usize {
+    let p = n.max(1).next_power_of_two();
+    let three = (p / 4) * 3;
+    if three >= n && three > 0 { three } else { p }
 }
 
 #[cfg(test)]
@@ -103,11 +96,19 @@ mod tests {
     }
 
     #[test]
-    fn next_fast_len_is_smooth() {
-        assert_eq!(next_fast_len(1), 1);
-        assert_eq!(next_fast_len(7), 8);
-        assert_eq!(next_fast_len(11), 12);
-        assert_eq!(next_fast_len(1025), 1080);
+    fn plan_len_is_a_power_of_two_or_three_times_one() {
+        assert_eq!(plan_len(0), 1);
+        assert_eq!(plan_len(1), 1);
+        assert_eq!(plan_len(3), 3);
+        assert_eq!(plan_len(5), 6);
+        assert_eq!(plan_len(7), 8);
+        assert_eq!(plan_len(11), 12);
+        assert_eq!(plan_len(13), 16);
+        assert_eq!(plan_len(1025), 1536);
+        for n in 1..5000 {
+            let m = plan_len(n);
+            assert!(m >= n && 2 * m <= 3 * n + 3, "{n} -> {m}");
+        }
     }
 
     #[test]

@@ -35,7 +35,7 @@ use rustfft::num_complex::Complex;
 
 use crate::accountant::Charge;
 use crate::error::PrivacyError;
-use crate::math::{log_add, log_ndtr, ndtr, next_fast_len, round_up};
+use crate::math::{log_add, log_ndtr, ndtr, plan_len, round_up};
 
 /// `scipy.stats.norm.ppf(0.5 * exp(-50))`: where `dp-accounting` truncates the noise.
 const X_TRUNCATION: f64 = -9.745_474_864_965_935;
@@ -284,7 +284,7 @@ impl Pmf {
         let (la, ua) = a.chernoff_bounds(k);
         let (lb, ub) = b.chernoff_bounds(k);
         let (na, nb) = (ua - la + 1, ub - lb + 1);
-        let fast = next_fast_len(na.max(nb).max(a.probs.len()).max(b.probs.len()));
+        let fast = plan_len(na.max(nb).max(a.probs.len()).max(b.probs.len()));
         if fast > MAX_BINS {
             return Err(PrivacyError::PldTooLarge {
                 bins: fast,
@@ -319,7 +319,7 @@ impl Pmf {
         let n = self.probs.len();
         let (lower, upper) = self.chernoff_bounds(k);
         let out_len = upper - lower + 1;
-        let fast = next_fast_len(out_len.max(n));
+        let fast = plan_len(out_len.max(n));
         if fast > MAX_BINS {
             return Err(PrivacyError::PldTooLarge {
                 bins: fast,
@@ -342,7 +342,7 @@ impl Pmf {
     /// Composition with another PMF on the same grid.
     fn compose(&self, other: &Pmf, planner: &mut FftPlanner<f64>) -> Result<Pmf, PrivacyError> {
         let len = self.probs.len() + other.probs.len() - 1;
-        let fast = next_fast_len(len);
+        let fast = plan_len(len);
         if fast > MAX_BINS {
             return Err(PrivacyError::PldTooLarge {
                 bins: fast,
@@ -469,7 +469,53 @@ pub fn epsilon(charges: &[Charge], delta: f64) -> Result<f64, PrivacyError> {
 /// are convolved in first-seen order.
 pub fn epsilon_with_interval(charges: &[Charge], delta: f64, h: f64) -> Result<f64, PrivacyError> {
     check_delta_interval(delta, h)?;
-    compose_and_search(&crate::accountant::grouped(charges)?, delta, h)
+    let groups = crate::accountant::grouped(charges)?;
+    // A pure function of its inputs: remembered, so the same composition (a
+    // charge's own cost every round, or a run's cumulative figures planned
+    // ahead by `Ledger::plan_ahead`) is computed once per process.
+    let key = MemoKey::of(&groups, delta, h);
+    if let Some(e) = memo().get(&key) {
+        return Ok(*e);
+    }
+    let e = compose_and_search(&groups, delta, h)?;
+    let mut memo = memo();
+    if memo.len() >= MEMO_CAPACITY {
+        memo.clear();
+    }
+    memo.insert(key, e);
+    Ok(e)
+}
+
+/// Entries kept by the PLD memo before it is cleared.
+const MEMO_CAPACITY: usize = 8192;
+
+/// The exact inputs of one PLD computation (bit patterns of the floats).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct MemoKey {
+    groups: Vec<(u64, u64, u64)>,
+    delta: u64,
+    h: u64,
+}
+
+impl MemoKey {
+    fn of(groups: &[Charge], delta: f64, h: f64) -> MemoKey {
+        MemoKey {
+            groups: groups
+                .iter()
+                .map(|c| (c.q.to_bits(), c.sigma.to_bits(), c.steps))
+                .collect(),
+            delta: delta.to_bits(),
+            h: h.to_bits(),
+        }
+    }
+}
+
+fn memo() -> std::sync::MutexGuard<'static, std::collections::HashMap<MemoKey, f64>> {
+    static MEMO: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<MemoKey, f64>>> =
+        std::sync::LazyLock::new(Default::default);
+    // The map only ever holds finished results: a poisoned lock is still consistent.
+    MEMO.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The old, ungrouped composition: one self-composition per charge, each
@@ -507,7 +553,26 @@ fn compose_and_search(charges: &[Charge], delta: f64, h: f64) -> Result<f64, Pri
     if active.is_empty() {
         return Ok(0.0);
     }
-    let mut planner = FftPlanner::new();
+    // A panic while planning leaves the cache usable (plans are immutable once made).
+    let mut planner = PLANNER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    compose_with(&active, delta, h, &mut planner)
+}
+
+/// FFT plans are reused across calls in a process (a client node accounts
+/// every round, from whichever thread runs the task): planning (twiddle
+/// factors) costs as much as the FFT itself. Sizes come from `plan_len`, so a
+/// composition that grows round after round meets few sizes.
+static PLANNER: std::sync::LazyLock<std::sync::Mutex<FftPlanner<f64>>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(FftPlanner::new()));
+
+fn compose_with(
+    active: &[&Charge],
+    delta: f64,
+    h: f64,
+    planner: &mut FftPlanner<f64>,
+) -> Result<f64, PrivacyError> {
     let mut remove: Option<Pmf> = None;
     let mut add: Option<Pmf> = None;
     let join = |total: Option<Pmf>,
@@ -519,7 +584,7 @@ fn compose_and_search(charges: &[Charge], delta: f64, h: f64) -> Result<f64, Pri
             Some(t) => t.compose(&pmf, planner)?,
         }))
     };
-    for c in &active {
+    for c in active {
         let loss = |adjacency| GaussianLoss {
             q: c.q,
             sigma: c.sigma,
@@ -528,14 +593,14 @@ fn compose_and_search(charges: &[Charge], delta: f64, h: f64) -> Result<f64, Pri
         let r = Pmf::connect_dots(&loss(Adjacency::Remove), h)?;
         let (r, a) = if c.q == 1.0 {
             // Without subsampling both directions have the same PLD.
-            let r = r.self_compose(c.steps, &mut planner)?;
+            let r = r.self_compose(c.steps, planner)?;
             (r.clone(), r)
         } else {
             let a = Pmf::connect_dots(&loss(Adjacency::Add), h)?;
-            Pmf::self_compose_pair(&r, &a, c.steps, &mut planner)?
+            Pmf::self_compose_pair(&r, &a, c.steps, planner)?
         };
-        remove = join(remove, r, &mut planner)?;
-        add = join(add, a, &mut planner)?;
+        remove = join(remove, r, planner)?;
+        add = join(add, a, planner)?;
     }
     let mut worst: f64 = 0.0;
     for total in [remove, add].into_iter().flatten() {
