@@ -396,9 +396,15 @@ fn kmeans_under_record_level_dp_charges_every_partner_and_still_converges() {
     let config =
         run.sandbox
             .write_client_schema("partner-a", "certs", "partner-a", "schema.toml", ledgers);
+    // Planned as before the run: against an empty ledger.
+    let before = run.sandbox.path("partner-a-before-ledger.jsonl");
     let cost = client_tool(
         &["privacy", "cost", "--json"],
-        &[("--run", &run_file), ("--config", &config)],
+        &[
+            ("--run", &run_file),
+            ("--config", &config),
+            ("--ledger", &before),
+        ],
     );
     assert!(cost.status.success(), "{cost:?}");
     let cost: serde_json::Value = serde_json::from_slice(&cost.stdout).unwrap();

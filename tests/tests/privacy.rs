@@ -92,7 +92,9 @@ fn record_level_dp_run_meets_the_floor_and_ledgers_match_privacy_cost() {
             .as_f64()
             .unwrap();
         assert!(last <= 1.0, "{partner} spent {last} > its budget");
-        // `privacy cost` before the run says exactly what the ledger shows after it.
+        // `privacy cost` before the run (an empty ledger) says exactly what the
+        // ledger shows after it.
+        let before = sandbox.path(&format!("ledgers/{partner}-before.jsonl"));
         let cost = json(&client_cmd(&[
             "privacy",
             "cost",
@@ -100,6 +102,8 @@ fn record_level_dp_run_meets_the_floor_and_ledgers_match_privacy_cost() {
             run.to_str().unwrap(),
             "--config",
             cfg.to_str().unwrap(),
+            "--ledger",
+            before.to_str().unwrap(),
             "--json",
         ]));
         let predicted = cost["epsilon"].as_f64().unwrap();
@@ -107,6 +111,23 @@ fn record_level_dp_run_meets_the_floor_and_ledgers_match_privacy_cost() {
             (predicted - last).abs() <= 1e-9 * last.max(1.0),
             "{partner}: privacy cost said {predicted}, the ledger shows {last}"
         );
+        // After it, against the partner's real ledger: the spend is there and
+        // the same run again does not fit (exit 1, with the figures).
+        let again = client_cmd(&[
+            "privacy",
+            "cost",
+            "--run",
+            run.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--ledger",
+            ledger.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(again.status.code(), Some(1), "{partner}: {again:?}");
+        let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+        assert!((again["spent_epsilon"].as_f64().unwrap() - last).abs() <= 1e-9);
+        assert_eq!(again["fits"], false);
     }
 }
 
