@@ -158,17 +158,29 @@ impl ServerDp {
         };
         // Written before the noised aggregate is released.
         let epsilon = if let Some(ledger) = self.ledger.as_mut() {
-            let appended = ledger.append(ChargeRecord {
-                run_id: run_id.to_string(),
-                round: u64::from(round),
-                task_id: format!("{run_id}/r{round}/aggregate"),
-                charge,
-                clip_norm: self.clip_norm,
-                delta: self.config.delta,
-            })?;
-            // A round re-run after a coordinator restart finds its charge already
-            // in the ledger (same task id) and is not charged twice.
-            appended.entry().cumulative_epsilon
+            // A round re-run after a coordinator restart releases a second noised
+            // aggregate (fresh noise: the first may have reached clients in the
+            // evaluation before the crash), so it is a second release and is
+            // charged again, under the next free task id of the round.
+            let mut again = 0u32;
+            loop {
+                let task_id = match again {
+                    0 => format!("{run_id}/r{round}/aggregate"),
+                    k => format!("{run_id}/r{round}/aggregate/again-{k}"),
+                };
+                let appended = ledger.append(ChargeRecord {
+                    run_id: run_id.to_string(),
+                    round: u64::from(round),
+                    task_id,
+                    charge,
+                    clip_norm: self.clip_norm,
+                    delta: self.config.delta,
+                })?;
+                if let fedprofile_privacy::ledger::Appended::New(entry) = appended {
+                    break entry.cumulative_epsilon;
+                }
+                again += 1;
+            }
         } else {
             self.charges.push(charge);
             self.accountant
@@ -239,19 +251,16 @@ mod tests {
             .aggregate("run", 2, &deltas, &[1.0, 1.0], 4, 2000)
             .unwrap();
         assert!(out2.epsilon > out.epsilon);
-        // Re-running round 2 (a resumed run) is not charged again.
+        // Re-running round 2 (a resumed run) releases fresh noise: a second
+        // release, charged again under the round's next task id.
         let mut resumed = ServerDp::new(config(None), 1.0, Some(&path)).unwrap();
         let out3 = resumed
             .aggregate("run", 2, &deltas, &[1.0, 1.0], 4, 2000)
             .unwrap();
-        assert_eq!(out3.epsilon, out2.epsilon);
-        assert_eq!(
-            fedprofile_privacy::ledger::verify(&path)
-                .unwrap()
-                .entries
-                .len(),
-            2
-        );
+        assert!(out3.epsilon > out2.epsilon);
+        let entries = fedprofile_privacy::ledger::verify(&path).unwrap().entries;
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[2].task_id, "run/r2/aggregate/again-1");
     }
 
     #[test]
