@@ -93,6 +93,23 @@ pub enum RejectReason {
     },
     /// The update claims no examples.
     NoExamples,
+    /// The update claims more examples than the client has.
+    TooManyExamples {
+        /// Training examples the client reported in the statistics phase (or,
+        /// for a client that reported none, the largest any client reported).
+        bound: u64,
+        /// Examples claimed.
+        got: u64,
+    },
+    /// The update's norm is far outside the round's others.
+    NormOutlier {
+        /// Norm received.
+        norm: f64,
+        /// The round's median update norm.
+        median: f64,
+        /// The allowed multiple of the median (`round.max_update_norm_ratio`).
+        ratio: f64,
+    },
     /// An evaluation or statistics answer whose figures do not add up.
     Inconsistent(String),
     /// The message could not be decoded.
@@ -112,6 +129,8 @@ impl RejectReason {
             RejectReason::NonFinite { .. } => "non_finite",
             RejectReason::NormTooLarge { .. } => "norm_too_large",
             RejectReason::NoExamples => "no_examples",
+            RejectReason::TooManyExamples { .. } => "too_many_examples",
+            RejectReason::NormOutlier { .. } => "norm_outlier",
             RejectReason::Inconsistent(_) => "inconsistent",
             RejectReason::Malformed(_) => "malformed",
         }
@@ -145,6 +164,18 @@ impl std::fmt::Display for RejectReason {
                 write!(f, "update holds a non-finite value at index {index}")
             }
             RejectReason::NoExamples => write!(f, "update claims zero examples"),
+            RejectReason::TooManyExamples { bound, got } => write!(
+                f,
+                "update claims {got} examples, more than the {bound} training examples reported in the statistics phase"
+            ),
+            RejectReason::NormOutlier {
+                norm,
+                median,
+                ratio,
+            } => write!(
+                f,
+                "update norm {norm:.6e} is more than {ratio} times the round's median update norm {median:.6e} (round.max_update_norm_ratio)"
+            ),
             RejectReason::NormTooLarge { norm, clip_norm } => {
                 write!(
                     f,
@@ -184,6 +215,26 @@ pub struct Collector {
     max_norm: Option<f64>,
     pending: HashMap<String, String>,
     answered: HashSet<String>,
+    examples_bound: Option<ExamplesBound>,
+}
+
+/// What clients may claim as their example count in a training answer: what
+/// each reported in the statistics phase; a client that reported nothing may
+/// claim at most the largest any client reported.
+#[derive(Debug, Clone, Default)]
+pub struct ExamplesBound {
+    /// Training examples per client, from the statistics phase.
+    pub reported: std::collections::BTreeMap<String, u64>,
+}
+
+impl ExamplesBound {
+    /// The most examples `client` may claim (`None`: nothing to check against).
+    pub fn of(&self, client: &str) -> Option<u64> {
+        self.reported
+            .get(client)
+            .copied()
+            .or_else(|| self.reported.values().max().copied())
+    }
 }
 
 impl Collector {
@@ -205,7 +256,14 @@ impl Collector {
             max_norm: None,
             pending: tasks,
             answered: HashSet::new(),
+            examples_bound: None,
         }
+    }
+
+    /// Rejects training answers that claim more examples than the client has.
+    pub fn with_examples_bound(mut self, bound: ExamplesBound) -> Collector {
+        self.examples_bound = Some(bound);
+        self
     }
 
     /// Rejects training updates whose L2 norm exceeds `max_norm` (client-level DP).
@@ -259,7 +317,7 @@ impl Collector {
         }
         let outcome = match reply {
             ClientReply::Refusal { reason, kind, .. } => Offer::Refused { reason, kind },
-            ClientReply::Result { body, .. } => match self.check(&body) {
+            ClientReply::Result { body, .. } => match self.check(client, &body) {
                 Ok(()) => Offer::Accepted(body),
                 Err(reason) => Offer::Rejected(reason),
             },
@@ -270,7 +328,7 @@ impl Collector {
         outcome
     }
 
-    fn check(&self, body: &ResultBody) -> Result<(), RejectReason> {
+    fn check(&self, client: &str, body: &ResultBody) -> Result<(), RejectReason> {
         if body.kind() != self.kind {
             return Err(RejectReason::WrongKind {
                 expected: self.kind,
@@ -320,6 +378,14 @@ impl Collector {
                 if t.examples == 0 {
                     return Err(RejectReason::NoExamples);
                 }
+                if let Some(bound) = self.examples_bound.as_ref().and_then(|b| b.of(client))
+                    && t.examples > bound
+                {
+                    return Err(RejectReason::TooManyExamples {
+                        bound,
+                        got: t.examples,
+                    });
+                }
                 if let Some(clip_norm) = self.max_norm {
                     let norm = t.delta.dot(&t.delta).sqrt();
                     // Tolerance for the client's own floating-point clipping.
@@ -356,17 +422,65 @@ impl Collector {
                 }
                 Ok(())
             }
-            ResultBody::Stats(s) => {
-                if s.numeric
-                    .iter()
-                    .any(|c| !c.sum.is_finite() || !c.sum_sq.is_finite())
-                {
-                    return Err(RejectReason::NonFinite { index: 0 });
-                }
-                Ok(())
-            }
+            ResultBody::Stats(s) => check_stats(s),
         }
     }
+}
+
+/// Per-column statistics must be finite and consistent with their counts:
+/// `count ≤ train_examples`, `sum² ≤ count · sum_sq` (Cauchy–Schwarz, with a
+/// rounding tolerance), and a mean and spread below 1e15 in magnitude (no
+/// real feature is that large; such a value is a broken cell).
+pub fn check_stats(s: &fedprofile_protocol::messages::StatsReport) -> Result<(), RejectReason> {
+    const ABSURD: f64 = 1e15;
+    for (index, c) in s.numeric.iter().enumerate() {
+        let column = &c.column;
+        if !c.sum.is_finite() || !c.sum_sq.is_finite() || c.sum_sq < 0.0 {
+            return Err(RejectReason::Inconsistent(format!(
+                "statistics of column '{column}' are not finite (sum {}, sum of squares {}): a cell of that column is broken (index {index})",
+                c.sum, c.sum_sq
+            )));
+        }
+        if c.count > s.train_examples {
+            return Err(RejectReason::Inconsistent(format!(
+                "column '{column}' counts {} values but the split has {} training examples",
+                c.count, s.train_examples
+            )));
+        }
+        if c.count == 0 {
+            if c.sum != 0.0 || c.sum_sq != 0.0 {
+                return Err(RejectReason::Inconsistent(format!(
+                    "column '{column}' has sums but no values"
+                )));
+            }
+            continue;
+        }
+        let n = c.count as f64;
+        if c.sum * c.sum > n * c.sum_sq * (1.0 + 1e-9) + 1e-12 {
+            return Err(RejectReason::Inconsistent(format!(
+                "column '{column}': the sum of squares {} is smaller than the sum {} allows for {} values",
+                c.sum_sq, c.sum, c.count
+            )));
+        }
+        let mean = c.sum / n;
+        let mean_sq = c.sum_sq / n;
+        if mean.abs() > ABSURD || mean_sq.sqrt() > ABSURD {
+            return Err(RejectReason::Inconsistent(format!(
+                "column '{column}' has an absurd mean {mean:e} or root mean square {:e} (above 1e15): a cell of that column is broken",
+                mean_sq.sqrt()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// L2 norm without overflow: scaled by the largest magnitude.
+pub fn robust_norm(v: &[f64]) -> f64 {
+    let scale = v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    if scale == 0.0 || !scale.is_finite() {
+        return scale;
+    }
+    scale * v.iter().map(|x| (x / scale).powi(2)).sum::<f64>().sqrt()
 }
 
 #[cfg(test)]

@@ -202,6 +202,10 @@ pub struct Checkpoint {
     /// (privacy budget exhausted, policy), with their reason.
     #[serde(default)]
     pub excluded: BTreeMap<String, String>,
+    /// Training examples each client reported in the statistics phase (the
+    /// bound on what its updates may claim).
+    #[serde(default)]
+    pub reported_examples: BTreeMap<String, u64>,
 }
 
 /// The attempt of a round that was sent out when the run stopped; a resumed
@@ -324,6 +328,7 @@ pub struct Run {
     resume: Option<Checkpoint>,
     in_flight: Option<InFlight>,
     excluded: BTreeMap<String, String>,
+    reported_examples: BTreeMap<String, u64>,
     cancel: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
@@ -371,6 +376,7 @@ impl Run {
             resume: None,
             in_flight: None,
             excluded: BTreeMap::new(),
+            reported_examples: BTreeMap::new(),
             cancel: None,
         }
     }
@@ -397,6 +403,7 @@ impl Run {
         self.refusals = checkpoint.refusals.clone();
         self.not_private = checkpoint.not_private.iter().cloned().collect();
         self.excluded = checkpoint.excluded.clone();
+        self.reported_examples = checkpoint.reported_examples.clone();
         self.rounds = rounds;
         self.resume = Some(checkpoint);
         self
@@ -452,6 +459,7 @@ impl Run {
             not_private: self.not_private.iter().cloned().collect(),
             server_clip_norm: self.server_dp.as_ref().map(dp::ServerDp::clip_norm),
             excluded: self.excluded.clone(),
+            reported_examples: self.reported_examples.clone(),
         })
     }
 

@@ -45,6 +45,8 @@ pub(super) struct Gathered {
     pub(super) refused: usize,
     pub(super) rejected: usize,
     pub(super) refusals: Vec<RoundRefusal>,
+    /// Rejected answers: who, and why.
+    pub(super) rejections: Vec<(String, String)>,
 }
 
 impl Run {
@@ -152,6 +154,8 @@ impl Run {
             });
         };
         let mut agreeing = Vec::new();
+        let mut names = Vec::new();
+        let mut rejected = gathered.rejections;
         for (client, report) in reports {
             if report.template == template
                 && report.label_column == label
@@ -160,22 +164,42 @@ impl Run {
                 && report.label_classes == classes
             {
                 agreeing.push(report);
+                names.push(client);
             } else {
                 let reason = RejectReason::Inconsistent(
                     "feature template differs from the federation's (check the schema version)"
                         .into(),
                 );
                 self.count_rejection(&client, "stats", &reason);
+                rejected.push((client, reason.to_string()));
             }
         }
+        // One partner's absurd (but finite, self-consistent) statistics would
+        // skew every partner's standardisation: compared with the others'.
+        for (i, why) in stats_outliers(&names, &agreeing).into_iter().rev() {
+            let client = names.remove(i);
+            agreeing.remove(i);
+            let reason = RejectReason::Inconsistent(why);
+            self.count_rejection(&client, "stats", &reason);
+            rejected.push((client, reason.to_string()));
+        }
         if agreeing.len() < self.config.min_per_round {
-            let why = format!(
+            let mut why = format!(
                 "statistics: {} usable answers, {} needed",
                 agreeing.len(),
                 self.config.min_per_round
             );
+            if !rejected.is_empty() {
+                let list: Vec<String> = rejected.iter().map(|(c, r)| format!("{c}: {r}")).collect();
+                why.push_str(&format!("; rejected: {}", list.join("; ")));
+            }
             return self.retry_or_fail(attempt, &why, |a| State::Statistics { attempt: a });
         }
+        self.reported_examples = names
+            .iter()
+            .cloned()
+            .zip(agreeing.iter().map(|r| r.train_examples))
+            .collect();
         let family = self.config.model;
         if let Err(why) = label_fits(family, label_kind, &label, &classes) {
             return State::Failed(why);
@@ -341,12 +365,25 @@ impl Run {
                 Some(global.params.len()),
             )
             .with_max_norm(update_clip_norm)
+            .with_examples_bound(super::collect::ExamplesBound {
+                reported: self.reported_examples.clone(),
+            })
         };
         let mut gathered = self.collect(&mut collector).await;
         if kmeans {
             return self.kmeans_step(round, attempt, started, &selected, gathered, &global);
         }
         let refusals = std::mem::take(&mut gathered.refusals);
+        // Bounded updates whatever the strategy: an update far larger than the
+        // round's others is rejected (client-level DP clips them already).
+        if self.server_dp.is_none() {
+            let outliers = norm_outliers(&gathered.accepted, self.config.max_update_norm_ratio);
+            for (i, reason) in outliers.into_iter().rev() {
+                let (client, _) = gathered.accepted.remove(i);
+                gathered.rejected += 1;
+                self.count_rejection(&client, "train", &reason);
+            }
+        }
 
         let mut updates = Vec::new();
         let mut norms = Vec::new();
@@ -744,7 +781,7 @@ impl Run {
             return self.after_training(record);
         }
         let mut why = format!(
-            "round {round}: {got} of the {need} {what} needed arrived (selected: {})",
+            "round {round}: {got} of the {need} {what} needed arrived usable (selected: {})",
             selected.join(", ")
         );
         if !refusals.is_empty() {
@@ -870,6 +907,7 @@ impl Run {
                         Offer::Rejected(reason) => {
                             gathered.rejected += 1;
                             self.count_rejection(&client, &task_id, &reason);
+                            gathered.rejections.push((client, reason.to_string()));
                         }
                     }
                 }
@@ -1101,4 +1139,121 @@ pub(super) fn global_feature_spec(template: &FeatureSpec, reports: &[StatsReport
         })
         .collect();
     FeatureSpec { columns }
+}
+
+/// Accepted training answers whose update norm exceeds `ratio` × the median
+/// norm of the round's accepted updates (index, reason), ascending. Needs three
+/// updates or more (with two, the median cannot tell which one is off);
+/// `ratio = 0` turns the check off.
+pub(super) fn norm_outliers(
+    accepted: &[(String, ResultBody)],
+    ratio: f64,
+) -> Vec<(usize, RejectReason)> {
+    if ratio <= 0.0 {
+        return Vec::new();
+    }
+    let norms: Vec<(usize, f64)> = accepted
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, body))| match body {
+            ResultBody::Train(t) if t.clusters.is_none() => Some((
+                i,
+                super::collect::robust_norm(t.delta.as_slice().unwrap_or(&[])),
+            )),
+            _ => None,
+        })
+        .collect();
+    if norms.len() < 3 {
+        return Vec::new();
+    }
+    let mut sorted: Vec<f64> = norms.iter().map(|(_, n)| *n).collect();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        0.5 * (sorted[mid - 1] + sorted[mid])
+    };
+    if !(median > 0.0 && median.is_finite()) {
+        return Vec::new();
+    }
+    norms
+        .into_iter()
+        .filter(|(_, n)| n.is_nan() || *n > ratio * median)
+        .map(|(i, norm)| {
+            (
+                i,
+                RejectReason::NormOutlier {
+                    norm,
+                    median,
+                    ratio,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Partners whose statistics sit absurdly far from the others' (index into
+/// `reports`, reason naming the column): a mean more than 1,000 of the other
+/// partners' median standard deviations from their median mean, or a standard
+/// deviation more than 1,000 times theirs. Needs three partners or more.
+pub(super) fn stats_outliers(names: &[String], reports: &[StatsReport]) -> Vec<(usize, String)> {
+    const FAR: f64 = 1e3;
+    if reports.len() < 3 {
+        return Vec::new();
+    }
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        if v.len() % 2 == 1 {
+            v[m]
+        } else {
+            0.5 * (v[m - 1] + v[m])
+        }
+    };
+    let mut out: Vec<(usize, String)> = Vec::new();
+    let columns: Vec<&str> = reports[0]
+        .numeric
+        .iter()
+        .map(|c| c.column.as_str())
+        .collect();
+    for column in columns {
+        let moments: Vec<Option<(f64, f64)>> = reports
+            .iter()
+            .map(|r| {
+                r.numeric
+                    .iter()
+                    .find(|c| c.column == column && c.count > 0)
+                    .map(|c| {
+                        let n = c.count as f64;
+                        let mean = c.sum / n;
+                        (mean, (c.sum_sq / n - mean * mean).max(0.0).sqrt())
+                    })
+            })
+            .collect();
+        let known: Vec<(f64, f64)> = moments.iter().flatten().copied().collect();
+        if known.len() < 3 {
+            continue;
+        }
+        let med_mean = median(known.iter().map(|m| m.0).collect());
+        let med_std = median(known.iter().map(|m| m.1).collect());
+        let scale = med_std.max(1e-9 * med_mean.abs()).max(1e-12);
+        for (i, m) in moments.iter().enumerate() {
+            let Some((mean, std)) = m else { continue };
+            if out.iter().any(|(j, _)| *j == i) {
+                continue;
+            }
+            if (mean - med_mean).abs() > FAR * scale || *std > FAR * scale {
+                out.push((
+                    i,
+                    format!(
+                        "statistics of column '{column}' (mean {mean:.6e}, standard deviation {std:.6e}) are absurdly far from the other partners' (median mean {med_mean:.6e}, median standard deviation {med_std:.6e}): a cell of that column at {} is probably broken",
+                        names[i]
+                    ),
+                ));
+            }
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out
 }

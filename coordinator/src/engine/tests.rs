@@ -49,6 +49,7 @@ fn config(rounds: u32, min_per_round: usize) -> RunConfig {
         deadline: Duration::from_secs(30),
         eval_every: 1,
         max_retries: 0,
+        max_update_norm_ratio: fedprofile_protocol::run::DEFAULT_MAX_UPDATE_NORM_RATIO,
         local_epochs: 1,
         batch_size: 32,
         learning_rate: 0.1,
@@ -80,6 +81,9 @@ enum Behaviour {
     SilentInTraining,
     /// Refuses training tasks of rounds up to `until` with `kind`, then is honest.
     Refuses { kind: RefusalKind, until: u32 },
+    /// Honest in training, but its statistics for `x` have this mean (sum and
+    /// sum of squares of two values equal to it).
+    StatsMean(f64),
 }
 
 /// Plays the clients: answers every task per its behaviour.
@@ -123,14 +127,23 @@ async fn play_recording(
                 examples: 1,
             };
         }
+        let (sum, sum_sq) = match behaviour {
+            Behaviour::StatsMean(m) => (2.0 * m, 2.0 * m * m),
+            _ => (4.0, 10.0),
+        };
+        if let Behaviour::StatsMean(_) = behaviour
+            && !matches!(task.body, TaskBody::Stats)
+        {
+            behaviour = honest(1.0);
+        }
         let body = match (&task.body, behaviour) {
             (TaskBody::Stats, _) => ResultBody::Stats(StatsReport {
                 template: template(),
                 numeric: vec![ColumnStats {
                     column: "x".into(),
                     count: 2,
-                    sum: 4.0,
-                    sum_sq: 10.0,
+                    sum,
+                    sum_sq,
                 }],
                 train_examples: 2,
                 label_column: "y".into(),
@@ -139,7 +152,7 @@ async fn play_recording(
                 label_classes: Vec::new(),
             }),
             (TaskBody::Train(_), Behaviour::SilentInTraining) => continue,
-            (TaskBody::Train(_), Behaviour::Refuses { .. }) => continue,
+            (TaskBody::Train(_), Behaviour::Refuses { .. } | Behaviour::StatsMean(_)) => continue,
             (TaskBody::Train(_), Behaviour::Honest { v, examples }) => {
                 ResultBody::Train(TrainReport {
                     delta: Array1::from_elem(3, v),
@@ -793,4 +806,87 @@ async fn client_level_dp_samples_each_client_at_the_charged_rate() {
         (reported - expected).abs() <= 1e-9 * expected,
         "{reported} vs {expected}"
     );
+}
+
+/// Under the default strategy (FedAvg), an update of 1e300 everywhere and an
+/// update claiming 2^63 examples are rejected and counted; the model is the
+/// honest partners' mean. (Before, both were averaged in.)
+#[tokio::test(start_paused = true)]
+async fn absurd_updates_are_rejected_under_the_default_strategy() {
+    let behaviours = BTreeMap::from([
+        ("a".to_string(), honest(1.0)),
+        ("b".to_string(), honest(2.0)),
+        ("c".to_string(), honest(3.0)),
+        (
+            "d".to_string(),
+            Behaviour::Honest {
+                v: 1e300,
+                examples: 1,
+            },
+        ),
+        (
+            "e".to_string(),
+            Behaviour::Honest {
+                v: 1.0,
+                examples: 1 << 63,
+            },
+        ),
+    ]);
+    let outcome = start(config(2, 3), behaviours).await.unwrap();
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    assert_eq!(
+        outcome.rejections.get("norm_outlier"),
+        Some(&2),
+        "{:?}",
+        outcome.rejections
+    );
+    assert_eq!(
+        outcome.rejections.get("too_many_examples"),
+        Some(&2),
+        "{:?}",
+        outcome.rejections
+    );
+    // Two rounds of the mean of 1, 2 and 3.
+    assert_eq!(outcome.model.unwrap().params.to_vec(), vec![4.0, 4.0, 4.0]);
+    assert_eq!(outcome.contributors, vec!["a", "b", "c"]);
+}
+
+/// One partner's absurd statistics are rejected and named; the federation's
+/// standardisation comes from the others (whether the values are absurd in
+/// themselves or only far from everyone else's).
+#[tokio::test(start_paused = true)]
+async fn absurd_statistics_are_rejected_and_the_partner_named() {
+    for bad in [1e20, 1e9] {
+        let behaviours = BTreeMap::from([
+            ("a".to_string(), honest(1.0)),
+            ("b".to_string(), honest(1.0)),
+            ("c".to_string(), honest(1.0)),
+            ("d".to_string(), Behaviour::StatsMean(bad)),
+        ]);
+        let outcome = start(config(1, 3), behaviours).await.unwrap();
+        assert!(outcome.completed, "{:?}", outcome.failure);
+        assert_eq!(outcome.rejections.get("inconsistent"), Some(&1), "{bad}");
+        let model = outcome.model.unwrap();
+        assert_eq!(
+            model.features.columns[0],
+            FeatureColumn::Numeric {
+                name: "x".into(),
+                mean: 2.0,
+                std: 1.0
+            },
+            "{bad}"
+        );
+        // With only the bad partner and one other, the failure names it.
+        let behaviours = BTreeMap::from([
+            ("a".to_string(), honest(1.0)),
+            ("b".to_string(), honest(1.0)),
+            ("d".to_string(), Behaviour::StatsMean(1e20)),
+        ]);
+        let outcome = start(config(1, 3), behaviours).await.unwrap();
+        let why = outcome.failure.unwrap();
+        assert!(
+            why.contains("rejected: d: ") && why.contains("column 'x'"),
+            "{why}"
+        );
+    }
 }

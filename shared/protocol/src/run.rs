@@ -201,6 +201,7 @@ struct RawRound {
     deadline_secs: f64,
     eval_every: u32,
     max_retries: u32,
+    max_update_norm_ratio: f64,
 }
 
 impl Default for RawRound {
@@ -209,9 +210,18 @@ impl Default for RawRound {
             deadline_secs: 60.0,
             eval_every: 1,
             max_retries: 3,
+            max_update_norm_ratio: DEFAULT_MAX_UPDATE_NORM_RATIO,
         }
     }
 }
+
+/// Default of `round.max_update_norm_ratio`: an update whose L2 norm is more
+/// than this many times the round's median norm is rejected. Honest partners'
+/// update norms on the demo differ by less than 3× (partners of different sizes
+/// and label rates); 10× leaves room for that heterogeneity while an update
+/// scaled to dominate FedAvg (or holding absurd values) is caught. Robust
+/// strategies (median, trimmed mean, Krum) are the defence against subtler ones.
+pub const DEFAULT_MAX_UPDATE_NORM_RATIO: f64 = 10.0;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -263,6 +273,9 @@ pub struct RunConfig {
     pub eval_every: u32,
     /// How often a round that misses its minimum is retried before the run fails.
     pub max_retries: u32,
+    /// Updates whose norm exceeds this multiple of the round's median norm are
+    /// rejected (needs 3 updates or more; 0 turns the check off).
+    pub max_update_norm_ratio: f64,
     /// Local epochs per training task.
     pub local_epochs: u32,
     /// Local batch size.
@@ -398,6 +411,13 @@ impl RunConfig {
         if raw.round.eval_every == 0 {
             return Err(invalid("round.eval_every", "must be at least 1".into()));
         }
+        let ratio = raw.round.max_update_norm_ratio;
+        if !(ratio == 0.0 || (ratio.is_finite() && ratio > 1.0)) {
+            return Err(invalid(
+                "round.max_update_norm_ratio",
+                format!("must be above 1 (or 0 to turn the check off), got {ratio}"),
+            ));
+        }
         let privacy = validate_privacy(&raw.privacy, &invalid)?;
         let strategy = raw.strategy.unwrap_or(StrategyConfig::FedAvg);
         strategy
@@ -460,6 +480,7 @@ impl RunConfig {
             deadline: secs("round.deadline_secs", raw.round.deadline_secs)?,
             eval_every: raw.round.eval_every,
             max_retries: raw.round.max_retries,
+            max_update_norm_ratio: raw.round.max_update_norm_ratio,
             local_epochs: t.local_epochs,
             batch_size: t.batch_size,
             learning_rate: t.learning_rate,
