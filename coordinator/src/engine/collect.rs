@@ -96,7 +96,7 @@ pub enum RejectReason {
     /// The update claims more examples than the client has.
     TooManyExamples {
         /// Training examples the client reported in the statistics phase (or,
-        /// for a client that reported none, the largest any client reported).
+        /// for a client that reported none, what all reporting clients hold).
         bound: u64,
         /// Examples claimed.
         got: u64,
@@ -219,8 +219,9 @@ pub struct Collector {
 }
 
 /// What clients may claim as their example count in a training answer: what
-/// each reported in the statistics phase; a client that reported nothing may
-/// claim at most the largest any client reported.
+/// each reported in the statistics phase; a client that reported nothing (it
+/// joined after that phase) may claim at most what all reporting clients hold
+/// together.
 #[derive(Debug, Clone, Default)]
 pub struct ExamplesBound {
     /// Training examples per client, from the statistics phase.
@@ -230,10 +231,13 @@ pub struct ExamplesBound {
 impl ExamplesBound {
     /// The most examples `client` may claim (`None`: nothing to check against).
     pub fn of(&self, client: &str) -> Option<u64> {
-        self.reported
-            .get(client)
-            .copied()
-            .or_else(|| self.reported.values().max().copied())
+        self.reported.get(client).copied().or_else(|| {
+            (!self.reported.is_empty()).then(|| {
+                self.reported
+                    .values()
+                    .fold(0u64, |a, b| a.saturating_add(*b))
+            })
+        })
     }
 }
 

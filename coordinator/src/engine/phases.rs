@@ -1193,24 +1193,17 @@ pub(super) fn norm_outliers(
         .collect()
 }
 
-/// Partners whose statistics sit absurdly far from the others' (index into
-/// `reports`, reason naming the column): a mean more than 1,000 of the other
-/// partners' median standard deviations from their median mean, or a standard
-/// deviation more than 1,000 times theirs. Needs three partners or more.
+/// Partners whose statistics are absurd next to everyone else's (index into
+/// `reports`, reason naming the column): a column whose mean or root mean
+/// square is more than a million times the largest root mean square of the
+/// other partners' (plus 1, so columns near zero everywhere are not flagged).
+/// Real partners differ by far less; one broken cell (1e300, a unit error of
+/// 1e9) does not. Needs three partners or more.
 pub(super) fn stats_outliers(names: &[String], reports: &[StatsReport]) -> Vec<(usize, String)> {
-    const FAR: f64 = 1e3;
+    const FAR: f64 = 1e6;
     if reports.len() < 3 {
         return Vec::new();
     }
-    let median = |mut v: Vec<f64>| -> f64 {
-        v.sort_by(f64::total_cmp);
-        let m = v.len() / 2;
-        if v.len() % 2 == 1 {
-            v[m]
-        } else {
-            0.5 * (v[m - 1] + v[m])
-        }
-    };
     let mut out: Vec<(usize, String)> = Vec::new();
     let columns: Vec<&str> = reports[0]
         .numeric
@@ -1218,6 +1211,7 @@ pub(super) fn stats_outliers(names: &[String], reports: &[StatsReport]) -> Vec<(
         .map(|c| c.column.as_str())
         .collect();
     for column in columns {
+        // (mean, root mean square) of each partner that has values.
         let moments: Vec<Option<(f64, f64)>> = reports
             .iter()
             .map(|r| {
@@ -1226,28 +1220,27 @@ pub(super) fn stats_outliers(names: &[String], reports: &[StatsReport]) -> Vec<(
                     .find(|c| c.column == column && c.count > 0)
                     .map(|c| {
                         let n = c.count as f64;
-                        let mean = c.sum / n;
-                        (mean, (c.sum_sq / n - mean * mean).max(0.0).sqrt())
+                        (c.sum / n, (c.sum_sq / n).max(0.0).sqrt())
                     })
             })
             .collect();
-        let known: Vec<(f64, f64)> = moments.iter().flatten().copied().collect();
-        if known.len() < 3 {
-            continue;
-        }
-        let med_mean = median(known.iter().map(|m| m.0).collect());
-        let med_std = median(known.iter().map(|m| m.1).collect());
-        let scale = med_std.max(1e-9 * med_mean.abs()).max(1e-12);
         for (i, m) in moments.iter().enumerate() {
-            let Some((mean, std)) = m else { continue };
-            if out.iter().any(|(j, _)| *j == i) {
-                continue;
-            }
-            if (mean - med_mean).abs() > FAR * scale || *std > FAR * scale {
+            let Some((mean, rms)) = m else { continue };
+            let others = moments
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .filter_map(|(_, o)| o.map(|o| o.1))
+                .fold(None, |acc: Option<f64>, r| {
+                    Some(acc.map_or(r, |a| a.max(r)))
+                });
+            let Some(others) = others else { continue };
+            let limit = FAR * (others + 1.0);
+            if (mean.abs() > limit || *rms > limit) && !out.iter().any(|(j, _)| *j == i) {
                 out.push((
                     i,
                     format!(
-                        "statistics of column '{column}' (mean {mean:.6e}, standard deviation {std:.6e}) are absurdly far from the other partners' (median mean {med_mean:.6e}, median standard deviation {med_std:.6e}): a cell of that column at {} is probably broken",
+                        "statistics of column '{column}' (mean {mean:.6e}, root mean square {rms:.6e}) are absurd next to the other partners' (largest root mean square {others:.6e}): a cell of that column at {} is probably broken",
                         names[i]
                     ),
                 ));
