@@ -21,6 +21,21 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// The audit log cannot be written or does not verify.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// The last line is incomplete (no newline, not an entry): a write that a
+    /// power loss or crash cut short. The lines before it verify.
+    #[error(
+        "audit log '{path}' line {line}: incomplete last line ({bytes} bytes without a newline), as a power loss or crash leaves it; the {line_before} lines before it verify. Recover with `fedprofile-coordinator audit recover {path}`: it saves the torn bytes beside the log and records the recovery in the log"
+    )]
+    TornTail {
+        /// The file.
+        path: PathBuf,
+        /// 1-based number of the incomplete line.
+        line: usize,
+        /// Lines before it (intact).
+        line_before: usize,
+        /// Length of the incomplete line.
+        bytes: usize,
+    },
     /// I/O on the log file.
     #[error("audit log '{path}': {source}")]
     Io {
@@ -212,12 +227,32 @@ pub fn verify(path: &Path) -> Result<Vec<AuditEntry>, AuditError> {
     })?;
     let mut entries: Vec<AuditEntry> = Vec::new();
     let mut prev_hash = GENESIS.to_string();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let n = i + 1;
-        let line = line.map_err(|source| AuditError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let mut reader = BufReader::new(file);
+    let mut raw = String::new();
+    let mut i = 0;
+    loop {
+        raw.clear();
+        let read = reader
+            .read_line(&mut raw)
+            .map_err(|source| AuditError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if read == 0 {
+            break;
+        }
+        i += 1;
+        let n = i;
+        let complete = raw.ends_with('\n');
+        let line = raw.trim_end_matches(['\n', '\r']).to_string();
+        if !complete && serde_json::from_str::<AuditEntry>(&line).is_err() {
+            return Err(AuditError::TornTail {
+                path: path.to_path_buf(),
+                line: n,
+                line_before: n - 1,
+                bytes: raw.len(),
+            });
+        }
         let entry: AuditEntry = serde_json::from_str(&line).map_err(|e| AuditError::Malformed {
             path: path.to_path_buf(),
             line: n,
@@ -242,6 +277,66 @@ pub fn verify(path: &Path) -> Result<Vec<AuditEntry>, AuditError> {
         entries.push(entry);
     }
     Ok(entries)
+}
+
+/// What [`recover_torn_tail`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovered {
+    /// Where the torn bytes were saved.
+    pub saved: PathBuf,
+    /// How many bytes were cut.
+    pub bytes: usize,
+    /// Intact events kept.
+    pub kept: usize,
+}
+
+/// Cuts an incomplete last line (see [`AuditError::TornTail`]) off the log,
+/// saves its bytes to `<log>.torn-<unix seconds>`, and appends an
+/// `audit.recovered` event saying so. Any other problem (an edited or
+/// removed line) is returned unchanged: only a torn tail is recoverable.
+pub fn recover_torn_tail(path: &Path) -> Result<Recovered, AuditError> {
+    let io = |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (line, bytes) = match verify(path) {
+        Err(AuditError::TornTail { line, bytes, .. }) => (line, bytes),
+        Err(other) => return Err(other),
+        Ok(entries) => {
+            return Err(AuditError::Malformed {
+                path: path.to_path_buf(),
+                line: entries.len(),
+                reason: "nothing to recover: the log verifies".into(),
+            });
+        }
+    };
+    let content = std::fs::read(path).map_err(io)?;
+    let keep = content.len().saturating_sub(bytes);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut saved = path.as_os_str().to_owned();
+    saved.push(format!(".torn-{stamp}"));
+    let saved = PathBuf::from(saved);
+    std::fs::write(&saved, &content[keep..]).map_err(io)?;
+    let file = OpenOptions::new().write(true).open(path).map_err(io)?;
+    file.set_len(keep as u64).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    let log = AuditLog::open(path)?;
+    log.record(
+        "operator",
+        "audit.recovered",
+        None,
+        &format!(
+            "cut an incomplete last line (line {line}, {bytes} bytes, saved to {})",
+            saved.display()
+        ),
+    )?;
+    Ok(Recovered {
+        saved,
+        bytes,
+        kept: line - 1,
+    })
 }
 
 #[cfg(test)]
@@ -277,6 +372,46 @@ mod tests {
         let e = log.record("bob", "run.cancel", Some("r2"), "x").unwrap();
         assert_eq!(e.seq, 4);
         assert_eq!(verify(&path).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_named_and_recovered_by_an_audited_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log_with_three(dir.path());
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"seq\":4,\"at\":\"2026-");
+        std::fs::write(&path, &text).unwrap();
+        let err = verify(&path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AuditError::TornTail {
+                    line: 4,
+                    line_before: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("audit recover"), "{err}");
+        assert!(
+            AuditLog::open(&path).is_err(),
+            "a torn log must not be reopened silently"
+        );
+        let done = recover_torn_tail(&path).unwrap();
+        assert_eq!((done.kept, done.bytes), (3, 20));
+        assert_eq!(
+            std::fs::read_to_string(&done.saved).unwrap(),
+            "{\"seq\":4,\"at\":\"2026-"
+        );
+        let entries = verify(&path).unwrap();
+        assert_eq!(entries.len(), 4);
+        assert_eq!(entries[3].action, "audit.recovered");
+        // An edited line is not "recovered".
+        let mut lines = lines(&path);
+        lines[1] = lines[1].replace("\"seq\":2", "\"seq\":9");
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        assert!(recover_torn_tail(&path).is_err());
     }
 
     #[test]

@@ -96,6 +96,13 @@ enum AuditCommand {
         /// The audit log (state_dir/audit.jsonl).
         file: PathBuf,
     },
+    /// Cuts an incomplete last line (left by a power loss) off the log, saves
+    /// it beside the log, and records the recovery in the log. Stop the
+    /// coordinator first. Any other damage is refused.
+    Recover {
+        /// The audit log (state_dir/audit.jsonl).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +317,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 entries
                     .last()
                     .map_or(crate::audit::GENESIS, |e| e.hash.as_str())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Recover { file }) => {
+            let done = crate::audit::recover_torn_tail(&file).map_err(|e| e.to_string())?;
+            println!(
+                "{}: cut an incomplete last line of {} bytes (saved to {}); {} events kept, the recovery is recorded in the log",
+                file.display(),
+                done.bytes,
+                done.saved.display(),
+                done.kept
             );
             Ok(ExitCode::SUCCESS)
         }

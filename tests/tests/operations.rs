@@ -529,3 +529,62 @@ async fn certificates_rotate_during_a_run_and_a_revoked_partner_is_refused() {
     assert!(a.is_ok(), "{:?}", a.err());
     coordinator.kill();
 }
+
+/// A power loss that tears the audit log's last line: the coordinator refuses
+/// to start with a sentence naming the line and the recovery command; `audit
+/// recover` saves the torn bytes, records the recovery, and the coordinator
+/// then starts and runs. (Before, it refused to start with no documented way out.)
+#[test]
+fn a_torn_audit_line_is_detected_and_recovered_by_an_audited_step() {
+    let sandbox = Sandbox::new();
+    let (config, run) = sandbox.write_coordinator(&telco_run(1, 4, 4, 30.0));
+    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let mut clients: Vec<_> = PARTNERS
+        .iter()
+        .map(|p| {
+            let cfg = sandbox.write_client(p, "certs", p);
+            sandbox.start_client(p, &cfg, port, &[])
+        })
+        .collect();
+    assert!(coordinator.wait(Duration::from_secs(120)).success());
+    for c in &mut clients {
+        let _ = c.wait(Duration::from_secs(30));
+    }
+    let audit = sandbox.path("state/audit.jsonl");
+    let mut file = fs::OpenOptions::new().append(true).open(&audit).unwrap();
+    file.write_all(b"{\"seq\":99,\"at\":\"2026-12-").unwrap();
+    drop(file);
+
+    let serve = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(fedprofile_e2e::bin("fedprofile-coordinator"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(sandbox.path("state"))
+            .arg("--out")
+            .arg(sandbox.path("out2"))
+            .args(["--listen", "127.0.0.1:0", "--exit-when-idle"])
+            .args(extra);
+        run_bounded(&mut cmd, Duration::from_secs(60))
+    };
+    let refused = serve(&[]);
+    assert!(!refused.status.success(), "started on a torn audit log");
+    let why = text(&refused);
+    assert!(why.contains("incomplete last line"), "{why}");
+    assert!(why.contains("audit recover"), "{why}");
+    assert!(!why.contains("panicked"), "{why}");
+
+    let mut cmd = std::process::Command::new(fedprofile_e2e::bin("fedprofile-coordinator"));
+    cmd.args(["audit", "recover"]).arg(&audit);
+    let recovered = run_bounded(&mut cmd, Duration::from_secs(30));
+    assert!(recovered.status.success(), "{}", text(&recovered));
+    let mut cmd = std::process::Command::new(fedprofile_e2e::bin("fedprofile-coordinator"));
+    cmd.args(["audit", "verify"]).arg(&audit);
+    let verified = run_bounded(&mut cmd, Duration::from_secs(30));
+    assert!(verified.status.success(), "{}", text(&verified));
+    let log = fs::read_to_string(&audit).unwrap();
+    assert!(log.contains("\"action\":\"audit.recovered\""), "{log}");
+    let started = serve(&[]);
+    assert!(started.status.success(), "{}", text(&started));
+}
