@@ -196,13 +196,23 @@ fn parse_number(trimmed: &str) -> Parsed {
     }
 }
 
-/// Turns CRLF line ends into LF before the CSV reader sees them: the `csv` crate ends
-/// a CRLF record at the `\r` and counts its `\n` only when the next record starts, so
-/// every line number it reports for a CRLF file would be one too low.
+/// The CSV reader's input: CRLF line ends turned into LF, and the offset of every
+/// line end kept until the records before it are read, to give each record its line.
+///
+/// The `csv` crate's own line numbers are one too low for every record of a CRLF file
+/// (it ends a record at the `\r` and counts the `\n` only when the next record
+/// starts) and for a record that follows blank lines (its position is taken before
+/// they are skipped).
 struct CrlfToLf<R> {
     inner: R,
     /// A `\r` ended the previous chunk: dropped if the next byte is `\n`.
     pending_cr: bool,
+    /// Bytes handed out so far.
+    delivered: u64,
+    /// Offsets of the `\n` handed out and not yet passed by [`CrlfToLf::line_at`].
+    newlines: std::collections::VecDeque<u64>,
+    /// Line ends already passed.
+    passed: u64,
 }
 
 impl<R: BufRead> CrlfToLf<R> {
@@ -210,7 +220,30 @@ impl<R: BufRead> CrlfToLf<R> {
         CrlfToLf {
             inner,
             pending_cr: false,
+            delivered: 0,
+            newlines: Default::default(),
+            passed: 0,
         }
+    }
+}
+
+impl<R> CrlfToLf<R> {
+    /// The 1-based line of the record the CSV reader positioned at byte `pos` (of
+    /// this reader's output): the blank lines it skipped after `pos` are counted.
+    /// Positions must not decrease from call to call.
+    fn line_at(&mut self, pos: u64) -> u64 {
+        while self.newlines.front().is_some_and(|&n| n < pos) {
+            self.newlines.pop_front();
+            self.passed += 1;
+        }
+        let mut line = 1 + self.passed;
+        for (k, &n) in self.newlines.iter().enumerate() {
+            if n != pos + k as u64 {
+                break;
+            }
+            line += 1;
+        }
+        line
     }
 }
 
@@ -256,6 +289,12 @@ impl<R: BufRead> Read for CrlfToLf<R> {
                 break;
             }
         }
+        for (k, &b) in out[..w].iter().enumerate() {
+            if b == b'\n' {
+                self.newlines.push_back(self.delivered + k as u64);
+            }
+        }
+        self.delivered += w as u64;
         Ok(w)
     }
 }
@@ -444,7 +483,9 @@ pub(crate) fn read_source(
             break;
         }
         report.rows_read += 1;
-        let line = record.position().map_or(0, |p| p.line());
+        let line = record
+            .position()
+            .map_or(0, |p| rdr.get_mut().line_at(p.byte()));
         let row_example = |value: String| Example {
             file: file.to_owned(),
             line,
@@ -1219,6 +1260,20 @@ type = "numeric"
                 }
                 assert_eq!(got, expected, "capacity {capacity}, out {out_len}");
             }
+        }
+    }
+
+    #[test]
+    fn a_record_after_blank_lines_or_a_multi_line_cell_has_its_own_line() {
+        let lf = "id,when,n,c,b,y\nA,2026-01-01,1,one year,yes,no\n\n\nB,2026-01-01,x,one year,yes,no\n\"C\n\",2026-01-01,2,one year,yes,no\nD,2026-01-01,y,one year,yes,no";
+        for text in [lf.to_owned(), lf.replace('\n', "\r\n")] {
+            let (src, issues) = read_with(SCHEMA, text.as_bytes());
+            let lines: Vec<u64> = src.rows.iter().map(|r| r.line).collect();
+            assert_eq!(lines, [2, 5, 6, 8], "{text:?}");
+            assert_eq!(
+                lines_of(&issues, Reason::UnparseableNumber),
+                [(5, "n".to_owned()), (8, "n".to_owned())]
+            );
         }
     }
 }
