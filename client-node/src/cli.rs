@@ -123,10 +123,46 @@ pub fn main() -> ExitCode {
     init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        // The reader went away (e.g. `check-data | head -n 1`): nothing more to say,
+        // and not a failure of ours (ripgrep does the same).
+        Err(Failure::StdoutClosed) => ExitCode::SUCCESS,
+        Err(Failure::Message(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Why a command stopped.
+#[derive(Debug)]
+enum Failure {
+    /// A sentence for stderr; exit code 1.
+    Message(String),
+    /// Stdout was closed by its reader: stop quietly.
+    StdoutClosed,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Message(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Failure::Message(message.to_owned())
+    }
+}
+
+/// Prints one line (or block) on stdout; a closed stdout is [`Failure::StdoutClosed`],
+/// never a panic (`println!` panics on a broken pipe).
+fn out(text: impl std::fmt::Display) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::StdoutClosed),
+        Err(e) => Err(Failure::Message(format!("cannot write to stdout: {e}"))),
     }
 }
 
@@ -149,11 +185,13 @@ fn load_config(path: &std::path::Path) -> Result<ClientConfig, String> {
 struct SplitReport<'a> {
     split: &'a str,
     report: &'a fedprofile_data::QualityReport,
+    /// Why `run` would refuse this split (empty when it is usable).
+    problems: &'a [String],
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Privacy(command) => crate::privacy_cli::run(command),
+        Command::Privacy(command) => crate::privacy_cli::run(command).map_err(Failure::from),
         Command::Profile {
             config,
             model,
@@ -176,35 +214,48 @@ fn run(cli: Cli) -> Result<(), String> {
                 &out,
             )
             .map_err(|e| e.to_string())?;
-            println!(
+            self::out(format!(
                 "profiled {rows} users of split '{split}' into {}",
                 out.display()
-            );
-            Ok(())
+            ))
         }
         Command::CheckData { config, json } => {
             let config = load_config(&config)?;
             let schema =
                 fedprofile_data::Schema::from_path(&config.schema).map_err(|e| e.to_string())?;
+            // (split, report, problems): the same verdict `run` applies at start-up.
             let mut reports = Vec::new();
             for split in [&config.train_split, &config.test_split] {
                 let loaded = fedprofile_data::load_split(&schema, &config.data_dir, split)
                     .map_err(|e| e.to_string())?;
-                reports.push((split.clone(), loaded.report));
+                let problems: Vec<String> =
+                    loaded.problems().iter().map(ToString::to_string).collect();
+                reports.push((split.clone(), loaded.report, problems));
             }
-            if json {
-                let out: Vec<SplitReport<'_>> = reports
+            let printed = if json {
+                let rows: Vec<SplitReport<'_>> = reports
                     .iter()
-                    .map(|(split, report)| SplitReport { split, report })
+                    .map(|(split, report, problems)| SplitReport {
+                        split,
+                        report,
+                        problems,
+                    })
                     .collect();
-                let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
-                println!("{text}");
+                let text = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
+                out(text)
             } else {
-                for (split, report) in &reports {
-                    println!("== split '{split}'\n{report}");
-                }
+                reports
+                    .iter()
+                    .try_for_each(|(split, report, _)| out(format!("== split '{split}'\n{report}")))
+            };
+            let problems: Vec<&str> = reports
+                .iter()
+                .flat_map(|(_, _, p)| p.iter().map(String::as_str))
+                .collect();
+            if !problems.is_empty() {
+                return Err(Failure::Message(problems.join("\nerror: ")));
             }
-            Ok(())
+            printed
         }
         Command::Score {
             config,
@@ -215,11 +266,10 @@ fn run(cli: Cli) -> Result<(), String> {
             let config = load_config(&config)?;
             let rows = crate::score::score(&config.schema, &config.data_dir, &split, &model, &out)
                 .map_err(|e| e.to_string())?;
-            println!(
+            self::out(format!(
                 "scored {rows} users of split '{split}' into {}",
                 out.display()
-            );
-            Ok(())
+            ))
         }
         Command::Run {
             config,
@@ -279,8 +329,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .block_on(session::run(&config, &options, node))
                 .map_err(|e| e.to_string())?;
             let SessionEnd::RunFinished(message) = end;
-            println!("{message}");
-            Ok(())
+            out(message)
         }
     }
 }

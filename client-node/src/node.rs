@@ -83,6 +83,28 @@ impl TaskError {
     }
 }
 
+/// Logs (file:line, column) the numeric cells that were too large to be numbers or
+/// outside their declared bounds: one broken export must be visible in the client log,
+/// not only in `check-data`.
+fn log_numeric_issues(report: &fedprofile_data::QualityReport) {
+    use fedprofile_data::Reason;
+    for issue in &report.issues {
+        if matches!(
+            issue.reason,
+            Reason::NumberTooLarge | Reason::OutOfRangeClipped | Reason::OutOfRangeRejected
+        ) {
+            let examples: Vec<String> = issue.examples.iter().map(ToString::to_string).collect();
+            tracing::warn!(
+                split = %report.split,
+                count = issue.count,
+                "{}: {}",
+                issue.reason.describe(),
+                examples.join("; ")
+            );
+        }
+    }
+}
+
 /// The schema's label kind as the protocol reports it.
 fn label_kind_msg(kind: Option<LabelKind>) -> LabelKindMsg {
     match kind {
@@ -269,6 +291,12 @@ impl Node {
         let schema = Schema::from_path(schema_path)?;
         let mut train = fedprofile_data::load_split(&schema, data_dir, train_split)?;
         let mut test = fedprofile_data::load_split(&schema, data_dir, test_split)?;
+        // The verdict of `check-data`: an empty split, or a numeric column without one
+        // usable number, stops the client before it connects.
+        for loaded in [&train, &test] {
+            loaded.check()?;
+            log_numeric_issues(&loaded.report);
+        }
         if let Some(shard) = test_options.shard {
             train.dataset = shard.keep(&train.dataset);
             test.dataset = shard.keep(&test.dataset);

@@ -2,7 +2,9 @@
 //!
 //! Only problems that make a whole split unusable are errors: an invalid schema, a
 //! missing file, a missing header column, or an encoding request that does not match
-//! the schema. Bad rows and cells are never errors: they are counted, by reason, in the
+//! the schema; and, from [`LoadedSplit::problems`](crate::LoadedSplit::problems), a split
+//! without usable rows or a numeric column without one usable value. Bad rows and cells
+//! are never errors: they are counted, by reason, in the
 //! [`QualityReport`](crate::QualityReport).
 
 use std::path::PathBuf;
@@ -82,6 +84,32 @@ pub enum DataError {
         file: String,
         /// The repeated column name.
         column: String,
+    },
+
+    /// A split has no usable rows (e.g. a header-only export): nothing to train or
+    /// evaluate on.
+    #[error("{file}: split '{split}' has no usable rows: {detail}")]
+    NoUsableRows {
+        /// The primary source file of the split.
+        file: String,
+        /// The split.
+        split: String,
+        /// Why (no data rows, or every row dropped).
+        detail: String,
+    },
+
+    /// A numeric column has non-blank cells but not one usable number: it would train
+    /// as a constant.
+    #[error("{file}: column '{column}' has no usable value in split '{split}': {detail}")]
+    NoUsableValues {
+        /// The column's source file.
+        file: String,
+        /// The column.
+        column: String,
+        /// The split.
+        split: String,
+        /// How many cells were bad, with an example line.
+        detail: String,
     },
 
     /// The schema declares no label column.

@@ -187,7 +187,7 @@ pub(crate) fn join(
         for (ci, col) in source_def.columns.iter().enumerate() {
             let value = |u: usize| rows[u].map_or(&Value::Missing, |r| &r.values[ci]);
             let data = match &col.kind {
-                ColumnKind::Numeric { impute } => ColumnData::Numeric {
+                ColumnKind::Numeric { impute, .. } => ColumnData::Numeric {
                     impute: *impute,
                     values: (0..n)
                         .map(|u| match value(u) {

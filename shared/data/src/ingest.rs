@@ -16,11 +16,11 @@
 //! first). For the key, numeric and target columns only surrounding white space is noise.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 
 use crate::error::DataError;
 use crate::report::{Collector, ColumnReport, Example, MAX_EXAMPLES, Reason, SourceReport};
-use crate::schema::{ColumnKind, SourceDef};
+use crate::schema::{Bounds, ColumnKind, MAX_MAGNITUDE, OutOfRange, SourceDef};
 
 /// A cleaned cell.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,7 +76,7 @@ pub(crate) struct CleanSource {
 
 enum Cleaner {
     Id,
-    Numeric,
+    Numeric(Option<Bounds>),
     Categorical(HashMap<String, u32>),
     Boolean(HashMap<String, bool>),
     Label {
@@ -176,10 +176,127 @@ impl SpellingStats {
     }
 }
 
-/// Parses a trimmed numeric or target cell: a finite number (`N/A`, text, `inf` and
-/// `NaN` are not).
-fn parse_number(trimmed: &str) -> Option<f64> {
-    trimmed.parse::<f64>().ok().filter(|x| x.is_finite())
+/// A trimmed numeric or target cell.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Parsed {
+    /// A finite number of magnitude at most [`MAX_MAGNITUDE`].
+    Number(f64),
+    /// A finite number of larger magnitude (e.g. `1e300`): treated as unparseable.
+    TooLarge,
+    /// Not a finite number (`N/A`, text, `inf`, `NaN`).
+    Unparseable,
+}
+
+/// Parses a trimmed numeric or target cell.
+fn parse_number(trimmed: &str) -> Parsed {
+    match trimmed.parse::<f64>() {
+        Ok(x) if x.is_finite() && x.abs() <= MAX_MAGNITUDE => Parsed::Number(x),
+        Ok(x) if x.is_finite() => Parsed::TooLarge,
+        _ => Parsed::Unparseable,
+    }
+}
+
+/// The CSV reader's input: CRLF line ends turned into LF, and the offset of every
+/// line end kept until the records before it are read, to give each record its line.
+///
+/// The `csv` crate's own line numbers are one too low for every record of a CRLF file
+/// (it ends a record at the `\r` and counts the `\n` only when the next record
+/// starts) and for a record that follows blank lines (its position is taken before
+/// they are skipped).
+struct CrlfToLf<R> {
+    inner: R,
+    /// A `\r` ended the previous chunk: dropped if the next byte is `\n`.
+    pending_cr: bool,
+    /// Bytes handed out so far.
+    delivered: u64,
+    /// Offsets of the `\n` handed out and not yet passed by [`CrlfToLf::line_at`].
+    newlines: std::collections::VecDeque<u64>,
+    /// Line ends already passed.
+    passed: u64,
+}
+
+impl<R: BufRead> CrlfToLf<R> {
+    fn new(inner: R) -> Self {
+        CrlfToLf {
+            inner,
+            pending_cr: false,
+            delivered: 0,
+            newlines: Default::default(),
+            passed: 0,
+        }
+    }
+}
+
+impl<R> CrlfToLf<R> {
+    /// The 1-based line of the record the CSV reader positioned at byte `pos` (of
+    /// this reader's output): the blank lines it skipped after `pos` are counted.
+    /// Positions must not decrease from call to call.
+    fn line_at(&mut self, pos: u64) -> u64 {
+        while self.newlines.front().is_some_and(|&n| n < pos) {
+            self.newlines.pop_front();
+            self.passed += 1;
+        }
+        let mut line = 1 + self.passed;
+        for (k, &n) in self.newlines.iter().enumerate() {
+            if n != pos + k as u64 {
+                break;
+            }
+            line += 1;
+        }
+        line
+    }
+}
+
+impl<R: BufRead> Read for CrlfToLf<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let mut w = 0;
+        while w < out.len() {
+            let buf = self.inner.fill_buf()?;
+            if self.pending_cr {
+                self.pending_cr = false;
+                if buf.first() != Some(&b'\n') {
+                    out[w] = b'\r';
+                    w += 1;
+                    if w == out.len() {
+                        break;
+                    }
+                }
+            }
+            if buf.is_empty() {
+                break;
+            }
+            let mut i = 0;
+            while i < buf.len() && w < out.len() {
+                let b = buf[i];
+                i += 1;
+                if b == b'\r' {
+                    match buf.get(i) {
+                        // A CRLF: the `\n` that follows is copied alone.
+                        Some(b'\n') => continue,
+                        Some(_) => {}
+                        // Decided with the next chunk.
+                        None => {
+                            self.pending_cr = true;
+                            break;
+                        }
+                    }
+                }
+                out[w] = b;
+                w += 1;
+            }
+            self.inner.consume(i);
+            if w > 0 {
+                break;
+            }
+        }
+        for (k, &b) in out[..w].iter().enumerate() {
+            if b == b'\n' {
+                self.newlines.push_back(self.delivered + k as u64);
+            }
+        }
+        self.delivered += w as u64;
+        Ok(w)
+    }
 }
 
 /// Parses `YYYY-MM-DD`, optionally followed by `T` or a space and a time
@@ -241,7 +358,7 @@ pub(crate) fn read_source(
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
-        .from_reader(reader);
+        .from_reader(CrlfToLf::new(BufReader::new(reader)));
     let header = rdr
         .byte_headers()
         .map_err(|source| DataError::Csv {
@@ -293,7 +410,7 @@ pub(crate) fn read_source(
         .iter()
         .map(|c| match &c.kind {
             ColumnKind::Id => Cleaner::Id,
-            ColumnKind::Numeric { .. } => Cleaner::Numeric,
+            ColumnKind::Numeric { bounds, .. } => Cleaner::Numeric(*bounds),
             ColumnKind::Categorical { vocabulary, .. } => Cleaner::Categorical(
                 vocabulary
                     .iter()
@@ -366,7 +483,9 @@ pub(crate) fn read_source(
             break;
         }
         report.rows_read += 1;
-        let line = record.position().map_or(0, |p| p.line());
+        let line = record
+            .position()
+            .map_or(0, |p| rdr.get_mut().line_at(p.byte()));
         let row_example = |value: String| Example {
             file: file.to_owned(),
             line,
@@ -454,8 +573,8 @@ pub(crate) fn read_source(
                     }
                 },
                 _ => match parse_number(trimmed) {
-                    Some(x) => target = Some(x),
-                    None => {
+                    Parsed::Number(x) => target = Some(x),
+                    Parsed::TooLarge | Parsed::Unparseable => {
                         report.rows_unparseable_label += 1;
                         collector.record(Reason::UnparseableLabel, example);
                         continue;
@@ -512,14 +631,34 @@ pub(crate) fn read_source(
                     }
                     target.map_or(Value::Missing, Value::Number)
                 }
-                Cleaner::Numeric => {
+                Cleaner::Numeric(bounds) => {
                     if padded {
                         col.noise += 1;
                         collector.record(Reason::CaseOrWhitespaceNoise, example);
                     }
                     match parse_number(trimmed) {
-                        Some(x) => Value::Number(x),
-                        None => {
+                        Parsed::Number(x) => match bounds {
+                            Some(b) if !b.contains(x) => {
+                                col.out_of_range += 1;
+                                match b.out_of_range {
+                                    OutOfRange::Clip => {
+                                        collector.record(Reason::OutOfRangeClipped, example);
+                                        Value::Number(b.clip(x))
+                                    }
+                                    OutOfRange::Reject => {
+                                        collector.record(Reason::OutOfRangeRejected, example);
+                                        Value::Missing
+                                    }
+                                }
+                            }
+                            _ => Value::Number(x),
+                        },
+                        Parsed::TooLarge => {
+                            col.unparseable += 1;
+                            collector.record(Reason::NumberTooLarge, example);
+                            Value::Missing
+                        }
+                        Parsed::Unparseable => {
                             col.unparseable += 1;
                             collector.record(Reason::UnparseableNumber, example);
                             Value::Missing
@@ -947,5 +1086,194 @@ classes = ["month-to-month", "one year", "two year"]
             .unwrap();
         assert_eq!(issue.examples[1].line, 4);
         assert_eq!(issue.examples[1].value, "  ");
+    }
+
+    const BOUNDED_SCHEMA: &str = r#"
+key = "id"
+[[source]]
+name = "main"
+path = "main.csv"
+[[source.column]]
+name = "id"
+type = "id"
+[[source.column]]
+name = "tenure"
+type = "numeric"
+min = 0
+max = 72
+[[source.column]]
+name = "charges"
+type = "numeric"
+max = 200
+out_of_range = "reject"
+[[source.column]]
+name = "free"
+type = "numeric"
+"#;
+
+    fn read_with(schema: &str, csv: &[u8]) -> (CleanSource, Vec<crate::report::Issue>) {
+        let schema = Schema::from_toml_str(schema, "s").unwrap();
+        let mut collector = Collector::default();
+        let src = read_source(
+            schema.primary_source(),
+            schema.key(),
+            csv,
+            "main.csv",
+            &mut collector,
+        )
+        .unwrap();
+        (src, collector.into_issues())
+    }
+
+    fn lines_of(issues: &[crate::report::Issue], reason: Reason) -> Vec<(u64, String)> {
+        issues
+            .iter()
+            .filter(|i| i.reason == reason)
+            .flat_map(|i| &i.examples)
+            .map(|e| (e.line, e.column.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn cells_of_absurd_magnitude_are_unparseable_without_bounds() {
+        let (src, issues) = read_with(
+            BOUNDED_SCHEMA,
+            b"id,tenure,charges,free\nA,1,1,1e15\nB,2,2,1e300\nC,3,3,-2e15\nD,4,4,7\n",
+        );
+        let v: Vec<Value> = src.rows.iter().map(|r| r.values[3].clone()).collect();
+        assert_eq!(
+            v,
+            [
+                Value::Number(1e15),
+                Value::Missing,
+                Value::Missing,
+                Value::Number(7.0)
+            ]
+        );
+        assert_eq!(count(&issues, Reason::NumberTooLarge), 2);
+        assert_eq!(count(&issues, Reason::UnparseableNumber), 0);
+        assert_eq!(
+            lines_of(&issues, Reason::NumberTooLarge),
+            [(3, "free".to_owned()), (4, "free".to_owned())]
+        );
+        let free = src.columns.iter().find(|c| c.name == "free").unwrap();
+        assert_eq!(free.unparseable, 2);
+        assert_eq!(free.out_of_range, 0);
+    }
+
+    #[test]
+    fn the_magnitude_ceiling_comes_before_the_bounds() {
+        // Clipping 1e300 to 72 would hide a broken export behind a plausible value.
+        let (src, issues) = read_with(BOUNDED_SCHEMA, b"id,tenure,charges,free\nA,1e300,1,1\n");
+        assert_eq!(src.rows[0].values[1], Value::Missing);
+        assert_eq!(count(&issues, Reason::NumberTooLarge), 1);
+        assert_eq!(count(&issues, Reason::OutOfRangeClipped), 0);
+    }
+
+    #[test]
+    fn out_of_range_cells_are_clipped_or_rejected() {
+        let (src, issues) = read_with(
+            BOUNDED_SCHEMA,
+            b"id,tenure,charges,free\nA,0,200,1\nB,80,250,2\nC,-1,19.5,3\nD,72,1e6,-1e9\n",
+        );
+        let col = |r: usize, c: usize| src.rows[r].values[c].clone();
+        // tenure: [0, 72], clipped.
+        assert_eq!(col(0, 1), Value::Number(0.0));
+        assert_eq!(col(1, 1), Value::Number(72.0));
+        assert_eq!(col(2, 1), Value::Number(0.0));
+        assert_eq!(col(3, 1), Value::Number(72.0));
+        // charges: <= 200, rejected (imputed).
+        assert_eq!(col(0, 2), Value::Number(200.0));
+        assert_eq!(col(1, 2), Value::Missing);
+        assert_eq!(col(2, 2), Value::Number(19.5));
+        assert_eq!(col(3, 2), Value::Missing);
+        // free: no bounds.
+        assert_eq!(col(3, 3), Value::Number(-1e9));
+        assert_eq!(
+            lines_of(&issues, Reason::OutOfRangeClipped),
+            [(3, "tenure".to_owned()), (4, "tenure".to_owned())]
+        );
+        assert_eq!(
+            lines_of(&issues, Reason::OutOfRangeRejected),
+            [(3, "charges".to_owned()), (5, "charges".to_owned())]
+        );
+        let c = |n: &str| src.columns.iter().find(|c| c.name == n).unwrap().clone();
+        assert_eq!((c("tenure").out_of_range, c("tenure").unparseable), (2, 0));
+        assert_eq!(
+            (c("charges").out_of_range, c("charges").unparseable),
+            (2, 0)
+        );
+        assert_eq!(c("free").out_of_range, 0);
+    }
+
+    #[test]
+    fn a_target_of_absurd_magnitude_drops_the_row() {
+        let (src, issues) = read_target("id,n,amount\nA,1,10\nB,2,1e300\nC,3,-1e16\n");
+        let ids: Vec<&str> = src.rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["A"]);
+        assert_eq!(src.report.rows_unparseable_label, 2);
+        assert_eq!(count(&issues, Reason::UnparseableLabel), 2);
+    }
+
+    #[test]
+    fn crlf_files_report_the_same_lines_as_lf_files() {
+        let lf = "id,when,n,c,b,y\nA,2026-01-01,x,one year,yes,no\n\"B\",2026-01-01,1,one year,yes,\"no\"\nC,2026-01-01,2,two year,maybe,no\nD,2026-01-01,3,one year,yes,no\nE,2026-01-01,,one year,yes,no\n";
+        let crlf = lf.replace('\n', "\r\n");
+        let (lf_src, lf_issues) = read_with(SCHEMA, lf.as_bytes());
+        let (crlf_src, crlf_issues) = read_with(SCHEMA, crlf.as_bytes());
+        assert_eq!(lf_issues, crlf_issues);
+        let lines: Vec<u64> = crlf_src.rows.iter().map(|r| r.line).collect();
+        assert_eq!(lines, [2, 3, 4, 5, 6]);
+        assert_eq!(
+            lines_of(&crlf_issues, Reason::UnparseableNumber),
+            [(2, "n".to_owned())]
+        );
+        assert_eq!(
+            lines_of(&crlf_issues, Reason::OutsideVocabulary),
+            [(4, "c".to_owned()), (4, "b".to_owned())]
+        );
+        assert_eq!(
+            lines_of(&crlf_issues, Reason::BlankCell),
+            [(6, "n".to_owned())]
+        );
+        // The `\r` is not white-space noise in the last column, and no label is lost.
+        assert_eq!(count(&crlf_issues, Reason::CaseOrWhitespaceNoise), 0);
+        assert_eq!(crlf_src.rows.len(), lf_src.rows.len());
+        assert!(crlf_src.rows.iter().all(|r| r.label == Some(false)));
+    }
+
+    #[test]
+    fn crlf_to_lf_handles_every_chunk_boundary() {
+        let input = b"a,b\r\n1,\"x\ry\"\r\n\r\r\n2,3\r";
+        let expected = b"a,b\n1,\"x\ry\"\n\r\n2,3\r";
+        for capacity in [1, 2, 3, 5, 8192] {
+            for out_len in [1, 2, 7, 4096] {
+                let mut rdr = CrlfToLf::new(BufReader::with_capacity(capacity, &input[..]));
+                let mut got = Vec::new();
+                let mut chunk = vec![0u8; out_len];
+                loop {
+                    let n = rdr.read(&mut chunk).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&chunk[..n]);
+                }
+                assert_eq!(got, expected, "capacity {capacity}, out {out_len}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_after_blank_lines_or_a_multi_line_cell_has_its_own_line() {
+        let lf = "id,when,n,c,b,y\nA,2026-01-01,1,one year,yes,no\n\n\nB,2026-01-01,x,one year,yes,no\n\"C\n\",2026-01-01,2,one year,yes,no\nD,2026-01-01,y,one year,yes,no";
+        for text in [lf.to_owned(), lf.replace('\n', "\r\n")] {
+            let (src, issues) = read_with(SCHEMA, text.as_bytes());
+            let lines: Vec<u64> = src.rows.iter().map(|r| r.line).collect();
+            assert_eq!(lines, [2, 5, 6, 8], "{text:?}");
+            assert_eq!(
+                lines_of(&issues, Reason::UnparseableNumber),
+                [(5, "n".to_owned()), (8, "n".to_owned())]
+            );
+        }
     }
 }

@@ -34,8 +34,8 @@ pub use report::{
     SourceReport, TargetSummary,
 };
 pub use schema::{
-    CategoricalImpute, ColumnDef, ColumnKind, LabelKind, NumericImpute, SPLIT_PLACEHOLDER, Schema,
-    SourceDef,
+    Bounds, CategoricalImpute, ColumnDef, ColumnKind, LabelKind, MAX_MAGNITUDE, NumericImpute,
+    OutOfRange, SPLIT_PLACEHOLDER, Schema, SourceDef,
 };
 
 use report::Collector;
@@ -47,6 +47,85 @@ pub struct LoadedSplit {
     pub dataset: Dataset,
     /// Counts of everything that was dropped, cleaned or imputed.
     pub report: QualityReport,
+}
+
+impl LoadedSplit {
+    /// Everything that makes this split unusable for a run, one sentence each naming
+    /// the file (empty when the split is usable). `check-data` and the client's `run`
+    /// apply the same verdict:
+    ///
+    /// - the split has no usable rows (e.g. a header-only primary export, or every row
+    ///   dropped) ([`DataError::NoUsableRows`]);
+    /// - a numeric column has non-blank cells but none of them is usable (unparseable,
+    ///   of magnitude above [`MAX_MAGNITUDE`], or outside its bounds with
+    ///   `out_of_range = "reject"`): it would train as a constant
+    ///   ([`DataError::NoUsableValues`]). A column that is blank throughout is not an
+    ///   error: it is imputed like any missing cell.
+    pub fn problems(&self) -> Vec<DataError> {
+        let report = &self.report;
+        let primary = report.sources.iter().find(|s| s.primary);
+        if self.dataset.is_empty() {
+            let (file, rows_read) = primary.map_or((report.data_dir.as_str(), 0), |s| {
+                (s.file.as_str(), s.rows_read)
+            });
+            let detail = if rows_read == 0 {
+                "the file has a header but no data rows".to_owned()
+            } else {
+                format!("all {rows_read} data rows were dropped while cleaning")
+            };
+            return vec![DataError::NoUsableRows {
+                file: file.to_owned(),
+                split: report.split.clone(),
+                detail,
+            }];
+        }
+        let mut problems = Vec::new();
+        for stats in self.dataset.numeric_stats() {
+            let Some(column) = report.column(&stats.column) else {
+                continue;
+            };
+            let bad = column.unparseable + column.out_of_range;
+            if stats.count > 0 || bad == 0 {
+                continue;
+            }
+            let file = report
+                .source(&column.source)
+                .map_or(report.data_dir.as_str(), |s| s.file.as_str());
+            let example = report
+                .issues
+                .iter()
+                .filter(|i| {
+                    matches!(
+                        i.reason,
+                        Reason::UnparseableNumber
+                            | Reason::NumberTooLarge
+                            | Reason::OutOfRangeRejected
+                    )
+                })
+                .flat_map(|i| &i.examples)
+                .filter(|e| e.column.as_deref() == Some(column.name.as_str()))
+                .min_by_key(|e| e.line)
+                .map(|e| format!(", e.g. line {}: {:?}", e.line, e.value))
+                .unwrap_or_default();
+            problems.push(DataError::NoUsableValues {
+                file: file.to_owned(),
+                column: column.name.clone(),
+                split: report.split.clone(),
+                detail: format!(
+                    "none of its {bad} non-blank cells is a usable number (unparseable, too large or out of range){example}"
+                ),
+            });
+        }
+        problems
+    }
+
+    /// `Ok` when the split is usable for a run, else the first of [`LoadedSplit::problems`].
+    pub fn check(&self) -> Result<(), DataError> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Loads one split (e.g. `train`) of a partner: every source path of the schema, with
@@ -535,5 +614,104 @@ value = false
         let sub = d.subset(&[3, 1]);
         assert_eq!(sub.labels().unwrap().to_vec(), [0.0, 0.0]);
         assert_eq!(sub.class_counts(), Some(vec![2, 0, 0]));
+    }
+
+    #[test]
+    fn a_header_only_split_is_a_problem_naming_the_file() {
+        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let loaded = load_from_strs(&schema, "train", &[("a", "id,when,n,y\n"), ("b", B)]).unwrap();
+        let e = loaded.check().unwrap_err();
+        assert!(matches!(e, DataError::NoUsableRows { .. }));
+        assert_eq!(
+            e.to_string(),
+            "train/a.csv: split 'train' has no usable rows: the file has a header but no data rows"
+        );
+        let dropped = load_from_strs(
+            &schema,
+            "train",
+            &[
+                ("a", "id,when,n,y\nU1,2026-01-01,1,\n ,2026-01-01,1,no\n"),
+                ("b", B),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            dropped.check().unwrap_err().to_string(),
+            "train/a.csv: split 'train' has no usable rows: all 2 data rows were dropped while cleaning"
+        );
+    }
+
+    #[test]
+    fn a_numeric_column_without_one_usable_number_is_a_problem() {
+        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let a = "id,when,n,y\nU1,2026-01-01,N/A,yes\nU2,2026-01-01,,no\nU3,2026-01-01,1e300,no\n";
+        let loaded = load_from_strs(&schema, "train", &[("a", a), ("b", B)]).unwrap();
+        let problems = loaded.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].to_string(),
+            "train/a.csv: column 'n' has no usable value in split 'train': none of its 2 non-blank cells is a usable number (unparseable, too large or out of range), e.g. line 2: \"N/A\""
+        );
+        // Blank throughout is not a problem: it is imputed like any missing cell.
+        let blank = "id,when,n,y\nU1,2026-01-01,,yes\nU2,2026-01-01,,no\n";
+        let loaded = load_from_strs(&schema, "train", &[("a", blank), ("b", B)]).unwrap();
+        assert!(loaded.problems().is_empty());
+        // One usable cell is enough.
+        let one = "id,when,n,y\nU1,2026-01-01,x,yes\nU2,2026-01-01,2,no\n";
+        let loaded = load_from_strs(&schema, "train", &[("a", one), ("b", B)]).unwrap();
+        assert!(loaded.check().is_ok());
+    }
+
+    #[test]
+    fn bounds_reject_every_cell_is_a_problem_but_clip_is_not() {
+        let bounded = |mode: &str| {
+            Schema::from_toml_str(
+                &SCHEMA.replace(
+                    "name = \"n\"\ntype = \"numeric\"",
+                    &format!(
+                        "name = \"n\"\ntype = \"numeric\"\nmax = 10\nout_of_range = \"{mode}\""
+                    ),
+                ),
+                "schema.toml",
+            )
+            .unwrap()
+        };
+        let a = "id,when,n,y\nU1,2026-01-01,11,yes\nU2,2026-01-01,50,no\n";
+        let clipped = load_from_strs(&bounded("clip"), "train", &[("a", a), ("b", B)]).unwrap();
+        assert!(clipped.check().is_ok());
+        assert_eq!(clipped.report.count(Reason::OutOfRangeClipped), 2);
+        assert_eq!(clipped.dataset.numeric_stats()[0].sum, 20.0);
+        let rejected = load_from_strs(&bounded("reject"), "train", &[("a", a), ("b", B)]).unwrap();
+        assert_eq!(rejected.report.count(Reason::OutOfRangeRejected), 2);
+        let e = rejected.check().unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("train/a.csv: column 'n' has no usable value in split 'train'")
+                && e.to_string().ends_with("e.g. line 2: \"11\""),
+            "{e}"
+        );
+        // The text report names the file and line of each out-of-range cell.
+        let text = rejected.report.to_string();
+        assert!(
+            text.contains("numbers outside the declared min/max, imputed"),
+            "{text}"
+        );
+        assert!(text.contains("train/a.csv:3: column 'n': \"50\""), "{text}");
+    }
+
+    #[test]
+    fn an_absurd_cell_keeps_the_statistics_finite() {
+        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let a = "id,when,n,y\nU1,2026-01-01,1e300,yes\nU2,2026-01-01,2,no\nU3,2026-01-01,4,no\n";
+        let loaded = load_from_strs(&schema, "train", &[("a", a), ("b", B)]).unwrap();
+        let stats = &loaded.dataset.numeric_stats()[0];
+        assert_eq!((stats.count, stats.sum, stats.sum_sq), (2, 6.0, 20.0));
+        assert!(loaded.check().is_ok());
+        let text = loaded.report.to_string();
+        assert!(
+            text.contains("numbers of magnitude above 1e15, imputed")
+                && text.contains("train/a.csv:2: column 'n': \"1e300\""),
+            "{text}"
+        );
     }
 }

@@ -33,6 +33,15 @@ pub enum Reason {
     BlankCell,
     /// Cell imputed: a numeric cell that is not a finite number (e.g. `N/A`).
     UnparseableNumber,
+    /// Cell imputed: a numeric cell of magnitude above
+    /// [`MAX_MAGNITUDE`](crate::MAX_MAGNITUDE) (e.g. `1e300`), treated as unparseable.
+    NumberTooLarge,
+    /// Cell clipped to the nearest bound: a numeric cell outside its column's declared
+    /// `min`/`max` (`out_of_range = "clip"`, the default).
+    OutOfRangeClipped,
+    /// Cell imputed: a numeric cell outside its column's declared `min`/`max`
+    /// (`out_of_range = "reject"`).
+    OutOfRangeRejected,
     /// A categorical cell outside the vocabulary (encoded in the unseen slot), or a
     /// boolean cell matching neither spelling (imputed).
     OutsideVocabulary,
@@ -67,6 +76,9 @@ impl Reason {
             }
             Reason::BlankCell => "blank cells, imputed",
             Reason::UnparseableNumber => "unparseable numbers, imputed",
+            Reason::NumberTooLarge => "numbers of magnitude above 1e15, imputed",
+            Reason::OutOfRangeClipped => "numbers outside the declared min/max, clipped",
+            Reason::OutOfRangeRejected => "numbers outside the declared min/max, imputed",
             Reason::OutsideVocabulary => "values outside the vocabulary",
             Reason::CaseOrWhitespaceNoise => "case or white-space noise cells, cleaned",
             Reason::UnparseableDate => "unparseable keep-newest dates, row treated as oldest",
@@ -166,8 +178,11 @@ pub struct ColumnReport {
     pub kind: String,
     /// Blank cells (all cleaned rows, before de-duplication).
     pub blank: u64,
-    /// Unparseable cells: numbers that are not finite numbers, dates that are not dates.
+    /// Unparseable cells: numbers that are not finite numbers or whose magnitude is
+    /// above [`MAX_MAGNITUDE`](crate::MAX_MAGNITUDE), dates that are not dates.
     pub unparseable: u64,
+    /// Numeric cells outside the column's declared `min`/`max` (clipped or imputed).
+    pub out_of_range: u64,
     /// Cells outside the vocabulary / boolean spellings.
     pub outside_vocabulary: u64,
     /// Case or white-space noise cells.
@@ -369,7 +384,15 @@ impl fmt::Display for QualityReport {
         let noisy: Vec<&ColumnReport> = self
             .columns
             .iter()
-            .filter(|c| c.blank + c.unparseable + c.outside_vocabulary + c.noise + c.imputed > 0)
+            .filter(|c| {
+                c.blank
+                    + c.unparseable
+                    + c.out_of_range
+                    + c.outside_vocabulary
+                    + c.noise
+                    + c.imputed
+                    > 0
+            })
             .collect();
         if noisy.is_empty() {
             writeln!(f, "\ncolumns: no cell-level issues")?;
@@ -378,17 +401,25 @@ impl fmt::Display for QualityReport {
             writeln!(f, "\ncolumns with cell-level issues:")?;
             writeln!(
                 f,
-                "  {:<w$}  {:<11}  {:>6}  {:>11}  {:>10}  {:>6}  {:>7}",
-                "column", "type", "blank", "unparseable", "outside", "noise", "imputed"
+                "  {:<w$}  {:<11}  {:>6}  {:>11}  {:>12}  {:>10}  {:>6}  {:>7}",
+                "column",
+                "type",
+                "blank",
+                "unparseable",
+                "out of range",
+                "outside",
+                "noise",
+                "imputed"
             )?;
             for c in noisy {
                 writeln!(
                     f,
-                    "  {:<w$}  {:<11}  {:>6}  {:>11}  {:>10}  {:>6}  {:>7}",
+                    "  {:<w$}  {:<11}  {:>6}  {:>11}  {:>12}  {:>10}  {:>6}  {:>7}",
                     c.name,
                     c.kind,
                     c.blank,
                     c.unparseable,
+                    c.out_of_range,
                     c.outside_vocabulary,
                     c.noise,
                     c.imputed

@@ -61,6 +61,8 @@ pub enum ColumnKind {
     Numeric {
         /// Imputation of missing cells.
         impute: NumericImpute,
+        /// Declared bounds (`min`, `max`), if any, and what to do with a cell outside.
+        bounds: Option<Bounds>,
     },
     /// One of a fixed, lowercase vocabulary; other values go to the unseen slot.
     Categorical {
@@ -117,6 +119,58 @@ pub enum NumericImpute {
     /// A fixed value, standardized like an observed one.
     Constant(f64),
 }
+
+/// The declared range of a numeric column (`min`, `max`, at least one of them) and
+/// what happens to a cell outside it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    /// Smallest allowed value, if declared.
+    pub min: Option<f64>,
+    /// Largest allowed value, if declared.
+    pub max: Option<f64>,
+    /// What to do with a cell outside `[min, max]`.
+    pub out_of_range: OutOfRange,
+}
+
+impl Bounds {
+    /// Whether `x` lies within the bounds (inclusive).
+    pub fn contains(&self, x: f64) -> bool {
+        self.min.is_none_or(|m| x >= m) && self.max.is_none_or(|m| x <= m)
+    }
+
+    /// `x` moved to the nearest bound if it lies outside.
+    pub fn clip(&self, x: f64) -> f64 {
+        let x = self.min.map_or(x, |m| x.max(m));
+        self.max.map_or(x, |m| x.min(m))
+    }
+}
+
+impl std::fmt::Display for Bounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.min, self.max) {
+            (Some(lo), Some(hi)) => write!(f, "[{lo}, {hi}]"),
+            (Some(lo), None) => write!(f, ">= {lo}"),
+            (None, Some(hi)) => write!(f, "<= {hi}"),
+            (None, None) => write!(f, "any finite number"),
+        }
+    }
+}
+
+/// What happens to a numeric cell outside its column's declared bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfRange {
+    /// Replace it by the nearest bound (counted as `out_of_range_clipped`); the default.
+    Clip,
+    /// Treat it like an unparseable cell: imputed (counted as `out_of_range_rejected`).
+    Reject,
+}
+
+/// The largest magnitude a numeric cell may have, whether or not its column declares
+/// bounds: a cell beyond it (e.g. `1e300`) is not a measurement but a broken export,
+/// and is treated as unparseable (counted as `number_too_large`, imputed). `1e15` is
+/// below 2^53, where `f64` stops holding every integer, and keeps the sum of squares
+/// of any realistic number of cells finite (`1e30` per cell).
+pub const MAX_MAGNITUDE: f64 = 1e15;
 
 /// Imputation of a categorical column.
 #[derive(Debug, Clone, PartialEq)]
@@ -347,6 +401,9 @@ struct RawColumn {
     classes: Option<Vec<String>>,
     impute: Option<String>,
     value: Option<toml::Value>,
+    min: Option<toml::Value>,
+    max: Option<toml::Value>,
+    out_of_range: Option<String>,
 }
 
 enum Ty {
@@ -540,7 +597,10 @@ impl RawColumn {
         let (parsed, allowed): (Ty, &[&str]) = match ty {
             "id" => (Ty::Id, &[]),
             "ignore" => (Ty::Ignore, &[]),
-            "numeric" => (Ty::Numeric, &["impute", "value"]),
+            "numeric" => (
+                Ty::Numeric,
+                &["impute", "value", "min", "max", "out_of_range"],
+            ),
             "categorical" => (Ty::Categorical, &["vocabulary", "impute", "value"]),
             "boolean" => (
                 Ty::Boolean,
@@ -564,6 +624,9 @@ impl RawColumn {
             ("classes", self.classes.is_some()),
             ("impute", self.impute.is_some()),
             ("value", self.value.is_some()),
+            ("min", self.min.is_some()),
+            ("max", self.max.is_some()),
+            ("out_of_range", self.out_of_range.is_some()),
         ] {
             if present && !allowed.contains(&k) {
                 return Err(err(format!("key '{k}' is not allowed for type '{ty}'")));
@@ -614,6 +677,11 @@ impl RawColumn {
                         if !x.is_finite() {
                             return Err(err("value: must be a finite number".into()));
                         }
+                        if x.abs() > MAX_MAGNITUDE {
+                            return Err(err(format!(
+                                "value: {x:e} is above the largest magnitude a cell may have ({MAX_MAGNITUDE:e})"
+                            )));
+                        }
                         NumericImpute::Constant(x)
                     }
                     (Some("constant"), None) => {
@@ -628,7 +696,20 @@ impl RawColumn {
                         )));
                     }
                 };
-                ColumnKind::Numeric { impute }
+                let bounds = numeric_bounds(
+                    self.min.as_ref(),
+                    self.max.as_ref(),
+                    self.out_of_range.as_deref(),
+                )
+                .map_err(&err)?;
+                if let (Some(b), NumericImpute::Constant(v)) = (&bounds, impute)
+                    && !b.contains(v)
+                {
+                    return Err(err(format!(
+                        "value: {v} is outside the declared bounds {b}"
+                    )));
+                }
+                ColumnKind::Numeric { impute, bounds }
             }
             Ty::Categorical => {
                 let vocabulary = self
@@ -725,6 +806,59 @@ impl RawColumn {
             kind,
         })
     }
+}
+
+/// The `min`, `max` and `out_of_range` keys of a numeric column.
+fn numeric_bounds(
+    min: Option<&toml::Value>,
+    max: Option<&toml::Value>,
+    out_of_range: Option<&str>,
+) -> Result<Option<Bounds>, String> {
+    let bound = |key: &str, v: Option<&toml::Value>| -> Result<Option<f64>, String> {
+        let x = match v {
+            None => return Ok(None),
+            Some(toml::Value::Float(f)) => *f,
+            Some(toml::Value::Integer(i)) => *i as f64,
+            Some(other) => {
+                return Err(format!(
+                    "{key}: expected a number, found {}",
+                    other.type_str()
+                ));
+            }
+        };
+        if !x.is_finite() || x.abs() > MAX_MAGNITUDE {
+            return Err(format!(
+                "{key}: must be a finite number of magnitude at most {MAX_MAGNITUDE:e}"
+            ));
+        }
+        Ok(Some(x))
+    };
+    let (min, max) = (bound("min", min)?, bound("max", max)?);
+    if min.is_none() && max.is_none() {
+        return match out_of_range {
+            Some(_) => Err("key 'out_of_range' requires 'min' or 'max'".into()),
+            None => Ok(None),
+        };
+    }
+    let out_of_range = match out_of_range {
+        None | Some("clip") => OutOfRange::Clip,
+        Some("reject") => OutOfRange::Reject,
+        Some(other) => {
+            return Err(format!(
+                "out_of_range: unknown value '{other}' (expected clip or reject)"
+            ));
+        }
+    };
+    if let (Some(lo), Some(hi)) = (min, max)
+        && lo > hi
+    {
+        return Err(format!("min ({lo}) must not be above max ({hi})"));
+    }
+    Ok(Some(Bounds {
+        min,
+        max,
+        out_of_range,
+    }))
 }
 
 /// Values compared against cleaned cells must be non-empty, trimmed, lowercase and unique.
@@ -841,7 +975,8 @@ type = "numeric"
         assert_eq!(
             s.column("t").unwrap().kind,
             ColumnKind::Numeric {
-                impute: NumericImpute::Constant(0.0)
+                impute: NumericImpute::Constant(0.0),
+                bounds: None,
             }
         );
         let e = err_of(&with_column(
@@ -1313,6 +1448,111 @@ type = "id"
         assert_eq!(
             e,
             "schema.toml: column 'id': the key column must have type 'id', not 'class'"
+        );
+    }
+
+    fn numeric_kind(extra: &str) -> ColumnKind {
+        let text = with_column(&format!("name = \"t\"\ntype = \"numeric\"\n{extra}"));
+        Schema::from_toml_str(&text, "s")
+            .unwrap()
+            .column("t")
+            .unwrap()
+            .kind
+            .clone()
+    }
+
+    #[test]
+    fn numeric_bounds_default_to_clip() {
+        assert_eq!(
+            numeric_kind("min = 0\nmax = 72"),
+            ColumnKind::Numeric {
+                impute: NumericImpute::Mean,
+                bounds: Some(Bounds {
+                    min: Some(0.0),
+                    max: Some(72.0),
+                    out_of_range: OutOfRange::Clip,
+                }),
+            }
+        );
+        assert_eq!(
+            numeric_kind("max = 1.5e3\nout_of_range = \"reject\""),
+            ColumnKind::Numeric {
+                impute: NumericImpute::Mean,
+                bounds: Some(Bounds {
+                    min: None,
+                    max: Some(1500.0),
+                    out_of_range: OutOfRange::Reject,
+                }),
+            }
+        );
+        assert_eq!(
+            numeric_kind(""),
+            ColumnKind::Numeric {
+                impute: NumericImpute::Mean,
+                bounds: None,
+            }
+        );
+        let b = Bounds {
+            min: Some(0.0),
+            max: Some(72.0),
+            out_of_range: OutOfRange::Clip,
+        };
+        assert!(b.contains(0.0) && b.contains(72.0) && !b.contains(72.5) && !b.contains(-1.0));
+        assert_eq!(b.clip(1e9), 72.0);
+        assert_eq!(b.clip(-3.0), 0.0);
+        assert_eq!(b.clip(5.0), 5.0);
+        assert_eq!(b.to_string(), "[0, 72]");
+    }
+
+    #[test]
+    fn numeric_bounds_are_checked() {
+        let col = |extra: &str| {
+            err_of(&with_column(&format!(
+                "name = \"t\"\ntype = \"numeric\"\n{extra}"
+            )))
+        };
+        assert_eq!(
+            col("min = 10\nmax = 1"),
+            "schema.toml: column 't': min (10) must not be above max (1)"
+        );
+        assert_eq!(
+            col("out_of_range = \"clip\""),
+            "schema.toml: column 't': key 'out_of_range' requires 'min' or 'max'"
+        );
+        assert_eq!(
+            col("max = 1\nout_of_range = \"drop\""),
+            "schema.toml: column 't': out_of_range: unknown value 'drop' (expected clip or reject)"
+        );
+        assert_eq!(
+            col("min = \"zero\""),
+            "schema.toml: column 't': min: expected a number, found string"
+        );
+        assert_eq!(
+            col("max = 1e300"),
+            "schema.toml: column 't': max: must be a finite number of magnitude at most 1e15"
+        );
+        assert_eq!(
+            col("min = 0\nmax = 72\nimpute = \"constant\"\nvalue = 100"),
+            "schema.toml: column 't': value: 100 is outside the declared bounds [0, 72]"
+        );
+        assert_eq!(
+            col("impute = \"constant\"\nvalue = 1e300"),
+            "schema.toml: column 't': value: 1e300 is above the largest magnitude a cell may have (1e15)"
+        );
+        // Bounds belong to numeric columns only.
+        let e = err_of(&with_column(
+            "name = \"c\"\ntype = \"categorical\"\nvocabulary = [\"a\"]\nmax = 3",
+        ));
+        assert_eq!(
+            e,
+            "schema.toml: column 'c': key 'max' is not allowed for type 'categorical'"
+        );
+        let e = err_of(&with_column(
+            "name = \"amount\"\ntype = \"target\"\nmin = 0",
+        ));
+        assert_eq!(
+            e,
+            "schema.toml: column 'amount': key 'min' is not allowed for type 'target'"
         );
     }
 }

@@ -157,3 +157,24 @@ fn loading_a_split_takes_milliseconds() {
     // Generous bound for unoptimized test builds on a loaded 2-core machine.
     assert!(elapsed.as_millis() < 500, "took {elapsed:?}");
 }
+
+#[test]
+fn every_demo_split_is_usable_and_has_no_absurd_cells() {
+    let schema = Schema::from_path(Path::new(SCHEMA)).unwrap();
+    for name in faults().keys() {
+        let (partner, split) = name.split_once('/').unwrap();
+        let loaded = load_split(&schema, &Path::new(DATA).join(partner), split).unwrap();
+        assert!(
+            loaded.problems().is_empty(),
+            "{name}: {:?}",
+            loaded.problems()
+        );
+        for reason in [
+            Reason::NumberTooLarge,
+            Reason::OutOfRangeClipped,
+            Reason::OutOfRangeRejected,
+        ] {
+            assert_eq!(loaded.report.count(reason), 0, "{name}: {reason:?}");
+        }
+    }
+}
