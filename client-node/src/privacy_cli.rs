@@ -13,6 +13,26 @@ use serde::Serialize;
 
 use crate::config::ClientConfig;
 
+/// `println!` that does not panic when stdout is closed (`… | head`): the
+/// command then ends quietly, like the client's other commands.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        print_line(&format!($($arg)*))
+    };
+}
+
+fn print_line(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
+}
+
 /// Privacy commands.
 #[derive(Debug, Subcommand)]
 pub enum PrivacyCommand {
@@ -238,12 +258,12 @@ pub fn run(command: PrivacyCommand) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({"noise_multiplier": z, "epsilon": check.epsilon, "delta": delta, "sampling_rate": sampling_rate, "steps": steps})
                 );
             } else {
-                println!(
+                say!(
                     "noise multiplier {z:.4} gives epsilon {:.4} at delta {delta} (q {sampling_rate}, {steps} steps)",
                     check.epsilon
                 );
@@ -261,7 +281,7 @@ pub fn run(command: PrivacyCommand) -> Result<(), String> {
                         file.display()
                     ));
                 }
-                println!(
+                say!(
                     "{}: the ledger {what}: no charged tasks, nothing spent",
                     file.display()
                 );
@@ -271,7 +291,7 @@ pub fn run(command: PrivacyCommand) -> Result<(), String> {
                 .entries
                 .last()
                 .map_or(0.0, |e| e.cumulative_epsilon);
-            println!(
+            say!(
                 "{}: intact, {} charged tasks, cumulative epsilon {spent:.4}, head {}",
                 file.display(),
                 verified.entries.len(),
@@ -282,18 +302,25 @@ pub fn run(command: PrivacyCommand) -> Result<(), String> {
         PrivacyCommand::Ledger(LedgerCommand::Show { file, json }) => {
             let verified = fedprofile_privacy::ledger::verify(&file).map_err(|e| e.to_string())?;
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&verified.entries).map_err(|e| e.to_string())?
                 );
                 return Ok(());
             }
-            println!(
+            say!(
                 "{:<6} {:<8} {:>8} {:>8} {:>6} {:>7} {:>10} {:>12}  task",
-                "line", "round", "q", "sigma", "C", "steps", "cost eps", "cumulative"
+                "line",
+                "round",
+                "q",
+                "sigma",
+                "C",
+                "steps",
+                "cost eps",
+                "cumulative"
             );
             for (i, e) in verified.entries.iter().enumerate() {
-                println!(
+                say!(
                     "{:<6} {:<8} {:>8.4} {:>8.4} {:>6.3} {:>7} {:>10.4} {:>12.4}  {}",
                     i + 1,
                     e.round,
@@ -369,12 +396,12 @@ fn cost(args: CostArgs) -> Result<(), String> {
         warnings,
     };
     if args.json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&output).map_err(|e| e.to_string())?
         );
     } else {
-        println!(
+        say!(
             "epsilon {epsilon:.4} at delta {delta} ({accountant}; rdp {:.4} at order {}, pld {})",
             report.rdp_epsilon,
             report.rdp_order,
@@ -383,7 +410,7 @@ fn cost(args: CostArgs) -> Result<(), String> {
                 .map_or("n/a".into(), |e| format!("{e:.4}"))
         );
         if let Some(p) = &output.plan {
-            println!(
+            say!(
                 "plan: {} rounds x {} steps, q {:.5} ({} examples), sigma {:.4}, clip {}, {:.4} per round",
                 p.rounds,
                 p.steps_per_round,
@@ -409,24 +436,25 @@ fn cost(args: CostArgs) -> Result<(), String> {
 
 fn print_budget(b: &BudgetCheck) {
     match &b.ledger {
-        Some(path) if !b.ledger_exists => println!(
+        Some(path) if !b.ledger_exists => say!(
             "ledger {} does not exist yet: nothing spent so far",
             path.display()
         ),
-        Some(path) => println!(
+        Some(path) => say!(
             "ledger {}: {} charged tasks, spent so far epsilon {:.4}",
             path.display(),
             b.ledger_entries,
             b.spent_epsilon
         ),
-        None => println!("no ledger ([privacy] section absent): nothing spent so far"),
+        None => say!("no ledger ([privacy] section absent): nothing spent so far"),
     }
-    println!(
+    say!(
         "this run alone: epsilon {:.4}; total after the run: epsilon {:.4} (the ledger's charges composed with the run's)",
-        b.run_epsilon, b.total_epsilon
+        b.run_epsilon,
+        b.total_epsilon
     );
     match (b.budget_epsilon, b.budget_left, b.budget_left_after_run) {
-        (Some(budget), Some(left), Some(after)) => println!(
+        (Some(budget), Some(left), Some(after)) => say!(
             "budget epsilon {budget}: {left:.4} left now, {after:.4} left after the run{}",
             if b.fits == Some(true) {
                 ""
@@ -434,7 +462,7 @@ fn print_budget(b: &BudgetCheck) {
                 " (does not fit)"
             }
         ),
-        _ => println!("no budget: the client config has no [privacy] section"),
+        _ => say!("no budget: the client config has no [privacy] section"),
     }
 }
 
@@ -647,25 +675,29 @@ fn report(
             .iter()
             .map(|p| serde_json::json!({"round": p.round, "epsilon_spent": p.epsilon_spent, "cumulative_epsilon": p.cumulative}))
             .collect();
-        println!(
+        say!(
             "{}",
             serde_json::json!({"rounds": rows, "budget_epsilon": budget, "plot": png})
         );
     } else {
-        println!(
+        say!(
             "{:<8} {:>14} {:>18}",
-            "round", "epsilon spent", "cumulative epsilon"
+            "round",
+            "epsilon spent",
+            "cumulative epsilon"
         );
         for p in &points {
-            println!(
+            say!(
                 "{:<8} {:>14.4} {:>18.4}",
-                p.round, p.epsilon_spent, p.cumulative
+                p.round,
+                p.epsilon_spent,
+                p.cumulative
             );
         }
         if let Some(b) = budget {
-            println!("budget epsilon {b}: {:.1} % used", 100.0 * previous / b);
+            say!("budget epsilon {b}: {:.1} % used", 100.0 * previous / b);
         }
-        println!("plot: {}  table: {}", png.display(), csv_path.display());
+        say!("plot: {}  table: {}", png.display(), csv_path.display());
     }
     Ok(())
 }

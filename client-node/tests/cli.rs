@@ -318,3 +318,31 @@ fn check_data_exits_quietly_after_head_reads_the_first_line() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn privacy_commands_exit_quietly_when_stdout_is_closed() {
+    use std::process::Stdio;
+    let mut child = client()
+        .args([
+            "privacy",
+            "cost",
+            "--sampling-rate",
+            "0.01",
+            "--noise-multiplier",
+            "1.1",
+            "--steps",
+            "1000",
+            "--delta",
+            "1e-5",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before the accountant has finished.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
