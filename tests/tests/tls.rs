@@ -107,7 +107,13 @@ async fn coordinator_accepts_only_valid_certificates_of_the_federation_ca() {
 
     // An expired certificate of the federation CA.
     let expired =
-        tls::client_config(&files(&sandbox, "certs", "partner-x"), "coordinator").unwrap();
+        tls::client_config_unchecked(&files(&sandbox, "certs", "partner-x"), "coordinator")
+            .unwrap();
+    // The client-side check refuses it before any handshake, with the dates.
+    let err = tls::client_config(&files(&sandbox, "certs", "partner-x"), "coordinator")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not valid now"), "{err}");
     assert!(
         try_session(port, expired).await.is_err(),
         "an expired certificate was accepted"
@@ -137,10 +143,36 @@ fn client_with_an_expired_certificate_exits_with_a_clear_error() {
     let status = client.wait(Duration::from_secs(60));
     assert_eq!(status.code(), Some(1));
     let stderr = client.read_stderr();
+    // Said before any connection, with the dates (was: "could not reach … transport error").
     assert!(
-        stderr.contains("error: could not reach the coordinator"),
+        stderr.contains("is not valid now: it is valid from"),
         "{stderr}"
     );
+    assert!(stderr.contains("partner-a.pem"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn client_whose_key_does_not_match_its_certificate_says_so() {
+    let sandbox = Sandbox::new();
+    let (_coordinator, port) = idle_coordinator(&sandbox);
+    // partner-a's certificate with partner-b's key.
+    std::fs::copy(
+        sandbox.path("certs/partner-b.key"),
+        sandbox.path("certs/partner-a.key"),
+    )
+    .unwrap();
+    let config = sandbox.write_client("partner-a", "certs", "partner-a");
+    let mut client = sandbox.start_client("mismatch", &config, port, &["--connect-attempts", "1"]);
+    let status = client.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1));
+    let stderr = client.read_stderr();
+    assert!(
+        stderr.contains("does not belong to certificate"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("partner-a.key"), "{stderr}");
+    assert!(!stderr.contains("not a valid URL"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 

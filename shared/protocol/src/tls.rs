@@ -33,6 +33,38 @@ pub enum TlsError {
         /// The PEM label expected.
         label: &'static str,
     },
+    /// This side's certificate is outside its validity period.
+    #[error(
+        "certificate '{path}' is not valid now: it is valid from {not_before} to {not_after} (renew it, or check this machine's clock)"
+    )]
+    NotValidNow {
+        /// The certificate file.
+        path: PathBuf,
+        /// Start of validity.
+        not_before: String,
+        /// End of validity.
+        not_after: String,
+    },
+    /// The private key is not the key of the certificate.
+    #[error(
+        "private key '{key}' does not belong to certificate '{cert}' (their public keys differ): use the key that was issued with this certificate"
+    )]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// A certificate or key file does not parse.
+    #[error("{what} '{path}' cannot be parsed: {reason}")]
+    Unparsable {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The peer presented no certificate.
     #[error("the peer presented no client certificate")]
     NoPeerCertificate,
@@ -84,6 +116,45 @@ fn read_key(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// Checks this side's own identity before any handshake, so a bad file gets a
+/// sentence instead of a bare "transport error": the certificate must be
+/// within its validity period and the key must be the certificate's key.
+fn check_identity(files: &TlsFiles, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), TlsError> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let unparsable = |what, path: &Path, reason: String| TlsError::Unparsable {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem)
+        .map_err(|e| unparsable("certificate", &files.cert, e.to_string()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| unparsable("certificate", &files.cert, e.to_string()))?;
+    let validity = cert.validity();
+    if !validity.is_valid() {
+        return Err(TlsError::NotValidNow {
+            path: files.cert.clone(),
+            not_before: validity.not_before.to_string(),
+            not_after: validity.not_after.to_string(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| unparsable("private key", &files.key, e.to_string()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| unparsable("private key", &files.key, e.to_string()))?;
+    if let Some(public) = signing.public_key()
+        && public.as_ref() != cert.tbs_certificate.subject_pki.raw
+    {
+        return Err(TlsError::KeyMismatch {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// Server side: present `cert`/`key`, require a client certificate chaining to `ca_cert`.
 pub fn server_config(files: &TlsFiles) -> Result<ServerTlsConfig, TlsError> {
     let ca = read_pem("CA certificate", &files.ca_cert, "CERTIFICATE")?;
@@ -97,6 +168,22 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerTlsConfig, TlsError> {
 
 /// Client side: trust `ca_cert` for the coordinator named `server_name`, present `cert`/`key`.
 pub fn client_config(files: &TlsFiles, server_name: &str) -> Result<ClientTlsConfig, TlsError> {
+    let ca = read_pem("CA certificate", &files.ca_cert, "CERTIFICATE")?;
+    let cert = read_pem("certificate", &files.cert, "CERTIFICATE")?;
+    let key = read_key(&files.key)?;
+    check_identity(files, &cert, &key)?;
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key))
+        .domain_name(server_name.to_string()))
+}
+
+/// Like [`client_config`] without the local identity check (only for testing
+/// that the coordinator refuses expired or foreign certificates itself).
+pub fn client_config_unchecked(
+    files: &TlsFiles,
+    server_name: &str,
+) -> Result<ClientTlsConfig, TlsError> {
     let ca = read_pem("CA certificate", &files.ca_cert, "CERTIFICATE")?;
     let cert = read_pem("certificate", &files.cert, "CERTIFICATE")?;
     let key = read_key(&files.key)?;
