@@ -596,6 +596,7 @@ async fn execute(
         rounds_planned: config.rounds,
         progress: progress_tx.clone(),
         print: options.progress,
+        repeated: Default::default(),
     };
     let mut run = Run::new(
         config.clone(),
@@ -745,16 +746,56 @@ impl RoundSink for StoreSink {
 }
 
 /// Metrics, audit, watchers and the progress line, per run.
+///
+/// Rejections are audited so that a partner cannot flood the audit log: the
+/// first rejection of a (client, reason) in an interval (a round, or the time
+/// before the first round) is written at once; repeats are counted (they are
+/// in `fedprofile_updates_rejected_total` at once) and written as one line with
+/// their count when the round is committed or the run ends.
 struct DaemonObserver {
     shared: Arc<Shared>,
     run_id: String,
     rounds_planned: u32,
     progress: broadcast::Sender<Progress>,
     print: bool,
+    repeated: std::collections::BTreeMap<(String, &'static str), Repeated>,
+}
+
+/// Repeats of one (client, reason) rejection not yet written to the audit log.
+#[derive(Debug, Default)]
+struct Repeated {
+    count: u64,
+    last: String,
+}
+
+impl DaemonObserver {
+    /// Writes one line per (client, reason) that repeated since the last flush.
+    fn flush_repeated(&mut self) {
+        for ((client, key), r) in std::mem::take(&mut self.repeated) {
+            if r.count > 0 {
+                self.shared.audit.note(
+                    &client,
+                    "update.rejected",
+                    Some(&self.run_id),
+                    &format!(
+                        "{} more '{key}' rejections since the first one (last: {})",
+                        r.count, r.last
+                    ),
+                );
+            }
+        }
+    }
+}
+
+impl Drop for DaemonObserver {
+    fn drop(&mut self) {
+        self.flush_repeated();
+    }
 }
 
 impl RunObserver for DaemonObserver {
     fn round_finished(&mut self, run: &RunSnapshot<'_>, r: &RoundRecord) {
+        self.flush_repeated();
         let m = &self.shared.metrics;
         m.rounds_completed.inc();
         m.round_duration.observe(r.round_ms / 1e3);
@@ -818,12 +859,20 @@ impl RunObserver for DaemonObserver {
                 reason: reason.key().to_string(),
             })
             .inc();
-        self.shared.audit.note(
-            client,
-            "update.rejected",
-            Some(run_id),
-            &format!("{task_id}: {reason}"),
-        );
+        let detail = format!("{task_id}: {reason}");
+        match self.repeated.entry((client.to_string(), reason.key())) {
+            std::collections::btree_map::Entry::Occupied(mut seen) => {
+                let r = seen.get_mut();
+                r.count += 1;
+                r.last = detail;
+            }
+            std::collections::btree_map::Entry::Vacant(first) => {
+                first.insert(Repeated::default());
+                self.shared
+                    .audit
+                    .note(client, "update.rejected", Some(run_id), &detail);
+            }
+        }
     }
 
     fn task_refused(&mut self, run_id: &str, client: &str, task_id: &str, reason: &str) {

@@ -344,3 +344,47 @@ async fn a_hostile_fifth_client_cannot_wreck_fedavg() {
         "{summary}"
     );
 }
+
+/// A partner flooding the coordinator with junk answers cannot grow the audit
+/// log without limit: the first rejection of each (client, reason) is written
+/// at once and its repeats as one line with their count. (Before: one audit
+/// line per rejected message.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_rejections_are_audited_once_with_their_count() {
+    let sandbox = Sandbox::new();
+    let (config, run) = sandbox.write_coordinator(&telco_run(1, 3, 4, 30.0));
+    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    // partner-d floods (below the rate limit's burst) before the run starts, then
+    // behaves: answers its tasks honestly.
+    let flood = open_session(port, sandbox.client_tls("partner-d"))
+        .await
+        .unwrap();
+    let junk = 800;
+    for i in 0..junk {
+        flood
+            .send(&train(&format!("junk-{i}"), vec![0.0; 3], 1))
+            .await;
+    }
+    let _honest: Vec<_> = ["partner-a", "partner-b", "partner-c"]
+        .iter()
+        .map(|p| {
+            let cfg = sandbox.write_client(p, "certs", p);
+            sandbox.start_client(p, &cfg, port, &[])
+        })
+        .collect();
+    let served = fedprofile_e2e::light::serve_honestly(flood, 41).await;
+    assert!(served > 0);
+    assert!(coordinator.wait(Duration::from_secs(120)).success());
+    let summary = sandbox.summary();
+    assert_eq!(summary["completed"], true, "{summary}");
+    let audit = std::fs::read_to_string(sandbox.path("state/audit.jsonl")).unwrap();
+    let lines: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("\"action\":\"update.rejected\"") && l.contains("junk-"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let counted = lines
+        .iter()
+        .any(|l| l.contains(&format!("{} more 'unknown_task' rejections", junk - 1)));
+    assert!(counted, "{lines:#?}");
+}
