@@ -388,3 +388,49 @@ async fn repeated_rejections_are_audited_once_with_their_count() {
         .any(|l| l.contains(&format!("{} more 'unknown_task' rejections", junk - 1)));
     assert!(counted, "{lines:#?}");
 }
+
+/// 1,500 idle TCP connections (no TLS, no credential) opened against the
+/// coordinator: the four demo partners still connect and the run completes.
+/// Idle connections never hold a handshake slot, and the oldest are closed
+/// once the silent pool is full. (Before, 256 of them took every handshake
+/// slot for 10 s, the rest filled the listen backlog, and real clients failed
+/// with "tcp connect error: deadline has elapsed".)
+#[test]
+fn idle_connections_do_not_lock_the_partners_out() {
+    let sandbox = Sandbox::new();
+    let run_file = std::fs::read_to_string(fedprofile_e2e::demo_dir().join("run.toml")).unwrap();
+    let (config, run) = sandbox.write_coordinator(&run_file);
+    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let idle: Vec<std::net::TcpStream> = (0..1500)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    assert!(
+        idle.len() >= 1000,
+        "only {} idle connections opened",
+        idle.len()
+    );
+    let mut clients: Vec<_> = fedprofile_e2e::PARTNERS
+        .iter()
+        .map(|p| {
+            let cfg = sandbox.write_client(p, "certs", p);
+            // Two tries each (10 s connect timeout): no waiting out the flood.
+            sandbox.start_client(p, &cfg, port, &["--connect-attempts", "2"])
+        })
+        .collect();
+    let status = coordinator.wait(Duration::from_secs(180));
+    assert!(status.success(), "{}", coordinator.read_stderr());
+    for c in &mut clients {
+        assert!(
+            c.wait(Duration::from_secs(60)).success(),
+            "{}",
+            c.read_stderr()
+        );
+    }
+    let summary = sandbox.summary();
+    assert_eq!(summary["completed"], true, "{summary}");
+    assert!(summary["auc"].as_f64().unwrap() >= 0.845, "{summary}");
+    drop(idle);
+}

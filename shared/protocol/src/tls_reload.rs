@@ -507,6 +507,13 @@ pub struct IncomingOptions {
     pub max_concurrent_handshakes: usize,
     /// Set `TCP_NODELAY` on accepted connections.
     pub nodelay: bool,
+    /// Connections that have not sent their first byte yet (unauthenticated and
+    /// silent) are kept at most this many; a new connection closes the oldest.
+    /// They never hold a handshake slot, so idle TCP connections cannot lock
+    /// real partners out: a partner's connection sends its TLS hello at once.
+    pub max_silent: usize,
+    /// The same, per source address.
+    pub max_silent_per_address: usize,
 }
 
 impl Default for IncomingOptions {
@@ -515,13 +522,16 @@ impl Default for IncomingOptions {
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_handshakes: 256,
             nodelay: true,
+            max_silent: 1024,
+            max_silent_per_address: 256,
         }
     }
 }
 
 /// A stream of accepted TLS connections for
 /// `tonic::transport::Server::serve_with_incoming_shutdown`, with the default
-/// [`IncomingOptions`] (10 s handshake timeout, 256 concurrent handshakes, nodelay).
+/// [`IncomingOptions`] (10 s handshake timeout, 256 concurrent handshakes,
+/// nodelay, at most 1,024 silent connections and 256 per address).
 ///
 /// Must be called inside a tokio runtime (it spawns the accept loop).
 pub fn incoming(listener: TcpListener, tls: Arc<ReloadableTls>) -> TlsIncoming {
@@ -565,6 +575,54 @@ impl Drop for TlsIncoming {
     }
 }
 
+/// Connections accepted but silent so far (no byte received), oldest first.
+#[derive(Debug, Default)]
+struct SilentPool {
+    next: u64,
+    order: std::collections::VecDeque<(u64, std::net::IpAddr, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl SilentPool {
+    /// Admits a connection from `ip`, closing the oldest silent one (of that
+    /// address first) when a cap is reached. Returns its id and how many were closed.
+    fn admit(
+        &mut self,
+        ip: std::net::IpAddr,
+        evict: tokio::sync::oneshot::Sender<()>,
+        options: &IncomingOptions,
+    ) -> (u64, usize) {
+        let mut closed = 0;
+        let per_address = options.max_silent_per_address.max(1);
+        if self.order.iter().filter(|e| e.1 == ip).count() >= per_address
+            && let Some(pos) = self.order.iter().position(|e| e.1 == ip)
+            && let Some((_, _, old)) = self.order.remove(pos)
+        {
+            let _ = old.send(());
+            closed += 1;
+        }
+        while self.order.len() >= options.max_silent.max(1) {
+            match self.order.pop_front() {
+                Some((_, _, old)) => {
+                    let _ = old.send(());
+                    closed += 1;
+                }
+                None => break,
+            }
+        }
+        let id = self.next;
+        self.next += 1;
+        self.order.push_back((id, ip, evict));
+        (id, closed)
+    }
+
+    /// The connection spoke (or ended): it is no longer silent.
+    fn leave(&mut self, id: u64) {
+        if let Some(pos) = self.order.iter().position(|e| e.0 == id) {
+            self.order.remove(pos);
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ReloadableTls>,
@@ -572,14 +630,10 @@ async fn accept_loop(
     tx: mpsc::Sender<TlsStream<TcpStream>>,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_concurrent_handshakes.max(1)));
+    let silent = Arc::new(std::sync::Mutex::new(SilentPool::default()));
     loop {
-        let permit = tokio::select! {
-            () = tx.closed() => return,
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
+        // Accepting never waits for a handshake slot: a flood of idle
+        // connections is held in the silent pool (bounded) instead.
         let (tcp, peer) = tokio::select! {
             () = tx.closed() => return,
             accepted = listener.accept() => match accepted {
@@ -597,12 +651,47 @@ async fn accept_loop(
         {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        // The configuration current at accept time.
-        let acceptor = TlsAcceptor::from(tls.current());
+        let (evict_tx, evict_rx) = tokio::sync::oneshot::channel();
+        let (id, closed) = silent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(peer.ip(), evict_tx, &options);
+        if closed > 0 {
+            tls.handshake_failures
+                .fetch_add(closed as u64, Ordering::Relaxed);
+            tracing::debug!(%peer, closed, "silent connections closed to admit a new one");
+        }
         let tls = Arc::clone(&tls);
         let tx = tx.clone();
+        let slots = Arc::clone(&slots);
+        let silent = Arc::clone(&silent);
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp));
+            let deadline = tokio::time::Instant::now() + options.handshake_timeout;
+            // Wait for the first byte (the TLS hello) without holding a slot.
+            let mut first = [0u8; 1];
+            let spoke = tokio::select! {
+                () = tx.closed() => None,
+                _ = evict_rx => None,
+                peeked = tokio::time::timeout_at(deadline, tcp.peek(&mut first)) => Some(peeked),
+            };
+            silent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .leave(id);
+            match spoke {
+                Some(Ok(Ok(n))) if n > 0 => {}
+                Some(Err(_)) => {
+                    tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, "TLS handshake timed out (the connection sent nothing)");
+                    return;
+                }
+                _ => return,
+            }
+            let Ok(permit) = slots.acquire_owned().await else {
+                return;
+            };
+            let acceptor = TlsAcceptor::from(tls.current());
+            let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
             let result = tokio::select! {
                 () = tx.closed() => return,
                 result = handshake => result,
@@ -1154,7 +1243,7 @@ mod tests {
         let f = Fixture::start(IncomingOptions {
             handshake_timeout: Duration::from_millis(500),
             max_concurrent_handshakes: 4,
-            nodelay: true,
+            ..IncomingOptions::default()
         })
         .await;
         let a = issue(&f.ca, "partner-a", 20, false);
@@ -1172,6 +1261,35 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
         drop(silent);
+        f.shutdown().await;
+    }
+
+    /// Idle TCP connections (more than the handshake slots, more than the
+    /// silent-pool caps) cannot lock a real client out: they never hold a
+    /// slot, and the oldest are closed to admit new ones. (Before, four idle
+    /// connections took the four slots and a real client waited out its timeout.)
+    #[tokio::test]
+    async fn idle_connections_cannot_lock_a_real_client_out() {
+        let f = Fixture::start(IncomingOptions {
+            // Far longer than the client's own bound (`WAIT`): before, the real
+            // client could only get a slot when an idle one timed out.
+            handshake_timeout: Duration::from_secs(120),
+            max_concurrent_handshakes: 4,
+            max_silent: 16,
+            max_silent_per_address: 8,
+            ..IncomingOptions::default()
+        })
+        .await;
+        let a = issue(&f.ca, "partner-a", 20, false);
+        let mut idle = Vec::new();
+        for _ in 0..50 {
+            idle.push(TcpStream::connect(f.addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        // The pool kept at most its cap: the others were closed.
+        wait_until(|| f.tls.handshake_failures() >= 42).await;
+        drop(idle);
         f.shutdown().await;
     }
 
