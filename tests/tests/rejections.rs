@@ -434,3 +434,87 @@ fn idle_connections_do_not_lock_the_partners_out() {
     assert!(summary["auc"].as_f64().unwrap() >= 0.845, "{summary}");
     drop(idle);
 }
+
+/// Serves one session: statistics from `stats`, every other task honestly.
+async fn serve_with_stats(
+    mut session: fedprofile_e2e::light::LightSession,
+    stats: fedprofile_protocol::messages::StatsReport,
+    dim: usize,
+) {
+    loop {
+        match session.next(Duration::from_secs(120)).await {
+            Incoming::Task(task) => {
+                let reply = match task.body {
+                    TaskBody::Stats => ClientReply::Result {
+                        task_id: task.task_id.clone(),
+                        body: ResultBody::Stats(stats.clone()),
+                    },
+                    _ => fedprofile_e2e::light::honest_answer(&task, dim),
+                };
+                session.send(&reply).await;
+            }
+            Incoming::Finished | Incoming::Closed(_) => return,
+        }
+    }
+}
+
+/// One partner's absurd feature statistics (a mean of 1e19 with a spread the
+/// sums cannot hold, as one broken cell gives) are rejected and the partner is
+/// named: with enough honest partners the run completes on their
+/// standardisation; with too few, the run's failure names the partner that
+/// sent them, not the honest ones. (Before: the statistics were pooled, the
+/// honest partners' training diverged to NaN, and the failure blamed them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_statistics_are_rejected_and_the_run_names_their_sender() {
+    let dim = 6;
+    let mut absurd = fedprofile_e2e::light::synthetic_stats(dim);
+    absurd.numeric[2].sum = 1e20;
+    for (honest, min, completes) in [(3, 3, true), (2, 3, false)] {
+        let sandbox = Sandbox::new();
+        let (config, run) = sandbox.write_coordinator(&telco_run(2, min, honest + 1, 30.0));
+        let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+        let mut sessions = Vec::new();
+        for p in &fedprofile_e2e::PARTNERS[..honest] {
+            let s = open_session(port, sandbox.client_tls(p)).await.unwrap();
+            sessions.push(tokio::spawn(fedprofile_e2e::light::serve_honestly(s, dim)));
+        }
+        let bad = open_session(port, sandbox.client_tls("partner-d"))
+            .await
+            .unwrap();
+        let bad = tokio::spawn(serve_with_stats(bad, absurd.clone(), dim));
+        let status = coordinator.wait(Duration::from_secs(120));
+        for s in sessions {
+            let _ = tokio::time::timeout(Duration::from_secs(30), s).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), bad).await;
+        let summary = sandbox.summary();
+        assert_eq!(summary["completed"], completes, "{summary}");
+        assert_eq!(status.success(), completes, "{summary}");
+        // Once per statistics attempt (the failing run retries once).
+        let rejected = summary["rejected_updates"]["inconsistent"].as_u64();
+        assert_eq!(rejected, Some(if completes { 1 } else { 2 }), "{summary}");
+        assert!(
+            summary["excluded_clients"]["partner-d"]
+                .as_str()
+                .is_some_and(|why| why.contains("feature statistics were rejected")),
+            "{summary}"
+        );
+        let audit = std::fs::read_to_string(sandbox.path("state/audit.jsonl")).unwrap();
+        assert!(
+            audit.lines().any(|l| l.contains("update.rejected")
+                && l.contains("partner-d")
+                && l.contains("f2")),
+            "{audit}"
+        );
+        if completes {
+            let clients = summary["clients"].as_array().unwrap();
+            assert!(!clients.iter().any(|c| c == "partner-d"), "{summary}");
+        } else {
+            let why = summary["failure"].as_str().unwrap_or_default().to_string();
+            assert!(why.contains("partner-d") && why.contains("'f2'"), "{why}");
+            for p in &fedprofile_e2e::PARTNERS[..honest] {
+                assert!(!why.contains(p), "an honest partner is blamed: {why}");
+            }
+        }
+    }
+}

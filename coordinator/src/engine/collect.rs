@@ -242,6 +242,11 @@ impl ExamplesBound {
 }
 
 impl Collector {
+    /// Whether this collector gathers feature statistics.
+    pub fn is_stats(&self) -> bool {
+        matches!(self.kind, TaskKind::Stats)
+    }
+
     /// `tasks`: task id -> client for the tasks just sent. `expected_dim`: the
     /// parameter count a training update must have.
     pub fn new(

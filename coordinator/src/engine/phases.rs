@@ -171,6 +171,7 @@ impl Run {
                         .into(),
                 );
                 self.count_rejection(&client, "stats", &reason);
+                self.exclude_for_statistics(&client, &reason);
                 rejected.push((client, reason.to_string()));
             }
         }
@@ -181,6 +182,7 @@ impl Run {
             agreeing.remove(i);
             let reason = RejectReason::Inconsistent(why);
             self.count_rejection(&client, "stats", &reason);
+            self.exclude_for_statistics(&client, &reason);
             rejected.push((client, reason.to_string()));
         }
         if agreeing.len() < self.config.min_per_round {
@@ -806,6 +808,23 @@ impl Run {
         self.retry_or_fail(attempt, &why, |a| State::Training { round, attempt: a })
     }
 
+    /// A partner whose feature statistics were rejected trains on data the
+    /// federation's standardisation does not describe (a broken cell, another
+    /// schema): it is left out of the rest of the run, and the run says so.
+    fn exclude_for_statistics(&mut self, client: &str, reason: &RejectReason) {
+        if self.excluded.contains_key(client) {
+            return;
+        }
+        self.observer.note(&format!(
+            "{client} is left out of the rest of run {}: its feature statistics were rejected ({reason})",
+            self.run_id
+        ));
+        self.excluded.insert(
+            client.to_string(),
+            format!("its feature statistics were rejected: {reason}"),
+        );
+    }
+
     fn retry_or_fail(&mut self, attempt: u32, why: &str, again: impl Fn(u32) -> State) -> State {
         if attempt < self.config.max_retries {
             self.observer.note(&format!(
@@ -907,6 +926,11 @@ impl Run {
                         Offer::Rejected(reason) => {
                             gathered.rejected += 1;
                             self.count_rejection(&client, &task_id, &reason);
+                            if collector.is_stats()
+                                && matches!(reason, RejectReason::Inconsistent(_))
+                            {
+                                self.exclude_for_statistics(&client, &reason);
+                            }
                             gathered.rejections.push((client, reason.to_string()));
                         }
                     }
