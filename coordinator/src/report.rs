@@ -29,11 +29,133 @@ pub enum ReportError {
     Model(String),
 }
 
+/// Writes `path` atomically: the contents go to a temporary file beside it,
+/// which is flushed to disk and then renamed over `path`, so a reader (or a
+/// crash) sees the old file or the new one, never half of one.
 fn write_file(path: &Path, contents: &[u8]) -> Result<(), ReportError> {
-    std::fs::write(path, contents).map_err(|source| ReportError::Write {
+    use std::io::Write;
+    let err = |source| ReportError::Write {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let name = path
+        .file_name()
+        .map_or_else(|| std::ffi::OsString::from("report"), |n| n.to_os_string());
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(&name);
+    temp_name.push(format!(".tmp-{}", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result.map_err(err)
+}
+
+/// A number written with a fixed number of decimals (`metrics.csv` keeps the
+/// precision it always had: 6 decimals for metrics, 3 for milliseconds).
+#[derive(Debug, Clone, Copy)]
+struct Fixed<const DECIMALS: usize>(f64);
+
+impl<const DECIMALS: usize> serde::Serialize for Fixed<DECIMALS> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:.*}", DECIMALS, self.0))
+    }
+}
+
+type Metric = Option<Fixed<6>>;
+type Millis = Fixed<3>;
+
+/// One row of `metrics.csv` (one round); empty cells are metrics the run's
+/// family does not have. The column names and order are a stable format.
+#[derive(Debug, serde::Serialize)]
+struct MetricsRow {
+    round: u32,
+    selected: usize,
+    accepted: usize,
+    rejected: usize,
+    refused: usize,
+    attempts: u32,
+    train_loss: Fixed<6>,
+    auc: Metric,
+    log_loss: Metric,
+    accuracy: Metric,
+    precision: Metric,
+    recall: Metric,
+    f1: Metric,
+    evaluated_clients: usize,
+    epsilon: Metric,
+    round_ms: Millis,
+    train_phase_ms: Millis,
+    max_client_train_ms: Millis,
+    overhead_ms: Millis,
+    eval_phase_ms: Millis,
+    r2: Metric,
+    rmse: Metric,
+    mae: Metric,
+    mse: Metric,
+    macro_f1: Metric,
+    inertia: Metric,
+    mean_inertia: Metric,
+}
+
+impl MetricsRow {
+    fn of(r: &RoundRecord) -> MetricsRow {
+        let binary = |f: fn(&fedprofile_learning::metrics::Metrics) -> Option<f64>| {
+            r.metrics.as_ref().and_then(f).map(Fixed)
+        };
+        let multiclass = |f: fn(&fedprofile_learning::MulticlassMetrics) -> f64| match &r.quality {
+            Some(Quality::Multiclass(m)) => Some(Fixed(f(m))),
+            _ => None,
+        };
+        let regression =
+            |f: fn(&fedprofile_learning::RegressionMetrics) -> Option<f64>| match &r.quality {
+                Some(Quality::Regression(m)) => f(m).map(Fixed),
+                _ => None,
+            };
+        let clustering = |mean: bool| match &r.quality {
+            Some(Quality::Clustering {
+                inertia,
+                mean_inertia,
+                ..
+            }) => Some(Fixed(if mean { *mean_inertia } else { *inertia })),
+            _ => None,
+        };
+        MetricsRow {
+            round: r.round,
+            selected: r.selected,
+            accepted: r.accepted,
+            rejected: r.rejected,
+            refused: r.refused,
+            attempts: r.attempts,
+            train_loss: Fixed(r.train_loss),
+            auc: binary(|m| m.auc),
+            log_loss: binary(|m| Some(m.log_loss)).or(multiclass(|m| m.log_loss)),
+            accuracy: binary(|m| Some(m.accuracy)).or(multiclass(|m| m.accuracy)),
+            precision: binary(|m| Some(m.precision)),
+            recall: binary(|m| Some(m.recall)),
+            f1: binary(|m| Some(m.f1)),
+            evaluated_clients: r.evaluated_clients,
+            epsilon: r.epsilon.map(Fixed),
+            round_ms: Fixed(r.round_ms),
+            train_phase_ms: Fixed(r.train_phase_ms),
+            max_client_train_ms: Fixed(r.max_client_train_ms),
+            overhead_ms: Fixed(r.overhead_ms()),
+            eval_phase_ms: Fixed(r.eval_phase_ms),
+            r2: regression(|m| m.r2),
+            rmse: regression(|m| Some(m.rmse)),
+            mae: regression(|m| Some(m.mae)),
+            mse: regression(|m| Some(m.mse)),
+            macro_f1: multiclass(|m| m.macro_f1),
+            inertia: clustering(false),
+            mean_inertia: clustering(true),
+        }
+    }
 }
 
 /// Prints one progress line per round on stdout.
@@ -303,79 +425,15 @@ pub fn write_outputs(
             .map_err(|e| ReportError::Model(e.to_string()))?;
     }
 
-    let mut csv = String::from(
-        "round,selected,accepted,rejected,refused,attempts,train_loss,auc,log_loss,accuracy,precision,recall,f1,evaluated_clients,epsilon,round_ms,train_phase_ms,max_client_train_ms,overhead_ms,eval_phase_ms,r2,rmse,mae,mse,macro_f1,inertia,mean_inertia\n",
-    );
+    let mut csv = csv::Writer::from_writer(Vec::new());
     for r in &outcome.rounds {
-        let m = |f: fn(&fedprofile_learning::metrics::Metrics) -> Option<f64>| {
-            r.metrics
-                .as_ref()
-                .and_then(f)
-                .map(|v| format!("{v:.6}"))
-                .unwrap_or_default()
-        };
-        let q = |f: fn(&Quality) -> Option<f64>| {
-            r.quality
-                .as_ref()
-                .and_then(f)
-                .map(|v| format!("{v:.6}"))
-                .unwrap_or_default()
-        };
-        let multiclass = |f: fn(&fedprofile_learning::MulticlassMetrics) -> f64| match &r.quality {
-            Some(Quality::Multiclass(m)) => format!("{:.6}", f(m)),
-            _ => String::new(),
-        };
-        let or = |a: String, b: String| if a.is_empty() { b } else { a };
-        csv.push_str(&format!(
-            "{},{},{},{},{},{},{:.6},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{}\n",
-            r.round,
-            r.selected,
-            r.accepted,
-            r.rejected,
-            r.refused,
-            r.attempts,
-            r.train_loss,
-            m(|m| m.auc),
-            or(m(|m| Some(m.log_loss)), multiclass(|m| m.log_loss)),
-            or(m(|m| Some(m.accuracy)), multiclass(|m| m.accuracy)),
-            m(|m| Some(m.precision)),
-            m(|m| Some(m.recall)),
-            m(|m| Some(m.f1)),
-            r.evaluated_clients,
-            r.epsilon.map(|e| format!("{e:.6}")).unwrap_or_default(),
-            r.round_ms,
-            r.train_phase_ms,
-            r.max_client_train_ms,
-            r.overhead_ms(),
-            r.eval_phase_ms,
-            q(|q| match q {
-                Quality::Regression(m) => m.r2,
-                _ => None,
-            }),
-            q(|q| match q {
-                Quality::Regression(m) => Some(m.rmse),
-                _ => None,
-            }),
-            q(|q| match q {
-                Quality::Regression(m) => Some(m.mae),
-                _ => None,
-            }),
-            q(|q| match q {
-                Quality::Regression(m) => Some(m.mse),
-                _ => None,
-            }),
-            multiclass(|m| m.macro_f1),
-            q(|q| match q {
-                Quality::Clustering { inertia, .. } => Some(*inertia),
-                _ => None,
-            }),
-            q(|q| match q {
-                Quality::Clustering { mean_inertia, .. } => Some(*mean_inertia),
-                _ => None,
-            }),
-        ));
+        csv.serialize(MetricsRow::of(r))
+            .map_err(|e| ReportError::Model(format!("metrics.csv: {e}")))?;
     }
-    write_file(&dir.join("metrics.csv"), csv.as_bytes())?;
+    let csv = csv
+        .into_inner()
+        .map_err(|e| ReportError::Model(format!("metrics.csv: {e}")))?;
+    write_file(&dir.join("metrics.csv"), &csv)?;
 
     let summary = Summary {
         run_id: &outcome.run_id,
@@ -523,5 +581,67 @@ pub fn write_plots(dir: &Path, outcome: &RunOutcome) {
         if let Err(e) = r {
             tracing::warn!("plot not written: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_file_replaces_the_file_whole_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("summary.json");
+        write_file(&path, b"old").unwrap();
+        write_file(&path, b"new contents").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new contents");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("summary.json")]);
+        // A folder that does not exist is an error naming the file.
+        let missing = dir.path().join("no/such/summary.json");
+        let err = write_file(&missing, b"x").unwrap_err().to_string();
+        assert!(err.contains("no/such/summary.json"), "{err}");
+    }
+
+    #[test]
+    fn metrics_rows_keep_their_columns_and_precision() {
+        let record = RoundRecord {
+            round: 3,
+            selected: 4,
+            accepted: 3,
+            rejected: 1,
+            refused: 0,
+            attempts: 1,
+            train_loss: 0.5,
+            train_phase_ms: 12.34567,
+            max_client_train_ms: 10.0,
+            eval_phase_ms: 1.0,
+            round_ms: 20.0,
+            metrics: None,
+            quality: Some(Quality::Clustering {
+                examples: 1408,
+                inertia: 7543.268171962967,
+                mean_inertia: 5.357434781223699,
+                counts: vec![1, 2],
+            }),
+            evaluated_clients: 4,
+            epsilon: Some(0.25),
+            refusals: Vec::new(),
+            skipped: None,
+        };
+        let mut csv = csv::Writer::from_writer(Vec::new());
+        csv.serialize(MetricsRow::of(&record)).unwrap();
+        let text = String::from_utf8(csv.into_inner().unwrap()).unwrap();
+        let overhead = format!("{:.3}", record.overhead_ms());
+        assert_eq!(
+            text,
+            format!(
+                "round,selected,accepted,rejected,refused,attempts,train_loss,auc,log_loss,accuracy,precision,recall,f1,evaluated_clients,epsilon,round_ms,train_phase_ms,max_client_train_ms,overhead_ms,eval_phase_ms,r2,rmse,mae,mse,macro_f1,inertia,mean_inertia\n\
+                 3,4,3,1,0,1,0.500000,,,,,,,4,0.250000,20.000,12.346,10.000,{overhead},1.000,,,,,,7543.268172,5.357435\n"
+            )
+        );
     }
 }

@@ -67,7 +67,8 @@ impl Federation {
             assert!(std::time::Instant::now() < deadline, "{label}: no summary");
             std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // summary.json is written atomically (temp file + rename): once it
+        // exists it is whole.
         let mut s: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(summary).unwrap()).unwrap();
         s["run_id"] = serde_json::Value::String(id);
