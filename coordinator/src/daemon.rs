@@ -534,6 +534,57 @@ async fn manage_runs(
 }
 
 /// Trains one run (fresh or resumed) to its end.
+type Resumable = (Option<Checkpoint>, Vec<RoundRecord>, Option<InFlight>);
+
+/// What a run resumes from: the checkpoint of its last committed round, the
+/// committed round records and (for a run that was running) the attempt in
+/// flight when the coordinator stopped. A row that cannot be read is an error naming
+/// the round (the database was damaged or written by an incompatible version).
+fn resumable_state(shared: &Shared, row: &RunRow) -> Result<Resumable, String> {
+    let unreadable = |what: String, e: &dyn std::fmt::Display| {
+        format!(
+            "the {what} of run '{}' in the coordinator's database cannot be read ({e}); \
+             the run cannot resume without it and is not restarted from round 0",
+            row.id
+        )
+    };
+    let checkpoint = match shared.store.last_checkpoint(&row.id) {
+        Ok(None) => None,
+        Ok(Some(c)) => Some(
+            serde_json::from_str::<Checkpoint>(&c.checkpoint_json)
+                .map_err(|e| unreadable(format!("checkpoint of round {}", c.round), &e))?,
+        ),
+        Err(e) => return Err(unreadable("checkpoint".into(), &e)),
+    };
+    let rows = shared
+        .store
+        .rounds(&row.id)
+        .map_err(|e| unreadable("round records".into(), &e))?;
+    let mut rounds = Vec::new();
+    for r in rows {
+        match serde_json::from_str::<Option<RoundRecord>>(&r.record_json) {
+            Ok(Some(record)) => rounds.push(record),
+            Ok(None) => {}
+            Err(e) => return Err(unreadable(format!("record of round {}", r.round), &e)),
+        }
+    }
+    // The attempt in flight is repeated under the same task ids so that no
+    // partner is charged twice; without it a resumed DP round would be.
+    let in_flight = if row.state == RunState::Running {
+        match shared.store.in_flight(&row.id) {
+            Ok(None) => None,
+            Ok(Some(a)) => Some(
+                serde_json::from_str::<InFlight>(&a.selected_json)
+                    .map_err(|e| unreadable("attempt in flight".into(), &e))?,
+            ),
+            Err(e) => return Err(unreadable("attempt in flight".into(), &e)),
+        }
+    } else {
+        None
+    };
+    Ok((checkpoint, rounds, in_flight))
+}
+
 async fn execute(
     shared: &Arc<Shared>,
     row: RunRow,
@@ -550,20 +601,22 @@ async fn execute(
             return Ok((None, inbox));
         }
     };
-    let checkpoint = shared
-        .store
-        .last_checkpoint(&row.id)?
-        .and_then(|c| serde_json::from_str::<Checkpoint>(&c.checkpoint_json).ok());
-    let rounds: Vec<RoundRecord> = shared
-        .store
-        .rounds(&row.id)?
-        .into_iter()
-        .filter_map(|r| {
-            serde_json::from_str::<Option<RoundRecord>>(&r.record_json)
-                .ok()
-                .flatten()
-        })
-        .collect();
+    let resumable = match resumable_state(shared, &row) {
+        Ok(r) => r,
+        Err(why) => {
+            // Never restart from round 0 while the audit log says rounds were
+            // committed: a checkpoint that cannot be read fails the run.
+            tracing::error!(run_id = %row.id, "{why}");
+            shared
+                .store
+                .set_run_state(&row.id, RunState::Failed, &now(), Some(&why))?;
+            shared
+                .audit
+                .note("coordinator", "run.failed", Some(&row.id), &why);
+            return Ok((None, inbox));
+        }
+    };
+    let (checkpoint, rounds, in_flight) = resumable;
     let resumed = row.state == RunState::Running;
     shared
         .store
@@ -614,14 +667,6 @@ async fn execute(
     if let Some(checkpoint) = checkpoint {
         // The attempt in flight when the coordinator stopped, repeated under the
         // same task ids so that partners' charges are never made twice.
-        let in_flight = if resumed {
-            shared
-                .store
-                .in_flight(&row.id)?
-                .and_then(|a| serde_json::from_str::<InFlight>(&a.selected_json).ok())
-        } else {
-            None
-        };
         run = run
             .resume_from(checkpoint, rounds)
             .with_in_flight(in_flight);

@@ -588,3 +588,57 @@ fn a_torn_audit_line_is_detected_and_recovered_by_an_audited_step() {
     let started = serve(&[]);
     assert!(started.status.success(), "{}", text(&started));
 }
+
+/// A run whose last checkpoint cannot be read (a damaged database, or one
+/// written by an incompatible version) fails with a reason naming the round; it
+/// is never silently restarted from round 0 while the audit log says rounds
+/// were committed. (Before: the checkpoint was dropped and the run restarted.)
+#[test]
+fn a_run_whose_checkpoint_cannot_be_read_fails_with_the_reason() {
+    let sandbox = Sandbox::new();
+    let run_toml = telco_run(400, 4, 4, 20.0).replace("eval_every = 1", "eval_every = 50");
+    let (config, run) = sandbox.write_coordinator(&run_toml);
+    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let _clients: Vec<_> = PARTNERS
+        .iter()
+        .map(|p| {
+            let cfg = sandbox.write_client(p, "certs", p);
+            sandbox.start_client(p, &cfg, port, &[])
+        })
+        .collect();
+    coordinator.wait_for_stdout(Duration::from_secs(120), |s| s.contains("round   3/400"));
+    coordinator.kill(); // SIGKILL, mid-run
+
+    let db = sandbox.path("state/coordinator.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let damaged = conn
+        .execute(
+            "UPDATE checkpoints SET checkpoint_json = '{\"round\": \"three\"}'",
+            [],
+        )
+        .unwrap();
+    assert!(damaged >= 3, "{damaged} checkpoints");
+    drop(conn);
+
+    let (mut restarted, _) =
+        sandbox.start_coordinator_with(&config, None, &["--exit-when-idle"], &[]);
+    restarted.wait(Duration::from_secs(120));
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (state, failure, done): (String, String, u32) = conn
+        .query_row("SELECT state, failure, rounds_done FROM runs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(state, "failed", "{failure}");
+    assert!(
+        failure.contains("checkpoint of round") && failure.contains("cannot be read"),
+        "{failure}"
+    );
+    assert!(done >= 3, "rounds done {done}");
+    let audit = fs::read_to_string(sandbox.path("state/audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"action\":\"run.failed\"")
+            && !audit.contains("restarted from the beginning"),
+        "{audit}"
+    );
+}
