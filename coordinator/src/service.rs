@@ -400,21 +400,17 @@ impl Budget {
         self.tokens = (self.tokens + dt * self.rate.per_second).min(self.rate.burst);
         self.extra = (self.extra + dt).min(self.rate.extra_burst);
         self.refilled = now;
-        let allowed = if self.tokens < 1.0 {
-            false
-        } else if !answer {
-            true
-        } else if owed
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            true
-        } else if self.extra >= 1.0 {
-            self.extra -= 1.0;
-            true
-        } else {
-            false
-        };
+        // Not an answer (a repeated hello), an answer to a task it was sent,
+        // or one of the few extra answers allowed.
+        let allowed = self.tokens >= 1.0
+            && (!answer
+                || owed
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+                || self.extra >= 1.0 && {
+                    self.extra -= 1.0;
+                    true
+                });
         if allowed {
             self.tokens -= 1.0;
             return Verdict::Pass;
