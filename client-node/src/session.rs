@@ -103,6 +103,28 @@ fn backoff(policy: &ConnectPolicy, attempt: u32) -> Duration {
     half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis() as u64))
 }
 
+/// The least a node waits before trying again after the coordinator refused it
+/// because a session with its certificate is already open. The coordinator
+/// closes a session whose connection died within 30 s (an HTTP/2 ping every
+/// 10 s, 20 s to answer it), so a node that restarted after a network cut gets
+/// back in at its next attempt; two nodes sharing a certificate do not hammer.
+pub const ALREADY_OPEN_BACKOFF: Duration = Duration::from_secs(31);
+
+/// Why a session ended and it is worth trying again, and the least wait.
+struct Retry {
+    why: String,
+    at_least: Duration,
+}
+
+impl From<String> for Retry {
+    fn from(why: String) -> Retry {
+        Retry {
+            why,
+            at_least: Duration::ZERO,
+        }
+    }
+}
+
 /// Explains a transport error in words a partner can act on.
 fn explain(status: &tonic::Status) -> String {
     let text = format!("{}: {}", status.code(), status.message());
@@ -145,7 +167,7 @@ pub async fn run(
         let endpoint = endpoint(config, options)?;
         let outcome = match endpoint.connect().await {
             Ok(channel) => serve(channel, options, Arc::clone(&node), &mut joined).await,
-            Err(e) => Err(format!("connection failed: {e}{}", source_chain(&e))),
+            Err(e) => Err(format!("connection failed: {e}{}", source_chain(&e)).into()),
         };
         if joined {
             // A session was established: the next outage gets the full policy again.
@@ -153,7 +175,10 @@ pub async fn run(
         }
         match outcome {
             Ok(end) => return Ok(end),
-            Err(last) => {
+            Err(Retry {
+                why: last,
+                at_least,
+            }) => {
                 failures += 1;
                 if failures >= policy.attempts {
                     return Err(SessionError::Unreachable {
@@ -162,7 +187,7 @@ pub async fn run(
                         last,
                     });
                 }
-                let wait = backoff(&policy, failures - 1);
+                let wait = backoff(&policy, failures - 1).max(at_least);
                 tracing::warn!("{last}; retrying in {} ms", wait.as_millis());
                 tokio::time::sleep(wait).await;
             }
@@ -186,7 +211,7 @@ async fn serve(
     options: &TransportOptions,
     node: Arc<Mutex<Node>>,
     joined: &mut bool,
-) -> Result<SessionEnd, String> {
+) -> Result<SessionEnd, Retry> {
     let (budget_epsilon, epsilon_spent) = node
         .lock()
         .map(|n| n.privacy_status())
@@ -206,17 +231,25 @@ async fn serve(
     };
     tx.send(hello)
         .await
-        .map_err(|_| "session closed before hello".to_string())?;
-    let mut stream = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| explain(&s))?
-        .into_inner();
+        .map_err(|_| Retry::from("session closed before hello".to_string()))?;
+    let mut stream = match client.session(ReceiverStream::new(rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::AlreadyExists => {
+            return Err(Retry {
+                why: format!(
+                    "the coordinator refused this session: {} (if this node was cut off from the network, the coordinator closes its old session within 30 s)",
+                    status.message()
+                ),
+                at_least: ALREADY_OPEN_BACKOFF,
+            });
+        }
+        Err(status) => return Err(explain(&status).into()),
+    };
     loop {
         let message = match stream.message().await {
             Ok(Some(m)) => m,
-            Ok(None) => return Err("the coordinator closed the session".into()),
-            Err(status) => return Err(explain(&status)),
+            Ok(None) => return Err("the coordinator closed the session".to_string().into()),
+            Err(status) => return Err(explain(&status).into()),
         };
         match message.body {
             Some(server_message::Body::Welcome(w)) => {
@@ -238,9 +271,11 @@ async fn serve(
                     node.handle(&task)
                 })
                 .await
-                .map_err(|e| format!("task handler failed: {e}"))?;
+                .map_err(|e| Retry::from(format!("task handler failed: {e}")))?;
                 if tx.send(pb::ClientMessage::from(&reply)).await.is_err() {
-                    return Err("the session closed while sending a result".into());
+                    return Err("the session closed while sending a result"
+                        .to_string()
+                        .into());
                 }
             }
             Some(server_message::Body::Finished(f)) => {

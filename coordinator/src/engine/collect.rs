@@ -299,6 +299,11 @@ impl Collector {
         v
     }
 
+    /// True while `client` owes an answer.
+    pub fn owes(&self, client: &str) -> bool {
+        self.pending.values().any(|c| c == client)
+    }
+
     /// A client disconnected: stop waiting for it.
     pub fn client_left(&mut self, client: &str) {
         self.pending.retain(|_, c| c != client);

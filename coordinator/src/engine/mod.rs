@@ -19,6 +19,11 @@
 //!   test split; figures are pooled exactly (confusion counts, loss sums, merged
 //!   score histograms for the AUC).
 //!
+//! A client that lets `clients.max_missed_tasks` tasks in a row pass their
+//! deadline without a result or a refusal has its session closed
+//! ([`ClientHub::drop_session`]), so later phases do not wait for it; it is
+//! selected again once it reconnects.
+//!
 //! The engine talks to clients only through [`ClientHub`] and an inbox of
 //! [`Inbound`] events, so it never sees a transport type and tests drive it with
 //! fakes.
@@ -48,6 +53,10 @@ pub trait ClientHub: Send + Sync {
     fn connected(&self) -> Vec<String>;
     /// Queues an event for a client; false if it is not connected.
     fn send(&self, client: &str, event: ServerEvent) -> bool;
+    /// Closes a client's session because it does not answer (`why`: a sentence
+    /// for the client and the logs); it is not connected (nor selected) again
+    /// until it reconnects. False if it was not connected.
+    fn drop_session(&self, client: &str, why: &str) -> bool;
 }
 
 /// What reaches the engine from the sessions.
@@ -330,6 +339,8 @@ pub struct Run {
     excluded: BTreeMap<String, String>,
     reported_examples: BTreeMap<String, u64>,
     cancel: Option<tokio::sync::watch::Receiver<Option<String>>>,
+    /// Tasks each client missed in a row (deadline passed without an answer).
+    missed: BTreeMap<String, u32>,
 }
 
 impl std::fmt::Debug for Run {
@@ -378,6 +389,7 @@ impl Run {
             excluded: BTreeMap::new(),
             reported_examples: BTreeMap::new(),
             cancel: None,
+            missed: BTreeMap::new(),
         }
     }
 

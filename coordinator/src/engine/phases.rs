@@ -882,12 +882,14 @@ impl Run {
                         waiting_for = %collector.waiting_for().join(","),
                         "deadline passed"
                     );
+                    self.missed_deadline(collector.waiting_for());
                     break;
                 }
             };
             match event {
                 Inbound::Connected(client) => {
                     tracing::info!(client = %client, "client connected");
+                    self.missed.remove(&client);
                 }
                 Inbound::Disconnected(client) => {
                     tracing::info!(client = %client, "client disconnected");
@@ -899,7 +901,13 @@ impl Run {
                 }
                 Inbound::Reply { client, reply } => {
                     let task_id = reply.task_id().to_string();
-                    match collector.offer(&self.book, &client, reply) {
+                    let owed = collector.owes(&client);
+                    let offer = collector.offer(&self.book, &client, reply);
+                    if owed && !collector.owes(&client) {
+                        // Answered (even with a refusal or a rejected result).
+                        self.missed.remove(&client);
+                    }
+                    match offer {
                         Offer::Accepted(body) => gathered.accepted.push((client, body)),
                         Offer::Refused { reason, kind } => {
                             tracing::warn!(run_id = %self.run_id, client = %client, task_id = %task_id, kind = kind.as_str(), "task refused: {reason}");
@@ -940,6 +948,30 @@ impl Run {
         gathered
     }
 
+    /// The deadline of a collection passed while `clients` still owed an
+    /// answer: each has missed one more task in a row; a client at
+    /// `clients.max_missed_tasks` has its session closed.
+    fn missed_deadline(&mut self, clients: Vec<String>) {
+        let limit = self.config.max_missed_tasks;
+        for client in clients {
+            let missed = self.missed.entry(client.clone()).or_default();
+            *missed += 1;
+            if limit == 0 || *missed < limit {
+                continue;
+            }
+            self.missed.remove(&client);
+            let why = format!(
+                "client {client} missed {limit} tasks in a row (no result or refusal within the {} s deadline, clients.max_missed_tasks = {limit})",
+                self.config.deadline.as_secs_f64()
+            );
+            if self.hub.drop_session(&client, &why) {
+                self.observer.note(&format!(
+                    "{why}: its session is closed, and it is selected again once it reconnects"
+                ));
+            }
+        }
+    }
+
     /// The next session event, the deadline, or a cancellation, whichever is first.
     pub(super) async fn next_event(&mut self, deadline: tokio::time::Instant) -> Next {
         if let Some(reason) = self.cancelled() {
@@ -972,7 +1004,10 @@ impl Run {
     /// An event outside any collection: replies can only be stale or unknown.
     fn unexpected(&mut self, event: Inbound) {
         match event {
-            Inbound::Connected(c) => tracing::info!(client = %c, "client connected"),
+            Inbound::Connected(c) => {
+                tracing::info!(client = %c, "client connected");
+                self.missed.remove(&c);
+            }
             Inbound::Disconnected(c) => tracing::info!(client = %c, "client disconnected"),
             Inbound::Malformed { client, reason } => {
                 self.count_rejection(&client, "?", &RejectReason::Malformed(reason));

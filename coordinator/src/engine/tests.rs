@@ -27,6 +27,12 @@ impl ClientHub for FakeHub {
     fn send(&self, client: &str, event: ServerEvent) -> bool {
         self.outbox.send((client.to_string(), event)).is_ok()
     }
+    fn drop_session(&self, client: &str, _why: &str) -> bool {
+        let mut clients = self.clients.lock().unwrap();
+        let before = clients.len();
+        clients.retain(|c| c != client);
+        clients.len() < before
+    }
 }
 
 struct Quiet;
@@ -46,6 +52,7 @@ fn config(rounds: u32, min_per_round: usize) -> RunConfig {
         min_per_round,
         min_connected_to_start: 3,
         start_timeout: Duration::from_secs(10),
+        max_missed_tasks: 0,
         deadline: Duration::from_secs(30),
         eval_every: 1,
         max_retries: 0,
@@ -889,4 +896,114 @@ async fn absurd_statistics_are_rejected_and_the_partner_named() {
             "{why}"
         );
     }
+}
+
+/// Notes every message, for assertions on them.
+struct Notes(Arc<Mutex<Vec<String>>>);
+impl RunObserver for Notes {
+    fn round_finished(&mut self, _: &RunSnapshot<'_>, _: &RoundRecord) {}
+    fn note(&mut self, message: &str) {
+        self.0.lock().unwrap().push(message.to_string());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_misses_its_tasks_is_dropped_and_no_longer_waited_for() {
+    // d answers nothing at all (a half-open session); with max_missed_tasks = 2
+    // it misses the statistics task and round 1's training task, is dropped,
+    // and rounds 2 and 3 go on without waiting for it.
+    let behaviours = BTreeMap::from([
+        ("a".to_string(), honest(1.0)),
+        ("b".to_string(), honest(1.0)),
+        ("c".to_string(), honest(1.0)),
+    ]);
+    let mut cfg = config(3, 2);
+    cfg.max_missed_tasks = 2;
+    cfg.eval_every = 10;
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let hub = Arc::new(FakeHub {
+        clients: Mutex::new(vec!["a".into(), "b".into(), "c".into(), "d".into()]),
+        outbox: out_tx,
+    });
+    // d's tasks go nowhere: filter them out before the scripted clients.
+    let (honest_tx, honest_rx) = mpsc::unbounded_channel();
+    let seen_by_d = Arc::new(Mutex::new(Vec::new()));
+    let d_tasks = Arc::clone(&seen_by_d);
+    tokio::spawn(async move {
+        let mut out_rx = out_rx;
+        while let Some((client, event)) = out_rx.recv().await {
+            if client == "d" {
+                if let ServerEvent::Task(t) = &event {
+                    d_tasks.lock().unwrap().push(t.task_id.clone());
+                }
+                continue;
+            }
+            let _ = honest_tx.send((client, event));
+        }
+    });
+    tokio::spawn(play(honest_rx, in_tx, behaviours));
+    let notes = Arc::new(Mutex::new(Vec::new()));
+    let run = Run::new(
+        cfg,
+        "run-1".into(),
+        Arc::clone(&hub) as Arc<dyn ClientHub>,
+        in_rx,
+        Box::new(Notes(Arc::clone(&notes))),
+    );
+    let before = tokio::time::Instant::now();
+    let outcome = run.execute().await.0;
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    let selected: Vec<usize> = outcome.rounds.iter().map(|r| r.selected).collect();
+    assert_eq!(
+        selected,
+        vec![4, 3, 3],
+        "d is not selected after it was dropped"
+    );
+    assert_eq!(
+        *seen_by_d.lock().unwrap(),
+        vec![
+            "run-1/r0/a0/stats/d".to_string(),
+            "run-1/r1/a0/train/d".to_string()
+        ]
+    );
+    assert_eq!(hub.connected(), vec!["a", "b", "c"]);
+    // Two deadlines were waited out (statistics, round 1), not one per phase.
+    assert!(before.elapsed() >= Duration::from_secs(60));
+    assert!(before.elapsed() < Duration::from_secs(61));
+    let notes = notes.lock().unwrap();
+    assert!(
+        notes.iter().any(|n| n.contains(
+            "client d missed 2 tasks in a row (no result or refusal within the 30 s deadline"
+        ) && n.contains("its session is closed")),
+        "{notes:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_resets_the_missed_count_and_zero_never_drops() {
+    // c answers statistics and evaluation but never trains: it misses one task
+    // in a row at most, so max_missed_tasks = 2 never drops it.
+    let behaviours = BTreeMap::from([
+        ("a".to_string(), honest(1.0)),
+        ("b".to_string(), honest(3.0)),
+        ("c".to_string(), Behaviour::SilentInTraining),
+    ]);
+    let mut cfg = config(3, 2);
+    cfg.max_missed_tasks = 2;
+    let outcome = start(cfg.clone(), behaviours.clone()).await.unwrap();
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    let selected: Vec<usize> = outcome.rounds.iter().map(|r| r.selected).collect();
+    assert_eq!(selected, vec![3, 3, 3]);
+    // Without evaluations in between it misses three in a row, and is dropped
+    // after two; with 0 it never is.
+    cfg.eval_every = 10;
+    cfg.rounds = 4;
+    let outcome = start(cfg.clone(), behaviours.clone()).await.unwrap();
+    let selected: Vec<usize> = outcome.rounds.iter().map(|r| r.selected).collect();
+    assert_eq!(selected, vec![3, 3, 2, 2]);
+    cfg.max_missed_tasks = 0;
+    let outcome = start(cfg, behaviours).await.unwrap();
+    let selected: Vec<usize> = outcome.rounds.iter().map(|r| r.selected).collect();
+    assert_eq!(selected, vec![3, 3, 3, 3]);
 }

@@ -182,6 +182,7 @@ struct RawClients {
     min_per_round: usize,
     min_connected_to_start: usize,
     start_timeout_secs: f64,
+    max_missed_tasks: u32,
 }
 
 impl Default for RawClients {
@@ -191,9 +192,19 @@ impl Default for RawClients {
             min_per_round: 1,
             min_connected_to_start: 1,
             start_timeout_secs: 300.0,
+            max_missed_tasks: DEFAULT_MAX_MISSED_TASKS,
         }
     }
 }
+
+/// Default of `clients.max_missed_tasks`: a client whose session let this many
+/// tasks in a row pass their deadline without a result or a refusal is
+/// disconnected. An honest node answers every task (a refusal is an answer), so
+/// only a stalled, half-open or hostile session misses one; three is one
+/// statistics, training and evaluation cycle, enough to ride out one slow task,
+/// while a dead session costs at most three deadlines instead of one per phase
+/// for the rest of the run. A node that was dropped by mistake reconnects.
+pub const DEFAULT_MAX_MISSED_TASKS: u32 = 3;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -267,6 +278,9 @@ pub struct RunConfig {
     pub min_connected_to_start: usize,
     /// How long to wait for them.
     pub start_timeout: Duration,
+    /// A client that misses this many tasks in a row (deadline passed without
+    /// a result or refusal) has its session closed; 0 never closes it.
+    pub max_missed_tasks: u32,
     /// A round's (and a statistics or evaluation task's) deadline.
     pub deadline: Duration,
     /// Evaluate every k rounds (and always after the last).
@@ -477,6 +491,7 @@ impl RunConfig {
             min_per_round: c.min_per_round,
             min_connected_to_start: c.min_connected_to_start,
             start_timeout: secs("clients.start_timeout_secs", c.start_timeout_secs)?,
+            max_missed_tasks: c.max_missed_tasks,
             deadline: secs("round.deadline_secs", raw.round.deadline_secs)?,
             eval_every: raw.round.eval_every,
             max_retries: raw.round.max_retries,
@@ -620,6 +635,10 @@ mod tests {
         assert_eq!(c.batch_size, 32);
         assert_eq!(c.deadline, Duration::from_secs(60));
         assert_eq!(c.privacy, PrivacyMode::None);
+        assert_eq!(c.max_missed_tasks, DEFAULT_MAX_MISSED_TASKS);
+        let c =
+            parse("[run]\nname = \"x\"\nrounds = 3\n[clients]\nmax_missed_tasks = 0\n").unwrap();
+        assert_eq!(c.max_missed_tasks, 0);
     }
 
     #[test]
