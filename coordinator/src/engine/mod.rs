@@ -48,6 +48,14 @@ pub trait ClientHub: Send + Sync {
     fn connected(&self) -> Vec<String>;
     /// Queues an event for a client; false if it is not connected.
     fn send(&self, client: &str, event: ServerEvent) -> bool;
+    /// Who is known to be missing and why, one sentence each (e.g.
+    /// "partner-c's handshakes fail: its certificate expired at …"), given the
+    /// clients connected now; empty when nothing is known. Used to explain a
+    /// run that has too few clients.
+    fn why_missing(&self, connected: &[String]) -> Vec<String> {
+        let _ = connected;
+        Vec::new()
+    }
 }
 
 /// What reaches the engine from the sessions.

@@ -359,7 +359,8 @@ fn rustls_error_from_text(text: &str) -> Option<rustls::Error> {
         });
     }
     if let Some(what) = text.strip_prefix("invalid peer certificate: ") {
-        let cert = if what.starts_with("UnknownIssuer") {
+        #[allow(deprecated)]
+        let cert = if what.starts_with("UnknownIssuer") || what.starts_with("BadSignature") {
             C::UnknownIssuer
         } else if what.starts_with("Expired") || what.starts_with("certificate expired") {
             C::Expired
@@ -403,7 +404,9 @@ pub fn explain_rustls(error: &rustls::Error, ctx: TlsContext<'_>) -> String {
     let ca = ctx.files.ca_cert.display();
     match error {
         rustls::Error::AlertReceived(alert) => match alert {
-            A::UnknownCA => format!(
+            // DecryptError: a signature that does not verify, i.e. a certificate
+            // issued under a trusted CA's name by another key.
+            A::UnknownCA | A::DecryptError => format!(
                 "the coordinator does not trust our certificate ({cert}): it is not signed by a CA the coordinator knows (use a certificate issued by the federation CA)"
             ),
             A::CertificateExpired => format!(
@@ -420,14 +423,14 @@ pub fn explain_rustls(error: &rustls::Error, ctx: TlsContext<'_>) -> String {
             ),
             A::BadCertificate
             | A::UnsupportedCertificate
-            | A::CertificateUnknown
-            | A::DecryptError => format!(
+            | A::CertificateUnknown => format!(
                 "the coordinator refused our certificate ({cert}) as unusable (TLS alert {alert:?}): re-issue it with `certs issue`"
             ),
             other => format!("the coordinator ended the TLS handshake with the alert {other:?}"),
         },
         rustls::Error::InvalidCertificate(c) => match c {
-            C::UnknownIssuer => format!(
+            #[allow(deprecated)]
+            C::UnknownIssuer | C::BadSignature => format!(
                 "the coordinator's certificate is not signed by {ca} (is ca_cert the federation CA, and is the URL the federation's coordinator?)"
             ),
             C::Expired | C::ExpiredContext { .. } => {
@@ -451,6 +454,60 @@ pub fn explain_rustls(error: &rustls::Error, ctx: TlsContext<'_>) -> String {
         }
         other => format!("the TLS handshake with the coordinator failed: {other}"),
     }
+}
+
+/// Asks the coordinator at `host:port` directly why it refuses us: under TLS
+/// 1.3 the client finishes its side of the handshake before the coordinator
+/// checks the client certificate, so the coordinator's alert often reaches
+/// HTTP/2 as a bare "operation was canceled" or "transport error". This opens
+/// one TLS connection with the same files, waits (at most `wait`) for what the
+/// coordinator sends, and explains an alert or a refused coordinator
+/// certificate with [`explain_rustls`]. `None` when the handshake is not
+/// refused (or the coordinator cannot be reached at all).
+pub async fn probe_refusal(
+    ctx: TlsContext<'_>,
+    host: &str,
+    port: u16,
+    wait: std::time::Duration,
+) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::AsyncReadExt;
+
+    let files = ctx.files;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&files.ca_cert).ok()? {
+        roots.add(ca.ok()?).ok()?;
+    }
+    let chain = CertificateDer::pem_file_iter(&files.cert)
+        .ok()?
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).ok()?;
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .ok()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .ok()?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from(ctx.server_name.to_string()).ok()?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        let mut stream = match connector.connect(name, tcp).await {
+            Ok(stream) => stream,
+            Err(e) => return explain_tls_failure(&e, ctx),
+        };
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte).await {
+            Err(e) => explain_tls_failure(&e, ctx),
+            Ok(_) => None,
+        }
+    };
+    tokio::time::timeout(wait, attempt).await.ok().flatten()
 }
 
 /// An error that is not the result of a TLS refusal, explained briefly: the

@@ -110,7 +110,11 @@ impl FailureCause {
         use CertificateError as C;
         match e {
             rustls::Error::InvalidCertificate(c) => match c {
+                // A bad signature: issued under a trusted CA's name by another key
+                // (e.g. another development CA with the same name).
+                #[allow(deprecated)]
                 C::UnknownIssuer
+                | C::BadSignature
                 | C::UnknownRevocationStatus
                 | C::ExpiredRevocationList
                 | C::ExpiredRevocationListContext { .. } => FailureCause::UnknownCa,
