@@ -184,6 +184,8 @@ pub async fn run(
     let mut failures = 0u32;
     loop {
         let mut joined = false;
+        // A transport failure whose error chain names no TLS cause.
+        let mut unexplained = false;
         // Rebuilt on every attempt so renewed certificate files are picked up at
         // the next reconnect.
         let endpoint = endpoint(config, options)?;
@@ -194,19 +196,23 @@ pub async fn run(
                     options,
                     Arc::clone(&node),
                     &mut joined,
+                    &mut unexplained,
                     tls_files.as_ref(),
                 )
                 .await
             }
             Err(e) => Err(match tls_refusal(&e, tls_files.as_ref()) {
                 Some(sentence) => sentence,
-                None => format!("connection failed: {e}{}", source_chain(&e)),
+                None => {
+                    unexplained = true;
+                    format!("connection failed: {e}{}", source_chain(&e))
+                }
             }),
         };
         // A session refused before it began, without a TLS cause in the error:
         // ask the coordinator directly (its alert often does not reach HTTP/2).
         let outcome = match outcome {
-            Err(last) if !joined && !last.starts_with("the coordinator") => {
+            Err(last) if !joined && unexplained => {
                 match probe(&endpoint, tls_files.as_ref(), Duration::from_secs(2)).await {
                     Some(sentence) => Err(sentence),
                     None => Err(last),
@@ -266,8 +272,16 @@ async fn serve(
     options: &TransportOptions,
     node: Arc<Mutex<Node>>,
     joined: &mut bool,
+    unexplained: &mut bool,
     tls: Option<&(tls::TlsFiles, String)>,
 ) -> Result<SessionEnd, String> {
+    let mut describe = |status: &tonic::Status| {
+        *unexplained = matches!(
+            status.code(),
+            tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+        ) && tls_refusal(status, tls).is_none();
+        explain(status, tls)
+    };
     let (budget_epsilon, epsilon_spent) = node
         .lock()
         .map(|n| n.privacy_status())
@@ -291,13 +305,13 @@ async fn serve(
     let mut stream = client
         .session(ReceiverStream::new(rx))
         .await
-        .map_err(|s| explain(&s, tls))?
+        .map_err(|s| describe(&s))?
         .into_inner();
     loop {
         let message = match stream.message().await {
             Ok(Some(m)) => m,
             Ok(None) => return Err("the coordinator closed the session".into()),
-            Err(status) => return Err(explain(&status, tls)),
+            Err(status) => return Err(describe(&status)),
         };
         match message.body {
             Some(server_message::Body::Welcome(w)) => {

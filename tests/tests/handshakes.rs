@@ -51,14 +51,20 @@ fn a_client_with_another_cas_certificate_is_told_why_and_the_coordinator_logs_it
     let mut client = sandbox.start_client("foreign", &config, port, &["--connect-attempts", "3"]);
     assert_eq!(client.wait(Duration::from_secs(60)).code(), Some(1));
     let stderr = client.read_stderr();
-    // Was: "could not reach the coordinator … transport error".
+    // Was: "could not reach the coordinator … transport error". The last
+    // attempt's message is the one the client exits with.
+    let last = stderr
+        .lines()
+        .rfind(|l| l.starts_with("error:"))
+        .unwrap_or_default();
     assert!(
-        stderr.contains(&format!(
+        last.contains(&format!(
             "the coordinator does not trust our certificate ({}): it is not signed by a CA the coordinator knows",
             sandbox.path("other-ca/partner-a.pem").display()
         )),
         "{stderr}"
     );
+    assert!(last.contains("after 3 attempts"), "{stderr}");
     assert!(!stderr.contains("transport error"), "{stderr}");
 
     // The coordinator, at its default log level: peer address, identity, cause.

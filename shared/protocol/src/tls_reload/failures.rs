@@ -503,14 +503,14 @@ impl HandshakeFailures {
             .filter(|f| f.at >= since)
             .cloned()
             .collect();
-        named.sort_by(|a, b| b.at.cmp(&a.at));
+        named.sort_by_key(|f| std::cmp::Reverse(f.at));
         let mut anonymous: Vec<_> = inner
             .anonymous
             .values()
             .filter(|f| f.at >= since)
             .cloned()
             .collect();
-        anonymous.sort_by(|a, b| b.at.cmp(&a.at));
+        anonymous.sort_by_key(|f| std::cmp::Reverse(f.at));
         named.extend(anonymous);
         named
     }
