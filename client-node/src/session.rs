@@ -36,6 +36,20 @@ pub enum SessionError {
         "the client config has no [tls] section; add one, or pass --insecure for a loopback coordinator"
     )]
     NoTls,
+    /// The TLS files passed the checks but the transport cannot use them.
+    #[error(
+        "the TLS files of the client config (ca_cert '{ca_cert}', cert '{cert}', key '{key}') cannot be used: {detail}"
+    )]
+    TlsSetup {
+        /// The CA file.
+        ca_cert: String,
+        /// The certificate file.
+        cert: String,
+        /// The key file.
+        key: String,
+        /// Why.
+        detail: String,
+    },
     /// Every connection attempt failed.
     #[error("could not reach the coordinator at {url} after {attempts} attempts: {last}")]
     Unreachable {
@@ -89,8 +103,32 @@ fn endpoint(config: &ClientConfig, options: &TransportOptions) -> Result<Endpoin
     let name = server_name.clone().unwrap_or(host);
     endpoint = endpoint
         .tls_config(tls::client_config(files, &name)?)
-        .map_err(|e| SessionError::BadUrl(format!("{url} ({e})")))?;
+        .map_err(|e| SessionError::TlsSetup {
+            ca_cert: files.ca_cert.display().to_string(),
+            cert: files.cert.display().to_string(),
+            key: files.key.display().to_string(),
+            detail: tls::root_cause(&e),
+        })?;
     Ok(endpoint)
+}
+
+/// The TLS files and the coordinator's certificate name, to explain refusals.
+fn tls_context(config: &ClientConfig) -> Option<(tls::TlsFiles, String)> {
+    let (files, server_name) = config.tls.as_ref()?;
+    let host = Endpoint::from_shared(config.coordinator.clone())
+        .ok()
+        .and_then(|e| e.uri().host().map(str::to_string))
+        .unwrap_or_default();
+    Some((files.clone(), server_name.clone().unwrap_or(host)))
+}
+
+/// The sentence for a TLS refusal found in `error`'s chain, if there is one.
+fn tls_refusal(
+    error: &(dyn std::error::Error + 'static),
+    tls: Option<&(tls::TlsFiles, String)>,
+) -> Option<String> {
+    let (files, server_name) = tls?;
+    tls::explain_tls_failure(error, tls::TlsContext { files, server_name })
 }
 
 fn backoff(policy: &ConnectPolicy, attempt: u32) -> Duration {
@@ -125,8 +163,13 @@ impl From<String> for Retry {
     }
 }
 
-/// Explains a transport error in words a partner can act on.
-fn explain(status: &tonic::Status) -> String {
+/// Explains a failed call in words a partner can act on: a TLS refusal (the
+/// coordinator's alert, or our verdict on its certificate) as a sentence
+/// naming the files, anything else as code and message.
+fn explain(status: &tonic::Status, tls: Option<&(tls::TlsFiles, String)>) -> String {
+    if let Some(sentence) = tls_refusal(status, tls) {
+        return sentence;
+    }
     let text = format!("{}: {}", status.code(), status.message());
     let lower = format!("{status:?}").to_lowercase();
     if lower.contains("certificate") || lower.contains("handshake") || lower.contains("tls") {
@@ -159,15 +202,45 @@ pub async fn run(
         }
     });
     let policy = config.connect;
+    let tls_files = tls_context(config);
     let mut failures = 0u32;
     loop {
         let mut joined = false;
+        // A transport failure whose error chain names no TLS cause.
+        let mut unexplained = false;
         // Rebuilt on every attempt so renewed certificate files are picked up at
         // the next reconnect.
         let endpoint = endpoint(config, options)?;
         let outcome = match endpoint.connect().await {
-            Ok(channel) => serve(channel, options, Arc::clone(&node), &mut joined).await,
-            Err(e) => Err(format!("connection failed: {e}{}", source_chain(&e)).into()),
+            Ok(channel) => {
+                serve(
+                    channel,
+                    options,
+                    Arc::clone(&node),
+                    &mut joined,
+                    &mut unexplained,
+                    tls_files.as_ref(),
+                )
+                .await
+            }
+            Err(e) => Err(Retry::from(match tls_refusal(&e, tls_files.as_ref()) {
+                Some(sentence) => sentence,
+                None => {
+                    unexplained = true;
+                    format!("connection failed: {e}{}", source_chain(&e))
+                }
+            })),
+        };
+        // A session refused before it began, without a TLS cause in the error:
+        // ask the coordinator directly (its alert often does not reach HTTP/2).
+        let outcome = match outcome {
+            Err(last) if !joined && unexplained => {
+                match probe(&endpoint, tls_files.as_ref(), Duration::from_secs(2)).await {
+                    Some(sentence) => Err(Retry::from(sentence)),
+                    None => Err(last),
+                }
+            }
+            other => other,
         };
         if joined {
             // A session was established: the next outage gets the full policy again.
@@ -195,6 +268,19 @@ pub async fn run(
     }
 }
 
+/// [`tls::probe_refusal`] for the coordinator of `endpoint`.
+async fn probe(
+    endpoint: &Endpoint,
+    tls: Option<&(tls::TlsFiles, String)>,
+    wait: Duration,
+) -> Option<String> {
+    let (files, server_name) = tls?;
+    let uri = endpoint.uri();
+    let host = uri.host()?.trim_matches(|c| c == '[' || c == ']');
+    let port = uri.port_u16().unwrap_or(443);
+    tls::probe_refusal(tls::TlsContext { files, server_name }, host, port, wait).await
+}
+
 fn source_chain(e: &dyn std::error::Error) -> String {
     let mut out = String::new();
     let mut cur = e.source();
@@ -211,7 +297,16 @@ async fn serve(
     options: &TransportOptions,
     node: Arc<Mutex<Node>>,
     joined: &mut bool,
+    unexplained: &mut bool,
+    tls: Option<&(tls::TlsFiles, String)>,
 ) -> Result<SessionEnd, Retry> {
+    let mut describe = |status: &tonic::Status| {
+        *unexplained = matches!(
+            status.code(),
+            tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+        ) && tls_refusal(status, tls).is_none();
+        explain(status, tls)
+    };
     let (budget_epsilon, epsilon_spent) = node
         .lock()
         .map(|n| n.privacy_status())
@@ -243,13 +338,13 @@ async fn serve(
                 at_least: ALREADY_OPEN_BACKOFF,
             });
         }
-        Err(status) => return Err(explain(&status).into()),
+        Err(status) => return Err(describe(&status).into()),
     };
     loop {
         let message = match stream.message().await {
             Ok(Some(m)) => m,
             Ok(None) => return Err("the coordinator closed the session".to_string().into()),
-            Err(status) => return Err(explain(&status).into()),
+            Err(status) => return Err(describe(&status).into()),
         };
         match message.body {
             Some(server_message::Body::Welcome(w)) => {

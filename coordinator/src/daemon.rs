@@ -138,6 +138,9 @@ pub struct Shared {
     pub active: Mutex<Option<ActiveRun>>,
     /// Reports, ledgers.
     pub state_dir: PathBuf,
+    /// Recent failed TLS handshakes (who, from where, why), to explain a run
+    /// that waits for partners.
+    pub handshakes: Arc<fedprofile_protocol::tls_reload::HandshakeFailures>,
 }
 
 impl Shared {
@@ -330,6 +333,7 @@ pub async fn serve(
         queue: Notify::new(),
         active: Mutex::new(None),
         state_dir: state_dir.clone(),
+        handshakes: Arc::default(),
     });
     shared.audit.note(
         "coordinator",
@@ -381,13 +385,14 @@ pub async fn serve(
         tokio::spawn(builder.serve_with_incoming_shutdown(incoming, stop))
     } else {
         let files = options.config.tls.clone().ok_or(ServeError::NoTls)?;
-        let tls = fedprofile_protocol::tls_reload::ReloadableTls::load(
+        let tls = fedprofile_protocol::tls_reload::ReloadableTls::load_with_failures(
             fedprofile_protocol::tls_reload::TlsSources {
                 ca_cert: files.ca_cert,
                 cert: files.cert,
                 key: files.key,
                 crl: options.config.crl.clone(),
             },
+            Arc::clone(&shared.handshakes),
         )?;
         tls_handle = Some(Arc::clone(&tls));
         let incoming = fedprofile_protocol::tls_reload::incoming(listener, Arc::clone(&tls));
@@ -403,13 +408,20 @@ pub async fn serve(
     let handshake_export = tls_handle.clone().map(|tls| {
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            let mut seen = 0;
+            let mut seen: std::collections::HashMap<&'static str, u64> = Default::default();
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = tls.handshake_failures();
-                if now > seen {
-                    metrics.tls_handshake_failures.inc_by(now - seen);
-                    seen = now;
+                for (cause, now) in tls.failures().by_cause() {
+                    let before = seen.entry(cause.label()).or_default();
+                    if now > *before {
+                        metrics
+                            .tls_handshake_failures
+                            .get_or_create(&crate::metrics::Cause {
+                                cause: cause.label().to_string(),
+                            })
+                            .inc_by(now - *before);
+                        *before = now;
+                    }
                 }
             }
         })
@@ -654,7 +666,9 @@ async fn execute(
     let mut run = Run::new(
         config.clone(),
         row.id.clone(),
-        Arc::clone(&shared.hub) as Arc<dyn crate::engine::ClientHub>,
+        // The sessions, plus who is missing and why (failed handshakes, absent partners).
+        Arc::new(crate::missing::ExplainingHub::new(Arc::clone(shared)))
+            as Arc<dyn crate::engine::ClientHub>,
         inbox,
         Box::new(observer),
     )

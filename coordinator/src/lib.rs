@@ -5,6 +5,7 @@
 //! - [`service`]: the federation gRPC edge (sessions, identity from certificates);
 //! - [`admin`] / [`operator`]: the operators' API and its command line;
 //! - [`store`]: the SQLite database; [`audit`]: the hash-chained audit log;
+//! - [`missing`]: who a run is waiting for and why (failed handshakes, absent partners);
 //! - [`metrics`]: Prometheus metrics; [`report`]: outputs, plots, progress lines;
 //! - [`config`]: coordinator config; [`certs`]: development CA and certificates;
 //! - [`cli`]: the command line.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod metrics;
+pub mod missing;
 pub mod operator;
 pub mod report;
 pub mod service;

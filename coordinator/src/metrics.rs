@@ -30,6 +30,13 @@ pub struct Reason {
     pub reason: String,
 }
 
+/// A `cause` label (of a failed TLS handshake: `unknown_ca`, `expired`, …).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Cause {
+    /// Short cause key.
+    pub cause: String,
+}
+
 /// The coordinator's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -48,8 +55,8 @@ pub struct Metrics {
     pub tasks_refused: Counter,
     /// Messages or connections refused at the transport edge, by reason.
     pub messages_refused: Family<Reason, Counter>,
-    /// Failed TLS handshakes.
-    pub tls_handshake_failures: Counter,
+    /// Failed TLS handshakes, by cause.
+    pub tls_handshake_failures: Family<Cause, Counter>,
     /// Cumulative epsilon of the run in progress (the largest a client reported,
     /// or the coordinator's own under client-level DP).
     pub epsilon_spent: Gauge<f64, AtomicU64>,
@@ -77,7 +84,7 @@ impl Metrics {
             updates_rejected: Family::default(),
             tasks_refused: Counter::default(),
             messages_refused: Family::default(),
-            tls_handshake_failures: Counter::default(),
+            tls_handshake_failures: Family::default(),
             epsilon_spent: Gauge::default(),
             runs_finished: Family::default(),
             registry: Registry::default(),
@@ -119,7 +126,7 @@ impl Metrics {
         );
         registry.register(
             "tls_handshake_failures",
-            "Failed TLS handshakes",
+            "Failed TLS handshakes, by cause (unknown_ca, expired, not_yet_valid, revoked, no_client_certificate, bad_certificate, client_refused_server, not_tls, timeout, other)",
             m.tls_handshake_failures.clone(),
         );
         registry.register(

@@ -92,7 +92,7 @@ pub enum OperatorCommand {
     Clients,
 }
 
-async fn connect(config: &OperatorConfig) -> Result<AdminClient<Channel>, String> {
+async fn connect(config: &OperatorConfig) -> Result<Connection, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut endpoint = Endpoint::from_shared(config.coordinator.clone())
         .map_err(|_| {
@@ -102,22 +102,64 @@ async fn connect(config: &OperatorConfig) -> Result<AdminClient<Channel>, String
             )
         })?
         .connect_timeout(Duration::from_secs(10));
+    let mut tls_context = None;
     if let Some((files, name)) = &config.tls {
         let host = endpoint.uri().host().unwrap_or_default().to_string();
-        let tls = tls::client_config(files, name.as_deref().unwrap_or(&host))
-            .map_err(|e| e.to_string())?;
-        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+        let server_name = name.clone().unwrap_or(host);
+        let tls = tls::client_config(files, &server_name).map_err(|e| e.to_string())?;
+        endpoint = endpoint.tls_config(tls).map_err(|e| {
+            format!(
+                "the TLS files of the operator config (ca_cert '{}', cert '{}', key '{}') cannot be used: {}",
+                files.ca_cert.display(),
+                files.cert.display(),
+                files.key.display(),
+                tls::root_cause(&e)
+            )
+        })?;
+        tls_context = Some((files.clone(), server_name));
     }
     let channel = endpoint.connect().await.map_err(|e| {
-        format!(
-            "cannot reach the coordinator at {}: {e} (check the URL, and that your operator certificate is issued by the federation CA)",
-            config.coordinator
-        )
+        match refusal(&e, tls_context.as_ref()) {
+            Some(sentence) => format!("cannot connect to the coordinator at {}: {sentence}", config.coordinator),
+            None => format!(
+                "cannot reach the coordinator at {}: {} (check the URL and that the coordinator is running)",
+                config.coordinator,
+                tls::root_cause(&e)
+            ),
+        }
     })?;
-    Ok(AdminClient::new(channel))
+    Ok(Connection {
+        client: AdminClient::new(channel),
+        tls: tls_context,
+    })
 }
 
-fn status_text(s: tonic::Status) -> String {
+/// The sentence for a TLS refusal in `error`'s chain, if there is one.
+fn refusal(
+    error: &(dyn std::error::Error + 'static),
+    tls: Option<&(tls::TlsFiles, String)>,
+) -> Option<String> {
+    let (files, server_name) = tls?;
+    tls::explain_tls_failure(error, tls::TlsContext { files, server_name })
+}
+
+/// A connection to the admin API, with what is needed to explain TLS refusals.
+struct Connection {
+    client: AdminClient<Channel>,
+    tls: Option<(tls::TlsFiles, String)>,
+}
+
+/// A failed call in one sentence: a TLS refusal (under TLS 1.3 the
+/// coordinator's verdict on our certificate arrives with the first call), a
+/// refusal of the coordinator, or its message.
+fn explain_status(s: tonic::Status, tls: Option<&(tls::TlsFiles, String)>) -> String {
+    if let Some(sentence) = refusal(&s, tls) {
+        return format!("the coordinator refused the connection: {sentence}");
+    }
+    plain_status_text(s)
+}
+
+fn plain_status_text(s: tonic::Status) -> String {
     match s.code() {
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
             format!("refused by the coordinator: {}", s.message())
@@ -146,7 +188,58 @@ fn print_run(r: &pb::RunInfo) {
 
 /// Runs an operator command.
 pub async fn run(config: &OperatorConfig, command: OperatorCommand) -> Result<(), String> {
-    let mut client = connect(config).await?;
+    let Connection { mut client, tls } = connect(config).await?;
+    // Set when a call failed at the transport without a TLS cause in the error.
+    let unexplained = std::cell::Cell::new(false);
+    let status_text = |s: tonic::Status| {
+        if matches!(
+            s.code(),
+            tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+        ) && refusal(&s, tls.as_ref()).is_none()
+        {
+            unexplained.set(true);
+        }
+        explain_status(s, tls.as_ref())
+    };
+    let result = execute(&mut client, tls.as_ref(), command, status_text).await;
+    match result {
+        Err(message) if unexplained.get() => {
+            // Under TLS 1.3 the coordinator's alert often does not reach
+            // HTTP/2: ask the coordinator directly why it refuses us.
+            let probed = match &tls {
+                Some((files, server_name)) => {
+                    let uri: Option<tonic::codegen::http::Uri> = config.coordinator.parse().ok();
+                    let host = uri
+                        .as_ref()
+                        .and_then(|u| u.host())
+                        .unwrap_or_default()
+                        .trim_matches(|c| c == '[' || c == ']')
+                        .to_string();
+                    let port = uri.as_ref().and_then(|u| u.port_u16()).unwrap_or(443);
+                    tls::probe_refusal(
+                        tls::TlsContext { files, server_name },
+                        &host,
+                        port,
+                        Duration::from_secs(2),
+                    )
+                    .await
+                }
+                None => None,
+            };
+            Err(probed.map_or(message, |sentence| {
+                format!("the coordinator refused the connection: {sentence}")
+            }))
+        }
+        other => other,
+    }
+}
+
+async fn execute(
+    client: &mut AdminClient<Channel>,
+    tls: Option<&(tls::TlsFiles, String)>,
+    command: OperatorCommand,
+    status_text: impl Fn(tonic::Status) -> String,
+) -> Result<(), String> {
     match command {
         OperatorCommand::Start(path) => {
             let run_toml = std::fs::read_to_string(&path)
@@ -202,7 +295,7 @@ pub async fn run(config: &OperatorConfig, command: OperatorCommand) -> Result<()
                 .into_inner();
             print_run(&r);
         }
-        OperatorCommand::Watch(run_id) => watch(&mut client, run_id).await?,
+        OperatorCommand::Watch(run_id) => watch(client, run_id, tls).await?,
         OperatorCommand::Clients => {
             let clients = client
                 .list_clients(pb::ListClientsRequest {})
@@ -229,8 +322,13 @@ pub async fn run(config: &OperatorConfig, command: OperatorCommand) -> Result<()
     Ok(())
 }
 
-async fn watch(client: &mut AdminClient<Channel>, run_id: String) -> Result<(), String> {
+async fn watch(
+    client: &mut AdminClient<Channel>,
+    run_id: String,
+    tls: Option<&(tls::TlsFiles, String)>,
+) -> Result<(), String> {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let status_text = |s: tonic::Status| explain_status(s, tls);
     let mut stream = client
         .watch_run(pb::WatchRunRequest { run_id })
         .await

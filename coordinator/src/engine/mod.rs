@@ -57,6 +57,14 @@ pub trait ClientHub: Send + Sync {
     /// for the client and the logs); it is not connected (nor selected) again
     /// until it reconnects. False if it was not connected.
     fn drop_session(&self, client: &str, why: &str) -> bool;
+    /// Who is known to be missing and why, one sentence each (e.g.
+    /// "partner-c's handshakes fail: its certificate expired at …"), given the
+    /// clients connected now; empty when nothing is known. Used to explain a
+    /// run that has too few clients.
+    fn why_missing(&self, connected: &[String]) -> Vec<String> {
+        let _ = connected;
+        Vec::new()
+    }
 }
 
 /// What reaches the engine from the sessions.

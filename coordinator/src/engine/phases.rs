@@ -97,11 +97,17 @@ impl Run {
             }
             match self.next_event(deadline).await {
                 Next::Deadline => {
-                    return State::Failed(format!(
+                    let connected = self.hub.connected();
+                    let mut why = format!(
                         "only {} of the {need} clients needed were connected after {:.0} s",
                         connected.len(),
                         self.config.start_timeout.as_secs_f64()
-                    ));
+                    );
+                    for missing in self.hub.why_missing(&connected) {
+                        why.push_str("; ");
+                        why.push_str(&missing);
+                    }
+                    return State::Failed(why);
                 }
                 Next::Closed => return State::Failed("the federation service stopped".into()),
                 Next::Cancelled(why) => return State::Cancelled(why),

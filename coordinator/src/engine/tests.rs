@@ -312,6 +312,39 @@ async fn too_few_clients_to_start_fails_after_the_start_timeout() {
     assert!(why.contains("only 1 of the 3 clients needed"), "{why}");
 }
 
+/// A hub that knows why a partner is missing.
+struct KnowsWhy(Vec<String>);
+
+impl ClientHub for KnowsWhy {
+    fn connected(&self) -> Vec<String> {
+        self.0.clone()
+    }
+    fn send(&self, _: &str, _: ServerEvent) -> bool {
+        true
+    }
+    fn drop_session(&self, _: &str, _: &str) -> bool {
+        false
+    }
+    fn why_missing(&self, connected: &[String]) -> Vec<String> {
+        assert_eq!(connected, self.0.as_slice());
+        vec!["partner-c's handshakes fail: its certificate is revoked".into()]
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_few_clients_to_start_names_the_missing_ones_the_hub_knows() {
+    let hub = Arc::new(KnowsWhy(vec!["a".into(), "b".into()]));
+    let (_in_tx, in_rx) = mpsc::channel(4);
+    let run = Run::new(config(1, 1), "run-1".into(), hub, in_rx, Box::new(Quiet));
+    let outcome = run.execute().await.0;
+    assert_eq!(
+        outcome.failure.as_deref(),
+        Some(
+            "only 2 of the 3 clients needed were connected after 10 s; partner-c's handshakes fail: its certificate is revoked"
+        )
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_released_model_is_the_mean_of_the_last_rounds_with_tail_averaging() {
     let behaviours = BTreeMap::from([

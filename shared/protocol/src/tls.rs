@@ -35,15 +35,17 @@ pub enum TlsError {
     },
     /// This side's certificate is outside its validity period.
     #[error(
-        "certificate '{path}' is not valid now: it is valid from {not_before} to {not_after} (renew it, or check this machine's clock)"
+        "certificate '{path}' is not valid now: it is valid from {not_before} to {not_after}, so it {state} (renew it, or check this machine's clock)"
     )]
     NotValidNow {
         /// The certificate file.
         path: PathBuf,
-        /// Start of validity.
+        /// Start of validity (RFC 3339).
         not_before: String,
-        /// End of validity.
+        /// End of validity (RFC 3339).
         not_after: String,
+        /// "expired at …" or "is not valid yet".
+        state: String,
     },
     /// The private key is not the key of the certificate.
     #[error(
@@ -134,10 +136,20 @@ fn check_identity(files: &TlsFiles, cert_pem: &[u8], key_pem: &[u8]) -> Result<(
         .map_err(|e| unparsable("certificate", &files.cert, e.to_string()))?;
     let validity = cert.validity();
     if !validity.is_valid() {
+        let not_after = rfc3339(validity.not_after.timestamp());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let state = if validity.not_after.timestamp() < now {
+            format!("expired at {not_after}")
+        } else {
+            "is not valid yet".to_string()
+        };
         return Err(TlsError::NotValidNow {
             path: files.cert.clone(),
-            not_before: validity.not_before.to_string(),
-            not_after: validity.not_after.to_string(),
+            not_before: rfc3339(validity.not_before.timestamp()),
+            not_after,
+            state,
         });
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
@@ -253,4 +265,366 @@ pub fn identity_from_der(leaf: &[u8]) -> Result<String, TlsError> {
         )));
     }
     Ok(cn.to_string())
+}
+
+/// Unix seconds as RFC 3339 UTC, e.g. `2026-11-30T00:00:00Z`.
+pub fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3_600,
+        secs % 3_600 / 60,
+        secs % 60
+    )
+}
+
+/// Which side's files a TLS failure is explained with.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsContext<'a> {
+    /// This side's files.
+    pub files: &'a TlsFiles,
+    /// The name the coordinator's certificate must be valid for.
+    pub server_name: &'a str,
+}
+
+/// Finds a rustls error in an error's source chain, looking inside
+/// `io::Error`s (whose `source()` skips the error they wrap). HTTP/2 keeps only
+/// the text of an I/O error, so a rustls error is also recognized by its
+/// message ("received fatal alert: UnknownCA", "invalid peer certificate: …").
+pub fn rustls_error_in(error: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+    let mut current = Some(error);
+    let mut depth = 0;
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.clone());
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            if let Some(tls) = rustls_error_in(inner) {
+                return Some(tls);
+            }
+        }
+        if let Some(tls) = rustls_error_from_text(&e.to_string()) {
+            return Some(tls);
+        }
+        depth += 1;
+        if depth > 32 {
+            return None;
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// The rustls error whose `Display` is `text`, for the kinds that matter here.
+fn rustls_error_from_text(text: &str) -> Option<rustls::Error> {
+    use rustls::AlertDescription as A;
+    use rustls::CertificateError as C;
+    if let Some(name) = text.strip_prefix("received fatal alert: ") {
+        const ALERTS: [A; 16] = [
+            A::UnknownCA,
+            A::CertificateExpired,
+            A::CertificateRevoked,
+            A::CertificateRequired,
+            A::AccessDenied,
+            A::BadCertificate,
+            A::UnsupportedCertificate,
+            A::CertificateUnknown,
+            A::DecryptError,
+            A::HandshakeFailure,
+            A::ProtocolVersion,
+            A::IllegalParameter,
+            A::DecodeError,
+            A::InternalError,
+            A::UnexpectedMessage,
+            A::NoApplicationProtocol,
+        ];
+        let name = name.trim();
+        return Some(match ALERTS.iter().find(|a| format!("{a:?}") == name) {
+            Some(alert) => rustls::Error::AlertReceived(*alert),
+            None => rustls::Error::General(text.to_string()),
+        });
+    }
+    if let Some(what) = text.strip_prefix("invalid peer certificate: ") {
+        #[allow(deprecated)]
+        let cert = if what.starts_with("UnknownIssuer") || what.starts_with("BadSignature") {
+            C::UnknownIssuer
+        } else if what.starts_with("Expired") || what.starts_with("certificate expired") {
+            C::Expired
+        } else if what.starts_with("NotValidYet") || what.starts_with("certificate not valid yet") {
+            C::NotValidYet
+        } else if what.starts_with("Revoked") {
+            C::Revoked
+        } else if what.starts_with("NotValidForName")
+            || what.starts_with("certificate not valid for name")
+        {
+            C::NotValidForName
+        } else {
+            return Some(rustls::Error::General(text.to_string()));
+        };
+        return Some(rustls::Error::InvalidCertificate(cert));
+    }
+    if text.starts_with("received corrupt message") {
+        return Some(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        ));
+    }
+    None
+}
+
+/// A failed connection or call explained in one sentence naming this side's
+/// files, when the cause is TLS: the coordinator refused our certificate (the
+/// alert it sent), or our side refused the coordinator's certificate. `None`
+/// when the chain holds no TLS error.
+pub fn explain_tls_failure(
+    error: &(dyn std::error::Error + 'static),
+    ctx: TlsContext<'_>,
+) -> Option<String> {
+    rustls_error_in(error).map(|e| explain_rustls(&e, ctx))
+}
+
+/// [`explain_tls_failure`] for one rustls error.
+pub fn explain_rustls(error: &rustls::Error, ctx: TlsContext<'_>) -> String {
+    use rustls::AlertDescription as A;
+    use rustls::CertificateError as C;
+    let cert = ctx.files.cert.display();
+    let ca = ctx.files.ca_cert.display();
+    match error {
+        rustls::Error::AlertReceived(alert) => match alert {
+            // DecryptError: a signature that does not verify, i.e. a certificate
+            // issued under a trusted CA's name by another key.
+            A::UnknownCA | A::DecryptError => format!(
+                "the coordinator does not trust our certificate ({cert}): it is not signed by a CA the coordinator knows (use a certificate issued by the federation CA)"
+            ),
+            A::CertificateExpired => format!(
+                "the coordinator refused our certificate ({cert}): it has expired or is not valid yet (renew it, or check the clocks)"
+            ),
+            A::CertificateRevoked => format!(
+                "the coordinator refused our certificate ({cert}): it has been revoked (ask the coordinator's operator for a new one)"
+            ),
+            A::CertificateRequired => {
+                "the coordinator requires a client certificate and we presented none (set cert and key in the [tls] section)".to_string()
+            }
+            A::AccessDenied => format!(
+                "the coordinator denied access to our certificate ({cert})"
+            ),
+            A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateUnknown => format!(
+                "the coordinator refused our certificate ({cert}) as unusable (TLS alert {alert:?}): re-issue it with `certs issue`"
+            ),
+            other => format!("the coordinator ended the TLS handshake with the alert {other:?}"),
+        },
+        rustls::Error::InvalidCertificate(c) => match c {
+            #[allow(deprecated)]
+            C::UnknownIssuer | C::BadSignature => format!(
+                "the coordinator's certificate is not signed by {ca} (is ca_cert the federation CA, and is the URL the federation's coordinator?)"
+            ),
+            C::Expired | C::ExpiredContext { .. } => {
+                "the coordinator's certificate has expired (its operator must renew it)".to_string()
+            }
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "the coordinator's certificate is not valid yet (check the clocks)".to_string()
+            }
+            C::Revoked => "the coordinator's certificate is revoked".to_string(),
+            C::NotValidForName | C::NotValidForNameContext { .. } => format!(
+                "the coordinator's certificate is not valid for the name '{}' (set server_name in the [tls] section to a name in its certificate)",
+                ctx.server_name
+            ),
+            other => format!("the coordinator's certificate cannot be used: {other}"),
+        },
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            "the coordinator did not answer in TLS (is this the coordinator's TLS port, or is it running with --insecure?)".to_string()
+        }
+        rustls::Error::NoCertificatesPresented => {
+            "the coordinator presented no certificate".to_string()
+        }
+        other => format!("the TLS handshake with the coordinator failed: {other}"),
+    }
+}
+
+/// Asks the coordinator at `host:port` directly why it refuses us: under TLS
+/// 1.3 the client finishes its side of the handshake before the coordinator
+/// checks the client certificate, so the coordinator's alert often reaches
+/// HTTP/2 as a bare "operation was canceled" or "transport error". This opens
+/// one TLS connection with the same files, waits (at most `wait`) for what the
+/// coordinator sends, and explains an alert or a refused coordinator
+/// certificate with [`explain_rustls`]. `None` when the handshake is not
+/// refused (or the coordinator cannot be reached at all).
+pub async fn probe_refusal(
+    ctx: TlsContext<'_>,
+    host: &str,
+    port: u16,
+    wait: std::time::Duration,
+) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::AsyncReadExt;
+
+    let files = ctx.files;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&files.ca_cert).ok()? {
+        roots.add(ca.ok()?).ok()?;
+    }
+    let chain = CertificateDer::pem_file_iter(&files.cert)
+        .ok()?
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).ok()?;
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .ok()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .ok()?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from(ctx.server_name.to_string()).ok()?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        let mut stream = match connector.connect(name, tcp).await {
+            Ok(stream) => stream,
+            Err(e) => return explain_tls_failure(&e, ctx),
+        };
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte).await {
+            Err(e) => explain_tls_failure(&e, ctx),
+            Ok(_) => None,
+        }
+    };
+    tokio::time::timeout(wait, attempt).await.ok().flatten()
+}
+
+/// An error that is not the result of a TLS refusal, explained briefly: the
+/// deepest message of the chain (e.g. "Connection refused (os error 111)").
+pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    let mut depth = 0;
+    while let Some(next) = current.source() {
+        current = next;
+        depth += 1;
+        if depth > 32 {
+            break;
+        }
+    }
+    current.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_000_000), "2026-11-30T00:53:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[derive(Debug)]
+    struct Wrapper(Box<dyn std::error::Error + Send + Sync + 'static>);
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    fn chained(e: rustls::Error) -> Wrapper {
+        // As tonic/hyper report it: a transport error over an io::Error over rustls.
+        Wrapper(Box::new(Wrapper(Box::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            e,
+        )))))
+    }
+
+    #[test]
+    fn tls_refusals_in_an_error_chain_become_sentences_naming_the_files() {
+        let files = TlsFiles {
+            ca_cert: "certs/ca.pem".into(),
+            cert: "certs/partner-a.pem".into(),
+            key: "certs/partner-a.key".into(),
+        };
+        let ctx = TlsContext {
+            files: &files,
+            server_name: "coordinator",
+        };
+        let explain = |e| explain_tls_failure(&chained(e), ctx).unwrap();
+        use rustls::AlertDescription as A;
+        use rustls::CertificateError as C;
+        let cases = [
+            (
+                rustls::Error::AlertReceived(A::UnknownCA),
+                "the coordinator does not trust our certificate (certs/partner-a.pem): it is not signed by a CA the coordinator knows",
+            ),
+            (
+                rustls::Error::AlertReceived(A::CertificateExpired),
+                "refused our certificate (certs/partner-a.pem): it has expired",
+            ),
+            (
+                rustls::Error::AlertReceived(A::CertificateRevoked),
+                "(certs/partner-a.pem): it has been revoked",
+            ),
+            (
+                rustls::Error::AlertReceived(A::CertificateRequired),
+                "requires a client certificate",
+            ),
+            (
+                rustls::Error::InvalidCertificate(C::UnknownIssuer),
+                "the coordinator's certificate is not signed by certs/ca.pem",
+            ),
+            (
+                rustls::Error::InvalidCertificate(C::Expired),
+                "the coordinator's certificate has expired",
+            ),
+            (
+                rustls::Error::InvalidCertificate(C::NotValidForName),
+                "not valid for the name 'coordinator'",
+            ),
+            (
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+                "did not answer in TLS",
+            ),
+        ];
+        for (error, expected) in cases {
+            let text = explain(error.clone());
+            assert!(text.contains(expected), "{error:?}: {text}");
+        }
+        // HTTP/2 keeps only the message of an I/O error.
+        let texted = Wrapper(Box::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: UnknownCA",
+        )));
+        assert!(
+            explain_tls_failure(&texted, ctx)
+                .unwrap()
+                .contains("does not trust our certificate")
+        );
+        let plain = Wrapper(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused",
+        )));
+        assert_eq!(explain_tls_failure(&plain, ctx), None);
+        assert_eq!(root_cause(&plain), "Connection refused");
+    }
 }

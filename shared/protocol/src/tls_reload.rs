@@ -18,8 +18,13 @@
 //! - [`ReloadableTls::watch`] polls the files (size, modification time, inode) and
 //!   reloads when they change and have stayed unchanged for one more interval (so
 //!   a certificate and key replaced one after the other are read together).
-//! - Failed handshakes are logged and counted ([`ReloadableTls::handshake_failures`]),
-//!   never yielded to tonic as errors.
+//! - Failed handshakes are never yielded to tonic as errors. Each one is counted
+//!   ([`ReloadableTls::handshake_failures`], and per cause in
+//!   [`HandshakeFailures::by_cause`]), recorded with the cause in words and the
+//!   CN of the certificate refused (if any) in the [`HandshakeFailures`]
+//!   registry, and logged at info level with the peer address and the cause;
+//!   repeats per (address, cause) are logged once a minute with a count (see
+//!   [`failures`]).
 //!
 //! The streams are `tokio_rustls::server::TlsStream<TcpStream>`, for which tonic
 //! implements `Connected` (tokio-rustls 0.26, the version tonic 0.14 uses), so
@@ -43,6 +48,10 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::Stream;
+
+pub mod failures;
+
+pub use failures::{FailureCause, HandshakeFailure, HandshakeFailures};
 
 /// A TLS file that cannot be used; the previous configuration (if any) stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -190,12 +199,22 @@ pub struct ReloadableTls {
     handshake_failures: AtomicU64,
     handshakes: AtomicU64,
     reload_failures: AtomicU64,
+    failures: Arc<HandshakeFailures>,
 }
 
 impl ReloadableTls {
     /// Reads the files and builds the first configuration: a client certificate
     /// chaining to one of the CAs (and not revoked) is required, ALPN is "h2".
     pub fn load(sources: TlsSources) -> Result<Arc<ReloadableTls>, TlsReloadError> {
+        ReloadableTls::load_with_failures(sources, Arc::default())
+    }
+
+    /// [`load`](Self::load), recording failed handshakes in `failures` (a
+    /// registry the caller also holds, to explain who cannot connect).
+    pub fn load_with_failures(
+        sources: TlsSources,
+        failures: Arc<HandshakeFailures>,
+    ) -> Result<Arc<ReloadableTls>, TlsReloadError> {
         let fp = fingerprint(&sources);
         let config = build_config(&sources)?;
         Ok(Arc::new(ReloadableTls {
@@ -206,6 +225,7 @@ impl ReloadableTls {
             handshake_failures: AtomicU64::new(0),
             handshakes: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            failures,
         }))
     }
 
@@ -249,6 +269,11 @@ impl ReloadableTls {
     /// Handshakes that failed or timed out (refused certificates included).
     pub fn handshake_failures(&self) -> u64 {
         self.handshake_failures.load(Ordering::Relaxed)
+    }
+
+    /// The registry of recent failed handshakes: who, from where, why.
+    pub fn failures(&self) -> &Arc<HandshakeFailures> {
+        &self.failures
     }
 
     /// Handshakes that succeeded.
@@ -486,7 +511,7 @@ fn build_config(sources: &TlsSources) -> Result<ServerConfig, TlsReloadError> {
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsReloadError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(failures::RecordingVerifier::new(verifier)))
         .with_single_cert(chain, key)
         .map_err(|e| TlsReloadError::KeyMismatch {
             cert: sources.cert.clone(),
@@ -659,6 +684,7 @@ async fn accept_loop(
         if closed > 0 {
             tls.handshake_failures
                 .fetch_add(closed as u64, Ordering::Relaxed);
+            tls.failures.count(FailureCause::Timeout, closed as u64);
             tracing::debug!(%peer, closed, "silent connections closed to admit a new one");
         }
         let tls = Arc::clone(&tls);
@@ -682,7 +708,16 @@ async fn accept_loop(
                 Some(Ok(Ok(n))) if n > 0 => {}
                 Some(Err(_)) => {
                     tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%peer, "TLS handshake timed out (the connection sent nothing)");
+                    tls.failures.record(HandshakeFailure::new(
+                        peer,
+                        FailureCause::Timeout,
+                        None,
+                        &format!(
+                            "the connection sent nothing for {} ms",
+                            options.handshake_timeout.as_millis()
+                        ),
+                        SystemTime::now(),
+                    ));
                     return;
                 }
                 _ => return,
@@ -691,28 +726,43 @@ async fn accept_loop(
                 return;
             };
             let acceptor = TlsAcceptor::from(tls.current());
-            let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
+            // The verifier leaves the certificate it refused in a slot of this task.
+            let handshake = tokio::time::timeout_at(
+                deadline,
+                failures::with_refused_slot(acceptor.accept(tcp)),
+            );
             let result = tokio::select! {
                 () = tx.closed() => return,
                 result = handshake => result,
             };
             drop(permit);
             match result {
-                Ok(Ok(stream)) => {
+                Ok((Ok(stream), _)) => {
                     tls.handshakes.fetch_add(1, Ordering::Relaxed);
                     let _ = tx.send(stream).await;
                 }
-                Ok(Err(e)) => {
+                Ok((Err(e), refused)) => {
                     tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    tls.failures.record(HandshakeFailure::new(
+                        peer,
+                        FailureCause::of_io(&e),
+                        refused.as_ref(),
+                        &e.to_string(),
+                        SystemTime::now(),
+                    ));
                 }
                 Err(_) => {
                     tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        %peer,
-                        timeout_ms = u64::try_from(options.handshake_timeout.as_millis()).unwrap_or(u64::MAX),
-                        "TLS handshake timed out"
-                    );
+                    tls.failures.record(HandshakeFailure::new(
+                        peer,
+                        FailureCause::Timeout,
+                        None,
+                        &format!(
+                            "no complete handshake within {} ms",
+                            options.handshake_timeout.as_millis()
+                        ),
+                        SystemTime::now(),
+                    ));
                 }
             }
         });
@@ -786,7 +836,18 @@ mod tests {
     }
 
     fn issue(ca: &Ca, cn: &str, serial: u64, server: bool) -> Leaf {
+        issue_with(ca, cn, serial, server, |_| {})
+    }
+
+    fn issue_with(
+        ca: &Ca,
+        cn: &str,
+        serial: u64,
+        server: bool,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let mut params = params(cn, serial);
+        adjust(&mut params);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if server {
             params.subject_alt_names = vec![SanType::DnsName(SERVER_NAME.try_into().unwrap())];
@@ -1052,6 +1113,128 @@ mod tests {
         assert!(try_hello(f.addr, &f.ca.pem, &stranger).await.is_err());
         wait_until(|| f.tls.handshake_failures() == 1).await;
         assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        f.shutdown().await;
+    }
+
+    /// The error a client gets when it opens a session (at connect, or at the
+    /// first call under TLS 1.3, where the server's verdict comes after the
+    /// client finished its side of the handshake).
+    async fn session_error(
+        addr: SocketAddr,
+        ca_pem: &str,
+        leaf: &Leaf,
+    ) -> Box<dyn std::error::Error> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .identity(Identity::from_pem(&leaf.cert_pem, &leaf.key_pem))
+            .domain_name(SERVER_NAME);
+        let connected = Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(WAIT)
+            .connect()
+            .await;
+        let channel = match connected {
+            Ok(channel) => channel,
+            Err(e) => return Box::new(e),
+        };
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(hello()).await.unwrap();
+        let call = tokio::time::timeout(
+            WAIT,
+            FederationClient::new(channel).session(ReceiverStream::new(rx)),
+        )
+        .await
+        .expect("the refused session did not end in time");
+        match call {
+            Err(status) => Box::new(status),
+            Ok(_) => panic!("a refused certificate opened a session"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_certificate_is_recorded_with_its_cn_and_the_client_gets_a_sentence() {
+        let f = Fixture::start(IncomingOptions::default()).await;
+        let files = crate::tls::TlsFiles {
+            ca_cert: "certs/ca.pem".into(),
+            cert: "certs/stranger.pem".into(),
+            key: "certs/stranger.key".into(),
+        };
+        let ctx = crate::tls::TlsContext {
+            files: &files,
+            server_name: SERVER_NAME,
+        };
+
+        // Another CA.
+        let other_ca = new_ca("someone else");
+        let stranger = issue(&other_ca, "stranger", 20, false);
+        let err = session_error(f.addr, &f.ca.pem, &stranger).await;
+        let text = crate::tls::explain_tls_failure(&*err, ctx)
+            .unwrap_or_else(|| panic!("no TLS cause found in {err:?}"));
+        assert!(
+            text.starts_with("the coordinator does not trust our certificate (certs/stranger.pem)"),
+            "{text}"
+        );
+        wait_until(|| f.tls.failures().for_identity("stranger").is_some()).await;
+        let seen = f.tls.failures().for_identity("stranger").unwrap();
+        assert_eq!(seen.cause, FailureCause::UnknownCa);
+        assert!(seen.detail.contains("someone else"), "{}", seen.detail);
+        assert!(seen.peer.ip().is_loopback());
+
+        // The federation's CA, but expired.
+        let expired = issue_with(&f.ca, "partner-old", 30, false, |p| {
+            let now = OffsetDateTime::now_utc();
+            p.not_before = now - time::Duration::days(30);
+            p.not_after = now - time::Duration::days(1);
+        });
+        let err = session_error(f.addr, &f.ca.pem, &expired).await;
+        let text = crate::tls::explain_tls_failure(&*err, ctx).unwrap();
+        assert!(
+            text.contains("it has expired or is not valid yet"),
+            "{text}"
+        );
+        wait_until(|| f.tls.failures().for_identity("partner-old").is_some()).await;
+        let seen = f.tls.failures().for_identity("partner-old").unwrap();
+        assert_eq!(seen.cause, FailureCause::Expired);
+        assert!(
+            seen.detail.starts_with("its certificate expired at 20"),
+            "{}",
+            seen.detail
+        );
+
+        // Revoked.
+        let revoked = issue(&f.ca, "partner-gone", 31, false);
+        replace(f.sources.crl.as_ref().unwrap(), &crl(&f.ca, 2, &[31]));
+        f.tls.reload().unwrap();
+        let err = session_error(f.addr, &f.ca.pem, &revoked).await;
+        let text = crate::tls::explain_tls_failure(&*err, ctx).unwrap();
+        assert!(text.contains("it has been revoked"), "{text}");
+        wait_until(|| f.tls.failures().for_identity("partner-gone").is_some()).await;
+        assert_eq!(
+            f.tls.failures().for_identity("partner-gone").unwrap().cause,
+            FailureCause::Revoked
+        );
+
+        // The client does not trust the coordinator (it holds another CA).
+        let a = issue(&f.ca, "partner-a", 32, false);
+        let err = session_error(f.addr, &other_ca.pem, &a).await;
+        let text = crate::tls::explain_tls_failure(&*err, ctx).unwrap();
+        assert_eq!(
+            text.split(" (").next().unwrap(),
+            "the coordinator's certificate is not signed by certs/ca.pem"
+        );
+        wait_until(|| {
+            f.tls
+                .failures()
+                .by_cause()
+                .contains(&(FailureCause::ClientRefusedServer, 1))
+        })
+        .await;
+        let counts = f.tls.failures().by_cause();
+        assert!(counts.contains(&(FailureCause::UnknownCa, 1)), "{counts:?}");
+        assert!(counts.contains(&(FailureCause::Expired, 1)), "{counts:?}");
+        assert_eq!(f.tls.handshake_failures(), 4);
         f.shutdown().await;
     }
 
