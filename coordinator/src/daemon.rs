@@ -453,10 +453,17 @@ pub async fn serve(
         ));
     }
 
-    let result = tokio::select! {
+    let mut result = tokio::select! {
         r = manage_runs(Arc::clone(&shared), inbox_rx, &options) => r,
         () = shutdown => Ok(None),
     };
+    // Files deleted or replaced under a running coordinator are never a clean exit.
+    if let Err(e) = shared.store.check_files()
+        && result.is_ok()
+    {
+        result = Err(e.into());
+    }
+    report_damage(&shared.store, &shared.audit, None);
     shared
         .audit
         .note("coordinator", "coordinator.stop", None, "shutting down");
@@ -622,7 +629,6 @@ async fn execute(
         store: Arc::clone(&shared.store),
         audit: Arc::clone(&shared.audit),
         run_id: row.id.clone(),
-        damage_noted: false,
     }))
     .with_cancel(cancel_rx);
     if let Some(checkpoint) = checkpoint {
@@ -730,26 +736,32 @@ struct StoreSink {
     store: Arc<Store>,
     audit: Arc<AuditLog>,
     run_id: String,
-    /// A `state.damaged` event was written for this run.
-    damage_noted: bool,
 }
 
 impl StoreSink {
     /// If the store found its files deleted or replaced, says so in the audit
-    /// log (once), so that the next start refuses the state.
+    /// log, so that the next start refuses the state.
     fn note_damage(&mut self, e: &StoreError) {
-        if !self.damage_noted
-            && let Some(crate::store::Problem::FilesReplaced { .. }) = e.problem()
-        {
-            self.damage_noted = true;
+        if let Some(crate::store::Problem::FilesReplaced { .. }) = e.problem() {
             tracing::error!("{e}");
-            self.audit.note(
-                "coordinator",
-                "state.damaged",
-                Some(&self.run_id),
-                &e.to_string(),
-            );
+            report_damage(&self.store, &self.audit, Some(&self.run_id));
         }
+    }
+}
+
+/// Writes a `state.damaged` event if the store found its files deleted or
+/// replaced and nobody reported it yet.
+fn report_damage(store: &Store, audit: &AuditLog, run_id: Option<&str>) {
+    if let Some(file) = store.take_damage_report() {
+        audit.note(
+            "coordinator",
+            "state.damaged",
+            run_id,
+            &format!(
+                "'{}' was deleted or replaced while the coordinator had it open; what it committed since is lost",
+                file.display()
+            ),
+        );
     }
 }
 

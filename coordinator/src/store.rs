@@ -532,6 +532,10 @@ pub struct Store {
     opened: Mutex<OpenedFiles>,
     /// Set once the files were found replaced: every later write is refused.
     replaced: AtomicBool,
+    /// Which file was found replaced.
+    replaced_file: Mutex<Option<PathBuf>>,
+    /// [`Store::take_damage_report`] returned it already.
+    damage_reported: AtomicBool,
 }
 
 impl Store {
@@ -567,6 +571,8 @@ impl Store {
             wal_path,
             opened: Mutex::new(opened),
             replaced: AtomicBool::new(false),
+            replaced_file: Mutex::new(None),
+            damage_reported: AtomicBool::new(false),
         })
     }
 
@@ -661,17 +667,40 @@ impl Store {
             .map_err(|e| e.at(&self.path, "check the database's files".into()))
     }
 
+    /// The file found deleted or replaced (see [`Store::check_files`]), the
+    /// first time it is asked after that happened; `None` otherwise. Whoever
+    /// gets it reports the damage (once).
+    pub fn take_damage_report(&self) -> Option<PathBuf> {
+        if !self.replaced.load(Ordering::SeqCst)
+            || self.damage_reported.swap(true, Ordering::SeqCst)
+        {
+            return None;
+        }
+        self.replaced_file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn files_unchanged(&self) -> Result<(), Fail> {
         let replaced = |file: &Path| {
+            *self
+                .replaced_file
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(file.to_path_buf());
             self.replaced.store(true, Ordering::SeqCst);
             Fail::Refused(Problem::FilesReplaced {
                 file: file.to_path_buf(),
             })
         };
         if self.replaced.load(Ordering::SeqCst) {
-            return Err(Fail::Refused(Problem::FilesReplaced {
-                file: self.wal_path.clone(),
-            }));
+            let file = self
+                .replaced_file
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .unwrap_or_else(|| self.wal_path.clone());
+            return Err(Fail::Refused(Problem::FilesReplaced { file }));
         }
         let mut opened = self.opened.lock().unwrap_or_else(PoisonError::into_inner);
         if file_id(&self.path) != opened.db {
@@ -1114,10 +1143,22 @@ fn quick_check(conn: &Connection) -> Result<(), Fail> {
         .collect::<rusqlite::Result<Vec<_>>>()?;
     match rows.as_slice() {
         [ok] if ok == "ok" => Ok(()),
-        _ => Err(Problem::Corrupt {
-            detail: rows.join("; "),
+        _ => {
+            // One line: SQLite's complaints, without its "*** in database" banner.
+            let mut detail = rows
+                .iter()
+                .flat_map(|r| r.lines())
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("***"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            if detail.len() > 300 {
+                let cut = (0..=300).rev().find(|&i| detail.is_char_boundary(i));
+                detail.truncate(cut.unwrap_or(0));
+                detail.push('…');
+            }
+            Err(Problem::Corrupt { detail }.into())
         }
-        .into()),
     }
 }
 
@@ -1802,6 +1843,9 @@ mod tests {
         assert!(store.check_files().is_err());
         // Reads still work.
         assert!(store.run("r1").unwrap().is_some());
+        // The damage is reported once.
+        assert_eq!(store.take_damage_report(), Some(wal_path(&path)));
+        assert_eq!(store.take_damage_report(), None);
     }
 
     #[test]
