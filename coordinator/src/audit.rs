@@ -6,6 +6,21 @@
 //! "hash"}`; `hash` is the SHA-256 (hex) of the line's JSON without the `hash`
 //! field, `prev_hash` is the previous line's `hash` (64 zeros for the first). A
 //! line is written and flushed before the action it records is acknowledged.
+//!
+//! Appends can be batched: [`AuditLog::defer`] queues an event that needs no
+//! acknowledgement (a refused task, a rejected update), and the queue is
+//! written with the next [`AuditLog::record`] (before its event, so the order
+//! of events is kept) or by [`AuditLog::flush`]. A batch is chained exactly as
+//! if its lines were written one by one, but goes out in one write and one
+//! fsync. Each line's `at` is when its event happened (when it was queued),
+//! so `at` is not always ascending. The daemon flushes at the latest when a
+//! round is committed and when a run ends; a crash loses at most the queued
+//! lines of the round in progress (the metrics counted them already).
+//!
+//! After every append (one line or a batch) the log reports its new head to
+//! an optional sink ([`AuditLog::with_head_sink`]): the daemon records it in
+//! the database, so a log that lost lines from its end is detected at the next
+//! start (see `crate::state`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -117,10 +132,46 @@ struct Head {
     hash: String,
 }
 
+/// Called with the new head (sequence number and hash of the last line)
+/// after every append.
+pub type HeadSink = Box<dyn Fn(u64, &str) + Send + Sync>;
+
 /// An open, append-only audit log.
 pub struct AuditLog {
     path: PathBuf,
     head: Mutex<Head>,
+    /// Deferred events, written before the next recorded one (lock order:
+    /// `head`, then `pending`).
+    pending: Mutex<Vec<Event>>,
+    on_append: Option<HeadSink>,
+}
+
+/// An event to append: everything but its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// When it happened (RFC 3339).
+    pub at: String,
+    /// Who (see [`AuditEntry::actor`]).
+    pub actor: String,
+    /// What (see [`AuditEntry::action`]).
+    pub action: String,
+    /// The run concerned, if any.
+    pub run_id: Option<String>,
+    /// Details in words.
+    pub detail: String,
+}
+
+impl Event {
+    /// An event that happens now.
+    pub fn now(actor: &str, action: &str, run_id: Option<&str>, detail: &str) -> Event {
+        Event {
+            at: now(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            run_id: run_id.map(str::to_string),
+            detail: detail.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -138,8 +189,17 @@ fn now() -> String {
 }
 
 impl AuditLog {
+    /// Past this many deferred events, [`AuditLog::defer`] flushes them.
+    pub const MAX_PENDING: usize = 10_000;
+
     /// Opens (verifying what is there) or creates the log.
     pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
+        Ok(AuditLog::open_with_entries(path)?.0)
+    }
+
+    /// Opens (verifying what is there) or creates the log, and returns the
+    /// entries it already holds.
+    pub fn open_with_entries(path: &Path) -> Result<(AuditLog, Vec<AuditEntry>), AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_path_buf(),
             source,
@@ -162,10 +222,19 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(io)?;
-        Ok(AuditLog {
+        let log = AuditLog {
             path: path.to_path_buf(),
             head: Mutex::new(Head { file, seq, hash }),
-        })
+            pending: Mutex::new(Vec::new()),
+            on_append: None,
+        };
+        Ok((log, entries))
+    }
+
+    /// Reports the head to `sink` after every append.
+    pub fn with_head_sink(mut self, sink: HeadSink) -> AuditLog {
+        self.on_append = Some(sink);
+        self
     }
 
     /// The file.
@@ -173,7 +242,14 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends one event (written and flushed before returning).
+    /// The sequence number and hash of the last line ([`GENESIS`] when empty).
+    pub fn head(&self) -> (u64, String) {
+        let head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+        (head.seq, head.hash.clone())
+    }
+
+    /// Appends one event, after the deferred ones (all written and flushed
+    /// before returning).
     pub fn record(
         &self,
         actor: &str,
@@ -181,34 +257,92 @@ impl AuditLog {
         run_id: Option<&str>,
         detail: &str,
     ) -> Result<AuditEntry, AuditError> {
-        let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
-        let mut entry = AuditEntry {
-            seq: head.seq + 1,
-            at: now(),
-            actor: actor.to_string(),
-            action: action.to_string(),
-            run_id: run_id.map(str::to_string),
-            detail: detail.to_string(),
-            prev_hash: head.hash.clone(),
-            hash: String::new(),
-        };
-        entry.hash = hash_of(&entry);
-        let mut line = serde_json::to_string(&entry).map_err(|e| AuditError::Malformed {
+        let mut entries = self.record_batch(vec![Event::now(actor, action, run_id, detail)])?;
+        entries.pop().ok_or_else(|| AuditError::Malformed {
             path: self.path.clone(),
-            line: entry.seq as usize,
-            reason: e.to_string(),
-        })?;
-        line.push('\n');
+            line: 0,
+            reason: "internal: an append wrote no line".into(),
+        })
+    }
+
+    /// Queues an event that happens now, to be written with the next append
+    /// (at once if [`AuditLog::MAX_PENDING`] events are waiting).
+    pub fn defer(&self, actor: &str, action: &str, run_id: Option<&str>, detail: &str) {
+        let full = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.push(Event::now(actor, action, run_id, detail));
+            pending.len() >= Self::MAX_PENDING
+        };
+        if full {
+            self.flush();
+        }
+    }
+
+    /// Events deferred and not yet written.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Writes the deferred events as one append (nothing if none), logging
+    /// (not failing) if the log cannot be written.
+    pub fn flush(&self) {
+        if let Err(e) = self.record_batch(Vec::new()) {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Appends the deferred events and then `events`, in order, chained as if
+    /// recorded one by one, with one write and one fsync for all of them
+    /// (written and flushed before returning; returns the lines written). If
+    /// the write fails, the head stays where it was and none of them counts
+    /// as written (a partly written last line is a torn tail).
+    pub fn record_batch(&self, events: Vec<Event>) -> Result<Vec<AuditEntry>, AuditError> {
+        let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        all.extend(events);
+        let events = all;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut seq, mut prev) = (head.seq, head.hash.clone());
+        let mut text = String::new();
+        let mut entries = Vec::with_capacity(events.len());
+        for event in events {
+            let mut entry = AuditEntry {
+                seq: seq + 1,
+                at: event.at,
+                actor: event.actor,
+                action: event.action,
+                run_id: event.run_id,
+                detail: event.detail,
+                prev_hash: prev,
+                hash: String::new(),
+            };
+            entry.hash = hash_of(&entry);
+            let line = serde_json::to_string(&entry).map_err(|e| AuditError::Malformed {
+                path: self.path.clone(),
+                line: entry.seq as usize,
+                reason: e.to_string(),
+            })?;
+            text.push_str(&line);
+            text.push('\n');
+            seq = entry.seq;
+            prev = entry.hash.clone();
+            entries.push(entry);
+        }
         let io = |source| AuditError::Io {
             path: self.path.clone(),
             source,
         };
-        head.file.write_all(line.as_bytes()).map_err(io)?;
+        head.file.write_all(text.as_bytes()).map_err(io)?;
         head.file.flush().map_err(io)?;
         head.file.sync_data().map_err(io)?;
-        head.seq = entry.seq;
-        head.hash = entry.hash.clone();
-        Ok(entry)
+        head.seq = seq;
+        head.hash = prev;
+        if let Some(sink) = &self.on_append {
+            sink(head.seq, &head.hash);
+        }
+        Ok(entries)
     }
 
     /// Records an event, logging (not failing) if the log cannot be written.
@@ -412,6 +546,69 @@ mod tests {
         lines[1] = lines[1].replace("\"seq\":2", "\"seq\":9");
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         assert!(recover_torn_tail(&path).is_err());
+    }
+
+    #[test]
+    fn deferred_events_go_out_in_one_batch_before_the_next_recorded_one_and_verify() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = log_with_three(dir.path());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let writes = Arc::new(AtomicU64::new(0));
+        let (h, w) = (Arc::clone(&heads), Arc::clone(&writes));
+        let log = AuditLog::open(&path)
+            .unwrap()
+            .with_head_sink(Box::new(move |seq, hash| {
+                w.fetch_add(1, Ordering::SeqCst);
+                h.lock().unwrap().push((seq, hash.to_string()));
+            }));
+        for i in 0..100 {
+            log.defer("partner-a", "task.refused", Some("r1"), &format!("t{i}"));
+        }
+        assert_eq!(log.pending(), 100);
+        assert_eq!(lines(&path).len(), 3, "nothing written yet");
+        let commit = log
+            .record(
+                "coordinator",
+                "round.commit",
+                Some("r1"),
+                "round 1 committed",
+            )
+            .unwrap();
+        assert_eq!(commit.seq, 104, "after the deferred ones");
+        assert_eq!(log.pending(), 0);
+        assert_eq!(writes.load(Ordering::SeqCst), 1, "one append for 101 lines");
+        assert_eq!(heads.lock().unwrap()[0], (104, commit.hash.clone()));
+        assert_eq!(log.head(), (104, commit.hash.clone()));
+        let entries = verify(&path).unwrap();
+        assert_eq!(entries.len(), 104);
+        assert_eq!(entries[3].detail, "t0");
+        assert_eq!(entries[102].detail, "t99");
+        // An empty flush writes nothing; a flush writes what is deferred.
+        log.flush();
+        assert_eq!(writes.load(Ordering::SeqCst), 1);
+        log.defer("partner-b", "update.rejected", None, "x");
+        log.flush();
+        assert_eq!(writes.load(Ordering::SeqCst), 2);
+        assert_eq!(verify(&path).unwrap().len(), 105);
+        // Reopened, the chain continues.
+        drop(log);
+        let log = AuditLog::open(&path).unwrap();
+        assert_eq!(log.record("a", "b", None, "c").unwrap().seq, 106);
+        assert_eq!(verify(&path).unwrap().len(), 106);
+    }
+
+    #[test]
+    fn a_full_queue_is_written_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        for i in 0..AuditLog::MAX_PENDING {
+            log.defer("c", "task.refused", None, &i.to_string());
+        }
+        assert_eq!(log.pending(), 0);
+        assert_eq!(verify(&path).unwrap().len(), AuditLog::MAX_PENDING);
     }
 
     #[test]

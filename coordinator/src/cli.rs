@@ -135,6 +135,11 @@ struct ServeArgs {
     /// Plain-text gRPC without TLS; refused unless the address is loopback.
     #[arg(long)]
     insecure: bool,
+    /// Start even though part of the state was lost (the database or the
+    /// audit log missing, emptied or behind the other), and record what was
+    /// lost in the audit log. Without it such a state is refused.
+    #[arg(long)]
+    accept_state_loss: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -385,6 +390,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         out_dir: args.out,
         insecure: args.insecure,
         addr_file: args.addr_file,
+        accept_state_loss: args.accept_state_loss,
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let outcome = runtime()?.block_on(async {

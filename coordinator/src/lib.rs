@@ -5,6 +5,7 @@
 //! - [`service`]: the federation gRPC edge (sessions, identity from certificates);
 //! - [`admin`] / [`operator`]: the operators' API and its command line;
 //! - [`store`]: the SQLite database; [`audit`]: the hash-chained audit log;
+//! - [`state`]: the two checked against each other at start (state identity);
 //! - [`missing`]: who a run is waiting for and why (failed handshakes, absent partners);
 //! - [`metrics`]: Prometheus metrics; [`report`]: outputs, plots, progress lines;
 //! - [`config`]: coordinator config; [`certs`]: development CA and certificates;
@@ -25,4 +26,5 @@ pub mod missing;
 pub mod operator;
 pub mod report;
 pub mod service;
+pub mod state;
 pub mod store;

@@ -27,11 +27,43 @@
 //! Every method blocks the calling thread for at most one short SQLite
 //! transaction (plus an fsync for writes). From async code, call it through
 //! `tokio::task::spawn_blocking` where that matters.
+//!
+//! # State that cannot vanish silently
+//!
+//! The database and the audit log (`crate::audit`) vouch for each other, so
+//! that losing either one, or part of one, is detected at the next start
+//! instead of being served as "no runs" or a fresh chain
+//! (`crate::state` does the checks):
+//!
+//! - [`Store::open`] runs SQLite's `PRAGMA quick_check` and refuses a
+//!   database that fails it ([`Problem::Corrupt`]), naming the file.
+//! - The database records the state's identity ([`StateIdentity`], schema
+//!   version 3): a random state id, created with a new state, and the audit
+//!   log's head (sequence number and hash of its last line).
+//!   [`Store::record_audit_head`] keeps the head current after every append
+//!   to the audit log, so a log that lost lines from its end is behind the
+//!   database. That update is not fsynced on its own (it becomes durable with
+//!   the next write, or at a clean close): a power loss can only leave the
+//!   recorded head *behind* the log, which is allowed (the lines after it
+//!   still chain from it).
+//! - The audit log records every committed round (`round.commit`, written
+//!   after [`Store::commit_round`] returns), so a database that lost
+//!   committed rounds is behind the log.
+//! - The store remembers which files it opened (device and inode of the
+//!   database and of its `-wal`). After every write it checks that they are
+//!   still the files at those paths: a write-ahead log deleted while the
+//!   coordinator runs would silently swallow every later commit (SQLite keeps
+//!   writing to the unlinked file). Once the check fails, the write that
+//!   noticed it and every later write fail with [`Problem::FilesReplaced`].
+//!
+//! A database written before schema version 3 has no identity; it is adopted
+//! once (the adoption is audited) and checked from then on.
 
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -43,7 +75,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, in order: `MIGRATIONS[i]` takes the schema from version
 /// `i` to version `i + 1`. Append only.
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3];
 
 /// The schema version this coordinator writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -104,6 +136,19 @@ CREATE TABLE attempts (
     attempt       INTEGER NOT NULL CHECK (attempt >= 0),
     selected_json TEXT NOT NULL CONSTRAINT selected_is_json CHECK (json_valid(selected_json)),
     started_at    TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Version 3: the state's identity (at most one row): the state id and the
+/// audit log's head as last recorded. Absent in a database that predates it
+/// until the state is adopted ([`Store::set_identity`]).
+const MIGRATION_3: &str = "
+CREATE TABLE state_identity (
+    one         INTEGER PRIMARY KEY NOT NULL CHECK (one = 1),
+    state_id    TEXT NOT NULL CHECK (length(state_id) > 0),
+    audit_seq   INTEGER NOT NULL CHECK (audit_seq >= 0),
+    audit_hash  TEXT NOT NULL CHECK (length(audit_hash) = 64),
+    anchored_at TEXT NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -197,6 +242,23 @@ pub enum Problem {
         /// The journal mode SQLite reported.
         mode: String,
     },
+    /// The database fails SQLite's integrity check (`PRAGMA quick_check`).
+    #[error(
+        "the database fails SQLite's integrity check ({detail}); restore it from a backup, or move it aside and start with `serve --accept-state-loss`"
+    )]
+    Corrupt {
+        /// What SQLite reported (its first complaint).
+        detail: String,
+    },
+    /// The database file or its write-ahead log is no longer the file the
+    /// store opened: it was deleted or replaced while the coordinator ran.
+    #[error(
+        "'{file}' was deleted or replaced while the coordinator had it open, so what was committed since is lost; stop the coordinator and restore the state folder from a backup, or restart with `serve --accept-state-loss`"
+    )]
+    FilesReplaced {
+        /// The file that changed (the database or its `-wal`).
+        file: PathBuf,
+    },
 }
 
 /// Inside an operation: an SQLite error or a refusal, before the path and the
@@ -220,6 +282,23 @@ impl From<Problem> for Fail {
 }
 
 impl Fail {
+    /// SQLite's "malformed"/"not a database" errors, as [`Problem::Corrupt`].
+    fn corrupt_if_malformed(self) -> Fail {
+        match self {
+            Fail::Sql(rusqlite::Error::SqliteFailure(e, message))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+                ) =>
+            {
+                Fail::Refused(Problem::Corrupt {
+                    detail: message.unwrap_or_else(|| e.to_string()),
+                })
+            }
+            other => other,
+        }
+    }
+
     fn at(self, path: &Path, op: String) -> StoreError {
         let path = path.to_path_buf();
         match self {
@@ -398,12 +477,65 @@ pub struct ClientRow {
     pub budget_epsilon_left: Option<f64>,
 }
 
+/// The identity of the coordinator's state, as the database records it (see
+/// the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateIdentity {
+    /// Random, created with a new state (and again when a loss is accepted).
+    pub state_id: String,
+    /// Sequence number of the audit log's last line when last recorded (0: empty).
+    pub audit_seq: u64,
+    /// That line's hash (the audit log's genesis hash when empty).
+    pub audit_hash: String,
+    /// When the identity was created or re-anchored.
+    pub anchored_at: String,
+}
+
+/// Device and inode of a file, to tell whether a path still names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+fn file_id(path: &Path) -> Option<FileId> {
+    let meta = fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        Some(FileId { dev: 0, ino: 0 })
+    }
+}
+
+/// The files the store opened: the database and its write-ahead log.
+#[derive(Debug)]
+struct OpenedFiles {
+    db: Option<FileId>,
+    wal: Option<FileId>,
+}
+
 /// The coordinator's database. One connection behind a mutex: share it with
 /// an `Arc<Store>`.
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
+    wal_path: PathBuf,
+    opened: Mutex<OpenedFiles>,
+    /// Set once the files were found replaced: every later write is refused.
+    replaced: AtomicBool,
+    /// Which file was found replaced.
+    replaced_file: Mutex<Option<PathBuf>>,
+    /// [`Store::take_damage_report`] returned it already.
+    damage_reported: AtomicBool,
 }
 
 impl Store {
@@ -419,13 +551,169 @@ impl Store {
         }
         let mut conn = Connection::open(path)
             .map_err(|e| Fail::Sql(e).at(path, "open the database".into()))?;
-        configure(&conn).map_err(|e| e.at(path, "configure the connection".into()))?;
+        let check = |e: Fail| e.corrupt_if_malformed();
+        configure(&conn)
+            .map_err(check)
+            .map_err(|e| e.at(path, "configure the connection".into()))?;
+        quick_check(&conn)
+            .map_err(check)
+            .map_err(|e| e.at(path, "check the database's integrity".into()))?;
         migrate(&mut conn, MIGRATIONS)
-            .map_err(|(to, e)| e.at(path, format!("migrate the schema to version {to}")))?;
+            .map_err(|(to, e)| check(e).at(path, format!("migrate the schema to version {to}")))?;
+        let wal_path = wal_path(path);
+        let opened = OpenedFiles {
+            db: file_id(path),
+            wal: file_id(&wal_path),
+        };
         Ok(Store {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            wal_path,
+            opened: Mutex::new(opened),
+            replaced: AtomicBool::new(false),
+            replaced_file: Mutex::new(None),
+            damage_reported: AtomicBool::new(false),
         })
+    }
+
+    /// The state's identity, if the database records one (see the module doc).
+    pub fn identity(&self) -> Result<Option<StateIdentity>, StoreError> {
+        self.with(
+            || "read the state identity".into(),
+            |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT state_id, audit_seq, audit_hash, anchored_at
+                         FROM state_identity WHERE one = 1",
+                        [],
+                        |r| {
+                            Ok(StateIdentity {
+                                state_id: r.get(0)?,
+                                audit_seq: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                                audit_hash: r.get(2)?,
+                                anchored_at: r.get(3)?,
+                            })
+                        },
+                    )
+                    .optional()?)
+            },
+        )
+    }
+
+    /// Creates or replaces the state's identity (a new state, an adopted one,
+    /// or one re-anchored after an accepted loss). Durable when it returns.
+    pub fn set_identity(&self, identity: &StateIdentity) -> Result<(), StoreError> {
+        self.write(
+            || format!("record state identity {}", identity.state_id),
+            |conn| {
+                conn.execute(
+                    "INSERT INTO state_identity (one, state_id, audit_seq, audit_hash, anchored_at)
+                     VALUES (1, ?1, ?2, ?3, ?4)
+                     ON CONFLICT (one) DO UPDATE SET state_id = ?1, audit_seq = ?2,
+                         audit_hash = ?3, anchored_at = ?4",
+                    params![
+                        identity.state_id,
+                        i64::try_from(identity.audit_seq).unwrap_or(i64::MAX),
+                        identity.audit_hash,
+                        identity.anchored_at
+                    ],
+                )?;
+                Ok(())
+            },
+        )
+    }
+
+    /// Records the audit log's head after an append: its last line's sequence
+    /// number and hash. Only moves the head forward, and only once an identity
+    /// exists. Not fsynced on its own (see the module doc): it is durable with
+    /// the next write or at a clean close.
+    pub fn record_audit_head(&self, seq: u64, hash: &str) -> Result<(), StoreError> {
+        self.write(
+            || format!("record the audit log's head (line {seq})"),
+            |conn| {
+                conn.pragma_update(None, "synchronous", "NORMAL")?;
+                let updated = conn.execute(
+                    "UPDATE state_identity SET audit_seq = ?1, audit_hash = ?2
+                     WHERE one = 1 AND audit_seq < ?1",
+                    params![i64::try_from(seq).unwrap_or(i64::MAX), hash],
+                );
+                conn.pragma_update(None, "synchronous", "FULL")?;
+                updated?;
+                Ok(())
+            },
+        )
+    }
+
+    /// The highest committed round of a run (`None`: no round committed, or
+    /// no such run).
+    pub fn last_round(&self, run_id: &str) -> Result<Option<u32>, StoreError> {
+        self.with(
+            || format!("read the last committed round of run '{run_id}'"),
+            |conn| {
+                Ok(conn.query_row(
+                    "SELECT max(round) FROM rounds WHERE run_id = ?1",
+                    [run_id],
+                    |r| r.get(0),
+                )?)
+            },
+        )
+    }
+
+    /// Checks that the database file and its write-ahead log are still the
+    /// files this store opened (see the module doc). Once this fails, every
+    /// later write is refused.
+    pub fn check_files(&self) -> Result<(), StoreError> {
+        self.files_unchanged()
+            .map_err(|e| e.at(&self.path, "check the database's files".into()))
+    }
+
+    /// The file found deleted or replaced (see [`Store::check_files`]), the
+    /// first time it is asked after that happened; `None` otherwise. Whoever
+    /// gets it reports the damage (once).
+    pub fn take_damage_report(&self) -> Option<PathBuf> {
+        if !self.replaced.load(Ordering::SeqCst)
+            || self.damage_reported.swap(true, Ordering::SeqCst)
+        {
+            return None;
+        }
+        self.replaced_file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn files_unchanged(&self) -> Result<(), Fail> {
+        let replaced = |file: &Path| {
+            *self
+                .replaced_file
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(file.to_path_buf());
+            self.replaced.store(true, Ordering::SeqCst);
+            Fail::Refused(Problem::FilesReplaced {
+                file: file.to_path_buf(),
+            })
+        };
+        if self.replaced.load(Ordering::SeqCst) {
+            let file = self
+                .replaced_file
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .unwrap_or_else(|| self.wal_path.clone());
+            return Err(Fail::Refused(Problem::FilesReplaced { file }));
+        }
+        let mut opened = self.opened.lock().unwrap_or_else(PoisonError::into_inner);
+        if file_id(&self.path) != opened.db {
+            return Err(replaced(&self.path));
+        }
+        match (opened.wal, file_id(&self.wal_path)) {
+            // SQLite creates the log on first use; from then on it is kept
+            // open (and at that path) until the connection closes.
+            (None, now) => opened.wal = now,
+            (Some(was), Some(now)) if was == now => {}
+            _ => return Err(replaced(&self.wal_path)),
+        }
+        Ok(())
     }
 
     /// The database file.
@@ -452,7 +740,7 @@ impl Store {
         rounds_planned: u32,
         created_at: &str,
     ) -> Result<(), StoreError> {
-        self.with(
+        self.write(
             || format!("insert run '{id}'"),
             |conn| {
                 let inserted = conn.execute(
@@ -489,7 +777,7 @@ impl Store {
         at: &str,
         failure: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.with(
+        self.write(
             || format!("set run '{id}' to {state}"),
             |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -581,7 +869,7 @@ impl Store {
     /// Refused: an unknown run, a round already committed, a round below the
     /// highest committed one. Record and checkpoint must be valid JSON.
     pub fn commit_round(&self, c: &RoundCommit<'_>) -> Result<(), StoreError> {
-        self.with(
+        self.write(
             || format!("commit round {} of run '{}'", c.round, c.run_id),
             |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -644,7 +932,7 @@ impl Store {
         selected_json: &str,
         at: &str,
     ) -> Result<(), StoreError> {
-        self.with(
+        self.write(
             || format!("record attempt {attempt} of round {round} of run '{run_id}'"),
             |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -755,7 +1043,7 @@ impl Store {
         at: &str,
         budget_epsilon_left: Option<f64>,
     ) -> Result<(), StoreError> {
-        self.with(
+        self.write(
             || format!("record client '{id}'"),
             |conn| {
                 if budget_epsilon_left.is_some_and(f64::is_nan) {
@@ -812,11 +1100,65 @@ impl Store {
         f(&mut conn).map_err(|e| e.at(&self.path, op()))
     }
 
+    /// Like [`Store::with`] for a write: refused once the files were found
+    /// replaced, and followed by that check (so a commit that went into a
+    /// deleted write-ahead log is reported, not acknowledged).
+    fn write<T>(
+        &self,
+        op: impl FnOnce() -> String,
+        f: impl FnOnce(&mut Connection) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.lock();
+        let result = (|| {
+            if self.replaced.load(Ordering::SeqCst) {
+                self.files_unchanged()?;
+            }
+            let value = f(&mut conn)?;
+            self.files_unchanged()?;
+            Ok(value)
+        })();
+        result.map_err(|e: Fail| e.at(&self.path, op()))
+    }
+
     /// A panic while the lock was held unwound through the open transaction,
     /// which rolled it back on drop: the connection is consistent, so a
     /// poisoned lock is still usable.
     fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The write-ahead log of the database at `path`: `<path>-wal`.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
+/// `PRAGMA quick_check`: `Ok` if SQLite answers a single "ok".
+fn quick_check(conn: &Connection) -> Result<(), Fail> {
+    let mut stmt = conn.prepare("PRAGMA quick_check(5)")?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    match rows.as_slice() {
+        [ok] if ok == "ok" => Ok(()),
+        _ => {
+            // One line: SQLite's complaints, without its "*** in database" banner.
+            let mut detail = rows
+                .iter()
+                .flat_map(|r| r.lines())
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("***"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            if detail.len() > 300 {
+                let cut = (0..=300).rev().find(|&i| detail.is_char_boundary(i));
+                detail.truncate(cut.unwrap_or(0));
+                detail.push('…');
+            }
+            Err(Problem::Corrupt { detail }.into())
+        }
     }
 }
 
@@ -1433,6 +1775,129 @@ mod tests {
         let clients = store.clients().unwrap();
         assert_eq!(clients.len(), 4);
         assert!(clients.iter().all(|c| c.last_seen == "t9" && !c.connected));
+    }
+
+    #[test]
+    fn a_database_that_fails_quick_check_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        {
+            let store = Store::open(&path).unwrap();
+            store.insert_run("r1", "n", "", 3, "t0").unwrap();
+            for round in 0..40 {
+                store
+                    .client_seen(
+                        &format!("client-{round:03}-{}", "x".repeat(200)),
+                        true,
+                        "t",
+                        None,
+                    )
+                    .unwrap();
+            }
+        }
+        let mut bytes = fs::read(&path).unwrap();
+        let pages = bytes.len() / 4096;
+        assert!(pages >= 4, "{pages} pages");
+        // Garbage over the middle pages (the header and schema page intact).
+        for page in 1..pages - 1 {
+            for b in &mut bytes[page * 4096 + 8..page * 4096 + 200] {
+                *b = 0x5a;
+            }
+        }
+        fs::write(&path, &bytes).unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(
+            matches!(err.problem(), Some(Problem::Corrupt { .. })),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("integrity check"), "{msg}");
+    }
+
+    #[test]
+    fn a_deleted_write_ahead_log_fails_the_write_that_follows_and_every_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let store = Store::open(&path).unwrap();
+        store.insert_run("r1", "n", "", 3, "t0").unwrap();
+        commit(&store, "r1", 0).unwrap();
+        store.check_files().unwrap();
+        fs::remove_file(wal_path(&path)).unwrap();
+        let err = commit(&store, "r1", 1).unwrap_err();
+        assert_eq!(
+            err.problem(),
+            Some(&Problem::FilesReplaced {
+                file: wal_path(&path)
+            })
+        );
+        assert!(
+            err.to_string().contains("-wal' was deleted or replaced"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--accept-state-loss"), "{err}");
+        // Sticky: no later write is acknowledged, even after the file is back.
+        fs::write(wal_path(&path), b"").unwrap();
+        let err = store.client_seen("a", true, "t", None).unwrap_err();
+        assert!(matches!(err.problem(), Some(Problem::FilesReplaced { .. })));
+        assert!(store.check_files().is_err());
+        // Reads still work.
+        assert!(store.run("r1").unwrap().is_some());
+        // The damage is reported once.
+        assert_eq!(store.take_damage_report(), Some(wal_path(&path)));
+        assert_eq!(store.take_damage_report(), None);
+    }
+
+    #[test]
+    fn a_replaced_database_file_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let store = Store::open(&path).unwrap();
+        store.insert_run("r1", "n", "", 3, "t0").unwrap();
+        let moved = dir.path().join("moved.sqlite");
+        fs::rename(&path, &moved).unwrap();
+        fs::copy(&moved, &path).unwrap();
+        let err = store.insert_run("r2", "n", "", 3, "t0").unwrap_err();
+        assert_eq!(
+            err.problem(),
+            Some(&Problem::FilesReplaced { file: path.clone() })
+        );
+    }
+
+    #[test]
+    fn the_identity_is_recorded_and_the_audit_head_only_moves_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(store.identity().unwrap(), None);
+            // Without an identity there is nothing to move.
+            store.record_audit_head(3, &"c".repeat(64)).unwrap();
+            assert_eq!(store.identity().unwrap(), None);
+            store
+                .set_identity(&StateIdentity {
+                    state_id: "s1".into(),
+                    audit_seq: 1,
+                    audit_hash: "a".repeat(64),
+                    anchored_at: "t0".into(),
+                })
+                .unwrap();
+            store.record_audit_head(5, &"b".repeat(64)).unwrap();
+            store.record_audit_head(4, &"d".repeat(64)).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let identity = store.identity().unwrap().unwrap();
+        assert_eq!(identity.state_id, "s1");
+        assert_eq!(
+            (identity.audit_seq, identity.audit_hash),
+            (5, "b".repeat(64))
+        );
+        // The head update does not leave the connection less durable.
+        let sync: i64 = store
+            .lock()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2);
     }
 
     #[test]

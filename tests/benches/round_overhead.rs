@@ -64,6 +64,7 @@ async fn scenario(clients: usize, rounds: u32, dim: usize, clusters: Option<usiz
         insecure: false,
         addr_file: None,
         progress: false,
+        accept_state_loss: false,
     };
     let listener = daemon::bind(&options).await.expect("bind");
     let port = listener.local_addr().expect("addr").port();

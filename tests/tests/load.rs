@@ -54,6 +54,7 @@ async fn two_hundred_mtls_clients_join_one_run_of_five_rounds() {
         insecure: false,
         addr_file: None,
         progress: false,
+        accept_state_loss: false,
     };
     let listener = daemon::bind(&options).await.unwrap();
     let port = listener.local_addr().unwrap().port();
