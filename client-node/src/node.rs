@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use fedprofile_data::{Dataset, FeatureSpec, LabelKind, LoadedSplit, Schema};
 use fedprofile_learning::dp::ValidDpSgdParams;
-use fedprofile_learning::dp::{secure_rng, seeded_test_rng, train_dp_sgd};
-use fedprofile_learning::train::{TrainParams, ValidTrainParams, train_local};
+use fedprofile_learning::dp::{secure_rng, seeded_test_rng};
+use fedprofile_learning::train::{TrainParams, ValidTrainParams};
 use fedprofile_learning::{
-    AnyModel, Evaluation, LabelNeed, ModelFamily, kmeans_local_stats, kmeans_local_stats_dp,
-    train_dp_sgd_with_objective, train_local_with_objective,
+    AnyModel, Evaluation, GradientTraining, LabelNeed, ModelFamily, StatisticsDp, Training,
+    local_update,
 };
 use fedprofile_protocol::messages::{
     ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, RefusalKind, ResultBody, StatsReport,
@@ -424,41 +424,31 @@ impl Node {
     }
 
     fn train(&mut self, task: &Task, train: &TrainTask) -> Result<TrainReport, TaskError> {
-        match self.model(&train.model)? {
-            AnyModel::Logistic(model) => self.train_logistic(task, train, &model),
-            AnyModel::KMeans(model) => self.train_kmeans(task, train, &model),
-            other => self.train_objective(task, train, &other),
+        let model = self.model(&train.model)?;
+        match model.training() {
+            Training::Gradient(_) => self.train_gradient(task, train, &model),
+            Training::Statistics => self.train_statistics(task, train, &model),
         }
     }
 
-    /// Linear and softmax regression: SGD (or DP-SGD) on the model's objective.
-    fn train_objective(
+    /// A gradient-trained family: the one SGD loop (or DP-SGD, charged first)
+    /// on the family's objective; the client sends the delta.
+    fn train_gradient(
         &mut self,
         task: &Task,
         train: &TrainTask,
         model: &AnyModel,
     ) -> Result<TrainReport, TaskError> {
-        let objective = model.objective().ok_or(TaskError::Internal(
-            "a gradient-trained model has an objective",
-        ))?;
         let started = Instant::now();
-        let start = model.params().view();
-        let (outcome, epsilon_spent) = match &train.record_dp {
-            None => {
-                let params = self.plain_params(train)?;
-                let (x, y) = self.train.xy(&train.model.features)?;
-                let outcome =
-                    train_local_with_objective(&*objective, start, x, y, &params, &mut self.rng)?;
-                (outcome, None)
-            }
+        let (how, epsilon_spent) = match &train.record_dp {
+            None => (GradientTraining::Plain(self.plain_params(train)?), None),
             Some(record) => {
                 let (params, epsilon) = self.charge_dp_sgd(task, train, record)?;
-                let (x, y) = self.train.xy(&train.model.features)?;
-                let outcome =
-                    train_dp_sgd_with_objective(&*objective, start, x, y, &params, &mut self.rng)?;
-                (outcome, Some(epsilon))
+                (GradientTraining::DpSgd(params), Some(epsilon))
             }
         };
+        let (x, y) = self.train.xy(&train.model.features)?;
+        let outcome = local_update(model, x, y, &how, &mut self.rng)?;
         let train_micros = started.elapsed().as_micros() as u64;
         self.finish_update(
             train,
@@ -471,25 +461,24 @@ impl Node {
         )
     }
 
-    /// k-means: per-cluster sums and counts of the local rows (noised and
-    /// charged under record-level DP).
-    fn train_kmeans(
+    /// A statistics family: the family's local statistics of the rows (noised
+    /// and charged under record-level DP); the client sends them.
+    fn train_statistics(
         &mut self,
         task: &Task,
         train: &TrainTask,
-        model: &fedprofile_learning::KMeans,
+        model: &AnyModel,
     ) -> Result<TrainReport, TaskError> {
         let started = Instant::now();
-        let (stats, epsilon_spent) = match &train.record_dp {
+        let (dp, epsilon_spent) = match &train.record_dp {
             None => {
                 if self.require_dp {
                     return Err(PrivacyRefusal::DpRequired.into());
                 }
-                let (x, _) = self.train.x_and_labels(&train.model.features)?;
-                (kmeans_local_stats(model, x)?, None)
+                (None, None)
             }
             Some(record) => {
-                let plan = privacy::plan_kmeans(record, &mut self.calibrated)?;
+                let plan = privacy::plan_statistics(record, &mut self.calibrated)?;
                 let guard = self.guard.as_mut().ok_or(PrivacyRefusal::NoBudget)?;
                 let entry = guard.charge(
                     &task.run_id,
@@ -499,17 +488,15 @@ impl Node {
                     record.clip_norm,
                 )?;
                 self.stall_if_asked(task);
-                let (x, _) = self.train.x_and_labels(&train.model.features)?;
-                let stats = kmeans_local_stats_dp(
-                    model,
-                    x,
-                    record.clip_norm,
-                    plan.noise_multiplier,
-                    &mut self.rng,
-                )?;
-                (stats, Some(entry.cumulative_epsilon))
+                let dp = StatisticsDp {
+                    clip_norm: record.clip_norm,
+                    noise_multiplier: plan.noise_multiplier,
+                };
+                (Some(dp), Some(entry.cumulative_epsilon))
             }
         };
+        let (x, _) = self.train.x_and_labels(&train.model.features)?;
+        let stats = model.ops().local_statistics(model, x, dp, &mut self.rng)?;
         let examples = stats.examples() as u64;
         Ok(TrainReport {
             delta: Array1::zeros(0),
@@ -522,38 +509,6 @@ impl Node {
             not_private: self.test_seed,
             clusters: Some(stats),
         })
-    }
-
-    fn train_logistic(
-        &mut self,
-        task: &Task,
-        train: &TrainTask,
-        model: &fedprofile_learning::LogisticRegression,
-    ) -> Result<TrainReport, TaskError> {
-        let started = Instant::now();
-        let (outcome, epsilon_spent) = match &train.record_dp {
-            None => {
-                let params = self.plain_params(train)?;
-                let (x, y) = self.train.xy(&train.model.features)?;
-                (train_local(model, x, y, &params, &mut self.rng)?, None)
-            }
-            Some(record) => {
-                let (params, epsilon) = self.charge_dp_sgd(task, train, record)?;
-                let (x, y) = self.train.xy(&train.model.features)?;
-                let outcome = train_dp_sgd(model, x, y, &params, &mut self.rng)?;
-                (outcome, Some(epsilon))
-            }
-        };
-        let train_micros = started.elapsed().as_micros() as u64;
-        self.finish_update(
-            train,
-            outcome.delta,
-            outcome.examples,
-            outcome.steps,
-            outcome.mean_loss,
-            train_micros,
-            epsilon_spent,
-        )
     }
 
     /// Test only (`--insecure-test-stall-after-charge`): stop answering after

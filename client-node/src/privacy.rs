@@ -138,7 +138,7 @@ pub fn plan(
 
 /// The noise and the cost of one k-means round on this client.
 #[derive(Debug, Clone, Copy)]
-pub struct KMeansPlan {
+pub struct StatisticsPlan {
     /// σ of the Gaussian release of `(C · counts, sums)`.
     pub noise_multiplier: f64,
     /// What one round costs.
@@ -148,10 +148,10 @@ pub struct KMeansPlan {
 /// k-means under record-level DP: one Gaussian release per round over all of
 /// the client's rows (no subsampling), with σ given or calibrated so that
 /// `planned_rounds` releases cost the run's target ε.
-pub fn plan_kmeans(
+pub fn plan_statistics(
     task: &RecordDpTask,
     calibrated: &mut HashMap<String, f64>,
-) -> Result<KMeansPlan, PrivacyRefusal> {
+) -> Result<StatisticsPlan, PrivacyRefusal> {
     let sigma = match (task.noise_multiplier, task.target_epsilon) {
         (Some(z), _) => z,
         (None, Some(target)) => {
@@ -179,7 +179,7 @@ pub fn plan_kmeans(
     let charge = mechanism
         .map(1)
         .map_err(|e| PrivacyRefusal::Invalid(e.to_string()))?;
-    Ok(KMeansPlan {
+    Ok(StatisticsPlan {
         noise_multiplier: sigma,
         charge,
     })

@@ -560,7 +560,7 @@ fn run_charges(run: &Path, config: &Path, ledger: Option<&Path>) -> Result<Plann
     let mut warnings = Vec::new();
     let (charge, sampling_rate, noise_multiplier) =
         if run.model == fedprofile_learning::ModelFamily::KMeans {
-            let plan = crate::privacy::plan_kmeans(&task, &mut HashMap::new())
+            let plan = crate::privacy::plan_statistics(&task, &mut HashMap::new())
                 .map_err(|e| e.to_string())?;
             (plan.charge, 1.0, plan.noise_multiplier)
         } else {

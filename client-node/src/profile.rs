@@ -7,28 +7,10 @@
 use std::path::Path;
 
 use fedprofile_data::{Dataset, Schema};
-use fedprofile_learning::{
-    FeatureSpec, KMeans, LinearRegression, LogisticRegression, ModelFileV2, SoftmaxRegression,
-    VersionedModelFile,
-};
-use ndarray::{Array1, Array2};
+use fedprofile_learning::{FeatureSpec, ModelDocument};
+use ndarray::Array2;
 
 use crate::score::ScoreError;
-
-/// A supervised model of any family, as a profile uses it.
-enum Predictor {
-    Logistic(LogisticRegression),
-    Linear(LinearRegression),
-    Softmax(SoftmaxRegression, Vec<String>),
-}
-
-/// One user's prediction columns and the linear score the contributions explain.
-struct Prediction {
-    columns: Vec<String>,
-    score: f64,
-    intercept: f64,
-    contributions: Array1<f64>,
-}
 
 fn mismatch(path: &Path) -> impl Fn(String) -> ScoreError + '_ {
     move |reason| ScoreError::Mismatch {
@@ -37,143 +19,45 @@ fn mismatch(path: &Path) -> impl Fn(String) -> ScoreError + '_ {
     }
 }
 
-/// A loaded supervised model: the predictor, its encoding, the names of its
-/// prediction columns (the last one is the score the contributions explain)
-/// and its target column.
+/// A loaded supervised model: the model, the names of its prediction columns
+/// (the last one, `score`, is the score the contributions explain) and its
+/// target column.
 struct Loaded {
-    predictor: Predictor,
-    features: FeatureSpec,
+    model: ModelDocument,
     columns: Vec<String>,
     score: String,
-    target: String,
 }
 
 fn load_predictor(path: &Path) -> Result<Loaded, ScoreError> {
-    let (predictor, features, mut columns, target) = load_parts(path)?;
+    let model = ModelDocument::load(path)?;
+    let Some(mut columns) = model.model().ops().profile_header(&model) else {
+        return Err(mismatch(path)(format!(
+            "it is a segmentation ({}) model: pass it with --segments",
+            model.model_type()
+        )));
+    };
     let score = columns.pop().unwrap_or_else(|| "score".into());
     Ok(Loaded {
-        predictor,
-        features,
+        model,
         columns,
         score,
-        target,
     })
 }
 
-type Parts = (Predictor, FeatureSpec, Vec<String>, String);
-
-fn load_parts(path: &Path) -> Result<Parts, ScoreError> {
-    let err = mismatch(path);
-    match VersionedModelFile::load(path)? {
-        VersionedModelFile::V1(file) => {
-            let name = if file.target.column.is_empty() {
-                "score".to_string()
-            } else {
-                format!("{}_probability", file.target.column)
-            };
-            let model = file.to_model()?;
-            let target = file.target.column.clone();
-            Ok((
-                Predictor::Logistic(model),
-                file.features,
-                vec![name, "logit".into()],
-                target,
-            ))
-        }
-        VersionedModelFile::V2(ModelFileV2::LinearRegression(file)) => {
-            let model = file.to_model()?;
-            Ok((
-                Predictor::Linear(model),
-                file.features,
-                vec![format!("{}_predicted", file.target.column), "score".into()],
-                file.target.column,
-            ))
-        }
-        VersionedModelFile::V2(ModelFileV2::SoftmaxRegression(file)) => {
-            let model = file.to_model()?;
-            let target = &file.target.column;
-            let mut header = vec![
-                format!("{target}_predicted"),
-                format!("{target}_probability"),
-            ];
-            header.extend(
-                file.classes
-                    .iter()
-                    .map(|c| format!("{target}_probability_{}", c.replace(' ', "_"))),
-            );
-            header.push("score".into());
-            Ok((
-                Predictor::Softmax(model, file.classes.clone()),
-                file.features,
-                header,
-                file.target.column,
-            ))
-        }
-        VersionedModelFile::V2(ModelFileV2::KMeans(_)) => Err(err(
-            "it is a segmentation (k-means) model: pass it with --segments".into(),
-        )),
-    }
-}
-
-fn predict(p: &Predictor, x: &Array2<f64>) -> Result<Vec<Prediction>, String> {
-    let e = |e: fedprofile_learning::LearningError| e.to_string();
-    let mut out = Vec::with_capacity(x.nrows());
-    match p {
-        Predictor::Logistic(m) => {
-            let probs = m.predict_proba(x.view()).map_err(e)?;
-            let logits = m.logits(x.view()).map_err(e)?;
-            for (row, (p, z)) in probs.iter().zip(&logits).enumerate() {
-                out.push(Prediction {
-                    columns: vec![format!("{p:.6}"), format!("{z:.6}")],
-                    score: *z,
-                    intercept: m.intercept(),
-                    contributions: m.contributions(x.row(row)).map_err(e)?,
-                });
-            }
-        }
-        Predictor::Linear(m) => {
-            let predictions = m.predict(x.view()).map_err(e)?;
-            for (row, y) in predictions.iter().enumerate() {
-                out.push(Prediction {
-                    columns: vec![format!("{y:.6}"), format!("{y:.6}")],
-                    score: *y,
-                    intercept: m.intercept(),
-                    contributions: m.contributions(x.row(row)).map_err(e)?,
-                });
-            }
-        }
-        Predictor::Softmax(m, classes) => {
-            let probs = m.predict_proba(x.view()).map_err(e)?;
-            let logits = m.logits(x.view()).map_err(e)?;
-            let predicted = m.predict(x.view()).map_err(e)?;
-            for (row, &class) in predicted.iter().enumerate() {
-                let mut columns = vec![
-                    classes.get(class).cloned().unwrap_or_default(),
-                    format!("{:.6}", probs[[row, class]]),
-                ];
-                columns.extend(probs.row(row).iter().map(|p| format!("{p:.6}")));
-                let score = logits[[row, class]];
-                columns.push(format!("{score:.6}"));
-                out.push(Prediction {
-                    columns,
-                    score,
-                    intercept: m.intercepts()[class],
-                    contributions: m.contributions(x.row(row), class).map_err(e)?,
-                });
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn load_segments(path: &Path) -> Result<(KMeans, FeatureSpec), ScoreError> {
-    match VersionedModelFile::load(path)? {
-        VersionedModelFile::V2(ModelFileV2::KMeans(file)) => Ok((file.to_model()?, file.features)),
-        other => Err(mismatch(path)(format!(
+fn load_segments(path: &Path) -> Result<ModelDocument, ScoreError> {
+    let model = ModelDocument::load(path)?;
+    if model
+        .model()
+        .ops()
+        .segments(&model, Array2::zeros((0, model.features().dim())).view())
+        .is_none()
+    {
+        return Err(mismatch(path)(format!(
             "--segments needs a k-means model, this is a {} model",
-            other.model_type()
-        ))),
+            model.model_type()
+        )));
     }
+    Ok(model)
 }
 
 fn encode(dataset: &Dataset, spec: &FeatureSpec, path: &Path) -> Result<Array2<f64>, ScoreError> {
@@ -211,10 +95,13 @@ pub fn profile(
         .collect::<Result<Vec<_>, _>>()?;
     if models.len() > 1 {
         for (i, m) in models.iter().enumerate() {
-            if let Some(j) = models[..i].iter().position(|o| o.target == m.target) {
+            let target = m.model.target_column();
+            if let Some(j) = models[..i]
+                .iter()
+                .position(|o| o.model.target_column() == target)
+            {
                 return Err(mismatch(&model_paths[i])(format!(
-                    "it predicts '{}' like {}: profile one model per target",
-                    m.target,
+                    "it predicts '{target}' like {}: profile one model per target",
                     model_paths[j].display()
                 )));
             }
@@ -229,7 +116,7 @@ pub fn profile(
     let mut predictions = Vec::new();
     for (model, path) in models.iter().zip(model_paths) {
         let prefix = if models.len() > 1 {
-            format!("{}_", model.target)
+            format!("{}_", model.model.target_column())
         } else {
             String::new()
         };
@@ -241,22 +128,28 @@ pub fn profile(
             header.push(format!("{prefix}contribution_{i}"));
         }
         header.push(format!("{prefix}other_contribution"));
-        let x = encode(dataset, &model.features, path)?;
-        predictions.push((
-            predict(&model.predictor, &x).map_err(mismatch(path))?,
-            model.features.entry_names(),
-        ));
+        let features = model.model.features();
+        let x = encode(dataset, features, path)?;
+        let rows = model
+            .model
+            .model()
+            .ops()
+            .profile_rows(&model.model, x.view())
+            .map_err(|e| mismatch(path)(e.to_string()))?;
+        predictions.push((rows, features.entry_names()));
     }
     let assigned = match (&segments, segments_path) {
-        (Some((model, spec)), Some(path)) => {
+        (Some(model), Some(path)) => {
             header.push("segment".into());
             header.push("segment_distance".into());
-            let x = encode(dataset, spec, path)?;
-            Some(
-                model
-                    .assign(x.view())
-                    .map_err(|e| mismatch(path)(e.to_string()))?,
-            )
+            let x = encode(dataset, model.features(), path)?;
+            let assigned = model
+                .model()
+                .ops()
+                .segments(model, x.view())
+                .unwrap_or_else(|| Ok(Vec::new()))
+                .map_err(|e| mismatch(path)(e.to_string()))?;
+            Some(assigned)
         }
         _ => None,
     };

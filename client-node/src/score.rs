@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use fedprofile_data::Schema;
-use fedprofile_learning::{ModelFileV2, VersionedModelFile};
+use fedprofile_learning::ModelDocument;
 
 /// Scoring failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +34,10 @@ pub enum ScoreError {
 }
 
 /// Scores every user of `split` and writes one row per user to `out`; returns
-/// the row count. Columns by model type: logistic regression `user_id,score`
-/// (the probability); linear regression `user_id,prediction`; softmax
-/// regression `user_id,class,probability`; k-means `user_id,segment,distance`.
+/// the row count. `user_id`, then the columns of the model's family
+/// ([`fedprofile_learning::Family::score`]): logistic regression `score` (the
+/// probability); linear regression `prediction`; softmax regression
+/// `class,probability`; k-means `segment,distance`.
 pub fn score(
     schema_path: &Path,
     data_dir: &Path,
@@ -45,7 +46,7 @@ pub fn score(
     out: &Path,
 ) -> Result<usize, ScoreError> {
     let schema = Schema::from_path(schema_path)?;
-    let file = VersionedModelFile::load(model_path)?;
+    let model = ModelDocument::load(model_path)?;
     // Every user is scored, also those whose label is blank or not yet known.
     let loaded = fedprofile_data::load_split(&schema.without_label(), data_dir, split)?;
     let mismatch = |reason: String| ScoreError::Mismatch {
@@ -54,53 +55,12 @@ pub fn score(
     };
     let x = loaded
         .dataset
-        .encode(file.features())
+        .encode(model.features())
         .map_err(|e| mismatch(e.to_string()))?;
-    let e = |e: fedprofile_learning::LearningError| mismatch(e.to_string());
-    let (header, rows): (Vec<&str>, Vec<Vec<String>>) = match &file {
-        VersionedModelFile::V1(f) => {
-            let probs = f.to_model()?.predict_proba(x.view()).map_err(e)?;
-            (
-                vec!["user_id", "score"],
-                probs.iter().map(|p| vec![format!("{p:.6}")]).collect(),
-            )
-        }
-        VersionedModelFile::V2(ModelFileV2::LinearRegression(f)) => {
-            let y = f.to_model()?.predict(x.view()).map_err(e)?;
-            (
-                vec!["user_id", "prediction"],
-                y.iter().map(|v| vec![format!("{v:.6}")]).collect(),
-            )
-        }
-        VersionedModelFile::V2(ModelFileV2::SoftmaxRegression(f)) => {
-            let model = f.to_model()?;
-            let probs = model.predict_proba(x.view()).map_err(e)?;
-            let classes = model.predict(x.view()).map_err(e)?;
-            (
-                vec!["user_id", "class", "probability"],
-                classes
-                    .iter()
-                    .enumerate()
-                    .map(|(row, &c)| {
-                        vec![
-                            f.classes.get(c).cloned().unwrap_or_default(),
-                            format!("{:.6}", probs[[row, c]]),
-                        ]
-                    })
-                    .collect(),
-            )
-        }
-        VersionedModelFile::V2(ModelFileV2::KMeans(f)) => {
-            let assigned = f.to_model()?.assign(x.view()).map_err(e)?;
-            (
-                vec!["user_id", "segment", "distance"],
-                assigned
-                    .iter()
-                    .map(|(c, d)| vec![c.to_string(), format!("{d:.6}")])
-                    .collect(),
-            )
-        }
-    };
+    let table = model.score(x.view()).map_err(|e| mismatch(e.to_string()))?;
+    let mut header = vec!["user_id"];
+    header.extend(table.header.iter().map(String::as_str));
+    let rows = table.rows;
     let write_err = |reason: String| ScoreError::Write {
         path: out.to_path_buf(),
         reason,

@@ -419,9 +419,11 @@ async fn play_kmeans(
                 })
             }
             TaskBody::Train(t) => {
-                let AnyModel::KMeans(m) = model(&t.model) else {
-                    unreachable!()
-                };
+                let m = fedprofile_learning::KMeans::from_params(
+                    t.model.params.clone(),
+                    t.model.outputs,
+                )
+                .unwrap();
                 let stats = kmeans_local_stats(&m, x.view()).unwrap();
                 ResultBody::Train(TrainReport {
                     delta: Array1::zeros(0),

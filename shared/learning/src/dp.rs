@@ -3,11 +3,11 @@
 //!
 //! # Record-level DP-SGD (Abadi et al. 2016, as Opacus does it)
 //!
-//! [`train_dp_sgd`] runs the ordinary SGD loop ([`train_with`]) with two
-//! replacements:
+//! [`train_dp_sgd`] runs the one SGD loop of every gradient-trained family
+//! ([`train_with`], on the family's [`Objective`]) with two replacements:
 //! - [`PoissonSampler`]: at every step each example joins the batch
 //!   independently with probability `q` (batches vary in size and may be empty);
-//! - [`DpSgdStep`]: per-example gradients ([`per_example_gradients`]) are each
+//! - [`DpSgdStep`]: per-example gradients ([`Objective::per_example_gradients`]) are each
 //!   clipped to L2 norm `C`, summed, noised with `N(0, (sigma * C)^2)` on every
 //!   coordinate, and divided by the *expected* batch size `q * n` (never the
 //!   realized one, which would leak the batch size).
@@ -28,9 +28,9 @@
 //! global model the client received, never on the data, so it is added *after*
 //! the noise, is not clipped, and does not change the accounting.
 //!
-//! [`train_dp_sgd_with_objective`] is the same procedure for any
-//! [`Objective`] (linear or softmax regression): each example's whole gradient
-//! vector is clipped, so the mechanism and the accounting are unchanged.
+//! Each example's whole gradient vector is clipped (all `k * (dim + 1)`
+//! parameters of a softmax model), so the mechanism and the accounting are the
+//! same for every family.
 //!
 //! The guarantee covers the model (and so the delta) only: [`TrainOutcome::examples`]
 //! and [`TrainOutcome::mean_loss`] are computed from the raw data without noise.
@@ -55,11 +55,9 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::LearningError;
-use crate::model::{LogisticRegression, check_examples};
-use crate::objective::{Objective, ObjectiveOutcome, ObjectiveStep, train_with_objective};
+use crate::objective::Objective;
 use crate::train::{
-    BatchSampler, GradientStep, TrainOutcome, TrainParams, ValidTrainParams, per_example_gradients,
-    train_with,
+    BatchSampler, GradientStep, TrainOutcome, TrainParams, ValidTrainParams, train_with,
 };
 
 /// Unchecked DP-SGD hyperparameters; call [`DpSgdParams::check`] with the number
@@ -373,27 +371,20 @@ impl DpSgdStep {
         self.mechanism.gaussian().clip_norm()
     }
 
-    /// The pre-noise part of a step: the sum over the batch of the per-example
-    /// gradients, each clipped to L2 norm `C` by the mechanism's own clip (so the
-    /// sum has sensitivity `C`). Not private on its own.
-    pub fn clipped_sum(
+    /// The pre-noise part of a step: the sum over the batch of the
+    /// objective's per-example gradients at `params`, each clipped to L2 norm
+    /// `C` by the mechanism's own clip (so the sum has sensitivity `C`). Not
+    /// private on its own.
+    pub fn clipped_sum<O: Objective + ?Sized>(
         &self,
-        model: &LogisticRegression,
+        objective: &O,
+        params: ArrayView1<f64>,
         x_batch: ArrayView2<f64>,
         y_batch: ArrayView1<f64>,
     ) -> Result<Array1<f64>, LearningError> {
-        clipped_sum(&self.mechanism.gaussian().clip(), model, x_batch, y_batch)
+        let grads = objective.per_example_gradients(params, x_batch, y_batch)?;
+        Ok(clip_rows_and_sum(&self.mechanism.gaussian().clip(), &grads))
     }
-}
-
-fn clipped_sum(
-    clip: &L2Clip,
-    model: &LogisticRegression,
-    x_batch: ArrayView2<f64>,
-    y_batch: ArrayView1<f64>,
-) -> Result<Array1<f64>, LearningError> {
-    let grads = per_example_gradients(model, x_batch, y_batch)?;
-    Ok(clip_rows_and_sum(clip, &grads))
 }
 
 /// Each row clipped to the clip's L2 norm, then summed.
@@ -431,26 +422,12 @@ impl DpSgdStep {
     }
 }
 
+/// The objective's per-example gradients (the whole flat vector of each
+/// example, e.g. all `k * (dim + 1)` softmax parameters) are clipped to L2 norm
+/// `C`, summed, noised and divided by `q * n`, whatever the family, so the same
+/// mechanism and accounting apply.
 impl GradientStep for DpSgdStep {
-    fn batch_gradient<R: Rng + ?Sized>(
-        &mut self,
-        model: &LogisticRegression,
-        x_batch: ArrayView2<f64>,
-        y_batch: ArrayView1<f64>,
-        rng: &mut R,
-    ) -> Result<Array1<f64>, LearningError> {
-        self.check_budget()?;
-        let sum = self.clipped_sum(model, x_batch, y_batch)?;
-        Ok(self.release(sum, rng))
-    }
-}
-
-/// DP-SGD on any [`Objective`]: the objective's per-example gradients (the whole
-/// flat vector of each example, e.g. all `k * (dim + 1)` softmax parameters) are
-/// clipped to L2 norm `C`, summed, noised and divided by `q * n` exactly as for
-/// logistic regression, so the same mechanism and accounting apply.
-impl ObjectiveStep for DpSgdStep {
-    fn objective_gradient<O, R>(
+    fn batch_gradient<O, R>(
         &mut self,
         objective: &O,
         params: ArrayView1<f64>,
@@ -463,59 +440,29 @@ impl ObjectiveStep for DpSgdStep {
         R: Rng + ?Sized,
     {
         self.check_budget()?;
-        let grads = objective.per_example_gradients(params, x_batch, y_batch)?;
-        let sum = clip_rows_and_sum(&self.mechanism.gaussian().clip(), &grads);
+        let sum = self.clipped_sum(objective, params, x_batch, y_batch)?;
         Ok(self.release(sum, rng))
     }
 }
 
-/// Record-level DP-SGD from `model` (the global model) on `x`, `y`: Poisson
-/// sampling, per-example clipping and Gaussian noise from `params.mechanism()`,
-/// `params.steps()` steps of `params -= learning_rate * noisy_gradient`.
+/// Record-level DP-SGD on any [`Objective`] from `start` (the global
+/// parameters) on `x`, `y`: Poisson sampling, per-example clipping and Gaussian
+/// noise from `params.mechanism()`, `params.steps()` steps of `params -=
+/// learning_rate * noisy_gradient` (plus the FedProx term of
+/// [`ValidDpSgdParams::with_prox_mu`]).
 ///
 /// `x` must have exactly `params.examples()` rows (the schedule and its privacy
-/// cost were derived for that size), `model.dim()` finite columns, and `y` one
-/// 0/1 label per row. Draw `rng` from [`secure_rng`] in production.
-pub fn train_dp_sgd<R: Rng + ?Sized>(
-    model: &LogisticRegression,
-    x: ArrayView2<f64>,
-    y: ArrayView1<f64>,
-    params: &ValidDpSgdParams,
-    rng: &mut R,
-) -> Result<TrainOutcome, LearningError> {
-    check_examples(x, y, model.dim())?;
-    if x.nrows() != params.examples {
-        return Err(LearningError::DpExamplesMismatch {
-            checked: params.examples,
-            got: x.nrows(),
-        });
-    }
-    train_with(
-        model,
-        x,
-        y,
-        &params.train,
-        &mut params.sampler(),
-        &mut params.gradient_step(),
-        rng,
-    )
-}
-
-/// Record-level DP-SGD on any [`Objective`] (linear or softmax regression, ...)
-/// from `start` (the global parameters): the schedule, mechanism and privacy cost
-/// of [`train_dp_sgd`], with the objective's per-example gradients.
-///
-/// `x` must have exactly `params.examples()` rows and pass
-/// [`Objective::check_examples`]; `start` must have `objective.param_count()`
-/// finite entries. Draw `rng` from [`secure_rng`] in production.
-pub fn train_dp_sgd_with_objective<O, R>(
+/// cost were derived for that size) and pass [`Objective::check_examples`];
+/// `start` must have `objective.param_count()` finite entries. Draw `rng` from
+/// [`secure_rng`] in production.
+pub fn train_dp_sgd<O, R>(
     objective: &O,
     start: ArrayView1<f64>,
     x: ArrayView2<f64>,
     y: ArrayView1<f64>,
     params: &ValidDpSgdParams,
     rng: &mut R,
-) -> Result<ObjectiveOutcome, LearningError>
+) -> Result<TrainOutcome, LearningError>
 where
     O: Objective + ?Sized,
     R: Rng + ?Sized,
@@ -527,7 +474,7 @@ where
             got: x.nrows(),
         });
     }
-    train_with_objective(
+    train_with(
         objective,
         start,
         x,
@@ -584,7 +531,38 @@ pub fn seeded_test_rng(seed: u64) -> ChaCha20Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::sigmoid;
+    use crate::model::{LogisticRegression, sigmoid};
+    use crate::objective::LogLoss;
+
+    /// A logistic outcome with its model, as these tests (written when DP-SGD
+    /// had a logistic-only entry point) read it.
+    #[derive(Debug, PartialEq)]
+    struct LogisticOutcome {
+        model: LogisticRegression,
+        delta: Array1<f64>,
+        examples: usize,
+        steps: usize,
+        mean_loss: f64,
+    }
+
+    /// [`super::train_dp_sgd`] on the log loss from `model`.
+    fn train_dp_sgd<R: Rng + ?Sized>(
+        model: &LogisticRegression,
+        x: ArrayView2<f64>,
+        y: ArrayView1<f64>,
+        params: &ValidDpSgdParams,
+        rng: &mut R,
+    ) -> Result<LogisticOutcome, LearningError> {
+        let o = LogLoss { dim: model.dim() };
+        let out = super::train_dp_sgd(&o, model.params().view(), x, y, params, rng)?;
+        Ok(LogisticOutcome {
+            model: LogisticRegression::from_params(out.params)?,
+            delta: out.delta,
+            examples: out.examples,
+            steps: out.steps,
+            mean_loss: out.mean_loss,
+        })
+    }
     use crate::testutil::assert_close;
     use ndarray::{Array2, Axis, Slice, array};
 
@@ -754,7 +732,13 @@ mod tests {
         let mut draws = Vec::with_capacity(v.steps() * (dim + 1));
         for _ in 0..v.steps() {
             let g = step
-                .batch_gradient(&model, x.view(), y.view(), &mut rng)
+                .batch_gradient(
+                    &LogLoss { dim: model.dim() },
+                    model.params().view(),
+                    x.view(),
+                    y.view(),
+                    &mut rng,
+                )
                 .unwrap();
             draws.extend(g.iter().copied());
         }
@@ -804,7 +788,13 @@ mod tests {
         // No more noisy releases than the mechanism accounts for.
         assert_eq!(step.steps_taken(), 1000);
         assert_eq!(
-            step.batch_gradient(&model, x.view(), y.view(), &mut rng),
+            step.batch_gradient(
+                &LogLoss { dim: model.dim() },
+                model.params().view(),
+                x.view(),
+                y.view(),
+                &mut rng
+            ),
             Err(LearningError::DpStepsExhausted { steps: 1000 })
         );
     }
@@ -817,23 +807,40 @@ mod tests {
         let model = LogisticRegression::zeros(2);
         // p = 0.5, y = 0: gradient 0.5 * [1, sqrt(399), 0], norm 0.5 * 20 = 10.
         let big = array![[399.0_f64.sqrt(), 0.0]];
-        let raw = per_example_gradients(&model, big.view(), array![0.0].view()).unwrap();
+        let raw = LogLoss { dim: model.dim() }
+            .per_example_gradients(model.params().view(), big.view(), array![0.0].view())
+            .unwrap();
         assert!((raw.row(0).dot(&raw.row(0)).sqrt() - 10.0).abs() < 1e-12);
         let s = step
-            .clipped_sum(&model, big.view(), array![0.0].view())
+            .clipped_sum(
+                &LogLoss { dim: model.dim() },
+                model.params().view(),
+                big.view(),
+                array![0.0].view(),
+            )
             .unwrap();
         assert!((s.dot(&s).sqrt() - 1.5).abs() < 1e-12, "norm {}", s.dot(&s));
         assert_close(&s, &(&raw.row(0) * 0.15), 1e-12); // direction kept
         // A gradient within the bound is not changed: [0.5, 0, 0].
         let small = array![[0.0, 0.0]];
         let s = step
-            .clipped_sum(&model, small.view(), array![0.0].view())
+            .clipped_sum(
+                &LogLoss { dim: model.dim() },
+                model.params().view(),
+                small.view(),
+                array![0.0].view(),
+            )
             .unwrap();
         assert_close(&s, &array![0.5, 0.0, 0.0], 0.0);
         // Sum of two clipped rows, one big, one small.
         let both = array![[399.0_f64.sqrt(), 0.0], [0.0, 0.0]];
         let s = step
-            .clipped_sum(&model, both.view(), array![0.0, 0.0].view())
+            .clipped_sum(
+                &LogLoss { dim: model.dim() },
+                model.params().view(),
+                both.view(),
+                array![0.0, 0.0].view(),
+            )
             .unwrap();
         assert_close(
             &s,
@@ -843,7 +850,8 @@ mod tests {
         // Empty batch: zero sum.
         let s = step
             .clipped_sum(
-                &model,
+                &LogLoss { dim: model.dim() },
+                model.params().view(),
                 Array2::zeros((0, 2)).view(),
                 Array1::zeros(0).view(),
             )
@@ -863,12 +871,19 @@ mod tests {
         let mut mean = Array1::<f64>::zeros(3);
         for _ in 0..v.steps() {
             mean += &step
-                .batch_gradient(&model, x.view(), array![0.0].view(), &mut rng)
+                .batch_gradient(
+                    &LogLoss { dim: model.dim() },
+                    model.params().view(),
+                    x.view(),
+                    array![0.0].view(),
+                    &mut rng,
+                )
                 .unwrap();
         }
         mean /= v.steps() as f64;
         // noise of the mean: (1.5 / 2) / sqrt(5000) ~ 0.0106 per coordinate
-        let target = &per_example_gradients(&model, x.view(), array![0.0].view())
+        let target = &LogLoss { dim: model.dim() }
+            .per_example_gradients(model.params().view(), x.view(), array![0.0].view())
             .unwrap()
             .row(0)
             * (0.15 / 2.0);
@@ -1090,33 +1105,14 @@ mod tests {
         );
     }
 
-    /// The objective path of DP-SGD with the logistic objective reproduces
-    /// `train_dp_sgd` draw for draw (same seed: same batches, same noise).
+    /// Data of another size than the schedule was derived for is refused.
     #[test]
-    fn objective_dp_sgd_reproduces_train_dp_sgd() {
+    fn dp_sgd_refuses_data_of_another_size() {
         let (x, y) = synthetic(300, 4);
-        let start = LogisticRegression::from_params(array![0.1, 0.0, -0.2, 0.3]).unwrap();
-        let v = params(1.0, 1.0, 30, 2, 0.5)
-            .check(300)
-            .unwrap()
-            .with_prox_mu(0.1)
-            .unwrap();
-        let a = train_dp_sgd(&start, x.view(), y.view(), &v, &mut seeded_test_rng(5)).unwrap();
-        let b = train_dp_sgd_with_objective(
-            &crate::objective::LogLoss { dim: 3 },
-            start.params().view(),
-            x.view(),
-            y.view(),
-            &v,
-            &mut seeded_test_rng(5),
-        )
-        .unwrap();
-        assert_eq!(a.steps, b.steps);
-        assert_close(a.model.params(), &b.params, 1e-12);
-        assert!((a.mean_loss - b.mean_loss).abs() < 1e-12);
-        let err = train_dp_sgd_with_objective(
-            &crate::objective::LogLoss { dim: 3 },
-            start.params().view(),
+        let v = params(1.0, 1.0, 30, 2, 0.5).check(300).unwrap();
+        let err = super::train_dp_sgd(
+            &LogLoss { dim: 3 },
+            array![0.1, 0.0, -0.2, 0.3].view(),
             x.slice_axis(Axis(0), Slice::from(..10)),
             y.slice_axis(Axis(0), Slice::from(..10)),
             &v,
@@ -1137,15 +1133,15 @@ mod tests {
     fn objective_dp_step_refuses_unaccounted_releases() {
         let v = params(1.0, 1.0, 2, 1, 0.1).check(2).unwrap();
         let mut step = v.gradient_step();
-        let o = crate::objective::LogLoss { dim: 1 };
+        let o = LogLoss { dim: 1 };
         let (x, y) = (array![[1.0], [2.0]], array![1.0, 0.0]);
         let r = &mut seeded_test_rng(1);
         assert_eq!(v.steps(), 1);
-        step.objective_gradient(&o, array![0.0, 0.0].view(), x.view(), y.view(), r)
+        step.batch_gradient(&o, array![0.0, 0.0].view(), x.view(), y.view(), r)
             .unwrap();
         assert_eq!(step.steps_taken(), 1);
         assert_eq!(
-            step.objective_gradient(&o, array![0.0, 0.0].view(), x.view(), y.view(), r),
+            step.batch_gradient(&o, array![0.0, 0.0].view(), x.view(), y.view(), r),
             Err(LearningError::DpStepsExhausted { steps: 1 })
         );
     }

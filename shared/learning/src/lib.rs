@@ -1,36 +1,36 @@
-//! Model math for fedprofile: feature specification, models, local training,
-//! aggregation and evaluation metrics, on `ndarray`. No transport types here.
+//! Model math for fedprofile: feature specification, model families, local
+//! training, aggregation and evaluation metrics, on `ndarray`. No transport
+//! types here.
 //!
+//! - [`family`]: **the model-family abstraction**: the [`Family`] trait (label,
+//!   initial model, local work, what a client sends, round aggregation,
+//!   pooled evaluation, `score` / `profile` columns), the registration
+//!   [`ModelFamily::ops`], one model of any family ([`AnyModel`]) and its
+//!   poolable [`Evaluation`]; one module per family under `family/`;
 //! - [`features`]: how a user row becomes a model input vector;
-//! - [`model`]: binary logistic regression, parameters `[intercept, w_1..w_dim]`;
-//! - [`train`]: local mini-batch SGD from the global model, producing a delta;
-//! - [`dp`]: record-level DP-SGD (Poisson sampling, per-example clipping, noise from
-//!   the `fedprofile-privacy` mechanism), client-level update clipping, secure RNG;
+//! - [`objective`]: the [`Objective`] trait (per-example gradients and loss
+//!   over flat parameters) of the gradient-trained families, and [`LogLoss`];
+//! - [`train`]: the one local SGD loop ([`train_with`], [`train_local`]) over
+//!   an [`Objective`], with one [`GradientStep`] trait;
+//! - [`dp`]: record-level DP-SGD on that loop ([`train_dp_sgd`]: Poisson
+//!   sampling, per-example clipping, noise from the `fedprofile-privacy`
+//!   mechanism), client-level update clipping, secure RNG;
 //! - [`aggregate`]: FedAvg of client deltas behind the [`Aggregator`] trait;
 //! - [`strategy`]: the configurable server strategies of a run ([`StrategyConfig`]:
 //!   FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, median, trimmed mean,
 //!   Krum, Multi-Krum, norm bounding) behind the [`ServerStrategy`] trait;
-//! - [`metrics`]: exactly poolable evaluation summaries and the metrics they give;
-//! - [`model_file`]: the versioned JSON file of the global model;
+//! - the model math of each family: [`model`] (binary logistic regression,
+//!   `[intercept, w..]`), [`linear`] (linear regression, squared error),
+//!   [`softmax`] (`k × (dim + 1)` parameters row-major), [`kmeans`] (client
+//!   [`kmeans_local_stats`] or [`kmeans_local_stats_dp`], server
+//!   [`kmeans_update`], data-free [`kmeans_init`]);
+//! - [`metrics`], [`regression_metrics`], [`multiclass_metrics`]: exactly
+//!   poolable evaluation summaries and the metrics they give;
+//! - [`model_file`]: the global model file: [`ModelDocument`], the one
+//!   in-memory model of every family, read from any file version
+//!   ([`VersionedModelFile`]: version 1 for logistic regression,
+//!   [`model_file_v2`] for the others) and written in its family's version;
 //! - [`error`]: the error types.
-//!
-//! Further model types, each with flat `Array1<f64>` parameters (one tensor on
-//! the wire) and exactly poolable evaluation:
-//!
-//! - [`objective`]: the [`Objective`] trait (per-example gradients and loss over
-//!   flat parameters) and the SGD loop over it ([`train_local_with_objective`],
-//!   [`train_with_objective`], and DP-SGD with [`train_dp_sgd_with_objective`]);
-//! - [`linear`]: linear regression, parameters `[intercept, w..]`, squared error;
-//!   [`regression_metrics`]: [`RegressionSummary`] (MSE, RMSE, MAE, pooled R²);
-//! - [`softmax`]: multi-class softmax regression, `k × (dim + 1)` parameters
-//!   row-major; [`multiclass_metrics`]: [`MulticlassSummary`] (accuracy, log loss,
-//!   macro precision / recall / F1);
-//! - [`kmeans`]: federated k-means (client [`kmeans_local_stats`] or its DP form
-//!   [`kmeans_local_stats_dp`], server [`kmeans_update`], data-free [`kmeans_init`]);
-//! - [`family`]: the families a run can train ([`ModelFamily`]), one model of any
-//!   family ([`AnyModel`]) and its poolable [`Evaluation`];
-//! - [`model_file_v2`]: model file version 2 for these types, and
-//!   [`VersionedModelFile`], which reads versions 1 and 2.
 
 pub mod aggregate;
 pub mod dp;
@@ -53,10 +53,14 @@ pub mod train;
 pub use aggregate::{Aggregator, FedAvg, WeightedUpdate, fedavg, validate_update};
 pub use dp::{
     DpSgdParams, DpSgdStep, PoissonSampler, ValidDpSgdParams, clip_update, secure_rng,
-    seeded_test_rng, train_dp_sgd, train_dp_sgd_with_objective,
+    seeded_test_rng, train_dp_sgd,
 };
 pub use error::{AggregationError, LearningError, ModelFileError, ModelFileProblem, StrategyError};
-pub use family::{AnyModel, ClusteringSummary, Evaluation, LabelNeed, ModelFamily, Quality};
+pub use family::{
+    AnyModel, ClusteringSummary, Evaluation, Family, GradientTraining, LabelNeed, LocalUpdate,
+    ModelFamily, ProfileRow, Quality, RoundAggregate, RoundError, RoundUpdates, ScoreTable,
+    StatisticsDp, Training, aggregate_round, local_update,
+};
 pub use features::{FeatureColumn, FeatureSpec};
 pub use kmeans::{
     ClusterStats, KMeans, KMeansUpdate, kmeans_init, kmeans_local_stats, kmeans_local_stats_dp,
@@ -65,22 +69,21 @@ pub use kmeans::{
 pub use linear::{LinearRegression, SquaredError};
 pub use metrics::{EvalSummary, Metrics, SCORE_BINS, roc_auc};
 pub use model::LogisticRegression;
-pub use model_file::{ModelFile, NamedWeight, Provenance, Target};
+pub use model_file::{
+    ModelDocument, ModelFile, ModelMetrics, ModelTarget, NamedWeight, Provenance, Target,
+};
 pub use model_file_v2::{
     Centroid, ClassCoefficients, KMeansFile, KMeansMetrics, LinearRegressionFile, ModelFileV2,
     NamedValue, RunProvenance, SoftmaxRegressionFile, TargetColumn, VersionedModelFile,
 };
 pub use multiclass_metrics::{ClassMetrics, MulticlassMetrics, MulticlassSummary};
-pub use objective::{
-    LogLoss, Objective, ObjectiveOutcome, ObjectiveStep, train_local_with_objective,
-    train_with_objective,
-};
+pub use objective::{LogLoss, Objective};
 pub use regression_metrics::{RegressionMetrics, RegressionSummary};
 pub use softmax::{SoftmaxCrossEntropy, SoftmaxRegression};
 pub use strategy::{Aggregated, ClientUpdate, ServerStrategy, StrategyConfig};
 pub use train::{
     BatchSampler, GradientStep, MeanGradient, ShuffledBatches, TrainOutcome, TrainParams,
-    ValidTrainParams, per_example_gradients, train_local, train_with,
+    ValidTrainParams, train_local, train_with,
 };
 
 #[cfg(test)]

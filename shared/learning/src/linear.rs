@@ -224,10 +224,10 @@ impl Objective for SquaredError {
 mod tests {
     use super::*;
     use crate::dp::{DpSgdParams, seeded_test_rng};
-    use crate::objective::train_local_with_objective;
     use crate::regression_metrics::RegressionSummary;
     use crate::testutil::assert_close;
     use crate::train::TrainParams;
+    use crate::train::train_local;
     use ndarray::array;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -351,7 +351,7 @@ mod tests {
         }
         .check()
         .unwrap();
-        let out = train_local_with_objective(
+        let out = train_local(
             &o,
             p.view(),
             x.view(),
@@ -380,7 +380,7 @@ mod tests {
         }
         .check()
         .unwrap();
-        let out = train_local_with_objective(
+        let out = train_local(
             &SquaredError { dim: 1 },
             array![0.0, 1.0].view(),
             array![[0.0]].view(),
@@ -405,7 +405,7 @@ mod tests {
         .check()
         .unwrap();
         let start = LinearRegression::zeros(3);
-        let out = train_local_with_objective(
+        let out = train_local(
             &start.objective(),
             start.params().view(),
             x.view(),
@@ -442,7 +442,7 @@ mod tests {
         .check(1000)
         .unwrap();
         let start = LinearRegression::zeros(3);
-        let out = crate::dp::train_dp_sgd_with_objective(
+        let out = crate::dp::train_dp_sgd(
             &start.objective(),
             start.params().view(),
             x.view(),

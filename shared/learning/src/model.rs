@@ -140,12 +140,6 @@ impl LogisticRegression {
             .sum();
         total / x.nrows() as f64
     }
-
-    /// Sets the parameters without checks; used by the training loop, which checks
-    /// finiteness itself.
-    pub(crate) fn params_mut(&mut self) -> &mut Array1<f64> {
-        &mut self.params
-    }
 }
 
 /// The logistic function, computed so that `exp` never overflows.

@@ -11,10 +11,20 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ModelFileError, ModelFileProblem};
+use crate::error::{LearningError, ModelFileError, ModelFileProblem};
+use crate::family::{AnyModel, ModelFamily, ScoreTable};
 use crate::features::{FeatureColumn, FeatureSpec};
+use crate::kmeans::KMeans;
+use crate::linear::LinearRegression;
 use crate::metrics::Metrics;
 use crate::model::LogisticRegression;
+use crate::model_file_v2::{
+    KMeansFile, KMeansMetrics, LinearRegressionFile, ModelFileV2, RunProvenance,
+    SoftmaxRegressionFile, TargetColumn, VersionedModelFile,
+};
+use crate::multiclass_metrics::MulticlassMetrics;
+use crate::regression_metrics::RegressionMetrics;
+use crate::softmax::SoftmaxRegression;
 
 /// Value of the `format` field.
 pub const MODEL_FORMAT: &str = "fedprofile-model";
@@ -319,6 +329,362 @@ pub(crate) fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".tmp");
     PathBuf::from(name)
+}
+
+impl VersionedModelFile {
+    /// Upgrades a file of any version to the in-memory [`ModelDocument`].
+    pub fn upgrade(self) -> Result<ModelDocument, ModelFileError> {
+        let layout =
+            |e: LearningError| ModelFileError::from(ModelFileProblem::Layout(e.to_string()));
+        let column = |c: TargetColumn| ModelTarget {
+            column: c.column,
+            positive_value: None,
+        };
+        let (model, features, target, classes, provenance) = match self {
+            VersionedModelFile::V1(f) => {
+                let model = f.to_model()?;
+                let p = &f.provenance;
+                let provenance = RunProvenance {
+                    run_id: p.run_id.clone(),
+                    rounds: p.rounds,
+                    clients: p.clients.clone(),
+                    created_at: p.created_at.clone(),
+                    metrics: p.metrics.map(ModelMetrics::Binary),
+                };
+                (
+                    AnyModel::from_parts(
+                        ModelFamily::LogisticRegression,
+                        model.params().clone(),
+                        1,
+                    ),
+                    f.features,
+                    ModelTarget {
+                        column: f.target.column,
+                        positive_value: Some(f.target.positive_value),
+                    },
+                    Vec::new(),
+                    provenance,
+                )
+            }
+            VersionedModelFile::V2(ModelFileV2::LinearRegression(f)) => (
+                AnyModel::from_parts(
+                    ModelFamily::LinearRegression,
+                    f.to_model()?.params().clone(),
+                    1,
+                ),
+                f.features,
+                column(f.target),
+                Vec::new(),
+                reshape(f.provenance, ModelMetrics::Regression),
+            ),
+            VersionedModelFile::V2(ModelFileV2::SoftmaxRegression(f)) => {
+                let outputs = f.classes.len();
+                (
+                    AnyModel::from_parts(
+                        ModelFamily::SoftmaxRegression,
+                        f.to_model()?.params().clone(),
+                        outputs,
+                    ),
+                    f.features,
+                    column(f.target),
+                    f.classes,
+                    reshape(f.provenance, ModelMetrics::Multiclass),
+                )
+            }
+            VersionedModelFile::V2(ModelFileV2::KMeans(f)) => (
+                AnyModel::from_parts(
+                    ModelFamily::KMeans,
+                    f.to_model()?.params().clone(),
+                    f.clusters,
+                ),
+                f.features,
+                ModelTarget::default(),
+                Vec::new(),
+                reshape(f.provenance, ModelMetrics::Clustering),
+            ),
+        };
+        Ok(ModelDocument {
+            model: model.map_err(layout)?,
+            features,
+            target,
+            classes,
+            provenance,
+        })
+    }
+
+    /// The file as pretty-printed JSON with a trailing newline.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        match self {
+            VersionedModelFile::V1(f) => f.to_json(),
+            VersionedModelFile::V2(f) => f.to_json(),
+        }
+    }
+}
+
+/// The metrics a model file records, of its family's kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelMetrics {
+    /// Logistic regression.
+    Binary(Metrics),
+    /// Linear regression.
+    Regression(RegressionMetrics),
+    /// Softmax regression.
+    Multiclass(MulticlassMetrics),
+    /// k-means.
+    Clustering(KMeansMetrics),
+}
+
+/// What a model predicts: a schema column (empty for k-means) and, for
+/// logistic regression, the value counted as the positive class.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModelTarget {
+    /// The schema column.
+    pub column: String,
+    /// The positive value (logistic regression only).
+    pub positive_value: Option<String>,
+}
+
+/// A global model of any family as every reader and writer uses it: the
+/// model, its encoding, its target, its class names (softmax) and its
+/// provenance. [`ModelDocument::load`] reads every file version (through
+/// [`VersionedModelFile`]) and upgrades it to this type; [`ModelDocument::save`]
+/// writes the version its family is written in (1 for logistic regression, so
+/// that scorers built before version 2 keep reading churn models; 2 for the
+/// others), byte for byte as the writers of that version always did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelDocument {
+    model: AnyModel,
+    features: FeatureSpec,
+    target: ModelTarget,
+    classes: Vec<String>,
+    provenance: RunProvenance<ModelMetrics>,
+}
+
+impl<M> RunProvenance<M> {
+    /// The same provenance with other metrics.
+    pub fn with_metrics<N>(self, metrics: Option<N>) -> RunProvenance<N> {
+        RunProvenance {
+            run_id: self.run_id,
+            rounds: self.rounds,
+            clients: self.clients,
+            created_at: self.created_at,
+            metrics,
+        }
+    }
+}
+
+fn reshape<M, N>(p: RunProvenance<M>, f: impl FnOnce(M) -> N) -> RunProvenance<N> {
+    RunProvenance {
+        run_id: p.run_id,
+        rounds: p.rounds,
+        clients: p.clients,
+        created_at: p.created_at,
+        metrics: p.metrics.map(f),
+    }
+}
+
+impl ModelDocument {
+    /// A document for `model`; checked by writing it into its file version
+    /// (the dimension must equal `features.dim()`, softmax models need one
+    /// class name per class, the metrics must be of the family's kind).
+    pub fn new(
+        model: AnyModel,
+        features: FeatureSpec,
+        target: ModelTarget,
+        classes: Vec<String>,
+        provenance: RunProvenance<ModelMetrics>,
+    ) -> Result<ModelDocument, ModelFileError> {
+        let doc = ModelDocument {
+            model,
+            features,
+            target,
+            classes,
+            provenance,
+        };
+        doc.to_file()?;
+        Ok(doc)
+    }
+
+    /// A document without a model file (the test-only toy family has none).
+    #[cfg(test)]
+    pub(crate) fn new_unchecked(model: AnyModel, features: FeatureSpec) -> ModelDocument {
+        ModelDocument {
+            model,
+            features,
+            target: ModelTarget::default(),
+            classes: Vec::new(),
+            provenance: RunProvenance {
+                run_id: String::new(),
+                rounds: 0,
+                clients: Vec::new(),
+                created_at: String::new(),
+                metrics: None,
+            },
+        }
+    }
+
+    /// Reads, parses, validates and upgrades a model file of any version.
+    pub fn load(path: impl AsRef<Path>) -> Result<ModelDocument, ModelFileError> {
+        VersionedModelFile::load(path)?.upgrade()
+    }
+
+    /// Parses, validates and upgrades model file text of any version; `path`
+    /// is only used in error messages.
+    pub fn from_json(text: &str, path: impl AsRef<Path>) -> Result<ModelDocument, ModelFileError> {
+        VersionedModelFile::from_json(text, path)?.upgrade()
+    }
+
+    /// The file as its family's version writes it (pretty JSON, trailing
+    /// newline).
+    pub fn to_json(&self) -> Result<String, ModelFileError> {
+        let file = self.to_file()?;
+        file.to_json().map_err(|e| ModelFileError::Write {
+            path: PathBuf::from("<model>"),
+            source: std::io::Error::other(e),
+        })
+    }
+
+    /// Validates and writes the file atomically (temp file + rename) in its
+    /// family's version.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ModelFileError> {
+        self.to_file()?.save(path)
+    }
+
+    /// The model.
+    pub fn model(&self) -> &AnyModel {
+        &self.model
+    }
+
+    /// The model's family.
+    pub fn family(&self) -> ModelFamily {
+        self.model.family()
+    }
+
+    /// The family's `model_type` name.
+    pub fn model_type(&self) -> &'static str {
+        self.family().name()
+    }
+
+    /// The input encoding the model expects.
+    pub fn features(&self) -> &FeatureSpec {
+        &self.features
+    }
+
+    /// What the model predicts.
+    pub fn target(&self) -> &ModelTarget {
+        &self.target
+    }
+
+    /// The predicted schema column (empty for k-means).
+    pub fn target_column(&self) -> &str {
+        &self.target.column
+    }
+
+    /// The class names of a softmax model, in model order (empty otherwise).
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// Where the model came from.
+    pub fn provenance(&self) -> &RunProvenance<ModelMetrics> {
+        &self.provenance
+    }
+
+    /// The `score` columns on the encoded rows `x`.
+    pub fn score(&self, x: ndarray::ArrayView2<f64>) -> Result<ScoreTable, LearningError> {
+        self.model.ops().score(self, x)
+    }
+
+    /// The model-file section of each family: the file version a family is
+    /// written in and how its fields map onto [`ModelDocument`].
+    fn to_file(&self) -> Result<VersionedModelFile, ModelFileError> {
+        let mismatch = || {
+            ModelFileError::from(ModelFileProblem::Layout(format!(
+                "the metrics are not those of a {} model",
+                self.model_type()
+            )))
+        };
+        let metrics = self.provenance.metrics.clone();
+        let layout =
+            |e: LearningError| ModelFileError::from(ModelFileProblem::Layout(e.to_string()));
+        let column = TargetColumn {
+            column: self.target.column.clone(),
+        };
+        let params = self.model.params().clone();
+        let outputs = self.model.outputs();
+        Ok(match self.family() {
+            ModelFamily::LogisticRegression => {
+                let metrics = match metrics {
+                    None => None,
+                    Some(ModelMetrics::Binary(m)) => Some(m),
+                    Some(_) => return Err(mismatch()),
+                };
+                VersionedModelFile::V1(ModelFile::new(
+                    Target {
+                        column: self.target.column.clone(),
+                        positive_value: self.target.positive_value.clone().unwrap_or_default(),
+                    },
+                    self.features.clone(),
+                    &LogisticRegression::from_params(params).map_err(layout)?,
+                    {
+                        let p = &self.provenance;
+                        Provenance {
+                            run_id: p.run_id.clone(),
+                            rounds: p.rounds,
+                            clients: p.clients.clone(),
+                            created_at: p.created_at.clone(),
+                            metrics,
+                        }
+                    },
+                )?)
+            }
+            ModelFamily::LinearRegression => {
+                let metrics = match metrics {
+                    None => None,
+                    Some(ModelMetrics::Regression(m)) => Some(m),
+                    Some(_) => return Err(mismatch()),
+                };
+                VersionedModelFile::V2(ModelFileV2::LinearRegression(LinearRegressionFile::new(
+                    column,
+                    self.features.clone(),
+                    &LinearRegression::from_params(params).map_err(layout)?,
+                    self.provenance.clone().with_metrics(metrics),
+                )?))
+            }
+            ModelFamily::SoftmaxRegression => {
+                let metrics = match metrics {
+                    None => None,
+                    Some(ModelMetrics::Multiclass(m)) => Some(m),
+                    Some(_) => return Err(mismatch()),
+                };
+                VersionedModelFile::V2(ModelFileV2::SoftmaxRegression(SoftmaxRegressionFile::new(
+                    column,
+                    self.classes.clone(),
+                    self.features.clone(),
+                    &SoftmaxRegression::from_params(params, outputs).map_err(layout)?,
+                    self.provenance.clone().with_metrics(metrics),
+                )?))
+            }
+            ModelFamily::KMeans => {
+                let metrics = match metrics {
+                    None => None,
+                    Some(ModelMetrics::Clustering(m)) => Some(m),
+                    Some(_) => return Err(mismatch()),
+                };
+                VersionedModelFile::V2(ModelFileV2::KMeans(KMeansFile::new(
+                    self.features.clone(),
+                    &KMeans::from_params(params, outputs).map_err(layout)?,
+                    self.provenance.clone().with_metrics(metrics),
+                )?))
+            }
+            #[cfg(test)]
+            ModelFamily::Toy => {
+                return Err(
+                    ModelFileProblem::Layout("the toy family has no model file".into()).into(),
+                );
+            }
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,35 +1,24 @@
-//! Training any model whose parameters are one flat vector: the [`Objective`]
-//! trait and the SGD loop over it.
+//! The losses of the gradient-trained model families: the [`Objective`] trait
+//! (per-example gradients and loss over one flat parameter vector) that the one
+//! SGD / DP-SGD loop of [`crate::train`] trains on.
 //!
-//! The logistic-regression loop of [`crate::train`] is tied to
-//! [`LogisticRegression`](crate::LogisticRegression) and stays as it is. This
-//! module is the same loop, written against an [`Objective`] instead: an object
-//! that knows the layout of a flat parameter vector, checks a labelled set and
-//! computes per-example gradients and the mean loss at given parameters. The
-//! objectives of this crate are
+//! An objective knows the layout of a flat parameter vector, checks a labelled
+//! set and computes per-example gradients and the mean loss at given
+//! parameters. The objectives of this crate are
 //!
-//! - [`LogLoss`]: binary logistic regression (the math of [`crate::train`], so
-//!   that the two loops can be compared);
+//! - [`LogLoss`]: binary logistic regression;
 //! - [`SquaredError`](crate::SquaredError): linear regression ([`crate::linear`]);
 //! - [`SoftmaxCrossEntropy`](crate::SoftmaxCrossEntropy): multi-class softmax regression ([`crate::softmax`]).
 //!
-//! The loop reuses the [`BatchSampler`]s of [`crate::train`] and
-//! [`crate::dp`] unchanged; a gradient step is an [`ObjectiveStep`], implemented
-//! by [`MeanGradient`] (plain SGD) and by [`DpSgdStep`](crate::DpSgdStep)
-//! (clipping of [`Objective::per_example_gradients`] plus Gaussian noise, see
-//! [`train_dp_sgd_with_objective`](crate::train_dp_sgd_with_objective)).
-//!
-//! As in [`crate::train`], the L2 penalty `l2 / 2 * ||w||^2` covers every
-//! parameter except the intercepts ([`Objective::is_intercept`]) and the FedProx
-//! term `prox_mu / 2 * ||params - start||^2` covers all parameters; both are added
-//! by the loop after the gradient step (never clipped or noised).
+//! Plain SGD steps on [`Objective::mean_gradient`] ([`MeanGradient`](crate::MeanGradient));
+//! DP-SGD clips the rows of [`Objective::per_example_gradients`]
+//! ([`DpSgdStep`](crate::DpSgdStep)). The L2 and FedProx terms are added by the
+//! loop, never by an objective.
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Slice};
-use rand::Rng;
 
 use crate::error::LearningError;
 use crate::model::{check_examples, example_log_loss, sigmoid};
-use crate::train::{BatchSampler, MeanGradient, ShuffledBatches, ValidTrainParams};
 
 /// A differentiable training loss over a flat parameter vector.
 ///
@@ -107,8 +96,8 @@ pub(crate) fn scaled_design_rows(
 }
 
 /// Binary cross-entropy of logistic regression, parameters `[intercept, w..]`
-/// (`dim + 1`), labels 0 or 1. Gradients and loss equal those of
-/// [`crate::per_example_gradients`] and
+/// (`dim + 1`), labels 0 or 1: per-example gradients `(p_i - y_i) * [1, x_i]`
+/// with `p_i = sigmoid(intercept + w · x_i)`, and the loss of
 /// [`LogisticRegression::log_loss`](crate::LogisticRegression::log_loss).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogLoss {
@@ -144,6 +133,31 @@ impl Objective for LogLoss {
         Ok(grads)
     }
 
+    /// `[sum(r), x^T r] / n` with `r_i = p_i - y_i`, without materialising the
+    /// per-example rows (the operations of the logistic loop before the loops
+    /// were merged, so that seeded runs give the same bits).
+    fn mean_gradient(
+        &self,
+        params: ArrayView1<f64>,
+        x: ArrayView2<f64>,
+        y: ArrayView1<f64>,
+    ) -> Result<Array1<f64>, LearningError> {
+        check_params(self, params)?;
+        self.check_examples(x, y)?;
+        let n = x.nrows();
+        if n == 0 {
+            return Err(LearningError::EmptyInput);
+        }
+        let mut r = linear_scores(params, x).mapv_into(sigmoid);
+        r -= &y;
+        let mut grad = Array1::zeros(self.param_count());
+        grad[0] = r.sum();
+        grad.slice_axis_mut(Axis(0), Slice::from(1..))
+            .assign(&x.t().dot(&r));
+        grad /= n as f64;
+        Ok(grad)
+    }
+
     fn loss(
         &self,
         params: ArrayView1<f64>,
@@ -169,180 +183,14 @@ pub(crate) fn linear_scores(params: ArrayView1<f64>, x: ArrayView2<f64>) -> Arra
     x.dot(&params.slice_axis(Axis(0), Slice::from(1..))) + params[0]
 }
 
-/// Turns one batch into the gradient estimate of an SGD step on an [`Objective`];
-/// the counterpart of [`crate::GradientStep`] for the generic loop. The result
-/// must not include the L2 or FedProx terms (the loop adds them).
-pub trait ObjectiveStep {
-    /// Gradient estimate of the data loss at `params` on the batch.
-    fn objective_gradient<O, R>(
-        &mut self,
-        objective: &O,
-        params: ArrayView1<f64>,
-        x_batch: ArrayView2<f64>,
-        y_batch: ArrayView1<f64>,
-        rng: &mut R,
-    ) -> Result<Array1<f64>, LearningError>
-    where
-        O: Objective + ?Sized,
-        R: Rng + ?Sized;
-}
-
-impl ObjectiveStep for MeanGradient {
-    /// The mean gradient over the batch; an empty batch is
-    /// [`LearningError::EmptyInput`].
-    fn objective_gradient<O, R>(
-        &mut self,
-        objective: &O,
-        params: ArrayView1<f64>,
-        x_batch: ArrayView2<f64>,
-        y_batch: ArrayView1<f64>,
-        _rng: &mut R,
-    ) -> Result<Array1<f64>, LearningError>
-    where
-        O: Objective + ?Sized,
-        R: Rng + ?Sized,
-    {
-        if x_batch.nrows() == 0 {
-            return Err(LearningError::EmptyInput);
-        }
-        objective.mean_gradient(params, x_batch, y_batch)
-    }
-}
-
-/// Result of local training on an [`Objective`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObjectiveOutcome {
-    /// The locally trained parameters.
-    pub params: Array1<f64>,
-    /// `params - start`; what a client sends.
-    pub delta: Array1<f64>,
-    /// Number of local training examples (rows of `x`); the natural FedAvg weight.
-    pub examples: usize,
-    /// Number of SGD steps taken.
-    pub steps: usize,
-    /// Mean loss ([`Objective::loss`]) of the final parameters over all local
-    /// examples, without the L2 term.
-    pub mean_loss: f64,
-}
-
-/// Plain local training on an objective: shuffled mini-batches of
-/// `params.batch_size()` and the mean batch gradient, from `start` (the global
-/// parameters). The generic counterpart of [`crate::train_local`].
-pub fn train_local_with_objective<O, R>(
-    objective: &O,
-    start: ArrayView1<f64>,
-    x: ArrayView2<f64>,
-    y: ArrayView1<f64>,
-    params: &ValidTrainParams,
-    rng: &mut R,
-) -> Result<ObjectiveOutcome, LearningError>
-where
-    O: Objective + ?Sized,
-    R: Rng + ?Sized,
-{
-    train_with_objective(
-        objective,
-        start,
-        x,
-        y,
-        params,
-        &mut ShuffledBatches::new(params.batch_size()),
-        &mut MeanGradient,
-        rng,
-    )
-}
-
-/// The SGD loop on an objective with a pluggable batch sampler and gradient step;
-/// the generic counterpart of [`crate::train_with`], with the same update
-/// `params -= learning_rate * (gradient + l2 * w + prox_mu * (params - start))`
-/// (`w`: every non-intercept parameter).
-///
-/// `start` must have `objective.param_count()` finite entries, `x`/`y` must pass
-/// [`Objective::check_examples`] with at least one row. A parameter that becomes
-/// NaN or infinite is [`LearningError::Diverged`].
-#[allow(clippy::too_many_arguments)]
-pub fn train_with_objective<O, S, G, R>(
-    objective: &O,
-    start: ArrayView1<f64>,
-    x: ArrayView2<f64>,
-    y: ArrayView1<f64>,
-    params: &ValidTrainParams,
-    sampler: &mut S,
-    step: &mut G,
-    rng: &mut R,
-) -> Result<ObjectiveOutcome, LearningError>
-where
-    O: Objective + ?Sized,
-    S: BatchSampler + ?Sized,
-    G: ObjectiveStep + ?Sized,
-    R: Rng + ?Sized,
-{
-    check_params(objective, start)?;
-    objective.check_examples(x, y)?;
-    let examples = x.nrows();
-    if examples == 0 {
-        return Err(LearningError::EmptyInput);
-    }
-    let l2_mask: Array1<f64> = (0..objective.param_count())
-        .map(|i| if objective.is_intercept(i) { 0.0 } else { 1.0 })
-        .collect();
-    let mut local = start.to_owned();
-    let mut steps = 0;
-    for _ in 0..params.epochs() {
-        for batch in sampler.epoch_batches(examples, rng) {
-            if let Some(&index) = batch.iter().find(|&&i| i >= examples) {
-                return Err(LearningError::BatchIndex { index, examples });
-            }
-            let x_batch = x.select(Axis(0), &batch);
-            let y_batch = y.select(Axis(0), &batch);
-            let mut grad = step.objective_gradient(
-                objective,
-                local.view(),
-                x_batch.view(),
-                y_batch.view(),
-                rng,
-            )?;
-            if grad.len() != local.len() {
-                return Err(LearningError::ParamCount {
-                    expected: local.len(),
-                    got: grad.len(),
-                });
-            }
-            if params.l2() > 0.0 {
-                grad.scaled_add(params.l2(), &(&local * &l2_mask));
-            }
-            if params.prox_mu() > 0.0 {
-                grad.scaled_add(params.prox_mu(), &(&local - &start));
-            }
-            steps += 1;
-            local.scaled_add(-params.learning_rate(), &grad);
-            if let Some((index, &value)) = local.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return Err(LearningError::Diverged {
-                    step: steps,
-                    index,
-                    value,
-                });
-            }
-        }
-    }
-    let delta = &local - &start;
-    let mean_loss = objective.loss(local.view(), x, y)?;
-    Ok(ObjectiveOutcome {
-        params: local,
-        delta,
-        examples,
-        steps,
-        mean_loss,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::LogisticRegression;
     use crate::testutil::assert_close;
-    use crate::train::{TrainParams, per_example_gradients, train_local};
+    use crate::train::{GradientStep, MeanGradient, TrainParams, ValidTrainParams, train_local};
     use ndarray::array;
+    use rand::Rng;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -377,39 +225,112 @@ mod tests {
         let g = o
             .per_example_gradients(m.params().view(), x.view(), y.view())
             .unwrap();
-        assert_eq!(g, per_example_gradients(&m, x.view(), y.view()).unwrap());
+        let p = m.predict_proba(x.view()).unwrap();
+        for (i, row) in g.rows().into_iter().enumerate() {
+            let r = p[i] - y[i];
+            assert_close(row, &array![r, r * x[[i, 0]], r * x[[i, 1]]], 1e-15);
+        }
+        let mean = o
+            .mean_gradient(m.params().view(), x.view(), y.view())
+            .unwrap();
+        assert_close(&mean, &g.mean_axis(Axis(0)).unwrap(), 1e-12);
         let loss = o.loss(m.params().view(), x.view(), y.view()).unwrap();
         assert_eq!(loss, m.log_loss(x.view(), y.view()).unwrap());
     }
 
-    /// The generic loop with the logistic objective reproduces `train_local`
-    /// (same RNG, same batches, L2 and FedProx included) up to rounding.
+    /// Logistic regression trains through this objective with the numerics of
+    /// the logistic-only loop it replaced: the figures below were printed by
+    /// that loop (`train_local` / `train_dp_sgd` on a `LogisticRegression`,
+    /// same data, seeds and parameters) and must match to the last bit.
     #[test]
-    fn generic_loop_reproduces_train_local() {
-        let (x, y) = data(50, 2);
-        let start = LogisticRegression::from_params(array![0.1, -0.2, 0.3]).unwrap();
-        let p = valid(3, 8, 0.3, 0.05, 0.1);
-        let a = train_local(
-            &start,
+    fn logistic_training_is_bit_identical_to_the_loop_it_replaced() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let x = Array2::from_shape_fn((60, 3), |_| rng.random_range(-2.0..2.0));
+        let y: Array1<f64> = x
+            .rows()
+            .into_iter()
+            .map(|r| {
+                if r[0] - 0.5 * r[1] + 0.2 * r[2] > 0.1 {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let start = array![0.1, -0.2, 0.3, 0.05];
+        let o = LogLoss { dim: 3 };
+        let expected = [
+            (
+                0.0,
+                0.0,
+                [
+                    -0.1900073338842013,
+                    1.414736894089348,
+                    -0.6895487004157708,
+                    0.21743850155454747,
+                ],
+                0.2670724347073107,
+            ),
+            (
+                0.05,
+                0.1,
+                [
+                    -0.13063140840972282,
+                    0.8946124242082332,
+                    -0.3918208544668331,
+                    0.13452947121424091,
+                ],
+                0.3651114942949781,
+            ),
+        ];
+        for (l2, prox_mu, params, loss) in expected {
+            let p = valid(3, 8, 0.3, l2, prox_mu);
+            let out = train_local(
+                &o,
+                start.view(),
+                x.view(),
+                y.view(),
+                &p,
+                &mut crate::seeded_test_rng(3),
+            )
+            .unwrap();
+            assert_eq!(
+                out.params.to_vec(),
+                params.to_vec(),
+                "l2 {l2}, mu {prox_mu}"
+            );
+            assert_eq!((out.steps, out.mean_loss), (24, loss));
+        }
+        let dp = crate::DpSgdParams {
+            clip_norm: 1.0,
+            noise_multiplier: 0.8,
+            expected_batch_size: 8,
+            epochs: 2,
+            learning_rate: 0.5,
+        }
+        .check(60)
+        .unwrap()
+        .with_prox_mu(0.1)
+        .unwrap();
+        let out = crate::train_dp_sgd(
+            &o,
+            start.view(),
             x.view(),
             y.view(),
-            &p,
-            &mut ChaCha8Rng::seed_from_u64(3),
+            &dp,
+            &mut crate::seeded_test_rng(5),
         )
         .unwrap();
-        let b = train_local_with_objective(
-            &LogLoss { dim: 2 },
-            start.params().view(),
-            x.view(),
-            y.view(),
-            &p,
-            &mut ChaCha8Rng::seed_from_u64(3),
-        )
-        .unwrap();
-        assert_eq!((a.steps, a.examples), (b.steps, b.examples));
-        assert_close(a.model.params(), &b.params, 1e-12);
-        assert_close(&a.delta, &b.delta, 1e-12);
-        assert!((a.mean_loss - b.mean_loss).abs() < 1e-12);
+        assert_eq!(
+            out.params.to_vec(),
+            vec![
+                -0.21591006576583757,
+                0.9924770984362637,
+                -0.6425580183502222,
+                0.09448398751363984
+            ]
+        );
+        assert_eq!((out.steps, out.mean_loss), (16, 0.3287572764493562));
     }
 
     #[test]
@@ -419,14 +340,14 @@ mod tests {
         let r = &mut ChaCha8Rng::seed_from_u64(0);
         let (x, y) = data(4, 0);
         assert_eq!(
-            train_local_with_objective(&o, array![0.0].view(), x.view(), y.view(), &p, r),
+            train_local(&o, array![0.0].view(), x.view(), y.view(), &p, r),
             Err(LearningError::ParamCount {
                 expected: 3,
                 got: 1
             })
         );
         assert_eq!(
-            train_local_with_objective(
+            train_local(
                 &o,
                 array![0.0, f64::INFINITY, 0.0].view(),
                 x.view(),
@@ -440,7 +361,7 @@ mod tests {
             })
         );
         assert_eq!(
-            train_local_with_objective(
+            train_local(
                 &o,
                 Array1::zeros(3).view(),
                 Array2::zeros((0, 2)).view(),
@@ -451,7 +372,7 @@ mod tests {
             Err(LearningError::EmptyInput)
         );
         assert_eq!(
-            MeanGradient.objective_gradient(
+            MeanGradient.batch_gradient(
                 &o,
                 Array1::zeros(3).view(),
                 Array2::zeros((0, 2)).view(),

@@ -342,9 +342,9 @@ pub(crate) fn class_log_loss(p: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::multiclass_metrics::MulticlassSummary;
-    use crate::objective::train_local_with_objective;
     use crate::testutil::assert_close;
     use crate::train::TrainParams;
+    use crate::train::train_local;
     use ndarray::array;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -491,7 +491,7 @@ mod tests {
         }
         .check()
         .unwrap();
-        let out = train_local_with_objective(
+        let out = train_local(
             &o,
             p.view(),
             x.view(),
@@ -538,7 +538,7 @@ mod tests {
         }
         .check()
         .unwrap();
-        let out = train_local_with_objective(
+        let out = train_local(
             &start.objective(),
             start.params().view(),
             x.view(),

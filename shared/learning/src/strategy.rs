@@ -1889,7 +1889,16 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(k, (x, y))| {
-                    let out = train_local(&global, x.view(), y.view(), &params, &mut rng).unwrap();
+                    let o = crate::objective::LogLoss { dim: global.dim() };
+                    let out = train_local(
+                        &o,
+                        global.params().view(),
+                        x.view(),
+                        y.view(),
+                        &params,
+                        &mut rng,
+                    )
+                    .unwrap();
                     up(&format!("client-{k}"), out.delta, out.examples as f64)
                 })
                 .collect();

@@ -1,0 +1,138 @@
+//! Federated k-means segmentation as a [`Family`]: no label, `k × dim`
+//! centroid coordinates, data-free random initial centroids; clients send
+//! per-cluster sums and counts ([`kmeans_local_stats`], or
+//! [`kmeans_local_stats_dp`] under record-level DP) and a round is the exact
+//! Lloyd step on the pooled statistics ([`kmeans_update`]); evaluated by its
+//! pooled inertia; `score` and `profile --segments` write the segment and the
+//! squared distance to its centroid.
+
+use ndarray::{Array1, ArrayView1, ArrayView2};
+
+use super::{
+    AnyModel, ClusteringSummary, Evaluation, Family, LabelNeed, ModelFamily, ScoreTable,
+    StatisticsDp, Training,
+};
+use crate::error::LearningError;
+use crate::kmeans::{
+    ClusterStats, KMeans, KMeansUpdate, kmeans_init, kmeans_local_stats, kmeans_local_stats_dp,
+    kmeans_update,
+};
+use crate::model_file::ModelDocument;
+
+/// Federated k-means.
+#[derive(Debug, Clone, Copy)]
+pub struct Segments;
+
+fn model(m: &AnyModel) -> Result<KMeans, LearningError> {
+    KMeans::from_params(m.params().clone(), m.outputs())
+}
+
+impl Family for Segments {
+    fn family(&self) -> ModelFamily {
+        ModelFamily::KMeans
+    }
+
+    fn label_need(&self) -> LabelNeed {
+        LabelNeed::None
+    }
+
+    fn per_output(&self, dim: usize) -> usize {
+        dim
+    }
+
+    fn outputs(&self, requested: usize) -> usize {
+        requested
+    }
+
+    fn check(&self, params: &Array1<f64>, outputs: usize) -> Result<(), LearningError> {
+        KMeans::from_params(params.clone(), outputs).map(drop)
+    }
+
+    fn dim(&self, params: usize, outputs: usize) -> usize {
+        params / outputs.max(1)
+    }
+
+    fn initial(&self, dim: usize, outputs: usize, seed: u64) -> Result<Array1<f64>, LearningError> {
+        Ok(kmeans_init(outputs, dim, seed)?.into_params())
+    }
+
+    fn is_gradient_trained(&self) -> bool {
+        false
+    }
+
+    fn training(&self, _: &AnyModel) -> Training {
+        Training::Statistics
+    }
+
+    fn local_statistics(
+        &self,
+        m: &AnyModel,
+        x: ArrayView2<f64>,
+        dp: Option<StatisticsDp>,
+        rng: &mut dyn rand::RngCore,
+    ) -> Result<ClusterStats, LearningError> {
+        let m = model(m)?;
+        match dp {
+            None => kmeans_local_stats(&m, x),
+            Some(dp) => kmeans_local_stats_dp(&m, x, dp.clip_norm, dp.noise_multiplier, rng),
+        }
+    }
+
+    fn aggregate_statistics(
+        &self,
+        global: &AnyModel,
+        stats: &[ClusterStats],
+    ) -> Result<KMeansUpdate, LearningError> {
+        kmeans_update(&model(global)?, stats)
+    }
+
+    fn evaluate(
+        &self,
+        m: &AnyModel,
+        x: ArrayView2<f64>,
+        _y: Option<ArrayView1<f64>>,
+    ) -> Result<Evaluation, LearningError> {
+        let m = model(m)?;
+        let assigned = m.assign(x)?;
+        let mut counts = vec![0u64; m.clusters()];
+        for (cluster, _) in &assigned {
+            counts[*cluster] += 1;
+        }
+        Ok(Evaluation::Clustering(ClusteringSummary {
+            examples: assigned.len() as u64,
+            inertia: assigned.iter().map(|(_, d)| d).sum(),
+            counts,
+        }))
+    }
+
+    fn empty_evaluation(&self, outputs: usize) -> Result<Evaluation, LearningError> {
+        Ok(Evaluation::Clustering(ClusteringSummary {
+            examples: 0,
+            inertia: 0.0,
+            counts: vec![0; outputs],
+        }))
+    }
+
+    fn score(&self, doc: &ModelDocument, x: ArrayView2<f64>) -> Result<ScoreTable, LearningError> {
+        let assigned = model(doc.model())?.assign(x)?;
+        Ok(ScoreTable {
+            header: vec!["segment".into(), "distance".into()],
+            rows: assigned
+                .iter()
+                .map(|(c, d)| vec![c.to_string(), format!("{d:.6}")])
+                .collect(),
+        })
+    }
+
+    fn profile_header(&self, _: &ModelDocument) -> Option<Vec<String>> {
+        None
+    }
+
+    fn segments(
+        &self,
+        doc: &ModelDocument,
+        x: ArrayView2<f64>,
+    ) -> Option<Result<Vec<(usize, f64)>, LearningError>> {
+        Some(model(doc.model()).and_then(|m| m.assign(x)))
+    }
+}
