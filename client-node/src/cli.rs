@@ -48,7 +48,9 @@ enum Command {
         #[arg(long, value_name = "SEED")]
         insecure_test_seed: Option<u64>,
         /// TEST ONLY: send poisoned updates (scaled, sign-flip, random) to test
-        /// robust aggregation.
+        /// robust aggregation. Only in binaries built with the `testutils`
+        /// feature (the test suite's); release binaries have no such flag.
+        #[cfg(feature = "testutils")]
         #[arg(long, value_name = "MODE", hide = true)]
         insecure_test_poison: Option<crate::node::Poison>,
         /// TEST ONLY: after charging a training task of round ROUND to the
@@ -277,6 +279,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             connect_attempts,
             insecure,
             insecure_test_seed,
+            #[cfg(feature = "testutils")]
             insecure_test_poison,
             insecure_test_stall_after_charge,
             shard,
@@ -309,6 +312,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 config.privacy.as_ref(),
                 crate::node::TestOptions {
                     seed: insecure_test_seed,
+                    #[cfg(feature = "testutils")]
                     poison: insecure_test_poison,
                     shard,
                     stall_after_charge: insecure_test_stall_after_charge,

@@ -175,7 +175,9 @@ impl Split {
     }
 }
 
-/// A deliberately bad update, for robustness tests only (`--insecure-test-poison`).
+/// A deliberately bad update, for robustness tests only (`--insecure-test-poison`,
+/// in binaries built with the `testutils` feature; release binaries have neither).
+#[cfg(feature = "testutils")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Poison {
     /// The honest update scaled by 20.
@@ -186,6 +188,7 @@ pub enum Poison {
     Random,
 }
 
+#[cfg(feature = "testutils")]
 impl std::str::FromStr for Poison {
     type Err = String;
     fn from_str(s: &str) -> Result<Poison, String> {
@@ -249,6 +252,7 @@ pub struct TestOptions {
     /// Seed the RNG (updates are then NOT private).
     pub seed: Option<u64>,
     /// Send poisoned updates.
+    #[cfg(feature = "testutils")]
     pub poison: Option<Poison>,
     /// Use only a part of the partner's users.
     pub shard: Option<Shard>,
@@ -264,6 +268,7 @@ pub struct Node {
     test: Split,
     rng: ChaCha20Rng,
     test_seed: bool,
+    #[cfg(feature = "testutils")]
     poison: Option<Poison>,
     stall_after_charge: Option<u32>,
     guard: Option<PrivacyGuard>,
@@ -301,6 +306,7 @@ impl Node {
             train.dataset = shard.keep(&train.dataset);
             test.dataset = shard.keep(&test.dataset);
         }
+        #[cfg(feature = "testutils")]
         if let Some(poison) = test_options.poison {
             tracing::warn!(?poison, "TEST MODE: this node sends poisoned updates");
         }
@@ -319,6 +325,7 @@ impl Node {
                 None => secure_rng(),
             },
             test_seed: test_seed.is_some(),
+            #[cfg(feature = "testutils")]
             poison: test_options.poison,
             stall_after_charge: test_options.stall_after_charge,
             guard: privacy.map(PrivacyGuard::open).transpose()?,
@@ -588,6 +595,25 @@ impl Node {
         ))
     }
 
+    /// Makes `delta` a poisoned update if this node was told to send them.
+    #[cfg(feature = "testutils")]
+    fn poison_update(&mut self, delta: &mut Array1<f64>) -> Result<(), TaskError> {
+        let Some(poison) = self.poison else {
+            return Ok(());
+        };
+        let norm = delta.dot(&*delta).sqrt().max(1e-6);
+        match poison {
+            Poison::Scaled => *delta *= 20.0,
+            Poison::SignFlip => *delta *= -5.0,
+            Poison::Random => {
+                let noise = rand_distr::Normal::new(0.0, 10.0 * norm / (delta.len() as f64).sqrt())
+                    .map_err(|_| TaskError::Internal("poison noise"))?;
+                delta.mapv_inplace(|_| rand::Rng::sample(&mut self.rng, noise));
+            }
+        }
+        Ok(())
+    }
+
     /// Poisoning (tests only), client-level clipping and the report of a delta.
     #[allow(clippy::too_many_arguments)]
     fn finish_update(
@@ -600,19 +626,8 @@ impl Node {
         train_micros: u64,
         epsilon_spent: Option<f64>,
     ) -> Result<TrainReport, TaskError> {
-        if let Some(poison) = self.poison {
-            let norm = delta.dot(&delta).sqrt().max(1e-6);
-            match poison {
-                Poison::Scaled => delta *= 20.0,
-                Poison::SignFlip => delta *= -5.0,
-                Poison::Random => {
-                    let noise =
-                        rand_distr::Normal::new(0.0, 10.0 * norm / (delta.len() as f64).sqrt())
-                            .map_err(|_| TaskError::Internal("poison noise"))?;
-                    delta.mapv_inplace(|_| rand::Rng::sample(&mut self.rng, noise));
-                }
-            }
-        }
+        #[cfg(feature = "testutils")]
+        self.poison_update(&mut delta)?;
         let update_norm = delta.dot(&delta).sqrt();
         if let Some(clip) = train.update_clip_norm
             && update_norm > clip

@@ -27,6 +27,11 @@ pub fn demo_dir() -> PathBuf {
 }
 
 /// Path of a workspace binary built beside the running test.
+///
+/// `cargo test --workspace` builds the client with its `testutils` feature
+/// (this crate's dev-dependency enables it), which the robust-aggregation tests
+/// need; after a plain `cargo build --bins`, rebuild with
+/// `cargo build --bins --features fedprofile-client/testutils`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
