@@ -1,14 +1,11 @@
-//! Server-side aggregation of client updates.
+//! Federated averaging of client updates, the base of every strategy.
 //!
 //! A client sends the delta of its local model from the global model together with
-//! a weight (usually its number of training examples). The coordinator validates
-//! each update as it arrives ([`validate_update`]), then aggregates the round with
-//! an [`Aggregator`] and moves the global model by the result
-//! (`LogisticRegression::apply_delta`).
-//!
-//! [`FedAvg`] is the only strategy today; robust ones (coordinate-wise median,
-//! trimmed mean) or server-side DP noise implement the same trait. `aggregate`
-//! takes `&mut self` so that a strategy can own state such as an injected RNG.
+//! a weight (its number of training examples). [`validate_update`] checks one
+//! update; [`fedavg`] is the weighted mean of a round's deltas. The coordinator's
+//! strategies (FedAvg and its server optimizers, the robust ones, server-side DP)
+//! are the `ServerStrategy` implementations in [`crate::strategy`]; this module
+//! holds only the arithmetic they share.
 
 use ndarray::Array1;
 
@@ -80,29 +77,6 @@ pub fn fedavg(updates: &[WeightedUpdate]) -> Result<Array1<f64>, AggregationErro
     Ok(mean)
 }
 
-/// A strategy that combines one round's updates into the global delta.
-pub trait Aggregator {
-    /// Short name for logs and provenance, e.g. `fedavg`.
-    fn name(&self) -> &'static str;
-
-    /// Combines the updates of one round; all must have the same length.
-    fn aggregate(&mut self, updates: &[WeightedUpdate]) -> Result<Array1<f64>, AggregationError>;
-}
-
-/// Federated averaging (McMahan et al. 2017): the weighted mean of the deltas.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FedAvg;
-
-impl Aggregator for FedAvg {
-    fn name(&self) -> &'static str {
-        "fedavg"
-    }
-
-    fn aggregate(&mut self, updates: &[WeightedUpdate]) -> Result<Array1<f64>, AggregationError> {
-        fedavg(updates)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,13 +93,6 @@ mod tests {
         // (1 * [1, 2] + 3 * [3, 6]) / 4 = [2.5, 5]
         let updates = [upd(array![1.0, 2.0], 1.0), upd(array![3.0, 6.0], 3.0)];
         assert_close(&fedavg(&updates).unwrap(), &array![2.5, 5.0], 1e-15);
-        let mut strategy = FedAvg;
-        assert_eq!(strategy.name(), "fedavg");
-        assert_close(
-            &strategy.aggregate(&updates).unwrap(),
-            &array![2.5, 5.0],
-            1e-15,
-        );
     }
 
     #[test]

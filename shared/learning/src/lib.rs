@@ -15,7 +15,7 @@
 //! - [`dp`]: record-level DP-SGD on that loop ([`train_dp_sgd`]: Poisson
 //!   sampling, per-example clipping, noise from the `fedprofile-privacy`
 //!   mechanism), client-level update clipping, secure RNG;
-//! - [`aggregate`]: FedAvg of client deltas behind the [`Aggregator`] trait;
+//! - [`aggregate`]: the weighted mean of client deltas (FedAvg's arithmetic);
 //! - [`strategy`]: the configurable server strategies of a run ([`StrategyConfig`]:
 //!   FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, median, trimmed mean,
 //!   Krum, Multi-Krum, norm bounding) behind the [`ServerStrategy`] trait;
@@ -50,7 +50,7 @@ pub mod softmax;
 pub mod strategy;
 pub mod train;
 
-pub use aggregate::{Aggregator, FedAvg, WeightedUpdate, fedavg, validate_update};
+pub use aggregate::{WeightedUpdate, fedavg, validate_update};
 pub use dp::{
     DpSgdParams, DpSgdStep, PoissonSampler, ValidDpSgdParams, clip_update, secure_rng,
     seeded_test_rng, train_dp_sgd,
