@@ -555,34 +555,33 @@ fn run_charges(run: &Path, config: &Path, ledger: Option<&Path>) -> Result<Plann
     };
     // The ledger accounts at the budget's delta when the partner has one.
     let delta = config.privacy.as_ref().map_or(record.delta, |p| p.delta);
-    // k-means: one Gaussian release of all rows' cluster sums and counts per
-    // round (q 1, one step); the other families: DP-SGD steps.
+    // A statistics family (k-means): one Gaussian release of all rows' sums
+    // and counts per round (q 1, one step); a gradient family: DP-SGD steps.
     let mut warnings = Vec::new();
-    let (charge, sampling_rate, noise_multiplier) =
-        if run.model == fedprofile_learning::ModelFamily::KMeans {
-            let plan = crate::privacy::plan_statistics(&task, &mut HashMap::new())
-                .map_err(|e| e.to_string())?;
-            (plan.charge, 1.0, plan.noise_multiplier)
-        } else {
-            let plan = crate::privacy::plan(
-                &task,
-                examples,
-                run.batch_size as usize,
-                run.local_epochs as usize,
-                run.learning_rate,
-                &mut HashMap::new(),
-            )
+    let (charge, sampling_rate, noise_multiplier) = if !run.model.ops().is_gradient_trained() {
+        let plan = crate::privacy::plan_statistics(&task, &mut HashMap::new())
             .map_err(|e| e.to_string())?;
-            let q = plan.params.sampling_rate();
-            warnings = fedprofile_privacy::assess_dp_sgd(
-                examples,
-                run.batch_size as usize,
-                q,
-                plan.charge.sigma,
-                parameter_count(&schema, run.model),
-            );
-            (plan.charge, q, plan.charge.sigma)
-        };
+        (plan.charge, 1.0, plan.noise_multiplier)
+    } else {
+        let plan = crate::privacy::plan(
+            &task,
+            examples,
+            run.batch_size as usize,
+            run.local_epochs as usize,
+            run.learning_rate,
+            &mut HashMap::new(),
+        )
+        .map_err(|e| e.to_string())?;
+        let q = plan.params.sampling_rate();
+        warnings = fedprofile_privacy::assess_dp_sgd(
+            examples,
+            run.batch_size as usize,
+            q,
+            plan.charge.sigma,
+            parameter_count(&schema, run.model),
+        );
+        (plan.charge, q, plan.charge.sigma)
+    };
     let per_round = Accountant::default()
         .epsilon(&[charge], delta)
         .map_err(|e| e.to_string())?
@@ -608,19 +607,16 @@ fn run_charges(run: &Path, config: &Path, ledger: Option<&Path>) -> Result<Plann
     })
 }
 
-/// Parameters of a gradient-trained model on this schema: the encoded
-/// features plus the intercept, once per class for softmax regression.
+/// Parameters of a gradient-trained model on this schema: the family's
+/// parameters per output row for the encoded features, times its outputs
+/// (the classes of a multi-class label, 1 otherwise).
 fn parameter_count(
     schema: &fedprofile_data::Schema,
     model: fedprofile_learning::ModelFamily,
 ) -> usize {
-    let per_output = schema.feature_template().dim() + 1;
-    match model {
-        fedprofile_learning::ModelFamily::SoftmaxRegression => {
-            per_output * schema.label_classes().map_or(1, <[String]>::len).max(1)
-        }
-        _ => per_output,
-    }
+    let family = model.ops();
+    let classes = schema.label_classes().map_or(1, <[String]>::len).max(1);
+    family.per_output(schema.feature_template().dim()) * family.outputs(classes)
 }
 
 fn report(
