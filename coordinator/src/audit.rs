@@ -497,6 +497,29 @@ mod tests {
             .collect()
     }
 
+    /// An audit log written by the demo's DP run before the hash chain was
+    /// shared with the privacy ledgers: it must keep verifying and extending.
+    #[test]
+    fn a_log_written_by_an_earlier_release_still_verifies_and_extends() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/hash-chain/audit.jsonl");
+        let entries = verify(&fixture).unwrap();
+        assert_eq!(entries.len(), 35);
+        assert_eq!(
+            entries[34].hash,
+            "0b48760a2f9de4367e4d5fecdbc2595d91e633bd7a44676a1aba66c7602f2de1"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("audit.jsonl");
+        std::fs::copy(&fixture, &copy).unwrap();
+        let log = AuditLog::open(&copy).unwrap();
+        log.record("op", "run.start", Some("r2"), "after the upgrade")
+            .unwrap();
+        let again = verify(&copy).unwrap();
+        assert_eq!(again.len(), 36);
+        assert_eq!(again[35].prev_hash, entries[34].hash);
+    }
+
     #[test]
     fn an_intact_log_verifies_and_reopening_continues_the_chain() {
         let dir = tempfile::tempdir().unwrap();

@@ -738,6 +738,29 @@ mod tests {
         std::fs::write(path, lines.join("\n") + "\n").unwrap();
     }
 
+    /// A ledger written by the demo's DP run (partner-a, 20 charges) before the
+    /// hash chain was shared with the audit log: it must keep verifying.
+    #[test]
+    fn a_ledger_written_by_an_earlier_release_still_verifies() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/hash-chain/ledger-partner-a.jsonl");
+        let verified = verify(&path).unwrap();
+        assert_eq!(verified.entries.len(), 20);
+        assert_eq!(
+            verified.head_hash,
+            "61914717692664416a3feb0375d150b0b57563db828830765cd933fa0b3aad6b"
+        );
+        // Appending continues the chain, and the longer file verifies too.
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("ledger.jsonl");
+        std::fs::copy(&path, &copy).unwrap();
+        let mut ledger = Ledger::open(&copy).unwrap();
+        ledger.append(record("after-upgrade", 21)).unwrap();
+        let again = verify(&copy).unwrap();
+        assert_eq!(again.entries.len(), 21);
+        assert_eq!(again.entries[20].prev_hash, verified.head_hash);
+    }
+
     #[test]
     fn append_chains_and_accumulates() {
         let (_d, path) = ledger_with(3);
