@@ -217,7 +217,7 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
             // Failed handshakes are logged (throttled) by the TLS layer of the protocol crate.
-            "warn,fedprofile_coordinator=info,fedprofile_protocol::tls_reload=info",
+            "warn,fedprofile_coordinator=info",
         )
     });
     let _ = tracing_subscriber::fmt()
@@ -376,7 +376,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
             // Validate now so a bad run file fails before anything starts.
-            fedprofile_protocol::run::RunConfig::from_toml_str(&text, path)
+            fedprofile_config::run::RunConfig::from_toml_str(&text, path)
                 .map_err(|e| e.to_string())?;
             Some((path.clone(), text))
         }

@@ -1,7 +1,8 @@
 //! The fedprofile coordinator.
 //!
 //! - [`engine`]: the round engine, an explicit state machine over domain types;
-//! - [`daemon`]: the long-lived process: run queue, persistence, resume, TLS reload;
+//! - [`daemon`]: the long-lived process: run queue, persistence, resume;
+//! - [`tls_reload`]: mutual TLS terminated here, certificates reloaded without a restart;
 //! - [`service`]: the federation gRPC edge (sessions, identity from certificates);
 //! - [`admin`] / [`operator`]: the operators' API and its command line;
 //! - [`store`]: the SQLite database; [`audit`]: the hash-chained audit log;
@@ -28,3 +29,4 @@ pub mod report;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod tls_reload;

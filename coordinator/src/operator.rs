@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fedprofile_config::{RawTls, TlsField};
 use fedprofile_protocol::pb::admin_client::AdminClient;
 use fedprofile_protocol::pb::{self};
 use fedprofile_protocol::tls::{self, TlsFiles};
@@ -28,15 +29,6 @@ struct RawOperatorConfig {
     tls: Option<RawTls>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    ca_cert: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    server_name: Option<String>,
-}
-
 /// Where the admin API is and how to authenticate.
 #[derive(Debug, Clone)]
 pub struct OperatorConfig {
@@ -49,16 +41,16 @@ pub struct OperatorConfig {
 impl OperatorConfig {
     /// Reads an operator config file.
     pub fn from_path(path: &Path) -> Result<OperatorConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
-        let raw: RawOperatorConfig = toml::from_str(&text).map_err(|e| {
-            format!(
-                "{}: {}",
-                path.display(),
-                e.to_string().trim_end().replace('\n', " ")
+        let raw: RawOperatorConfig = fedprofile_config::load(path).map_err(|e| e.to_string())?;
+        if let Some(tls) = &raw.tls {
+            tls.refuse(
+                TlsField::Crl,
+                path,
+                "the coordinator checks revocations (its own config's tls.crl)",
             )
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+            .map_err(|e| e.to_string())?;
+        }
+        let base = fedprofile_config::base_dir(path);
         Ok(OperatorConfig {
             coordinator: raw.coordinator,
             tls: raw.tls.map(|t| {

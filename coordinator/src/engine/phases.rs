@@ -13,7 +13,7 @@ use fedprofile_protocol::messages::{
     ClientReply, LabelKindMsg, ModelSnapshot, RecordDpTask, ResultBody, ServerEvent, StatsReport,
     Task, TaskBody, TaskKind, TrainReport, TrainTask,
 };
-use fedprofile_protocol::run::{PrivacyMode, RecordNoise};
+use fedprofile_config::run::{PrivacyMode, RecordNoise};
 use ndarray::Array1;
 use rand::seq::IndexedRandom;
 use tokio::time::timeout_at;
