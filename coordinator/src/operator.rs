@@ -85,7 +85,6 @@ pub enum OperatorCommand {
 }
 
 async fn connect(config: &OperatorConfig) -> Result<Connection, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut endpoint = Endpoint::from_shared(config.coordinator.clone())
         .map_err(|_| {
             format!(

@@ -62,6 +62,14 @@ pub enum TlsError {
     BadPeerCertificate(String),
 }
 
+/// Installs rustls' process-wide crypto provider (ring), once, before any TLS
+/// configuration is built; both binaries call it at start, tests before they
+/// dial. A second call does nothing.
+pub fn install_crypto_provider() {
+    // Err means a provider is installed already: the one this call would install.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Paths of the PEM files one side needs for mutual TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
