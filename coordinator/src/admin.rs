@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use fedprofile_protocol::pb::admin_server::Admin;
 use fedprofile_protocol::pb::{self};
-use fedprofile_protocol::tls::{self, PeerRole};
+use fedprofile_protocol::tls::PeerRole;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::daemon::{Progress, Shared, now, queue_run};
 use crate::engine::RoundRecord;
+use crate::status::{AdminError, PeerError};
 use crate::store::{RunRow, RunState};
 
 /// The admin service.
@@ -35,15 +36,9 @@ impl AdminService {
         if self.insecure {
             return Ok("insecure-operator".into());
         }
-        let certs = request
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("an operator certificate is required"))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| Status::unauthenticated("an operator certificate is required"))?;
-        match tls::peer_from_der(leaf.as_ref()) {
-            Ok((id, PeerRole::Operator)) => Ok(id),
-            Ok((id, PeerRole::Partner)) => {
+        match crate::service::peer(request, "an operator certificate")? {
+            (id, PeerRole::Operator) => Ok(id),
+            (id, PeerRole::Partner) => {
                 self.shared.metrics.refuse("partner_on_admin_api");
                 self.shared.audit.note(
                     &id,
@@ -51,12 +46,8 @@ impl AdminService {
                     None,
                     "a partner certificate was refused on the admin API",
                 );
-                Err(Status::permission_denied(format!(
-                    "'{id}' holds a partner certificate; the admin API needs an operator certificate (OU={})",
-                    tls::OPERATOR_OU
-                )))
+                Err(PeerError::PartnerAsOperator(id).into())
             }
-            Err(e) => Err(Status::unauthenticated(e.to_string())),
         }
     }
 
@@ -102,8 +93,8 @@ impl AdminService {
         self.shared
             .store
             .run(id)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::not_found(format!("no run with id '{id}'")))
+            .map_err(AdminError::from)?
+            .ok_or_else(|| AdminError::NoSuchRun(id.to_string()).into())
     }
 }
 
@@ -134,7 +125,7 @@ impl Admin for AdminService {
         let operator = self.operator(&request)?;
         let text = request.into_inner().run_toml;
         let row = queue_run(&self.shared, &text, &PathBuf::from("run file"), &operator)
-            .map_err(Status::invalid_argument)?;
+            .map_err(AdminError::InvalidRunFile)?;
         Ok(Response::new(self.info(&row)))
     }
 
@@ -147,7 +138,7 @@ impl Admin for AdminService {
             .shared
             .store
             .runs()
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(AdminError::from)?;
         Ok(Response::new(pb::ListRunsResponse {
             runs: rows.iter().map(|r| self.info(r)).collect(),
         }))
@@ -179,7 +170,7 @@ impl Admin for AdminService {
                 self.shared
                     .store
                     .set_run_state(&row.id, RunState::Cancelled, &now(), Some(&reason))
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                    .map_err(AdminError::from)?;
             }
             RunState::Running => {
                 let sent = self.shared.with_active(|a| match a {
@@ -189,17 +180,15 @@ impl Admin for AdminService {
                     _ => false,
                 });
                 if !sent {
-                    return Err(Status::unavailable(
-                        "the run is not active in this coordinator process yet; try again",
-                    ));
+                    return Err(AdminError::NotActiveYet.into());
                 }
             }
             terminal => {
-                return Err(Status::failed_precondition(format!(
-                    "run {} is already {}",
-                    row.id,
-                    terminal.as_str()
-                )));
+                return Err(AdminError::AlreadyEnded {
+                    run_id: row.id,
+                    state: terminal.as_str(),
+                }
+                .into());
             }
         }
         self.shared
@@ -304,7 +293,7 @@ impl Admin for AdminService {
             .shared
             .store
             .clients()
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(AdminError::from)?;
         Ok(Response::new(pb::ListClientsResponse {
             clients: rows
                 .into_iter()
