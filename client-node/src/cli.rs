@@ -167,7 +167,6 @@ fn out(text: impl std::fmt::Display) -> Result<(), Failure> {
     }
 }
 
-
 fn load_config(path: &std::path::Path) -> Result<ClientConfig, String> {
     ClientConfig::from_path(path).map_err(|e| e.to_string())
 }
@@ -310,7 +309,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 insecure_name: insecure,
                 keep_running,
             };
-                    let runtime = tokio::runtime::Builder::new_multi_thread()
+            let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fedprofile_protocol::messages::{ClientInfo, RunInfo, RunProgress};
 use fedprofile_protocol::pb::admin_server::Admin;
 use fedprofile_protocol::pb::{self};
 use fedprofile_protocol::tls::PeerRole;
@@ -51,7 +52,7 @@ impl AdminService {
         }
     }
 
-    fn info(&self, row: &RunRow) -> pb::RunInfo {
+    fn info(&self, row: &RunRow) -> RunInfo {
         let last: Option<RoundRecord> = self.shared.store.rounds(&row.id).ok().and_then(|rows| {
             rows.into_iter().rev().find_map(|r| {
                 serde_json::from_str::<Option<RoundRecord>>(&r.record_json)
@@ -68,16 +69,16 @@ impl AdminService {
                     .and_then(|rec| rec.epsilon)
             })
         });
-        pb::RunInfo {
+        RunInfo {
             run_id: row.id.clone(),
             name: row.name.clone(),
             state: row.state.as_str().to_string(),
             rounds_planned: row.rounds_planned,
             rounds_done: row.rounds_done,
             created_at: row.created_at.clone(),
-            started_at: row.started_at.clone().unwrap_or_default(),
-            finished_at: row.finished_at.clone().unwrap_or_default(),
-            failure: row.failure.clone().unwrap_or_default(),
+            started_at: row.started_at.clone(),
+            finished_at: row.finished_at.clone(),
+            failure: row.failure.clone(),
             auc: last.as_ref().and_then(|r| r.metrics.and_then(|m| m.auc)),
             log_loss: last.as_ref().and_then(|r| r.metrics.map(|m| m.log_loss)),
             epsilon,
@@ -99,7 +100,7 @@ impl AdminService {
 }
 
 fn progress_message(p: &Progress) -> pb::RunProgress {
-    pb::RunProgress {
+    pb::RunProgress::from(RunProgress {
         run_id: p.run_id.clone(),
         round: p.round,
         rounds_planned: p.rounds_planned,
@@ -111,7 +112,7 @@ fn progress_message(p: &Progress) -> pb::RunProgress {
         epsilon: p.epsilon,
         message: p.message.clone(),
         quality: p.quality.clone(),
-    }
+    })
 }
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::RunProgress, Status>> + Send>>;
@@ -126,7 +127,7 @@ impl Admin for AdminService {
         let text = request.into_inner().run_toml;
         let row = queue_run(&self.shared, &text, &PathBuf::from("run file"), &operator)
             .map_err(AdminError::InvalidRunFile)?;
-        Ok(Response::new(self.info(&row)))
+        Ok(Response::new(self.info(&row).into()))
     }
 
     async fn list_runs(
@@ -134,13 +135,9 @@ impl Admin for AdminService {
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         self.operator(&request)?;
-        let rows = self
-            .shared
-            .store
-            .runs()
-            .map_err(AdminError::from)?;
+        let rows = self.shared.store.runs().map_err(AdminError::from)?;
         Ok(Response::new(pb::ListRunsResponse {
-            runs: rows.iter().map(|r| self.info(r)).collect(),
+            runs: rows.iter().map(|r| self.info(r).into()).collect(),
         }))
     }
 
@@ -150,7 +147,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RunInfo>, Status> {
         self.operator(&request)?;
         let row = self.row(&request.into_inner().run_id)?;
-        Ok(Response::new(self.info(&row)))
+        Ok(Response::new(self.info(&row).into()))
     }
 
     async fn cancel_run(
@@ -195,7 +192,7 @@ impl Admin for AdminService {
             .audit
             .note(&operator, "run.cancel", Some(&row.id), &reason);
         let row = self.row(&row.id)?;
-        Ok(Response::new(self.info(&row)))
+        Ok(Response::new(self.info(&row).into()))
     }
 
     type WatchRunStream = ProgressStream;
@@ -214,18 +211,18 @@ impl Admin for AdminService {
             // Where the run stands now.
             let info = service.info(&row);
             let _ = tx
-                .send(Ok(pb::RunProgress {
-                    run_id: info.run_id.clone(),
+                .send(Ok(pb::RunProgress::from(RunProgress {
+                    run_id: info.run_id,
                     round: info.rounds_done,
                     rounds_planned: info.rounds_planned,
-                    state: info.state.clone(),
+                    state: info.state,
                     auc: info.auc,
                     log_loss: info.log_loss,
                     epsilon: info.epsilon,
-                    message: info.failure.clone(),
-                    quality: info.quality.clone(),
+                    message: info.failure.unwrap_or_default(),
+                    quality: info.quality,
                     ..Default::default()
-                }))
+                })))
                 .await;
             if row.state.is_terminal() {
                 return;
@@ -289,20 +286,18 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListClientsResponse>, Status> {
         self.operator(&request)?;
         let connected = crate::engine::ClientHub::connected(self.shared.hub.as_ref());
-        let rows = self
-            .shared
-            .store
-            .clients()
-            .map_err(AdminError::from)?;
+        let rows = self.shared.store.clients().map_err(AdminError::from)?;
         Ok(Response::new(pb::ListClientsResponse {
             clients: rows
                 .into_iter()
-                .map(|c| pb::ClientInfo {
-                    connected: connected.contains(&c.id),
-                    client_id: c.id,
-                    first_seen: c.first_seen,
-                    last_seen: c.last_seen,
-                    budget_epsilon_left: c.budget_epsilon_left,
+                .map(|c| {
+                    pb::ClientInfo::from(ClientInfo {
+                        connected: connected.contains(&c.id),
+                        client_id: c.id,
+                        first_seen: c.first_seen,
+                        last_seen: c.last_seen,
+                        budget_epsilon_left: c.budget_epsilon_left,
+                    })
                 })
                 .collect(),
         }))

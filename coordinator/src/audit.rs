@@ -29,8 +29,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
 use fedprofile_privacy::hash_chain::{self, Canonical, ChainError, Chained};
+use serde::{Deserialize, Serialize};
 
 /// The first line's `prev_hash`.
 pub const GENESIS: &str = hash_chain::GENESIS;
@@ -323,11 +323,13 @@ impl AuditLog {
                 prev_hash: prev,
                 hash: String::new(),
             };
-            let line = CANONICAL.seal(&mut entry).map_err(|e| AuditError::Malformed {
-                path: self.path.clone(),
-                line: entry.seq as usize,
-                reason: e.to_string(),
-            })?;
+            let line = CANONICAL
+                .seal(&mut entry)
+                .map_err(|e| AuditError::Malformed {
+                    path: self.path.clone(),
+                    line: entry.seq as usize,
+                    reason: e.to_string(),
+                })?;
             text.push_str(&line);
             text.push('\n');
             seq = entry.seq;
@@ -515,8 +517,8 @@ mod tests {
     /// shared with the privacy ledgers: it must keep verifying and extending.
     #[test]
     fn a_log_written_by_an_earlier_release_still_verifies_and_extends() {
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/hash-chain/audit.jsonl");
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hash-chain/audit.jsonl");
         let entries = verify(&fixture).unwrap();
         assert_eq!(entries.len(), 35);
         assert_eq!(

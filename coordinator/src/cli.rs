@@ -214,7 +214,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Certs(CertsCommand::Init {

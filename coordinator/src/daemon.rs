@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fedprofile_config::run::RunConfig;
 use fedprofile_learning::model_file::Target;
 use fedprofile_protocol::pb::admin_server::AdminServer;
 use fedprofile_protocol::pb::federation_server::FederationServer;
-use fedprofile_config::run::RunConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tonic::transport::Server;
@@ -495,10 +495,7 @@ pub async fn serve(
     result
 }
 
-async fn reload_on_sighup(
-    tls: Arc<crate::tls_reload::ReloadableTls>,
-    audit: Arc<AuditLog>,
-) {
+async fn reload_on_sighup(tls: Arc<crate::tls_reload::ReloadableTls>, audit: Arc<AuditLog>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

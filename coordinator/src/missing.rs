@@ -19,9 +19,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fedprofile_protocol::messages::ServerEvent;
 use crate::tls_reload::HandshakeFailure;
 use crate::tls_reload::failures::explain;
+use fedprofile_protocol::messages::ServerEvent;
 
 use crate::daemon::Shared;
 use crate::engine::ClientHub;

@@ -31,9 +31,7 @@ pub enum PeerError {
         needed: &'static str,
     },
     /// An operator certificate tried to join the federation.
-    #[error(
-        "'{0}' holds an operator certificate, which cannot join the federation as a partner"
-    )]
+    #[error("'{0}' holds an operator certificate, which cannot join the federation as a partner")]
     OperatorAsPartner(String),
     /// A partner certificate called the admin API.
     #[error(

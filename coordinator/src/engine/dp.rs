@@ -23,12 +23,12 @@
 
 use std::path::Path;
 
+use fedprofile_config::run::ClientDp;
 use fedprofile_privacy::ledger::ChargeRecord;
 use fedprofile_privacy::{
     Accountant, AdaptiveClippingMechanism, Charge, GaussianMechanism, Ledger, PoissonSampling,
     SubsampledGaussianMechanism,
 };
-use fedprofile_config::run::ClientDp;
 use ndarray::Array1;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;

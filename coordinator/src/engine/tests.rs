@@ -821,13 +821,12 @@ async fn client_level_dp_samples_each_client_at_the_charged_rate() {
     cfg.min_connected_to_start = 4;
     cfg.fraction_per_round = 0.1;
     cfg.eval_every = rounds;
-    cfg.privacy =
-        fedprofile_config::run::PrivacyMode::Client(fedprofile_config::run::ClientDp {
-            clip_norm: 1.0,
-            noise_multiplier: 1.0,
-            delta: 1e-5,
-            adaptive: None,
-        });
+    cfg.privacy = fedprofile_config::run::PrivacyMode::Client(fedprofile_config::run::ClientDp {
+        clip_norm: 1.0,
+        noise_multiplier: 1.0,
+        delta: 1e-5,
+        adaptive: None,
+    });
     let outcome = start(cfg, behaviours).await.unwrap();
     assert!(outcome.completed, "{:?}", outcome.failure);
     let selected: Vec<usize> = outcome.rounds.iter().map(|r| r.selected).collect();

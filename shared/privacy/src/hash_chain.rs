@@ -162,13 +162,16 @@ mod tests {
     fn each_form_hashes_what_its_documentation_says() {
         let mut audit = entry();
         let line = Canonical::EmptyHashMember.seal(&mut audit).unwrap();
-        let expected = sha256_hex(format!("{{\"value\":0.1,\"prev_hash\":\"{GENESIS}\",\"hash\":\"\"}}").as_bytes());
+        let expected = sha256_hex(
+            format!("{{\"value\":0.1,\"prev_hash\":\"{GENESIS}\",\"hash\":\"\"}}").as_bytes(),
+        );
         assert_eq!(audit.hash, expected);
         assert!(line.ends_with(&format!(",\"hash\":\"{expected}\"}}")));
 
         let mut ledger = entry();
         let line = Canonical::WithoutHashMember.seal(&mut ledger).unwrap();
-        let expected = sha256_hex(format!("{{\"value\":0.1,\"prev_hash\":\"{GENESIS}\"}}").as_bytes());
+        let expected =
+            sha256_hex(format!("{{\"value\":0.1,\"prev_hash\":\"{GENESIS}\"}}").as_bytes());
         assert_eq!(ledger.hash, expected);
         assert_eq!(
             line,
@@ -186,7 +189,10 @@ mod tests {
             let edited = line.replace("0.1", "0.2");
             let parsed: Entry = serde_json::from_str(&edited).unwrap();
             assert!(
-                matches!(form.check(&edited, &parsed), Err(ChainError::Mismatch { .. })),
+                matches!(
+                    form.check(&edited, &parsed),
+                    Err(ChainError::Mismatch { .. })
+                ),
                 "{form:?}"
             );
         }

@@ -114,9 +114,7 @@ impl PemFile {
 
     /// Every "X509 CRL" block; at least one (an empty file is more likely one
     /// caught mid-write than a revocation list).
-    pub fn revocation_lists(
-        &self,
-    ) -> Result<Vec<CertificateRevocationListDer<'static>>, PemError> {
+    pub fn revocation_lists(&self) -> Result<Vec<CertificateRevocationListDer<'static>>, PemError> {
         let crls = CertificateRevocationListDer::pem_slice_iter(&self.bytes)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.invalid(e))?;
@@ -143,7 +141,9 @@ mod tests {
         let dir = tmp.path();
         let missing = PemFile::read("CA certificate", &dir.join("absent.pem")).unwrap_err();
         assert!(
-            missing.to_string().starts_with("cannot read CA certificate '"),
+            missing
+                .to_string()
+                .starts_with("cannot read CA certificate '"),
             "{missing}"
         );
         let empty = file(dir, "empty.pem", "");
@@ -162,12 +162,19 @@ mod tests {
             .unwrap()
             .private_key()
             .unwrap_err();
-        assert!(err.to_string().ends_with("holds no PEM 'PRIVATE KEY' block"), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("holds no PEM 'PRIVATE KEY' block"),
+            "{err}"
+        );
         let err = PemFile::read("certificate revocation list", &empty)
             .unwrap()
             .revocation_lists()
             .unwrap_err();
-        assert!(err.to_string().ends_with("holds no PEM 'X509 CRL' block"), "{err}");
+        assert!(
+            err.to_string().ends_with("holds no PEM 'X509 CRL' block"),
+            "{err}"
+        );
         let garbled = file(
             dir,
             "garbled.pem",
