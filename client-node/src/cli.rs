@@ -122,7 +122,8 @@ enum Command {
 /// Parses the command line, runs the command, prints errors as one sentence.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    fedprofile_config::init_logging("warn,fedprofile_client=info");
+    fedprofile_protocol::tls::install_crypto_provider();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (e.g. `check-data | head -n 1`): nothing more to say,
@@ -166,17 +167,6 @@ fn out(text: impl std::fmt::Display) -> Result<(), Failure> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::StdoutClosed),
         Err(e) => Err(Failure::Message(format!("cannot write to stdout: {e}"))),
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fedprofile_client=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
 }
 
 fn load_config(path: &std::path::Path) -> Result<ClientConfig, String> {
@@ -323,7 +313,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 insecure_name: insecure,
                 keep_running,
             };
-            let _ = rustls::crypto::ring::default_provider().install_default();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -29,41 +29,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use fedprofile_config::ConfigError;
+use fedprofile_config::{RawTls, TlsField};
 use fedprofile_protocol::tls::TlsFiles;
 
 use crate::privacy::PrivacySettings;
 use serde::Deserialize;
-
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read '{path}': {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for a client config.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What toml said.
-        message: String,
-    },
-    /// A field has an unusable value.
-    #[error("{path}: field '{field}' {problem}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// The field.
-        field: &'static str,
-        /// What is wrong.
-        problem: String,
-    },
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,15 +76,6 @@ fn default_train() -> String {
 }
 fn default_test() -> String {
     "test".into()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    ca_cert: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,15 +131,15 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Reads and validates a client configuration.
     pub fn from_path(path: &Path) -> Result<ClientConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let raw: RawConfig = fedprofile_config::load(path)?;
+        let base = fedprofile_config::base_dir(path);
+        if let Some(tls) = &raw.tls {
+            tls.refuse(
+                TlsField::Crl,
+                path,
+                "the coordinator checks revocations (its own config's tls.crl)",
+            )?;
+        }
         let invalid = |field, problem: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             field,

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
+use fedprofile_config::run::{PrivacyMode, RecordNoise, RunConfig};
 use fedprofile_privacy::ledger::Ledger;
 use fedprofile_privacy::{Accountant, AccountantKind, Charge, Report, UtilityWarning};
 use fedprofile_protocol::messages::RecordDpTask;
-use fedprofile_protocol::run::{PrivacyMode, RecordNoise, RunConfig};
 use serde::Serialize;
 
 use crate::config::ClientConfig;

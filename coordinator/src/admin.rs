@@ -7,14 +7,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fedprofile_protocol::messages::{ClientInfo, RunInfo, RunProgress};
 use fedprofile_protocol::pb::admin_server::Admin;
 use fedprofile_protocol::pb::{self};
-use fedprofile_protocol::tls::{self, PeerRole};
+use fedprofile_protocol::tls::PeerRole;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::daemon::{Progress, Shared, now, queue_run};
 use crate::engine::RoundRecord;
+use crate::status::{AdminError, PeerError};
 use crate::store::{RunRow, RunState};
 
 /// The admin service.
@@ -35,15 +37,9 @@ impl AdminService {
         if self.insecure {
             return Ok("insecure-operator".into());
         }
-        let certs = request
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("an operator certificate is required"))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| Status::unauthenticated("an operator certificate is required"))?;
-        match tls::peer_from_der(leaf.as_ref()) {
-            Ok((id, PeerRole::Operator)) => Ok(id),
-            Ok((id, PeerRole::Partner)) => {
+        match crate::service::peer(request, "an operator certificate")? {
+            (id, PeerRole::Operator) => Ok(id),
+            (id, PeerRole::Partner) => {
                 self.shared.metrics.refuse("partner_on_admin_api");
                 self.shared.audit.note(
                     &id,
@@ -51,16 +47,12 @@ impl AdminService {
                     None,
                     "a partner certificate was refused on the admin API",
                 );
-                Err(Status::permission_denied(format!(
-                    "'{id}' holds a partner certificate; the admin API needs an operator certificate (OU={})",
-                    tls::OPERATOR_OU
-                )))
+                Err(PeerError::PartnerAsOperator(id).into())
             }
-            Err(e) => Err(Status::unauthenticated(e.to_string())),
         }
     }
 
-    fn info(&self, row: &RunRow) -> pb::RunInfo {
+    fn info(&self, row: &RunRow) -> RunInfo {
         let last: Option<RoundRecord> = self.shared.store.rounds(&row.id).ok().and_then(|rows| {
             rows.into_iter().rev().find_map(|r| {
                 serde_json::from_str::<Option<RoundRecord>>(&r.record_json)
@@ -77,16 +69,16 @@ impl AdminService {
                     .and_then(|rec| rec.epsilon)
             })
         });
-        pb::RunInfo {
+        RunInfo {
             run_id: row.id.clone(),
             name: row.name.clone(),
             state: row.state.as_str().to_string(),
             rounds_planned: row.rounds_planned,
             rounds_done: row.rounds_done,
             created_at: row.created_at.clone(),
-            started_at: row.started_at.clone().unwrap_or_default(),
-            finished_at: row.finished_at.clone().unwrap_or_default(),
-            failure: row.failure.clone().unwrap_or_default(),
+            started_at: row.started_at.clone(),
+            finished_at: row.finished_at.clone(),
+            failure: row.failure.clone(),
             auc: last.as_ref().and_then(|r| r.metrics.and_then(|m| m.auc)),
             log_loss: last.as_ref().and_then(|r| r.metrics.map(|m| m.log_loss)),
             epsilon,
@@ -102,13 +94,13 @@ impl AdminService {
         self.shared
             .store
             .run(id)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::not_found(format!("no run with id '{id}'")))
+            .map_err(AdminError::from)?
+            .ok_or_else(|| AdminError::NoSuchRun(id.to_string()).into())
     }
 }
 
 fn progress_message(p: &Progress) -> pb::RunProgress {
-    pb::RunProgress {
+    pb::RunProgress::from(RunProgress {
         run_id: p.run_id.clone(),
         round: p.round,
         rounds_planned: p.rounds_planned,
@@ -120,7 +112,7 @@ fn progress_message(p: &Progress) -> pb::RunProgress {
         epsilon: p.epsilon,
         message: p.message.clone(),
         quality: p.quality.clone(),
-    }
+    })
 }
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::RunProgress, Status>> + Send>>;
@@ -134,8 +126,8 @@ impl Admin for AdminService {
         let operator = self.operator(&request)?;
         let text = request.into_inner().run_toml;
         let row = queue_run(&self.shared, &text, &PathBuf::from("run file"), &operator)
-            .map_err(Status::invalid_argument)?;
-        Ok(Response::new(self.info(&row)))
+            .map_err(AdminError::InvalidRunFile)?;
+        Ok(Response::new(self.info(&row).into()))
     }
 
     async fn list_runs(
@@ -143,13 +135,9 @@ impl Admin for AdminService {
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         self.operator(&request)?;
-        let rows = self
-            .shared
-            .store
-            .runs()
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let rows = self.shared.store.runs().map_err(AdminError::from)?;
         Ok(Response::new(pb::ListRunsResponse {
-            runs: rows.iter().map(|r| self.info(r)).collect(),
+            runs: rows.iter().map(|r| self.info(r).into()).collect(),
         }))
     }
 
@@ -159,7 +147,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RunInfo>, Status> {
         self.operator(&request)?;
         let row = self.row(&request.into_inner().run_id)?;
-        Ok(Response::new(self.info(&row)))
+        Ok(Response::new(self.info(&row).into()))
     }
 
     async fn cancel_run(
@@ -179,7 +167,7 @@ impl Admin for AdminService {
                 self.shared
                     .store
                     .set_run_state(&row.id, RunState::Cancelled, &now(), Some(&reason))
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                    .map_err(AdminError::from)?;
             }
             RunState::Running => {
                 let sent = self.shared.with_active(|a| match a {
@@ -189,24 +177,22 @@ impl Admin for AdminService {
                     _ => false,
                 });
                 if !sent {
-                    return Err(Status::unavailable(
-                        "the run is not active in this coordinator process yet; try again",
-                    ));
+                    return Err(AdminError::NotActiveYet.into());
                 }
             }
             terminal => {
-                return Err(Status::failed_precondition(format!(
-                    "run {} is already {}",
-                    row.id,
-                    terminal.as_str()
-                )));
+                return Err(AdminError::AlreadyEnded {
+                    run_id: row.id,
+                    state: terminal.as_str(),
+                }
+                .into());
             }
         }
         self.shared
             .audit
             .note(&operator, "run.cancel", Some(&row.id), &reason);
         let row = self.row(&row.id)?;
-        Ok(Response::new(self.info(&row)))
+        Ok(Response::new(self.info(&row).into()))
     }
 
     type WatchRunStream = ProgressStream;
@@ -225,18 +211,18 @@ impl Admin for AdminService {
             // Where the run stands now.
             let info = service.info(&row);
             let _ = tx
-                .send(Ok(pb::RunProgress {
-                    run_id: info.run_id.clone(),
+                .send(Ok(pb::RunProgress::from(RunProgress {
+                    run_id: info.run_id,
                     round: info.rounds_done,
                     rounds_planned: info.rounds_planned,
-                    state: info.state.clone(),
+                    state: info.state,
                     auc: info.auc,
                     log_loss: info.log_loss,
                     epsilon: info.epsilon,
-                    message: info.failure.clone(),
-                    quality: info.quality.clone(),
+                    message: info.failure.unwrap_or_default(),
+                    quality: info.quality,
                     ..Default::default()
-                }))
+                })))
                 .await;
             if row.state.is_terminal() {
                 return;
@@ -300,20 +286,18 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListClientsResponse>, Status> {
         self.operator(&request)?;
         let connected = crate::engine::ClientHub::connected(self.shared.hub.as_ref());
-        let rows = self
-            .shared
-            .store
-            .clients()
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let rows = self.shared.store.clients().map_err(AdminError::from)?;
         Ok(Response::new(pb::ListClientsResponse {
             clients: rows
                 .into_iter()
-                .map(|c| pb::ClientInfo {
-                    connected: connected.contains(&c.id),
-                    client_id: c.id,
-                    first_seen: c.first_seen,
-                    last_seen: c.last_seen,
-                    budget_epsilon_left: c.budget_epsilon_left,
+                .map(|c| {
+                    pb::ClientInfo::from(ClientInfo {
+                        connected: connected.contains(&c.id),
+                        client_id: c.id,
+                        first_seen: c.first_seen,
+                        last_seen: c.last_seen,
+                        budget_epsilon_left: c.budget_epsilon_left,
+                    })
                 })
                 .collect(),
         }))

@@ -3,9 +3,11 @@
 //! is detected by `fedprofile-coordinator audit verify`.
 //!
 //! Each line is `{"seq", "at", "actor", "action", "run_id", "detail", "prev_hash",
-//! "hash"}`; `hash` is the SHA-256 (hex) of the line's JSON without the `hash`
-//! field, `prev_hash` is the previous line's `hash` (64 zeros for the first). A
-//! line is written and flushed before the action it records is acknowledged.
+//! "hash"}`; `hash` is the SHA-256 (hex) of the line's JSON with `hash` set to
+//! the empty string ([`Canonical::EmptyHashMember`] of the hash chain shared
+//! with the privacy ledgers, `fedprofile_privacy::hash_chain`), `prev_hash` is
+//! the previous line's `hash` (64 zeros for the first). A line is written and
+//! flushed before the action it records is acknowledged.
 //!
 //! Appends can be batched: [`AuditLog::defer`] queues an event that needs no
 //! acknowledgement (a refused task, a rejected update), and the queue is
@@ -27,11 +29,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use fedprofile_privacy::hash_chain::{self, Canonical, ChainError, Chained};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// The first line's `prev_hash`.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub const GENESIS: &str = hash_chain::GENESIS;
+
+/// How an audit line's hash is made (the form every audit log so far uses).
+const CANONICAL: Canonical = Canonical::EmptyHashMember;
 
 /// The audit log cannot be written or does not verify.
 #[derive(Debug, thiserror::Error)]
@@ -117,13 +122,13 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
-fn hash_of(entry: &AuditEntry) -> String {
-    let mut unhashed = entry.clone();
-    unhashed.hash = String::new();
-    // Serialization of this struct is deterministic (field order is fixed).
-    let text = serde_json::to_string(&unhashed).unwrap_or_default();
-    let digest = Sha256::digest(text.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+impl Chained for AuditEntry {
+    fn hash(&self) -> &str {
+        &self.hash
+    }
+    fn set_hash(&mut self, hash: String) {
+        self.hash = hash;
+    }
 }
 
 struct Head {
@@ -318,12 +323,13 @@ impl AuditLog {
                 prev_hash: prev,
                 hash: String::new(),
             };
-            entry.hash = hash_of(&entry);
-            let line = serde_json::to_string(&entry).map_err(|e| AuditError::Malformed {
-                path: self.path.clone(),
-                line: entry.seq as usize,
-                reason: e.to_string(),
-            })?;
+            let line = CANONICAL
+                .seal(&mut entry)
+                .map_err(|e| AuditError::Malformed {
+                    path: self.path.clone(),
+                    line: entry.seq as usize,
+                    reason: e.to_string(),
+                })?;
             text.push_str(&line);
             text.push('\n');
             seq = entry.seq;
@@ -392,11 +398,21 @@ pub fn verify(path: &Path) -> Result<Vec<AuditEntry>, AuditError> {
             line: n,
             reason: e.to_string(),
         })?;
-        if hash_of(&entry) != entry.hash {
-            return Err(AuditError::Edited {
-                path: path.to_path_buf(),
-                line: n,
-            });
+        match CANONICAL.check(&line, &entry) {
+            Ok(()) => {}
+            Err(ChainError::Mismatch { .. }) => {
+                return Err(AuditError::Edited {
+                    path: path.to_path_buf(),
+                    line: n,
+                });
+            }
+            Err(e) => {
+                return Err(AuditError::Malformed {
+                    path: path.to_path_buf(),
+                    line: n,
+                    reason: e.to_string(),
+                });
+            }
         }
         let expected_seq = entries.last().map_or(1, |e| e.seq + 1);
         if entry.prev_hash != prev_hash || entry.seq != expected_seq {
@@ -495,6 +511,29 @@ mod tests {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+
+    /// An audit log written by the demo's DP run before the hash chain was
+    /// shared with the privacy ledgers: it must keep verifying and extending.
+    #[test]
+    fn a_log_written_by_an_earlier_release_still_verifies_and_extends() {
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hash-chain/audit.jsonl");
+        let entries = verify(&fixture).unwrap();
+        assert_eq!(entries.len(), 35);
+        assert_eq!(
+            entries[34].hash,
+            "0b48760a2f9de4367e4d5fecdbc2595d91e633bd7a44676a1aba66c7602f2de1"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("audit.jsonl");
+        std::fs::copy(&fixture, &copy).unwrap();
+        let log = AuditLog::open(&copy).unwrap();
+        log.record("op", "run.start", Some("r2"), "after the upgrade")
+            .unwrap();
+        let again = verify(&copy).unwrap();
+        assert_eq!(again.len(), 36);
+        assert_eq!(again[35].prev_hash, entries[34].hash);
     }
 
     #[test]

@@ -203,7 +203,8 @@ enum CertsCommand {
 /// message and exit code 1 (2 for usage errors, from clap).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    fedprofile_config::init_logging("warn,fedprofile_coordinator=info");
+    fedprofile_protocol::tls::install_crypto_provider();
     match run(cli) {
         Ok(code) => code,
         Err(message) => {
@@ -211,21 +212,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            // Failed handshakes are logged (throttled) by the TLS layer of the protocol crate.
-            "warn,fedprofile_coordinator=info,fedprofile_protocol::tls_reload=info",
-        )
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
@@ -376,7 +362,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
             // Validate now so a bad run file fails before anything starts.
-            fedprofile_protocol::run::RunConfig::from_toml_str(&text, path)
+            fedprofile_config::run::RunConfig::from_toml_str(&text, path)
                 .map_err(|e| e.to_string())?;
             Some((path.clone(), text))
         }
@@ -392,7 +378,6 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         addr_file: args.addr_file,
         accept_state_loss: args.accept_state_loss,
     };
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let outcome = runtime()?.block_on(async {
         let listener = daemon::bind(&options).await?;
         daemon::serve(options.clone(), listener, shutdown_signal()).await

@@ -5,57 +5,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use fedprofile_protocol::run::{RunConfig, RunFileError};
+pub use fedprofile_config::ConfigError;
+pub use fedprofile_config::run::RunConfig;
+use fedprofile_config::{RawTls, TlsField, base_dir, load};
 use fedprofile_protocol::tls::TlsFiles;
 use serde::Deserialize;
-
-/// A configuration or run file that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read '{path}': {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for its kind.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What toml said, with line and column.
-        message: String,
-    },
-    /// A field has a value outside its range.
-    #[error("{path}: field '{field}' {problem}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// Dotted field name.
-        field: &'static str,
-        /// What is wrong.
-        problem: String,
-    },
-}
-
-fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string().trim_end().replace('\n', " "),
-    })
-}
-
-fn base_dir(path: &Path) -> PathBuf {
-    path.parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
 
 // ----- coordinator config ----------------------------------------------------
 
@@ -84,15 +38,6 @@ fn default_max_message() -> usize {
     fedprofile_protocol::DEFAULT_MAX_MESSAGE_BYTES
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    ca_cert: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    crl: Option<PathBuf>,
-}
-
 /// A validated coordinator configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CoordinatorConfig {
@@ -115,7 +60,14 @@ impl CoordinatorConfig {
     /// Reads and validates a coordinator configuration file.
     pub fn from_path(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
         let raw: RawCoordinatorConfig = load(path)?;
-        let base = base_dir(path);
+        let base = base_dir(path).to_path_buf();
+        if let Some(tls) = &raw.tls {
+            tls.refuse(
+                TlsField::ServerName,
+                path,
+                "only clients and operators name the coordinator's certificate",
+            )?;
+        }
         let listen = raw.listen.parse().map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
             field: "listen",

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fedprofile_config::run::RunConfig;
 use fedprofile_learning::model_file::Target;
 use fedprofile_protocol::pb::admin_server::AdminServer;
 use fedprofile_protocol::pb::federation_server::FederationServer;
-use fedprofile_protocol::run::RunConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tonic::transport::Server;
@@ -32,7 +32,7 @@ use crate::store::{RoundCommit, RunRow, RunState, Store, StoreError};
 pub enum ServeError {
     /// TLS files unusable.
     #[error(transparent)]
-    Tls(#[from] fedprofile_protocol::tls_reload::TlsReloadError),
+    Tls(#[from] crate::tls_reload::TlsReloadError),
     /// Plain-text gRPC on a non-loopback address.
     #[error("--insecure is only allowed on a loopback address, not {0}")]
     InsecureNotLoopback(std::net::SocketAddr),
@@ -64,7 +64,7 @@ pub enum ServeError {
     Report(#[from] ReportError),
     /// The run file given with --run is invalid.
     #[error(transparent)]
-    RunFile(#[from] fedprofile_protocol::run::RunFileError),
+    RunFile(#[from] fedprofile_config::ConfigError),
 }
 
 /// Options of one `serve` invocation.
@@ -146,7 +146,7 @@ pub struct Shared {
     pub state_dir: PathBuf,
     /// Recent failed TLS handshakes (who, from where, why), to explain a run
     /// that waits for partners.
-    pub handshakes: Arc<fedprofile_protocol::tls_reload::HandshakeFailures>,
+    pub handshakes: Arc<crate::tls_reload::HandshakeFailures>,
 }
 
 impl Shared {
@@ -355,7 +355,7 @@ pub async fn serve(
 
     if let Some((path, text)) = &options.queue_run {
         let row = queue_run(&shared, text, path, "coordinator").map_err(|problem| {
-            fedprofile_protocol::run::RunFileError::Parse {
+            fedprofile_config::ConfigError::Parse {
                 path: path.clone(),
                 message: problem,
             }
@@ -396,8 +396,8 @@ pub async fn serve(
         tokio::spawn(builder.serve_with_incoming_shutdown(incoming, stop))
     } else {
         let files = options.config.tls.clone().ok_or(ServeError::NoTls)?;
-        let tls = fedprofile_protocol::tls_reload::ReloadableTls::load_with_failures(
-            fedprofile_protocol::tls_reload::TlsSources {
+        let tls = crate::tls_reload::ReloadableTls::load_with_failures(
+            crate::tls_reload::TlsSources {
                 ca_cert: files.ca_cert,
                 cert: files.cert,
                 key: files.key,
@@ -406,7 +406,7 @@ pub async fn serve(
             Arc::clone(&shared.handshakes),
         )?;
         tls_handle = Some(Arc::clone(&tls));
-        let incoming = fedprofile_protocol::tls_reload::incoming(listener, Arc::clone(&tls));
+        let incoming = crate::tls_reload::incoming(listener, Arc::clone(&tls));
         tokio::spawn(builder.serve_with_incoming_shutdown(incoming, stop))
     };
     let _watcher = tls_handle
@@ -495,10 +495,7 @@ pub async fn serve(
     result
 }
 
-async fn reload_on_sighup(
-    tls: Arc<fedprofile_protocol::tls_reload::ReloadableTls>,
-    audit: Arc<AuditLog>,
-) {
+async fn reload_on_sighup(tls: Arc<crate::tls_reload::ReloadableTls>, audit: Arc<AuditLog>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

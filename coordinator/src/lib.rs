@@ -1,8 +1,10 @@
 //! The fedprofile coordinator.
 //!
 //! - [`engine`]: the round engine, an explicit state machine over domain types;
-//! - [`daemon`]: the long-lived process: run queue, persistence, resume, TLS reload;
+//! - [`daemon`]: the long-lived process: run queue, persistence, resume;
+//! - [`tls_reload`]: mutual TLS terminated here, certificates reloaded without a restart;
 //! - [`service`]: the federation gRPC edge (sessions, identity from certificates);
+//! - [`status`]: the edge's typed errors and their one map to gRPC codes;
 //! - [`admin`] / [`operator`]: the operators' API and its command line;
 //! - [`store`]: the SQLite database; [`audit`]: the hash-chained audit log;
 //! - [`state`]: the two checked against each other at start (state identity);
@@ -27,4 +29,6 @@ pub mod operator;
 pub mod report;
 pub mod service;
 pub mod state;
+pub mod status;
 pub mod store;
+pub mod tls_reload;

@@ -19,15 +19,15 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::tls_reload::HandshakeFailure;
+use crate::tls_reload::failures::explain;
 use fedprofile_protocol::messages::ServerEvent;
-use fedprofile_protocol::tls_reload::HandshakeFailure;
-use fedprofile_protocol::tls_reload::failures::explain;
 
 use crate::daemon::Shared;
 use crate::engine::ClientHub;
 
 #[cfg(doc)]
-use fedprofile_protocol::tls_reload::HandshakeFailures;
+use crate::tls_reload::HandshakeFailures;
 
 /// How far back failed handshakes count as the reason a partner is missing.
 pub const RECENT: Duration = Duration::from_secs(15 * 60);
@@ -138,7 +138,7 @@ pub fn explain_missing(
 
 #[cfg(test)]
 mod tests {
-    use fedprofile_protocol::tls_reload::FailureCause;
+    use crate::tls_reload::FailureCause;
 
     use super::*;
 

@@ -14,6 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fedprofile_config::{RawTls, TlsField};
+use fedprofile_protocol::messages::{ClientInfo, RunInfo, RunProgress};
 use fedprofile_protocol::pb::admin_client::AdminClient;
 use fedprofile_protocol::pb::{self};
 use fedprofile_protocol::tls::{self, TlsFiles};
@@ -28,15 +30,6 @@ struct RawOperatorConfig {
     tls: Option<RawTls>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    ca_cert: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    server_name: Option<String>,
-}
-
 /// Where the admin API is and how to authenticate.
 #[derive(Debug, Clone)]
 pub struct OperatorConfig {
@@ -49,16 +42,16 @@ pub struct OperatorConfig {
 impl OperatorConfig {
     /// Reads an operator config file.
     pub fn from_path(path: &Path) -> Result<OperatorConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
-        let raw: RawOperatorConfig = toml::from_str(&text).map_err(|e| {
-            format!(
-                "{}: {}",
-                path.display(),
-                e.to_string().trim_end().replace('\n', " ")
+        let raw: RawOperatorConfig = fedprofile_config::load(path).map_err(|e| e.to_string())?;
+        if let Some(tls) = &raw.tls {
+            tls.refuse(
+                TlsField::Crl,
+                path,
+                "the coordinator checks revocations (its own config's tls.crl)",
             )
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+            .map_err(|e| e.to_string())?;
+        }
+        let base = fedprofile_config::base_dir(path);
         Ok(OperatorConfig {
             coordinator: raw.coordinator,
             tls: raw.tls.map(|t| {
@@ -93,7 +86,6 @@ pub enum OperatorCommand {
 }
 
 async fn connect(config: &OperatorConfig) -> Result<Connection, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut endpoint = Endpoint::from_shared(config.coordinator.clone())
         .map_err(|_| {
             format!(
@@ -168,7 +160,7 @@ fn plain_status_text(s: tonic::Status) -> String {
     }
 }
 
-fn print_run(r: &pb::RunInfo) {
+fn print_run(r: &RunInfo) {
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
     let metrics = if r.quality.is_empty() {
         format!("auc {:<7} log loss {:<7}", opt(r.auc), opt(r.log_loss))
@@ -182,7 +174,7 @@ fn print_run(r: &pb::RunInfo) {
         r.rounds_done,
         r.rounds_planned,
         opt(r.epsilon),
-        r.failure
+        r.failure.as_deref().unwrap_or_default()
     );
 }
 
@@ -252,12 +244,15 @@ async fn execute(
             println!("{}", info.run_id);
         }
         OperatorCommand::List => {
-            let runs = client
+            let runs: Vec<RunInfo> = client
                 .list_runs(pb::ListRunsRequest {})
                 .await
                 .map_err(status_text)?
                 .into_inner()
-                .runs;
+                .runs
+                .into_iter()
+                .map(RunInfo::from)
+                .collect();
             if runs.is_empty() {
                 println!("no runs");
             }
@@ -266,33 +261,29 @@ async fn execute(
             }
         }
         OperatorCommand::Status(run_id) => {
-            let r = client
-                .get_run(pb::GetRunRequest { run_id })
-                .await
-                .map_err(status_text)?
-                .into_inner();
+            let r = RunInfo::from(
+                client
+                    .get_run(pb::GetRunRequest { run_id })
+                    .await
+                    .map_err(status_text)?
+                    .into_inner(),
+            );
             print_run(&r);
             println!(
                 "created {}  started {}  finished {}",
                 r.created_at,
-                if r.started_at.is_empty() {
-                    "-"
-                } else {
-                    &r.started_at
-                },
-                if r.finished_at.is_empty() {
-                    "-"
-                } else {
-                    &r.finished_at
-                }
+                r.started_at.as_deref().unwrap_or("-"),
+                r.finished_at.as_deref().unwrap_or("-")
             );
         }
         OperatorCommand::Cancel(run_id, reason) => {
-            let r = client
-                .cancel_run(pb::CancelRunRequest { run_id, reason })
-                .await
-                .map_err(status_text)?
-                .into_inner();
+            let r = RunInfo::from(
+                client
+                    .cancel_run(pb::CancelRunRequest { run_id, reason })
+                    .await
+                    .map_err(status_text)?
+                    .into_inner(),
+            );
             print_run(&r);
         }
         OperatorCommand::Watch(run_id) => watch(client, run_id, tls).await?,
@@ -302,7 +293,9 @@ async fn execute(
                 .await
                 .map_err(status_text)?
                 .into_inner()
-                .clients;
+                .clients
+                .into_iter()
+                .map(ClientInfo::from);
             println!(
                 "{:<20} {:<10} {:<26} {:>12}",
                 "client", "connected", "last seen", "ε budget left"
@@ -342,7 +335,7 @@ async fn watch(
     );
     let mut last_state = String::new();
     while let Some(item) = stream.next().await {
-        let p = item.map_err(status_text)?;
+        let p = RunProgress::from(item.map_err(status_text)?);
         bar.set_prefix(p.run_id.clone());
         bar.set_length(u64::from(p.rounds_planned));
         bar.set_position(u64::from(p.round));

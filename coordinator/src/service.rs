@@ -47,6 +47,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::status::{PeerError, SessionError, to_status};
+
 use crate::engine::{ClientHub, Inbound};
 
 /// Messages that may wait for one client before its session is closed as not
@@ -159,7 +161,10 @@ impl Stream for Outgoing {
 
 /// A status ending a session, in the words the client reads.
 fn closed(code: tonic::Code, why: &str) -> Status {
-    Status::new(code, format!("session closed by the coordinator: {why}"))
+    to_status(SessionError::Closed {
+        code,
+        why: why.to_string(),
+    })
 }
 
 impl SessionHub {
@@ -197,10 +202,11 @@ impl SessionHub {
     ) -> Result<Registered, Status> {
         let mut sessions = lock(&self.sessions);
         if let Some(open) = sessions.get(client) {
-            return Err(Status::already_exists(format!(
-                "a session for client {client} is already open (from {} since {}); two nodes must not share a certificate",
-                open.peer, open.since
-            )));
+            return Err(to_status(SessionError::AlreadyOpen {
+                client: client.to_string(),
+                peer: open.peer.clone(),
+                since: open.since.clone(),
+            }));
         }
         let serial = {
             let mut n = lock(&self.next_serial);
@@ -452,19 +458,23 @@ impl FederationService {
     }
 }
 
-fn identity_from_certificate<T>(request: &Request<T>) -> Result<String, Status> {
-    let certs = request
+/// The caller's certificate identity and role; `needed` names the kind of
+/// certificate the API asks for (in the error when there is none).
+pub(crate) fn peer<T>(
+    request: &Request<T>,
+    needed: &'static str,
+) -> Result<(String, tls::PeerRole), PeerError> {
+    let leaf = request
         .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    match tls::peer_from_der(leaf.as_ref()) {
-        Ok((id, tls::PeerRole::Partner)) => Ok(id),
-        Ok((id, tls::PeerRole::Operator)) => Err(Status::permission_denied(format!(
-            "'{id}' holds an operator certificate, which cannot join the federation as a partner"
-        ))),
-        Err(e) => Err(Status::unauthenticated(e.to_string())),
+        .and_then(|certs| certs.first().cloned())
+        .ok_or(PeerError::NoCertificate { needed })?;
+    Ok(tls::peer_from_der(leaf.as_ref())?)
+}
+
+fn identity_from_certificate<T>(request: &Request<T>) -> Result<String, PeerError> {
+    match peer(request, "a client certificate")? {
+        (id, tls::PeerRole::Partner) => Ok(id),
+        (id, tls::PeerRole::Operator) => Err(PeerError::OperatorAsPartner(id)),
     }
 }
 
@@ -481,11 +491,11 @@ impl Federation for FederationService {
         let cert_identity = match self.identity {
             IdentityMode::Certificate => match identity_from_certificate(&request) {
                 Ok(id) => Some(id),
-                Err(status) => {
+                Err(error) => {
                     if let Some(m) = &self.metrics {
                         m.refuse("wrong_role_or_identity");
                     }
-                    return Err(status);
+                    return Err(error.into());
                 }
             },
             IdentityMode::InsecureClaimed => None,
@@ -498,17 +508,10 @@ impl Federation for FederationService {
             Some(pb::ClientMessage {
                 body: Some(client_message::Body::Hello(hello)),
             }) => hello,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message must be a hello",
-                ));
-            }
+            _ => return Err(SessionError::NoHello.into()),
         };
         if hello.protocol_version != PROTOCOL_VERSION {
-            return Err(Status::failed_precondition(format!(
-                "protocol version {} is not supported (this coordinator speaks {PROTOCOL_VERSION})",
-                hello.protocol_version
-            )));
+            return Err(SessionError::ProtocolVersion(hello.protocol_version).into());
         }
         let client = match cert_identity {
             Some(id) => id,
@@ -519,9 +522,7 @@ impl Federation for FederationService {
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
                 {
-                    return Err(Status::invalid_argument(
-                        "insecure mode: hello.insecure_name must be a valid client id",
-                    ));
+                    return Err(SessionError::InsecureName.into());
                 }
                 name
             }

@@ -116,7 +116,7 @@ async fn scenario(clients: usize, rounds: u32, dim: usize, clusters: Option<usiz
 }
 
 fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    fedprofile_protocol::tls::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -64,7 +64,7 @@ impl LightSession {
 
 /// Opens a session (hello, welcome) on the coordinator at `localhost:port`.
 pub async fn open_session(port: u16, tls: ClientTlsConfig) -> Result<LightSession, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    fedprofile_protocol::tls::install_crypto_provider();
     let channel = Endpoint::from_shared(format!("https://localhost:{port}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(10))

@@ -484,7 +484,7 @@ fn example_configs_hold_the_keys_the_binaries_read() {
         &text("operator.toml"),
     ));
     // The run file goes through the coordinator's own validator.
-    if let Err(e) = fedprofile_protocol::run::RunConfig::from_path(&dir.join("run.toml")) {
+    if let Err(e) = fedprofile_config::run::RunConfig::from_path(&dir.join("run.toml")) {
         problems.push(format!("deploy/config/run.toml: {e}"));
     }
     // Nothing else hides there unchecked.

@@ -15,7 +15,7 @@ const CLIENTS: usize = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_mtls_clients_join_one_run_of_five_rounds() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    fedprofile_protocol::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     certs::init_ca(dir.path(), "load ca", 1).unwrap();
     certs::issue(

@@ -19,7 +19,7 @@ fn idle_coordinator(sandbox: &Sandbox) -> (Proc, u16) {
 
 /// Opens a session with `tls` and returns the client id of the welcome, or the error.
 async fn try_session(port: u16, tls: ClientTlsConfig) -> Result<String, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    fedprofile_protocol::tls::install_crypto_provider();
     let channel = Endpoint::from_shared(format!("https://localhost:{port}"))
         .unwrap()
         .connect_timeout(Duration::from_secs(5))

@@ -23,12 +23,12 @@
 
 use std::path::Path;
 
+use fedprofile_config::run::ClientDp;
 use fedprofile_privacy::ledger::ChargeRecord;
 use fedprofile_privacy::{
     Accountant, AdaptiveClippingMechanism, Charge, GaussianMechanism, Ledger, PoissonSampling,
     SubsampledGaussianMechanism,
 };
-use fedprofile_protocol::run::ClientDp;
 use ndarray::Array1;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -216,7 +216,7 @@ impl ServerDp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedprofile_protocol::run::AdaptiveClip;
+    use fedprofile_config::run::AdaptiveClip;
 
     fn config(adaptive: Option<AdaptiveClip>) -> ClientDp {
         ClientDp {

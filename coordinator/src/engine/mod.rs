@@ -512,7 +512,7 @@ impl Run {
             Ok(strategy) => self.strategy = Some(strategy),
             Err(e) => state = State::Failed(format!("strategy: {e}")),
         }
-        if let fedprofile_protocol::run::PrivacyMode::Client(cfg) = self.config.privacy {
+        if let fedprofile_config::run::PrivacyMode::Client(cfg) = self.config.privacy {
             match dp::ServerDp::new(
                 cfg,
                 self.config.fraction_per_round,

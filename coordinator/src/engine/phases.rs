@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use fedprofile_config::run::{PrivacyMode, RecordNoise};
 use fedprofile_learning::aggregate::{WeightedUpdate, fedavg};
 use fedprofile_learning::strategy::{Aggregated, ClientUpdate};
 use fedprofile_learning::{
@@ -13,7 +14,6 @@ use fedprofile_protocol::messages::{
     ClientReply, LabelKindMsg, ModelSnapshot, RecordDpTask, ResultBody, ServerEvent, StatsReport,
     Task, TaskBody, TaskKind, TrainReport, TrainTask,
 };
-use fedprofile_protocol::run::{PrivacyMode, RecordNoise};
 use ndarray::Array1;
 use rand::seq::IndexedRandom;
 use tokio::time::timeout_at;

@@ -56,12 +56,12 @@ fn config(rounds: u32, min_per_round: usize) -> RunConfig {
         deadline: Duration::from_secs(30),
         eval_every: 1,
         max_retries: 0,
-        max_update_norm_ratio: fedprofile_protocol::run::DEFAULT_MAX_UPDATE_NORM_RATIO,
+        max_update_norm_ratio: fedprofile_config::run::DEFAULT_MAX_UPDATE_NORM_RATIO,
         local_epochs: 1,
         batch_size: 32,
         learning_rate: 0.1,
         tail_average_rounds: 1,
-        privacy: fedprofile_protocol::run::PrivacyMode::None,
+        privacy: fedprofile_config::run::PrivacyMode::None,
         strategy: fedprofile_learning::strategy::StrategyConfig::FedAvg,
     }
 }
@@ -823,13 +823,12 @@ async fn client_level_dp_samples_each_client_at_the_charged_rate() {
     cfg.min_connected_to_start = 4;
     cfg.fraction_per_round = 0.1;
     cfg.eval_every = rounds;
-    cfg.privacy =
-        fedprofile_protocol::run::PrivacyMode::Client(fedprofile_protocol::run::ClientDp {
-            clip_norm: 1.0,
-            noise_multiplier: 1.0,
-            delta: 1e-5,
-            adaptive: None,
-        });
+    cfg.privacy = fedprofile_config::run::PrivacyMode::Client(fedprofile_config::run::ClientDp {
+        clip_norm: 1.0,
+        noise_multiplier: 1.0,
+        delta: 1e-5,
+        adaptive: None,
+    });
     let outcome = start(cfg, behaviours).await.unwrap();
     assert!(outcome.completed, "{:?}", outcome.failure);
     let selected: Vec<usize> = outcome.rounds.iter().map(|r| r.selected).collect();

@@ -19,14 +19,14 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::accountant::{Accountant, Charge, Composition, MechanismKind};
 use crate::error::PrivacyError;
+use crate::hash_chain::{self, Canonical, ChainError, Chained};
 
 /// `prev_hash` of the first line.
-pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub const GENESIS_HASH: &str = hash_chain::GENESIS;
 
 /// Errors reading, verifying or appending to a ledger.
 #[derive(Debug, Error)]
@@ -133,6 +133,18 @@ pub struct LedgerEntry {
     pub hash: String,
 }
 
+/// A ledger line's hash covers its stored bytes without the `hash` member.
+const CANONICAL: Canonical = Canonical::WithoutHashMember;
+
+impl Chained for LedgerEntry {
+    fn hash(&self) -> &str {
+        &self.hash
+    }
+    fn set_hash(&mut self, hash: String) {
+        self.hash = hash;
+    }
+}
+
 impl LedgerEntry {
     /// The charge this line records.
     pub fn charge(&self) -> Charge {
@@ -143,23 +155,6 @@ impl LedgerEntry {
             steps: self.steps,
         }
     }
-}
-
-/// The canonical form: every field but `hash`, in declaration order.
-#[derive(Serialize)]
-struct CanonicalEntry<'a> {
-    run_id: &'a str,
-    round: u64,
-    task_id: &'a str,
-    mechanism: MechanismKind,
-    q: f64,
-    sigma: f64,
-    clip_norm: f64,
-    steps: u64,
-    cost_epsilon: f64,
-    cumulative_epsilon: f64,
-    delta: f64,
-    prev_hash: &'a str,
 }
 
 /// What to record for a task.
@@ -224,21 +219,6 @@ impl VerifiedLedger {
     pub fn charges(&self) -> Vec<Charge> {
         self.entries.iter().map(LedgerEntry::charge).collect()
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Splits a stored line into its canonical form and stored hash.
-fn split_hash(line: &str) -> Option<(String, &str)> {
-    const KEY: &str = ",\"hash\":\"";
-    let idx = line.rfind(KEY)?;
-    let rest = line[idx + KEY.len()..].strip_suffix("\"}")?;
-    if rest.len() != 64 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    Some((format!("{}}}", &line[..idx]), rest))
 }
 
 fn chain_hint(entries: &[LedgerEntry], line_idx: usize, found: &str) -> String {
@@ -365,17 +345,21 @@ fn parse_line(line: &str, n: usize) -> Result<LedgerEntry, LedgerError> {
         line: n,
         reason: e.to_string(),
     })?;
-    let (canonical, stored) = split_hash(line).ok_or_else(|| LedgerError::Malformed {
-        line: n,
-        reason: "the line does not end with a 64-digit hex \"hash\" member".to_string(),
-    })?;
-    let computed = sha256_hex(canonical.as_bytes());
-    if computed != stored || entry.hash != stored {
-        return Err(LedgerError::HashMismatch {
-            line: n,
-            stored: stored.to_string(),
-            computed,
-        });
+    match CANONICAL.check(line, &entry) {
+        Ok(()) => {}
+        Err(ChainError::Mismatch { stored, computed }) => {
+            return Err(LedgerError::HashMismatch {
+                line: n,
+                stored,
+                computed,
+            });
+        }
+        Err(e) => {
+            return Err(LedgerError::Malformed {
+                line: n,
+                reason: e.to_string(),
+            });
+        }
     }
     Ok(entry)
 }
@@ -610,10 +594,10 @@ impl Ledger {
         if !(cost.is_finite() && cumulative.is_finite()) {
             return Err(LedgerError::InfiniteLoss(record.task_id));
         }
-        let canonical = CanonicalEntry {
-            run_id: &record.run_id,
+        let mut entry = LedgerEntry {
+            run_id: record.run_id,
             round: record.round,
-            task_id: &record.task_id,
+            task_id: record.task_id,
             mechanism: record.charge.mechanism,
             q: record.charge.q,
             sigma: record.charge.sigma,
@@ -622,17 +606,16 @@ impl Ledger {
             cost_epsilon: cost,
             cumulative_epsilon: cumulative,
             delta: record.delta,
-            prev_hash: &self.verified.head_hash,
+            prev_hash: self.verified.head_hash.clone(),
+            hash: String::new(),
         };
-        let canonical = serde_json::to_string(&canonical).map_err(|e| LedgerError::Malformed {
-            line: self.verified.entries.len() + 1,
-            reason: e.to_string(),
-        })?;
-        let hash = sha256_hex(canonical.as_bytes());
-        let line = format!(
-            "{},\"hash\":\"{hash}\"}}\n",
-            canonical.strip_suffix('}').unwrap_or(&canonical)
-        );
+        let line = CANONICAL
+            .seal(&mut entry)
+            .map_err(|e| LedgerError::Malformed {
+                line: self.verified.entries.len() + 1,
+                reason: e.to_string(),
+            })?;
+        let line = format!("{line}\n");
         let io_err = |source| LedgerError::Io {
             path: self.path.clone(),
             source,
@@ -650,25 +633,10 @@ impl Ledger {
             len: self.file.len + line.len() as u64,
             modified: file.metadata().map_err(io_err)?.modified().ok(),
         };
-        let entry = LedgerEntry {
-            run_id: record.run_id,
-            round: record.round,
-            task_id: record.task_id,
-            mechanism: record.charge.mechanism,
-            q: record.charge.q,
-            sigma: record.charge.sigma,
-            clip_norm: record.clip_norm,
-            steps: record.charge.steps,
-            cost_epsilon: cost,
-            cumulative_epsilon: cumulative,
-            delta: record.delta,
-            prev_hash: self.verified.head_hash.clone(),
-            hash: hash.clone(),
-        };
         self.tasks
             .insert(entry.task_id.clone(), self.verified.entries.len());
         self.verified.entries.push(entry.clone());
-        self.verified.head_hash = hash;
+        self.verified.head_hash = entry.hash.clone();
         self.composition = composition;
         Ok(Appended::New(entry))
     }
@@ -682,6 +650,7 @@ pub fn append(path: impl Into<PathBuf>, record: ChargeRecord) -> Result<Appended
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash_chain::{sha256_hex, split_hash};
 
     fn record(task: &str, round: u64) -> ChargeRecord {
         ChargeRecord {
@@ -736,6 +705,29 @@ mod tests {
 
     fn write(path: &Path, lines: &[String]) {
         std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    /// A ledger written by the demo's DP run (partner-a, 20 charges) before the
+    /// hash chain was shared with the audit log: it must keep verifying.
+    #[test]
+    fn a_ledger_written_by_an_earlier_release_still_verifies() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/hash-chain/ledger-partner-a.jsonl");
+        let verified = verify(&path).unwrap();
+        assert_eq!(verified.entries.len(), 20);
+        assert_eq!(
+            verified.head_hash,
+            "61914717692664416a3feb0375d150b0b57563db828830765cd933fa0b3aad6b"
+        );
+        // Appending continues the chain, and the longer file verifies too.
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("ledger.jsonl");
+        std::fs::copy(&path, &copy).unwrap();
+        let mut ledger = Ledger::open(&copy).unwrap();
+        ledger.append(record("after-upgrade", 21)).unwrap();
+        let again = verify(&copy).unwrap();
+        assert_eq!(again.entries.len(), 21);
+        assert_eq!(again.entries[20].prev_hash, verified.head_hash);
     }
 
     #[test]

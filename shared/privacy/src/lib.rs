@@ -23,6 +23,7 @@ pub mod accountant;
 pub mod budget;
 pub mod calibrate;
 pub mod error;
+pub mod hash_chain;
 pub mod ledger;
 mod math;
 pub mod mechanism;

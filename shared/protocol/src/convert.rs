@@ -11,8 +11,9 @@ use fedprofile_learning::{
 use ndarray::Array1;
 
 use crate::messages::{
-    ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, RecordDpTask, RefusalKind, ResultBody,
-    ServerEvent, StatsReport, Task, TaskBody, TrainReport, TrainTask,
+    ClientInfo, ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, RecordDpTask, RefusalKind,
+    ResultBody, RunInfo, RunProgress, ServerEvent, StatsReport, Task, TaskBody, TrainReport,
+    TrainTask,
 };
 use crate::pb;
 
@@ -583,6 +584,118 @@ impl TryFrom<pb::TaskResult> for ClientReply {
             task_id: r.task_id,
             body,
         })
+    }
+}
+
+// ----- admin API -------------------------------------------------------------
+
+/// An absent text is the empty string on the wire.
+fn text(value: Option<String>) -> String {
+    value.unwrap_or_default()
+}
+
+/// The empty string on the wire is an absent text.
+fn optional(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
+
+impl From<RunInfo> for pb::RunInfo {
+    fn from(r: RunInfo) -> pb::RunInfo {
+        pb::RunInfo {
+            run_id: r.run_id,
+            name: r.name,
+            state: r.state,
+            rounds_planned: r.rounds_planned,
+            rounds_done: r.rounds_done,
+            created_at: r.created_at,
+            started_at: text(r.started_at),
+            finished_at: text(r.finished_at),
+            failure: text(r.failure),
+            auc: r.auc,
+            log_loss: r.log_loss,
+            epsilon: r.epsilon,
+            quality: r.quality,
+        }
+    }
+}
+
+impl From<pb::RunInfo> for RunInfo {
+    fn from(r: pb::RunInfo) -> RunInfo {
+        RunInfo {
+            run_id: r.run_id,
+            name: r.name,
+            state: r.state,
+            rounds_planned: r.rounds_planned,
+            rounds_done: r.rounds_done,
+            created_at: r.created_at,
+            started_at: optional(r.started_at),
+            finished_at: optional(r.finished_at),
+            failure: optional(r.failure),
+            auc: r.auc,
+            log_loss: r.log_loss,
+            epsilon: r.epsilon,
+            quality: r.quality,
+        }
+    }
+}
+
+impl From<RunProgress> for pb::RunProgress {
+    fn from(p: RunProgress) -> pb::RunProgress {
+        pb::RunProgress {
+            run_id: p.run_id,
+            round: p.round,
+            rounds_planned: p.rounds_planned,
+            state: p.state,
+            clients_accepted: p.clients_accepted,
+            clients_selected: p.clients_selected,
+            auc: p.auc,
+            log_loss: p.log_loss,
+            epsilon: p.epsilon,
+            message: p.message,
+            quality: p.quality,
+        }
+    }
+}
+
+impl From<pb::RunProgress> for RunProgress {
+    fn from(p: pb::RunProgress) -> RunProgress {
+        RunProgress {
+            run_id: p.run_id,
+            round: p.round,
+            rounds_planned: p.rounds_planned,
+            state: p.state,
+            clients_accepted: p.clients_accepted,
+            clients_selected: p.clients_selected,
+            auc: p.auc,
+            log_loss: p.log_loss,
+            epsilon: p.epsilon,
+            message: p.message,
+            quality: p.quality,
+        }
+    }
+}
+
+impl From<ClientInfo> for pb::ClientInfo {
+    fn from(c: ClientInfo) -> pb::ClientInfo {
+        pb::ClientInfo {
+            client_id: c.client_id,
+            connected: c.connected,
+            first_seen: c.first_seen,
+            last_seen: c.last_seen,
+            budget_epsilon_left: c.budget_epsilon_left,
+        }
+    }
+}
+
+impl From<pb::ClientInfo> for ClientInfo {
+    fn from(c: pb::ClientInfo) -> ClientInfo {
+        ClientInfo {
+            client_id: c.client_id,
+            connected: c.connected,
+            first_seen: c.first_seen,
+            last_seen: c.last_seen,
+            budget_epsilon_left: c.budget_epsilon_left,
+        }
     }
 }
 

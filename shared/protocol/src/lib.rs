@@ -5,15 +5,12 @@
 //! - [`messages`]: the domain form of every message, free of transport types, which
 //!   the coordinator's round engine and the client's task handlers work with;
 //! - [`convert`]: the one place where protobuf and domain types meet;
-//! - [`run`]: the run file, read by the coordinator and by partners' cost checks;
 //! - [`tls`]: mutual-TLS set-up with rustls and the peer identity taken from a
 //!   certificate.
 
 pub mod convert;
 pub mod messages;
-pub mod run;
 pub mod tls;
-pub mod tls_reload;
 
 /// Generated protobuf and gRPC code for `fedprofile.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]

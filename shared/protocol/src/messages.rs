@@ -305,3 +305,79 @@ pub enum ServerEvent {
         message: String,
     },
 }
+
+// ----- admin API -------------------------------------------------------------
+
+/// A run as the admin API reports it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunInfo {
+    /// The run's id.
+    pub run_id: String,
+    /// The run file's name.
+    pub name: String,
+    /// `queued`, `running`, `finished`, `failed` or `cancelled`.
+    pub state: String,
+    /// Rounds the run file asks for.
+    pub rounds_planned: u32,
+    /// Rounds committed.
+    pub rounds_done: u32,
+    /// When it was queued (RFC 3339).
+    pub created_at: String,
+    /// When it started, if it has.
+    pub started_at: Option<String>,
+    /// When it ended, if it has.
+    pub finished_at: Option<String>,
+    /// Why it failed or was cancelled.
+    pub failure: Option<String>,
+    /// AUC of the last evaluated round.
+    pub auc: Option<f64>,
+    /// Log loss of the last evaluated round.
+    pub log_loss: Option<f64>,
+    /// Epsilon spent so far (client-level DP).
+    pub epsilon: Option<f64>,
+    /// The family's quality headline (empty for logistic regression, which
+    /// reports AUC and log loss).
+    pub quality: String,
+}
+
+/// One step of a run, streamed to `run watch`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunProgress {
+    /// The run's id.
+    pub run_id: String,
+    /// The round reached.
+    pub round: u32,
+    /// Rounds the run file asks for.
+    pub rounds_planned: u32,
+    /// The run's state.
+    pub state: String,
+    /// Updates accepted in the round.
+    pub clients_accepted: u32,
+    /// Clients selected for the round.
+    pub clients_selected: u32,
+    /// AUC after the round.
+    pub auc: Option<f64>,
+    /// Log loss after the round.
+    pub log_loss: Option<f64>,
+    /// Epsilon spent so far.
+    pub epsilon: Option<f64>,
+    /// What happened, in words (empty if nothing to say).
+    pub message: String,
+    /// The family's quality headline.
+    pub quality: String,
+}
+
+/// A partner as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClientInfo {
+    /// The partner's certificate identity.
+    pub client_id: String,
+    /// Whether a session is open now.
+    pub connected: bool,
+    /// First session (RFC 3339).
+    pub first_seen: String,
+    /// Last session (RFC 3339).
+    pub last_seen: String,
+    /// Epsilon left in the coordinator's view of its budget.
+    pub budget_epsilon_left: Option<f64>,
+}

@@ -8,31 +8,18 @@
 
 use std::path::{Path, PathBuf};
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+pub mod pem;
+
+pub use pem::{PemError, PemFile};
 
 /// A TLS file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// The file could not be read.
-    #[error("cannot read {what} '{path}': {source}")]
-    Read {
-        /// Which file (e.g. "CA certificate").
-        what: &'static str,
-        /// Its path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file holds no PEM block of the expected kind.
-    #[error("{what} '{path}' holds no PEM '{label}' block")]
-    NotPem {
-        /// Which file.
-        what: &'static str,
-        /// Its path.
-        path: PathBuf,
-        /// The PEM label expected.
-        label: &'static str,
-    },
+    /// A PEM file cannot be read or holds no usable block.
+    #[error(transparent)]
+    Pem(#[from] PemError),
     /// This side's certificate is outside its validity period.
     #[error(
         "certificate '{path}' is not valid now: it is valid from {not_before} to {not_after}, so it {state} (renew it, or check this machine's clock)"
@@ -75,6 +62,14 @@ pub enum TlsError {
     BadPeerCertificate(String),
 }
 
+/// Installs rustls' process-wide crypto provider (ring), once, before any TLS
+/// configuration is built; both binaries call it at start, tests before they
+/// dial. A second call does nothing.
+pub fn install_crypto_provider() {
+    // Err means a provider is installed already: the one this call would install.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Paths of the PEM files one side needs for mutual TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -86,36 +81,18 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-fn read_pem(what: &'static str, path: &Path, label: &'static str) -> Result<Vec<u8>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let text = String::from_utf8_lossy(&bytes);
-    if !text.contains(&format!("-----BEGIN {label}")) {
-        return Err(TlsError::NotPem {
-            what,
-            path: path.to_path_buf(),
-            label,
-        });
-    }
-    Ok(bytes)
+/// A certificate file's bytes, checked to hold at least one certificate.
+fn read_certificate(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    let file = PemFile::read(what, path)?;
+    file.certificates()?;
+    Ok(file.into_bytes())
 }
 
+/// A private key file's bytes, checked to hold a key (PKCS#8, SEC1 or PKCS#1).
 fn read_key(path: &Path) -> Result<Vec<u8>, TlsError> {
-    // Accept PKCS#8 ("PRIVATE KEY"), SEC1 ("EC PRIVATE KEY") and PKCS#1 ("RSA PRIVATE KEY").
-    read_pem("private key", path, "").and_then(|bytes| {
-        if String::from_utf8_lossy(&bytes).contains("PRIVATE KEY-----") {
-            Ok(bytes)
-        } else {
-            Err(TlsError::NotPem {
-                what: "private key",
-                path: path.to_path_buf(),
-                label: "PRIVATE KEY",
-            })
-        }
-    })
+    let file = PemFile::read("private key", path)?;
+    file.private_key()?;
+    Ok(file.into_bytes())
 }
 
 /// Checks this side's own identity before any handshake, so a bad file gets a
@@ -167,20 +144,9 @@ fn check_identity(files: &TlsFiles, cert_pem: &[u8], key_pem: &[u8]) -> Result<(
     Ok(())
 }
 
-/// Server side: present `cert`/`key`, require a client certificate chaining to `ca_cert`.
-pub fn server_config(files: &TlsFiles) -> Result<ServerTlsConfig, TlsError> {
-    let ca = read_pem("CA certificate", &files.ca_cert, "CERTIFICATE")?;
-    let cert = read_pem("certificate", &files.cert, "CERTIFICATE")?;
-    let key = read_key(&files.key)?;
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert, key))
-        .client_ca_root(Certificate::from_pem(ca))
-        .client_auth_optional(false))
-}
-
 /// Client side: trust `ca_cert` for the coordinator named `server_name`, present `cert`/`key`.
 pub fn client_config(files: &TlsFiles, server_name: &str) -> Result<ClientTlsConfig, TlsError> {
-    let cert = read_pem("certificate", &files.cert, "CERTIFICATE")?;
+    let cert = read_certificate("certificate", &files.cert)?;
     let key = read_key(&files.key)?;
     check_identity(files, &cert, &key)?;
     client_config_unchecked(files, server_name)
@@ -192,8 +158,8 @@ pub fn client_config_unchecked(
     files: &TlsFiles,
     server_name: &str,
 ) -> Result<ClientTlsConfig, TlsError> {
-    let ca = read_pem("CA certificate", &files.ca_cert, "CERTIFICATE")?;
-    let cert = read_pem("certificate", &files.cert, "CERTIFICATE")?;
+    let ca = read_certificate("CA certificate", &files.ca_cert)?;
+    let cert = read_certificate("certificate", &files.cert)?;
     let key = read_key(&files.key)?;
     Ok(ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
@@ -206,7 +172,7 @@ pub fn client_config_without_identity(
     ca_cert: &Path,
     server_name: &str,
 ) -> Result<ClientTlsConfig, TlsError> {
-    let ca = read_pem("CA certificate", ca_cert, "CERTIFICATE")?;
+    let ca = read_certificate("CA certificate", ca_cert)?;
     Ok(ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .domain_name(server_name.to_string()))

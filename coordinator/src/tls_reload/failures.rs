@@ -313,12 +313,12 @@ fn describe(cause: FailureCause, cert: Option<&PresentedCertificate>, error: &st
         }
         (FailureCause::Expired, Some(c)) => format!(
             "its certificate expired at {}",
-            crate::tls::rfc3339(c.not_after)
+            fedprofile_protocol::tls::rfc3339(c.not_after)
         ),
         (FailureCause::Expired, None) => "its certificate has expired".into(),
         (FailureCause::NotYetValid, Some(c)) => format!(
             "its certificate is not valid before {} (check the clocks)",
-            crate::tls::rfc3339(c.not_before)
+            fedprofile_protocol::tls::rfc3339(c.not_before)
         ),
         (FailureCause::NotYetValid, None) => "its certificate is not valid yet".into(),
         (FailureCause::Revoked, Some(c)) => {

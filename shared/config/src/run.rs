@@ -10,36 +10,7 @@ use fedprofile_learning::ModelFamily;
 use fedprofile_learning::strategy::StrategyConfig;
 use serde::Deserialize;
 
-/// A run file that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum RunFileError {
-    /// The file could not be read.
-    #[error("cannot read '{path}': {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for a run file.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What toml said, with line and column.
-        message: String,
-    },
-    /// A field has a value outside its range.
-    #[error("{path}: field '{field}' {problem}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// Dotted field name.
-        field: &'static str,
-        /// What is wrong.
-        problem: String,
-    },
-}
+use crate::ConfigError;
 
 // ----- run file --------------------------------------------------------------
 
@@ -308,21 +279,14 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// Reads and validates a run file.
-    pub fn from_path(path: &Path) -> Result<RunConfig, RunFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RunFileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_toml_str(&text, path)
+    pub fn from_path(path: &Path) -> Result<RunConfig, ConfigError> {
+        Self::from_toml_str(&crate::read(path)?, path)
     }
 
     /// Parses and validates run-file text; `path` names it in errors.
-    pub fn from_toml_str(text: &str, path: &Path) -> Result<RunConfig, RunFileError> {
-        let raw: RawRunFile = toml::from_str(text).map_err(|e| RunFileError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })?;
-        let invalid = |field: &'static str, problem: String| RunFileError::Invalid {
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<RunConfig, ConfigError> {
+        let raw: RawRunFile = crate::parse(text, path)?;
+        let invalid = |field: &'static str, problem: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             field,
             problem,
@@ -508,8 +472,8 @@ impl RunConfig {
 
 fn validate_privacy(
     raw: &RawPrivacy,
-    invalid: &dyn Fn(&'static str, String) -> RunFileError,
-) -> Result<PrivacyMode, RunFileError> {
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<PrivacyMode, ConfigError> {
     let positive = |field: &'static str, v: f64| {
         if v.is_finite() && v > 0.0 {
             Ok(v)
@@ -624,7 +588,7 @@ fn validate_privacy(
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<RunConfig, RunFileError> {
+    fn parse(text: &str) -> Result<RunConfig, ConfigError> {
         RunConfig::from_toml_str(text, Path::new("run.toml"))
     }
 
@@ -703,7 +667,7 @@ mod tests {
 mod privacy_tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<RunConfig, RunFileError> {
+    fn parse(text: &str) -> Result<RunConfig, ConfigError> {
         RunConfig::from_toml_str(text, Path::new("run.toml"))
     }
 

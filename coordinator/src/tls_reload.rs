@@ -38,8 +38,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
@@ -49,6 +48,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::Stream;
 
+use fedprofile_protocol::tls::{PemError, PemFile};
+
 pub mod failures;
 
 pub use failures::{FailureCause, HandshakeFailure, HandshakeFailures};
@@ -56,36 +57,9 @@ pub use failures::{FailureCause, HandshakeFailure, HandshakeFailures};
 /// A TLS file that cannot be used; the previous configuration (if any) stays in force.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsReloadError {
-    /// The file could not be read.
-    #[error("cannot read {what} '{path}': {source}")]
-    Read {
-        /// Which file (e.g. "CA certificate").
-        what: &'static str,
-        /// Its path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid PEM.
-    #[error("{what} '{path}' is not valid PEM: {detail}")]
-    Pem {
-        /// Which file.
-        what: &'static str,
-        /// Its path.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
-    /// The file holds no PEM block of the expected kind.
-    #[error("{what} '{path}' holds no PEM '{label}' block")]
-    NotPem {
-        /// Which file.
-        what: &'static str,
-        /// Its path.
-        path: PathBuf,
-        /// The PEM label expected.
-        label: &'static str,
-    },
+    /// A PEM file cannot be read or holds no usable block.
+    #[error(transparent)]
+    Pem(#[from] PemError),
     /// A certificate in the file cannot be used.
     #[error("{what} '{path}' cannot be used: {detail}")]
     BadCertificate {
@@ -155,8 +129,8 @@ impl TlsSources {
     }
 }
 
-impl From<&crate::tls::TlsFiles> for TlsSources {
-    fn from(files: &crate::tls::TlsFiles) -> TlsSources {
+impl From<&fedprofile_protocol::tls::TlsFiles> for TlsSources {
+    fn from(files: &fedprofile_protocol::tls::TlsFiles) -> TlsSources {
         TlsSources {
             ca_cert: files.ca_cert.clone(),
             cert: files.cert.clone(),
@@ -354,67 +328,8 @@ impl ReloadableTls {
     }
 }
 
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsReloadError> {
-    std::fs::read(path).map_err(|source| TlsReloadError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn pem_error(what: &'static str, path: &Path, e: rustls::pki_types::pem::Error) -> TlsReloadError {
-    TlsReloadError::Pem {
-        what,
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    }
-}
-
-fn read_certs(
-    what: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, TlsReloadError> {
-    let bytes = read_file(what, path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(what, path, e))?;
-    if certs.is_empty() {
-        return Err(TlsReloadError::NotPem {
-            what,
-            path: path.to_path_buf(),
-            label: "CERTIFICATE",
-        });
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsReloadError> {
-    const WHAT: &str = "private key";
-    let bytes = read_file(WHAT, path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsReloadError::NotPem {
-            what: WHAT,
-            path: path.to_path_buf(),
-            label: "PRIVATE KEY",
-        },
-        e => pem_error(WHAT, path, e),
-    })
-}
-
 fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsReloadError> {
-    const WHAT: &str = "certificate revocation list";
-    let bytes = read_file(WHAT, path)?;
-    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(WHAT, path, e))?;
-    // An empty file is refused: more likely a file caught mid-write than a CRL.
-    if crls.is_empty() {
-        return Err(TlsReloadError::NotPem {
-            what: WHAT,
-            path: path.to_path_buf(),
-            label: "X509 CRL",
-        });
-    }
+    let crls = PemFile::read("certificate revocation list", path)?.revocation_lists()?;
     for crl in &crls {
         match x509_parser::parse_x509_crl(crl.as_ref()) {
             Ok((_, parsed)) => {
@@ -481,16 +396,16 @@ fn build_config(sources: &TlsSources) -> Result<ServerConfig, TlsReloadError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
 
     let mut roots = RootCertStore::empty();
-    for ca in read_certs("CA certificate", &sources.ca_cert)? {
+    for ca in PemFile::read("CA certificate", &sources.ca_cert)?.certificates()? {
         roots.add(ca).map_err(|e| TlsReloadError::BadCertificate {
             what: "CA certificate",
             path: sources.ca_cert.clone(),
             detail: e.to_string(),
         })?;
     }
-    let chain = read_certs("certificate", &sources.cert)?;
+    let chain = PemFile::read("certificate", &sources.cert)?.certificates()?;
     check_leaf(&sources.cert, &chain[0])?;
-    let key = read_key(&sources.key)?;
+    let key = PemFile::read("private key", &sources.key)?.private_key()?;
 
     let mut verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
@@ -778,7 +693,8 @@ mod tests {
         DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
         RevocationReason, RevokedCertParams, SanType, SerialNumber,
     };
-    use rustls::pki_types::ServerName;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
     use time::OffsetDateTime;
     use tokio::sync::oneshot;
     use tokio_stream::wrappers::ReceiverStream;
@@ -786,9 +702,9 @@ mod tests {
     use tonic::{Request, Response, Status, Streaming};
 
     use super::*;
-    use crate::pb;
-    use crate::pb::federation_client::FederationClient;
-    use crate::pb::federation_server::{Federation, FederationServer};
+    use fedprofile_protocol::pb;
+    use fedprofile_protocol::pb::federation_client::FederationClient;
+    use fedprofile_protocol::pb::federation_server::{Federation, FederationServer};
 
     const SERVER_NAME: &str = "coordinator";
     const WAIT: Duration = Duration::from_secs(10);
@@ -916,7 +832,7 @@ mod tests {
             let leaf = certs
                 .first()
                 .ok_or_else(|| Status::unauthenticated("empty peer certificates"))?;
-            let cn = crate::tls::identity_from_der(leaf.as_ref())
+            let cn = fedprofile_protocol::tls::identity_from_der(leaf.as_ref())
                 .map_err(|e| Status::unauthenticated(e.to_string()))?;
             let mut inbound = request.into_inner();
             let (tx, rx) = mpsc::channel(8);
@@ -1156,12 +1072,12 @@ mod tests {
     #[tokio::test]
     async fn a_refused_certificate_is_recorded_with_its_cn_and_the_client_gets_a_sentence() {
         let f = Fixture::start(IncomingOptions::default()).await;
-        let files = crate::tls::TlsFiles {
+        let files = fedprofile_protocol::tls::TlsFiles {
             ca_cert: "certs/ca.pem".into(),
             cert: "certs/stranger.pem".into(),
             key: "certs/stranger.key".into(),
         };
-        let ctx = crate::tls::TlsContext {
+        let ctx = fedprofile_protocol::tls::TlsContext {
             files: &files,
             server_name: SERVER_NAME,
         };
@@ -1170,7 +1086,7 @@ mod tests {
         let other_ca = new_ca("someone else");
         let stranger = issue(&other_ca, "stranger", 20, false);
         let err = session_error(f.addr, &f.ca.pem, &stranger).await;
-        let text = crate::tls::explain_tls_failure(&*err, ctx)
+        let text = fedprofile_protocol::tls::explain_tls_failure(&*err, ctx)
             .unwrap_or_else(|| panic!("no TLS cause found in {err:?}"));
         assert!(
             text.starts_with("the coordinator does not trust our certificate (certs/stranger.pem)"),
@@ -1189,7 +1105,7 @@ mod tests {
             p.not_after = now - time::Duration::days(1);
         });
         let err = session_error(f.addr, &f.ca.pem, &expired).await;
-        let text = crate::tls::explain_tls_failure(&*err, ctx).unwrap();
+        let text = fedprofile_protocol::tls::explain_tls_failure(&*err, ctx).unwrap();
         assert!(
             text.contains("it has expired or is not valid yet"),
             "{text}"
@@ -1208,7 +1124,7 @@ mod tests {
         replace(f.sources.crl.as_ref().unwrap(), &crl(&f.ca, 2, &[31]));
         f.tls.reload().unwrap();
         let err = session_error(f.addr, &f.ca.pem, &revoked).await;
-        let text = crate::tls::explain_tls_failure(&*err, ctx).unwrap();
+        let text = fedprofile_protocol::tls::explain_tls_failure(&*err, ctx).unwrap();
         assert!(text.contains("it has been revoked"), "{text}");
         wait_until(|| f.tls.failures().for_identity("partner-gone").is_some()).await;
         assert_eq!(
@@ -1219,7 +1135,7 @@ mod tests {
         // The client does not trust the coordinator (it holds another CA).
         let a = issue(&f.ca, "partner-a", 32, false);
         let err = session_error(f.addr, &other_ca.pem, &a).await;
-        let text = crate::tls::explain_tls_failure(&*err, ctx).unwrap();
+        let text = fedprofile_protocol::tls::explain_tls_failure(&*err, ctx).unwrap();
         assert_eq!(
             text.split(" (").next().unwrap(),
             "the coordinator's certificate is not signed by certs/ca.pem"
