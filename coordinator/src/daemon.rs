@@ -20,7 +20,7 @@ use crate::audit::AuditLog;
 use crate::config::CoordinatorConfig;
 use crate::engine::{
     Checkpoint, InFlight, Inbound, RejectReason, RoundRecord, RoundSink, Run, RunObserver,
-    RunOutcome, RunSnapshot,
+    RunOutcome, RunSnapshot, SinkError,
 };
 use crate::metrics::{Metrics, Reason};
 use crate::report::{self, ReportError};
@@ -829,7 +829,7 @@ impl RoundSink for StoreSink {
         &mut self,
         record: Option<&RoundRecord>,
         checkpoint: &Checkpoint,
-    ) -> Result<(), String> {
+    ) -> Result<(), SinkError> {
         let record_json = serde_json::to_string(&record).map_err(|e| e.to_string())?;
         let checkpoint_json = serde_json::to_string(checkpoint).map_err(|e| e.to_string())?;
         let commit = || {
@@ -844,7 +844,7 @@ impl RoundSink for StoreSink {
         // One short SQLite transaction with an fsync: keep it off the async workers.
         if let Err(e) = tokio::task::block_in_place(commit) {
             self.note_damage(&e);
-            return Err(e.to_string());
+            return Err(SinkError(e.to_string()));
         }
         // After the commit: the audit log never shows a round the database
         // does not have (the reverse, after a crash in between, is allowed).
@@ -859,7 +859,7 @@ impl RoundSink for StoreSink {
         Ok(())
     }
 
-    fn begin_attempt(&mut self, attempt: &InFlight) -> Result<(), String> {
+    fn begin_attempt(&mut self, attempt: &InFlight) -> Result<(), SinkError> {
         let json = serde_json::to_string(attempt).map_err(|e| e.to_string())?;
         let write = || {
             self.store
@@ -867,7 +867,7 @@ impl RoundSink for StoreSink {
         };
         tokio::task::block_in_place(write).map_err(|e| {
             self.note_damage(&e);
-            e.to_string()
+            SinkError(e.to_string())
         })
     }
 }

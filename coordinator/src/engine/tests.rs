@@ -581,7 +581,11 @@ async fn a_family_that_needs_another_label_fails_after_statistics_with_the_reaso
 struct Keep(Arc<Mutex<Vec<Checkpoint>>>);
 
 impl RoundSink for Keep {
-    fn commit(&mut self, _: Option<&RoundRecord>, checkpoint: &Checkpoint) -> Result<(), String> {
+    fn commit(
+        &mut self,
+        _: Option<&RoundRecord>,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), SinkError> {
         self.0.lock().unwrap().push(checkpoint.clone());
         Ok(())
     }
@@ -639,7 +643,7 @@ async fn a_kmeans_run_resumes_from_its_checkpoint_with_its_clusters() {
 fn checkpoints_written_before_model_families_still_load() {
     let old = r#"{"round":3,"model":{"model_type":"logistic_regression","features":{"columns":[]},"params":[0.5]},"target":["y","yes"],"contributors":[],"rejections":{},"refusals":{},"not_private":[],"server_clip_norm":null}"#;
     let c: Checkpoint = serde_json::from_str(old).unwrap();
-    assert_eq!((c.model.outputs, c.classes.len()), (1, 0));
+    assert_eq!((c.model.outputs, c.state.classes.len()), (1, 0));
     let record = r#"{"round":1,"selected":3,"accepted":3,"rejected":0,"refused":0,"attempts":1,"train_loss":0.5,"train_phase_ms":1.0,"max_client_train_ms":0.5,"eval_phase_ms":1.0,"round_ms":2.0,"metrics":null,"evaluated_clients":3,"epsilon":null}"#;
     let r: RoundRecord = serde_json::from_str(record).unwrap();
     assert_eq!(r.quality, None);

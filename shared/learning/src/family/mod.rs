@@ -215,6 +215,19 @@ pub trait Family: Sync {
         1
     }
 
+    /// The number of outputs a run's model has, given the classes the
+    /// clients' schema declares and the clusters the run file asks for.
+    fn run_outputs(&self, classes: usize, clusters: usize) -> usize {
+        let _ = (classes, clusters);
+        1
+    }
+
+    /// What a client's answer to a training task is called in messages
+    /// ("updates", "cluster statistics").
+    fn update_name(&self) -> &'static str {
+        "updates"
+    }
+
     /// Checks flat parameters for `outputs` rows (length, finite values).
     fn check(&self, params: &Array1<f64>, outputs: usize) -> Result<(), LearningError>;
 
@@ -253,6 +266,21 @@ pub trait Family: Sync {
     ) -> Result<KMeansUpdate, LearningError> {
         let _ = (global, stats);
         Err(not_for(self.family(), "statistics aggregation"))
+    }
+
+    /// The next model of a statistics family after [`Family::aggregate_statistics`],
+    /// with the outputs that received fewer than `min_rows` pooled rows
+    /// re-seeded (from `seed`), and which they were; `None` when none
+    /// starved (or the family has nothing to re-seed).
+    fn reseed_starved(
+        &self,
+        next: &AnyModel,
+        counts: &[u64],
+        min_rows: u64,
+        seed: u64,
+    ) -> Result<Option<(AnyModel, Vec<usize>)>, LearningError> {
+        let _ = (next, counts, min_rows, seed);
+        Ok(None)
     }
 
     /// Evaluates on a test split (`y`: the labels of a supervised family).
@@ -645,6 +673,15 @@ impl Evaluation {
                     a.family()
                 ),
             }),
+        }
+    }
+
+    /// The metrics of a logistic-regression evaluation (`None` for the other
+    /// families, whose metrics are [`Evaluation::quality`]).
+    pub fn metrics(&self) -> Option<crate::metrics::Metrics> {
+        match self {
+            Evaluation::Binary(s) => Some(s.metrics()),
+            _ => None,
         }
     }
 
