@@ -443,7 +443,7 @@ impl ModelMetrics {
         }
         Some(match quality? {
             Quality::Regression(m) => ModelMetrics::Regression(*m),
-            Quality::Multiclass(m) => ModelMetrics::Multiclass(m.clone()),
+            Quality::Multiclass(m) => ModelMetrics::Multiclass(*m),
             Quality::Clustering {
                 examples,
                 inertia,
@@ -701,7 +701,7 @@ impl ModelDocument {
                     self.provenance.clone().with_metrics(metrics),
                 )?))
             }
-            #[cfg(test)]
+            #[cfg(any(test, feature = "testutils"))]
             ModelFamily::Toy => {
                 return Err(
                     ModelFileProblem::Layout("the toy family has no model file".into()).into(),

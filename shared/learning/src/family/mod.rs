@@ -61,7 +61,7 @@ pub mod kmeans;
 pub mod linear;
 pub mod logistic;
 pub mod softmax;
-#[cfg(test)]
+#[cfg(any(test, feature = "testutils"))]
 pub(crate) mod toy;
 
 /// A model family a run can train: its name in run files, model files and on
@@ -80,7 +80,7 @@ pub enum ModelFamily {
     #[serde(rename = "kmeans")]
     KMeans,
     /// A test-only family that shows the generic paths (see `family/toy.rs`).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testutils"))]
     Toy,
 }
 
@@ -354,7 +354,7 @@ impl ModelFamily {
             ModelFamily::LinearRegression => &linear::Linear,
             ModelFamily::SoftmaxRegression => &softmax::Softmax,
             ModelFamily::KMeans => &kmeans::Segments,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "testutils"))]
             ModelFamily::Toy => &toy::Toy,
         }
     }
@@ -366,7 +366,7 @@ impl ModelFamily {
             ModelFamily::LinearRegression => "linear_regression",
             ModelFamily::SoftmaxRegression => "softmax_regression",
             ModelFamily::KMeans => "kmeans",
-            #[cfg(test)]
+            #[cfg(any(test, feature = "testutils"))]
             ModelFamily::Toy => "toy",
         }
     }
