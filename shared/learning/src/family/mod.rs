@@ -631,6 +631,39 @@ impl Evaluation {
         }
     }
 
+    /// Checks a summary received from the network (its counts add up, its
+    /// figures are finite).
+    pub fn check(&self) -> Result<(), LearningError> {
+        match self {
+            Evaluation::Binary(e) => {
+                let bins = crate::metrics::SCORE_BINS;
+                if e.hist_pos.len() != bins || e.hist_neg.len() != bins {
+                    return Err(LearningError::EvaluationCounts {
+                        reason: format!(
+                            "score histograms have {} and {} bins, expected {bins}",
+                            e.hist_pos.len(),
+                            e.hist_neg.len()
+                        ),
+                    });
+                }
+                let pos: u64 = e.hist_pos.iter().sum();
+                let neg: u64 = e.hist_neg.iter().sum();
+                if pos != e.positives || pos + neg != e.examples || !e.loss_sum.is_finite() {
+                    return Err(LearningError::EvaluationCounts {
+                        reason: format!(
+                            "evaluation counts do not add up ({pos} + {neg} in histograms, {} examples, {} positives)",
+                            e.examples, e.positives
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            Evaluation::Regression(s) => s.check(),
+            Evaluation::Multiclass(s) => s.check(),
+            Evaluation::Clustering(s) => s.check(),
+        }
+    }
+
     /// The neutral element of [`Evaluation::merge`] for `family` (`outputs`:
     /// classes of a softmax model).
     pub fn empty(family: ModelFamily, outputs: usize) -> Result<Evaluation, LearningError> {
