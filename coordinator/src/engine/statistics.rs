@@ -23,30 +23,7 @@ impl Run {
                 _ => None,
             })
             .collect();
-        // The federation's template is the one most clients share.
-        let key = |r: &StatsReport| {
-            (
-                r.template.clone(),
-                r.label_column.clone(),
-                r.label_positive.clone(),
-                r.label_kind,
-                r.label_classes.clone(),
-            )
-        };
-        type Key = (FeatureSpec, String, String, LabelKindMsg, Vec<String>);
-        let mut counts: Vec<(Key, usize)> = Vec::new();
-        for (_, r) in &reports {
-            let k = key(r);
-            match counts.iter_mut().find(|(t, _)| *t == k) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((k, 1)),
-            }
-        }
-        let Some((template, label, positive, label_kind, classes)) = counts
-            .iter()
-            .max_by_key(|(_, n)| *n)
-            .map(|(t, _)| t.clone())
-        else {
+        let Some(declared) = Declared::most_shared(&reports) else {
             return self.retry_or_fail(attempt, "statistics: no client answered", |a| {
                 State::Statistics { attempt: a }
             });
@@ -55,12 +32,7 @@ impl Run {
         let mut names = Vec::new();
         let mut rejected = gathered.rejections;
         for (client, report) in reports {
-            if report.template == template
-                && report.label_column == label
-                && report.label_positive == positive
-                && report.label_kind == label_kind
-                && report.label_classes == classes
-            {
+            if declared.is_declared_by(&report) {
                 agreeing.push(report);
                 names.push(client);
             } else {
@@ -100,57 +72,18 @@ impl Run {
             .cloned()
             .zip(agreeing.iter().map(|r| r.train_examples))
             .collect();
-        let family = self.config.model;
-        if let Err(why) = label_fits(family, label_kind, &label, &classes) {
-            return State::Failed(RunError::Schema(why));
-        }
-        let mut spec = global_feature_spec(&template, &agreeing);
-        let mut start = None;
-        if let Some(path) = &self.config.warm_start {
-            let expected = WarmStartTarget {
-                family,
-                label: &label,
-                positive: &positive,
-                classes: &classes,
-                outputs: family
-                    .ops()
-                    .run_outputs(classes.len(), self.config.clusters as usize),
-            };
-            match fedprofile_learning::warm_start(path, &template, &expected) {
-                Ok((features, params)) => {
-                    self.observer.note(&format!(
-                        "warm start from {} (its feature encoding is kept)",
-                        path.display()
-                    ));
-                    spec = features;
-                    start = Some(params);
-                }
-                Err(why) => return State::Failed(RunError::WarmStart(why.to_string())),
-            }
-        }
-        let dim = spec.dim();
-        self.observer.note(&format!(
-            "feature statistics from {} clients ({} training examples): {} model inputs",
-            agreeing.len(),
-            agreeing.iter().map(|r| r.train_examples).sum::<u64>(),
-            dim
-        ));
-        let outputs = family
-            .ops()
-            .run_outputs(classes.len(), self.config.clusters as usize);
-        let params = match start {
-            Some(params) => params,
-            None => match family.initial(dim, outputs, self.config.seed.unwrap_or(0)) {
-                Ok(model) => model.params().clone(),
-                Err(e) => return State::Failed(RunError::InitialModel(e.to_string())),
-            },
+        let global = match self.starting_model(&declared, &agreeing) {
+            Ok(global) => global,
+            Err(e) => return State::Failed(e),
         };
-        self.global = Some(ModelSnapshot {
-            model_type: family.name().to_string(),
-            features: spec,
-            params,
-            outputs,
-        });
+        self.global = Some(global);
+        let Declared {
+            label,
+            positive,
+            kind: label_kind,
+            classes,
+            ..
+        } = declared;
         self.state.target = (label_kind != LabelKindMsg::None).then_some((label, positive));
         self.state.classes = classes;
         if let Err(e) = self.commit(None, 0) {
@@ -160,6 +93,68 @@ impl Run {
             round: 1,
             attempt: 0,
         }
+    }
+
+    /// The run's starting model: the family's initial model on the global
+    /// feature spec, or the warm-start model (whose encoding is kept), once
+    /// the clients' label fits the family.
+    fn starting_model(
+        &mut self,
+        declared: &Declared,
+        agreeing: &[StatsReport],
+    ) -> Result<ModelSnapshot, RunError> {
+        let family = self.config.model;
+        let Declared {
+            template,
+            label,
+            positive,
+            kind,
+            classes,
+        } = declared;
+        label_fits(family, *kind, label, classes).map_err(RunError::Schema)?;
+        let outputs = family
+            .ops()
+            .run_outputs(classes.len(), self.config.clusters as usize);
+        let mut spec = global_feature_spec(template, agreeing);
+        let mut start = None;
+        if let Some(path) = &self.config.warm_start {
+            let expected = WarmStartTarget {
+                family,
+                label,
+                positive,
+                classes,
+                outputs,
+            };
+            let (features, params) = fedprofile_learning::warm_start(path, template, &expected)
+                .map_err(|why| RunError::WarmStart(why.to_string()))?;
+            self.observer.note(&format!(
+                "warm start from {} (its feature encoding is kept)",
+                path.display()
+            ));
+            spec = features;
+            start = Some(params);
+        }
+        let dim = spec.dim();
+        self.observer.note(&format!(
+            "feature statistics from {} clients ({} training examples): {} model inputs",
+            agreeing.len(),
+            agreeing.iter().map(|r| r.train_examples).sum::<u64>(),
+            dim
+        ));
+        let params = match start {
+            Some(params) => params,
+            None => family
+                .initial(dim, outputs, self.config.seed.unwrap_or(0))
+                .map_err(|e| RunError::InitialModel(e.to_string()))?
+                .params()
+                .clone(),
+        };
+        Ok(ModelSnapshot {
+            model_type: family.name().to_string(),
+            features: spec,
+            params,
+            outputs,
+        })
     }
 
     /// A partner whose feature statistics were rejected trains on data the
@@ -177,6 +172,52 @@ impl Run {
             client.to_string(),
             format!("its feature statistics were rejected: {reason}"),
         );
+    }
+}
+
+/// What the clients declare about their data: the feature template and the
+/// label column.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Declared {
+    template: FeatureSpec,
+    label: String,
+    positive: String,
+    kind: LabelKindMsg,
+    classes: Vec<String>,
+}
+
+impl Declared {
+    fn of(r: &StatsReport) -> Declared {
+        Declared {
+            template: r.template.clone(),
+            label: r.label_column.clone(),
+            positive: r.label_positive.clone(),
+            kind: r.label_kind,
+            classes: r.label_classes.clone(),
+        }
+    }
+
+    /// The declaration most clients share (of equals, the last in
+    /// client-id order).
+    fn most_shared(reports: &[(String, StatsReport)]) -> Option<Declared> {
+        let mut counts: Vec<(Declared, usize)> = Vec::new();
+        for (_, r) in reports {
+            let d = Declared::of(r);
+            match counts.iter_mut().find(|(t, _)| *t == d) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((d, 1)),
+            }
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
+    }
+
+    /// Whether `report` declares the same.
+    fn is_declared_by(&self, report: &StatsReport) -> bool {
+        report.template == self.template
+            && report.label_column == self.label
+            && report.label_positive == self.positive
+            && report.label_kind == self.kind
+            && report.label_classes == self.classes
     }
 }
 

@@ -18,78 +18,12 @@ impl Run {
         let Some(global) = self.global.clone() else {
             return State::Failed(RunError::Internal("training without a global model".into()));
         };
-        let (mut selected, population) = match self.in_flight.take() {
-            Some(f) if f.round == round && f.attempt == attempt => (f.selected, f.population),
-            _ => {
-                let connected: Vec<String> = self
-                    .hub
-                    .connected()
-                    .into_iter()
-                    .filter(|c| !self.state.excluded.contains_key(c))
-                    .collect();
-                if connected.is_empty() && !self.state.excluded.is_empty() {
-                    return State::Failed(RunError::CannotTrain(format!(
-                        "round {round}: no connected client can train any more: {}",
-                        self.excluded_list()
-                    )));
-                }
-                let selected = match self.server_dp.as_mut() {
-                    // Client-level DP: Poisson sampling at the charged rate,
-                    // from a CSPRNG (never the run file's seed).
-                    Some(server_dp) => server_dp.sample(&connected),
-                    None => {
-                        let want =
-                            ((self.config.fraction_per_round * connected.len() as f64).ceil()
-                                as usize)
-                                .max(self.config.min_per_round)
-                                .min(connected.len());
-                        connected
-                            .choose_multiple(&mut self.rng, want)
-                            .cloned()
-                            .collect()
-                    }
-                };
-                (selected, connected.len())
-            }
-        };
-        selected.sort();
-        if !matches!(self.config.privacy, PrivacyMode::None) {
-            let in_flight = InFlight {
-                round,
-                attempt,
-                selected: selected.clone(),
-                population,
-            };
-            if let Err(source) = self.sink.begin_attempt(&in_flight) {
-                return State::Failed(RunError::RecordAttempt { round, source });
-            }
-        }
-        let record_dp = match self.config.privacy {
-            PrivacyMode::Record(r) => Some(RecordDpTask {
-                clip_norm: r.clip_norm,
-                noise_multiplier: match r.noise {
-                    RecordNoise::Multiplier(z) => Some(z),
-                    RecordNoise::TargetEpsilon(_) => None,
-                },
-                target_epsilon: match r.noise {
-                    RecordNoise::TargetEpsilon(e) => Some(e),
-                    RecordNoise::Multiplier(_) => None,
-                },
-                delta: r.delta,
-                planned_rounds: self.config.rounds,
-            }),
-            _ => None,
+        let (selected, population) = match self.select(round, attempt) {
+            Ok(selection) => selection,
+            Err(e) => return State::Failed(e),
         };
         let update_clip_norm = self.server_dp.as_ref().map(dp::ServerDp::clip_norm);
-        let train = TrainTask {
-            model: global.clone(),
-            local_epochs: self.config.local_epochs,
-            batch_size: self.config.batch_size,
-            learning_rate: self.config.learning_rate,
-            record_dp,
-            update_clip_norm,
-            prox_mu: self.config.strategy.proximal_mu().unwrap_or(0.0),
-        };
+        let train = self.train_task(&global, update_clip_norm);
         let tasks = self.send_tasks(round, attempt, &selected, |_| {
             TaskBody::Train(train.clone())
         });
@@ -165,24 +99,9 @@ impl Run {
                 (next, aggregated.excluded, loss, epsilon)
             }
             (RoundAggregate::Statistics { update, next }, epsilon) => {
-                // Under record-level DP the counts are noisy: an output with a
-                // handful of (noisy) rows is mostly noise, so outputs below 2% of
-                // the pooled rows are treated as empty.
-                let min_rows = match self.config.privacy {
-                    PrivacyMode::Record(_) => (update.examples as f64 * 0.02).ceil() as u64,
-                    _ => 1,
-                };
-                let seed =
-                    self.config.seed.unwrap_or(0) ^ u64::from(round).wrapping_mul(0x9e37_79b9);
-                let next = match family.reseed_starved(&next, &update.counts, min_rows, seed) {
-                    Ok(None) => next,
-                    Ok(Some((reseeded, starved))) => {
-                        self.observer.note(&format!(
-                            "round {round}: clusters {starved:?} received fewer than {min_rows} rows; re-seeded by splitting the largest clusters"
-                        ));
-                        reseeded
-                    }
-                    Err(e) => return State::Failed(RunError::Internal(e.to_string())),
+                let next = match self.reseed_starved(round, next, &update) {
+                    Ok(next) => next,
+                    Err(e) => return State::Failed(e),
                 };
                 // Mean training inertia of the centroids the clients were sent
                 // (0 under record-level DP, where the inertia is not released).
@@ -233,6 +152,118 @@ impl Run {
             skipped: None,
         };
         self.after_training(record)
+    }
+
+    /// The clients of this attempt (sorted) and the population they were
+    /// drawn from: the attempt in flight when the run stopped, repeated, or a
+    /// new draw; under DP the attempt is recorded before anything is sent.
+    fn select(&mut self, round: u32, attempt: u32) -> Result<(Vec<String>, usize), RunError> {
+        let (mut selected, population) = match self.in_flight.take() {
+            Some(f) if f.round == round && f.attempt == attempt => (f.selected, f.population),
+            _ => {
+                let connected: Vec<String> = self
+                    .hub
+                    .connected()
+                    .into_iter()
+                    .filter(|c| !self.state.excluded.contains_key(c))
+                    .collect();
+                if connected.is_empty() && !self.state.excluded.is_empty() {
+                    return Err(RunError::CannotTrain(format!(
+                        "round {round}: no connected client can train any more: {}",
+                        self.excluded_list()
+                    )));
+                }
+                let selected = match self.server_dp.as_mut() {
+                    // Client-level DP: Poisson sampling at the charged rate,
+                    // from a CSPRNG (never the run file's seed).
+                    Some(server_dp) => server_dp.sample(&connected),
+                    None => {
+                        let want =
+                            ((self.config.fraction_per_round * connected.len() as f64).ceil()
+                                as usize)
+                                .max(self.config.min_per_round)
+                                .min(connected.len());
+                        connected
+                            .choose_multiple(&mut self.rng, want)
+                            .cloned()
+                            .collect()
+                    }
+                };
+                (selected, connected.len())
+            }
+        };
+        selected.sort();
+        if !matches!(self.config.privacy, PrivacyMode::None) {
+            let in_flight = InFlight {
+                round,
+                attempt,
+                selected: selected.clone(),
+                population,
+            };
+            self.sink
+                .begin_attempt(&in_flight)
+                .map_err(|source| RunError::RecordAttempt { round, source })?;
+        }
+        Ok((selected, population))
+    }
+
+    /// The training task of this round.
+    fn train_task(&self, global: &ModelSnapshot, update_clip_norm: Option<f64>) -> TrainTask {
+        let record_dp = match self.config.privacy {
+            PrivacyMode::Record(r) => Some(RecordDpTask {
+                clip_norm: r.clip_norm,
+                noise_multiplier: match r.noise {
+                    RecordNoise::Multiplier(z) => Some(z),
+                    RecordNoise::TargetEpsilon(_) => None,
+                },
+                target_epsilon: match r.noise {
+                    RecordNoise::TargetEpsilon(e) => Some(e),
+                    RecordNoise::Multiplier(_) => None,
+                },
+                delta: r.delta,
+                planned_rounds: self.config.rounds,
+            }),
+            _ => None,
+        };
+        TrainTask {
+            model: global.clone(),
+            local_epochs: self.config.local_epochs,
+            batch_size: self.config.batch_size,
+            learning_rate: self.config.learning_rate,
+            record_dp,
+            update_clip_norm,
+            prox_mu: self.config.strategy.proximal_mu().unwrap_or(0.0),
+        }
+    }
+
+    /// The next model of a statistics family, with its starved outputs
+    /// re-seeded. Under record-level DP the counts are noisy: an output with a
+    /// handful of (noisy) rows is mostly noise, so outputs below 2% of the
+    /// pooled rows are treated as empty.
+    fn reseed_starved(
+        &mut self,
+        round: u32,
+        next: AnyModel,
+        update: &fedprofile_learning::KMeansUpdate,
+    ) -> Result<AnyModel, RunError> {
+        let min_rows = match self.config.privacy {
+            PrivacyMode::Record(_) => (update.examples as f64 * 0.02).ceil() as u64,
+            _ => 1,
+        };
+        let seed = self.config.seed.unwrap_or(0) ^ u64::from(round).wrapping_mul(0x9e37_79b9);
+        match next
+            .ops()
+            .reseed_starved(&next, &update.counts, min_rows, seed)
+        {
+            Ok(None) => Ok(next),
+            Ok(Some((reseeded, starved))) => {
+                self.observer.note(&format!(
+                    "round {round}: clusters {starved:?} received fewer than {min_rows} rows; re-seeded by splitting the largest clusters"
+                ));
+                Ok(reseeded)
+            }
+            Err(e) => Err(RunError::Internal(e.to_string())),
+        }
     }
 
     /// The accepted training answers, in client-id order (the collection
