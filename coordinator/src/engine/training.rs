@@ -99,7 +99,7 @@ impl Run {
                 (next, aggregated.excluded, loss, epsilon)
             }
             (RoundAggregate::Statistics { update, next }, epsilon) => {
-                let next = match self.reseed_starved(round, next, &update) {
+                let next = match self.reseed_starved(round, next, &update.counts, update.examples) {
                     Ok(next) => next,
                     Err(e) => return State::Failed(e),
                 };
@@ -244,17 +244,15 @@ impl Run {
         &mut self,
         round: u32,
         next: AnyModel,
-        update: &fedprofile_learning::KMeansUpdate,
+        counts: &[u64],
+        pooled_rows: u64,
     ) -> Result<AnyModel, RunError> {
         let min_rows = match self.config.privacy {
-            PrivacyMode::Record(_) => (update.examples as f64 * 0.02).ceil() as u64,
+            PrivacyMode::Record(_) => (pooled_rows as f64 * 0.02).ceil() as u64,
             _ => 1,
         };
         let seed = self.config.seed.unwrap_or(0) ^ u64::from(round).wrapping_mul(0x9e37_79b9);
-        match next
-            .ops()
-            .reseed_starved(&next, &update.counts, min_rows, seed)
-        {
+        match next.ops().reseed_starved(&next, counts, min_rows, seed) {
             Ok(None) => Ok(next),
             Ok(Some((reseeded, starved))) => {
                 self.observer.note(&format!(
