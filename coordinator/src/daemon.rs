@@ -19,13 +19,14 @@ use tonic::transport::Server;
 use crate::audit::AuditLog;
 use crate::config::CoordinatorConfig;
 use crate::engine::{
-    Checkpoint, InFlight, Inbound, RejectReason, RoundRecord, RoundSink, Run, RunObserver,
-    RunOutcome, RunSnapshot,
+    Checkpoint, ClientHub, InFlight, Inbound, RejectReason, RoundRecord, RoundSink, Run,
+    RunObserver, RunOutcome, RunSnapshot, SinkError,
 };
 use crate::metrics::{Metrics, Reason};
 use crate::report::{self, ReportError};
 use crate::service::{FederationService, HubListener, IdentityMode, SessionHub};
 use crate::store::{RoundCommit, RunRow, RunState, Store, StoreError};
+use fedprofile_protocol::messages::ServerEvent;
 
 /// Serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +148,80 @@ pub struct Shared {
     /// Recent failed TLS handshakes (who, from where, why), to explain a run
     /// that waits for partners.
     pub handshakes: Arc<crate::tls_reload::HandshakeFailures>,
+    /// The clients the last run's final message was sent to (see [`drain`]).
+    pub farewells: Arc<Farewells>,
+}
+
+/// The clients a run's final message was sent to: a client closes its session
+/// once it has read it, so shutdown waits for these sessions ([`drain`]).
+#[derive(Debug, Default)]
+pub struct Farewells(Mutex<std::collections::BTreeSet<String>>);
+
+impl Farewells {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets the previous run's farewells (a new run starts).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// The clients sent a final message, sorted.
+    pub fn clients(&self) -> Vec<String> {
+        self.lock().iter().cloned().collect()
+    }
+}
+
+/// A hub that remembers who was sent a run's final message.
+struct FarewellHub {
+    inner: Arc<dyn ClientHub>,
+    farewells: Arc<Farewells>,
+}
+
+impl ClientHub for FarewellHub {
+    fn connected(&self) -> Vec<String> {
+        self.inner.connected()
+    }
+
+    fn send(&self, client: &str, event: ServerEvent) -> bool {
+        let last = matches!(event, ServerEvent::Finished { .. });
+        let sent = self.inner.send(client, event);
+        if sent && last {
+            self.farewells.lock().insert(client.to_string());
+        }
+        sent
+    }
+
+    fn drop_session(&self, client: &str, why: &str) -> bool {
+        self.inner.drop_session(client, why)
+    }
+
+    fn why_missing(&self, connected: &[String]) -> Vec<String> {
+        self.inner.why_missing(connected)
+    }
+}
+
+/// How often [`drain`] looks at the sessions.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+/// Waits until none of the clients sent a final message is connected any more
+/// (each has read it and closed its session), or `bound` has passed. Returns
+/// the clients still connected then (their final message may be lost).
+pub async fn drain(hub: &dyn ClientHub, farewells: &Farewells, bound: Duration) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let connected = hub.connected();
+        let waiting: Vec<String> = farewells
+            .clients()
+            .into_iter()
+            .filter(|c| connected.contains(c))
+            .collect();
+        if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
+            return waiting;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
 }
 
 impl Shared {
@@ -302,6 +377,9 @@ impl HubListener for Registry {
     }
 }
 
+/// How long shutdown waits for the sessions to deliver the final message.
+const DRAIN_BOUND: Duration = Duration::from_secs(2);
+
 /// Runs the coordinator until `shutdown` resolves (or, with `exit_when_idle`,
 /// until no run is left). Returns the outcome of the last run it finished.
 pub async fn serve(
@@ -345,6 +423,7 @@ pub async fn serve(
         active: Mutex::new(None),
         state_dir: state_dir.clone(),
         handshakes: Arc::default(),
+        farewells: Arc::default(),
     });
     shared.audit.note(
         "coordinator",
@@ -479,8 +558,15 @@ pub async fn serve(
     shared
         .audit
         .note("coordinator", "coordinator.stop", None, "shutting down");
-    // Let the sessions deliver the final `RunFinished`.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Let the sessions deliver the final `RunFinished` and close (bounded).
+    let left = drain(&*shared.hub, &shared.farewells, DRAIN_BOUND).await;
+    if !left.is_empty() {
+        tracing::warn!(
+            clients = %left.join(","),
+            "sessions still open {} s after the final message; closing them",
+            DRAIN_BOUND.as_secs()
+        );
+    }
     let _ = stop_tx.send(());
     let _ = metrics_stop_tx.send(());
     if let Some(r) = reloader {
@@ -679,12 +765,16 @@ async fn execute(
         print: options.progress,
         repeated: Default::default(),
     };
+    // Only this run's final message is waited for at shutdown.
+    shared.farewells.clear();
     let mut run = Run::new(
         config.clone(),
         row.id.clone(),
         // The sessions, plus who is missing and why (failed handshakes, absent partners).
-        Arc::new(crate::missing::ExplainingHub::new(Arc::clone(shared)))
-            as Arc<dyn crate::engine::ClientHub>,
+        Arc::new(FarewellHub {
+            inner: Arc::new(crate::missing::ExplainingHub::new(Arc::clone(shared))),
+            farewells: Arc::clone(&shared.farewells),
+        }) as Arc<dyn ClientHub>,
         inbox,
         Box::new(observer),
     )
@@ -826,7 +916,7 @@ impl RoundSink for StoreSink {
         &mut self,
         record: Option<&RoundRecord>,
         checkpoint: &Checkpoint,
-    ) -> Result<(), String> {
+    ) -> Result<(), SinkError> {
         let record_json = serde_json::to_string(&record).map_err(|e| e.to_string())?;
         let checkpoint_json = serde_json::to_string(checkpoint).map_err(|e| e.to_string())?;
         let commit = || {
@@ -841,7 +931,7 @@ impl RoundSink for StoreSink {
         // One short SQLite transaction with an fsync: keep it off the async workers.
         if let Err(e) = tokio::task::block_in_place(commit) {
             self.note_damage(&e);
-            return Err(e.to_string());
+            return Err(SinkError(e.to_string()));
         }
         // After the commit: the audit log never shows a round the database
         // does not have (the reverse, after a crash in between, is allowed).
@@ -856,7 +946,7 @@ impl RoundSink for StoreSink {
         Ok(())
     }
 
-    fn begin_attempt(&mut self, attempt: &InFlight) -> Result<(), String> {
+    fn begin_attempt(&mut self, attempt: &InFlight) -> Result<(), SinkError> {
         let json = serde_json::to_string(attempt).map_err(|e| e.to_string())?;
         let write = || {
             self.store
@@ -864,7 +954,7 @@ impl RoundSink for StoreSink {
         };
         tokio::task::block_in_place(write).map_err(|e| {
             self.note_damage(&e);
-            e.to_string()
+            SinkError(e.to_string())
         })
     }
 }
@@ -1014,5 +1104,301 @@ impl RunObserver for DaemonObserver {
             Some(run_id),
             &format!("{task_id}: {reason}"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hub whose sessions are a list the test changes.
+    #[derive(Default)]
+    struct FakeHub {
+        connected: Mutex<Vec<String>>,
+        sent: Mutex<Vec<(String, ServerEvent)>>,
+    }
+
+    impl FakeHub {
+        fn with(clients: &[&str]) -> Arc<FakeHub> {
+            let hub = FakeHub::default();
+            *hub.connected.lock().unwrap() = clients.iter().map(|c| c.to_string()).collect();
+            Arc::new(hub)
+        }
+
+        fn leave(&self, client: &str) {
+            self.connected.lock().unwrap().retain(|c| c != client);
+        }
+    }
+
+    impl ClientHub for FakeHub {
+        fn connected(&self) -> Vec<String> {
+            self.connected.lock().unwrap().clone()
+        }
+        fn send(&self, client: &str, event: ServerEvent) -> bool {
+            let ok = self.connected().iter().any(|c| c == client);
+            if ok {
+                self.sent.lock().unwrap().push((client.to_string(), event));
+            }
+            ok
+        }
+        fn drop_session(&self, client: &str, _why: &str) -> bool {
+            let was = self.connected().iter().any(|c| c == client);
+            self.leave(client);
+            was
+        }
+    }
+
+    fn finished() -> ServerEvent {
+        ServerEvent::Finished {
+            run_id: "r".into(),
+            message: "run finished after 1 rounds".into(),
+        }
+    }
+
+    #[test]
+    fn only_a_delivered_final_message_is_remembered() {
+        let inner = FakeHub::with(&["a", "b"]);
+        let farewells = Arc::new(Farewells::default());
+        let hub = FarewellHub {
+            inner: Arc::clone(&inner) as Arc<dyn ClientHub>,
+            farewells: Arc::clone(&farewells),
+        };
+        assert!(hub.send("a", finished()));
+        assert!(!hub.send("gone", finished()));
+        assert!(hub.send(
+            "b",
+            ServerEvent::Task(fedprofile_protocol::messages::Task {
+                task_id: "t".into(),
+                run_id: "r".into(),
+                round: 0,
+                body: fedprofile_protocol::messages::TaskBody::Stats,
+            })
+        ));
+        assert_eq!(farewells.clients(), vec!["a".to_string()]);
+        assert_eq!(inner.sent.lock().unwrap().len(), 2);
+        farewells.clear();
+        assert!(farewells.clients().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_for_the_sessions_to_close_then_returns() {
+        let hub = FakeHub::with(&["a", "b", "idle"]);
+        let farewells = Farewells::default();
+        farewells.lock().extend(["a".to_string(), "b".to_string()]);
+        let closer = {
+            let hub = Arc::clone(&hub);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                hub.leave("a");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                hub.leave("b");
+            })
+        };
+        let started = tokio::time::Instant::now();
+        let left = drain(&*hub, &farewells, Duration::from_secs(2)).await;
+        closer.await.unwrap();
+        // Both read their final message and closed; "idle" was never sent one.
+        assert!(left.is_empty(), "{left:?}");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_is_bounded_and_names_the_sessions_left_open() {
+        let hub = FakeHub::with(&["a", "stuck"]);
+        let farewells = Farewells::default();
+        farewells
+            .lock()
+            .extend(["a".to_string(), "stuck".to_string()]);
+        hub.leave("a");
+        let started = tokio::time::Instant::now();
+        let left = drain(&*hub, &farewells, Duration::from_secs(2)).await;
+        assert_eq!(left, vec!["stuck".to_string()]);
+        assert!(started.elapsed() >= Duration::from_secs(2));
+        // Nobody sent a final message: nothing to wait for.
+        let none = Farewells::default();
+        let started = tokio::time::Instant::now();
+        assert!(drain(&*hub, &none, Duration::from_secs(2)).await.is_empty());
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    const RUN: &str = r#"
+[run]
+name = "daemon-test"
+rounds = 2
+model = "logistic_regression"
+
+[clients]
+fraction_per_round = 1.0
+min_per_round = 1
+min_connected_to_start = 1
+start_timeout_secs = 600
+
+[round]
+deadline_secs = 30
+eval_every = 1
+max_retries = 0
+
+[training]
+local_epochs = 1
+batch_size = 32
+learning_rate = 0.1
+"#;
+
+    fn shared(dir: &Path) -> Arc<Shared> {
+        let state = crate::state::open(dir, false).unwrap();
+        let (tx, _rx) = mpsc::channel(16);
+        Arc::new(Shared {
+            store: state.store,
+            audit: state.audit,
+            metrics: Arc::new(Metrics::new()),
+            hub: SessionHub::new(tx),
+            queue: Notify::new(),
+            active: Mutex::new(None),
+            state_dir: dir.to_path_buf(),
+            handshakes: Arc::default(),
+            farewells: Arc::default(),
+        })
+    }
+
+    fn options(dir: &Path) -> ServeOptions {
+        ServeOptions {
+            config: CoordinatorConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                max_message_bytes: 1 << 20,
+                tls: None,
+                crl: None,
+                state_dir: dir.to_path_buf(),
+                metrics_listen: None,
+            },
+            queue_run: None,
+            out_dir: None,
+            exit_when_idle: true,
+            insecure: true,
+            addr_file: None,
+            progress: false,
+            accept_state_loss: false,
+        }
+    }
+
+    #[test]
+    fn queued_runs_are_trained_in_the_order_they_were_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let origin = Path::new("run.toml");
+        let first = queue_run(&shared, RUN, origin, "test").unwrap();
+        let second = queue_run(&shared, RUN, origin, "test").unwrap();
+        assert_ne!(first.id, second.id);
+        assert_eq!(shared.store.next_queued().unwrap().unwrap().id, first.id);
+        shared
+            .store
+            .set_run_state(&first.id, RunState::Finished, &now(), None)
+            .unwrap();
+        assert_eq!(shared.store.next_queued().unwrap().unwrap().id, second.id);
+    }
+
+    fn checkpoint_json(round: u32) -> String {
+        serde_json::json!({
+            "round": round,
+            "model": {
+                "model_type": "logistic_regression",
+                "features": {"columns": []},
+                "params": [0.5],
+                "outputs": 1
+            },
+            "target": ["churn", "yes"],
+            "contributors": ["a"],
+            "rejections": {},
+            "refusals": {},
+            "not_private": [],
+            "server_clip_norm": null
+        })
+        .to_string()
+    }
+
+    fn commit(shared: &Shared, run_id: &str, round: u32, checkpoint_json: &str) {
+        shared
+            .store
+            .commit_round(&RoundCommit {
+                run_id,
+                round,
+                record_json: "null",
+                checkpoint_json,
+                committed_at: &now(),
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_run_resumes_from_its_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let row = queue_run(&shared, RUN, Path::new("run.toml"), "test").unwrap();
+        commit(&shared, &row.id, 0, &checkpoint_json(0));
+        commit(&shared, &row.id, 1, &checkpoint_json(1));
+        let (checkpoint, rounds, in_flight) = resumable_state(&shared, &row).unwrap();
+        let checkpoint = checkpoint.unwrap();
+        assert_eq!(checkpoint.round, 1);
+        assert_eq!(checkpoint.model.params, vec![0.5]);
+        assert!(checkpoint.state.contributors.contains("a"));
+        assert!(rounds.is_empty() && in_flight.is_none());
+    }
+
+    #[test]
+    fn a_corrupt_checkpoint_is_an_error_naming_the_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let row = queue_run(&shared, RUN, Path::new("run.toml"), "test").unwrap();
+        commit(&shared, &row.id, 0, &checkpoint_json(0));
+        commit(
+            &shared,
+            &row.id,
+            1,
+            "{\"round\": 1, \"model\": \"garbage\"}",
+        );
+        let why = resumable_state(&shared, &row).unwrap_err();
+        assert!(why.contains("checkpoint of round 1"), "{why}");
+        assert!(why.contains("not restarted from round 0"), "{why}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_run_is_recorded_as_cancelled_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let options = options(dir.path());
+        let row = queue_run(&shared, RUN, Path::new("run.toml"), "test").unwrap();
+        let id = row.id.clone();
+        let (_tx, inbox) = mpsc::channel(16);
+        let run = {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move { execute(&shared, row, inbox, &options).await })
+        };
+        // No client connects: the run waits until it is cancelled.
+        let mut cancelled = false;
+        for _ in 0..500 {
+            cancelled = shared.with_active(|a| {
+                a.filter(|a| a.run_id == id)
+                    .is_some_and(|a| a.cancel.send(Some("operator said stop".into())).is_ok())
+            });
+            if cancelled {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(cancelled, "the run never became active");
+        let (outcome, _) = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the cancelled run did not stop")
+            .unwrap()
+            .unwrap();
+        let outcome = outcome.unwrap();
+        assert_eq!(outcome.cancelled.as_deref(), Some("operator said stop"));
+        assert_eq!(
+            outcome.failure.as_deref(),
+            Some("cancelled: operator said stop")
+        );
+        let stored = shared.store.run(&id).unwrap().unwrap();
+        assert_eq!(stored.state, RunState::Cancelled);
     }
 }

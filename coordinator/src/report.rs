@@ -4,11 +4,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use fedprofile_learning::model_file::{ModelFile, Provenance, Target};
+use fedprofile_learning::model_file::Target;
 use fedprofile_learning::{
-    KMeans, KMeansFile, KMeansMetrics, LinearRegression, LinearRegressionFile, ModelFamily,
-    ModelFileV2, Quality, RunProvenance, SoftmaxRegression, SoftmaxRegressionFile, TargetColumn,
+    AnyModel, ModelDocument, ModelFamily, ModelMetrics, ModelTarget, Quality, RunProvenance,
 };
+use fedprofile_protocol::messages::ModelSnapshot;
 use serde::Serialize;
 
 use crate::engine::{RoundRecord, RunObserver, RunOutcome, RunSnapshot};
@@ -303,6 +303,40 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
+/// Writes `model.json` through [`ModelDocument`], the one writer of every
+/// family (atomically, in the file version its family is written in).
+fn write_model(
+    dir: &Path,
+    outcome: &RunOutcome,
+    model: &ModelSnapshot,
+    target: &Target,
+    created_at: &str,
+) -> Result<(), ReportError> {
+    let err = |e: &dyn std::fmt::Display| ReportError::Model(e.to_string());
+    let family = ModelFamily::parse(&model.model_type)
+        .ok_or_else(|| ReportError::Model(format!("unknown model type '{}'", model.model_type)))?;
+    let last_metrics = outcome.rounds.iter().rev().find_map(|r| r.metrics);
+    let last_quality = outcome.rounds.iter().rev().find_map(|r| r.quality.as_ref());
+    let doc = ModelDocument::new(
+        AnyModel::from_parts(family, model.params.clone(), model.outputs).map_err(|e| err(&e))?,
+        model.features.clone(),
+        ModelTarget {
+            column: target.column.clone(),
+            positive_value: Some(target.positive_value.clone()),
+        },
+        outcome.classes.clone(),
+        RunProvenance {
+            run_id: outcome.run_id.clone(),
+            rounds: outcome.rounds.len() as u32,
+            clients: outcome.contributors.clone(),
+            created_at: created_at.to_string(),
+            metrics: ModelMetrics::of_round(last_metrics, last_quality),
+        },
+    )
+    .map_err(|e| err(&e))?;
+    doc.save(dir.join("model.json")).map_err(|e| err(&e))
+}
+
 /// Writes `model.json`, `metrics.csv` and `summary.json` into `dir`.
 pub fn write_outputs(
     dir: &Path,
@@ -316,113 +350,8 @@ pub fn write_outputs(
     })?;
     let last_metrics = outcome.rounds.iter().rev().find_map(|r| r.metrics);
     let last_quality = outcome.rounds.iter().rev().find_map(|r| r.quality.as_ref());
-    let family = outcome
-        .model
-        .as_ref()
-        .and_then(|m| ModelFamily::parse(&m.model_type));
-
-    if let Some(model) = &outcome.model
-        && family != Some(ModelFamily::LogisticRegression)
-    {
-        let err = |e: &dyn std::fmt::Display| ReportError::Model(e.to_string());
-        fn provenance<M>(
-            outcome: &RunOutcome,
-            created_at: &str,
-            metrics: Option<M>,
-        ) -> RunProvenance<M> {
-            RunProvenance {
-                run_id: outcome.run_id.clone(),
-                rounds: outcome.rounds.len() as u32,
-                clients: outcome.contributors.clone(),
-                created_at: created_at.to_string(),
-                metrics,
-            }
-        }
-        let target = TargetColumn {
-            column: target.column.clone(),
-        };
-        let file: ModelFileV2 = match family {
-            Some(ModelFamily::LinearRegression) => LinearRegressionFile::new(
-                target,
-                model.features.clone(),
-                &LinearRegression::from_params(model.params.clone()).map_err(|e| err(&e))?,
-                provenance(
-                    outcome,
-                    created_at,
-                    last_quality.and_then(|q| match q {
-                        Quality::Regression(m) => Some(*m),
-                        _ => None,
-                    }),
-                ),
-            )
-            .map_err(|e| err(&e))?
-            .into(),
-            Some(ModelFamily::SoftmaxRegression) => SoftmaxRegressionFile::new(
-                target,
-                outcome.classes.clone(),
-                model.features.clone(),
-                &SoftmaxRegression::from_params(model.params.clone(), model.outputs)
-                    .map_err(|e| err(&e))?,
-                provenance(
-                    outcome,
-                    created_at,
-                    last_quality.and_then(|q| match q {
-                        Quality::Multiclass(m) => Some(*m),
-                        _ => None,
-                    }),
-                ),
-            )
-            .map_err(|e| err(&e))?
-            .into(),
-            Some(ModelFamily::KMeans) => KMeansFile::new(
-                model.features.clone(),
-                &KMeans::from_params(model.params.clone(), model.outputs).map_err(|e| err(&e))?,
-                provenance(
-                    outcome,
-                    created_at,
-                    last_quality.and_then(|q| match q {
-                        Quality::Clustering {
-                            examples,
-                            inertia,
-                            counts,
-                            ..
-                        } => Some(KMeansMetrics {
-                            examples: *examples,
-                            inertia: *inertia,
-                            counts: counts.clone(),
-                        }),
-                        _ => None,
-                    }),
-                ),
-            )
-            .map_err(|e| err(&e))?
-            .into(),
-            _ => {
-                return Err(ReportError::Model(format!(
-                    "unknown model type '{}'",
-                    model.model_type
-                )));
-            }
-        };
-        file.save(dir.join("model.json")).map_err(|e| err(&e))?;
-    } else if let Some(model) = &outcome.model {
-        let lr = fedprofile_learning::LogisticRegression::from_params(model.params.clone())
-            .map_err(|e| ReportError::Model(e.to_string()))?;
-        let file = ModelFile::new(
-            target.clone(),
-            model.features.clone(),
-            &lr,
-            Provenance {
-                run_id: outcome.run_id.clone(),
-                rounds: outcome.rounds.len() as u32,
-                clients: outcome.contributors.clone(),
-                created_at: created_at.to_string(),
-                metrics: last_metrics,
-            },
-        )
-        .map_err(|e| ReportError::Model(e.to_string()))?;
-        file.save(dir.join("model.json"))
-            .map_err(|e| ReportError::Model(e.to_string()))?;
+    if let Some(model) = &outcome.model {
+        write_model(dir, outcome, model, target, created_at)?;
     }
 
     let mut csv = csv::Writer::from_writer(Vec::new());

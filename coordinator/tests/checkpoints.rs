@@ -42,7 +42,7 @@ fn checkpoints_of_every_family_written_by_the_previous_coordinator_load() {
             checkpoint.model.params.iter().all(|p| p.is_finite()),
             "{stem}"
         );
-        assert_eq!(checkpoint.reported_examples.len(), 4, "{stem}");
+        assert_eq!(checkpoint.state.reported_examples.len(), 4, "{stem}");
         // Serialising again and reading back gives the same checkpoint.
         let again: Checkpoint =
             serde_json::from_str(&serde_json::to_string(&checkpoint).unwrap()).unwrap();

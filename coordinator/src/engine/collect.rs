@@ -3,8 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use fedprofile_learning::Evaluation;
-use fedprofile_learning::metrics::SCORE_BINS;
 use fedprofile_protocol::messages::{ClientReply, RefusalKind, ResultBody, TaskKind};
 
 /// Everything ever sent in this run: task id -> who, which round, what kind.
@@ -409,33 +407,9 @@ impl Collector {
                 }
                 Ok(())
             }
-            ResultBody::Eval(Evaluation::Regression(s)) => s
+            ResultBody::Eval(e) => e
                 .check()
                 .map_err(|e| RejectReason::Inconsistent(e.to_string())),
-            ResultBody::Eval(Evaluation::Multiclass(s)) => s
-                .check()
-                .map_err(|e| RejectReason::Inconsistent(e.to_string())),
-            ResultBody::Eval(Evaluation::Clustering(s)) => s
-                .check()
-                .map_err(|e| RejectReason::Inconsistent(e.to_string())),
-            ResultBody::Eval(Evaluation::Binary(e)) => {
-                if e.hist_pos.len() != SCORE_BINS || e.hist_neg.len() != SCORE_BINS {
-                    return Err(RejectReason::Inconsistent(format!(
-                        "score histograms have {} and {} bins, expected {SCORE_BINS}",
-                        e.hist_pos.len(),
-                        e.hist_neg.len()
-                    )));
-                }
-                let pos: u64 = e.hist_pos.iter().sum();
-                let neg: u64 = e.hist_neg.iter().sum();
-                if pos != e.positives || pos + neg != e.examples || !e.loss_sum.is_finite() {
-                    return Err(RejectReason::Inconsistent(format!(
-                        "evaluation counts do not add up ({pos} + {neg} in histograms, {} examples, {} positives)",
-                        e.examples, e.positives
-                    )));
-                }
-                Ok(())
-            }
             ResultBody::Stats(s) => check_stats(s),
         }
     }

@@ -1,23 +1,42 @@
-//! The round engine: one federated run as an explicit state machine.
+//! The round engine: one federated run as an explicit state machine, one
+//! file per phase (in the xaynet style).
 //!
 //! ```text
 //!  WaitingForClients ──► Statistics ──► Training(r) ──► Evaluating(r) ──► Training(r+1) … ──► Finished
 //!        │                   │              │ (missed minimum: retry,         │
 //!        └── timeout ──► Failed ◄───────────┘  then Failed)                   └─ only every k rounds
+//!
+//!  any state except Finished/Failed ── operator cancels ──► Cancelled
 //! ```
 //!
-//! - **WaitingForClients**: until `min_connected_to_start` clients are connected
-//!   (bounded by `start_timeout`).
-//! - **Statistics**: every connected client reports its feature template and per-column
-//!   counts and sums (never rows); the engine builds the global feature spec
-//!   (federated mean and standard deviation) and a zero model.
-//! - **Training(r)**: select clients (fraction, minimum), send the global model,
-//!   collect updates until all selected answered or the deadline passed with at
-//!   least the minimum, then aggregate (FedAvg weighted by examples). Bad updates are
+//! - **WaitingForClients** (`waiting.rs`): until `min_connected_to_start`
+//!   clients are connected (bounded by `start_timeout`).
+//! - **Statistics** (`statistics.rs`, `feature_stats.rs`): every connected
+//!   client reports its feature template and per-column counts and sums (never
+//!   rows); the engine builds the global feature spec (federated mean and
+//!   standard deviation) and the family's initial model (or a warm-start
+//!   model, checked by `fedprofile_learning::warm_start`).
+//! - **Training(r)** (`training.rs`): select clients (fraction, minimum),
+//!   send the global model, collect updates until all selected answered or the
+//!   deadline passed with at least the minimum, then aggregate the way the
+//!   run's family does (`fedprofile_learning::aggregate_round`: deltas through
+//!   the run's strategy, statistics through the family). Bad updates are
 //!   rejected, logged and counted; a round that misses its minimum is retried.
-//! - **Evaluating(r)**: every connected client evaluates the global model on its
-//!   test split; figures are pooled exactly (confusion counts, loss sums, merged
-//!   score histograms for the AUC).
+//! - **Evaluating(r)** (`evaluation.rs`): every connected client evaluates the
+//!   global model on its test split; the family's summaries are pooled exactly
+//!   (confusion counts, loss sums, merged score histograms for the AUC …).
+//! - **Finished / Failed / Cancelled** (`finishing.rs`): a round is committed
+//!   (durable, with its checkpoint) before the next starts; a failure is a
+//!   [`RunError`], whose sentence is the run's failure reason.
+//!
+//! Every collection returns the answers sorted by client id
+//! (`sessions.rs`), so everything pooled from them (statistics, aggregates,
+//! evaluations) is summed in a fixed order and a seeded run is bit-for-bit
+//! reproducible whatever order the clients answer in.
+//!
+//! The durable part of a run is one value, [`RunState`]; a [`Checkpoint`] is
+//! that value with the round and the global model, and resuming a run is
+//! taking it back.
 //!
 //! A client that lets `clients.max_missed_tasks` tasks in a row pass their
 //! deadline without a result or a refusal has its session closed
@@ -30,18 +49,37 @@
 
 mod collect;
 pub mod dp;
-mod phases;
+mod evaluation;
+mod feature_stats;
+mod finishing;
+mod sessions;
+mod statistics;
+mod training;
+mod waiting;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use fedprofile_config::run::{PrivacyMode, RecordNoise};
 use fedprofile_learning::metrics::Metrics;
-use fedprofile_learning::{FeatureSpec, Quality};
-use fedprofile_protocol::messages::{ClientReply, ModelSnapshot, RefusalKind, ServerEvent};
+use fedprofile_learning::strategy::ClientUpdate;
+use fedprofile_learning::{
+    AnyModel, ClusterStats, Evaluation, FeatureSpec, LabelNeed, ModelFamily, Quality,
+    RoundAggregate, RoundUpdates, WarmStartTarget, aggregate_round,
+};
+use fedprofile_protocol::messages::{
+    ClientReply, LabelKindMsg, ModelSnapshot, RecordDpTask, RefusalKind, ResultBody, ServerEvent,
+    StatsReport, Task, TaskBody, TaskKind, TrainReport, TrainTask,
+};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
 use tokio::sync::mpsc;
+use tokio::time::timeout_at;
+
+use feature_stats::{global_feature_spec, stats_outliers};
+use sessions::Next;
 
 pub use collect::{Collector, Offer, RejectReason, TaskBook};
 
@@ -192,27 +230,24 @@ fn one() -> usize {
     1
 }
 
-/// Everything needed to continue a run after the round it was taken at
-/// (round 0: after the statistics phase).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Checkpoint {
-    /// The last completed round.
-    pub round: u32,
-    /// The global model after that round.
-    pub model: CheckpointModel,
+/// The durable state of a run besides its round and model: everything a
+/// resumed run takes back. Serialised (flattened) inside a [`Checkpoint`], in
+/// the JSON format every earlier coordinator wrote.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunState {
     /// Label column and positive value.
     pub target: Option<(String, String)>,
     /// Class names of a multi-class label.
     #[serde(default)]
     pub classes: Vec<String>,
     /// Clients with an accepted update so far.
-    pub contributors: Vec<String>,
+    pub contributors: BTreeSet<String>,
     /// Rejections so far, by reason.
     pub rejections: BTreeMap<String, u64>,
     /// Refusals so far, by client.
     pub refusals: BTreeMap<String, String>,
     /// Clients that sent non-private (test-seeded) updates.
-    pub not_private: Vec<String>,
+    pub not_private: BTreeSet<String>,
     /// The adaptive clip norm of client-level DP.
     pub server_clip_norm: Option<f64>,
     /// Clients left out of the rest of the run because they refused for good
@@ -223,6 +258,20 @@ pub struct Checkpoint {
     /// bound on what its updates may claim).
     #[serde(default)]
     pub reported_examples: BTreeMap<String, u64>,
+}
+
+/// Everything needed to continue a run after the round it was taken at
+/// (round 0: after the statistics phase): the round, the global model and the
+/// [`RunState`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// The last completed round.
+    pub round: u32,
+    /// The global model after that round.
+    pub model: CheckpointModel,
+    /// The rest of the durable state.
+    #[serde(flatten)]
+    pub state: RunState,
 }
 
 /// The attempt of a round that was sent out when the run stopped; a resumed
@@ -240,6 +289,75 @@ pub struct InFlight {
     pub population: usize,
 }
 
+/// Why a [`RoundSink`] could not persist a round or an attempt (one sentence).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkError(pub String);
+
+impl From<String> for SinkError {
+    fn from(why: String) -> SinkError {
+        SinkError(why)
+    }
+}
+
+/// Why a run stopped early; its `Display` is the failure reason operators see
+/// (in `summary.json`, the database and the clients' final message).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RunError {
+    /// Too few clients connected in time (with who is missing and why).
+    #[error("{0}")]
+    NotEnoughClients(String),
+    /// The federation service stopped (its inbox closed).
+    #[error("the federation service stopped")]
+    ServiceStopped,
+    /// The run file's strategy cannot be built.
+    #[error("strategy: {0}")]
+    Strategy(String),
+    /// Client-level DP cannot be set up (ledger, parameters).
+    #[error("{0}")]
+    Privacy(String),
+    /// The clients' schema does not fit the run's family.
+    #[error("{0}")]
+    Schema(String),
+    /// The warm-start model cannot be used.
+    #[error("warm start: {0}")]
+    WarmStart(String),
+    /// The family's initial model cannot be built.
+    #[error("cannot build the initial model: {0}")]
+    InitialModel(String),
+    /// A round (0: the statistics) could not be committed.
+    #[error("cannot persist round {round}: {source}")]
+    Persist {
+        /// The round.
+        round: u32,
+        /// The sink's reason.
+        source: SinkError,
+    },
+    /// An attempt could not be recorded before it was sent (DP runs).
+    #[error("round {round}: cannot record the attempt before sending it: {source}")]
+    RecordAttempt {
+        /// The round.
+        round: u32,
+        /// The sink's reason.
+        source: SinkError,
+    },
+    /// A round cannot go on (e.g. client-level DP refused to release it).
+    #[error("round {0}: {1}")]
+    Round(u32, String),
+    /// A phase failed and has no retries left (the sentence says why).
+    #[error("{0}; no retries left")]
+    RetriesExhausted(String),
+    /// Too few clients can still train, so no retry can succeed.
+    #[error("{0}")]
+    CannotTrain(String),
+    /// The operator cancelled the run.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+    /// A broken invariant of the engine.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
 /// Where finished rounds are made durable. A round is committed before the next
 /// one starts; if the commit fails, the run stops.
 pub trait RoundSink: Send {
@@ -248,11 +366,11 @@ pub trait RoundSink: Send {
         &mut self,
         record: Option<&RoundRecord>,
         checkpoint: &Checkpoint,
-    ) -> Result<(), String>;
+    ) -> Result<(), SinkError>;
 
     /// Persists the attempt about to be sent (under DP, before any task goes
     /// out), so a resumed run can repeat it exactly. The default keeps nothing.
-    fn begin_attempt(&mut self, _attempt: &InFlight) -> Result<(), String> {
+    fn begin_attempt(&mut self, _attempt: &InFlight) -> Result<(), SinkError> {
         Ok(())
     }
 }
@@ -262,7 +380,7 @@ pub trait RoundSink: Send {
 pub struct NoSink;
 
 impl RoundSink for NoSink {
-    fn commit(&mut self, _: Option<&RoundRecord>, _: &Checkpoint) -> Result<(), String> {
+    fn commit(&mut self, _: Option<&RoundRecord>, _: &Checkpoint) -> Result<(), SinkError> {
         Ok(())
     }
 }
@@ -315,7 +433,7 @@ enum State {
     Training { round: u32, attempt: u32 },
     Evaluating { record: Box<RoundRecord> },
     Finished,
-    Failed(String),
+    Failed(RunError),
     Cancelled(String),
 }
 
@@ -328,24 +446,18 @@ pub struct Run {
     observer: Box<dyn RunObserver>,
     rng: StdRng,
     book: TaskBook,
-    features: Option<FeatureSpec>,
-    target: Option<(String, String)>,
-    classes: Vec<String>,
+    /// The durable state (see [`RunState`]).
+    state: RunState,
     global: Option<ModelSnapshot>,
     rounds: Vec<RoundRecord>,
-    rejections: BTreeMap<String, u64>,
-    refusals: BTreeMap<String, String>,
-    contributors: std::collections::BTreeSet<String>,
     ledger_path: Option<std::path::PathBuf>,
     server_dp: Option<dp::ServerDp>,
-    not_private: std::collections::BTreeSet<String>,
     sink: Box<dyn RoundSink>,
     tail: std::collections::VecDeque<ndarray::Array1<f64>>,
     strategy: Option<Box<dyn fedprofile_learning::strategy::ServerStrategy>>,
-    resume: Option<Checkpoint>,
+    /// The round of the checkpoint the run resumed from.
+    resumed: Option<u32>,
     in_flight: Option<InFlight>,
-    excluded: BTreeMap<String, String>,
-    reported_examples: BTreeMap<String, u64>,
     cancel: Option<tokio::sync::watch::Receiver<Option<String>>>,
     /// Tasks each client missed in a row (deadline passed without an answer).
     missed: BTreeMap<String, u32>,
@@ -378,24 +490,16 @@ impl Run {
             observer,
             rng,
             book: TaskBook::default(),
-            features: None,
-            target: None,
-            classes: Vec::new(),
+            state: RunState::default(),
             global: None,
             rounds: Vec::new(),
-            rejections: BTreeMap::new(),
-            refusals: BTreeMap::new(),
-            contributors: Default::default(),
             ledger_path: None,
             server_dp: None,
-            not_private: Default::default(),
             sink: Box::new(NoSink),
             tail: Default::default(),
             strategy: None,
-            resume: None,
+            resumed: None,
             in_flight: None,
-            excluded: BTreeMap::new(),
-            reported_examples: BTreeMap::new(),
             cancel: None,
             missed: BTreeMap::new(),
         }
@@ -409,23 +513,20 @@ impl Run {
 
     /// Continues a run from its last committed round (`rounds`: the records so far).
     pub fn resume_from(mut self, checkpoint: Checkpoint, rounds: Vec<RoundRecord>) -> Run {
+        let Checkpoint {
+            round,
+            model,
+            state,
+        } = checkpoint;
         self.global = Some(ModelSnapshot {
-            model_type: checkpoint.model.model_type.clone(),
-            features: checkpoint.model.features.clone(),
-            params: ndarray::Array1::from_vec(checkpoint.model.params.clone()),
-            outputs: checkpoint.model.outputs,
+            model_type: model.model_type,
+            features: model.features,
+            params: ndarray::Array1::from_vec(model.params),
+            outputs: model.outputs,
         });
-        self.classes = checkpoint.classes.clone();
-        self.features = Some(checkpoint.model.features.clone());
-        self.target = checkpoint.target.clone();
-        self.contributors = checkpoint.contributors.iter().cloned().collect();
-        self.rejections = checkpoint.rejections.clone();
-        self.refusals = checkpoint.refusals.clone();
-        self.not_private = checkpoint.not_private.iter().cloned().collect();
-        self.excluded = checkpoint.excluded.clone();
-        self.reported_examples = checkpoint.reported_examples.clone();
+        self.state = state;
         self.rounds = rounds;
-        self.resume = Some(checkpoint);
+        self.resumed = Some(round);
         self
     }
 
@@ -463,6 +564,8 @@ impl Run {
 
     fn checkpoint(&self, round: u32) -> Option<Checkpoint> {
         let global = self.global.as_ref()?;
+        let mut state = self.state.clone();
+        state.server_clip_norm = self.server_dp.as_ref().map(dp::ServerDp::clip_norm);
         Some(Checkpoint {
             round,
             model: CheckpointModel {
@@ -471,26 +574,18 @@ impl Run {
                 params: global.params.to_vec(),
                 outputs: global.outputs,
             },
-            target: self.target.clone(),
-            classes: self.classes.clone(),
-            contributors: self.contributors.iter().cloned().collect(),
-            rejections: self.rejections.clone(),
-            refusals: self.refusals.clone(),
-            not_private: self.not_private.iter().cloned().collect(),
-            server_clip_norm: self.server_dp.as_ref().map(dp::ServerDp::clip_norm),
-            excluded: self.excluded.clone(),
-            reported_examples: self.reported_examples.clone(),
+            state,
         })
     }
 
     /// Commits round `round` (0: after statistics); `Err` stops the run.
-    fn commit(&mut self, record: Option<&RoundRecord>, round: u32) -> Result<(), String> {
+    fn commit(&mut self, record: Option<&RoundRecord>, round: u32) -> Result<(), RunError> {
         let Some(checkpoint) = self.checkpoint(round) else {
-            return Err("internal: no global model to checkpoint".into());
+            return Err(RunError::Internal("no global model to checkpoint".into()));
         };
         self.sink
             .commit(record, &checkpoint)
-            .map_err(|e| format!("cannot persist round {round}: {e}"))
+            .map_err(|source| RunError::Persist { round, source })
     }
 
     /// The operator's cancellation reason, if any.
@@ -510,7 +605,7 @@ impl Run {
         let mut state = State::WaitingForClients;
         match self.config.strategy.build() {
             Ok(strategy) => self.strategy = Some(strategy),
-            Err(e) => state = State::Failed(format!("strategy: {e}")),
+            Err(e) => state = State::Failed(RunError::Strategy(e.to_string())),
         }
         if let fedprofile_config::run::PrivacyMode::Client(cfg) = self.config.privacy {
             match dp::ServerDp::new(
@@ -519,7 +614,7 @@ impl Run {
                 self.ledger_path.as_deref(),
             ) {
                 Ok(mut server_dp) => {
-                    if let Some(clip) = self.resume.as_ref().and_then(|c| c.server_clip_norm) {
+                    if let Some(clip) = self.resumed.and(self.state.server_clip_norm) {
                         server_dp.set_clip_norm(clip);
                     }
                     self.observer.note(&format!(
@@ -528,7 +623,7 @@ impl Run {
                     ));
                     self.server_dp = Some(server_dp);
                 }
-                Err(e) => state = State::Failed(e.to_string()),
+                Err(e) => state = State::Failed(RunError::Privacy(e.to_string())),
             }
         }
         let (failure, cancelled) = loop {
@@ -546,8 +641,13 @@ impl Run {
                 State::Training { round, attempt } => self.train_round(round, attempt).await,
                 State::Evaluating { record } => self.evaluate(*record).await,
                 State::Finished => break (None, None),
-                State::Failed(why) => break (Some(why), None),
-                State::Cancelled(why) => break (Some(format!("cancelled: {why}")), Some(why)),
+                State::Failed(error) => break (Some(error.to_string()), None),
+                State::Cancelled(why) => {
+                    break (
+                        Some(RunError::Cancelled(why.clone()).to_string()),
+                        Some(why),
+                    );
+                }
             };
         };
         let message = match &failure {
@@ -572,13 +672,13 @@ impl Run {
             failure,
             model: released,
             rounds: self.rounds,
-            rejections: self.rejections,
-            refusals: self.refusals,
-            excluded: self.excluded,
-            contributors: self.contributors.into_iter().collect(),
-            not_private: self.not_private.into_iter().collect(),
-            target: self.target,
-            classes: self.classes,
+            rejections: self.state.rejections,
+            refusals: self.state.refusals,
+            excluded: self.state.excluded,
+            contributors: self.state.contributors.into_iter().collect(),
+            not_private: self.state.not_private.into_iter().collect(),
+            target: self.state.target,
+            classes: self.state.classes,
         };
         (outcome, self.inbox)
     }
@@ -593,7 +693,11 @@ impl Run {
             reason = reason.key(),
             "update rejected: {reason}"
         );
-        *self.rejections.entry(reason.key().to_string()).or_default() += 1;
+        *self
+            .state
+            .rejections
+            .entry(reason.key().to_string())
+            .or_default() += 1;
     }
 }
 

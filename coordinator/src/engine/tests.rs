@@ -581,7 +581,11 @@ async fn a_family_that_needs_another_label_fails_after_statistics_with_the_reaso
 struct Keep(Arc<Mutex<Vec<Checkpoint>>>);
 
 impl RoundSink for Keep {
-    fn commit(&mut self, _: Option<&RoundRecord>, checkpoint: &Checkpoint) -> Result<(), String> {
+    fn commit(
+        &mut self,
+        _: Option<&RoundRecord>,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), SinkError> {
         self.0.lock().unwrap().push(checkpoint.clone());
         Ok(())
     }
@@ -639,7 +643,7 @@ async fn a_kmeans_run_resumes_from_its_checkpoint_with_its_clusters() {
 fn checkpoints_written_before_model_families_still_load() {
     let old = r#"{"round":3,"model":{"model_type":"logistic_regression","features":{"columns":[]},"params":[0.5]},"target":["y","yes"],"contributors":[],"rejections":{},"refusals":{},"not_private":[],"server_clip_norm":null}"#;
     let c: Checkpoint = serde_json::from_str(old).unwrap();
-    assert_eq!((c.model.outputs, c.classes.len()), (1, 0));
+    assert_eq!((c.model.outputs, c.state.classes.len()), (1, 0));
     let record = r#"{"round":1,"selected":3,"accepted":3,"rejected":0,"refused":0,"attempts":1,"train_loss":0.5,"train_phase_ms":1.0,"max_client_train_ms":0.5,"eval_phase_ms":1.0,"round_ms":2.0,"metrics":null,"evaluated_clients":3,"epsilon":null}"#;
     let r: RoundRecord = serde_json::from_str(record).unwrap();
     assert_eq!(r.quality, None);
@@ -1040,4 +1044,129 @@ async fn an_answer_resets_the_missed_count_and_zero_never_drops() {
     let outcome = start(cfg, behaviours).await.unwrap();
     let selected: Vec<usize> = outcome.rounds.iter().map(|r| r.selected).collect();
     assert_eq!(selected, vec![3, 3, 3, 3]);
+}
+
+/// Plays clients of the test-only toy family (a linear model through the
+/// origin, on `y = 2·x₀ − x₁`): the engine knows nothing of it; the clients
+/// train and evaluate through the family's generic paths.
+async fn play_toy(
+    mut outbox: mpsc::UnboundedReceiver<(String, ServerEvent)>,
+    inbox: mpsc::Sender<Inbound>,
+    rows: BTreeMap<String, ndarray::Array2<f64>>,
+) {
+    use fedprofile_learning::{AnyModel, GradientTraining, ModelFamily, TrainParams, local_update};
+    use rand::SeedableRng;
+    let truth = ndarray::array![2.0, -1.0];
+    while let Some((client, event)) = outbox.recv().await {
+        let ServerEvent::Task(task) = event else {
+            continue;
+        };
+        let x = &rows[&client];
+        let y = x.dot(&truth);
+        let model = |m: &fedprofile_protocol::messages::ModelSnapshot| {
+            AnyModel::from_parts(ModelFamily::Toy, m.params.clone(), m.outputs).unwrap()
+        };
+        let body = match &task.body {
+            TaskBody::Stats => ResultBody::Stats(StatsReport {
+                template: template(),
+                numeric: vec![],
+                train_examples: x.nrows() as u64,
+                label_column: "y".into(),
+                label_positive: String::new(),
+                label_kind: fedprofile_protocol::messages::LabelKindMsg::Numeric,
+                label_classes: Vec::new(),
+            }),
+            TaskBody::Train(t) => {
+                let how = GradientTraining::Plain(
+                    TrainParams {
+                        epochs: t.local_epochs as usize,
+                        batch_size: t.batch_size as usize,
+                        learning_rate: t.learning_rate,
+                        l2: 0.0,
+                        prox_mu: 0.0,
+                    }
+                    .check()
+                    .unwrap(),
+                );
+                let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+                let out =
+                    local_update(&model(&t.model), x.view(), y.view(), &how, &mut rng).unwrap();
+                ResultBody::Train(TrainReport {
+                    update_norm: out.delta.dot(&out.delta).sqrt(),
+                    delta: out.delta,
+                    examples: out.examples as u64,
+                    steps: out.steps as u64,
+                    train_loss: out.mean_loss,
+                    train_micros: 1,
+                    epsilon_spent: None,
+                    not_private: false,
+                    clusters: None,
+                })
+            }
+            TaskBody::Eval(m) => {
+                ResultBody::Eval(model(m).evaluate(x.view(), Some(y.view())).unwrap())
+            }
+        };
+        let reply = ClientReply::Result {
+            task_id: task.task_id.clone(),
+            body,
+        };
+        if inbox.send(Inbound::Reply { client, reply }).await.is_err() {
+            break;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_family_the_engine_does_not_know_trains_through_it() {
+    let rows: BTreeMap<String, ndarray::Array2<f64>> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let k = i as f64;
+            (
+                c.to_string(),
+                ndarray::array![
+                    [1.0, 0.0],
+                    [0.0, 1.0],
+                    [1.0 + k, 1.0],
+                    [0.5, -k],
+                    [-1.0, 0.5 * k]
+                ],
+            )
+        })
+        .collect();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let hub = Arc::new(FakeHub {
+        clients: Mutex::new(rows.keys().cloned().collect()),
+        outbox: out_tx,
+    });
+    tokio::spawn(play_toy(out_rx, in_tx, rows));
+    let cfg = RunConfig {
+        model: fedprofile_learning::ModelFamily::Toy,
+        batch_size: 5,
+        learning_rate: 0.2,
+        local_epochs: 5,
+        ..config(8, 3)
+    };
+    let run = Run::new(cfg, "toy".into(), hub, in_rx, Box::new(Quiet));
+    let outcome = run.execute().await.0;
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    let model = outcome.model.unwrap();
+    assert_eq!((model.model_type.as_str(), model.params.len()), ("toy", 2));
+    // The weights approach the truth (2, −1) and the pooled MSE falls.
+    assert!((model.params[0] - 2.0).abs() < 0.1, "{:?}", model.params);
+    assert!((model.params[1] + 1.0).abs() < 0.1, "{:?}", model.params);
+    let mse = |r: &RoundRecord| match &r.quality {
+        Some(fedprofile_learning::Quality::Regression(q)) => {
+            assert_eq!(q.examples, 15);
+            q.mse
+        }
+        other => panic!("no regression quality: {other:?}"),
+    };
+    let (first, last) = (mse(&outcome.rounds[0]), mse(&outcome.rounds[7]));
+    assert!(last < first / 10.0, "{first} -> {last}");
+    assert_eq!(outcome.contributors.len(), 3);
+    assert_eq!(outcome.target, Some(("y".into(), String::new())));
 }

@@ -140,6 +140,13 @@ pub enum LearningError {
         /// What does not add up, with the numbers.
         reason: String,
     },
+    /// A received binary evaluation whose histograms or counts do not add up
+    /// (the sentence names the figures).
+    #[error("{reason}")]
+    EvaluationCounts {
+        /// What does not add up, with the numbers.
+        reason: String,
+    },
     /// A regression target that is NaN or infinite.
     #[error("label at row {index} is not finite: {value}")]
     NonFiniteLabel {

@@ -49,6 +49,7 @@ pub mod regression_metrics;
 pub mod softmax;
 pub mod strategy;
 pub mod train;
+pub mod warm_start;
 
 pub use aggregate::{WeightedUpdate, fedavg, validate_update};
 pub use dp::{
@@ -85,6 +86,7 @@ pub use train::{
     BatchSampler, GradientStep, MeanGradient, ShuffledBatches, TrainOutcome, TrainParams,
     ValidTrainParams, train_local, train_with,
 };
+pub use warm_start::{WarmStartError, WarmStartTarget, warm_start};
 
 #[cfg(test)]
 pub(crate) mod testutil {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LearningError, ModelFileError, ModelFileProblem};
-use crate::family::{AnyModel, ModelFamily, ScoreTable};
+use crate::family::{AnyModel, ModelFamily, Quality, ScoreTable};
 use crate::features::{FeatureColumn, FeatureSpec};
 use crate::kmeans::KMeans;
 use crate::linear::LinearRegression;
@@ -434,6 +434,30 @@ pub enum ModelMetrics {
     Clustering(KMeansMetrics),
 }
 
+impl ModelMetrics {
+    /// The metrics a model file records from a run's last evaluated round:
+    /// the binary metrics of a logistic-regression round, else its quality.
+    pub fn of_round(metrics: Option<Metrics>, quality: Option<&Quality>) -> Option<ModelMetrics> {
+        if let Some(m) = metrics {
+            return Some(ModelMetrics::Binary(m));
+        }
+        Some(match quality? {
+            Quality::Regression(m) => ModelMetrics::Regression(*m),
+            Quality::Multiclass(m) => ModelMetrics::Multiclass(*m),
+            Quality::Clustering {
+                examples,
+                inertia,
+                counts,
+                ..
+            } => ModelMetrics::Clustering(KMeansMetrics {
+                examples: *examples,
+                inertia: *inertia,
+                counts: counts.clone(),
+            }),
+        })
+    }
+}
+
 /// What a model predicts: a schema column (empty for k-means) and, for
 /// logistic regression, the value counted as the positive class.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -677,7 +701,7 @@ impl ModelDocument {
                     self.provenance.clone().with_metrics(metrics),
                 )?))
             }
-            #[cfg(test)]
+            #[cfg(any(test, feature = "testutils"))]
             ModelFamily::Toy => {
                 return Err(
                     ModelFileProblem::Layout("the toy family has no model file".into()).into(),

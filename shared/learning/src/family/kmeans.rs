@@ -15,7 +15,7 @@ use super::{
 use crate::error::LearningError;
 use crate::kmeans::{
     ClusterStats, KMeans, KMeansUpdate, kmeans_init, kmeans_local_stats, kmeans_local_stats_dp,
-    kmeans_update,
+    kmeans_reseed_empty, kmeans_update,
 };
 use crate::model_file::ModelDocument;
 
@@ -42,6 +42,14 @@ impl Family for Segments {
 
     fn outputs(&self, requested: usize) -> usize {
         requested
+    }
+
+    fn run_outputs(&self, _classes: usize, clusters: usize) -> usize {
+        clusters
+    }
+
+    fn update_name(&self) -> &'static str {
+        "cluster statistics"
     }
 
     fn check(&self, params: &Array1<f64>, outputs: usize) -> Result<(), LearningError> {
@@ -84,6 +92,25 @@ impl Family for Segments {
         stats: &[ClusterStats],
     ) -> Result<KMeansUpdate, LearningError> {
         kmeans_update(&model(global)?, stats)
+    }
+
+    fn reseed_starved(
+        &self,
+        next: &AnyModel,
+        counts: &[u64],
+        min_rows: u64,
+        seed: u64,
+    ) -> Result<Option<(AnyModel, Vec<usize>)>, LearningError> {
+        let starved: Vec<usize> = (0..counts.len())
+            .filter(|&c| counts[c] < min_rows)
+            .collect();
+        if starved.is_empty() {
+            return Ok(None);
+        }
+        let reseeded = kmeans_reseed_empty(&model(next)?, counts, &starved, seed)?;
+        let next =
+            AnyModel::from_parts(ModelFamily::KMeans, reseeded.into_params(), next.outputs())?;
+        Ok(Some((next, starved)))
     }
 
     fn evaluate(

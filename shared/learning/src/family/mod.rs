@@ -61,7 +61,7 @@ pub mod kmeans;
 pub mod linear;
 pub mod logistic;
 pub mod softmax;
-#[cfg(test)]
+#[cfg(any(test, feature = "testutils"))]
 pub(crate) mod toy;
 
 /// A model family a run can train: its name in run files, model files and on
@@ -80,7 +80,7 @@ pub enum ModelFamily {
     #[serde(rename = "kmeans")]
     KMeans,
     /// A test-only family that shows the generic paths (see `family/toy.rs`).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testutils"))]
     Toy,
 }
 
@@ -215,6 +215,19 @@ pub trait Family: Sync {
         1
     }
 
+    /// The number of outputs a run's model has, given the classes the
+    /// clients' schema declares and the clusters the run file asks for.
+    fn run_outputs(&self, classes: usize, clusters: usize) -> usize {
+        let _ = (classes, clusters);
+        1
+    }
+
+    /// What a client's answer to a training task is called in messages
+    /// ("updates", "cluster statistics").
+    fn update_name(&self) -> &'static str {
+        "updates"
+    }
+
     /// Checks flat parameters for `outputs` rows (length, finite values).
     fn check(&self, params: &Array1<f64>, outputs: usize) -> Result<(), LearningError>;
 
@@ -253,6 +266,21 @@ pub trait Family: Sync {
     ) -> Result<KMeansUpdate, LearningError> {
         let _ = (global, stats);
         Err(not_for(self.family(), "statistics aggregation"))
+    }
+
+    /// The next model of a statistics family after [`Family::aggregate_statistics`],
+    /// with the outputs that received fewer than `min_rows` pooled rows
+    /// re-seeded (from `seed`), and which they were; `None` when none
+    /// starved (or the family has nothing to re-seed).
+    fn reseed_starved(
+        &self,
+        next: &AnyModel,
+        counts: &[u64],
+        min_rows: u64,
+        seed: u64,
+    ) -> Result<Option<(AnyModel, Vec<usize>)>, LearningError> {
+        let _ = (next, counts, min_rows, seed);
+        Ok(None)
     }
 
     /// Evaluates on a test split (`y`: the labels of a supervised family).
@@ -326,7 +354,7 @@ impl ModelFamily {
             ModelFamily::LinearRegression => &linear::Linear,
             ModelFamily::SoftmaxRegression => &softmax::Softmax,
             ModelFamily::KMeans => &kmeans::Segments,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "testutils"))]
             ModelFamily::Toy => &toy::Toy,
         }
     }
@@ -338,7 +366,7 @@ impl ModelFamily {
             ModelFamily::LinearRegression => "linear_regression",
             ModelFamily::SoftmaxRegression => "softmax_regression",
             ModelFamily::KMeans => "kmeans",
-            #[cfg(test)]
+            #[cfg(any(test, feature = "testutils"))]
             ModelFamily::Toy => "toy",
         }
     }
@@ -603,6 +631,39 @@ impl Evaluation {
         }
     }
 
+    /// Checks a summary received from the network (its counts add up, its
+    /// figures are finite).
+    pub fn check(&self) -> Result<(), LearningError> {
+        match self {
+            Evaluation::Binary(e) => {
+                let bins = crate::metrics::SCORE_BINS;
+                if e.hist_pos.len() != bins || e.hist_neg.len() != bins {
+                    return Err(LearningError::EvaluationCounts {
+                        reason: format!(
+                            "score histograms have {} and {} bins, expected {bins}",
+                            e.hist_pos.len(),
+                            e.hist_neg.len()
+                        ),
+                    });
+                }
+                let pos: u64 = e.hist_pos.iter().sum();
+                let neg: u64 = e.hist_neg.iter().sum();
+                if pos != e.positives || pos + neg != e.examples || !e.loss_sum.is_finite() {
+                    return Err(LearningError::EvaluationCounts {
+                        reason: format!(
+                            "evaluation counts do not add up ({pos} + {neg} in histograms, {} examples, {} positives)",
+                            e.examples, e.positives
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            Evaluation::Regression(s) => s.check(),
+            Evaluation::Multiclass(s) => s.check(),
+            Evaluation::Clustering(s) => s.check(),
+        }
+    }
+
     /// The neutral element of [`Evaluation::merge`] for `family` (`outputs`:
     /// classes of a softmax model).
     pub fn empty(family: ModelFamily, outputs: usize) -> Result<Evaluation, LearningError> {
@@ -645,6 +706,15 @@ impl Evaluation {
                     a.family()
                 ),
             }),
+        }
+    }
+
+    /// The metrics of a logistic-regression evaluation (`None` for the other
+    /// families, whose metrics are [`Evaluation::quality`]).
+    pub fn metrics(&self) -> Option<crate::metrics::Metrics> {
+        match self {
+            Evaluation::Binary(s) => Some(s.metrics()),
+            _ => None,
         }
     }
 

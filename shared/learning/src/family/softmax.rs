@@ -40,6 +40,10 @@ impl Family for Softmax {
         requested
     }
 
+    fn run_outputs(&self, classes: usize, _clusters: usize) -> usize {
+        classes
+    }
+
     fn check(&self, params: &Array1<f64>, outputs: usize) -> Result<(), LearningError> {
         SoftmaxRegression::from_params(params.clone(), outputs).map(drop)
     }
