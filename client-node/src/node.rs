@@ -485,7 +485,7 @@ impl Node {
                 (None, None)
             }
             Some(record) => {
-                let plan = privacy::plan_statistics(record, &mut self.calibrated)?;
+                let plan = privacy::plan_statistics(model.family(), record, &mut self.calibrated)?;
                 let guard = self.guard.as_mut().ok_or(PrivacyRefusal::NoBudget)?;
                 let entry = guard.charge(
                     &task.run_id,

@@ -145,10 +145,12 @@ pub struct StatisticsPlan {
     pub charge: Charge,
 }
 
-/// k-means under record-level DP: one Gaussian release per round over all of
-/// the client's rows (no subsampling), with σ given or calibrated so that
-/// `planned_rounds` releases cost the run's target ε.
+/// A statistics family (k-means) under record-level DP: one Gaussian release
+/// per round over all of the client's rows (no subsampling, the family's
+/// mechanism), with σ given or calibrated so that `planned_rounds` releases
+/// cost the run's target ε.
 pub fn plan_statistics(
+    family: fedprofile_learning::ModelFamily,
     task: &RecordDpTask,
     calibrated: &mut HashMap<String, f64>,
 ) -> Result<StatisticsPlan, PrivacyRefusal> {
@@ -156,7 +158,7 @@ pub fn plan_statistics(
         (Some(z), _) => z,
         (None, Some(target)) => {
             let rounds = u64::from(task.planned_rounds.max(1));
-            let key = format!("kmeans/{target}/{}/{rounds}", task.delta);
+            let key = format!("{family}/{target}/{}/{rounds}", task.delta);
             match calibrated.get(&key) {
                 Some(z) => *z,
                 None => {
@@ -174,7 +176,9 @@ pub fn plan_statistics(
             ));
         }
     };
-    let mechanism = fedprofile_learning::kmeans_mechanism(sigma, task.clip_norm)
+    let mechanism = family
+        .ops()
+        .statistics_mechanism(sigma, task.clip_norm)
         .map_err(|e| PrivacyRefusal::Invalid(e.to_string()))?;
     let charge = mechanism
         .map(1)

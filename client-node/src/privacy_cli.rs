@@ -559,7 +559,7 @@ fn run_charges(run: &Path, config: &Path, ledger: Option<&Path>) -> Result<Plann
     // and counts per round (q 1, one step); a gradient family: DP-SGD steps.
     let mut warnings = Vec::new();
     let (charge, sampling_rate, noise_multiplier) = if !run.model.ops().is_gradient_trained() {
-        let plan = crate::privacy::plan_statistics(&task, &mut HashMap::new())
+        let plan = crate::privacy::plan_statistics(run.model, &task, &mut HashMap::new())
             .map_err(|e| e.to_string())?;
         (plan.charge, 1.0, plan.noise_multiplier)
     } else {

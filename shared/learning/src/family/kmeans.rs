@@ -86,6 +86,14 @@ impl Family for Segments {
         }
     }
 
+    fn statistics_mechanism(
+        &self,
+        noise_multiplier: f64,
+        clip_norm: f64,
+    ) -> Result<fedprofile_privacy::GaussianMechanism, LearningError> {
+        crate::kmeans::kmeans_mechanism(noise_multiplier, clip_norm)
+    }
+
     fn aggregate_statistics(
         &self,
         global: &AnyModel,

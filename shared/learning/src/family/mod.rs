@@ -258,6 +258,18 @@ pub trait Family: Sync {
         Err(not_for(self.family(), "local statistics"))
     }
 
+    /// The Gaussian mechanism of one round's release of a statistics family's
+    /// local statistics under record-level DP, for `noise_multiplier` and
+    /// `clip_norm`; its privacy map is what the client charges per round.
+    fn statistics_mechanism(
+        &self,
+        noise_multiplier: f64,
+        clip_norm: f64,
+    ) -> Result<fedprofile_privacy::GaussianMechanism, LearningError> {
+        let _ = (noise_multiplier, clip_norm);
+        Err(not_for(self.family(), "a release of local statistics"))
+    }
+
     /// The round update of a statistics family from the clients' statistics.
     fn aggregate_statistics(
         &self,
