@@ -485,7 +485,7 @@ impl Node {
                 (None, None)
             }
             Some(record) => {
-                let plan = privacy::plan_statistics(model.family(), record, &mut self.calibrated)?;
+                let plan = privacy::plan_statistics(model, record, &mut self.calibrated)?;
                 let guard = self.guard.as_mut().ok_or(PrivacyRefusal::NoBudget)?;
                 let entry = guard.charge(
                     &task.run_id,
@@ -502,9 +502,11 @@ impl Node {
                 (Some(dp), Some(entry.cumulative_epsilon))
             }
         };
-        let (x, _) = self.train.x_and_labels(&train.model.features)?;
-        let stats = model.ops().local_statistics(model, x, dp, &mut self.rng)?;
-        let examples = stats.examples() as u64;
+        let (x, y) = self.train.x_and_labels(&train.model.features)?;
+        let stats = model
+            .ops()
+            .local_statistics(model, x, y, dp, &mut self.rng)?;
+        let examples = stats.examples();
         Ok(TrainReport {
             delta: Array1::zeros(0),
             examples,
@@ -514,7 +516,7 @@ impl Node {
             update_norm: 0.0,
             epsilon_spent,
             not_private: self.test_seed,
-            clusters: Some(stats),
+            statistics: Some(stats),
         })
     }
 
@@ -649,7 +651,7 @@ impl Node {
             update_norm,
             epsilon_spent,
             not_private: self.test_seed,
-            clusters: None,
+            statistics: None,
         })
     }
 

@@ -150,7 +150,7 @@ pub struct StatisticsPlan {
 /// mechanism), with σ given or calibrated so that `planned_rounds` releases
 /// cost the run's target ε.
 pub fn plan_statistics(
-    family: fedprofile_learning::ModelFamily,
+    model: &fedprofile_learning::AnyModel,
     task: &RecordDpTask,
     calibrated: &mut HashMap<String, f64>,
 ) -> Result<StatisticsPlan, PrivacyRefusal> {
@@ -158,7 +158,7 @@ pub fn plan_statistics(
         (Some(z), _) => z,
         (None, Some(target)) => {
             let rounds = u64::from(task.planned_rounds.max(1));
-            let key = format!("{family}/{target}/{}/{rounds}", task.delta);
+            let key = format!("{}/{target}/{}/{rounds}", model.family(), task.delta);
             match calibrated.get(&key) {
                 Some(z) => *z,
                 None => {
@@ -176,9 +176,9 @@ pub fn plan_statistics(
             ));
         }
     };
-    let mechanism = family
+    let mechanism = model
         .ops()
-        .statistics_mechanism(sigma, task.clip_norm)
+        .statistics_mechanism(model, sigma, task.clip_norm)
         .map_err(|e| PrivacyRefusal::Invalid(e.to_string()))?;
     let charge = mechanism
         .map(1)

@@ -559,7 +559,8 @@ fn run_charges(run: &Path, config: &Path, ledger: Option<&Path>) -> Result<Plann
     // and counts per round (q 1, one step); a gradient family: DP-SGD steps.
     let mut warnings = Vec::new();
     let (charge, sampling_rate, noise_multiplier) = if !run.model.ops().is_gradient_trained() {
-        let plan = crate::privacy::plan_statistics(run.model, &task, &mut HashMap::new())
+        let model = initial_model(&schema, &run)?;
+        let plan = crate::privacy::plan_statistics(&model, &task, &mut HashMap::new())
             .map_err(|e| e.to_string())?;
         (plan.charge, 1.0, plan.noise_multiplier)
     } else {
@@ -610,6 +611,20 @@ fn run_charges(run: &Path, config: &Path, ledger: Option<&Path>) -> Result<Plann
 /// Parameters of a gradient-trained model on this schema: the family's
 /// parameters per output row for the encoded features, times its outputs
 /// (the classes of a multi-class label, 1 otherwise).
+/// The run's starting model for this partner's schema (what a statistics
+/// family's release is planned against).
+fn initial_model(
+    schema: &fedprofile_data::Schema,
+    run: &RunConfig,
+) -> Result<fedprofile_learning::AnyModel, String> {
+    let family = run.model.ops();
+    let classes = schema.label_classes().map_or(0, <[String]>::len);
+    let outputs = family.run_outputs(classes, run.clusters as usize);
+    run.model
+        .initial(schema.feature_template().dim(), outputs, 0)
+        .map_err(|e| e.to_string())
+}
+
 fn parameter_count(
     schema: &fedprofile_data::Schema,
     model: fedprofile_learning::ModelFamily,

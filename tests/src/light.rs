@@ -149,13 +149,15 @@ pub fn honest_answer(task: &Task, dim: usize) -> ClientReply {
                 update_norm: 0.0,
                 epsilon_spent: None,
                 not_private: false,
-                clusters: Some(fedprofile_learning::ClusterStats {
-                    sums: Array1::from_elem(t.model.params.len(), 0.5),
-                    counts: (0..k)
-                        .map(|c| if c == 0 { 100 - (k as u64 - 1) } else { 1 })
-                        .collect(),
-                    inertia: 50.0,
-                }),
+                statistics: Some(fedprofile_learning::Statistics::Clusters(
+                    fedprofile_learning::ClusterStats {
+                        sums: Array1::from_elem(t.model.params.len(), 0.5),
+                        counts: (0..k)
+                            .map(|c| if c == 0 { 100 - (k as u64 - 1) } else { 1 })
+                            .collect(),
+                        inertia: 50.0,
+                    },
+                )),
             })
         }
         TaskBody::Eval(m) if m.model_type == "kmeans" => {
@@ -177,7 +179,7 @@ pub fn honest_answer(task: &Task, dim: usize) -> ClientReply {
             update_norm: 0.0,
             epsilon_spent: None,
             not_private: false,
-            clusters: None,
+            statistics: None,
         }),
         TaskBody::Eval(_) => ResultBody::Eval(fedprofile_learning::Evaluation::Binary(
             EvalSummary::from_predictions(

@@ -392,7 +392,7 @@ async fn a_stalling_client_is_not_waited_for_and_its_late_update_is_rejected_as_
                             update_norm: 0.0,
                             epsilon_spent: None,
                             not_private: false,
-                            clusters: None,
+                            statistics: None,
                         }),
                     })
                     .await;

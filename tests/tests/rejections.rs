@@ -22,7 +22,7 @@ fn train(task_id: &str, delta: Vec<f64>, examples: u64) -> ClientReply {
             update_norm: 0.0,
             epsilon_spent: None,
             not_private: false,
-            clusters: None,
+            statistics: None,
         }),
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use fedprofile_learning::{AnyModel, LearningError};
 use fedprofile_protocol::messages::{ClientReply, RefusalKind, ResultBody, TaskKind};
 
 /// Everything ever sent in this run: task id -> who, which round, what kind.
@@ -209,7 +210,7 @@ pub struct Collector {
     attempt: u32,
     kind: TaskKind,
     expected_dim: Option<usize>,
-    clusters: Option<(usize, usize)>,
+    statistics: Option<AnyModel>,
     max_norm: Option<f64>,
     pending: HashMap<String, String>,
     answered: HashSet<String>,
@@ -259,7 +260,7 @@ impl Collector {
             attempt,
             kind,
             expected_dim,
-            clusters: None,
+            statistics: None,
             max_norm: None,
             pending: tasks,
             answered: HashSet::new(),
@@ -279,9 +280,10 @@ impl Collector {
         self
     }
 
-    /// Expects k-means statistics for `clusters × dim` centroids instead of deltas.
-    pub fn with_clusters(mut self, clusters: usize, dim: usize) -> Collector {
-        self.clusters = Some((clusters, dim));
+    /// Expects the local statistics of a statistics family for `model`
+    /// (checked by the family) instead of deltas.
+    pub fn with_statistics(mut self, model: AnyModel) -> Collector {
+        self.statistics = Some(model);
         self
     }
 
@@ -349,32 +351,36 @@ impl Collector {
         }
         match body {
             ResultBody::Train(t) => {
-                if let Some((k, d)) = self.clusters {
-                    let Some(c) = &t.clusters else {
-                        return Err(RejectReason::Inconsistent(
-                            "a k-means round needs cluster statistics, got a model delta".into(),
-                        ));
+                if let Some(model) = &self.statistics {
+                    let Some(s) = &t.statistics else {
+                        return Err(RejectReason::Inconsistent(format!(
+                            "a {} round needs {}, got a model delta",
+                            model.family(),
+                            model.ops().update_name()
+                        )));
                     };
-                    if c.sums.len() != k * d {
-                        return Err(RejectReason::WrongDimension {
-                            expected: k * d,
-                            got: c.sums.len(),
-                        });
-                    }
-                    if let Some(index) = c.sums.iter().position(|v| !v.is_finite()) {
-                        return Err(RejectReason::NonFinite { index });
-                    }
-                    c.check(k, d)
-                        .map_err(|e| RejectReason::Inconsistent(e.to_string()))?;
-                    if c.examples() == 0 {
+                    model
+                        .ops()
+                        .check_statistics(model, s)
+                        .map_err(|e| match e {
+                            LearningError::ParamCount { expected, got } => {
+                                RejectReason::WrongDimension { expected, got }
+                            }
+                            LearningError::NonFiniteParam { index, .. } => {
+                                RejectReason::NonFinite { index }
+                            }
+                            other => RejectReason::Inconsistent(other.to_string()),
+                        })?;
+                    if s.examples() == 0 {
                         return Err(RejectReason::NoExamples);
                     }
                     return Ok(());
                 }
-                if t.clusters.is_some() {
-                    return Err(RejectReason::Inconsistent(
-                        "cluster statistics sent for a gradient-trained model".into(),
-                    ));
+                if let Some(s) = &t.statistics {
+                    return Err(RejectReason::Inconsistent(format!(
+                        "{} sent for a gradient-trained model",
+                        s.kind()
+                    )));
                 }
                 if let Some(expected) = self.expected_dim
                     && t.delta.len() != expected
@@ -487,7 +493,7 @@ mod tests {
             update_norm: 0.0,
             epsilon_spent: None,
             not_private: false,
-            clusters: None,
+            statistics: None,
         })
     }
 

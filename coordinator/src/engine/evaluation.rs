@@ -15,7 +15,7 @@ impl Run {
             ));
         };
         let clients = self.hub.connected();
-        let tasks = self.send_tasks(record.round, 0, &clients, |_| {
+        let tasks = self.send_tasks(record.round, 0, 0, &clients, |_| {
             TaskBody::Eval(global.clone())
         });
         let mut collector = Collector::new(record.round, 0, TaskKind::Eval, tasks, None);

@@ -65,8 +65,8 @@ use fedprofile_config::run::{PrivacyMode, RecordNoise};
 use fedprofile_learning::metrics::Metrics;
 use fedprofile_learning::strategy::ClientUpdate;
 use fedprofile_learning::{
-    AnyModel, ClusterStats, Evaluation, FeatureSpec, LabelNeed, ModelFamily, Quality,
-    RoundAggregate, RoundUpdates, WarmStartTarget, aggregate_round,
+    AnyModel, Evaluation, FeatureSpec, LabelNeed, ModelFamily, Quality, RoundAggregate,
+    RoundUpdates, Statistics, WarmStartTarget, aggregate_round,
 };
 use fedprofile_protocol::messages::{
     ClientReply, LabelKindMsg, ModelSnapshot, RecordDpTask, RefusalKind, ResultBody, ServerEvent,

@@ -11,6 +11,7 @@ impl Run {
         &mut self,
         round: u32,
         attempt: u32,
+        exchange: u32,
         clients: &[String],
         body: impl Fn(&str) -> TaskBody,
     ) -> HashMap<String, String> {
@@ -18,7 +19,11 @@ impl Run {
         for client in clients {
             let body = body(client);
             let kind = body.kind();
-            let task_id = format!("{}/r{round}/a{attempt}/{kind}/{client}", self.run_id);
+            // A round's later exchanges (a tree's levels) get ids of their own.
+            let task_id = match exchange {
+                0 => format!("{}/r{round}/a{attempt}/{kind}/{client}", self.run_id),
+                x => format!("{}/r{round}/a{attempt}/x{x}/{kind}/{client}", self.run_id),
+            };
             self.book.record(&task_id, client, round, attempt, kind);
             let task = Task {
                 task_id: task_id.clone(),

@@ -11,7 +11,7 @@ impl Run {
     /// Statistics: build the global feature spec from counts and sums.
     pub(super) async fn statistics(&mut self, attempt: u32) -> State {
         let clients = self.hub.connected();
-        let tasks = self.send_tasks(0, attempt, &clients, |_| TaskBody::Stats);
+        let tasks = self.send_tasks(0, attempt, 0, &clients, |_| TaskBody::Stats);
         let mut collector = Collector::new(0, attempt, TaskKind::Stats, tasks, None);
         let gathered = self.collect(&mut collector).await;
 

@@ -170,7 +170,7 @@ async fn play_recording(
                     update_norm: 0.0,
                     epsilon_spent: None,
                     not_private: false,
-                    clusters: None,
+                    statistics: None,
                 })
             }
             (TaskBody::Eval(_), _) => ResultBody::Eval(fedprofile_learning::Evaluation::Binary(
@@ -415,7 +415,7 @@ async fn play_kmeans(
                     update_norm: 0.0,
                     epsilon_spent: None,
                     not_private: false,
-                    clusters: None,
+                    statistics: None,
                 })
             }
             TaskBody::Train(t) => {
@@ -434,7 +434,7 @@ async fn play_kmeans(
                     update_norm: 0.0,
                     epsilon_spent: None,
                     not_private: false,
-                    clusters: Some(stats),
+                    statistics: Some(fedprofile_learning::Statistics::Clusters(stats)),
                 })
             }
             TaskBody::Eval(m) => ResultBody::Eval(model(m).evaluate(x.view(), None).unwrap()),
@@ -1100,7 +1100,7 @@ async fn play_toy(
                     train_micros: 1,
                     epsilon_spent: None,
                     not_private: false,
-                    clusters: None,
+                    statistics: None,
                 })
             }
             TaskBody::Eval(m) => {

@@ -23,90 +23,118 @@ impl Run {
             Err(e) => return State::Failed(e),
         };
         let update_clip_norm = self.server_dp.as_ref().map(dp::ServerDp::clip_norm);
-        let train = self.train_task(&global, update_clip_norm);
-        let tasks = self.send_tasks(round, attempt, &selected, |_| {
-            TaskBody::Train(train.clone())
-        });
         let family = self.config.model.ops();
-        let model =
+        let mut model =
             match AnyModel::from_parts(self.config.model, global.params.clone(), global.outputs) {
                 Ok(model) => model,
                 Err(e) => return State::Failed(RunError::Internal(e.to_string())),
             };
-        let mut collector = if family.is_gradient_trained() {
-            Collector::new(
-                round,
-                attempt,
-                TaskKind::Train,
-                tasks,
-                Some(global.params.len()),
-            )
-            .with_max_norm(update_clip_norm)
-            .with_examples_bound(super::collect::ExamplesBound {
-                reported: self.state.reported_examples.clone(),
-            })
-        } else {
-            Collector::new(round, attempt, TaskKind::Train, tasks, None)
-                .with_clusters(model.outputs(), model.dim())
-        };
-        let mut gathered = self.collect(&mut collector).await;
-        let refusals = std::mem::take(&mut gathered.refusals);
-        // Bounded updates whatever the strategy: an update far larger than the
-        // round's others is rejected (client-level DP clips them already).
-        if self.server_dp.is_none() {
-            let outliers = norm_outliers(&gathered.accepted, self.config.max_update_norm_ratio);
-            for (i, reason) in outliers.into_iter().rev() {
-                let (client, _) = gathered.accepted.remove(i);
-                gathered.rejected += 1;
-                self.count_rejection(&client, "train", &reason);
-            }
-        }
-        let answers = self.take_answers(gathered.accepted);
-        let got = answers.deltas.len() + answers.statistics.len();
-        // Client-level DP releases (and is charged for) every round, however
-        // many sampled clients answered: min_per_round does not apply.
-        let released_anyway = self.server_dp.is_some() && family.is_gradient_trained();
-        if !released_anyway && got < self.config.min_per_round {
-            return self.short_round(
-                ShortRound {
+        // A statistics family's round may take several exchanges with the
+        // same clients (a tree grows one level per exchange); nothing is
+        // committed before the round is done, and a short exchange retries
+        // the whole round from its start.
+        let mut totals = RoundTotals::default();
+        let mut exchange = 0u32;
+        let (next, excluded, train_loss, epsilon, got) = loop {
+            let snapshot = ModelSnapshot {
+                params: model.params().clone(),
+                ..global.clone()
+            };
+            let train = self.train_task(&snapshot, update_clip_norm);
+            let tasks = self.send_tasks(round, attempt, exchange, &selected, |_| {
+                TaskBody::Train(train.clone())
+            });
+            let mut collector = if family.is_gradient_trained() {
+                Collector::new(
                     round,
                     attempt,
-                    got,
-                    what: family.update_name(),
-                    selected: &selected,
-                    started,
-                    rejected: gathered.rejected,
-                },
-                refusals,
-            );
-        }
-        let aggregated = match self.aggregate(round, &model, &answers, population) {
-            Ok(aggregated) => aggregated,
-            Err(AggregateFailure::Fatal(e)) => return State::Failed(e),
-            Err(AggregateFailure::Retry(why)) => {
-                return self
-                    .retry_or_fail(attempt, &why, |a| State::Training { round, attempt: a });
+                    TaskKind::Train,
+                    tasks,
+                    Some(global.params.len()),
+                )
+                .with_max_norm(update_clip_norm)
+                .with_examples_bound(super::collect::ExamplesBound {
+                    reported: self.state.reported_examples.clone(),
+                })
+            } else {
+                Collector::new(round, attempt, TaskKind::Train, tasks, None)
+                    .with_statistics(model.clone())
+            };
+            let mut gathered = self.collect(&mut collector).await;
+            totals.refusals.append(&mut gathered.refusals);
+            // Bounded updates whatever the strategy: an update far larger than the
+            // round's others is rejected (client-level DP clips them already).
+            if self.server_dp.is_none() {
+                let outliers = norm_outliers(&gathered.accepted, self.config.max_update_norm_ratio);
+                for (i, reason) in outliers.into_iter().rev() {
+                    let (client, _) = gathered.accepted.remove(i);
+                    gathered.rejected += 1;
+                    self.count_rejection(&client, "train", &reason);
+                }
             }
-        };
-        let (next, excluded, train_loss, epsilon) = match aggregated {
-            (RoundAggregate::Step { aggregated, next }, epsilon) => {
-                let total_weight: f64 = answers.deltas.iter().map(|u| u.weight).sum();
-                let loss = if total_weight > 0.0 {
-                    answers.loss_sum / total_weight
-                } else {
-                    0.0
-                };
-                (next, aggregated.excluded, loss, epsilon)
+            totals.rejected += gathered.rejected;
+            totals.refused += gathered.refused;
+            let answers = self.take_answers(gathered.accepted);
+            totals.max_train_micros = totals.max_train_micros.max(answers.max_train_micros);
+            let got = answers.deltas.len() + answers.statistics.len();
+            // Client-level DP releases (and is charged for) every round, however
+            // many sampled clients answered: min_per_round does not apply.
+            let released_anyway = self.server_dp.is_some() && family.is_gradient_trained();
+            if !released_anyway && got < self.config.min_per_round {
+                return self.short_round(
+                    ShortRound {
+                        round,
+                        attempt,
+                        got,
+                        what: family.update_name(),
+                        selected: &selected,
+                        started,
+                        rejected: totals.rejected,
+                    },
+                    std::mem::take(&mut totals.refusals),
+                );
             }
-            (RoundAggregate::Statistics { update, next }, epsilon) => {
-                let next = match self.reseed_starved(round, next, &update.counts, update.examples) {
-                    Ok(next) => next,
-                    Err(e) => return State::Failed(e),
-                };
-                // Mean training inertia of the centroids the clients were sent
-                // (0 under record-level DP, where the inertia is not released).
-                let loss = update.inertia / update.examples.max(1) as f64;
-                (next, Vec::new(), loss, epsilon)
+            let aggregated = match self.aggregate(round, &model, &answers, population) {
+                Ok(aggregated) => aggregated,
+                Err(AggregateFailure::Fatal(e)) => return State::Failed(e),
+                Err(AggregateFailure::Retry(why)) => {
+                    return self
+                        .retry_or_fail(attempt, &why, |a| State::Training { round, attempt: a });
+                }
+            };
+            for client in answers.contributors {
+                if !totals.contributors.contains(&client) {
+                    totals.contributors.push(client);
+                }
+            }
+            match aggregated {
+                (RoundAggregate::Step { aggregated, next }, epsilon) => {
+                    let total_weight: f64 = answers.deltas.iter().map(|u| u.weight).sum();
+                    let loss = if total_weight > 0.0 {
+                        answers.loss_sum / total_weight
+                    } else {
+                        0.0
+                    };
+                    break (next, aggregated.excluded, loss, epsilon, got);
+                }
+                (RoundAggregate::Statistics { update, next }, epsilon) if update.round_done => {
+                    let next =
+                        match self.reseed_starved(round, next, &update.counts, update.examples) {
+                            Ok(next) => next,
+                            Err(e) => return State::Failed(e),
+                        };
+                    break (next, Vec::new(), update.loss, epsilon, got);
+                }
+                (RoundAggregate::Statistics { next, .. }, _) => {
+                    exchange += 1;
+                    if exchange >= MAX_EXCHANGES_PER_ROUND {
+                        return State::Failed(RunError::Internal(format!(
+                            "round {round}: the {} round is not done after {MAX_EXCHANGES_PER_ROUND} exchanges",
+                            model.family()
+                        )));
+                    }
+                    model = next;
+                }
             }
         };
         if !excluded.is_empty() {
@@ -125,30 +153,30 @@ impl Run {
             g.params = next.into_params();
         }
         self.state.contributors.extend(
-            answers
+            totals
                 .contributors
                 .into_iter()
                 .filter(|c| !excluded.contains(c)),
         );
         let train_phase_ms = started.elapsed().as_secs_f64() * 1e3;
-        tracing::info!(run_id = %self.run_id, round, updates = got, "round aggregated");
+        tracing::info!(run_id = %self.run_id, round, updates = got, exchanges = exchange + 1, "round aggregated");
         let record = RoundRecord {
             round,
             selected: selected.len(),
             accepted: got,
-            rejected: gathered.rejected,
-            refused: gathered.refused,
+            rejected: totals.rejected,
+            refused: totals.refused,
             attempts: attempt + 1,
             train_loss,
             train_phase_ms,
-            max_client_train_ms: answers.max_train_micros as f64 / 1e3,
+            max_client_train_ms: totals.max_train_micros as f64 / 1e3,
             eval_phase_ms: 0.0,
             round_ms: train_phase_ms,
             metrics: None,
             quality: None,
             evaluated_clients: 0,
             epsilon,
-            refusals,
+            refusals: totals.refusals,
             skipped: None,
         };
         self.after_training(record)
@@ -207,6 +235,19 @@ impl Run {
         Ok((selected, population))
     }
 
+    /// How many releases of local statistics the run makes at most (what
+    /// record-level DP calibrates its noise over): one per round, or what a
+    /// statistics family with several exchanges per round says.
+    fn planned_releases(&self) -> u32 {
+        let rounds = self.config.rounds;
+        let planned = self
+            .global
+            .as_ref()
+            .and_then(|g| AnyModel::from_parts(self.config.model, g.params.clone(), g.outputs).ok())
+            .map_or(u64::from(rounds), |m| m.ops().planned_releases(&m, rounds));
+        u32::try_from(planned).unwrap_or(u32::MAX)
+    }
+
     /// The training task of this round.
     fn train_task(&self, global: &ModelSnapshot, update_clip_norm: Option<f64>) -> TrainTask {
         let record_dp = match self.config.privacy {
@@ -221,7 +262,7 @@ impl Run {
                     RecordNoise::Multiplier(_) => None,
                 },
                 delta: r.delta,
-                planned_rounds: self.config.rounds,
+                planned_rounds: self.planned_releases(),
             }),
             _ => None,
         };
@@ -274,7 +315,7 @@ impl Run {
             };
             answers.max_train_micros = answers.max_train_micros.max(t.train_micros);
             self.note_privacy(&client, &t, &mut answers.client_epsilon);
-            match t.clusters.take() {
+            match t.statistics.take() {
                 Some(stats) => answers.statistics.push(stats),
                 None => {
                     answers.loss_sum += t.train_loss * t.examples as f64;
@@ -457,7 +498,7 @@ struct Answers {
     /// Their norms (client-level DP's adaptive clipping).
     norms: Vec<f64>,
     /// Statistics of a statistics family.
-    statistics: Vec<ClusterStats>,
+    statistics: Vec<Statistics>,
     /// Example-weighted sum of the reported training losses.
     loss_sum: f64,
     /// The slowest client's local training time.
@@ -465,6 +506,20 @@ struct Answers {
     /// The largest cumulative ε a client reported.
     client_epsilon: Option<f64>,
     /// Who answered, in order.
+    contributors: Vec<String>,
+}
+
+/// The most exchanges one round may take (a tree of the deepest allowed
+/// depth, 12, takes 12; the first round one more for the binning).
+const MAX_EXCHANGES_PER_ROUND: u32 = 64;
+
+/// What the exchanges of one round gathered, for its record.
+#[derive(Debug, Default)]
+struct RoundTotals {
+    rejected: usize,
+    refused: usize,
+    refusals: Vec<RoundRefusal>,
+    max_train_micros: u64,
     contributors: Vec<String>,
 }
 
@@ -502,7 +557,7 @@ pub(super) fn norm_outliers(
         .iter()
         .enumerate()
         .filter_map(|(i, (_, body))| match body {
-            ResultBody::Train(t) if t.clusters.is_none() => Some((
+            ResultBody::Train(t) if t.statistics.is_none() => Some((
                 i,
                 super::collect::robust_norm(t.delta.as_slice().unwrap_or(&[])),
             )),

@@ -60,7 +60,7 @@ pub use error::{AggregationError, LearningError, ModelFileError, ModelFileProble
 pub use family::{
     AnyModel, ClusteringSummary, Evaluation, Family, GradientTraining, LabelNeed, LocalUpdate,
     ModelFamily, ProfileRow, Quality, RoundAggregate, RoundError, RoundUpdates, ScoreTable,
-    StatisticsDp, Training, aggregate_round, local_update,
+    Statistics, StatisticsDp, StatisticsUpdate, Training, aggregate_round, local_update,
 };
 pub use features::{FeatureColumn, FeatureSpec};
 pub use kmeans::{

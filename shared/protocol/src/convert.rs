@@ -6,7 +6,7 @@
 use fedprofile_learning::metrics::EvalSummary;
 use fedprofile_learning::{
     ClusterStats, ClusteringSummary, Evaluation, FeatureColumn, FeatureSpec, MulticlassSummary,
-    RegressionSummary,
+    RegressionSummary, Statistics,
 };
 use ndarray::Array1;
 
@@ -457,7 +457,7 @@ impl From<&ClientReply> for pb::ClientMessage {
                         label_classes: s.label_classes.clone(),
                     }),
                     ResultBody::Train(t) => pb::task_result::Body::Train(pb::TrainResult {
-                        delta: t.clusters.is_none().then(|| tensor_from_array(&t.delta)),
+                        delta: t.statistics.is_none().then(|| tensor_from_array(&t.delta)),
                         examples: t.examples,
                         steps: t.steps,
                         train_loss: t.train_loss,
@@ -465,11 +465,14 @@ impl From<&ClientReply> for pb::ClientMessage {
                         update_norm: t.update_norm,
                         epsilon_spent: t.epsilon_spent,
                         not_private: t.not_private,
-                        clusters: t.clusters.as_ref().map(|c| pb::ClusterStats {
-                            sums: Some(tensor_from_rows(&c.sums, c.counts.len())),
-                            counts: c.counts.clone(),
-                            inertia: c.inertia,
-                        }),
+                        clusters: match &t.statistics {
+                            Some(Statistics::Clusters(c)) => Some(pb::ClusterStats {
+                                sums: Some(tensor_from_rows(&c.sums, c.counts.len())),
+                                counts: c.counts.clone(),
+                                inertia: c.inertia,
+                            }),
+                            None => None,
+                        },
                     }),
                     ResultBody::Eval(e) => pb::task_result::Body::Eval(e.into()),
                 };
@@ -552,9 +555,9 @@ impl TryFrom<pb::TaskResult> for ClientReply {
                 label_positive: s.label_positive,
             }),
             pb::task_result::Body::Train(t) => ResultBody::Train(TrainReport {
-                clusters: match &t.clusters {
+                statistics: match &t.clusters {
                     None => None,
-                    Some(c) => Some(ClusterStats {
+                    Some(c) => Some(Statistics::Clusters(ClusterStats {
                         sums: rows_from_tensor(
                             c.sums
                                 .as_ref()
@@ -563,7 +566,7 @@ impl TryFrom<pb::TaskResult> for ClientReply {
                         .0,
                         counts: c.counts.clone(),
                         inertia: c.inertia,
-                    }),
+                    })),
                 },
                 delta: match (&t.delta, &t.clusters) {
                     (Some(delta), _) => array_from_tensor(delta)?,
@@ -840,11 +843,11 @@ mod tests {
                 update_norm: 0.0,
                 epsilon_spent: Some(0.3),
                 not_private: false,
-                clusters: Some(ClusterStats {
+                statistics: Some(Statistics::Clusters(ClusterStats {
                     sums: Array1::from_vec(vec![1.0, 2.0, 3.0, 4.0]),
                     counts: vec![1, 3],
                     inertia: 0.0,
-                }),
+                })),
             }),
             ResultBody::Stats(StatsReport {
                 template: FeatureSpec { columns: vec![] },

@@ -1,7 +1,7 @@
 //! Domain form of the protocol messages. No tonic or prost types appear here;
 //! [`crate::convert`] translates to and from [`crate::pb`].
 
-use fedprofile_learning::{ClusterStats, Evaluation, FeatureSpec};
+use fedprofile_learning::{Evaluation, FeatureSpec, Statistics};
 use ndarray::Array1;
 
 /// Version of the federation protocol spoken by this build.
@@ -198,8 +198,8 @@ pub struct TrainReport {
     pub epsilon_spent: Option<f64>,
     /// Produced with a fixed test seed: not private.
     pub not_private: bool,
-    /// k-means rounds: per-cluster sums and counts (`delta` is then empty).
-    pub clusters: Option<ClusterStats>,
+    /// A statistics family's local statistics (`delta` is then empty).
+    pub statistics: Option<Statistics>,
 }
 
 /// The body of a result.

@@ -10,7 +10,7 @@ use ndarray::{Array1, ArrayView1, ArrayView2};
 
 use super::{
     AnyModel, ClusteringSummary, Evaluation, Family, LabelNeed, ModelFamily, ScoreTable,
-    StatisticsDp, Training,
+    Statistics, StatisticsDp, StatisticsUpdate, Training,
 };
 use crate::error::LearningError;
 use crate::kmeans::{
@@ -76,18 +76,39 @@ impl Family for Segments {
         &self,
         m: &AnyModel,
         x: ArrayView2<f64>,
+        _y: Option<ArrayView1<f64>>,
         dp: Option<StatisticsDp>,
         rng: &mut dyn rand::RngCore,
-    ) -> Result<ClusterStats, LearningError> {
+    ) -> Result<Statistics, LearningError> {
         let m = model(m)?;
-        match dp {
+        let stats = match dp {
             None => kmeans_local_stats(&m, x),
             Some(dp) => kmeans_local_stats_dp(&m, x, dp.clip_norm, dp.noise_multiplier, rng),
+        }?;
+        Ok(Statistics::Clusters(stats))
+    }
+
+    fn check_statistics(&self, m: &AnyModel, stats: &Statistics) -> Result<(), LearningError> {
+        let Statistics::Clusters(c) = stats;
+        let (k, d) = (m.outputs(), m.dim());
+        if c.sums.len() != k * d {
+            return Err(LearningError::ParamCount {
+                expected: k * d,
+                got: c.sums.len(),
+            });
         }
+        if let Some(index) = c.sums.iter().position(|v| !v.is_finite()) {
+            return Err(LearningError::NonFiniteParam {
+                index,
+                value: c.sums[index],
+            });
+        }
+        c.check(k, d)
     }
 
     fn statistics_mechanism(
         &self,
+        _: &AnyModel,
         noise_multiplier: f64,
         clip_norm: f64,
     ) -> Result<fedprofile_privacy::GaussianMechanism, LearningError> {
@@ -97,9 +118,32 @@ impl Family for Segments {
     fn aggregate_statistics(
         &self,
         global: &AnyModel,
-        stats: &[ClusterStats],
-    ) -> Result<KMeansUpdate, LearningError> {
-        kmeans_update(&model(global)?, stats)
+        stats: &[Statistics],
+    ) -> Result<(AnyModel, StatisticsUpdate), LearningError> {
+        let clusters: Vec<ClusterStats> = stats
+            .iter()
+            .map(|s| {
+                let Statistics::Clusters(c) = s;
+                c.clone()
+            })
+            .collect();
+        let update: KMeansUpdate = kmeans_update(&model(global)?, &clusters)?;
+        let next = AnyModel::from_parts(
+            ModelFamily::KMeans,
+            update.model.params().clone(),
+            global.outputs(),
+        )?;
+        Ok((
+            next,
+            StatisticsUpdate {
+                // Mean training inertia of the centroids the clients were sent
+                // (0 under record-level DP, where the inertia is not released).
+                loss: update.inertia / update.examples.max(1) as f64,
+                counts: update.counts,
+                examples: update.examples,
+                round_done: true,
+            },
+        ))
     }
 
     fn reseed_starved(

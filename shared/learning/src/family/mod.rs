@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dp::{ValidDpSgdParams, train_dp_sgd};
 use crate::error::{AggregationError, LearningError};
-use crate::kmeans::{ClusterStats, KMeansUpdate};
+use crate::kmeans::ClusterStats;
 use crate::metrics::EvalSummary;
 use crate::model_file::ModelDocument;
 use crate::multiclass_metrics::{MulticlassMetrics, MulticlassSummary};
@@ -130,7 +130,48 @@ pub enum LocalUpdate {
     /// A gradient-trained family: the trained delta and its counts.
     Delta(TrainOutcome),
     /// A statistics family: the local statistics.
-    Statistics(ClusterStats),
+    Statistics(Statistics),
+}
+
+/// The local statistics a client of a statistics family sends instead of a
+/// delta: sums over its rows, never rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statistics {
+    /// k-means: per-cluster sums and counts against the task's centroids.
+    Clusters(ClusterStats),
+}
+
+impl Statistics {
+    /// Rows the statistics summarise.
+    pub fn examples(&self) -> u64 {
+        match self {
+            Statistics::Clusters(c) => u64::try_from(c.examples()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// What the statistics are, for messages ("cluster statistics").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Statistics::Clusters(_) => "cluster statistics",
+        }
+    }
+}
+
+/// What a statistics family's exchange gave besides the next model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatisticsUpdate {
+    /// Pooled rows per output (k-means: per cluster, for re-seeding); empty
+    /// when the family has none.
+    pub counts: Vec<u64>,
+    /// Pooled rows.
+    pub examples: u64,
+    /// The round's training loss (k-means: the mean inertia of the centroids
+    /// the clients were sent; 0 when not released).
+    pub loss: f64,
+    /// Whether the round is complete; when `false` the engine runs another
+    /// exchange of the same round with the same clients and the next model
+    /// (a tree grows one level per exchange).
+    pub round_done: bool,
 }
 
 /// What the clients of a round sent, for [`aggregate_round`].
@@ -139,7 +180,7 @@ pub enum RoundUpdates<'a> {
     /// Deltas (gradient-trained families).
     Deltas(&'a [ClientUpdate]),
     /// Statistics (statistics families).
-    Statistics(&'a [ClusterStats]),
+    Statistics(&'a [Statistics]),
 }
 
 /// A round aggregated by [`aggregate_round`].
@@ -155,8 +196,8 @@ pub enum RoundAggregate {
     /// The statistics family's update (for k-means the exact Lloyd step) and
     /// the next global model.
     Statistics {
-        /// The update (pooled counts and inertia).
-        update: KMeansUpdate,
+        /// The update (pooled counts, loss, whether the round is done).
+        update: StatisticsUpdate,
         /// The next global model.
         next: AnyModel,
     },
@@ -245,37 +286,57 @@ pub trait Family: Sync {
     /// How clients work on their rows.
     fn training(&self, model: &AnyModel) -> Training;
 
-    /// The local statistics of a statistics family (`dp`: noised under
-    /// record-level DP). Gradient-trained families never get here.
+    /// The local statistics of a statistics family for `model` (`y`: the
+    /// labels of a supervised family; `dp`: noised under record-level DP).
+    /// Gradient-trained families never get here.
     fn local_statistics(
         &self,
         model: &AnyModel,
         x: ArrayView2<f64>,
+        y: Option<ArrayView1<f64>>,
         dp: Option<StatisticsDp>,
         rng: &mut dyn rand::RngCore,
-    ) -> Result<ClusterStats, LearningError> {
-        let _ = (model, x, dp, rng);
+    ) -> Result<Statistics, LearningError> {
+        let _ = (model, x, y, dp, rng);
         Err(not_for(self.family(), "local statistics"))
     }
 
-    /// The Gaussian mechanism of one round's release of a statistics family's
-    /// local statistics under record-level DP, for `noise_multiplier` and
-    /// `clip_norm`; its privacy map is what the client charges per round.
+    /// Checks one client's statistics against the model the task carried
+    /// (their kind and shape, finite sums, counts that add up).
+    fn check_statistics(&self, model: &AnyModel, stats: &Statistics) -> Result<(), LearningError> {
+        let _ = (model, stats);
+        Err(not_for(self.family(), "local statistics"))
+    }
+
+    /// The Gaussian mechanism of one release of a statistics family's local
+    /// statistics for `model` under record-level DP, for `noise_multiplier`
+    /// and `clip_norm`; its privacy map is what the client charges per
+    /// release.
     fn statistics_mechanism(
         &self,
+        model: &AnyModel,
         noise_multiplier: f64,
         clip_norm: f64,
     ) -> Result<fedprofile_privacy::GaussianMechanism, LearningError> {
-        let _ = (noise_multiplier, clip_norm);
+        let _ = (model, noise_multiplier, clip_norm);
         Err(not_for(self.family(), "a release of local statistics"))
     }
 
-    /// The round update of a statistics family from the clients' statistics.
+    /// How many releases of local statistics (exchanges) a run of `rounds`
+    /// rounds from `initial` makes at most: one per round unless a round has
+    /// several exchanges.
+    fn planned_releases(&self, initial: &AnyModel, rounds: u32) -> u64 {
+        let _ = initial;
+        u64::from(rounds)
+    }
+
+    /// The next model of a statistics family from the clients' statistics,
+    /// and what the exchange gave.
     fn aggregate_statistics(
         &self,
         global: &AnyModel,
-        stats: &[ClusterStats],
-    ) -> Result<KMeansUpdate, LearningError> {
+        stats: &[Statistics],
+    ) -> Result<(AnyModel, StatisticsUpdate), LearningError> {
         let _ = (global, stats);
         Err(not_for(self.family(), "statistics aggregation"))
     }
@@ -558,12 +619,7 @@ pub fn aggregate_round(
             Ok(RoundAggregate::Step { aggregated, next })
         }
         RoundUpdates::Statistics(stats) => {
-            let update = global.ops().aggregate_statistics(global, stats)?;
-            let next = AnyModel::from_parts(
-                global.family(),
-                update.model.params().clone(),
-                global.outputs(),
-            )?;
+            let (next, update) = global.ops().aggregate_statistics(global, stats)?;
             Ok(RoundAggregate::Statistics { update, next })
         }
     }
