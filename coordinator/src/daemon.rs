@@ -387,51 +387,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Option<RunOutcome>, ServeError> {
-    let state_dir = options.config.state_dir.clone();
-    std::fs::create_dir_all(&state_dir).map_err(|source| ReportError::Write {
-        path: state_dir.clone(),
-        source,
-    })?;
-    let state = crate::state::open(&state_dir, options.accept_state_loss)?;
-    if let Some(anchor) = &state.anchored
-        && anchor.action == "state.lost"
-    {
-        tracing::warn!("started on a damaged state, as asked: {}", anchor.detail);
-    }
-    let (store, audit) = (state.store, state.audit);
-    let metrics = Arc::new(Metrics::new());
-
     let local = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: options.config.listen,
         source,
     })?;
     let (inbox_tx, inbox_rx) = mpsc::channel(4096);
-    let hub = SessionHub::new(inbox_tx);
-    hub.set_listener(Arc::new(Registry {
-        store: Arc::clone(&store),
-        audit: Arc::clone(&audit),
-        metrics: Arc::clone(&metrics),
-        budgets: Mutex::new(Default::default()),
-        audited_refusals: Mutex::new(Default::default()),
-    }));
-    let shared = Arc::new(Shared {
-        store,
-        audit,
-        metrics: Arc::clone(&metrics),
-        hub: Arc::clone(&hub),
-        queue: Notify::new(),
-        active: Mutex::new(None),
-        state_dir: state_dir.clone(),
-        handshakes: Arc::default(),
-        farewells: Arc::default(),
-    });
+    let shared = open_shared(&options, SessionHub::new(inbox_tx))?;
     shared.audit.note(
         "coordinator",
         "coordinator.start",
         None,
         &format!("listening on {local}"),
     );
-
     if let Some((path, text)) = &options.queue_run {
         let row = queue_run(&shared, text, path, "coordinator").map_err(|problem| {
             fedprofile_config::ConfigError::Parse {
@@ -441,81 +408,7 @@ pub async fn serve(
         })?;
         println!("queued run {}", row.id);
     }
-
-    // gRPC: federation + admin on one port.
-    let identity = if options.insecure {
-        IdentityMode::InsecureClaimed
-    } else {
-        IdentityMode::Certificate
-    };
-    let federation = FederationServer::new(
-        FederationService::new(Arc::clone(&hub), identity).with_metrics(Arc::clone(&metrics)),
-    )
-    .max_decoding_message_size(options.config.max_message_bytes)
-    .max_encoding_message_size(options.config.max_message_bytes);
-    let admin = AdminServer::new(crate::admin::AdminService::new(
-        Arc::clone(&shared),
-        options.insecure,
-    ))
-    .max_decoding_message_size(options.config.max_message_bytes);
-    let builder = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .concurrency_limit_per_connection(64)
-        .add_service(federation)
-        .add_service(admin);
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let stop = async {
-        let _ = stop_rx.await;
-    };
-    let mut tls_handle = None;
-    let server = if options.insecure {
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        tokio::spawn(builder.serve_with_incoming_shutdown(incoming, stop))
-    } else {
-        let files = options.config.tls.clone().ok_or(ServeError::NoTls)?;
-        let tls = crate::tls_reload::ReloadableTls::load_with_failures(
-            crate::tls_reload::TlsSources {
-                ca_cert: files.ca_cert,
-                cert: files.cert,
-                key: files.key,
-                crl: options.config.crl.clone(),
-            },
-            Arc::clone(&shared.handshakes),
-        )?;
-        tls_handle = Some(Arc::clone(&tls));
-        let incoming = crate::tls_reload::incoming(listener, Arc::clone(&tls));
-        tokio::spawn(builder.serve_with_incoming_shutdown(incoming, stop))
-    };
-    let _watcher = tls_handle
-        .as_ref()
-        .map(|tls| tls.watch(Duration::from_secs(2)));
-    let reloader = tls_handle.clone().map(|tls| {
-        let audit = Arc::clone(&shared.audit);
-        tokio::spawn(reload_on_sighup(tls, audit))
-    });
-    let handshake_export = tls_handle.clone().map(|tls| {
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let mut seen: std::collections::HashMap<&'static str, u64> = Default::default();
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                for (cause, now) in tls.failures().by_cause() {
-                    let before = seen.entry(cause.label()).or_default();
-                    if now > *before {
-                        metrics
-                            .tls_handshake_failures
-                            .get_or_create(&crate::metrics::Cause {
-                                cause: cause.label().to_string(),
-                            })
-                            .inc_by(now - *before);
-                        *before = now;
-                    }
-                }
-            }
-        })
-    });
+    let background = Background::start(&options, listener, &shared).await?;
     if let Some(path) = &options.addr_file {
         std::fs::write(path, local.to_string()).map_err(|source| ReportError::Write {
             path: path.clone(),
@@ -523,26 +416,7 @@ pub async fn serve(
         })?;
     }
     tracing::info!(address = %local, insecure = options.insecure, "coordinator listening");
-
-    // Metrics endpoint.
-    let (metrics_stop_tx, metrics_stop_rx) = oneshot::channel::<()>();
-    if let Some(addr) = options.config.metrics_listen {
-        let listener = crate::metrics::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind { addr, source })?;
-        if let Some(path) = &options.addr_file {
-            let bound = listener.local_addr().map_or(addr, |a| a);
-            let file = path.with_extension("metrics");
-            let _ = std::fs::write(file, bound.to_string());
-        }
-        tokio::spawn(crate::metrics::serve(
-            listener,
-            Arc::clone(&metrics),
-            async {
-                let _ = metrics_stop_rx.await;
-            },
-        ));
-    }
+    let metrics_stop = serve_metrics(&options, &shared.metrics).await?;
 
     let mut result = tokio::select! {
         r = manage_runs(Arc::clone(&shared), inbox_rx, &options) => r,
@@ -567,18 +441,192 @@ pub async fn serve(
             DRAIN_BOUND.as_secs()
         );
     }
-    let _ = stop_tx.send(());
-    let _ = metrics_stop_tx.send(());
-    if let Some(r) = reloader {
-        r.abort();
+    if let Some(stop) = metrics_stop {
+        let _ = stop.send(());
     }
-    if let Some(h) = handshake_export {
-        h.abort();
-    }
-    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), server).await {
-        return Err(e.into());
-    }
+    background.stop().await?;
     result
+}
+
+/// Opens the state directory (store and audit log) and the shared state of
+/// the daemon's tasks around `hub`.
+fn open_shared(options: &ServeOptions, hub: Arc<SessionHub>) -> Result<Arc<Shared>, ServeError> {
+    let state_dir = options.config.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).map_err(|source| ReportError::Write {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let state = crate::state::open(&state_dir, options.accept_state_loss)?;
+    if let Some(anchor) = &state.anchored
+        && anchor.action == "state.lost"
+    {
+        tracing::warn!("started on a damaged state, as asked: {}", anchor.detail);
+    }
+    let (store, audit) = (state.store, state.audit);
+    let metrics = Arc::new(Metrics::new());
+    hub.set_listener(Arc::new(Registry {
+        store: Arc::clone(&store),
+        audit: Arc::clone(&audit),
+        metrics: Arc::clone(&metrics),
+        budgets: Mutex::new(Default::default()),
+        audited_refusals: Mutex::new(Default::default()),
+    }));
+    Ok(Arc::new(Shared {
+        store,
+        audit,
+        metrics,
+        hub,
+        queue: Notify::new(),
+        active: Mutex::new(None),
+        state_dir,
+        handshakes: Arc::default(),
+        farewells: Arc::default(),
+    }))
+}
+
+/// The tasks that serve beside the run manager: the gRPC server (federation
+/// and admin on one port) and, with TLS, certificate reloading and the export
+/// of handshake failures to the metrics.
+struct Background {
+    stop: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    helpers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    async fn start(
+        options: &ServeOptions,
+        listener: TcpListener,
+        shared: &Arc<Shared>,
+    ) -> Result<Background, ServeError> {
+        let identity = if options.insecure {
+            IdentityMode::InsecureClaimed
+        } else {
+            IdentityMode::Certificate
+        };
+        let federation = FederationServer::new(
+            FederationService::new(Arc::clone(&shared.hub), identity)
+                .with_metrics(Arc::clone(&shared.metrics)),
+        )
+        .max_decoding_message_size(options.config.max_message_bytes)
+        .max_encoding_message_size(options.config.max_message_bytes);
+        let admin = AdminServer::new(crate::admin::AdminService::new(
+            Arc::clone(shared),
+            options.insecure,
+        ))
+        .max_decoding_message_size(options.config.max_message_bytes);
+        let builder = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .concurrency_limit_per_connection(64)
+            .add_service(federation)
+            .add_service(admin);
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let stopped = async {
+            let _ = stop_rx.await;
+        };
+        if options.insecure {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let server = tokio::spawn(builder.serve_with_incoming_shutdown(incoming, stopped));
+            return Ok(Background {
+                stop,
+                server,
+                helpers: Vec::new(),
+            });
+        }
+        let files = options.config.tls.clone().ok_or(ServeError::NoTls)?;
+        let tls = crate::tls_reload::ReloadableTls::load_with_failures(
+            crate::tls_reload::TlsSources {
+                ca_cert: files.ca_cert,
+                cert: files.cert,
+                key: files.key,
+                crl: options.config.crl.clone(),
+            },
+            Arc::clone(&shared.handshakes),
+        )?;
+        let incoming = crate::tls_reload::incoming(listener, Arc::clone(&tls));
+        let server = tokio::spawn(builder.serve_with_incoming_shutdown(incoming, stopped));
+        let helpers = vec![
+            tls.watch(Duration::from_secs(2)),
+            tokio::spawn(reload_on_sighup(
+                Arc::clone(&tls),
+                Arc::clone(&shared.audit),
+            )),
+            tokio::spawn(export_handshake_failures(
+                Arc::clone(&tls),
+                Arc::clone(&shared.metrics),
+            )),
+        ];
+        Ok(Background {
+            stop,
+            server,
+            helpers,
+        })
+    }
+
+    /// Stops the server (waiting for it at most 5 s) and the helpers.
+    async fn stop(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(());
+        for helper in self.helpers {
+            helper.abort();
+        }
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), self.server).await {
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+/// Adds the TLS layer's handshake failures, by cause, to the metrics (every
+/// second, until aborted).
+async fn export_handshake_failures(
+    tls: Arc<crate::tls_reload::ReloadableTls>,
+    metrics: Arc<Metrics>,
+) {
+    let mut seen: std::collections::HashMap<&'static str, u64> = Default::default();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (cause, now) in tls.failures().by_cause() {
+            let before = seen.entry(cause.label()).or_default();
+            if now > *before {
+                metrics
+                    .tls_handshake_failures
+                    .get_or_create(&crate::metrics::Cause {
+                        cause: cause.label().to_string(),
+                    })
+                    .inc_by(now - *before);
+                *before = now;
+            }
+        }
+    }
+}
+
+/// Starts the metrics endpoint when the config asks for one; the sender stops it.
+async fn serve_metrics(
+    options: &ServeOptions,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<oneshot::Sender<()>>, ServeError> {
+    let Some(addr) = options.config.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = crate::metrics::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    if let Some(path) = &options.addr_file {
+        let bound = listener.local_addr().map_or(addr, |a| a);
+        let file = path.with_extension("metrics");
+        let _ = std::fs::write(file, bound.to_string());
+    }
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(crate::metrics::serve(
+        listener,
+        Arc::clone(metrics),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Ok(Some(stop))
 }
 
 async fn reload_on_sighup(tls: Arc<crate::tls_reload::ReloadableTls>, audit: Arc<AuditLog>) {
@@ -796,7 +844,23 @@ async fn execute(
     let (outcome, inbox) = tracing::Instrument::instrument(run.execute(), span).await;
     // The run's deferred audit lines, before its end is recorded.
     shared.audit.flush();
+    record_outcome(shared, &row.id, &config, &outcome, options, &progress_tx)?;
+    *shared.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    Ok((Some(outcome), inbox))
+}
 
+/// Records how a run ended: its state in the store, the metrics, the audit
+/// line, its reports (in its run folder and `--out`) and the last progress
+/// message.
+fn record_outcome(
+    shared: &Arc<Shared>,
+    run_id: &str,
+    config: &RunConfig,
+    outcome: &RunOutcome,
+    options: &ServeOptions,
+    progress_tx: &broadcast::Sender<Progress>,
+) -> Result<(), ServeError> {
+    let run_dir = shared.state_dir.join("runs").join(run_id);
     let state = if outcome.completed {
         RunState::Finished
     } else if outcome.cancelled.is_some() {
@@ -806,7 +870,7 @@ async fn execute(
     };
     shared
         .store
-        .set_run_state(&row.id, state, &now(), outcome.failure.as_deref())?;
+        .set_run_state(run_id, state, &now(), outcome.failure.as_deref())?;
     shared.metrics.epsilon_spent.set(0.0);
     shared
         .metrics
@@ -818,7 +882,7 @@ async fn execute(
     shared.audit.note(
         "coordinator",
         &format!("run.{}", state.as_str()),
-        Some(&row.id),
+        Some(run_id),
         outcome.failure.as_deref().unwrap_or("all rounds completed"),
     );
     let target = outcome
@@ -832,18 +896,18 @@ async fn execute(
             column: String::new(),
             positive_value: String::new(),
         });
-    report::write_outputs(&run_dir, &outcome, &target, &now())?;
-    report::write_plots(&run_dir, &outcome);
+    report::write_outputs(&run_dir, outcome, &target, &now())?;
+    report::write_plots(&run_dir, outcome);
     if let Some(out) = &options.out_dir {
-        report::write_outputs(out, &outcome, &target, &now())?;
-        report::write_plots(out, &outcome);
+        report::write_outputs(out, outcome, &target, &now())?;
+        report::write_plots(out, outcome);
         let ledger = run_dir.join("coordinator-ledger.jsonl");
         if ledger.exists() {
             let _ = std::fs::copy(&ledger, out.join("coordinator-ledger.jsonl"));
         }
     }
     let _ = progress_tx.send(Progress {
-        run_id: row.id.clone(),
+        run_id: run_id.to_string(),
         round: outcome.rounds.last().map_or(0, |r| r.round),
         rounds_planned: config.rounds,
         state,
@@ -872,8 +936,7 @@ async fn execute(
             .clone()
             .unwrap_or_else(|| "run finished".into()),
     });
-    *shared.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    Ok((Some(outcome), inbox))
+    Ok(())
 }
 
 /// Commits rounds to the database, and records each commit in the audit log
