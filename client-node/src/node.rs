@@ -414,6 +414,8 @@ impl Node {
             LabelNeed::Binary => LabelKindMsg::Binary,
             LabelNeed::Numeric => LabelKindMsg::Numeric,
             LabelNeed::Classes => LabelKindMsg::Classes,
+            LabelNeed::Supervised if has == LabelKindMsg::Numeric => has,
+            LabelNeed::Supervised => LabelKindMsg::Binary,
             LabelNeed::None => has,
         };
         if has != needs {

@@ -21,7 +21,9 @@ impl Run {
         let mut collector = Collector::new(record.round, 0, TaskKind::Eval, tasks, None);
         let gathered = self.collect(&mut collector).await;
         record.rejected += gathered.rejected;
-        let mut pooled = match Evaluation::empty(self.config.model, global.outputs) {
+        let pooled = AnyModel::from_parts(self.config.model, global.params.clone(), global.outputs)
+            .and_then(|m| m.ops().empty_evaluation_for(&m));
+        let mut pooled = match pooled {
             Ok(pooled) => pooled,
             Err(e) => return State::Failed(RunError::Internal(e.to_string())),
         };

@@ -65,7 +65,7 @@ use fedprofile_config::run::{PrivacyMode, RecordNoise};
 use fedprofile_learning::metrics::Metrics;
 use fedprofile_learning::strategy::ClientUpdate;
 use fedprofile_learning::{
-    AnyModel, Evaluation, FeatureSpec, LabelNeed, ModelFamily, Quality, RoundAggregate,
+    AnyModel, FeatureSpec, LabelNeed, ModelFamily, ModelSettings, Quality, RoundAggregate,
     RoundUpdates, Statistics, WarmStartTarget, aggregate_round,
 };
 use fedprofile_protocol::messages::{

@@ -144,7 +144,12 @@ impl Run {
         let params = match start {
             Some(params) => params,
             None => family
-                .initial(dim, outputs, self.config.seed.unwrap_or(0))
+                .initial_for(
+                    dim,
+                    outputs,
+                    self.config.seed.unwrap_or(0),
+                    &self.model_settings(*kind),
+                )
                 .map_err(|e| RunError::InitialModel(e.to_string()))?
                 .params()
                 .clone(),
@@ -155,6 +160,13 @@ impl Run {
             params,
             outputs,
         })
+    }
+
+    /// What the run says about its model beyond the family and the shape.
+    fn model_settings(&self, label: LabelKindMsg) -> ModelSettings {
+        ModelSettings {
+            numeric_label: label == LabelKindMsg::Numeric,
+        }
     }
 
     /// A partner whose feature statistics were rejected trains on data the
@@ -228,10 +240,30 @@ fn label_fits(
     column: &str,
     classes: &[String],
 ) -> Result<(), String> {
-    let need = match family.label_need() {
-        LabelNeed::Binary => LabelKindMsg::Binary,
-        LabelNeed::Numeric => LabelKindMsg::Numeric,
-        LabelNeed::Classes => LabelKindMsg::Classes,
+    let (need, needs) = match family.label_need() {
+        LabelNeed::Binary => (
+            LabelKindMsg::Binary,
+            LabelKindMsg::Binary.describe().to_string(),
+        ),
+        LabelNeed::Numeric => (
+            LabelKindMsg::Numeric,
+            LabelKindMsg::Numeric.describe().to_string(),
+        ),
+        LabelNeed::Classes => (
+            LabelKindMsg::Classes,
+            LabelKindMsg::Classes.describe().to_string(),
+        ),
+        LabelNeed::Supervised => (
+            match kind {
+                LabelKindMsg::Numeric => LabelKindMsg::Numeric,
+                _ => LabelKindMsg::Binary,
+            },
+            format!(
+                "{} or {}",
+                LabelKindMsg::Binary.describe(),
+                LabelKindMsg::Numeric.describe()
+            ),
+        ),
         LabelNeed::None => return Ok(()),
     };
     if kind != need {
@@ -240,8 +272,7 @@ fn label_fits(
             other => format!("'{column}' as {}", other.describe()),
         };
         return Err(format!(
-            "the run trains a {family} model, which needs {} in the clients' schema; their schema declares {has}",
-            need.describe()
+            "the run trains a {family} model, which needs {needs} in the clients' schema; their schema declares {has}"
         ));
     }
     if need == LabelKindMsg::Classes && classes.len() < 2 {

@@ -404,26 +404,31 @@ impl RunConfig {
         strategy
             .check_clients(c.min_per_round)
             .map_err(|e| invalid("clients.min_per_round", e.to_string()))?;
-        if model == ModelFamily::KMeans {
+        if let Some(rules) = model.ops().statistics_rules() {
             if !matches!(strategy, StrategyConfig::FedAvg) {
                 return Err(invalid(
                     "strategy.name",
                     format!(
-                        "'{}' cannot be used with k-means: a k-means round pools the clients' per-cluster sums and counts (the exact Lloyd step), it has no update to optimize or filter",
-                        strategy.name()
+                        "'{}' cannot be used with {}: {}, it has no update to optimize or filter",
+                        strategy.name(),
+                        rules.name,
+                        rules.round
                     ),
                 ));
             }
             if let PrivacyMode::Client(_) = privacy {
                 return Err(invalid(
                     "privacy.mode",
-                    "\"client\" is not available for k-means (no update to clip); use \"record\": each partner noises its cluster sums and counts and charges its own ledger".into(),
+                    format!(
+                        "\"client\" is not available for {} (no update to clip); use \"record\": {}",
+                        rules.name, rules.record_dp
+                    ),
                 ));
             }
             if t.tail_average_rounds > 1 {
                 return Err(invalid(
                     "training.tail_average_rounds",
-                    "must be 1 for k-means (averaging centroids of different rounds is not a Lloyd step)".into(),
+                    format!("must be 1 for {} ({})", rules.name, rules.averaging),
                 ));
             }
         }

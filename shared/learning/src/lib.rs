@@ -59,8 +59,9 @@ pub use dp::{
 pub use error::{AggregationError, LearningError, ModelFileError, ModelFileProblem, StrategyError};
 pub use family::{
     AnyModel, ClusteringSummary, Evaluation, Family, GradientTraining, LabelNeed, LocalUpdate,
-    ModelFamily, ProfileRow, Quality, RoundAggregate, RoundError, RoundUpdates, ScoreTable,
-    Statistics, StatisticsDp, StatisticsUpdate, Training, aggregate_round, local_update,
+    ModelFamily, ModelSettings, ProfileRow, Quality, RoundAggregate, RoundError, RoundUpdates,
+    ScoreTable, Statistics, StatisticsDp, StatisticsRules, StatisticsUpdate, Training,
+    aggregate_round, local_update,
 };
 pub use features::{FeatureColumn, FeatureSpec};
 pub use kmeans::{

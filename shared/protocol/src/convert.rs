@@ -473,6 +473,7 @@ impl From<&ClientReply> for pb::ClientMessage {
                             }),
                             None => None,
                         },
+                        trees: None,
                     }),
                     ResultBody::Eval(e) => pb::task_result::Body::Eval(e.into()),
                 };

@@ -10,7 +10,7 @@ use ndarray::{Array1, ArrayView1, ArrayView2};
 
 use super::{
     AnyModel, ClusteringSummary, Evaluation, Family, LabelNeed, ModelFamily, ScoreTable,
-    Statistics, StatisticsDp, StatisticsUpdate, Training,
+    Statistics, StatisticsDp, StatisticsRules, StatisticsUpdate, Training,
 };
 use crate::error::LearningError;
 use crate::kmeans::{
@@ -66,6 +66,15 @@ impl Family for Segments {
 
     fn is_gradient_trained(&self) -> bool {
         false
+    }
+
+    fn statistics_rules(&self) -> Option<StatisticsRules> {
+        Some(StatisticsRules {
+            name: "k-means",
+            round: "a k-means round pools the clients' per-cluster sums and counts (the exact Lloyd step)",
+            record_dp: "each partner noises its cluster sums and counts and charges its own ledger",
+            averaging: "averaging centroids of different rounds is not a Lloyd step",
+        })
     }
 
     fn training(&self, _: &AnyModel) -> Training {

@@ -93,8 +93,19 @@ pub enum LabelNeed {
     Numeric,
     /// A multi-class `class` column.
     Classes,
+    /// A binary `label` or a numeric `target` column (the family fits either;
+    /// [`ModelSettings::numeric_label`] says which).
+    Supervised,
     /// Nothing (unsupervised).
     None,
+}
+
+/// What a run says about its model beyond the family and the shape, for
+/// [`Family::initial_for`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelSettings {
+    /// The clients' label is a numeric `target` (not a binary `label`).
+    pub numeric_label: bool,
 }
 
 /// How a family's clients work on their rows.
@@ -122,6 +133,21 @@ pub struct StatisticsDp {
     pub clip_norm: f64,
     /// Noise standard deviation over sensitivity.
     pub noise_multiplier: f64,
+}
+
+/// Why a statistics family refuses the settings made for model deltas (see
+/// [`Family::statistics_rules`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatisticsRules {
+    /// The family as the messages name it ("k-means").
+    pub name: &'static str,
+    /// What its round does instead ("a k-means round pools the clients'
+    /// per-cluster sums and counts (the exact Lloyd step)").
+    pub round: &'static str,
+    /// How record-level DP protects it instead of client-level DP.
+    pub record_dp: &'static str,
+    /// Why the models of different rounds are not averaged.
+    pub averaging: &'static str,
 }
 
 /// What a client sends after its local work.
@@ -275,8 +301,36 @@ pub trait Family: Sync {
     /// Number of features of checked parameters.
     fn dim(&self, params: usize, outputs: usize) -> usize;
 
+    /// Number of features of checked parameters, when the layout says it
+    /// rather than the length.
+    fn dim_of(&self, params: &Array1<f64>, outputs: usize) -> usize {
+        self.dim(params.len(), outputs)
+    }
+
     /// The starting parameters for `dim` features and `outputs` rows.
     fn initial(&self, dim: usize, outputs: usize, seed: u64) -> Result<Array1<f64>, LearningError>;
+
+    /// For a statistics family: why the run-file settings made for model
+    /// deltas (strategies other than FedAvg, client-level DP, tail
+    /// averaging) do not apply to it, in words for the run file's errors;
+    /// `None` for a gradient-trained family.
+    fn statistics_rules(&self) -> Option<StatisticsRules> {
+        None
+    }
+
+    /// The starting parameters of a run's model, with what the run says
+    /// beyond the shape (the initial model of most families needs nothing
+    /// more than [`Family::initial`]).
+    fn initial_for(
+        &self,
+        dim: usize,
+        outputs: usize,
+        seed: u64,
+        settings: &ModelSettings,
+    ) -> Result<Array1<f64>, LearningError> {
+        let _ = settings;
+        self.initial(dim, outputs, seed)
+    }
 
     /// Whether [`Family::training`] is [`Training::Gradient`].
     fn is_gradient_trained(&self) -> bool {
@@ -366,6 +420,12 @@ pub trait Family: Sync {
 
     /// The neutral element of [`Evaluation::merge`] for `outputs` rows.
     fn empty_evaluation(&self, outputs: usize) -> Result<Evaluation, LearningError>;
+
+    /// The neutral element of [`Evaluation::merge`] for evaluations of
+    /// `model` (when the kind of evaluation depends on the model).
+    fn empty_evaluation_for(&self, model: &AnyModel) -> Result<Evaluation, LearningError> {
+        self.empty_evaluation(model.outputs())
+    }
 
     /// The `score` columns of `model` on the encoded rows `x`.
     fn score(&self, model: &ModelDocument, x: ArrayView2<f64>)
@@ -477,6 +537,20 @@ impl ModelFamily {
         let outputs = self.ops().outputs(outputs);
         AnyModel::from_parts(self, self.ops().initial(dim, outputs, seed)?, outputs)
     }
+
+    /// The starting model of a run: [`ModelFamily::initial`] with what the
+    /// run says beyond the shape.
+    pub fn initial_for(
+        self,
+        dim: usize,
+        outputs: usize,
+        seed: u64,
+        settings: &ModelSettings,
+    ) -> Result<AnyModel, LearningError> {
+        let outputs = self.ops().outputs(outputs);
+        let params = self.ops().initial_for(dim, outputs, seed, settings)?;
+        AnyModel::from_parts(self, params, outputs)
+    }
 }
 
 impl std::fmt::Display for ModelFamily {
@@ -538,7 +612,7 @@ impl AnyModel {
 
     /// Number of features.
     pub fn dim(&self) -> usize {
-        self.ops().dim(self.params.len(), self.outputs)
+        self.ops().dim_of(&self.params, self.outputs)
     }
 
     /// How clients work on their rows.
