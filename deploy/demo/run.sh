@@ -32,6 +32,7 @@ rm -rf "$out/ledgers"
 mkdir -p "$out/ledgers"
 
 if [ -n "${BIN_DIR:-}" ]; then
+  [ -d "$BIN_DIR" ] || { echo "BIN_DIR: $BIN_DIR is not a directory" >&2; exit 1; }
   bin="$(cd "$BIN_DIR" && pwd)"
   for b in fedprofile-coordinator fedprofile-client; do
     [ -x "$bin/$b" ] || { echo "BIN_DIR: $bin/$b is not an executable file" >&2; exit 1; }
