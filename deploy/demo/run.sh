@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The demo federation in one command: build, make certificates, start a
-# coordinator and four client nodes on loopback over mutual TLS, train 20 rounds,
+# coordinator and one client node per partner on loopback over mutual TLS, train,
 # stop everything, leave model.json, metrics.csv and summary.json in OUT_DIR.
 #
 #   deploy/demo/run.sh [OUT_DIR] [RUN_FILE]     (defaults: out/demo, deploy/demo/run.toml)
+#   BIN_DIR=DIR deploy/demo/run.sh ...          (use DIR's fedprofile-coordinator and
+#                                                fedprofile-client; no build)
 #
 # The partners' configs are RUN_FILE's folder's clients/ if it has one (e.g.
-# deploy/demo/value/: monthly charges with linear regression), else
-# deploy/demo/clients/ (the churn schema).
+# deploy/demo/value/: monthly charges with linear regression; deploy/demo/caravan/:
+# another federation, three insurers), else deploy/demo/clients/ (the churn schema).
+# The partners are that folder's *.toml files, one client node each, named after
+# the file (clients/partner-a.toml is partner-a, with certificate partner-a.pem).
 #
 # With deploy/demo/run-dp.toml the partners train with record-level differential
 # privacy; their ledgers go to OUT_DIR/ledgers and are verified at the end.
@@ -27,10 +31,19 @@ mkdir -p "$logs"
 rm -rf "$out/ledgers"
 mkdir -p "$out/ledgers"
 
-echo "== building (release)"
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" \
-  --bin fedprofile-coordinator --bin fedprofile-client
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+if [ -n "${BIN_DIR:-}" ]; then
+  [ -d "$BIN_DIR" ] || { echo "BIN_DIR: $BIN_DIR is not a directory" >&2; exit 1; }
+  bin="$(cd "$BIN_DIR" && pwd)"
+  for b in fedprofile-coordinator fedprofile-client; do
+    [ -x "$bin/$b" ] || { echo "BIN_DIR: $bin/$b is not an executable file" >&2; exit 1; }
+  done
+  echo "== binaries from $bin (BIN_DIR; not built)"
+else
+  echo "== building (release)"
+  cargo build --release --quiet --manifest-path "$root/Cargo.toml" \
+    --bin fedprofile-coordinator --bin fedprofile-client
+  bin="${CARGO_TARGET_DIR:-$root/target}/release"
+fi
 
 pids=()
 cleanup() {
@@ -39,7 +52,12 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-partners=(partner-a partner-b partner-c partner-d)
+partners=()
+for config in "$clients"/*.toml; do
+  [ -e "$config" ] || continue
+  partners+=("$(basename "$config" .toml)")
+done
+[ "${#partners[@]}" -gt 0 ] || { echo "no client configs (*.toml) in $clients" >&2; exit 1; }
 
 if grep -q '^mode = "record"' "$run_file"; then
   echo "== privacy: what this run will cost each partner, composed with its ledger (before anything runs)"
