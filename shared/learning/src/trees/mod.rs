@@ -69,7 +69,7 @@ pub use binning::{
 };
 pub use model::{FLAT_LAYOUT_VERSION, Request, TreeModel};
 pub use shap::tree_shap;
-pub use stats::{Histograms, TreeStatistics, local_statistics};
+pub use stats::{Histograms, LocalCache, TreeStatistics, local_statistics, local_statistics_cached};
 pub use tree::{Node, NodeKind, Tree};
 
 use ndarray::{ArrayView1, ArrayView2};
@@ -259,7 +259,8 @@ pub fn sensitivity(model: &TreeModel, bound: Option<GradBound>) -> f64 {
 
 /// The in-process reference: trains `trees` trees on all of `x`, `y` with
 /// exactly the functions of the federated protocol ([`local_statistics`] on
-/// all rows, then [`TreeModel::apply`]), without noise or clipping.
+/// all rows, through a [`LocalCache`], then [`TreeModel::apply`]), without
+/// noise or clipping.
 pub fn train_pooled(
     x: ArrayView2<f64>,
     y: ArrayView1<f64>,
@@ -268,13 +269,14 @@ pub fn train_pooled(
     trees: u32,
 ) -> Result<TreeModel, LearningError> {
     let mut model = TreeModel::new(x.ncols(), loss, params)?;
+    let mut cache = LocalCache::new();
     // One exchange for the binning, then at most `max_depth` per tree.
     let max_steps = 1 + trees as usize * params.max_depth as usize;
     for _ in 0..max_steps {
         if model.binning().is_some() && model.complete_trees() >= trees as usize {
             break;
         }
-        let stats = local_statistics(&model, x, y, None)?;
+        let stats = local_statistics_cached(&model, x, y, None, &mut cache)?;
         model = model.apply(&stats)?;
     }
     Ok(model)

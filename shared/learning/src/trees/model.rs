@@ -179,7 +179,7 @@ impl TreeModel {
     }
 
     /// The margin of the first `trees` trees (all complete) of every row.
-    pub(super) fn margin_of_trees(
+    fn margin_of_trees(
         &self,
         x: ArrayView2<f64>,
         trees: usize,
@@ -192,8 +192,9 @@ impl TreeModel {
                 "tree model: the feature matrix could not be laid out by rows".to_string(),
             ));
         };
-        for tree in &self.trees[..trees] {
-            for (m, row) in margin.iter_mut().zip(flat.chunks_exact(self.dim)) {
+        let trees = &self.trees[..trees];
+        for (m, row) in margin.iter_mut().zip(flat.chunks_exact(self.dim)) {
+            for tree in trees {
                 *m += tree.predict_row(row);
             }
         }

@@ -28,9 +28,10 @@ pub fn tree_shap(
     let row: Vec<f64> = row.iter().copied().collect();
     let mut phi = vec![0.0; model.dim()];
     let mut expected = model.base_score();
+    let mut buf = Vec::new();
     for tree in &model.trees()[..model.complete_trees()] {
         expected += expected_value(tree, 0);
-        recurse(tree, 0, &row, &mut phi, &[], 1.0, 1.0, None);
+        recurse(tree, 0, &row, &mut phi, &mut buf, 0, 0, 1.0, 1.0, None);
     }
     Ok((expected, Array1::from(phi)))
 }
@@ -54,7 +55,7 @@ fn expected_value(tree: &Tree, node: usize) -> f64 {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct PathElement {
     feature: Option<usize>,
     zero: f64,
@@ -62,74 +63,85 @@ struct PathElement {
     weight: f64,
 }
 
-fn extend(path: &mut Vec<PathElement>, zero: f64, one: f64, feature: Option<usize>) {
-    let d = path.len();
-    path.push(PathElement {
+/// Appends an element to the path `p[..d]` (so `p` has at least `d + 1` slots).
+fn extend(p: &mut [PathElement], d: usize, zero: f64, one: f64, feature: Option<usize>) {
+    p[d] = PathElement {
         feature,
         zero,
         one,
         weight: if d == 0 { 1.0 } else { 0.0 },
-    });
+    };
     let n = (d + 1) as f64;
     for i in (0..d).rev() {
-        path[i + 1].weight += one * path[i].weight * (i + 1) as f64 / n;
-        path[i].weight = zero * path[i].weight * (d - i) as f64 / n;
+        p[i + 1].weight += one * p[i].weight * (i + 1) as f64 / n;
+        p[i].weight = zero * p[i].weight * (d - i) as f64 / n;
     }
 }
 
-fn unwind(path: &mut Vec<PathElement>, index: usize) {
-    let d = path.len() - 1;
+/// Removes element `index` from the path `p` (all of it is the path).
+fn unwind(p: &mut [PathElement], index: usize) {
+    let d = p.len() - 1;
     let n = (d + 1) as f64;
-    let PathElement { zero, one, .. } = path[index];
-    let mut next_one = path[d].weight;
+    let PathElement { zero, one, .. } = p[index];
+    let mut next_one = p[d].weight;
     for i in (0..d).rev() {
         if one != 0.0 {
-            let tmp = path[i].weight;
-            path[i].weight = next_one * n / ((i + 1) as f64 * one);
-            next_one = tmp - path[i].weight * zero * (d - i) as f64 / n;
+            let tmp = p[i].weight;
+            p[i].weight = next_one * n / ((i + 1) as f64 * one);
+            next_one = tmp - p[i].weight * zero * (d - i) as f64 / n;
         } else {
-            path[i].weight = path[i].weight * n / (zero * (d - i) as f64);
+            p[i].weight = p[i].weight * n / (zero * (d - i) as f64);
         }
     }
     for i in index..d {
-        path[i].feature = path[i + 1].feature;
-        path[i].zero = path[i + 1].zero;
-        path[i].one = path[i + 1].one;
+        p[i].feature = p[i + 1].feature;
+        p[i].zero = p[i + 1].zero;
+        p[i].one = p[i + 1].one;
     }
-    path.pop();
 }
 
-fn unwound_sum(path: &[PathElement], index: usize) -> f64 {
-    let d = path.len() - 1;
+/// The total weight of the path `p` with element `index` unwound.
+fn unwound_sum(p: &[PathElement], index: usize) -> f64 {
+    let d = p.len() - 1;
     let n = (d + 1) as f64;
-    let PathElement { zero, one, .. } = path[index];
-    let mut next_one = path[d].weight;
+    let PathElement { zero, one, .. } = p[index];
+    let mut next_one = p[d].weight;
     let mut total = 0.0;
     for i in (0..d).rev() {
         if one != 0.0 {
             let tmp = next_one * n / ((i + 1) as f64 * one);
             total += tmp;
-            next_one = path[i].weight - tmp * zero * (d - i) as f64 / n;
+            next_one = p[i].weight - tmp * zero * (d - i) as f64 / n;
         } else {
-            total += path[i].weight / zero * n / (d - i) as f64;
+            total += p[i].weight / zero * n / (d - i) as f64;
         }
     }
     total
 }
 
+/// One step of algorithm 2. The paths live in one scratch buffer: the
+/// parent's is `buf[parent..parent + parent_len]`, this node's is copied
+/// right after it.
 #[allow(clippy::too_many_arguments)]
 fn recurse(
     tree: &Tree,
     node: usize,
     row: &[f64],
     phi: &mut [f64],
-    parent_path: &[PathElement],
+    buf: &mut Vec<PathElement>,
+    parent: usize,
+    parent_len: usize,
     zero: f64,
     one: f64,
     feature: Option<usize>,
 ) {
-    let mut path = parent_path.to_vec();
-    extend(&mut path, zero, one, feature);
+    let start = parent + parent_len;
+    if buf.len() < start + parent_len + 1 {
+        buf.resize(start + parent_len + 1, PathElement::default());
+    }
+    buf.copy_within(parent..parent + parent_len, start);
+    extend(&mut buf[start..], parent_len, zero, one, feature);
+    let mut len = parent_len + 1;
     match *tree.nodes()[node].kind() {
         NodeKind::Split {
             feature: split,
@@ -145,17 +157,21 @@ fn recurse(
                 (right, left, wr, wl)
             };
             let (mut incoming_zero, mut incoming_one) = (1.0, 1.0);
+            let path = &mut buf[start..start + len];
             if let Some(k) = path.iter().position(|e| e.feature == Some(split)) {
                 incoming_zero = path[k].zero;
                 incoming_one = path[k].one;
-                unwind(&mut path, k);
+                unwind(path, k);
+                len -= 1;
             }
             recurse(
                 tree,
                 hot,
                 row,
                 phi,
-                &path,
+                buf,
+                start,
+                len,
                 hot_w * incoming_zero,
                 incoming_one,
                 Some(split),
@@ -165,7 +181,9 @@ fn recurse(
                 cold,
                 row,
                 phi,
-                &path,
+                buf,
+                start,
+                len,
                 cold_w * incoming_zero,
                 0.0,
                 Some(split),
@@ -173,8 +191,9 @@ fn recurse(
         }
         _ => {
             let value = tree.nodes()[node].value();
-            for i in 1..path.len() {
-                let w = unwound_sum(&path, i);
+            let path = &buf[start..start + len];
+            for i in 1..len {
+                let w = unwound_sum(path, i);
                 if let Some(f) = path[i].feature {
                     phi[f] += w * (path[i].one - path[i].zero) * value;
                 }

@@ -9,8 +9,9 @@ use crate::error::LearningError;
 use crate::linear::check_finite_labels;
 use crate::model::{check_features, check_labels, sigmoid};
 
-use super::binning::{SKETCH_CELLS, Sketch, check_noise_std, sketch_cell};
+use super::binning::{Binning, SKETCH_CELLS, Sketch, check_noise_std, sketch_cell};
 use super::model::{Request, TreeModel};
+use super::tree::Tree;
 use super::{GradBound, TreeLoss, tree_error};
 
 /// Per pending node (in node order), per feature, per bin: the sums of the
@@ -236,20 +237,116 @@ impl TreeStatistics {
     }
 }
 
+/// What a client may keep between [`local_statistics_cached`] calls on the
+/// same rows, so that each level does not recompute the margin from the
+/// first tree: the rows' bin indices and the margin of the complete trees
+/// seen so far.
+///
+/// Every call checks it (a fingerprint of the rows' bits, the binning, the
+/// base score and the trees already summed must be unchanged, otherwise it
+/// starts afresh), so a stale cache costs time, never correctness. The
+/// statistics are bit for bit those of [`local_statistics`].
+#[derive(Debug, Clone, Default)]
+pub struct LocalCache {
+    fingerprint: u64,
+    rows: usize,
+    dim: usize,
+    base_score: f64,
+    binning: Option<Binning>,
+    bins: Vec<u8>,
+    trees: Vec<Tree>,
+    margin: Vec<f64>,
+}
+
+impl LocalCache {
+    /// An empty cache.
+    pub fn new() -> LocalCache {
+        LocalCache::default()
+    }
+
+    /// Brings bins and margin up to date with `model`'s complete trees.
+    fn prepare(&mut self, model: &TreeModel, binning: &Binning, flat: &[f64], rows: usize) {
+        let dim = model.dim();
+        let fingerprint = fingerprint(flat);
+        let same_rows = self.fingerprint == fingerprint
+            && self.rows == rows
+            && self.dim == dim
+            && self.bins.len() == rows * dim
+            && self.binning.as_ref() == Some(binning);
+        if !same_rows {
+            self.bins.clear();
+            self.bins.resize(rows * dim, 0);
+            for (row, out) in flat.chunks_exact(dim).zip(self.bins.chunks_exact_mut(dim)) {
+                for (f, (&v, b)) in row.iter().zip(out.iter_mut()).enumerate() {
+                    // A feature has at most 256 bins (Binning::new).
+                    *b = binning.bin(f, v) as u8;
+                }
+            }
+            self.fingerprint = fingerprint;
+            self.rows = rows;
+            self.dim = dim;
+            self.binning = Some(binning.clone());
+        }
+        let complete = &model.trees()[..model.complete_trees()];
+        let prefix = same_rows
+            && self.base_score.to_bits() == model.base_score().to_bits()
+            && self.margin.len() == rows
+            && self.trees.len() <= complete.len()
+            && complete[..self.trees.len()] == self.trees[..];
+        if !prefix {
+            self.trees.clear();
+            self.margin.clear();
+            self.margin.resize(rows, model.base_score());
+            self.base_score = model.base_score();
+        }
+        let new = &complete[self.trees.len()..];
+        if !new.is_empty() {
+            for (m, bins) in self.margin.iter_mut().zip(self.bins.chunks_exact(dim)) {
+                for tree in new {
+                    *m += tree.predict_bins(bins);
+                }
+            }
+            self.trees.extend_from_slice(new);
+        }
+    }
+}
+
+/// FNV-1a over the bits of the values.
+fn fingerprint(values: &[f64]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in values {
+        h = (h ^ v.to_bits()).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^ values.len() as u64
+}
+
 /// What `model.request()` asks for, from one client's rows: `x` the encoded
 /// features (`model.dim()` finite columns), `y` 0/1 labels (logistic) or
 /// finite targets (squared). Gradients come from the margin of the complete
 /// trees; with `bound`, `g` is clipped to `[-grad_clip, grad_clip]`.
 ///
-/// Cost: one pass over the rows for the margin (rows × complete trees ×
-/// depth), one for the bin indices (`u8`, rows × features) and one that adds
-/// every row into its node's block (rows × features); nothing is allocated
-/// per row.
+/// Cost: the bin indices (`u8`, rows × features), the margin (rows × complete
+/// trees × depth, by bins) and one pass that adds every row into its node's
+/// block (rows × features); nothing is allocated per row. A client that
+/// answers every level of a run should keep a [`LocalCache`] and call
+/// [`local_statistics_cached`], which sums each tree into the margin once.
 pub fn local_statistics(
     model: &TreeModel,
     x: ArrayView2<f64>,
     y: ArrayView1<f64>,
     bound: Option<GradBound>,
+) -> Result<TreeStatistics, LearningError> {
+    local_statistics_cached(model, x, y, bound, &mut LocalCache::new())
+}
+
+/// [`local_statistics`] with a [`LocalCache`] kept between calls on the
+/// same rows; the result is the same, bit for bit.
+pub fn local_statistics_cached(
+    model: &TreeModel,
+    x: ArrayView2<f64>,
+    y: ArrayView1<f64>,
+    bound: Option<GradBound>,
+    cache: &mut LocalCache,
 ) -> Result<TreeStatistics, LearningError> {
     if let Some(b) = bound {
         b.validate()?;
@@ -291,7 +388,7 @@ pub fn local_statistics(
                     "tree model: histograms requested before the binning".to_string(),
                 ));
             };
-            let margin = model.margin_of_trees(x.view(), model.complete_trees())?;
+            cache.prepare(model, binning, flat, rows);
             let clip = bound.map_or(f64::INFINITY, |b| b.grad_clip);
             // The pending index of each node of the growing tree.
             let growing = model.growing();
@@ -307,30 +404,20 @@ pub fn local_statistics(
             };
             let bins_per_node = binning.total_bins();
             let offsets: Vec<usize> = (0..dim).map(|f| binning.offset(f)).collect();
-            // Bin indices, row-major; a feature has at most 256 bins.
-            let mut bins = vec![0u8; rows * dim];
-            for (row, out) in flat.chunks_exact(dim).zip(bins.chunks_exact_mut(dim)) {
-                for (f, (&v, b)) in row.iter().zip(out.iter_mut()).enumerate() {
-                    *b = binning.bin(f, v) as u8;
-                }
-            }
             let mut hist = Histograms::zeros(nodes, bins_per_node);
             let mut reached = 0u64;
-            for (i, (row, row_bins)) in flat
-                .chunks_exact(dim)
-                .zip(bins.chunks_exact(dim))
-                .enumerate()
-            {
-                let node = growing.map_or(0, |t| t.node_of(row));
+            for (i, row_bins) in cache.bins.chunks_exact(dim).enumerate() {
+                let node = growing.map_or(0, |t| t.node_of_bins(row_bins));
                 let Some(k) = slot[node] else {
                     continue; // ended in a leaf of the growing tree
                 };
+                let margin = cache.margin[i];
                 let (g, h) = match model.loss() {
                     TreeLoss::Logistic => {
-                        let p = sigmoid(margin[i]);
+                        let p = sigmoid(margin);
                         (p - y[i], p * (1.0 - p))
                     }
-                    TreeLoss::Squared => (margin[i] - y[i], 1.0),
+                    TreeLoss::Squared => (margin - y[i], 1.0),
                 };
                 let g = g.clamp(-clip, clip);
                 let base = k * bins_per_node;

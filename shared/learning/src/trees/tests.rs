@@ -880,3 +880,31 @@ fn params_validation_names_the_field() {
         (6, 0.1, 1.0, 1.0, 0.0, 64)
     );
 }
+
+#[test]
+fn the_local_cache_gives_the_same_statistics_and_notices_other_rows() {
+    let (x, y) = xor_data(400, 22);
+    let (other_x, other_y) = xor_data(400, 23);
+    let mut model = TreeModel::new(6, TreeLoss::Logistic, depth4()).unwrap();
+    let mut cache = LocalCache::new();
+    for step in 0..16 {
+        let plain = local_statistics(&model, x.view(), y.view(), None).unwrap();
+        let cached = local_statistics_cached(&model, x.view(), y.view(), None, &mut cache).unwrap();
+        assert_eq!(plain, cached, "step {step}");
+        // Other rows through the same cache: recomputed, not reused.
+        if step % 5 == 4 {
+            let plain = local_statistics(&model, other_x.view(), other_y.view(), None).unwrap();
+            let cached =
+                local_statistics_cached(&model, other_x.view(), other_y.view(), None, &mut cache)
+                    .unwrap();
+            assert_eq!(plain, cached, "step {step}, other rows");
+        }
+        model = model.apply(&plain).unwrap();
+    }
+    assert!(model.complete_trees() >= 3);
+    // A different model with the same binning (fewer trees) is not mistaken for a prefix.
+    let short = train_pooled(x.view(), y.view(), TreeLoss::Logistic, depth4(), 1).unwrap();
+    let plain = local_statistics(&short, x.view(), y.view(), None).unwrap();
+    let cached = local_statistics_cached(&short, x.view(), y.view(), None, &mut cache).unwrap();
+    assert_eq!(plain, cached);
+}

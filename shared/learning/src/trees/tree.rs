@@ -144,11 +144,32 @@ impl Node {
 
 /// A tree: a non-empty array of [`Node`]s, the root first, each child after
 /// its parent, every node but the root the child of exactly one node.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Tree {
     nodes: Vec<Node>,
     depths: Vec<u32>,
+    compact: Vec<CompactNode>,
 }
+
+impl PartialEq for Tree {
+    fn eq(&self, other: &Tree) -> bool {
+        self.nodes == other.nodes
+    }
+}
+
+/// A node laid out for traversal (32 bytes): `feature == END` for leaves and
+/// pending nodes.
+#[derive(Debug, Clone, Copy)]
+struct CompactNode {
+    feature: u32,
+    bin: u32,
+    left: u32,
+    right: u32,
+    threshold: f64,
+    value: f64,
+}
+
+const END: u32 = u32::MAX;
 
 impl Tree {
     /// A tree from its nodes, checked: non-empty; children indices in range,
@@ -214,9 +235,37 @@ impl Tree {
                 }
             }
         }
+        let compact = nodes
+            .iter()
+            .map(|n| match n.kind {
+                NodeKind::Split {
+                    feature,
+                    bin,
+                    threshold,
+                    left,
+                    right,
+                } => CompactNode {
+                    feature: u32::try_from(feature).unwrap_or(END - 1),
+                    bin: u32::try_from(bin).unwrap_or(u32::MAX),
+                    left: left as u32,
+                    right: right as u32,
+                    threshold,
+                    value: n.value,
+                },
+                _ => CompactNode {
+                    feature: END,
+                    bin: 0,
+                    left: 0,
+                    right: 0,
+                    threshold: 0.0,
+                    value: n.value,
+                },
+            })
+            .collect();
         Ok(Tree {
             nodes,
             depths: depths.into_iter().map(|d| d.unwrap_or(0)).collect(),
+            compact,
         })
     }
 
@@ -247,26 +296,49 @@ impl Tree {
         !self.nodes.iter().any(Node::is_pending)
     }
 
-    /// The node (leaf or pending) a row ends in, by thresholds.
+    /// The node (leaf or pending) a row ends in, by thresholds (`row` has at
+    /// least the model's `dim` values).
     pub fn node_of(&self, row: &[f64]) -> usize {
         let mut i = 0;
         // Children come after parents, so this ends within `len` steps.
-        while let NodeKind::Split {
-            feature,
-            threshold,
-            left,
-            right,
-            ..
-        } = self.nodes[i].kind
-        {
-            i = if row[feature] <= threshold { left } else { right };
+        loop {
+            let n = &self.compact[i];
+            if n.feature == END {
+                return i;
+            }
+            i = if row[n.feature as usize] <= n.threshold {
+                n.left
+            } else {
+                n.right
+            } as usize;
         }
-        i
     }
 
     /// The value of the node a row ends in.
     pub fn predict_row(&self, row: &[f64]) -> f64 {
-        self.nodes[self.node_of(row)].value
+        self.compact[self.node_of(row)].value
+    }
+
+    /// The node a row ends in, by its bin indices under the model's binning
+    /// (`bin(x) <= bin` exactly when `x <= threshold`).
+    pub(super) fn node_of_bins(&self, bins: &[u8]) -> usize {
+        let mut i = 0;
+        loop {
+            let n = &self.compact[i];
+            if n.feature == END {
+                return i;
+            }
+            i = if u32::from(bins[n.feature as usize]) <= n.bin {
+                n.left
+            } else {
+                n.right
+            } as usize;
+        }
+    }
+
+    /// The value of the node a row ends in, by bins.
+    pub(super) fn predict_bins(&self, bins: &[u8]) -> f64 {
+        self.compact[self.node_of_bins(bins)].value
     }
 
     pub(super) fn into_nodes(self) -> Vec<Node> {
