@@ -14,8 +14,8 @@
 use std::time::{Duration, Instant};
 
 use fedprofile_learning::trees::{
-    Binning, Node, Tree, TreeLoss, TreeModel, TreeParams, TreeStatistics, local_statistics,
-    train_pooled,
+    Binning, LocalCache, Node, Tree, TreeLoss, TreeModel, TreeParams, TreeStatistics,
+    local_statistics, local_statistics_cached, train_pooled,
 };
 use ndarray::{Array1, Array2};
 use rand::{Rng, SeedableRng};
@@ -83,6 +83,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5)
         .max(1);
+    // Wall-clock figures: on a loaded machine they overstate the cost.
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        println!("load average at start: {}", load.trim());
+    }
 
     // --- one level: 80 features × 64 bins × 32 nodes, 5,000 rows per partner
     let params = TreeParams::default();
@@ -90,7 +94,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (0..4).map(|p| data(5000, 80, 0, 10 + p)).collect();
     let fresh = TreeModel::new(80, TreeLoss::Logistic, params)?;
     let sketch = local_statistics(&fresh, partners[0].0.view(), partners[0].1.view(), None)?;
-    let binning = fresh.apply(&sketch)?.binning().cloned().ok_or("no binning")?;
+    let binning = fresh
+        .apply(&sketch)?
+        .binning()
+        .cloned()
+        .ok_or("no binning")?;
     let bins: Vec<usize> = (0..80).map(|f| binning.bins(f)).collect();
     println!(
         "binning from one partner's sketch: {} to {} bins per feature, {} bins per node",
@@ -125,6 +133,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             releases.push(stats);
         }
+        // A partner that keeps a LocalCache has summed the earlier trees already.
+        let mut cache = LocalCache::new();
+        local_statistics_cached(
+            &model,
+            partners[0].0.view(),
+            partners[0].1.view(),
+            None,
+            &mut cache,
+        )?;
+        let mut cached = Vec::new();
+        for _ in 0..repeat {
+            let start = Instant::now();
+            let again = local_statistics_cached(
+                &model,
+                partners[0].0.view(),
+                partners[0].1.view(),
+                None,
+                &mut cache,
+            )?;
+            cached.push(start.elapsed());
+            std::hint::black_box(again);
+        }
         let mut coordinator = Vec::new();
         for _ in 0..repeat {
             let start = Instant::now();
@@ -144,6 +174,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "  partner local_statistics, 5,000 rows: {:.2} ms (median of {repeat})",
             ms(median(local))
+        );
+        println!(
+            "  the same with a warm LocalCache: {:.2} ms (median of {repeat})",
+            ms(median(cached))
         );
         println!(
             "  coordinator: check + add 4 partners' histograms + apply: {:.2} ms (median of {repeat})",

@@ -69,7 +69,9 @@ pub use binning::{
 };
 pub use model::{FLAT_LAYOUT_VERSION, Request, TreeModel};
 pub use shap::tree_shap;
-pub use stats::{Histograms, LocalCache, TreeStatistics, local_statistics, local_statistics_cached};
+pub use stats::{
+    Histograms, LocalCache, TreeStatistics, local_statistics, local_statistics_cached,
+};
 pub use tree::{Node, NodeKind, Tree};
 
 use ndarray::{ArrayView1, ArrayView2};
@@ -131,18 +133,10 @@ impl TreeParams {
             );
         }
         if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
-            return invalid(
-                "learning_rate",
-                self.learning_rate.to_string(),
-                "in (0, 1]",
-            );
+            return invalid("learning_rate", self.learning_rate.to_string(), "in (0, 1]");
         }
         if !(self.lambda >= 0.0 && self.lambda.is_finite()) {
-            return invalid(
-                "lambda",
-                self.lambda.to_string(),
-                "non-negative and finite",
-            );
+            return invalid("lambda", self.lambda.to_string(), "non-negative and finite");
         }
         if !(self.min_child_weight >= 0.0 && self.min_child_weight.is_finite()) {
             return invalid(
@@ -155,11 +149,7 @@ impl TreeParams {
             return invalid("gamma", self.gamma.to_string(), "non-negative and finite");
         }
         if !(2..=MAX_BINS).contains(&self.max_bins) {
-            return invalid(
-                "bins",
-                self.max_bins.to_string(),
-                "an integer in 2..=256",
-            );
+            return invalid("bins", self.max_bins.to_string(), "an integer in 2..=256");
         }
         Ok(())
     }

@@ -96,7 +96,14 @@ impl TreeModel {
             }
         }
         for (t, tree) in trees.iter().enumerate() {
-            check_tree(tree, t, t + 1 == trees.len(), dim, &params, binning.as_ref())?;
+            check_tree(
+                tree,
+                t,
+                t + 1 == trees.len(),
+                dim,
+                &params,
+                binning.as_ref(),
+            )?;
         }
         Ok(TreeModel {
             dim,
@@ -307,7 +314,9 @@ impl TreeModel {
             }
             _ => (vec![Node::pending(0.0, 0.0)], vec![0]),
         };
-        let pending: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].is_pending()).collect();
+        let pending: Vec<usize> = (0..nodes.len())
+            .filter(|&i| nodes[i].is_pending())
+            .collect();
         let p = &self.params;
         let bins_per_node = binning.total_bins();
         for (k, &id) in pending.iter().enumerate() {
@@ -327,9 +336,8 @@ impl TreeModel {
             match best {
                 Some(split) => {
                     let left = nodes.len();
-                    let child_leaf = |cover: f64| {
-                        depth + 1 >= p.max_depth || cover < 2.0 * p.min_child_weight
-                    };
+                    let child_leaf =
+                        |cover: f64| depth + 1 >= p.max_depth || cover < 2.0 * p.min_child_weight;
                     for (g, hs) in [(split.gl, split.hl), (split.gr, split.hr)] {
                         let value = p.leaf_value(g, hs);
                         nodes.push(if child_leaf(hs) {
@@ -515,7 +523,11 @@ impl TreeModel {
                     if bin != -1 || left != -1 || right != -1 || threshold != 0.0 {
                         return Err(tree_error(format!(
                             "flat tree model: node {i} of tree {t} is a {} but has bin {bin}, threshold {threshold}, children {left} and {right} (expected -1, 0, -1, -1)",
-                            if feature == -1 { "leaf" } else { "pending node" }
+                            if feature == -1 {
+                                "leaf"
+                            } else {
+                                "pending node"
+                            }
                         )));
                     }
                     if feature == -1 {
@@ -559,7 +571,11 @@ fn check_tree(
 ) -> Result<(), LearningError> {
     for (i, node) in tree.nodes().iter().enumerate() {
         let depth = tree.depth(i);
-        let fail = |what: String| Err(tree_error(format!("tree model: tree {t}, node {i}: {what}")));
+        let fail = |what: String| {
+            Err(tree_error(format!(
+                "tree model: tree {t}, node {i}: {what}"
+            )))
+        };
         if depth > MAX_DEPTH {
             return fail(format!("depth {depth} is above {MAX_DEPTH}"));
         }

@@ -55,6 +55,17 @@ fn expected_value(tree: &Tree, node: usize) -> f64 {
     }
 }
 
+/// `RECIP[k] = 1 / k`: a path holds at most `MAX_DEPTH + 2` elements.
+const RECIP: [f64; 16] = {
+    let mut r = [0.0; 16];
+    let mut k = 1;
+    while k < 16 {
+        r[k] = 1.0 / k as f64;
+        k += 1;
+    }
+    r
+};
+
 #[derive(Debug, Clone, Copy, Default)]
 struct PathElement {
     feature: Option<usize>,
@@ -71,10 +82,10 @@ fn extend(p: &mut [PathElement], d: usize, zero: f64, one: f64, feature: Option<
         one,
         weight: if d == 0 { 1.0 } else { 0.0 },
     };
-    let n = (d + 1) as f64;
+    let inv_n = RECIP[d + 1];
     for i in (0..d).rev() {
-        p[i + 1].weight += one * p[i].weight * (i + 1) as f64 / n;
-        p[i].weight = zero * p[i].weight * (d - i) as f64 / n;
+        p[i + 1].weight += one * p[i].weight * (i + 1) as f64 * inv_n;
+        p[i].weight = zero * p[i].weight * (d - i) as f64 * inv_n;
     }
 }
 
@@ -82,15 +93,20 @@ fn extend(p: &mut [PathElement], d: usize, zero: f64, one: f64, feature: Option<
 fn unwind(p: &mut [PathElement], index: usize) {
     let d = p.len() - 1;
     let n = (d + 1) as f64;
+    let inv_n = RECIP[d + 1];
     let PathElement { zero, one, .. } = p[index];
     let mut next_one = p[d].weight;
-    for i in (0..d).rev() {
-        if one != 0.0 {
+    if one != 0.0 {
+        let inv_one = 1.0 / one;
+        for i in (0..d).rev() {
             let tmp = p[i].weight;
-            p[i].weight = next_one * n / ((i + 1) as f64 * one);
-            next_one = tmp - p[i].weight * zero * (d - i) as f64 / n;
-        } else {
-            p[i].weight = p[i].weight * n / (zero * (d - i) as f64);
+            p[i].weight = next_one * n * RECIP[i + 1] * inv_one;
+            next_one = tmp - p[i].weight * zero * (d - i) as f64 * inv_n;
+        }
+    } else {
+        let inv_zero = 1.0 / zero;
+        for i in (0..d).rev() {
+            p[i].weight = p[i].weight * n * inv_zero * RECIP[d - i];
         }
     }
     for i in index..d {
@@ -104,16 +120,21 @@ fn unwind(p: &mut [PathElement], index: usize) {
 fn unwound_sum(p: &[PathElement], index: usize) -> f64 {
     let d = p.len() - 1;
     let n = (d + 1) as f64;
+    let inv_n = RECIP[d + 1];
     let PathElement { zero, one, .. } = p[index];
-    let mut next_one = p[d].weight;
     let mut total = 0.0;
-    for i in (0..d).rev() {
-        if one != 0.0 {
-            let tmp = next_one * n / ((i + 1) as f64 * one);
+    if one != 0.0 {
+        let inv_one = 1.0 / one;
+        let mut next_one = p[d].weight;
+        for i in (0..d).rev() {
+            let tmp = next_one * n * RECIP[i + 1] * inv_one;
             total += tmp;
-            next_one = p[i].weight - tmp * zero * (d - i) as f64 / n;
-        } else {
-            total += p[i].weight / zero * n / (d - i) as f64;
+            next_one = p[i].weight - tmp * zero * (d - i) as f64 * inv_n;
+        }
+    } else {
+        let scale = n / zero;
+        for i in (0..d).rev() {
+            total += p[i].weight * scale * RECIP[d - i];
         }
     }
     total

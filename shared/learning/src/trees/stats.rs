@@ -54,7 +54,7 @@ impl Histograms {
         rows: u64,
         noise_std: f64,
     ) -> Result<Histograms, LearningError> {
-        if nodes == 0 || grad.len() != hess.len() || grad.len() % nodes != 0 {
+        if nodes == 0 || grad.len() != hess.len() || !grad.len().is_multiple_of(nodes) {
             return Err(tree_error(format!(
                 "tree statistics: {} gradient and {} hessian sums do not form histograms of {nodes} nodes",
                 grad.len(),
@@ -404,33 +404,54 @@ pub fn local_statistics_cached(
             };
             let bins_per_node = binning.total_bins();
             let offsets: Vec<usize> = (0..dim).map(|f| binning.offset(f)).collect();
-            let mut hist = Histograms::zeros(nodes, bins_per_node);
-            let mut reached = 0u64;
-            for (i, row_bins) in cache.bins.chunks_exact(dim).enumerate() {
+            // Rows grouped by pending node (a counting sort), so that each
+            // node's block stays in cache while its rows are added.
+            let mut node_of_row = vec![u32::MAX; rows];
+            let mut per_node = vec![0usize; nodes + 1];
+            for (slot_of, row_bins) in node_of_row.iter_mut().zip(cache.bins.chunks_exact(dim)) {
                 let node = growing.map_or(0, |t| t.node_of_bins(row_bins));
-                let Some(k) = slot[node] else {
-                    continue; // ended in a leaf of the growing tree
-                };
-                let margin = cache.margin[i];
-                let (g, h) = match model.loss() {
-                    TreeLoss::Logistic => {
-                        let p = sigmoid(margin);
-                        (p - y[i], p * (1.0 - p))
-                    }
-                    TreeLoss::Squared => (margin - y[i], 1.0),
-                };
-                let g = g.clamp(-clip, clip);
+                if let Some(k) = slot[node] {
+                    *slot_of = k as u32;
+                    per_node[k + 1] += 1;
+                }
+            }
+            for k in 0..nodes {
+                per_node[k + 1] += per_node[k];
+            }
+            let reached = per_node[nodes];
+            let mut order = vec![0u32; reached];
+            let mut next = per_node.clone();
+            for (i, &k) in node_of_row.iter().enumerate() {
+                if k != u32::MAX {
+                    order[next[k as usize]] = i as u32;
+                    next[k as usize] += 1;
+                }
+            }
+            let mut hist = Histograms::zeros(nodes, bins_per_node);
+            for k in 0..nodes {
                 let base = k * bins_per_node;
                 let grad = &mut hist.grad[base..base + bins_per_node];
-                for (&off, &b) in offsets.iter().zip(row_bins) {
-                    grad[off + b as usize] += g;
-                }
                 let hess = &mut hist.hess[base..base + bins_per_node];
-                for (&off, &b) in offsets.iter().zip(row_bins) {
-                    hess[off + b as usize] += h;
+                for &i in &order[per_node[k]..per_node[k + 1]] {
+                    let i = i as usize;
+                    let margin = cache.margin[i];
+                    let (g, h) = match model.loss() {
+                        TreeLoss::Logistic => {
+                            let p = sigmoid(margin);
+                            (p - y[i], p * (1.0 - p))
+                        }
+                        TreeLoss::Squared => (margin - y[i], 1.0),
+                    };
+                    let g = g.clamp(-clip, clip);
+                    let row_bins = &cache.bins[i * dim..(i + 1) * dim];
+                    for (&off, &b) in offsets.iter().zip(row_bins) {
+                        let j = off + b as usize;
+                        grad[j] += g;
+                        hess[j] += h;
+                    }
                 }
-                reached += 1;
             }
+            let reached = reached as u64;
             hist.rows = reached;
             Ok(TreeStatistics::Level(hist))
         }

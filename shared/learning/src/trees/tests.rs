@@ -41,8 +41,7 @@ fn regression_data(n: usize, seed: u64) -> (Array2<f64>, Array1<f64>) {
             x[[i, j]] = normal(&mut rng);
         }
         x[[i, 4]] = f64::from(rng.random::<f64>() < 0.5);
-        y[i] = 2.0 * x[[i, 0]].sin() + x[[i, 1]] * x[[i, 1]] + 1.5 * x[[i, 4]]
-            - 0.5 * x[[i, 2]]
+        y[i] = 2.0 * x[[i, 0]].sin() + x[[i, 1]] * x[[i, 1]] + 1.5 * x[[i, 4]] - 0.5 * x[[i, 2]]
             + 0.1 * normal(&mut rng);
     }
     (x, y)
@@ -121,7 +120,12 @@ fn splits(model: &TreeModel) -> usize {
 }
 
 /// AUC of a logistic regression fitted by full-batch gradient descent.
-fn linear_auc(x: ArrayView2<f64>, y: ArrayView1<f64>, test_x: ArrayView2<f64>, test_y: ArrayView1<f64>) -> f64 {
+fn linear_auc(
+    x: ArrayView2<f64>,
+    y: ArrayView1<f64>,
+    test_x: ArrayView2<f64>,
+    test_y: ArrayView1<f64>,
+) -> f64 {
     let mut w = Array1::<f64>::zeros(x.ncols());
     let mut b = 0.0;
     for _ in 0..300 {
@@ -274,7 +278,9 @@ fn flat_layout_round_trips_complete_and_growing_models() {
                             threshold,
                             left,
                             right,
-                        } => Node::split(feature, bin, threshold, left, right, n.value(), n.cover()),
+                        } => {
+                            Node::split(feature, bin, threshold, left, right, n.value(), n.cover())
+                        }
                         NodeKind::Leaf => Node::leaf(n.value(), n.cover()),
                         NodeKind::Pending => Node::pending(n.value(), n.cover()),
                     })
@@ -351,7 +357,11 @@ fn from_flat_rejects_corrupted_layouts_naming_the_problem() {
         .assign(&ndarray::arr1(&[-2.0, -1.0, 0.0, -1.0, -1.0]));
     let e = flat_error(&f);
     assert!(e.contains("is not the child of an earlier node"), "{e}");
-    let e = flat_error(&flat.slice_axis(Axis(0), Slice::from(..flat.len() - 3)).to_owned());
+    let e = flat_error(
+        &flat
+            .slice_axis(Axis(0), Slice::from(..flat.len() - 3))
+            .to_owned(),
+    );
     assert!(e.contains("the layout ends after"), "{e}");
     let mut longer = flat.to_vec();
     longer.push(0.0);
@@ -378,7 +388,14 @@ fn a_pending_node_is_only_allowed_in_the_last_tree() {
         .unwrap()
     };
     let params = TreeParams::default();
-    let ok = TreeModel::from_parts(1, TreeLoss::Logistic, params, 0.0, Some(binning.clone()), vec![stump()]);
+    let ok = TreeModel::from_parts(
+        1,
+        TreeLoss::Logistic,
+        params,
+        0.0,
+        Some(binning.clone()),
+        vec![stump()],
+    );
     assert_eq!(ok.unwrap().request(), Request::Level { nodes: 1 });
     let e = TreeModel::from_parts(
         1,
@@ -390,7 +407,10 @@ fn a_pending_node_is_only_allowed_in_the_last_tree() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("tree 0, node 2: is pending but only the last tree may grow"), "{e}");
+    assert!(
+        e.contains("tree 0, node 2: is pending but only the last tree may grow"),
+        "{e}"
+    );
     let e = TreeModel::from_parts(1, TreeLoss::Logistic, params, 0.0, None, vec![stump()])
         .unwrap_err()
         .to_string();
@@ -416,7 +436,11 @@ fn coalition_value(tree: &Tree, node: usize, row: &[f64], set: u32) -> f64 {
             ..
         } => {
             if set & (1 << feature) != 0 {
-                let next = if row[feature] <= threshold { left } else { right };
+                let next = if row[feature] <= threshold {
+                    left
+                } else {
+                    right
+                };
                 coalition_value(tree, next, row, set)
             } else {
                 let (cl, cr) = (tree.nodes()[left].cover(), tree.nodes()[right].cover());
@@ -492,7 +516,8 @@ fn tree_shap_matches_brute_force_shapley_values_on_small_trees() {
         let model = train_pooled(x.view(), y.view(), TreeLoss::Squared, params, 3).unwrap();
         let repeats = model.trees().iter().any(|t| {
             // a split at depth `depth - 1` ends a path of `depth` splits
-            (1..t.nodes().len()).any(|i| t.depth(i) == depth - 1 && t.nodes()[i].feature().is_some())
+            (1..t.nodes().len())
+                .any(|i| t.depth(i) == depth - 1 && t.nodes()[i].feature().is_some())
         });
         assert!(repeats, "the trees are too shallow to test");
         let expected_empty = model.base_score()
@@ -506,7 +531,10 @@ fn tree_shap_matches_brute_force_shapley_values_on_small_trees() {
             assert!((expected - expected_empty).abs() < 1e-9);
             let brute = brute_force_shapley(&model, row.as_slice().unwrap());
             for (a, b) in phi.iter().zip(&brute) {
-                assert!((a - b).abs() < 1e-9, "dim {dim}: TreeSHAP {a} vs brute force {b}");
+                assert!(
+                    (a - b).abs() < 1e-9,
+                    "dim {dim}: TreeSHAP {a} vs brute force {b}"
+                );
             }
         }
     }
@@ -540,7 +568,8 @@ fn sketch_cells_have_exact_boundaries_and_absorb_values_beyond_the_grid() {
     }
     let y = Array1::zeros(6);
     let model = TreeModel::new(1, TreeLoss::Squared, TreeParams::default()).unwrap();
-    let TreeStatistics::Sketch(sketch) = local_statistics(&model, x.view(), y.view(), None).unwrap()
+    let TreeStatistics::Sketch(sketch) =
+        local_statistics(&model, x.view(), y.view(), None).unwrap()
     else {
         panic!("a sketch is asked first")
     };
@@ -552,7 +581,11 @@ fn sketch_cells_have_exact_boundaries_and_absorb_values_beyond_the_grid() {
     x[[0, 0]] = f64::NAN;
     assert!(matches!(
         local_statistics(&model, x.view(), y.view(), None),
-        Err(LearningError::NonFiniteFeature { row: 0, column: 0, .. })
+        Err(LearningError::NonFiniteFeature {
+            row: 0,
+            column: 0,
+            ..
+        })
     ));
 }
 
@@ -581,7 +614,11 @@ fn binning_has_quantile_edges_and_one_edge_for_binary_features() {
     assert!(binning.edges(3).is_empty());
     assert_eq!(binning.edges(4).len(), 9);
     let numeric = binning.edges(0);
-    assert!(numeric.len() <= 31 && numeric.len() >= 25, "{} edges", numeric.len());
+    assert!(
+        numeric.len() <= 31 && numeric.len() >= 25,
+        "{} edges",
+        numeric.len()
+    );
     let mut per_bin = vec![0usize; numeric.len() + 1];
     for v in x.column(0) {
         per_bin[binning.bin(0, *v)] += 1;
@@ -651,7 +688,10 @@ fn apply_picks_the_best_gain_with_ties_to_the_lowest_feature_and_bin() {
     let tree = &next.trees()[0];
     let root = tree.nodes()[0];
     // Bins 0 and 1 give the same partition (bin 1 is empty): the lowest bin wins.
-    assert_eq!((root.feature(), root.bin(), root.threshold()), (Some(0), Some(0), Some(0.0)));
+    assert_eq!(
+        (root.feature(), root.bin(), root.threshold()),
+        (Some(0), Some(0), Some(0.0))
+    );
     assert!(next.round_done());
     let (l, r) = root.children().unwrap();
     assert!(tree.nodes()[l].is_leaf() && tree.nodes()[r].is_leaf());
@@ -744,7 +784,13 @@ fn noisy_statistics_never_produce_non_finite_leaves() {
                 assert!(n.value().is_finite() && n.cover().is_finite());
             }
         }
-        assert!(model.predict(x.view()).unwrap().iter().all(|p| p.is_finite()));
+        assert!(
+            model
+                .predict(x.view())
+                .unwrap()
+                .iter()
+                .all(|p| p.is_finite())
+        );
         assert_eq!(TreeModel::from_flat(model.to_flat().view()).unwrap(), model);
         let (expected, phi) = tree_shap(&model, x.row(0)).unwrap();
         assert!(expected.is_finite() && phi.iter().all(|v| v.is_finite()));
@@ -765,7 +811,13 @@ fn check_statistics_and_add_reject_the_wrong_kind_or_shape() {
     let mut s = sketch.clone();
     assert!(s.add(&level).is_err());
     let small = TreeModel::new(5, TreeLoss::Logistic, depth4()).unwrap();
-    let other = local_statistics(&small, x.slice_axis(Axis(1), Slice::from(..5)), y.view(), None).unwrap();
+    let other = local_statistics(
+        &small,
+        x.slice_axis(Axis(1), Slice::from(..5)),
+        y.view(),
+        None,
+    )
+    .unwrap();
     let e = s.add(&other).unwrap_err().to_string();
     assert!(e.contains("5 features to one of 6"), "{e}");
     let e = model.check_statistics(&other).unwrap_err().to_string();
@@ -787,7 +839,11 @@ fn check_statistics_and_add_reject_the_wrong_kind_or_shape() {
         .check_statistics(&TreeStatistics::Level(noised))
         .unwrap();
     let wrong = Histograms::from_parts(2, vec![0.0; 4], vec![0.0; 4], 0, 0.0).unwrap();
-    assert!(binned.check_statistics(&TreeStatistics::Level(wrong)).is_err());
+    assert!(
+        binned
+            .check_statistics(&TreeStatistics::Level(wrong))
+            .is_err()
+    );
     assert!(Histograms::from_parts(1, vec![f64::NAN], vec![0.0], 0, 0.0).is_err());
     assert!(Sketch::from_parts(1, vec![0.0; 3], 0, 0.0).is_err());
     let mut rng = seeded_test_rng(20);
@@ -844,12 +900,20 @@ fn sensitivity_and_clipping_bound_one_records_contribution() {
         .map(|(u, v)| (u - v) * (u - v))
         .sum::<f64>()
         .sqrt();
-    assert!((change - sensitivity(&binned, bound)).abs() < 1e-9, "change {change}");
+    assert!(
+        (change - sensitivity(&binned, bound)).abs() < 1e-9,
+        "change {change}"
+    );
     // Every bin's gradient sum is within clip × rows.
     assert!(a.grad().iter().all(|g| g.abs() <= 0.5 * 300.0 + 1e-9));
-    let e = local_statistics(&binned, x.view(), y.view(), Some(GradBound { grad_clip: 0.0 }))
-        .unwrap_err()
-        .to_string();
+    let e = local_statistics(
+        &binned,
+        x.view(),
+        y.view(),
+        Some(GradBound { grad_clip: 0.0 }),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("grad_clip"), "{e}");
 }
 
@@ -860,10 +924,28 @@ fn params_validation_names_the_field() {
     let cases = [
         (TreeParams { max_depth: 0, ..d }, "max_depth"),
         (TreeParams { max_depth: 13, ..d }, "max_depth"),
-        (TreeParams { learning_rate: 0.0, ..d }, "learning_rate"),
-        (TreeParams { learning_rate: 1.5, ..d }, "learning_rate"),
+        (
+            TreeParams {
+                learning_rate: 0.0,
+                ..d
+            },
+            "learning_rate",
+        ),
+        (
+            TreeParams {
+                learning_rate: 1.5,
+                ..d
+            },
+            "learning_rate",
+        ),
         (TreeParams { lambda: -1.0, ..d }, "lambda"),
-        (TreeParams { min_child_weight: f64::NAN, ..d }, "min_child_weight"),
+        (
+            TreeParams {
+                min_child_weight: f64::NAN,
+                ..d
+            },
+            "min_child_weight",
+        ),
         (TreeParams { gamma: -0.1, ..d }, "gamma"),
         (TreeParams { max_bins: 1, ..d }, "bins"),
         (TreeParams { max_bins: 257, ..d }, "bins"),
@@ -876,7 +958,14 @@ fn params_validation_names_the_field() {
     }
     let d = TreeParams::default();
     assert_eq!(
-        (d.max_depth, d.learning_rate, d.lambda, d.min_child_weight, d.gamma, d.max_bins),
+        (
+            d.max_depth,
+            d.learning_rate,
+            d.lambda,
+            d.min_child_weight,
+            d.gamma,
+            d.max_bins
+        ),
         (6, 0.1, 1.0, 1.0, 0.0, 64)
     );
 }
