@@ -14,7 +14,10 @@
 //!    `1 / SKETCH_CELLS_PER_UNIT`, plus an under- and an overflow cell). The
 //!    pooled sketch gives federated quantiles: at most `max_bins` bins per
 //!    feature, edges on fine-grid boundaries (see [`Binning::from_sketch`]).
-//!    A one-hot 0/1 column gets exactly one edge (at 0).
+//!    A one-hot 0/1 column gets exactly one edge (at 0). A run that spends
+//!    no privacy budget on the sketch can start from the data-free
+//!    [`Binning::standard_normal`] instead (a model built by
+//!    [`TreeModel::from_parts`] with that binning asks for levels at once).
 //! 2. **Levels** ([`Request::Level`]): for the growing tree's pending nodes
 //!    (or the root of a new tree), every client sends [`Histograms`]: per
 //!    pending node, per feature, per bin, the sums of gradients and hessians
@@ -28,6 +31,10 @@
 //! ([`TreeLoss::Logistic`], 0/1 labels: `g = p - y`, `h = p (1 - p)`) or
 //! squared error ([`TreeLoss::Squared`]: `g = margin - y`, `h = 1`). The base
 //! score is 0 (margin 0, probability 1/2): the first trees fit the offset.
+//!
+//! A client that answers every level keeps a [`LocalCache`] and calls
+//! [`local_statistics_cached`]: each complete tree is then summed into its
+//! rows' margin once, not at every level.
 //!
 //! Because every step is a sum over rows followed by a deterministic decision,
 //! the federated model equals the model [`train_pooled`] trains in one process

@@ -997,3 +997,19 @@ fn the_local_cache_gives_the_same_statistics_and_notices_other_rows() {
     let cached = local_statistics_cached(&short, x.view(), y.view(), None, &mut cache).unwrap();
     assert_eq!(plain, cached);
 }
+
+#[test]
+fn the_data_free_binning_uses_normal_quantiles_and_one_edge_for_binary_columns() {
+    let binning = Binning::standard_normal(&[false, true, false], 40).unwrap();
+    assert_eq!(binning.edges(1), &[0.0]);
+    let edges = binning.edges(0);
+    assert_eq!(edges, binning.edges(2));
+    assert_eq!(edges.len(), 39);
+    assert_eq!(edges[19], 0.0); // the median
+    assert_eq!(edges[38], 1.96); // the 97.5% quantile
+    assert_eq!(edges[0], -1.96);
+    for (a, b) in edges.iter().zip(edges.iter().rev()) {
+        assert!((a + b).abs() < 1e-12, "{a} and {b} are not symmetric");
+    }
+    assert_eq!(edges[30], 0.76); // Φ⁻¹(31/40) = 0.7554
+}
