@@ -26,6 +26,9 @@
 //!   [`kmeans_update`], data-free [`kmeans_init`]);
 //! - [`metrics`], [`regression_metrics`], [`multiclass_metrics`]: exactly
 //!   poolable evaluation summaries and the metrics they give;
+//! - [`trees`]: histogram-based gradient-boosted trees (federated binning
+//!   sketch, per-level gradient/hessian histograms, split decisions, TreeSHAP),
+//!   transport-free;
 //! - [`model_file`]: the global model file: [`ModelDocument`], the one
 //!   in-memory model of every family, read from any file version
 //!   ([`VersionedModelFile`]: version 1 for logistic regression,
@@ -49,6 +52,7 @@ pub mod regression_metrics;
 pub mod softmax;
 pub mod strategy;
 pub mod train;
+pub mod trees;
 pub mod warm_start;
 
 pub use aggregate::{WeightedUpdate, fedavg, validate_update};
