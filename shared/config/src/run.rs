@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use fedprofile_learning::ModelFamily;
 use fedprofile_learning::strategy::StrategyConfig;
+use fedprofile_learning::trees::TreeParams;
 use serde::Deserialize;
 
 use crate::ConfigError;
@@ -27,6 +28,34 @@ struct RawRunFile {
     #[serde(default)]
     privacy: RawPrivacy,
     strategy: Option<StrategyConfig>,
+    trees: Option<RawTrees>,
+}
+
+/// `[trees]`: the settings of a `gradient_boosted_trees` run; every key is
+/// optional (XGBoost-like defaults, [`TreeParams::default`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrees {
+    max_depth: Option<u32>,
+    learning_rate: Option<f64>,
+    lambda: Option<f64>,
+    min_child_weight: Option<f64>,
+    gamma: Option<f64>,
+    bins: Option<u32>,
+}
+
+impl RawTrees {
+    fn params(&self) -> TreeParams {
+        let d = TreeParams::default();
+        TreeParams {
+            max_depth: self.max_depth.unwrap_or(d.max_depth),
+            learning_rate: self.learning_rate.unwrap_or(d.learning_rate),
+            lambda: self.lambda.unwrap_or(d.lambda),
+            min_child_weight: self.min_child_weight.unwrap_or(d.min_child_weight),
+            gamma: self.gamma.unwrap_or(d.gamma),
+            max_bins: self.bins.unwrap_or(d.max_bins),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,6 +304,9 @@ pub struct RunConfig {
     pub privacy: PrivacyMode,
     /// Server strategy (aggregation and server optimizer); FedAvg by default.
     pub strategy: StrategyConfig,
+    /// `[trees]`: the settings of a `gradient_boosted_trees` run (defaults
+    /// for the other families, which ignore them).
+    pub trees: TreeParams,
 }
 
 impl RunConfig {
@@ -396,6 +428,22 @@ impl RunConfig {
                 format!("must be above 1 (or 0 to turn the check off), got {ratio}"),
             ));
         }
+        let trees = match (&raw.trees, model.ops().settings_table()) {
+            (Some(t), Some("trees")) => t.params(),
+            (Some(_), _) => {
+                return Err(invalid(
+                    "trees",
+                    format!(
+                        "applies only to run.model = \"gradient_boosted_trees\", not '{}'",
+                        model.name()
+                    ),
+                ));
+            }
+            (None, _) => TreeParams::default(),
+        };
+        trees
+            .validate()
+            .map_err(|e| invalid("trees", e.to_string()))?;
         let privacy = validate_privacy(&raw.privacy, &invalid)?;
         let strategy = raw.strategy.unwrap_or(StrategyConfig::FedAvg);
         strategy
@@ -471,6 +519,7 @@ impl RunConfig {
             tail_average_rounds: t.tail_average_rounds,
             privacy,
             strategy,
+            trees,
         })
     }
 }

@@ -45,6 +45,7 @@ pub mod linear;
 pub mod metrics;
 pub mod model;
 pub mod model_file;
+pub mod model_file_trees;
 pub mod model_file_v2;
 pub mod multiclass_metrics;
 pub mod objective;

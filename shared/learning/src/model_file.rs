@@ -18,6 +18,7 @@ use crate::kmeans::KMeans;
 use crate::linear::LinearRegression;
 use crate::metrics::Metrics;
 use crate::model::LogisticRegression;
+use crate::model_file_trees::{GradientBoostedTreesFile, TreeMetrics};
 use crate::model_file_v2::{
     KMeansFile, KMeansMetrics, LinearRegressionFile, ModelFileV2, RunProvenance,
     SoftmaxRegressionFile, TargetColumn, VersionedModelFile,
@@ -25,6 +26,7 @@ use crate::model_file_v2::{
 use crate::multiclass_metrics::MulticlassMetrics;
 use crate::regression_metrics::RegressionMetrics;
 use crate::softmax::SoftmaxRegression;
+use crate::trees::TreeModel;
 
 /// Value of the `format` field.
 pub const MODEL_FORMAT: &str = "fedprofile-model";
@@ -391,6 +393,23 @@ impl VersionedModelFile {
                     reshape(f.provenance, ModelMetrics::Multiclass),
                 )
             }
+            VersionedModelFile::V2(ModelFileV2::GradientBoostedTrees(f)) => (
+                AnyModel::from_parts(
+                    ModelFamily::GradientBoostedTrees,
+                    f.to_model()?.to_flat(),
+                    1,
+                ),
+                f.features,
+                ModelTarget {
+                    column: f.target.column,
+                    positive_value: f.positive_value,
+                },
+                Vec::new(),
+                reshape(f.provenance, |m| match m {
+                    TreeMetrics::Binary(m) => ModelMetrics::Binary(m),
+                    TreeMetrics::Regression(m) => ModelMetrics::Regression(m),
+                }),
+            ),
             VersionedModelFile::V2(ModelFileV2::KMeans(f)) => (
                 AnyModel::from_parts(
                     ModelFamily::KMeans,
@@ -700,6 +719,24 @@ impl ModelDocument {
                     &KMeans::from_params(params, outputs).map_err(layout)?,
                     self.provenance.clone().with_metrics(metrics),
                 )?))
+            }
+            ModelFamily::GradientBoostedTrees => {
+                let metrics = match metrics {
+                    None => None,
+                    Some(ModelMetrics::Binary(m)) => Some(TreeMetrics::Binary(m)),
+                    Some(ModelMetrics::Regression(m)) => Some(TreeMetrics::Regression(m)),
+                    Some(_) => return Err(mismatch()),
+                };
+                let model = TreeModel::from_flat(params.view()).map_err(layout)?;
+                VersionedModelFile::V2(ModelFileV2::GradientBoostedTrees(
+                    GradientBoostedTreesFile::new(
+                        column,
+                        self.target.positive_value.clone(),
+                        self.features.clone(),
+                        &model,
+                        self.provenance.clone().with_metrics(metrics),
+                    )?,
+                ))
             }
             #[cfg(any(test, feature = "testutils"))]
             ModelFamily::Toy => {

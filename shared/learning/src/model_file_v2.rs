@@ -29,6 +29,7 @@ use crate::model_file::{
     MODEL_FILE_VERSION, MODEL_FORMAT, ModelFile, NamedWeight, check_feature_stats, finite,
     json_string, write_atomic,
 };
+use crate::model_file_trees::{GRADIENT_BOOSTED_TREES, GradientBoostedTreesFile};
 use crate::multiclass_metrics::MulticlassMetrics;
 use crate::regression_metrics::RegressionMetrics;
 use crate::softmax::SoftmaxRegression;
@@ -42,7 +43,8 @@ pub const SOFTMAX_REGRESSION: &str = "softmax_regression";
 /// Value of `model_type` for [`KMeans`].
 pub const KMEANS: &str = "kmeans";
 
-const V2_MODEL_TYPES: &str = "'linear_regression', 'softmax_regression', 'kmeans'";
+const V2_MODEL_TYPES: &str =
+    "'linear_regression', 'softmax_regression', 'kmeans', 'gradient_boosted_trees'";
 
 /// The schema column a regression or multi-class model predicts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +190,8 @@ pub enum ModelFileV2 {
     SoftmaxRegression(SoftmaxRegressionFile),
     /// `model_type` `kmeans`.
     KMeans(KMeansFile),
+    /// `model_type` `gradient_boosted_trees`.
+    GradientBoostedTrees(GradientBoostedTreesFile),
 }
 
 /// A model file of either version, as [`VersionedModelFile::load`] found it.
@@ -644,6 +648,7 @@ impl ModelFileV2 {
             ModelFileV2::LinearRegression(f) => &f.model_type,
             ModelFileV2::SoftmaxRegression(f) => &f.model_type,
             ModelFileV2::KMeans(f) => &f.model_type,
+            ModelFileV2::GradientBoostedTrees(f) => &f.model_type,
         }
     }
 
@@ -653,6 +658,7 @@ impl ModelFileV2 {
             ModelFileV2::LinearRegression(f) => &f.features,
             ModelFileV2::SoftmaxRegression(f) => &f.features,
             ModelFileV2::KMeans(f) => &f.features,
+            ModelFileV2::GradientBoostedTrees(f) => &f.features,
         }
     }
 
@@ -662,6 +668,7 @@ impl ModelFileV2 {
             ModelFileV2::LinearRegression(f) => f.validate(),
             ModelFileV2::SoftmaxRegression(f) => f.validate(),
             ModelFileV2::KMeans(f) => f.validate(),
+            ModelFileV2::GradientBoostedTrees(f) => f.validate(),
         }
     }
 
@@ -709,6 +716,9 @@ impl ModelFileV2 {
                 ModelFileV2::SoftmaxRegression(serde_json::from_str(text).map_err(parse)?)
             }
             Some(KMEANS) => ModelFileV2::KMeans(serde_json::from_str(text).map_err(parse)?),
+            Some(GRADIENT_BOOSTED_TREES) => {
+                ModelFileV2::GradientBoostedTrees(serde_json::from_str(text).map_err(parse)?)
+            }
             _ => {
                 return Err(invalid(ModelFileProblem::UnknownModelType {
                     found: model_type

@@ -4,6 +4,7 @@
 //! length not matching its shape, unknown dtype) and says which field.
 
 use fedprofile_learning::metrics::EvalSummary;
+use fedprofile_learning::trees::{Histograms, Sketch, TreeStatistics};
 use fedprofile_learning::{
     ClusterStats, ClusteringSummary, Evaluation, FeatureColumn, FeatureSpec, MulticlassSummary,
     RegressionSummary, Statistics,
@@ -78,6 +79,59 @@ pub fn tensor_from_rows(values: &Array1<f64>, rows: usize) -> pb::Tensor {
         t.shape = vec![rows as u32, (values.len() / rows) as u32];
     }
     t
+}
+
+/// Packs gradient-boosted-trees statistics: the sketch as a
+/// `features × cells` matrix, or one level's sums as `nodes × bins` matrices.
+fn tree_stats_to_pb(s: &TreeStatistics) -> pb::TreeStats {
+    let rows_of =
+        |values: &[f64], rows: usize| tensor_from_rows(&Array1::from_vec(values.to_vec()), rows);
+    match s {
+        TreeStatistics::Sketch(k) => pb::TreeStats {
+            sketch: Some(rows_of(k.counts(), k.dim())),
+            grad: None,
+            hess: None,
+            rows: k.rows(),
+            noise_std: k.noise_std(),
+        },
+        TreeStatistics::Level(h) => pb::TreeStats {
+            sketch: None,
+            grad: Some(rows_of(h.grad(), h.nodes())),
+            hess: Some(rows_of(h.hess(), h.nodes())),
+            rows: h.rows(),
+            noise_std: h.noise_std(),
+        },
+    }
+}
+
+/// Unpacks [`tree_stats_to_pb`]'s message; the shapes are checked again by
+/// the family against the task's model.
+fn tree_stats_from_pb(t: &pb::TreeStats) -> Result<TreeStatistics, ConvertError> {
+    let invalid = |field: &'static str| {
+        move |e: fedprofile_learning::LearningError| ConvertError::Invalid {
+            field,
+            problem: e.to_string(),
+        }
+    };
+    match (&t.sketch, &t.grad, &t.hess) {
+        (Some(sketch), None, None) => {
+            let (counts, features) = rows_from_tensor(sketch)?;
+            Sketch::from_parts(features, counts.to_vec(), t.rows, t.noise_std)
+                .map(TreeStatistics::Sketch)
+                .map_err(invalid("TreeStats.sketch"))
+        }
+        (None, Some(grad), Some(hess)) => {
+            let (grad, nodes) = rows_from_tensor(grad)?;
+            let (hess, _) = rows_from_tensor(hess)?;
+            Histograms::from_parts(nodes, grad.to_vec(), hess.to_vec(), t.rows, t.noise_std)
+                .map(TreeStatistics::Level)
+                .map_err(invalid("TreeStats.grad"))
+        }
+        _ => Err(ConvertError::Invalid {
+            field: "TreeStats",
+            problem: "must hold either a sketch or both gradient and hessian sums".into(),
+        }),
+    }
 }
 
 /// Unpacks a vector or a matrix (flattened row-major) and its number of rows
@@ -471,9 +525,12 @@ impl From<&ClientReply> for pb::ClientMessage {
                                 counts: c.counts.clone(),
                                 inertia: c.inertia,
                             }),
-                            None => None,
+                            _ => None,
                         },
-                        trees: None,
+                        trees: match &t.statistics {
+                            Some(Statistics::Trees(s)) => Some(tree_stats_to_pb(s)),
+                            _ => None,
+                        },
                     }),
                     ResultBody::Eval(e) => pb::task_result::Body::Eval(e.into()),
                 };
@@ -556,9 +613,16 @@ impl TryFrom<pb::TaskResult> for ClientReply {
                 label_positive: s.label_positive,
             }),
             pb::task_result::Body::Train(t) => ResultBody::Train(TrainReport {
-                statistics: match &t.clusters {
-                    None => None,
-                    Some(c) => Some(Statistics::Clusters(ClusterStats {
+                statistics: match (&t.clusters, &t.trees) {
+                    (None, None) => None,
+                    (Some(_), Some(_)) => {
+                        return Err(ConvertError::Invalid {
+                            field: "TrainResult.trees",
+                            problem: "is present together with TrainResult.clusters".into(),
+                        });
+                    }
+                    (None, Some(s)) => Some(Statistics::Trees(tree_stats_from_pb(s)?)),
+                    (Some(c), None) => Some(Statistics::Clusters(ClusterStats {
                         sums: rows_from_tensor(
                             c.sums
                                 .as_ref()
@@ -569,10 +633,10 @@ impl TryFrom<pb::TaskResult> for ClientReply {
                         inertia: c.inertia,
                     })),
                 },
-                delta: match (&t.delta, &t.clusters) {
+                delta: match (&t.delta, t.clusters.is_some() || t.trees.is_some()) {
                     (Some(delta), _) => array_from_tensor(delta)?,
-                    (None, Some(_)) => Array1::zeros(0),
-                    (None, None) => return Err(ConvertError::Missing("TrainResult.delta")),
+                    (None, true) => Array1::zeros(0),
+                    (None, false) => return Err(ConvertError::Missing("TrainResult.delta")),
                 },
                 examples: t.examples,
                 steps: t.steps,

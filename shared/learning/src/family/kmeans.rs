@@ -27,6 +27,18 @@ fn model(m: &AnyModel) -> Result<KMeans, LearningError> {
     KMeans::from_params(m.params().clone(), m.outputs())
 }
 
+fn clusters(s: &Statistics) -> Result<&ClusterStats, LearningError> {
+    match s {
+        Statistics::Clusters(c) => Ok(c),
+        other => Err(LearningError::InconsistentSummary {
+            reason: format!(
+                "a k-means round needs cluster statistics, got {}",
+                other.kind()
+            ),
+        }),
+    }
+}
+
 impl Family for Segments {
     fn family(&self) -> ModelFamily {
         ModelFamily::KMeans
@@ -98,7 +110,7 @@ impl Family for Segments {
     }
 
     fn check_statistics(&self, m: &AnyModel, stats: &Statistics) -> Result<(), LearningError> {
-        let Statistics::Clusters(c) = stats;
+        let c = clusters(stats)?;
         let (k, d) = (m.outputs(), m.dim());
         if c.sums.len() != k * d {
             return Err(LearningError::ParamCount {
@@ -131,11 +143,8 @@ impl Family for Segments {
     ) -> Result<(AnyModel, StatisticsUpdate), LearningError> {
         let clusters: Vec<ClusterStats> = stats
             .iter()
-            .map(|s| {
-                let Statistics::Clusters(c) = s;
-                c.clone()
-            })
-            .collect();
+            .map(|s| clusters(s).cloned())
+            .collect::<Result<_, _>>()?;
         let update: KMeansUpdate = kmeans_update(&model(global)?, &clusters)?;
         let next = AnyModel::from_parts(
             ModelFamily::KMeans,

@@ -63,6 +63,7 @@ pub mod logistic;
 pub mod softmax;
 #[cfg(any(test, feature = "testutils"))]
 pub(crate) mod toy;
+pub mod trees;
 
 /// A model family a run can train: its name in run files, model files and on
 /// the wire. [`ModelFamily::ops`] is the registration of each family's
@@ -79,6 +80,8 @@ pub enum ModelFamily {
     /// Federated k-means segmentation (no label needed).
     #[serde(rename = "kmeans")]
     KMeans,
+    /// Histogram-based gradient-boosted trees (a `label` or a `target`).
+    GradientBoostedTrees,
     /// A test-only family that shows the generic paths (see `family/toy.rs`).
     #[cfg(any(test, feature = "testutils"))]
     Toy,
@@ -106,6 +109,8 @@ pub enum LabelNeed {
 pub struct ModelSettings {
     /// The clients' label is a numeric `target` (not a binary `label`).
     pub numeric_label: bool,
+    /// `[trees]` of the run file (gradient-boosted trees only).
+    pub trees: crate::trees::TreeParams,
 }
 
 /// How a family's clients work on their rows.
@@ -165,6 +170,8 @@ pub enum LocalUpdate {
 pub enum Statistics {
     /// k-means: per-cluster sums and counts against the task's centroids.
     Clusters(ClusterStats),
+    /// Gradient-boosted trees: the binning sketch or one level's histograms.
+    Trees(crate::trees::TreeStatistics),
 }
 
 impl Statistics {
@@ -172,6 +179,7 @@ impl Statistics {
     pub fn examples(&self) -> u64 {
         match self {
             Statistics::Clusters(c) => u64::try_from(c.examples()).unwrap_or(u64::MAX),
+            Statistics::Trees(t) => t.rows(),
         }
     }
 
@@ -179,6 +187,7 @@ impl Statistics {
     pub fn kind(&self) -> &'static str {
         match self {
             Statistics::Clusters(_) => "cluster statistics",
+            Statistics::Trees(_) => "tree statistics",
         }
     }
 }
@@ -332,6 +341,11 @@ pub trait Family: Sync {
         self.initial(dim, outputs, seed)
     }
 
+    /// The run-file table of this family's own settings (`[trees]`), if any.
+    fn settings_table(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Whether [`Family::training`] is [`Training::Gradient`].
     fn is_gradient_trained(&self) -> bool {
         true
@@ -473,11 +487,12 @@ fn not_for(family: ModelFamily, what: &str) -> LearningError {
 
 impl ModelFamily {
     /// Every family a run file may name, in documentation order.
-    pub const ALL: [ModelFamily; 4] = [
+    pub const ALL: [ModelFamily; 5] = [
         ModelFamily::LogisticRegression,
         ModelFamily::LinearRegression,
         ModelFamily::SoftmaxRegression,
         ModelFamily::KMeans,
+        ModelFamily::GradientBoostedTrees,
     ];
 
     /// The registration: each family's implementation of [`Family`].
@@ -487,6 +502,7 @@ impl ModelFamily {
             ModelFamily::LinearRegression => &linear::Linear,
             ModelFamily::SoftmaxRegression => &softmax::Softmax,
             ModelFamily::KMeans => &kmeans::Segments,
+            ModelFamily::GradientBoostedTrees => &trees::Trees,
             #[cfg(any(test, feature = "testutils"))]
             ModelFamily::Toy => &toy::Toy,
         }
@@ -499,6 +515,7 @@ impl ModelFamily {
             ModelFamily::LinearRegression => "linear_regression",
             ModelFamily::SoftmaxRegression => "softmax_regression",
             ModelFamily::KMeans => "kmeans",
+            ModelFamily::GradientBoostedTrees => "gradient_boosted_trees",
             #[cfg(any(test, feature = "testutils"))]
             ModelFamily::Toy => "toy",
         }
@@ -915,7 +932,7 @@ mod tests {
         assert_eq!(ModelFamily::parse("svm"), None);
         assert_eq!(
             ModelFamily::names(),
-            "logistic_regression, linear_regression, softmax_regression, kmeans"
+            "logistic_regression, linear_regression, softmax_regression, kmeans, gradient_boosted_trees"
         );
     }
 

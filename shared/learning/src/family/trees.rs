@@ -28,9 +28,13 @@ use crate::metrics::EvalSummary;
 use crate::model_file::ModelDocument;
 use crate::regression_metrics::RegressionSummary;
 use crate::trees::{
-    GradBound, TreeLoss, TreeModel, TreeStatistics, local_statistics, sensitivity,
-    tree_shap,
+    GradBound, LocalCache, TreeLoss, TreeModel, TreeStatistics, local_statistics_cached,
+    sensitivity, tree_shap,
 };
+
+/// The bins and margins of the rows this process last computed statistics on.
+static CACHE: std::sync::LazyLock<std::sync::Mutex<LocalCache>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// Gradient-boosted trees.
 #[derive(Debug, Clone, Copy)]
@@ -139,10 +143,16 @@ impl Family for Trees {
     ) -> Result<Statistics, LearningError> {
         let m = model(m)?;
         let y = labels(y)?;
-        let mut stats = local_statistics(&m, x, y, dp.map(|d| bound(d.clip_norm)))?;
+        // A client answers every level of a run on the same rows: the cache
+        // keeps their bins and the margin of the trees already summed (it
+        // checks itself, so a stale one costs time, never correctness).
+        let mut stats = {
+            let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+            local_statistics_cached(&m, x, y, dp.map(|d| bound(d.clip_norm)), &mut cache)?
+        };
         if let Some(dp) = dp {
             let sigma = dp.noise_multiplier * sensitivity(&m, Some(bound(dp.clip_norm)));
-            stats.add_gaussian_noise(sigma, rng);
+            stats.add_gaussian_noise(sigma, rng)?;
         }
         Ok(Statistics::Trees(stats))
     }
