@@ -166,7 +166,7 @@ impl Run {
     fn model_settings(&self, label: LabelKindMsg) -> ModelSettings {
         ModelSettings {
             numeric_label: label == LabelKindMsg::Numeric,
-            trees: self.config.trees.clone(),
+            trees: self.config.trees,
         }
     }
 

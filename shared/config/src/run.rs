@@ -678,6 +678,17 @@ mod tests {
     #[test]
     fn model_families_and_their_settings() {
         let head = "[run]\nname = \"x\"\nrounds = 3\n";
+        let t = parse(&format!("{head}model = \"gradient_boosted_trees\"\n")).unwrap();
+        assert_eq!(t.model, ModelFamily::GradientBoostedTrees);
+        assert_eq!(t.trees, TreeParams::default());
+        let t = parse(&format!(
+            "{head}model = \"gradient_boosted_trees\"\n[trees]\nmax_depth = 3\nbins = 32\nlambda = 2.5\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (t.trees.max_depth, t.trees.max_bins, t.trees.lambda, t.trees.learning_rate),
+            (3, 32, 2.5, 0.1)
+        );
         let c = parse(&format!("{head}model = \"kmeans\"\nclusters = 4\n")).unwrap();
         assert_eq!((c.model, c.clusters), (ModelFamily::KMeans, 4));
         let c = parse(&format!("{head}model = \"linear_regression\"\n")).unwrap();
@@ -686,7 +697,7 @@ mod tests {
         let refused = [
             (
                 "model = \"svm\"\n",
-                "'svm' is not a model family (supported: logistic_regression, linear_regression, softmax_regression, kmeans)",
+                "'svm' is not a model family (supported: logistic_regression, linear_regression, softmax_regression, kmeans, gradient_boosted_trees)",
             ),
             ("model = \"kmeans\"\n", "run.clusters' is required"),
             (
@@ -708,6 +719,38 @@ mod tests {
             (
                 "model = \"kmeans\"\nclusters = 3\n[training]\ntail_average_rounds = 3\n",
                 "must be 1 for k-means",
+            ),
+            (
+                "model = \"gradient_boosted_trees\"\n[strategy]\nname = \"krum\"\n",
+                "'krum' cannot be used with gradient-boosted trees: a tree is grown from the clients' pooled gradient and hessian histograms",
+            ),
+            (
+                "model = \"gradient_boosted_trees\"\n[strategy]\nname = \"fed_adam\"\n",
+                "'fed_adam' cannot be used with gradient-boosted trees",
+            ),
+            (
+                "model = \"gradient_boosted_trees\"\n[privacy]\nmode = \"client\"\n[privacy.client]\nclip_norm = 1.0\nnoise_multiplier = 1.0\n",
+                "\"client\" is not available for gradient-boosted trees",
+            ),
+            (
+                "model = \"gradient_boosted_trees\"\n[training]\ntail_average_rounds = 3\n",
+                "must be 1 for gradient-boosted trees (the trees of different rounds add up",
+            ),
+            (
+                "model = \"gradient_boosted_trees\"\n[trees]\nmax_depth = 13\n",
+                "max_depth",
+            ),
+            (
+                "model = \"gradient_boosted_trees\"\n[trees]\nbins = 300\n",
+                "bins",
+            ),
+            (
+                "model = \"gradient_boosted_trees\"\n[trees]\ndepth = 3\n",
+                "unknown field `depth`",
+            ),
+            (
+                "model = \"logistic_regression\"\n[trees]\nmax_depth = 3\n",
+                "applies only to run.model = \"gradient_boosted_trees\", not 'logistic_regression'",
             ),
         ];
         for (extra, want) in refused {

@@ -109,7 +109,7 @@ impl Family for Trees {
         } else {
             TreeLoss::Logistic
         };
-        Ok(TreeModel::new(dim, loss, settings.trees.clone())?.to_flat())
+        Ok(TreeModel::new(dim, loss, settings.trees)?.to_flat())
     }
 
     fn statistics_rules(&self) -> Option<StatisticsRules> {
