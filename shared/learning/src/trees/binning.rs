@@ -139,7 +139,7 @@ impl Sketch {
         &self.counts
     }
 
-    /// The counts of one feature (`SKETCH_CELLS` long).
+    /// The counts of one feature (`SKETCH_CELLS` long); `feature < dim()`.
     pub fn feature_counts(&self, feature: usize) -> &[f64] {
         &self.counts[feature * SKETCH_CELLS..(feature + 1) * SKETCH_CELLS]
     }
@@ -314,6 +314,14 @@ impl Binning {
     /// Bins of all features together: the length of one node's block.
     pub fn total_bins(&self) -> usize {
         self.total_bins
+    }
+
+    /// The index of `threshold` among a feature's edges (a split's bin, when
+    /// a model file gives the threshold only).
+    pub fn edge_index(&self, feature: usize, threshold: f64) -> Option<usize> {
+        let edges = self.edges.get(feature)?;
+        let i = edges.partition_point(|&e| e < threshold);
+        (edges.get(i) == Some(&threshold)).then_some(i)
     }
 
     /// The bin of `x` for a feature: the number of edges `< x`.

@@ -634,6 +634,9 @@ fn binning_has_quantile_edges_and_one_edge_for_binary_features() {
     for f in 0..5 {
         assert!(binning.bins(f) <= 32);
     }
+    assert_eq!(binning.edge_index(0, numeric[3]), Some(3));
+    assert_eq!(binning.edge_index(0, numeric[3] + 1e-9), None);
+    assert_eq!(binning.edge_index(9, 0.0), None);
 }
 
 #[test]
