@@ -9,7 +9,9 @@
 //!   (30 numeric, 15 one-hot).
 //!
 //! `cargo bench -p fedprofile-learning --bench trees`; `BENCH_REPEAT` (default
-//! 5) sets how many times each level figure is measured (the median is shown).
+//! 20) sets how many times each level figure is measured (the mean is shown).
+//! Times are the thread's CPU time where Linux provides it, so that a loaded
+//! machine does not inflate them.
 
 use std::time::{Duration, Instant};
 
@@ -25,15 +27,48 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// This thread's CPU time (Linux `schedstat`), so that the figures do not
+/// depend on the machine's load; the wall clock where it is unavailable.
+#[derive(Clone, Copy)]
+struct Clock {
+    wall: Instant,
+    cpu_ns: Option<u64>,
+}
+
+fn cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            wall: Instant::now(),
+            cpu_ns: cpu_ns(),
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        match (self.cpu_ns, cpu_ns()) {
+            (Some(a), Some(b)) => Duration::from_nanos(b.saturating_sub(a)),
+            _ => self.wall.elapsed(),
+        }
+    }
+}
+
 fn normal(rng: &mut impl Rng) -> f64 {
     let u1 = 1.0 - rng.random::<f64>();
     let u2: f64 = rng.random();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
+/// The mean (CPU time is counted in scheduler ticks, so single runs are coarse).
+fn mean(times: Vec<Duration>) -> Duration {
+    times.iter().sum::<Duration>() / times.len().max(1) as u32
 }
 
 /// `rows` × `numeric + binary` encoded features and a nonlinear 0/1 label.
@@ -81,12 +116,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let repeat: usize = std::env::var("BENCH_REPEAT")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
+        .unwrap_or(20)
         .max(1);
-    // Wall-clock figures: on a loaded machine they overstate the cost.
-    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
-        println!("load average at start: {}", load.trim());
-    }
+    println!(
+        "times are {} (load average {})",
+        if cpu_ns().is_some() {
+            "this thread's CPU time"
+        } else {
+            "wall-clock"
+        },
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    );
 
     // --- one level: 80 features × 64 bins × 32 nodes, 5,000 rows per partner
     let params = TreeParams::default();
@@ -120,12 +162,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut local = Vec::new();
         let mut releases = Vec::new();
         for (p, (x, y)) in partners.iter().enumerate() {
-            let start = Instant::now();
+            let start = Clock::start();
             let stats = local_statistics(&model, x.view(), y.view(), None)?;
             if p == 0 {
                 local.push(start.elapsed());
                 for _ in 1..repeat {
-                    let start = Instant::now();
+                    let start = Clock::start();
                     let again = local_statistics(&model, x.view(), y.view(), None)?;
                     local.push(start.elapsed());
                     std::hint::black_box(again);
@@ -144,7 +186,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
         let mut cached = Vec::new();
         for _ in 0..repeat {
-            let start = Instant::now();
+            let start = Clock::start();
             let again = local_statistics_cached(
                 &model,
                 partners[0].0.view(),
@@ -157,7 +199,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let mut coordinator = Vec::new();
         for _ in 0..repeat {
-            let start = Instant::now();
+            let start = Clock::start();
             let mut pooled = releases[0].clone();
             for r in &releases[1..] {
                 model.check_statistics(r)?;
@@ -172,16 +214,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             binning.total_bins() / 80
         );
         println!(
-            "  partner local_statistics, 5,000 rows: {:.2} ms (median of {repeat})",
-            ms(median(local))
+            "  partner local_statistics, 5,000 rows: {:.2} ms (mean of {repeat})",
+            ms(mean(local))
         );
         println!(
-            "  the same with a warm LocalCache: {:.2} ms (median of {repeat})",
-            ms(median(cached))
+            "  the same with a warm LocalCache: {:.2} ms (mean of {repeat})",
+            ms(mean(cached))
         );
         println!(
-            "  coordinator: check + add 4 partners' histograms + apply: {:.2} ms (median of {repeat})",
-            ms(median(coordinator))
+            "  coordinator: check + add 4 partners' histograms + apply: {:.2} ms (mean of {repeat})",
+            ms(mean(coordinator))
         );
         let TreeStatistics::Level(h) = &releases[0] else {
             return Err("expected level histograms".into());
@@ -197,7 +239,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // --- a whole pooled training: 100 trees, depth 6, 7,000 × 45
     let (x, y) = data(7000, 30, 15, 99);
-    let start = Instant::now();
+    let start = Clock::start();
     let model = train_pooled(x.view(), y.view(), TreeLoss::Logistic, params, 100)?;
     let elapsed = start.elapsed();
     let nodes: usize = model.trees().iter().map(|t| t.nodes().len()).sum();
@@ -206,14 +248,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ms(elapsed),
         ms(elapsed) / 100.0
     );
-    let start = Instant::now();
+    let start = Clock::start();
     let margin = model.margin(x.view())?;
     println!(
         "margin of 7,000 rows through 100 trees: {:.2} ms (mean {:.3})",
         ms(start.elapsed()),
         margin.mean().unwrap_or(0.0)
     );
-    let start = Instant::now();
+    let start = Clock::start();
     let mut total = 0.0;
     for row in x.rows().into_iter().take(1000) {
         let (expected, phi) = fedprofile_learning::trees::tree_shap(&model, row)?;

@@ -29,6 +29,22 @@ fn boundary(k: i64) -> f64 {
     k as f64 / f64::from(SKETCH_CELLS_PER_UNIT)
 }
 
+/// `BOUNDARIES[k + 800] = k / 100` for `k` in `-800..=800`, exactly as
+/// [`boundary`] computes it (IEEE division is the same at compile time).
+static BOUNDARIES: [f64; 2 * HALF as usize + 1] = {
+    let mut b = [0.0; 2 * HALF as usize + 1];
+    let mut i = 0;
+    while i < b.len() {
+        b[i] = (i as i64 - HALF) as f64 / SKETCH_CELLS_PER_UNIT as f64;
+        i += 1;
+    }
+    b
+};
+
+fn boundary_of(k: i64) -> f64 {
+    BOUNDARIES[(k + HALF) as usize]
+}
+
 /// The fine cell of a value (see the module doc); NaN lands in cell 0.
 pub fn sketch_cell(x: f64) -> usize {
     if x.is_nan() || x <= SKETCH_LO {
@@ -37,13 +53,14 @@ pub fn sketch_cell(x: f64) -> usize {
     if x > SKETCH_HI {
         return OVERFLOW;
     }
-    // k such that (k - 1) / 100 < x <= k / 100; the rounding of `x * 100` is
-    // corrected against the exact boundaries (at most a step or two).
-    let mut k = ((x * f64::from(SKETCH_CELLS_PER_UNIT)).ceil() as i64).clamp(-HALF, HALF);
-    while k < HALF && boundary(k) < x {
+    // k such that (k - 1) / 100 < x <= k / 100: a first guess from
+    // `x * 100` (truncated), corrected against the exact boundaries (at most
+    // a step or two).
+    let mut k = ((x * f64::from(SKETCH_CELLS_PER_UNIT)) as i64).clamp(-HALF, HALF);
+    while k < HALF && boundary_of(k) < x {
         k += 1;
     }
-    while k > -HALF + 1 && boundary(k - 1) >= x {
+    while k > -HALF + 1 && boundary_of(k - 1) >= x {
         k -= 1;
     }
     (k + HALF).clamp(1, 2 * HALF) as usize
@@ -122,7 +139,7 @@ impl Sketch {
         &self.counts
     }
 
-    /// The counts of one feature (`SKETCH_CELLS` long).
+    /// The counts of one feature (`SKETCH_CELLS` long); `feature < dim()`.
     pub fn feature_counts(&self, feature: usize) -> &[f64] {
         &self.counts[feature * SKETCH_CELLS..(feature + 1) * SKETCH_CELLS]
     }
@@ -175,6 +192,9 @@ pub struct Binning {
     edges: Vec<Vec<f64>>,
     offsets: Vec<usize>,
     total_bins: usize,
+    /// Per feature whose edges all lie on the fine grid, the bin of each
+    /// fine cell (a lookup instead of a binary search).
+    cell_bins: Vec<Option<Vec<u8>>>,
 }
 
 impl Binning {
@@ -208,10 +228,12 @@ impl Binning {
             offsets.push(total_bins);
             total_bins += e.len() + 1;
         }
+        let cell_bins = edges.iter().map(|e| cell_bins(e)).collect();
         Ok(Binning {
             edges,
             offsets,
             total_bins,
+            cell_bins,
         })
     }
 
@@ -294,10 +316,41 @@ impl Binning {
         self.total_bins
     }
 
+    /// The index of `threshold` among a feature's edges (a split's bin, when
+    /// a model file gives the threshold only).
+    pub fn edge_index(&self, feature: usize, threshold: f64) -> Option<usize> {
+        let edges = self.edges.get(feature)?;
+        let i = edges.partition_point(|&e| e < threshold);
+        (edges.get(i) == Some(&threshold)).then_some(i)
+    }
+
     /// The bin of `x` for a feature: the number of edges `< x`.
     pub fn bin(&self, feature: usize, x: f64) -> usize {
-        self.edges[feature].partition_point(|&e| e < x)
+        match &self.cell_bins[feature] {
+            Some(table) if !x.is_nan() => usize::from(table[sketch_cell(x)]),
+            _ => self.edges[feature].partition_point(|&e| e < x),
+        }
     }
+}
+
+/// The bin of every fine cell, if all `edges` are fine-grid boundaries: for
+/// `x` in cell `c`, the edges `< x` are those `< upper(c)` (no boundary lies
+/// strictly inside a cell); `x` in the overflow cell is above every edge.
+fn cell_bins(edges: &[f64]) -> Option<Vec<u8>> {
+    let on_grid = edges
+        .iter()
+        .all(|&e| sketch_cell_upper(sketch_cell(e)) == Some(e));
+    if !on_grid || edges.len() > u8::MAX as usize {
+        return None;
+    }
+    Some(
+        (0..SKETCH_CELLS)
+            .map(|c| match sketch_cell_upper(c) {
+                Some(upper) => edges.partition_point(|&e| e < upper) as u8,
+                None => edges.len() as u8,
+            })
+            .collect(),
+    )
 }
 
 fn feature_edges(counts: &[f64], max_bins: usize) -> Vec<f64> {

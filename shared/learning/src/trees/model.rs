@@ -182,15 +182,6 @@ impl TreeModel {
     /// The margin of each row: base score plus the leaf values of the complete
     /// trees (a logit for logistic loss).
     pub fn margin(&self, x: ArrayView2<f64>) -> Result<Array1<f64>, LearningError> {
-        self.margin_of_trees(x, self.complete_trees())
-    }
-
-    /// The margin of the first `trees` trees (all complete) of every row.
-    fn margin_of_trees(
-        &self,
-        x: ArrayView2<f64>,
-        trees: usize,
-    ) -> Result<Array1<f64>, LearningError> {
         check_features(x, self.dim)?;
         let x = x.as_standard_layout();
         let mut margin = Array1::from_elem(x.nrows(), self.base_score);
@@ -199,7 +190,7 @@ impl TreeModel {
                 "tree model: the feature matrix could not be laid out by rows".to_string(),
             ));
         };
-        let trees = &self.trees[..trees];
+        let trees = &self.trees[..self.complete_trees()];
         for (m, row) in margin.iter_mut().zip(flat.chunks_exact(self.dim)) {
             for tree in trees {
                 *m += tree.predict_row(row);

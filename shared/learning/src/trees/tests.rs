@@ -634,6 +634,9 @@ fn binning_has_quantile_edges_and_one_edge_for_binary_features() {
     for f in 0..5 {
         assert!(binning.bins(f) <= 32);
     }
+    assert_eq!(binning.edge_index(0, numeric[3]), Some(3));
+    assert_eq!(binning.edge_index(0, numeric[3] + 1e-9), None);
+    assert_eq!(binning.edge_index(9, 0.0), None);
 }
 
 #[test]
@@ -1012,4 +1015,22 @@ fn the_data_free_binning_uses_normal_quantiles_and_one_edge_for_binary_columns()
         assert!((a + b).abs() < 1e-12, "{a} and {b} are not symmetric");
     }
     assert_eq!(edges[30], 0.76); // Φ⁻¹(31/40) = 0.7554
+}
+
+#[test]
+fn bins_by_cell_lookup_equal_bins_by_search() {
+    let mut rng = seeded_test_rng(24);
+    let on_grid = Binning::new(vec![vec![-8.0, -1.5, 0.0, 0.01, 2.37, 8.0]]).unwrap();
+    let off_grid = Binning::new(vec![vec![-1.234_567, 0.0, 0.5]]).unwrap();
+    let mut values: Vec<f64> = (0..20_000).map(|_| 4.0 * normal(&mut rng)).collect();
+    values.extend([
+        -8.0, -1.5, 0.0, 0.01, 2.37, 8.0, 8.0001, -1e300, 1e300, 1.234_567,
+    ]);
+    values.extend((-900..=900).map(|k| k as f64 / 100.0));
+    for b in [&on_grid, &off_grid] {
+        for &v in &values {
+            let search = b.edges(0).partition_point(|&e| e < v);
+            assert_eq!(b.bin(0, v), search, "value {v}");
+        }
+    }
 }

@@ -274,7 +274,7 @@ impl Tree {
         &self.nodes
     }
 
-    /// The depth of a node (the root at 0).
+    /// The depth of a node (the root at 0); `node` must be below `nodes().len()`.
     pub fn depth(&self, node: usize) -> u32 {
         self.depths[node]
     }
@@ -298,7 +298,7 @@ impl Tree {
 
     /// The node (leaf or pending) a row ends in, by thresholds (`row` has at
     /// least the model's `dim` values).
-    pub fn node_of(&self, row: &[f64]) -> usize {
+    pub(super) fn node_of(&self, row: &[f64]) -> usize {
         let mut i = 0;
         // Children come after parents, so this ends within `len` steps.
         loop {
@@ -315,7 +315,7 @@ impl Tree {
     }
 
     /// The value of the node a row ends in.
-    pub fn predict_row(&self, row: &[f64]) -> f64 {
+    pub(super) fn predict_row(&self, row: &[f64]) -> f64 {
         self.compact[self.node_of(row)].value
     }
 
