@@ -540,7 +540,7 @@ fn run_charges(run: &Path, config: &Path, ledger: Option<&Path>) -> Result<Plann
         .map_err(|e| e.to_string())?
         .dataset
         .len();
-    let task = RecordDpTask {
+    let mut task = RecordDpTask {
         clip_norm: record.clip_norm,
         noise_multiplier: match record.noise {
             RecordNoise::Multiplier(z) => Some(z),
@@ -558,8 +558,13 @@ fn run_charges(run: &Path, config: &Path, ledger: Option<&Path>) -> Result<Plann
     // A statistics family (k-means): one Gaussian release of all rows' sums
     // and counts per round (q 1, one step); a gradient family: DP-SGD steps.
     let mut warnings = Vec::new();
+    // Releases of the run: one per round, or what a statistics family with
+    // several exchanges per round (a tree per round, a release per level) plans.
+    let mut releases = u64::from(run.rounds);
     let (charge, sampling_rate, noise_multiplier) = if !run.model.ops().is_gradient_trained() {
         let model = initial_model(&schema, &run)?;
+        releases = model.ops().planned_releases(&model, run.rounds);
+        task.planned_rounds = u32::try_from(releases).unwrap_or(u32::MAX);
         let plan = crate::privacy::plan_statistics(&model, &task, &mut HashMap::new())
             .map_err(|e| e.to_string())?;
         (plan.charge, 1.0, plan.noise_multiplier)
@@ -597,7 +602,7 @@ fn run_charges(run: &Path, config: &Path, ledger: Option<&Path>) -> Result<Plann
         epsilon_per_round: per_round,
     };
     Ok(PlannedRun {
-        charges: vec![charge; run.rounds as usize],
+        charges: vec![charge; usize::try_from(releases).unwrap_or(usize::MAX)],
         delta,
         plan: summary,
         ledger: ledger
@@ -608,11 +613,9 @@ fn run_charges(run: &Path, config: &Path, ledger: Option<&Path>) -> Result<Plann
     })
 }
 
-/// Parameters of a gradient-trained model on this schema: the family's
-/// parameters per output row for the encoded features, times its outputs
-/// (the classes of a multi-class label, 1 otherwise).
-/// The run's starting model for this partner's schema (what a statistics
-/// family's release is planned against).
+/// The run's starting model for this partner's schema, as the coordinator
+/// makes it under record-level DP (what a statistics family's releases are
+/// planned against).
 fn initial_model(
     schema: &fedprofile_data::Schema,
     run: &RunConfig,
@@ -620,10 +623,20 @@ fn initial_model(
     let family = run.model.ops();
     let classes = schema.label_classes().map_or(0, <[String]>::len);
     let outputs = family.run_outputs(classes, run.clusters as usize);
+    let template = schema.feature_template();
+    let settings = fedprofile_learning::ModelSettings {
+        numeric_label: schema.label_kind() == Some(fedprofile_data::LabelKind::Numeric),
+        trees: run.trees,
+        data_free: Some(template.binary_entries()),
+    };
     run.model
-        .initial(schema.feature_template().dim(), outputs, 0)
+        .initial_for(template.dim(), outputs, 0, &settings)
         .map_err(|e| e.to_string())
 }
+
+/// Parameters of a gradient-trained model on this schema: the family's
+/// parameters per output row for the encoded features, times its outputs
+/// (the classes of a multi-class label, 1 otherwise).
 
 fn parameter_count(
     schema: &fedprofile_data::Schema,

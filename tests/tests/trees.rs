@@ -170,7 +170,11 @@ fn treeshap_contributions_add_up_for_every_test_user_and_profile_reads_the_model
         "--out",
         scores.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = fs::read_to_string(&scores).unwrap();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("user_id,score"));
@@ -192,7 +196,11 @@ fn treeshap_contributions_add_up_for_every_test_user_and_profile_reads_the_model
         "--out",
         profiles.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = fs::read_to_string(&profiles).unwrap();
     let header = text.lines().next().unwrap();
     assert!(

@@ -148,7 +148,7 @@ impl Run {
                     dim,
                     outputs,
                     self.config.seed.unwrap_or(0),
-                    &self.model_settings(*kind),
+                    &self.model_settings(*kind, &spec),
                 )
                 .map_err(|e| RunError::InitialModel(e.to_string()))?
                 .params()
@@ -163,10 +163,12 @@ impl Run {
     }
 
     /// What the run says about its model beyond the family and the shape.
-    fn model_settings(&self, label: LabelKindMsg) -> ModelSettings {
+    fn model_settings(&self, label: LabelKindMsg, spec: &FeatureSpec) -> ModelSettings {
         ModelSettings {
             numeric_label: label == LabelKindMsg::Numeric,
             trees: self.config.trees,
+            data_free: matches!(self.config.privacy, PrivacyMode::Record(_))
+                .then(|| spec.binary_entries()),
         }
     }
 

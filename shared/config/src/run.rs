@@ -686,7 +686,12 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            (t.trees.max_depth, t.trees.max_bins, t.trees.lambda, t.trees.learning_rate),
+            (
+                t.trees.max_depth,
+                t.trees.max_bins,
+                t.trees.lambda,
+                t.trees.learning_rate
+            ),
             (3, 32, 2.5, 0.1)
         );
         let c = parse(&format!("{head}model = \"kmeans\"\nclusters = 4\n")).unwrap();

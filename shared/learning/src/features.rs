@@ -94,6 +94,19 @@ impl FeatureSpec {
             .flat_map(FeatureColumn::entry_names)
             .collect()
     }
+
+    /// Whether each encoded entry is a 0/1 column (a boolean, or a one-hot
+    /// slot of a categorical column) rather than a standardised number, in
+    /// encoding order; `dim()` long.
+    pub fn binary_entries(&self) -> Vec<bool> {
+        self.columns
+            .iter()
+            .flat_map(|c| {
+                let binary = !matches!(c, FeatureColumn::Numeric { .. });
+                std::iter::repeat_n(binary, c.width())
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

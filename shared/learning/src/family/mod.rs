@@ -111,6 +111,11 @@ pub struct ModelSettings {
     pub numeric_label: bool,
     /// `[trees]` of the run file (gradient-boosted trees only).
     pub trees: crate::trees::TreeParams,
+    /// Under record-level DP: which encoded entries are 0/1 columns
+    /// ([`crate::FeatureSpec::binary_entries`]), so that a family that would
+    /// release statistics of the data to fix its inputs (the trees' binning
+    /// sketch) uses a data-free layout instead, at no privacy cost.
+    pub data_free: Option<Vec<bool>>,
 }
 
 /// How a family's clients work on their rows.

@@ -28,7 +28,7 @@ use crate::metrics::EvalSummary;
 use crate::model_file::ModelDocument;
 use crate::regression_metrics::RegressionSummary;
 use crate::trees::{
-    GradBound, LocalCache, TreeLoss, TreeModel, TreeStatistics, local_statistics_cached,
+    Binning, GradBound, LocalCache, TreeLoss, TreeModel, TreeStatistics, local_statistics_cached,
     sensitivity, tree_shap,
 };
 
@@ -109,7 +109,24 @@ impl Family for Trees {
         } else {
             TreeLoss::Logistic
         };
-        Ok(TreeModel::new(dim, loss, settings.trees)?.to_flat())
+        let model = TreeModel::new(dim, loss, settings.trees)?;
+        Ok(match &settings.data_free {
+            // Record-level DP: bins from the standard normal quantiles of the
+            // standardised columns (one edge for 0/1 columns), no sketch.
+            Some(binary) => {
+                let binning = Binning::standard_normal(binary, settings.trees.max_bins)?;
+                TreeModel::from_parts(
+                    dim,
+                    loss,
+                    settings.trees,
+                    model.base_score(),
+                    Some(binning),
+                    Vec::new(),
+                )?
+            }
+            None => model,
+        }
+        .to_flat())
     }
 
     fn statistics_rules(&self) -> Option<StatisticsRules> {
@@ -178,9 +195,15 @@ impl Family for Trees {
     }
 
     fn planned_releases(&self, initial: &AnyModel, rounds: u32) -> u64 {
-        // One binning release, then at most one release per level of every tree.
-        let depth = model(initial).map_or(1, |m| u64::from(m.params().max_depth));
-        1 + u64::from(rounds) * depth
+        // At most one release per level of every tree, and one for the
+        // binning unless the model starts with its bins.
+        match model(initial) {
+            Ok(m) => {
+                u64::from(m.binning().is_none())
+                    + u64::from(rounds) * u64::from(m.params().max_depth)
+            }
+            Err(_) => u64::from(rounds),
+        }
     }
 
     fn aggregate_statistics(
