@@ -631,6 +631,9 @@ fn mean_totals(grad: &[f64], hess: &[f64], dim: usize) -> (f64, f64) {
     (grad.iter().sum::<f64>() / n, hess.iter().sum::<f64>() / n)
 }
 
+/// Relative difference below which two split gains count as equal.
+const GAIN_TIE: f64 = 1e-9;
+
 struct Split {
     feature: usize,
     bin: usize,
@@ -668,7 +671,10 @@ fn best_split(binning: &Binning, grad: &[f64], hess: &[f64], p: &TreeParams) -> 
                 continue;
             }
             let gain = 0.5 * (gl * gl / (hl + lambda) + gr * gr / (hr + lambda) - parent) - p.gamma;
-            if gain.is_finite() && gain > best_gain {
+            // A later candidate wins only by more than rounding: equal gains
+            // (complementary one-hot slots) go to the lowest feature and bin
+            // whatever the order in which the partners' sums were added.
+            if gain.is_finite() && gain > best_gain * (1.0 + GAIN_TIE) && gain > 0.0 {
                 best_gain = gain;
                 best = Some(Split {
                     feature: f,
