@@ -5,6 +5,7 @@
 
 use ndarray::{Array1, ArrayView1, ArrayView2};
 
+use super::common::{family_kind, one_column, single_output_params, supervised_evaluation};
 use super::{
     AnyModel, Evaluation, Family, LabelNeed, ModelFamily, ProfileRow, ScoreTable, Training, labels,
 };
@@ -22,57 +23,21 @@ fn model(m: &AnyModel) -> Result<LinearRegression, LearningError> {
 }
 
 impl Family for Linear {
-    fn family(&self) -> ModelFamily {
-        ModelFamily::LinearRegression
-    }
-
-    fn label_need(&self) -> LabelNeed {
-        LabelNeed::Numeric
-    }
-
-    fn per_output(&self, dim: usize) -> usize {
-        dim + 1
-    }
-
-    fn check(&self, params: &Array1<f64>, _outputs: usize) -> Result<(), LearningError> {
-        LinearRegression::from_params(params.clone()).map(drop)
-    }
-
-    fn dim(&self, params: usize, _outputs: usize) -> usize {
-        params.saturating_sub(1)
-    }
-
-    fn initial(&self, dim: usize, _: usize, _: u64) -> Result<Array1<f64>, LearningError> {
-        Ok(LinearRegression::zeros(dim).params().clone())
-    }
+    family_kind!(ModelFamily::LinearRegression, LabelNeed::Numeric);
+    single_output_params!(LinearRegression);
 
     fn training(&self, m: &AnyModel) -> Training {
         Training::Gradient(Box::new(crate::linear::SquaredError { dim: m.dim() }))
     }
 
-    fn evaluate(
-        &self,
-        m: &AnyModel,
-        x: ArrayView2<f64>,
-        y: Option<ArrayView1<f64>>,
-    ) -> Result<Evaluation, LearningError> {
-        let p = model(m)?.predict(x)?;
-        Ok(Evaluation::Regression(RegressionSummary::from_predictions(
-            p.view(),
-            labels(y)?,
-        )?))
-    }
-
-    fn empty_evaluation(&self, _: usize) -> Result<Evaluation, LearningError> {
-        Ok(Evaluation::Regression(RegressionSummary::empty()))
-    }
+    supervised_evaluation!(
+        Regression(RegressionSummary),
+        |m, x| model(m)?.predict(x)?,
+        |_| RegressionSummary::empty(),
+    );
 
     fn score(&self, doc: &ModelDocument, x: ArrayView2<f64>) -> Result<ScoreTable, LearningError> {
-        let y = model(doc.model())?.predict(x)?;
-        Ok(ScoreTable {
-            header: vec!["prediction".into()],
-            rows: y.iter().map(|v| vec![format!("{v:.6}")]).collect(),
-        })
+        Ok(one_column("prediction", &model(doc.model())?.predict(x)?, 6))
     }
 
     fn profile_header(&self, doc: &ModelDocument) -> Option<Vec<String>> {

@@ -7,6 +7,7 @@
 
 use ndarray::{Array1, ArrayView1, ArrayView2};
 
+use super::common::{family_kind, supervised_evaluation};
 use super::{
     AnyModel, Evaluation, Family, LabelNeed, ModelFamily, ProfileRow, ScoreTable, Training, labels,
 };
@@ -24,13 +25,7 @@ fn model(m: &AnyModel) -> Result<SoftmaxRegression, LearningError> {
 }
 
 impl Family for Softmax {
-    fn family(&self) -> ModelFamily {
-        ModelFamily::SoftmaxRegression
-    }
-
-    fn label_need(&self) -> LabelNeed {
-        LabelNeed::Classes
-    }
+    family_kind!(ModelFamily::SoftmaxRegression, LabelNeed::Classes);
 
     fn per_output(&self, dim: usize) -> usize {
         dim + 1
@@ -63,22 +58,11 @@ impl Family for Softmax {
         }))
     }
 
-    fn evaluate(
-        &self,
-        m: &AnyModel,
-        x: ArrayView2<f64>,
-        y: Option<ArrayView1<f64>>,
-    ) -> Result<Evaluation, LearningError> {
-        let p = model(m)?.predict_proba(x)?;
-        Ok(Evaluation::Multiclass(MulticlassSummary::from_predictions(
-            p.view(),
-            labels(y)?,
-        )?))
-    }
-
-    fn empty_evaluation(&self, outputs: usize) -> Result<Evaluation, LearningError> {
-        Ok(Evaluation::Multiclass(MulticlassSummary::empty(outputs)?))
-    }
+    supervised_evaluation!(
+        Multiclass(MulticlassSummary),
+        |m, x| model(m)?.predict_proba(x)?,
+        |outputs| MulticlassSummary::empty(outputs)?,
+    );
 
     fn score(&self, doc: &ModelDocument, x: ArrayView2<f64>) -> Result<ScoreTable, LearningError> {
         let m = model(doc.model())?;
