@@ -301,12 +301,17 @@ impl RunConfig {
                 ))
             }
         };
+        let at_least_one = |field: &'static str, count: u64| {
+            if count == 0 {
+                Err(invalid(field, "must be at least 1".into()))
+            } else {
+                Ok(())
+            }
+        };
         if raw.run.name.trim().is_empty() {
             return Err(invalid("run.name", "must not be empty".into()));
         }
-        if raw.run.rounds == 0 {
-            return Err(invalid("run.rounds", "must be at least 1".into()));
-        }
+        at_least_one("run.rounds", u64::from(raw.run.rounds))?;
         let model = ModelFamily::parse(&raw.run.model).ok_or_else(|| {
             invalid(
                 "run.model",
@@ -349,12 +354,7 @@ impl RunConfig {
                 format!("must be in (0, 1], got {}", c.fraction_per_round),
             ));
         }
-        if c.min_per_round == 0 {
-            return Err(invalid(
-                "clients.min_per_round",
-                "must be at least 1".into(),
-            ));
-        }
+        at_least_one("clients.min_per_round", c.min_per_round as u64)?;
         if c.min_connected_to_start < c.min_per_round {
             return Err(invalid(
                 "clients.min_connected_to_start",
@@ -365,30 +365,16 @@ impl RunConfig {
             ));
         }
         let t = &raw.training;
-        if t.local_epochs == 0 {
-            return Err(invalid(
-                "training.local_epochs",
-                "must be at least 1".into(),
-            ));
-        }
-        if t.batch_size == 0 {
-            return Err(invalid("training.batch_size", "must be at least 1".into()));
-        }
+        at_least_one("training.local_epochs", u64::from(t.local_epochs))?;
+        at_least_one("training.batch_size", u64::from(t.batch_size))?;
         if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
             return Err(invalid(
                 "training.learning_rate",
                 format!("must be positive, got {}", t.learning_rate),
             ));
         }
-        if t.tail_average_rounds == 0 {
-            return Err(invalid(
-                "training.tail_average_rounds",
-                "must be at least 1".into(),
-            ));
-        }
-        if raw.round.eval_every == 0 {
-            return Err(invalid("round.eval_every", "must be at least 1".into()));
-        }
+        at_least_one("training.tail_average_rounds", u64::from(t.tail_average_rounds))?;
+        at_least_one("round.eval_every", u64::from(raw.round.eval_every))?;
         let ratio = raw.round.max_update_norm_ratio;
         if !(ratio == 0.0 || (ratio.is_finite() && ratio > 1.0)) {
             return Err(invalid(
