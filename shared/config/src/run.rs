@@ -373,7 +373,10 @@ impl RunConfig {
                 format!("must be positive, got {}", t.learning_rate),
             ));
         }
-        at_least_one("training.tail_average_rounds", u64::from(t.tail_average_rounds))?;
+        at_least_one(
+            "training.tail_average_rounds",
+            u64::from(t.tail_average_rounds),
+        )?;
         at_least_one("round.eval_every", u64::from(raw.round.eval_every))?;
         let ratio = raw.round.max_update_norm_ratio;
         if !(ratio == 0.0 || (ratio.is_finite() && ratio > 1.0)) {

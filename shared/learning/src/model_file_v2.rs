@@ -739,11 +739,11 @@ impl VersionedModelFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
     use crate::features::FeatureColumn;
     use crate::model::LogisticRegression;
     use crate::model_file::{Provenance, Target, tmp_path};
     use ndarray::array;
+    use std::fs;
     use std::path::PathBuf;
 
     fn spec() -> FeatureSpec {

@@ -151,7 +151,7 @@ impl SoftmaxRegression {
         x_row: ArrayView1<f64>,
         class: usize,
     ) -> Result<Array1<f64>, LearningError> {
-        crate::linear::check_row(x_row, self.dim())?;
+        crate::model::check_row(x_row, self.dim())?;
         if class >= self.classes {
             return Err(LearningError::InvalidClassLabel {
                 index: 0,

@@ -37,7 +37,11 @@ impl Family for Linear {
     );
 
     fn score(&self, doc: &ModelDocument, x: ArrayView2<f64>) -> Result<ScoreTable, LearningError> {
-        Ok(one_column("prediction", &model(doc.model())?.predict(x)?, 6))
+        Ok(one_column(
+            "prediction",
+            &model(doc.model())?.predict(x)?,
+            6,
+        ))
     }
 
     fn profile_header(&self, doc: &ModelDocument) -> Option<Vec<String>> {

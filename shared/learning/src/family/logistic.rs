@@ -38,7 +38,11 @@ impl Family for Logistic {
     );
 
     fn score(&self, doc: &ModelDocument, x: ArrayView2<f64>) -> Result<ScoreTable, LearningError> {
-        Ok(one_column("score", &model(doc.model())?.predict_proba(x)?, 6))
+        Ok(one_column(
+            "score",
+            &model(doc.model())?.predict_proba(x)?,
+            6,
+        ))
     }
 
     fn profile_header(&self, doc: &ModelDocument) -> Option<Vec<String>> {
