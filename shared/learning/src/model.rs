@@ -157,6 +157,26 @@ pub fn example_log_loss(p: f64, y: f64) -> f64 {
     -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
 }
 
+/// Checks flat parameters of `rows` equal rows (`what`: "classes",
+/// "clusters"): a positive multiple of `rows` long, every entry finite.
+pub(crate) fn check_param_rows(
+    params: &Array1<f64>,
+    rows: usize,
+    what: &'static str,
+) -> Result<(), LearningError> {
+    if params.is_empty() || !params.len().is_multiple_of(rows) {
+        return Err(LearningError::ParamRows {
+            got: params.len(),
+            rows,
+            what,
+        });
+    }
+    if let Some((index, &value)) = params.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(LearningError::NonFiniteParam { index, value });
+    }
+    Ok(())
+}
+
 /// Checks one feature row: `dim` finite values (reported as row 0).
 pub(crate) fn check_row(x_row: ArrayView1<f64>, dim: usize) -> Result<(), LearningError> {
     if x_row.len() != dim {
