@@ -76,6 +76,37 @@ macro_rules! supervised_evaluation {
 }
 pub(super) use supervised_evaluation;
 
+/// `profile_rows` of a single-output regression: per row, the columns
+/// `$prediction` (the model's prediction) and `$score` (what the intercept
+/// and the per-feature contributions add up to), the latter being the score.
+macro_rules! single_output_profile {
+    ($prediction:ident, $score:ident) => {
+        fn profile_rows(
+            &self,
+            doc: &ModelDocument,
+            x: ArrayView2<f64>,
+        ) -> Result<Vec<ProfileRow>, LearningError> {
+            let m = model(doc.model())?;
+            let predictions = m.$prediction(x)?;
+            let scores = m.$score(x)?;
+            predictions
+                .iter()
+                .zip(&scores)
+                .enumerate()
+                .map(|(row, (p, z))| {
+                    Ok(ProfileRow {
+                        columns: vec![format!("{p:.6}"), format!("{z:.6}")],
+                        score: *z,
+                        intercept: m.intercept(),
+                        contributions: m.contributions(x.row(row))?,
+                    })
+                })
+                .collect()
+        }
+    };
+}
+pub(super) use single_output_profile;
+
 /// A `score` table of one column `name`: each value with `decimals` decimals.
 pub(super) fn one_column(name: &str, values: &Array1<f64>, decimals: usize) -> ScoreTable {
     ScoreTable {

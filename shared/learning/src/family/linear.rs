@@ -5,7 +5,9 @@
 
 use ndarray::{Array1, ArrayView1, ArrayView2};
 
-use super::common::{family_kind, one_column, single_output_params, supervised_evaluation};
+use super::common::{
+    family_kind, one_column, single_output_params, single_output_profile, supervised_evaluation,
+};
 use super::{
     AnyModel, Evaluation, Family, LabelNeed, ModelFamily, ProfileRow, ScoreTable, Training, labels,
 };
@@ -51,24 +53,5 @@ impl Family for Linear {
         ])
     }
 
-    fn profile_rows(
-        &self,
-        doc: &ModelDocument,
-        x: ArrayView2<f64>,
-    ) -> Result<Vec<ProfileRow>, LearningError> {
-        let m = model(doc.model())?;
-        let predictions = m.predict(x)?;
-        predictions
-            .iter()
-            .enumerate()
-            .map(|(row, y)| {
-                Ok(ProfileRow {
-                    columns: vec![format!("{y:.6}"), format!("{y:.6}")],
-                    score: *y,
-                    intercept: m.intercept(),
-                    contributions: m.contributions(x.row(row))?,
-                })
-            })
-            .collect()
-    }
+    single_output_profile!(predict, predict);
 }

@@ -5,7 +5,9 @@
 
 use ndarray::{Array1, ArrayView1, ArrayView2};
 
-use super::common::{family_kind, one_column, single_output_params, supervised_evaluation};
+use super::common::{
+    family_kind, one_column, single_output_params, single_output_profile, supervised_evaluation,
+};
 use super::{
     AnyModel, Evaluation, Family, LabelNeed, ModelFamily, ProfileRow, ScoreTable, Training, labels,
 };
@@ -55,26 +57,5 @@ impl Family for Logistic {
         Some(vec![name, "logit".into()])
     }
 
-    fn profile_rows(
-        &self,
-        doc: &ModelDocument,
-        x: ArrayView2<f64>,
-    ) -> Result<Vec<ProfileRow>, LearningError> {
-        let m = model(doc.model())?;
-        let probs = m.predict_proba(x)?;
-        let logits = m.logits(x)?;
-        probs
-            .iter()
-            .zip(&logits)
-            .enumerate()
-            .map(|(row, (p, z))| {
-                Ok(ProfileRow {
-                    columns: vec![format!("{p:.6}"), format!("{z:.6}")],
-                    score: *z,
-                    intercept: m.intercept(),
-                    contributions: m.contributions(x.row(row))?,
-                })
-            })
-            .collect()
-    }
+    single_output_profile!(predict_proba, logits);
 }
