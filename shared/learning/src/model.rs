@@ -31,9 +31,7 @@ macro_rules! intercept_model_methods {
             if params.is_empty() {
                 return Err(LearningError::EmptyParams);
             }
-            if let Some((index, &value)) = params.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return Err(LearningError::NonFiniteParam { index, value });
-            }
+            $crate::model::check_finite_params(params.view())?;
             Ok($model { params })
         }
 
@@ -171,28 +169,21 @@ pub(crate) fn check_param_rows(
             what,
         });
     }
-    if let Some((index, &value)) = params.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(LearningError::NonFiniteParam { index, value });
+    check_finite_params(params.view())
+}
+
+/// Checks that every parameter is finite ([`LearningError::NonFiniteParam`]
+/// names the first one that is not).
+pub(crate) fn check_finite_params(params: ArrayView1<f64>) -> Result<(), LearningError> {
+    match params.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        Some((index, &value)) => Err(LearningError::NonFiniteParam { index, value }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Checks one feature row: `dim` finite values (reported as row 0).
 pub(crate) fn check_row(x_row: ArrayView1<f64>, dim: usize) -> Result<(), LearningError> {
-    if x_row.len() != dim {
-        return Err(LearningError::FeatureCount {
-            expected: dim,
-            got: x_row.len(),
-        });
-    }
-    if let Some((column, &value)) = x_row.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(LearningError::NonFiniteFeature {
-            row: 0,
-            column,
-            value,
-        });
-    }
-    Ok(())
+    check_features(x_row.insert_axis(Axis(0)), dim)
 }
 
 /// Checks that `x` has `dim` columns and only finite entries.
