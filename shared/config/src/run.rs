@@ -662,6 +662,19 @@ mod privacy_tests {
 
     const HEAD: &str = "[run]\nname = \"x\"\nrounds = 3\n";
 
+    /// Asserts that a run file of [`HEAD`] and `rest` is rejected with an
+    /// error containing `needle`.
+    #[track_caller]
+    fn assert_rejected(rest: &str, needle: &str) {
+        let err = rejected(rest);
+        assert!(err.contains(needle), "{err}");
+    }
+
+    /// The error of a run file of [`HEAD`] and `rest`.
+    fn rejected(rest: &str) -> String {
+        parse(&format!("{HEAD}{rest}")).unwrap_err().to_string()
+    }
+
     #[test]
     fn record_mode_parses_with_a_target_epsilon() {
         let c = parse(&format!(
@@ -680,27 +693,17 @@ mod privacy_tests {
 
     #[test]
     fn record_mode_needs_exactly_one_noise_setting() {
-        let err = parse(&format!(
-            "{HEAD}[privacy]\nmode = \"record\"\n[privacy.record]\nclip_norm = 1.0\ntarget_epsilon = 2.0\nnoise_multiplier = 1.0\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("exactly one of target_epsilon and noise_multiplier"),
-            "{err}"
+        assert_rejected(
+            "[privacy]\nmode = \"record\"\n[privacy.record]\nclip_norm = 1.0\ntarget_epsilon = 2.0\nnoise_multiplier = 1.0\n",
+            "exactly one of target_epsilon and noise_multiplier",
         );
     }
 
     #[test]
     fn adaptive_clipping_refuses_a_count_noise_that_breaks_the_guarantee() {
-        let err = parse(&format!(
-            "{HEAD}[privacy]\nmode = \"client\"\n[privacy.client]\nclip_norm = 1.0\nnoise_multiplier = 1.0\nadaptive = true\ncount_noise_multiplier = 0.4\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("privacy.client.count_noise_multiplier"),
-            "{err}"
+        assert_rejected(
+            "[privacy]\nmode = \"client\"\n[privacy.client]\nclip_norm = 1.0\nnoise_multiplier = 1.0\nadaptive = true\ncount_noise_multiplier = 0.4\n",
+            "privacy.client.count_noise_multiplier",
         );
     }
 
@@ -708,37 +711,22 @@ mod privacy_tests {
     fn strategies_are_parsed_validated_and_refused_with_client_level_dp() {
         let c = parse(&format!("{HEAD}[strategy]\nname = \"fed_adam\"\n")).unwrap();
         assert_eq!(c.strategy.name(), "fed_adam");
-        let err = parse(&format!(
-            "{HEAD}[strategy]\nname = \"trimmed_mean\"\nbeta = 0.7\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("beta"), "{err}");
-        let err = parse(&format!(
-            "{HEAD}[clients]\nmin_per_round = 4\nmin_connected_to_start = 4\n[strategy]\nname = \"krum\"\nbyzantine = 1\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("clients.min_per_round"), "{err}");
-        let err = parse(&format!(
-            "{HEAD}[privacy]\nmode = \"client\"\n[privacy.client]\nclip_norm = 1.0\nnoise_multiplier = 1.0\n[strategy]\nname = \"median\"\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("does not compose with client-level DP"),
-            "{err}"
+        assert_rejected("[strategy]\nname = \"trimmed_mean\"\nbeta = 0.7\n", "beta");
+        assert_rejected(
+            "[clients]\nmin_per_round = 4\nmin_connected_to_start = 4\n[strategy]\nname = \"krum\"\nbyzantine = 1\n",
+            "clients.min_per_round",
+        );
+        assert_rejected(
+            "[privacy]\nmode = \"client\"\n[privacy.client]\nclip_norm = 1.0\nnoise_multiplier = 1.0\n[strategy]\nname = \"median\"\n",
+            "does not compose with client-level DP",
         );
     }
 
     #[test]
     fn unknown_modes_are_named() {
-        let err = parse(&format!("{HEAD}[privacy]\nmode = \"local\"\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("'local' is not one of none, record, client"),
-            "{err}"
+        assert_rejected(
+            "[privacy]\nmode = \"local\"\n",
+            "'local' is not one of none, record, client",
         );
     }
 }
