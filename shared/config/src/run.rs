@@ -333,12 +333,17 @@ impl RunConfig {
                 ))
             }
         };
+        let at_least_one = |field: &'static str, count: u64| {
+            if count == 0 {
+                Err(invalid(field, "must be at least 1".into()))
+            } else {
+                Ok(())
+            }
+        };
         if raw.run.name.trim().is_empty() {
             return Err(invalid("run.name", "must not be empty".into()));
         }
-        if raw.run.rounds == 0 {
-            return Err(invalid("run.rounds", "must be at least 1".into()));
-        }
+        at_least_one("run.rounds", u64::from(raw.run.rounds))?;
         let model = ModelFamily::parse(&raw.run.model).ok_or_else(|| {
             invalid(
                 "run.model",
@@ -381,12 +386,7 @@ impl RunConfig {
                 format!("must be in (0, 1], got {}", c.fraction_per_round),
             ));
         }
-        if c.min_per_round == 0 {
-            return Err(invalid(
-                "clients.min_per_round",
-                "must be at least 1".into(),
-            ));
-        }
+        at_least_one("clients.min_per_round", c.min_per_round as u64)?;
         if c.min_connected_to_start < c.min_per_round {
             return Err(invalid(
                 "clients.min_connected_to_start",
@@ -397,30 +397,19 @@ impl RunConfig {
             ));
         }
         let t = &raw.training;
-        if t.local_epochs == 0 {
-            return Err(invalid(
-                "training.local_epochs",
-                "must be at least 1".into(),
-            ));
-        }
-        if t.batch_size == 0 {
-            return Err(invalid("training.batch_size", "must be at least 1".into()));
-        }
+        at_least_one("training.local_epochs", u64::from(t.local_epochs))?;
+        at_least_one("training.batch_size", u64::from(t.batch_size))?;
         if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
             return Err(invalid(
                 "training.learning_rate",
                 format!("must be positive, got {}", t.learning_rate),
             ));
         }
-        if t.tail_average_rounds == 0 {
-            return Err(invalid(
-                "training.tail_average_rounds",
-                "must be at least 1".into(),
-            ));
-        }
-        if raw.round.eval_every == 0 {
-            return Err(invalid("round.eval_every", "must be at least 1".into()));
-        }
+        at_least_one(
+            "training.tail_average_rounds",
+            u64::from(t.tail_average_rounds),
+        )?;
+        at_least_one("round.eval_every", u64::from(raw.round.eval_every))?;
         let ratio = raw.round.max_update_norm_ratio;
         if !(ratio == 0.0 || (ratio.is_finite() && ratio > 1.0)) {
             return Err(invalid(
@@ -775,6 +764,19 @@ mod privacy_tests {
 
     const HEAD: &str = "[run]\nname = \"x\"\nrounds = 3\n";
 
+    /// Asserts that a run file of [`HEAD`] and `rest` is rejected with an
+    /// error containing `needle`.
+    #[track_caller]
+    fn assert_rejected(rest: &str, needle: &str) {
+        let err = rejected(rest);
+        assert!(err.contains(needle), "{err}");
+    }
+
+    /// The error of a run file of [`HEAD`] and `rest`.
+    fn rejected(rest: &str) -> String {
+        parse(&format!("{HEAD}{rest}")).unwrap_err().to_string()
+    }
+
     #[test]
     fn record_mode_parses_with_a_target_epsilon() {
         let c = parse(&format!(
@@ -793,27 +795,17 @@ mod privacy_tests {
 
     #[test]
     fn record_mode_needs_exactly_one_noise_setting() {
-        let err = parse(&format!(
-            "{HEAD}[privacy]\nmode = \"record\"\n[privacy.record]\nclip_norm = 1.0\ntarget_epsilon = 2.0\nnoise_multiplier = 1.0\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("exactly one of target_epsilon and noise_multiplier"),
-            "{err}"
+        assert_rejected(
+            "[privacy]\nmode = \"record\"\n[privacy.record]\nclip_norm = 1.0\ntarget_epsilon = 2.0\nnoise_multiplier = 1.0\n",
+            "exactly one of target_epsilon and noise_multiplier",
         );
     }
 
     #[test]
     fn adaptive_clipping_refuses_a_count_noise_that_breaks_the_guarantee() {
-        let err = parse(&format!(
-            "{HEAD}[privacy]\nmode = \"client\"\n[privacy.client]\nclip_norm = 1.0\nnoise_multiplier = 1.0\nadaptive = true\ncount_noise_multiplier = 0.4\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("privacy.client.count_noise_multiplier"),
-            "{err}"
+        assert_rejected(
+            "[privacy]\nmode = \"client\"\n[privacy.client]\nclip_norm = 1.0\nnoise_multiplier = 1.0\nadaptive = true\ncount_noise_multiplier = 0.4\n",
+            "privacy.client.count_noise_multiplier",
         );
     }
 
@@ -821,37 +813,22 @@ mod privacy_tests {
     fn strategies_are_parsed_validated_and_refused_with_client_level_dp() {
         let c = parse(&format!("{HEAD}[strategy]\nname = \"fed_adam\"\n")).unwrap();
         assert_eq!(c.strategy.name(), "fed_adam");
-        let err = parse(&format!(
-            "{HEAD}[strategy]\nname = \"trimmed_mean\"\nbeta = 0.7\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("beta"), "{err}");
-        let err = parse(&format!(
-            "{HEAD}[clients]\nmin_per_round = 4\nmin_connected_to_start = 4\n[strategy]\nname = \"krum\"\nbyzantine = 1\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("clients.min_per_round"), "{err}");
-        let err = parse(&format!(
-            "{HEAD}[privacy]\nmode = \"client\"\n[privacy.client]\nclip_norm = 1.0\nnoise_multiplier = 1.0\n[strategy]\nname = \"median\"\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("does not compose with client-level DP"),
-            "{err}"
+        assert_rejected("[strategy]\nname = \"trimmed_mean\"\nbeta = 0.7\n", "beta");
+        assert_rejected(
+            "[clients]\nmin_per_round = 4\nmin_connected_to_start = 4\n[strategy]\nname = \"krum\"\nbyzantine = 1\n",
+            "clients.min_per_round",
+        );
+        assert_rejected(
+            "[privacy]\nmode = \"client\"\n[privacy.client]\nclip_norm = 1.0\nnoise_multiplier = 1.0\n[strategy]\nname = \"median\"\n",
+            "does not compose with client-level DP",
         );
     }
 
     #[test]
     fn unknown_modes_are_named() {
-        let err = parse(&format!("{HEAD}[privacy]\nmode = \"local\"\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("'local' is not one of none, record, client"),
-            "{err}"
+        assert_rejected(
+            "[privacy]\nmode = \"local\"\n",
+            "'local' is not one of none, record, client",
         );
     }
 }

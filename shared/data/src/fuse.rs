@@ -189,32 +189,26 @@ pub(crate) fn join(
             let data = match &col.kind {
                 ColumnKind::Numeric { impute, .. } => ColumnData::Numeric {
                     impute: *impute,
-                    values: (0..n)
-                        .map(|u| match value(u) {
-                            Value::Number(x) => Some(*x),
-                            _ => None,
-                        })
-                        .collect(),
+                    values: per_user(n, value, |v| match v {
+                        Value::Number(x) => Some(*x),
+                        _ => None,
+                    }),
                 },
                 ColumnKind::Categorical { vocabulary, impute } => ColumnData::Categorical {
                     vocabulary: vocabulary.clone(),
                     impute: impute.clone(),
-                    values: (0..n)
-                        .map(|u| match value(u) {
-                            Value::Category(i) => Cat::Known(*i),
-                            Value::Unseen(_) => Cat::Unseen,
-                            _ => Cat::Missing,
-                        })
-                        .collect(),
+                    values: per_user(n, value, |v| match v {
+                        Value::Category(i) => Cat::Known(*i),
+                        Value::Unseen(_) => Cat::Unseen,
+                        _ => Cat::Missing,
+                    }),
                 },
                 ColumnKind::Boolean { impute, .. } => ColumnData::Boolean {
                     impute: *impute,
-                    values: (0..n)
-                        .map(|u| match value(u) {
-                            Value::Bool(b) => Some(*b),
-                            _ => None,
-                        })
-                        .collect(),
+                    values: per_user(n, value, |v| match v {
+                        Value::Bool(b) => Some(*b),
+                        _ => None,
+                    }),
                 },
                 ColumnKind::Id
                 | ColumnKind::Label { .. }
@@ -248,6 +242,15 @@ pub(crate) fn join(
         .label_name()
         .map(|_| users.iter().map(|r| r.label.unwrap_or(false)).collect());
     Dataset::new(ids, labels, columns)
+}
+
+/// One entry per user `0..n`: `pick` of the user's cell `value(u)`.
+fn per_user<'a, T>(
+    n: usize,
+    value: impl Fn(usize) -> &'a Value,
+    pick: impl Fn(&Value) -> T,
+) -> Vec<T> {
+    (0..n).map(|u| pick(value(u))).collect()
 }
 
 #[cfg(test)]

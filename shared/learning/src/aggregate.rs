@@ -26,24 +26,28 @@ pub fn validate_update(
     update: &WeightedUpdate,
     expected_len: usize,
 ) -> Result<(), AggregationError> {
-    if update.delta.len() != expected_len {
+    check_delta(&update.delta, update.weight, expected_len)
+}
+
+/// Checks one client's `delta` (length `expected_len`, finite values) and its
+/// `weight` (positive, finite): the check of [`validate_update`] and of the
+/// strategies' updates.
+pub(crate) fn check_delta(
+    delta: &Array1<f64>,
+    weight: f64,
+    expected_len: usize,
+) -> Result<(), AggregationError> {
+    if delta.len() != expected_len {
         return Err(AggregationError::WrongDimension {
             expected: expected_len,
-            got: update.delta.len(),
+            got: delta.len(),
         });
     }
-    if let Some((index, &value)) = update
-        .delta
-        .iter()
-        .enumerate()
-        .find(|(_, v)| !v.is_finite())
-    {
+    if let Some((index, &value)) = delta.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(AggregationError::NonFiniteValue { index, value });
     }
-    if !(update.weight.is_finite() && update.weight > 0.0) {
-        return Err(AggregationError::InvalidWeight {
-            weight: update.weight,
-        });
+    if !(weight.is_finite() && weight > 0.0) {
+        return Err(AggregationError::InvalidWeight { weight });
     }
     Ok(())
 }

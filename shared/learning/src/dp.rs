@@ -531,19 +531,8 @@ pub fn seeded_test_rng(seed: u64) -> ChaCha20Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{LogisticRegression, sigmoid};
+    use crate::model::LogisticRegression;
     use crate::objective::LogLoss;
-
-    /// A logistic outcome with its model, as these tests (written when DP-SGD
-    /// had a logistic-only entry point) read it.
-    #[derive(Debug, PartialEq)]
-    struct LogisticOutcome {
-        model: LogisticRegression,
-        delta: Array1<f64>,
-        examples: usize,
-        steps: usize,
-        mean_loss: f64,
-    }
 
     /// [`super::train_dp_sgd`] on the log loss from `model`.
     fn train_dp_sgd<R: Rng + ?Sized>(
@@ -554,16 +543,10 @@ mod tests {
         rng: &mut R,
     ) -> Result<LogisticOutcome, LearningError> {
         let o = LogLoss { dim: model.dim() };
-        let out = super::train_dp_sgd(&o, model.params().view(), x, y, params, rng)?;
-        Ok(LogisticOutcome {
-            model: LogisticRegression::from_params(out.params)?,
-            delta: out.delta,
-            examples: out.examples,
-            steps: out.steps,
-            mean_loss: out.mean_loss,
-        })
+        super::train_dp_sgd(&o, model.params().view(), x, y, params, rng)
+            .and_then(LogisticOutcome::new)
     }
-    use crate::testutil::assert_close;
+    use crate::testutil::{LogisticOutcome, accuracy, assert_close, logistic_blobs};
     use ndarray::{Array2, Axis, Slice, array};
 
     fn params(
@@ -584,20 +567,7 @@ mod tests {
 
     /// Labels from a known logistic model (2, -1.5, 0.5), intercept -0.3.
     fn synthetic(n: usize, seed: u64) -> (Array2<f64>, Array1<f64>) {
-        let mut rng = seeded_test_rng(seed);
-        let true_w = [2.0, -1.5, 0.5];
-        let mut x = Array2::zeros((n, 3));
-        let mut y = Array1::zeros(n);
-        for i in 0..n {
-            let mut z = -0.3;
-            for j in 0..3 {
-                let v: f64 = rng.random_range(-2.0..2.0);
-                x[[i, j]] = v;
-                z += true_w[j] * v;
-            }
-            y[i] = f64::from(u8::from(rng.random::<f64>() < sigmoid(z)));
-        }
-        (x, y)
+        logistic_blobs(n, &mut seeded_test_rng(seed))
     }
 
     fn normal_cdf(z: f64) -> f64 {
@@ -1058,15 +1028,7 @@ mod tests {
         );
         let w = out.model.weights();
         assert!(w[0] > 0.7 && w[1] < -0.5 && w[2] > 0.0, "weights {w}");
-        let accuracy = out
-            .model
-            .predict_proba(x.view())
-            .unwrap()
-            .iter()
-            .zip(&y)
-            .filter(|(p, l)| (**p >= 0.5) == (**l == 1.0))
-            .count() as f64
-            / 2000.0;
+        let accuracy = accuracy(&out.model, x.view(), y.view());
         assert!(accuracy > 0.8, "accuracy {accuracy}");
     }
 

@@ -75,16 +75,7 @@ impl KMeans {
         if clusters == 0 {
             return Err(invalid("clusters", clusters, "positive"));
         }
-        if centroids.is_empty() || !centroids.len().is_multiple_of(clusters) {
-            return Err(LearningError::ParamRows {
-                got: centroids.len(),
-                rows: clusters,
-                what: "clusters",
-            });
-        }
-        if let Some((index, &value)) = centroids.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(LearningError::NonFiniteParam { index, value });
-        }
+        crate::model::check_param_rows(&centroids, clusters, "clusters")?;
         Ok(KMeans {
             centroids,
             clusters,

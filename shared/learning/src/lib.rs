@@ -96,7 +96,71 @@ pub use warm_start::{WarmStartError, WarmStartTarget, warm_start};
 
 #[cfg(test)]
 pub(crate) mod testutil {
-    use ndarray::ArrayView1;
+    use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+    use rand::Rng;
+
+    use crate::error::LearningError;
+    use crate::model::{LogisticRegression, sigmoid};
+    use crate::train::TrainOutcome;
+
+    /// A logistic outcome with its model, as the training tests (written when
+    /// the loops were logistic-only) read it.
+    #[derive(Debug, PartialEq)]
+    pub(crate) struct LogisticOutcome {
+        pub(crate) model: LogisticRegression,
+        pub(crate) delta: Array1<f64>,
+        pub(crate) examples: usize,
+        pub(crate) steps: usize,
+        pub(crate) mean_loss: f64,
+    }
+
+    impl LogisticOutcome {
+        /// The outcome of training a logistic model.
+        pub(crate) fn new(out: TrainOutcome) -> Result<Self, LearningError> {
+            Ok(LogisticOutcome {
+                model: LogisticRegression::from_params(out.params)?,
+                delta: out.delta,
+                examples: out.examples,
+                steps: out.steps,
+                mean_loss: out.mean_loss,
+            })
+        }
+    }
+
+    /// `n` rows of 3 features uniform in `[-2, 2]`, with 0/1 labels drawn from
+    /// the logistic model `-0.3 + (2, -1.5, 0.5) · x`.
+    pub(crate) fn logistic_blobs(n: usize, rng: &mut impl Rng) -> (Array2<f64>, Array1<f64>) {
+        let true_w = [2.0, -1.5, 0.5];
+        let mut x = Array2::zeros((n, 3));
+        let mut y = Array1::zeros(n);
+        for i in 0..n {
+            let mut z = -0.3;
+            for j in 0..3 {
+                let v: f64 = rng.random_range(-2.0..2.0);
+                x[[i, j]] = v;
+                z += true_w[j] * v;
+            }
+            y[i] = f64::from(u8::from(rng.random::<f64>() < sigmoid(z)));
+        }
+        (x, y)
+    }
+
+    /// The share of the rows of `x` whose 0/1 label `y` the model gets right
+    /// (a probability of at least 0.5 predicts 1).
+    pub(crate) fn accuracy(
+        model: &LogisticRegression,
+        x: ArrayView2<f64>,
+        y: ArrayView1<f64>,
+    ) -> f64 {
+        model
+            .predict_proba(x)
+            .unwrap()
+            .iter()
+            .zip(&y)
+            .filter(|(p, l)| (**p >= 0.5) == (**l == 1.0))
+            .count() as f64
+            / x.nrows() as f64
+    }
 
     /// Asserts equal lengths and `|actual_i - expected_i| <= eps` for every `i`.
     #[track_caller]

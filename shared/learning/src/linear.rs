@@ -14,7 +14,7 @@
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Slice};
 
 use crate::error::LearningError;
-use crate::model::check_features;
+use crate::model::{check_features, intercept_model_methods};
 use crate::objective::{Objective, check_params, linear_scores, scaled_design_rows};
 
 /// A linear regression model with finite parameters `[intercept, w_1..w_dim]`.
@@ -24,64 +24,11 @@ pub struct LinearRegression {
 }
 
 impl LinearRegression {
-    /// The all-zero model over `dim` features: predicts 0 everywhere.
-    pub fn zeros(dim: usize) -> Self {
-        LinearRegression {
-            params: Array1::zeros(dim + 1),
-        }
-    }
-
-    /// A model from `[intercept, w_1..w_dim]`; rejects an empty vector and any NaN
-    /// or infinite entry.
-    pub fn from_params(params: Array1<f64>) -> Result<Self, LearningError> {
-        if params.is_empty() {
-            return Err(LearningError::EmptyParams);
-        }
-        if let Some((index, &value)) = params.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(LearningError::NonFiniteParam { index, value });
-        }
-        Ok(LinearRegression { params })
-    }
-
-    /// All parameters, `[intercept, w_1..w_dim]`.
-    pub fn params(&self) -> &Array1<f64> {
-        &self.params
-    }
-
-    /// Consumes the model and returns its parameters.
-    pub fn into_params(self) -> Array1<f64> {
-        self.params
-    }
-
-    /// Number of features.
-    pub fn dim(&self) -> usize {
-        self.params.len() - 1
-    }
-
-    /// The intercept.
-    pub fn intercept(&self) -> f64 {
-        self.params[0]
-    }
-
-    /// The feature weights `w_1..w_dim`.
-    pub fn weights(&self) -> ArrayView1<'_, f64> {
-        self.params.slice_axis(Axis(0), Slice::from(1..))
-    }
+    intercept_model_methods!(LinearRegression, "its prediction", "0");
 
     /// The training objective of this model's shape.
     pub fn objective(&self) -> SquaredError {
         SquaredError { dim: self.dim() }
-    }
-
-    /// The model moved by `delta` (e.g. an aggregate): `params + delta`.
-    pub fn apply_delta(&self, delta: ArrayView1<f64>) -> Result<Self, LearningError> {
-        if delta.len() != self.params.len() {
-            return Err(LearningError::ParamCount {
-                expected: self.params.len(),
-                got: delta.len(),
-            });
-        }
-        LinearRegression::from_params(&self.params + &delta)
     }
 
     /// Predictions `intercept + x · w`, one per row of `x` (`dim()` finite
@@ -90,31 +37,6 @@ impl LinearRegression {
         check_features(x, self.dim())?;
         Ok(linear_scores(self.params.view(), x))
     }
-
-    /// Per-feature contributions `w_i * x_i` of one row to its prediction (the
-    /// intercept is not included), for explanations.
-    pub fn contributions(&self, x_row: ArrayView1<f64>) -> Result<Array1<f64>, LearningError> {
-        check_row(x_row, self.dim())?;
-        Ok(&self.weights() * &x_row)
-    }
-}
-
-/// Checks one feature row: `dim` finite values (reported as row 0).
-pub(crate) fn check_row(x_row: ArrayView1<f64>, dim: usize) -> Result<(), LearningError> {
-    if x_row.len() != dim {
-        return Err(LearningError::FeatureCount {
-            expected: dim,
-            got: x_row.len(),
-        });
-    }
-    if let Some((column, &value)) = x_row.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(LearningError::NonFiniteFeature {
-            row: 0,
-            column,
-            value,
-        });
-    }
-    Ok(())
 }
 
 /// Checks that every regression target is finite.
@@ -282,20 +204,11 @@ mod tests {
             })
         );
         let m = LinearRegression::zeros(2);
-        assert_eq!(
-            m.predict(Array2::zeros((1, 3)).view()),
-            Err(LearningError::FeatureCount {
-                expected: 2,
-                got: 3
-            })
-        );
-        assert_eq!(
-            m.contributions(array![1.0].view()),
-            Err(LearningError::FeatureCount {
-                expected: 2,
-                got: 1
-            })
-        );
+        let features = |expected, got| -> Result<Array1<f64>, _> {
+            Err(LearningError::FeatureCount { expected, got })
+        };
+        assert_eq!(m.predict(Array2::zeros((1, 3)).view()), features(2, 3));
+        assert_eq!(m.contributions(array![1.0].view()), features(2, 1));
         let o = m.objective();
         let err = o
             .loss(

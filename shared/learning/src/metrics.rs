@@ -109,12 +109,7 @@ impl EvalSummary {
         probs: ArrayView1<f64>,
         labels: ArrayView1<f64>,
     ) -> Result<Self, LearningError> {
-        if probs.len() != labels.len() {
-            return Err(LearningError::ScoreMismatch {
-                scores: probs.len(),
-                labels: labels.len(),
-            });
-        }
+        check_counts(probs.len(), labels.len())?;
         check_scores(probs)?;
         crate::model::check_labels(labels)?;
         let mut s = EvalSummary::empty();
@@ -335,7 +330,17 @@ fn ratio(num: u64, den: u128) -> f64 {
     ratio_u128(u128::from(num), den)
 }
 
-fn ratio_u128(num: u128, den: u128) -> f64 {
+/// `scores` predictions for `labels` labels: [`LearningError::ScoreMismatch`]
+/// unless they are as many.
+pub(crate) fn check_counts(scores: usize, labels: usize) -> Result<(), LearningError> {
+    if scores != labels {
+        return Err(LearningError::ScoreMismatch { scores, labels });
+    }
+    Ok(())
+}
+
+/// `num / den`, 0 when `den` is 0.
+pub(crate) fn ratio_u128(num: u128, den: u128) -> f64 {
     if den == 0 {
         0.0
     } else {

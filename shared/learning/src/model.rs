@@ -12,6 +12,75 @@ use crate::error::LearningError;
 /// Probabilities are clamped to `[EPS, 1 - EPS]` before taking logarithms.
 pub const LOG_LOSS_EPS: f64 = 1e-15;
 
+/// The methods of a single-output model `$model` whose parameters are
+/// `[intercept, w_1..w_dim]`, all finite (logistic and linear regression);
+/// `$score` names what the weights add up to and `$zero` what the all-zero
+/// model predicts (for the docs).
+macro_rules! intercept_model_methods {
+    ($model:ident, $score:literal, $zero:literal) => {
+        #[doc = concat!("The all-zero model over `dim` features: predicts ", $zero, " everywhere.")]
+        pub fn zeros(dim: usize) -> Self {
+            $model {
+                params: Array1::zeros(dim + 1),
+            }
+        }
+
+        /// A model from `[intercept, w_1..w_dim]`; rejects an empty vector and
+        /// any NaN or infinite entry.
+        pub fn from_params(params: Array1<f64>) -> Result<Self, LearningError> {
+            if params.is_empty() {
+                return Err(LearningError::EmptyParams);
+            }
+            $crate::model::check_finite_params(params.view())?;
+            Ok($model { params })
+        }
+
+        /// All parameters, `[intercept, w_1..w_dim]`.
+        pub fn params(&self) -> &Array1<f64> {
+            &self.params
+        }
+
+        /// Consumes the model and returns its parameters.
+        pub fn into_params(self) -> Array1<f64> {
+            self.params
+        }
+
+        /// Number of features (parameters minus the intercept).
+        pub fn dim(&self) -> usize {
+            self.params.len() - 1
+        }
+
+        /// The intercept (bias).
+        pub fn intercept(&self) -> f64 {
+            self.params[0]
+        }
+
+        /// The feature weights `w_1..w_dim`.
+        pub fn weights(&self) -> ArrayView1<'_, f64> {
+            self.params.slice_axis(Axis(0), Slice::from(1..))
+        }
+
+        /// The model moved by `delta` (e.g. an aggregate): `params + delta`.
+        pub fn apply_delta(&self, delta: ArrayView1<f64>) -> Result<Self, LearningError> {
+            if delta.len() != self.params.len() {
+                return Err(LearningError::ParamCount {
+                    expected: self.params.len(),
+                    got: delta.len(),
+                });
+            }
+            $model::from_params(&self.params + &delta)
+        }
+
+        #[doc = concat!("Per-feature contributions `w_i * x_i` of one row to ", $score, " (the")]
+        /// intercept is not included), for explanations.
+        pub fn contributions(&self, x_row: ArrayView1<f64>) -> Result<Array1<f64>, LearningError> {
+            $crate::model::check_row(x_row, self.dim())?;
+            Ok(&self.weights() * &x_row)
+        }
+    };
+}
+pub(crate) use intercept_model_methods;
+
 /// A binary logistic regression model with finite parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogisticRegression {
@@ -19,66 +88,12 @@ pub struct LogisticRegression {
 }
 
 impl LogisticRegression {
-    /// The all-zero model over `dim` features: predicts 0.5 everywhere.
-    pub fn zeros(dim: usize) -> Self {
-        LogisticRegression {
-            params: Array1::zeros(dim + 1),
-        }
-    }
-
-    /// A model from `[intercept, w_1..w_dim]`.
-    ///
-    /// Rejects an empty vector and any NaN or infinite entry.
-    pub fn from_params(params: Array1<f64>) -> Result<Self, LearningError> {
-        if params.is_empty() {
-            return Err(LearningError::EmptyParams);
-        }
-        if let Some((index, &value)) = params.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(LearningError::NonFiniteParam { index, value });
-        }
-        Ok(LogisticRegression { params })
-    }
+    intercept_model_methods!(LogisticRegression, "its logit", "0.5");
 
     /// A model from parameters the caller has already checked (non-empty, finite).
     pub(crate) fn from_validated_params(params: Array1<f64>) -> Self {
         debug_assert!(!params.is_empty() && params.iter().all(|v| v.is_finite()));
         LogisticRegression { params }
-    }
-
-    /// All parameters, `[intercept, w_1..w_dim]`.
-    pub fn params(&self) -> &Array1<f64> {
-        &self.params
-    }
-
-    /// Consumes the model and returns its parameters.
-    pub fn into_params(self) -> Array1<f64> {
-        self.params
-    }
-
-    /// Number of features (parameters minus the intercept).
-    pub fn dim(&self) -> usize {
-        self.params.len() - 1
-    }
-
-    /// The intercept (bias).
-    pub fn intercept(&self) -> f64 {
-        self.params[0]
-    }
-
-    /// The feature weights `w_1..w_dim`.
-    pub fn weights(&self) -> ArrayView1<'_, f64> {
-        self.params.slice_axis(Axis(0), Slice::from(1..))
-    }
-
-    /// The model moved by `delta` (e.g. a FedAvg aggregate): `params + delta`.
-    pub fn apply_delta(&self, delta: ArrayView1<f64>) -> Result<Self, LearningError> {
-        if delta.len() != self.params.len() {
-            return Err(LearningError::ParamCount {
-                expected: self.params.len(),
-                got: delta.len(),
-            });
-        }
-        LogisticRegression::from_params(&self.params + &delta)
     }
 
     /// Linear scores `intercept + x · w`, one per row of `x`.
@@ -94,25 +109,6 @@ impl LogisticRegression {
     /// returns NaN for large logits.
     pub fn predict_proba(&self, x: ArrayView2<f64>) -> Result<Array1<f64>, LearningError> {
         Ok(self.logits(x)?.mapv_into(sigmoid))
-    }
-
-    /// Per-feature contributions `w_i * x_i` of one row to its logit (the intercept
-    /// is not included), for explanations.
-    pub fn contributions(&self, x_row: ArrayView1<f64>) -> Result<Array1<f64>, LearningError> {
-        if x_row.len() != self.dim() {
-            return Err(LearningError::FeatureCount {
-                expected: self.dim(),
-                got: x_row.len(),
-            });
-        }
-        if let Some((column, &value)) = x_row.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(LearningError::NonFiniteFeature {
-                row: 0,
-                column,
-                value,
-            });
-        }
-        Ok(&self.weights() * &x_row)
     }
 
     /// Mean binary cross-entropy over the rows of `x`, with probabilities clamped
@@ -157,6 +153,37 @@ pub fn sigmoid(z: f64) -> f64 {
 pub fn example_log_loss(p: f64, y: f64) -> f64 {
     let p = p.clamp(LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS);
     -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
+}
+
+/// Checks flat parameters of `rows` equal rows (`what`: "classes",
+/// "clusters"): a positive multiple of `rows` long, every entry finite.
+pub(crate) fn check_param_rows(
+    params: &Array1<f64>,
+    rows: usize,
+    what: &'static str,
+) -> Result<(), LearningError> {
+    if params.is_empty() || !params.len().is_multiple_of(rows) {
+        return Err(LearningError::ParamRows {
+            got: params.len(),
+            rows,
+            what,
+        });
+    }
+    check_finite_params(params.view())
+}
+
+/// Checks that every parameter is finite ([`LearningError::NonFiniteParam`]
+/// names the first one that is not).
+pub(crate) fn check_finite_params(params: ArrayView1<f64>) -> Result<(), LearningError> {
+    match params.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        Some((index, &value)) => Err(LearningError::NonFiniteParam { index, value }),
+        None => Ok(()),
+    }
+}
+
+/// Checks one feature row: `dim` finite values (reported as row 0).
+pub(crate) fn check_row(x_row: ArrayView1<f64>, dim: usize) -> Result<(), LearningError> {
+    check_features(x_row.insert_axis(Axis(0)), dim)
 }
 
 /// Checks that `x` has `dim` columns and only finite entries.

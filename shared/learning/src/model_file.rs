@@ -9,6 +9,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use ndarray::Array1;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LearningError, ModelFileError, ModelFileProblem};
@@ -112,19 +113,8 @@ impl ModelFile {
         model: &LogisticRegression,
         provenance: Provenance,
     ) -> Result<Self, ModelFileError> {
-        if model.dim() != features.dim() {
-            return Err(ModelFileProblem::WeightCount {
-                weights: model.dim(),
-                dim: features.dim(),
-            }
-            .into());
-        }
-        let weights = features
-            .entry_names()
-            .into_iter()
-            .zip(model.weights())
-            .map(|(feature, &weight)| NamedWeight { feature, weight })
-            .collect();
+        check_model_dim(model.dim(), &features)?;
+        let weights = named_weights(&features, model.weights().iter().copied());
         let file = ModelFile {
             format: MODEL_FORMAT.to_string(),
             version: MODEL_FILE_VERSION,
@@ -142,25 +132,13 @@ impl ModelFile {
     /// Reads, parses and validates a model file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelFileError> {
         let path = path.as_ref();
-        let text = fs::read_to_string(path).map_err(|source| ModelFileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_json(&text, path)
+        Self::from_json(&read_text(path)?, path)
     }
 
     /// Parses and validates the JSON text of a model file; `path` is only used in
     /// error messages.
     pub fn from_json(text: &str, path: impl AsRef<Path>) -> Result<Self, ModelFileError> {
-        let path = path.as_ref();
-        let parse = |source| ModelFileError::Parse {
-            path: path.to_path_buf(),
-            source,
-        };
-        let invalid = |problem| ModelFileError::Invalid {
-            path: path.to_path_buf(),
-            problem,
-        };
+        let (parse, invalid) = file_errors(path.as_ref());
         let header: Header = serde_json::from_str(text).map_err(parse)?;
         check_header(header.format.as_ref(), header.version.as_ref()).map_err(invalid)?;
         let file: ModelFile = serde_json::from_str(text).map_err(parse)?;
@@ -173,26 +151,12 @@ impl ModelFile {
     /// The text goes to a sibling `<name>.tmp` first and is then renamed over
     /// `path`, so readers never see a half-written model.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ModelFileError> {
-        let path = path.as_ref();
-        self.validate().map_err(|problem| ModelFileError::Invalid {
-            path: path.to_path_buf(),
-            problem,
-        })?;
-        let write = |source| ModelFileError::Write {
-            path: path.to_path_buf(),
-            source,
-        };
-        let text = self
-            .to_json()
-            .map_err(|e| write(std::io::Error::other(e)))?;
-        write_atomic(path, &text)
+        save_checked(path.as_ref(), self.validate(), || self.to_json())
     }
 
     /// The file as pretty-printed JSON with a trailing newline (not validated).
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
-        let mut text = serde_json::to_string_pretty(self)?;
-        text.push('\n');
-        Ok(text)
+        pretty_json(self)
     }
 
     /// Checks everything a reader relies on: format and version, model type, one
@@ -216,36 +180,16 @@ impl ModelFile {
                 found: self.model_type.clone(),
             });
         }
-        check_feature_stats(&self.features)?;
-        let names = self.features.entry_names();
-        if self.weights.len() != names.len() {
-            return Err(ModelFileProblem::WeightCount {
-                weights: self.weights.len(),
-                dim: names.len(),
-            });
-        }
-        finite("intercept", self.intercept)?;
-        for (index, (w, expected)) in self.weights.iter().zip(names).enumerate() {
-            if w.feature != expected {
-                return Err(ModelFileProblem::WeightName {
-                    index,
-                    found: w.feature.clone(),
-                    expected,
-                });
-            }
-            finite(&format!("weight '{}'", w.feature), w.weight)?;
-        }
+        check_weights(&self.features, self.intercept, &self.weights)?;
         if let Some(m) = &self.provenance.metrics {
-            for (name, value) in [
+            check_metrics([
                 ("accuracy", m.accuracy),
                 ("precision", m.precision),
                 ("recall", m.recall),
                 ("f1", m.f1),
                 ("log_loss", m.log_loss),
                 ("auc", m.auc.unwrap_or(0.0)),
-            ] {
-                finite(&format!("metric '{name}'"), value)?;
-            }
+            ])?;
         }
         Ok(())
     }
@@ -253,9 +197,7 @@ impl ModelFile {
     /// The model the file describes (validates first).
     pub fn to_model(&self) -> Result<LogisticRegression, ModelFileError> {
         self.validate()?;
-        let params = std::iter::once(self.intercept)
-            .chain(self.weights.iter().map(|w| w.weight))
-            .collect();
+        let params = intercept_and_weights(self.intercept, &self.weights);
         // validated above: the intercept is present and every number is finite
         Ok(LogisticRegression::from_validated_params(params))
     }
@@ -295,6 +237,131 @@ pub(crate) fn check_feature_stats(features: &FeatureSpec) -> Result<(), ModelFil
         }
     }
     Ok(())
+}
+
+/// A model's dimension against the encoding it is described in
+/// ([`ModelFileProblem::WeightCount`] when they differ).
+pub(crate) fn check_model_dim(dim: usize, features: &FeatureSpec) -> Result<(), ModelFileError> {
+    if dim != features.dim() {
+        return Err(ModelFileProblem::WeightCount {
+            weights: dim,
+            dim: features.dim(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// `weights` named after `features.entry_names()`, in order.
+pub(crate) fn named_weights(
+    features: &FeatureSpec,
+    weights: impl IntoIterator<Item = f64>,
+) -> Vec<NamedWeight> {
+    features
+        .entry_names()
+        .into_iter()
+        .zip(weights)
+        .map(|(feature, weight)| NamedWeight { feature, weight })
+        .collect()
+}
+
+/// A single-output model's numbers: the encoding's statistics, one weight per
+/// encoded entry with the entry's name, a finite intercept and weights.
+pub(crate) fn check_weights(
+    features: &FeatureSpec,
+    intercept: f64,
+    weights: &[NamedWeight],
+) -> Result<(), ModelFileProblem> {
+    check_feature_stats(features)?;
+    let names = features.entry_names();
+    if weights.len() != names.len() {
+        return Err(ModelFileProblem::WeightCount {
+            weights: weights.len(),
+            dim: names.len(),
+        });
+    }
+    finite("intercept", intercept)?;
+    for (index, (w, expected)) in weights.iter().zip(names).enumerate() {
+        if w.feature != expected {
+            return Err(ModelFileProblem::WeightName {
+                index,
+                found: w.feature.clone(),
+                expected,
+            });
+        }
+        finite(&format!("weight '{}'", w.feature), w.weight)?;
+    }
+    Ok(())
+}
+
+/// Every recorded metric is finite.
+pub(crate) fn check_metrics<const N: usize>(
+    metrics: [(&str, f64); N],
+) -> Result<(), ModelFileProblem> {
+    for (name, value) in metrics {
+        finite(&format!("metric '{name}'"), value)?;
+    }
+    Ok(())
+}
+
+/// The flat parameters `[intercept, w..]` of a single-output model.
+pub(crate) fn intercept_and_weights(intercept: f64, weights: &[NamedWeight]) -> Array1<f64> {
+    std::iter::once(intercept)
+        .chain(weights.iter().map(|w| w.weight))
+        .collect()
+}
+
+/// The text of the model file `path`.
+pub(crate) fn read_text(path: &Path) -> Result<String, ModelFileError> {
+    fs::read_to_string(path).map_err(|source| ModelFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The errors of parsing the model file `path`: unparsable JSON, and a parsed
+/// file that is invalid.
+pub(crate) fn file_errors(
+    path: &Path,
+) -> (
+    impl Fn(serde_json::Error) -> ModelFileError + Copy + '_,
+    impl Fn(ModelFileProblem) -> ModelFileError + Copy + '_,
+) {
+    let parse = move |source| ModelFileError::Parse {
+        path: path.to_path_buf(),
+        source,
+    };
+    let invalid = move |problem| ModelFileError::Invalid {
+        path: path.to_path_buf(),
+        problem,
+    };
+    (parse, invalid)
+}
+
+/// `value` as pretty-printed JSON with a trailing newline.
+pub(crate) fn pretty_json<T: Serialize + ?Sized>(value: &T) -> Result<String, serde_json::Error> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    Ok(text)
+}
+
+/// Writes a model file once its validation (`checked`) passed: the text of
+/// `json` goes through a sibling `<name>.tmp` renamed over `path` (readers
+/// never see a half-written model).
+pub(crate) fn save_checked(
+    path: &Path,
+    checked: Result<(), ModelFileProblem>,
+    json: impl FnOnce() -> Result<String, serde_json::Error>,
+) -> Result<(), ModelFileError> {
+    checked.map_err(|problem| ModelFileError::Invalid {
+        path: path.to_path_buf(),
+        problem,
+    })?;
+    let text = json().map_err(|e| ModelFileError::Write {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    write_atomic(path, &text)
 }
 
 /// Writes `text` to `<path>.tmp` and renames it over `path`.
@@ -648,6 +715,16 @@ impl ModelDocument {
             )))
         };
         let metrics = self.provenance.metrics.clone();
+        // The recorded metrics, which must be of the family's kind (`$kind`).
+        macro_rules! metrics_of {
+            ($kind:ident) => {
+                match metrics {
+                    None => None,
+                    Some(ModelMetrics::$kind(m)) => Some(m),
+                    Some(_) => return Err(mismatch()),
+                }
+            };
+        }
         let layout =
             |e: LearningError| ModelFileError::from(ModelFileProblem::Layout(e.to_string()));
         let column = TargetColumn {
@@ -657,11 +734,7 @@ impl ModelDocument {
         let outputs = self.model.outputs();
         Ok(match self.family() {
             ModelFamily::LogisticRegression => {
-                let metrics = match metrics {
-                    None => None,
-                    Some(ModelMetrics::Binary(m)) => Some(m),
-                    Some(_) => return Err(mismatch()),
-                };
+                let metrics = metrics_of!(Binary);
                 VersionedModelFile::V1(ModelFile::new(
                     Target {
                         column: self.target.column.clone(),
@@ -682,11 +755,7 @@ impl ModelDocument {
                 )?)
             }
             ModelFamily::LinearRegression => {
-                let metrics = match metrics {
-                    None => None,
-                    Some(ModelMetrics::Regression(m)) => Some(m),
-                    Some(_) => return Err(mismatch()),
-                };
+                let metrics = metrics_of!(Regression);
                 VersionedModelFile::V2(ModelFileV2::LinearRegression(LinearRegressionFile::new(
                     column,
                     self.features.clone(),
@@ -695,11 +764,7 @@ impl ModelDocument {
                 )?))
             }
             ModelFamily::SoftmaxRegression => {
-                let metrics = match metrics {
-                    None => None,
-                    Some(ModelMetrics::Multiclass(m)) => Some(m),
-                    Some(_) => return Err(mismatch()),
-                };
+                let metrics = metrics_of!(Multiclass);
                 VersionedModelFile::V2(ModelFileV2::SoftmaxRegression(SoftmaxRegressionFile::new(
                     column,
                     self.classes.clone(),
@@ -709,11 +774,7 @@ impl ModelDocument {
                 )?))
             }
             ModelFamily::KMeans => {
-                let metrics = match metrics {
-                    None => None,
-                    Some(ModelMetrics::Clustering(m)) => Some(m),
-                    Some(_) => return Err(mismatch()),
-                };
+                let metrics = metrics_of!(Clustering);
                 VersionedModelFile::V2(ModelFileV2::KMeans(KMeansFile::new(
                     self.features.clone(),
                     &KMeans::from_params(params, outputs).map_err(layout)?,

@@ -15,7 +15,6 @@
 //! a file of another kind, version or type is reported as such; then the whole
 //! file is parsed (unknown fields are rejected) and validated.
 
-use std::fs;
 use std::path::Path;
 
 use ndarray::Array1;
@@ -26,8 +25,9 @@ use crate::features::FeatureSpec;
 use crate::kmeans::KMeans;
 use crate::linear::LinearRegression;
 use crate::model_file::{
-    MODEL_FILE_VERSION, MODEL_FORMAT, ModelFile, NamedWeight, check_feature_stats, finite,
-    json_string, write_atomic,
+    MODEL_FILE_VERSION, MODEL_FORMAT, ModelFile, NamedWeight, check_feature_stats, check_metrics,
+    check_model_dim, check_weights, file_errors, finite, intercept_and_weights, json_string,
+    named_weights, pretty_json, read_text, save_checked,
 };
 use crate::model_file_trees::{GRADIENT_BOOSTED_TREES, GradientBoostedTreesFile};
 use crate::multiclass_metrics::MulticlassMetrics;
@@ -278,18 +278,6 @@ fn check_names<'a>(
     Ok(())
 }
 
-fn named_weights(
-    features: &FeatureSpec,
-    weights: impl IntoIterator<Item = f64>,
-) -> Vec<NamedWeight> {
-    features
-        .entry_names()
-        .into_iter()
-        .zip(weights)
-        .map(|(feature, weight)| NamedWeight { feature, weight })
-        .collect()
-}
-
 impl LinearRegressionFile {
     /// Describes `model` under the given target, encoding and provenance; weights
     /// are named after `features.entry_names()`. Fails if the dimensions differ or
@@ -300,13 +288,7 @@ impl LinearRegressionFile {
         model: &LinearRegression,
         provenance: RunProvenance<RegressionMetrics>,
     ) -> Result<Self, ModelFileError> {
-        if model.dim() != features.dim() {
-            return Err(ModelFileProblem::WeightCount {
-                weights: model.dim(),
-                dim: features.dim(),
-            }
-            .into());
-        }
+        check_model_dim(model.dim(), &features)?;
         let file = LinearRegressionFile {
             format: MODEL_FORMAT.to_string(),
             version: MODEL_FILE_VERSION_2,
@@ -330,34 +312,14 @@ impl LinearRegressionFile {
             &self.model_type,
             LINEAR_REGRESSION,
         )?;
-        check_feature_stats(&self.features)?;
-        let names = self.features.entry_names();
-        if self.weights.len() != names.len() {
-            return Err(ModelFileProblem::WeightCount {
-                weights: self.weights.len(),
-                dim: names.len(),
-            });
-        }
-        finite("intercept", self.intercept)?;
-        for (index, (w, expected)) in self.weights.iter().zip(names).enumerate() {
-            if w.feature != expected {
-                return Err(ModelFileProblem::WeightName {
-                    index,
-                    found: w.feature.clone(),
-                    expected,
-                });
-            }
-            finite(&format!("weight '{}'", w.feature), w.weight)?;
-        }
+        check_weights(&self.features, self.intercept, &self.weights)?;
         if let Some(m) = &self.provenance.metrics {
-            for (name, value) in [
+            check_metrics([
                 ("mse", m.mse),
                 ("rmse", m.rmse),
                 ("mae", m.mae),
                 ("r2", m.r2.unwrap_or(0.0)),
-            ] {
-                finite(&format!("metric '{name}'"), value)?;
-            }
+            ])?;
         }
         Ok(())
     }
@@ -365,9 +327,7 @@ impl LinearRegressionFile {
     /// The model the file describes (validates first).
     pub fn to_model(&self) -> Result<LinearRegression, ModelFileError> {
         self.validate()?;
-        let params: Array1<f64> = std::iter::once(self.intercept)
-            .chain(self.weights.iter().map(|w| w.weight))
-            .collect();
+        let params = intercept_and_weights(self.intercept, &self.weights);
         Ok(LinearRegression::from_params(params).map_err(|e| layout(e.to_string()))?)
     }
 }
@@ -391,13 +351,7 @@ impl SoftmaxRegressionFile {
             ))
             .into());
         }
-        if model.dim() != features.dim() {
-            return Err(ModelFileProblem::WeightCount {
-                weights: model.dim(),
-                dim: features.dim(),
-            }
-            .into());
-        }
+        check_model_dim(model.dim(), &features)?;
         let coefficients = classes
             .iter()
             .zip(model.coefficients().rows())
@@ -473,15 +427,13 @@ impl SoftmaxRegressionFile {
             }
         }
         if let Some(m) = &self.provenance.metrics {
-            for (name, value) in [
+            check_metrics([
                 ("accuracy", m.accuracy),
                 ("log_loss", m.log_loss),
                 ("macro_precision", m.macro_precision),
                 ("macro_recall", m.macro_recall),
                 ("macro_f1", m.macro_f1),
-            ] {
-                finite(&format!("metric '{name}'"), value)?;
-            }
+            ])?;
         }
         Ok(())
     }
@@ -675,25 +627,13 @@ impl ModelFileV2 {
     /// Reads, parses and validates a version 2 model file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelFileError> {
         let path = path.as_ref();
-        let text = fs::read_to_string(path).map_err(|source| ModelFileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_json(&text, path)
+        Self::from_json(&read_text(path)?, path)
     }
 
     /// Parses and validates the JSON text of a version 2 model file; `path` is only
     /// used in error messages.
     pub fn from_json(text: &str, path: impl AsRef<Path>) -> Result<Self, ModelFileError> {
-        let path = path.as_ref();
-        let parse = |source| ModelFileError::Parse {
-            path: path.to_path_buf(),
-            source,
-        };
-        let invalid = |problem| ModelFileError::Invalid {
-            path: path.to_path_buf(),
-            problem,
-        };
+        let (parse, invalid) = file_errors(path.as_ref());
         let header: Header = serde_json::from_str(text).map_err(parse)?;
         check_format(header.format.as_ref()).map_err(invalid)?;
         if header.version.as_ref().and_then(serde_json::Value::as_u64)
@@ -734,24 +674,13 @@ impl ModelFileV2 {
 
     /// The file as pretty-printed JSON with a trailing newline (not validated).
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
-        let mut text = serde_json::to_string_pretty(self)?;
-        text.push('\n');
-        Ok(text)
+        pretty_json(self)
     }
 
     /// Validates and writes the file as pretty-printed JSON, through a sibling
     /// `<name>.tmp` renamed over `path` (readers never see a half-written model).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ModelFileError> {
-        let path = path.as_ref();
-        self.validate().map_err(|problem| ModelFileError::Invalid {
-            path: path.to_path_buf(),
-            problem,
-        })?;
-        let text = self.to_json().map_err(|e| ModelFileError::Write {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e),
-        })?;
-        write_atomic(path, &text)
+        save_checked(path.as_ref(), self.validate(), || self.to_json())
     }
 }
 
@@ -759,11 +688,7 @@ impl VersionedModelFile {
     /// Reads, parses and validates a model file of version 1 or 2.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelFileError> {
         let path = path.as_ref();
-        let text = fs::read_to_string(path).map_err(|source| ModelFileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_json(&text, path)
+        Self::from_json(&read_text(path)?, path)
     }
 
     /// Parses and validates model file text of version 1 or 2, dispatching on
@@ -771,15 +696,8 @@ impl VersionedModelFile {
     /// [`ModelFileProblem::UnsupportedVersions`].
     pub fn from_json(text: &str, path: impl AsRef<Path>) -> Result<Self, ModelFileError> {
         let path = path.as_ref();
-        let invalid = |problem| ModelFileError::Invalid {
-            path: path.to_path_buf(),
-            problem,
-        };
-        let header: Header =
-            serde_json::from_str(text).map_err(|source| ModelFileError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let (parse, invalid) = file_errors(path);
+        let header: Header = serde_json::from_str(text).map_err(parse)?;
         check_format(header.format.as_ref()).map_err(invalid)?;
         match header.version.as_ref().and_then(serde_json::Value::as_u64) {
             Some(v) if v == u64::from(MODEL_FILE_VERSION) => {
@@ -835,6 +753,7 @@ mod tests {
     use crate::model::LogisticRegression;
     use crate::model_file::{Provenance, Target, tmp_path};
     use ndarray::array;
+    use std::fs;
     use std::path::PathBuf;
 
     fn spec() -> FeatureSpec {

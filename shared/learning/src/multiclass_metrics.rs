@@ -101,12 +101,7 @@ impl MulticlassSummary {
     ) -> Result<Self, LearningError> {
         let k = probs.ncols();
         let mut s = MulticlassSummary::empty(k)?;
-        if probs.nrows() != labels.len() {
-            return Err(LearningError::ScoreMismatch {
-                scores: probs.nrows(),
-                labels: labels.len(),
-            });
-        }
+        crate::metrics::check_counts(probs.nrows(), labels.len())?;
         for (row, values) in probs.rows().into_iter().enumerate() {
             if let Some((class, &value)) = values
                 .iter()
@@ -256,11 +251,7 @@ impl MulticlassSummary {
 }
 
 fn ratio(num: u64, den: u64) -> f64 {
-    if den == 0 {
-        0.0
-    } else {
-        num as f64 / den as f64
-    }
+    crate::metrics::ratio_u128(u128::from(num), u128::from(den))
 }
 
 #[cfg(test)]

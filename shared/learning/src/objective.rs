@@ -78,10 +78,7 @@ pub fn check_params<O: Objective + ?Sized>(
             got: params.len(),
         });
     }
-    if let Some((index, &value)) = params.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(LearningError::NonFiniteParam { index, value });
-    }
-    Ok(())
+    crate::model::check_finite_params(params)
 }
 
 /// Rows `[1, x_i]` scaled by `residual_i`, written into `out` (`rows × (dim + 1)`).

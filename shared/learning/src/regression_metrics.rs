@@ -77,12 +77,7 @@ impl RegressionSummary {
         predictions: ArrayView1<f64>,
         targets: ArrayView1<f64>,
     ) -> Result<Self, LearningError> {
-        if predictions.len() != targets.len() {
-            return Err(LearningError::ScoreMismatch {
-                scores: predictions.len(),
-                labels: targets.len(),
-            });
-        }
+        crate::metrics::check_counts(predictions.len(), targets.len())?;
         if let Some((index, &value)) = predictions.iter().enumerate().find(|(_, v)| !v.is_finite())
         {
             return Err(LearningError::NonFinitePrediction { index, value });

@@ -51,16 +51,7 @@ impl SoftmaxRegression {
     /// `classes` ([`LearningError::ParamRows`]) and any NaN or infinite entry.
     pub fn from_params(params: Array1<f64>, classes: usize) -> Result<Self, LearningError> {
         check_classes(classes)?;
-        if params.is_empty() || !params.len().is_multiple_of(classes) {
-            return Err(LearningError::ParamRows {
-                got: params.len(),
-                rows: classes,
-                what: "classes",
-            });
-        }
-        if let Some((index, &value)) = params.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(LearningError::NonFiniteParam { index, value });
-        }
+        crate::model::check_param_rows(&params, classes, "classes")?;
         Ok(SoftmaxRegression { params, classes })
     }
 
@@ -151,7 +142,7 @@ impl SoftmaxRegression {
         x_row: ArrayView1<f64>,
         class: usize,
     ) -> Result<Array1<f64>, LearningError> {
-        crate::linear::check_row(x_row, self.dim())?;
+        crate::model::check_row(x_row, self.dim())?;
         if class >= self.classes {
             return Err(LearningError::InvalidClassLabel {
                 index: 0,

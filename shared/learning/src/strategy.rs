@@ -677,26 +677,7 @@ fn check_updates(
 }
 
 fn check_update(update: &ClientUpdate, len: usize) -> Result<(), AggregationError> {
-    if update.delta.len() != len {
-        return Err(AggregationError::WrongDimension {
-            expected: len,
-            got: update.delta.len(),
-        });
-    }
-    if let Some((index, &value)) = update
-        .delta
-        .iter()
-        .enumerate()
-        .find(|(_, v)| !v.is_finite())
-    {
-        return Err(AggregationError::NonFiniteValue { index, value });
-    }
-    if !(update.weight.is_finite() && update.weight > 0.0) {
-        return Err(AggregationError::InvalidWeight {
-            weight: update.weight,
-        });
-    }
-    Ok(())
+    crate::aggregate::check_delta(&update.delta, update.weight, len)
 }
 
 fn check_finite(step: Array1<f64>) -> Result<Array1<f64>, AggregationError> {

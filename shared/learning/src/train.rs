@@ -375,29 +375,8 @@ mod tests {
     use super::*;
     use crate::model::{LogisticRegression, sigmoid};
     use crate::objective::LogLoss;
-    use crate::testutil::assert_close;
+    use crate::testutil::{LogisticOutcome, accuracy, assert_close, logistic_blobs};
     use ndarray::Array2;
-
-    /// A logistic outcome with its model, as these tests (written when the loop
-    /// was logistic-only) read it.
-    #[derive(Debug, PartialEq)]
-    struct LogisticOutcome {
-        model: LogisticRegression,
-        delta: Array1<f64>,
-        examples: usize,
-        steps: usize,
-        mean_loss: f64,
-    }
-
-    fn logistic(out: TrainOutcome) -> LogisticOutcome {
-        LogisticOutcome {
-            model: LogisticRegression::from_params(out.params).unwrap(),
-            delta: out.delta,
-            examples: out.examples,
-            steps: out.steps,
-            mean_loss: out.mean_loss,
-        }
-    }
 
     /// [`super::train_local`] on the log loss from `model`.
     fn train_local<R: Rng + ?Sized>(
@@ -408,7 +387,18 @@ mod tests {
         rng: &mut R,
     ) -> Result<LogisticOutcome, LearningError> {
         let o = LogLoss { dim: model.dim() };
-        super::train_local(&o, model.params().view(), x, y, params, rng).map(logistic)
+        super::train_local(&o, model.params().view(), x, y, params, rng)
+            .and_then(LogisticOutcome::new)
+    }
+
+    /// [`train_local`] with the tests' seeded rng.
+    fn train(
+        model: &LogisticRegression,
+        x: ArrayView2<f64>,
+        y: ArrayView1<f64>,
+        params: &ValidTrainParams,
+    ) -> Result<LogisticOutcome, LearningError> {
+        train_local(model, x, y, params, &mut rng())
     }
 
     /// [`super::train_with`] on the log loss from `model`.
@@ -427,7 +417,8 @@ mod tests {
         R: Rng + ?Sized,
     {
         let o = LogLoss { dim: model.dim() };
-        super::train_with(&o, model.params().view(), x, y, params, sampler, step, rng).map(logistic)
+        super::train_with(&o, model.params().view(), x, y, params, sampler, step, rng)
+            .and_then(LogisticOutcome::new)
     }
 
     fn per_example_gradients(
@@ -452,14 +443,27 @@ mod tests {
 
     fn valid(epochs: usize, batch_size: usize, learning_rate: f64, l2: f64) -> ValidTrainParams {
         TrainParams {
-            epochs,
-            batch_size,
-            learning_rate,
             l2,
-            prox_mu: 0.0,
+            ..with_prox(epochs, batch_size, learning_rate, 0.0)
         }
         .check()
         .unwrap()
+    }
+
+    /// Parameters without L2, with FedProx `prox_mu`.
+    fn with_prox(
+        epochs: usize,
+        batch_size: usize,
+        learning_rate: f64,
+        prox_mu: f64,
+    ) -> TrainParams {
+        TrainParams {
+            epochs,
+            batch_size,
+            learning_rate,
+            l2: 0.0,
+            prox_mu,
+        }
     }
 
     fn rng() -> ChaCha8Rng {
@@ -468,24 +472,7 @@ mod tests {
 
     /// Two Gaussian blobs, labels from a known logistic model.
     fn synthetic(n: usize, seed: u64) -> (Array2<f64>, Array1<f64>) {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let true_w = [2.0, -1.5, 0.5];
-        let mut x = Array2::zeros((n, 3));
-        let mut y = Array1::zeros(n);
-        for i in 0..n {
-            let mut z = -0.3;
-            for j in 0..3 {
-                let v: f64 = rng.random_range(-2.0..2.0);
-                x[[i, j]] = v;
-                z += true_w[j] * v;
-            }
-            y[i] = if rng.random::<f64>() < sigmoid(z) {
-                1.0
-            } else {
-                0.0
-            };
-        }
-        (x, y)
+        logistic_blobs(n, &mut ChaCha8Rng::seed_from_u64(seed))
     }
 
     #[test]
@@ -552,12 +539,11 @@ mod tests {
     fn one_example_one_step_by_hand() {
         // p = 0.5, gradient (p - y) * [1, x] = [-0.5, -0.5], step 0.1 => [0.05, 0.05]
         let start = LogisticRegression::zeros(1);
-        let out = train_local(
+        let out = train(
             &start,
             array![[1.0]].view(),
             array![1.0].view(),
             &valid(1, 32, 0.1, 0.0),
-            &mut rng(),
         )
         .unwrap();
         assert_close(out.model.params(), &array![0.05, 0.05], 1e-15);
@@ -577,14 +563,7 @@ mod tests {
         let start = LogisticRegression::zeros(2);
         let g = mean_gradient(&start, x.view(), y.view()).unwrap();
         assert_close(&g, &array![0.0, -0.25, 0.5], 1e-15);
-        let out = train_local(
-            &start,
-            x.view(),
-            y.view(),
-            &valid(1, 2, 0.1, 0.0),
-            &mut rng(),
-        )
-        .unwrap();
+        let out = train(&start, x.view(), y.view(), &valid(1, 2, 0.1, 0.0)).unwrap();
         assert_close(&out.delta, &array![0.0, 0.025, -0.05], 1e-15);
         assert_eq!(out.steps, 1);
     }
@@ -593,14 +572,7 @@ mod tests {
     fn delta_is_relative_to_the_start_model() {
         let start = LogisticRegression::from_params(array![1.0, -2.0]).unwrap();
         let (x, y) = (array![[0.5], [1.5]], array![0.0, 1.0]);
-        let out = train_local(
-            &start,
-            x.view(),
-            y.view(),
-            &valid(3, 1, 0.2, 0.0),
-            &mut rng(),
-        )
-        .unwrap();
+        let out = train(&start, x.view(), y.view(), &valid(3, 1, 0.2, 0.0)).unwrap();
         assert_eq!(out.delta, out.model.params() - start.params());
         assert_eq!(out.steps, 6);
     }
@@ -610,12 +582,11 @@ mod tests {
         // x = 0, y = 0, w = 1: p = 0.5, data gradient [0.5, 0]; l2 term 0.1 * 1 on w
         // => params [0 - 0.1 * 0.5, 1 - 0.1 * 0.1] = [-0.05, 0.99]
         let start = LogisticRegression::from_params(array![0.0, 1.0]).unwrap();
-        let out = train_local(
+        let out = train(
             &start,
             array![[0.0]].view(),
             array![0.0].view(),
             &valid(1, 1, 0.1, 0.1),
-            &mut rng(),
         )
         .unwrap();
         assert_close(out.model.params(), &array![-0.05, 0.99], 1e-15);
@@ -666,8 +637,8 @@ mod tests {
         let (x, y) = synthetic(200, 1);
         let params = valid(2, 16, 0.1, 0.01);
         let start = LogisticRegression::zeros(3);
-        let a = train_local(&start, x.view(), y.view(), &params, &mut rng()).unwrap();
-        let b = train_local(&start, x.view(), y.view(), &params, &mut rng()).unwrap();
+        let a = train(&start, x.view(), y.view(), &params).unwrap();
+        let b = train(&start, x.view(), y.view(), &params).unwrap();
         assert_eq!(a, b);
         let c = train_local(
             &start,
@@ -684,12 +655,11 @@ mod tests {
     fn sanity_target_one_epoch_batch_32_lr_0_1() {
         let (x, y) = synthetic(2000, 2);
         let start = LogisticRegression::zeros(3);
-        let out = train_local(
+        let out = train(
             &start,
             x.view(),
             y.view(),
             &TrainParams::default().check().unwrap(),
-            &mut rng(),
         )
         .unwrap();
         assert_eq!(out.examples, 2000);
@@ -700,25 +670,10 @@ mod tests {
         assert!(w[0] > 0.7 && w[1] < -0.5 && w[2] > 0.1, "weights {w}");
 
         // more epochs get close to the generating weights (2, -1.5, 0.5)
-        let out = train_local(
-            &start,
-            x.view(),
-            y.view(),
-            &valid(30, 32, 0.1, 0.0),
-            &mut rng(),
-        )
-        .unwrap();
+        let out = train(&start, x.view(), y.view(), &valid(30, 32, 0.1, 0.0)).unwrap();
         let w = out.model.weights();
         assert_close(w, &array![2.0, -1.5, 0.5], 0.35);
-        let accuracy = out
-            .model
-            .predict_proba(x.view())
-            .unwrap()
-            .iter()
-            .zip(&y)
-            .filter(|(p, l)| (**p >= 0.5) == (**l == 1.0))
-            .count() as f64
-            / 2000.0;
+        let accuracy = accuracy(&out.model, x.view(), y.view());
         assert!(accuracy > 0.8, "accuracy {accuracy}");
     }
 
@@ -727,52 +682,36 @@ mod tests {
         let m = LogisticRegression::zeros(2);
         let p = valid(1, 8, 0.1, 0.0);
         let r = &mut rng();
-        assert_eq!(
-            train_local(
-                &m,
-                Array2::zeros((0, 2)).view(),
-                Array1::zeros(0).view(),
-                &p,
-                r
+        for (x, y, expected) in [
+            (
+                Array2::zeros((0, 2)),
+                Array1::zeros(0),
+                LearningError::EmptyInput,
             ),
-            Err(LearningError::EmptyInput)
-        );
-        assert_eq!(
-            train_local(
-                &m,
-                Array2::zeros((3, 2)).view(),
-                Array1::zeros(2).view(),
-                &p,
-                r
+            (
+                Array2::zeros((3, 2)),
+                Array1::zeros(2),
+                LearningError::RowMismatch { rows: 3, labels: 2 },
             ),
-            Err(LearningError::RowMismatch { rows: 3, labels: 2 })
-        );
-        assert_eq!(
-            train_local(
-                &m,
-                Array2::zeros((2, 3)).view(),
-                Array1::zeros(2).view(),
-                &p,
-                r
+            (
+                Array2::zeros((2, 3)),
+                Array1::zeros(2),
+                LearningError::FeatureCount {
+                    expected: 2,
+                    got: 3,
+                },
             ),
-            Err(LearningError::FeatureCount {
-                expected: 2,
-                got: 3
-            })
-        );
-        assert_eq!(
-            train_local(
-                &m,
-                Array2::zeros((2, 2)).view(),
-                array![0.0, 2.0].view(),
-                &p,
-                r
+            (
+                Array2::zeros((2, 2)),
+                array![0.0, 2.0],
+                LearningError::InvalidLabel {
+                    index: 1,
+                    value: 2.0,
+                },
             ),
-            Err(LearningError::InvalidLabel {
-                index: 1,
-                value: 2.0
-            })
-        );
+        ] {
+            assert_eq!(train_local(&m, x.view(), y.view(), &p, r), Err(expected));
+        }
         assert_eq!(
             mean_gradient(&m, Array2::zeros((0, 2)).view(), Array1::zeros(0).view()),
             Err(LearningError::EmptyInput)
@@ -782,12 +721,11 @@ mod tests {
     #[test]
     fn divergence_is_an_error() {
         let m = LogisticRegression::zeros(1);
-        let err = train_local(
+        let err = train(
             &m,
             array![[1e300]].view(),
             array![0.0].view(),
             &valid(1, 1, 1e10, 0.0),
-            &mut rng(),
         )
         .unwrap_err();
         assert!(matches!(
@@ -923,46 +861,28 @@ mod tests {
             }
         }
         let start = LogisticRegression::from_params(array![1.0, -2.0]).unwrap();
-        let params = TrainParams {
-            epochs: 3,
-            batch_size: 1,
-            learning_rate: 0.5,
-            l2: 0.0,
-            prox_mu: 1.0,
-        }
-        .check()
-        .unwrap();
-        let out = train_with(
-            &start,
-            array![[0.0]].view(),
-            array![0.0].view(),
-            &params,
-            &mut ShuffledBatches::new(1),
-            &mut Constant,
-            &mut rng(),
-        )
-        .unwrap();
+        let run = |prox_mu| {
+            let params = with_prox(3, 1, 0.5, prox_mu).check().unwrap();
+            let (x, y) = (array![[0.0]], array![0.0]);
+            let (sampler, step) = (&mut ShuffledBatches::new(1), &mut Constant);
+            train_with(
+                &start,
+                x.view(),
+                y.view(),
+                &params,
+                sampler,
+                step,
+                &mut rng(),
+            )
+            .unwrap()
+        };
+        let out = run(1.0);
         assert_eq!(out.steps, 3);
         assert_close(&out.delta, &array![-0.875, -0.875], 1e-15);
         assert_close(out.model.params(), &array![0.125, -2.875], 1e-15);
 
         // without the term: 3 steps of -0.5
-        let plain = TrainParams {
-            prox_mu: 0.0,
-            ..params.params().clone()
-        }
-        .check()
-        .unwrap();
-        let out = train_with(
-            &start,
-            array![[0.0]].view(),
-            array![0.0].view(),
-            &plain,
-            &mut ShuffledBatches::new(1),
-            &mut Constant,
-            &mut rng(),
-        )
-        .unwrap();
+        let out = run(0.0);
         assert_close(&out.delta, &array![-1.5, -1.5], 1e-15);
     }
 
@@ -971,21 +891,12 @@ mod tests {
     /// step 2 at p = sigmoid(0.1): params = 0.05 - 0.1 * ((p - 1) + 2 * 0.05).
     #[test]
     fn proximal_term_on_log_loss_by_hand() {
-        let params = TrainParams {
-            epochs: 2,
-            batch_size: 32,
-            learning_rate: 0.1,
-            l2: 0.0,
-            prox_mu: 2.0,
-        }
-        .check()
-        .unwrap();
-        let out = train_local(
+        let params = with_prox(2, 32, 0.1, 2.0).check().unwrap();
+        let out = train(
             &LogisticRegression::zeros(1),
             array![[1.0]].view(),
             array![1.0].view(),
             &params,
-            &mut rng(),
         )
         .unwrap();
         let expected = 0.05 - 0.1 * ((sigmoid(0.1) - 1.0) + 2.0 * 0.05);

@@ -73,38 +73,37 @@ pub fn noise_multiplier_with(
         }
     }
     // Tighten the upper end with RDP bisection, then search below with the full accountant.
-    let mut lo = hi / 2.0;
-    while meets_rdp(lo)? {
-        hi = lo;
-        lo /= 2.0;
-        if lo < 1e-6 {
-            return Ok(hi);
-        }
-    }
-    while hi - lo > REL_TOL * hi {
-        let mid = 0.5 * (lo + hi);
-        if meets_rdp(mid)? {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
+    let (hi, at_floor) = lower(hi, meets_rdp)?;
+    if at_floor {
+        return Ok(hi);
     }
     // Now hi meets the target by RDP; the PLD may allow less noise.
+    Ok(lower(hi, meets_full)?.0)
+}
+
+/// From `hi`, which `meets` the target: halves while the half still meets
+/// it, then bisects the last bracket to [`REL_TOL`]. Returns the smallest
+/// value found to meet the target, and whether the halving went below `1e-6`
+/// (then without the bisection).
+fn lower(
+    mut hi: f64,
+    meets: impl Fn(f64) -> Result<bool, PrivacyError>,
+) -> Result<(f64, bool), PrivacyError> {
     let mut lo = hi / 2.0;
-    while meets_full(lo)? {
+    while meets(lo)? {
         hi = lo;
         lo /= 2.0;
         if lo < 1e-6 {
-            return Ok(hi);
+            return Ok((hi, true));
         }
     }
     while hi - lo > REL_TOL * hi {
         let mid = 0.5 * (lo + hi);
-        if meets_full(mid)? {
+        if meets(mid)? {
             hi = mid;
         } else {
             lo = mid;
         }
     }
-    Ok(hi)
+    Ok((hi, false))
 }

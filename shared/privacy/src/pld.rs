@@ -46,6 +46,19 @@ pub const MIN_INTERVAL: f64 = 1e-4;
 /// Largest PMF or FFT size allowed.
 const MAX_BINS: usize = 1 << 24;
 
+/// The FFT length for at least `n` bins ([`plan_len`]); more than [`MAX_BINS`]
+/// is [`PrivacyError::PldTooLarge`].
+fn fft_len(n: usize) -> Result<usize, PrivacyError> {
+    let fast = plan_len(n);
+    if fast > MAX_BINS {
+        return Err(PrivacyError::PldTooLarge {
+            bins: fast,
+            limit: MAX_BINS,
+        });
+    }
+    Ok(fast)
+}
+
 /// Direction of the neighbouring relation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Adjacency {
@@ -284,13 +297,7 @@ impl Pmf {
         let (la, ua) = a.chernoff_bounds(k);
         let (lb, ub) = b.chernoff_bounds(k);
         let (na, nb) = (ua - la + 1, ub - lb + 1);
-        let fast = plan_len(na.max(nb).max(a.probs.len()).max(b.probs.len()));
-        if fast > MAX_BINS {
-            return Err(PrivacyError::PldTooLarge {
-                bins: fast,
-                limit: MAX_BINS,
-            });
-        }
+        let fast = fft_len(na.max(nb).max(a.probs.len()).max(b.probs.len()))?;
         let mut buf = vec![Complex::new(0.0, 0.0); fast];
         for (i, &p) in a.probs.iter().enumerate() {
             buf[i].re = p;
@@ -319,13 +326,7 @@ impl Pmf {
         let n = self.probs.len();
         let (lower, upper) = self.chernoff_bounds(k);
         let out_len = upper - lower + 1;
-        let fast = plan_len(out_len.max(n));
-        if fast > MAX_BINS {
-            return Err(PrivacyError::PldTooLarge {
-                bins: fast,
-                limit: MAX_BINS,
-            });
-        }
+        let fast = fft_len(out_len.max(n))?;
         let mut buf = vec![Complex::new(0.0, 0.0); fast];
         for (i, &p) in self.probs.iter().enumerate() {
             buf[i].re = p;
@@ -342,13 +343,7 @@ impl Pmf {
     /// Composition with another PMF on the same grid.
     fn compose(&self, other: &Pmf, planner: &mut FftPlanner<f64>) -> Result<Pmf, PrivacyError> {
         let len = self.probs.len() + other.probs.len() - 1;
-        let fast = plan_len(len);
-        if fast > MAX_BINS {
-            return Err(PrivacyError::PldTooLarge {
-                bins: fast,
-                limit: MAX_BINS,
-            });
-        }
+        let fast = fft_len(len)?;
         let to_buf = |p: &[f64]| -> Vec<Complex<f64>> {
             p.iter()
                 .map(|&x| Complex::new(x, 0.0))

@@ -5,6 +5,9 @@
 
 use ndarray::{Array1, ArrayView1, ArrayView2};
 
+use super::common::{
+    family_kind, one_column, single_output_params, single_output_profile, supervised_evaluation,
+};
 use super::{
     AnyModel, Evaluation, Family, LabelNeed, ModelFamily, ProfileRow, ScoreTable, Training, labels,
 };
@@ -23,57 +26,25 @@ fn model(m: &AnyModel) -> Result<LogisticRegression, LearningError> {
 }
 
 impl Family for Logistic {
-    fn family(&self) -> ModelFamily {
-        ModelFamily::LogisticRegression
-    }
-
-    fn label_need(&self) -> LabelNeed {
-        LabelNeed::Binary
-    }
-
-    fn per_output(&self, dim: usize) -> usize {
-        dim + 1
-    }
-
-    fn check(&self, params: &Array1<f64>, _outputs: usize) -> Result<(), LearningError> {
-        LogisticRegression::from_params(params.clone()).map(drop)
-    }
-
-    fn dim(&self, params: usize, _outputs: usize) -> usize {
-        params.saturating_sub(1)
-    }
-
-    fn initial(&self, dim: usize, _: usize, _: u64) -> Result<Array1<f64>, LearningError> {
-        Ok(LogisticRegression::zeros(dim).params().clone())
-    }
+    family_kind!(ModelFamily::LogisticRegression, LabelNeed::Binary);
+    single_output_params!(LogisticRegression);
 
     fn training(&self, model: &AnyModel) -> Training {
         Training::Gradient(Box::new(LogLoss { dim: model.dim() }))
     }
 
-    fn evaluate(
-        &self,
-        m: &AnyModel,
-        x: ArrayView2<f64>,
-        y: Option<ArrayView1<f64>>,
-    ) -> Result<Evaluation, LearningError> {
-        let p = model(m)?.predict_proba(x)?;
-        Ok(Evaluation::Binary(EvalSummary::from_predictions(
-            p.view(),
-            labels(y)?,
-        )?))
-    }
-
-    fn empty_evaluation(&self, _: usize) -> Result<Evaluation, LearningError> {
-        Ok(Evaluation::Binary(EvalSummary::empty()))
-    }
+    supervised_evaluation!(
+        Binary(EvalSummary),
+        |m, x| model(m)?.predict_proba(x)?,
+        |_| EvalSummary::empty(),
+    );
 
     fn score(&self, doc: &ModelDocument, x: ArrayView2<f64>) -> Result<ScoreTable, LearningError> {
-        let probs = model(doc.model())?.predict_proba(x)?;
-        Ok(ScoreTable {
-            header: vec!["score".into()],
-            rows: probs.iter().map(|p| vec![format!("{p:.6}")]).collect(),
-        })
+        Ok(one_column(
+            "score",
+            &model(doc.model())?.predict_proba(x)?,
+            6,
+        ))
     }
 
     fn profile_header(&self, doc: &ModelDocument) -> Option<Vec<String>> {
@@ -86,26 +57,5 @@ impl Family for Logistic {
         Some(vec![name, "logit".into()])
     }
 
-    fn profile_rows(
-        &self,
-        doc: &ModelDocument,
-        x: ArrayView2<f64>,
-    ) -> Result<Vec<ProfileRow>, LearningError> {
-        let m = model(doc.model())?;
-        let probs = m.predict_proba(x)?;
-        let logits = m.logits(x)?;
-        probs
-            .iter()
-            .zip(&logits)
-            .enumerate()
-            .map(|(row, (p, z))| {
-                Ok(ProfileRow {
-                    columns: vec![format!("{p:.6}"), format!("{z:.6}")],
-                    score: *z,
-                    intercept: m.intercept(),
-                    contributions: m.contributions(x.row(row))?,
-                })
-            })
-            .collect()
-    }
+    single_output_profile!(predict_proba, logits);
 }

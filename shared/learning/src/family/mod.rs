@@ -57,6 +57,7 @@ use crate::regression_metrics::{RegressionMetrics, RegressionSummary};
 use crate::strategy::{Aggregated, ClientUpdate, ServerStrategy};
 use crate::train::{TrainOutcome, ValidTrainParams, train_local};
 
+mod common;
 pub mod kmeans;
 pub mod linear;
 pub mod logistic;

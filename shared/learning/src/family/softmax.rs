@@ -5,8 +5,9 @@
 //! probability, `profile` also every class's probability and the predicted
 //! class's logit with its per-feature contributions.
 
-use ndarray::{Array1, ArrayView1, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
+use super::common::{family_kind, supervised_evaluation};
 use super::{
     AnyModel, Evaluation, Family, LabelNeed, ModelFamily, ProfileRow, ScoreTable, Training, labels,
 };
@@ -24,13 +25,7 @@ fn model(m: &AnyModel) -> Result<SoftmaxRegression, LearningError> {
 }
 
 impl Family for Softmax {
-    fn family(&self) -> ModelFamily {
-        ModelFamily::SoftmaxRegression
-    }
-
-    fn label_need(&self) -> LabelNeed {
-        LabelNeed::Classes
-    }
+    family_kind!(ModelFamily::SoftmaxRegression, LabelNeed::Classes);
 
     fn per_output(&self, dim: usize) -> usize {
         dim + 1
@@ -63,22 +58,11 @@ impl Family for Softmax {
         }))
     }
 
-    fn evaluate(
-        &self,
-        m: &AnyModel,
-        x: ArrayView2<f64>,
-        y: Option<ArrayView1<f64>>,
-    ) -> Result<Evaluation, LearningError> {
-        let p = model(m)?.predict_proba(x)?;
-        Ok(Evaluation::Multiclass(MulticlassSummary::from_predictions(
-            p.view(),
-            labels(y)?,
-        )?))
-    }
-
-    fn empty_evaluation(&self, outputs: usize) -> Result<Evaluation, LearningError> {
-        Ok(Evaluation::Multiclass(MulticlassSummary::empty(outputs)?))
-    }
+    supervised_evaluation!(
+        Multiclass(MulticlassSummary),
+        |m, x| model(m)?.predict_proba(x)?,
+        |outputs| MulticlassSummary::empty(outputs)?,
+    );
 
     fn score(&self, doc: &ModelDocument, x: ArrayView2<f64>) -> Result<ScoreTable, LearningError> {
         let m = model(doc.model())?;
@@ -89,12 +73,7 @@ impl Family for Softmax {
             rows: classes
                 .iter()
                 .enumerate()
-                .map(|(row, &c)| {
-                    vec![
-                        doc.classes().get(c).cloned().unwrap_or_default(),
-                        format!("{:.6}", probs[[row, c]]),
-                    ]
-                })
+                .map(|(row, &c)| predicted(doc, &probs, row, c))
                 .collect(),
         })
     }
@@ -119,28 +98,43 @@ impl Family for Softmax {
         doc: &ModelDocument,
         x: ArrayView2<f64>,
     ) -> Result<Vec<ProfileRow>, LearningError> {
-        let m = model(doc.model())?;
-        let probs = m.predict_proba(x)?;
-        let logits = m.logits(x)?;
-        let predicted = m.predict(x)?;
-        predicted
-            .iter()
-            .enumerate()
-            .map(|(row, &class)| {
-                let mut columns = vec![
-                    doc.classes().get(class).cloned().unwrap_or_default(),
-                    format!("{:.6}", probs[[row, class]]),
-                ];
-                columns.extend(probs.row(row).iter().map(|p| format!("{p:.6}")));
-                let score = logits[[row, class]];
-                columns.push(format!("{score:.6}"));
-                Ok(ProfileRow {
-                    columns,
-                    score,
-                    intercept: m.intercepts()[class],
-                    contributions: m.contributions(x.row(row), class)?,
-                })
-            })
-            .collect()
+        class_profile(doc, &model(doc.model())?, x)
     }
+}
+
+/// The predicted class of a row and its probability (`probs`: one row per
+/// example, one column per class).
+fn predicted(doc: &ModelDocument, probs: &Array2<f64>, row: usize, class: usize) -> Vec<String> {
+    vec![
+        doc.classes().get(class).cloned().unwrap_or_default(),
+        format!("{:.6}", probs[[row, class]]),
+    ]
+}
+
+/// The profile rows of `m` on `x`: the predicted class and its probability,
+/// every class's probability, and the predicted class's logit with its
+/// per-feature contributions.
+fn class_profile(
+    doc: &ModelDocument,
+    m: &SoftmaxRegression,
+    x: ArrayView2<f64>,
+) -> Result<Vec<ProfileRow>, LearningError> {
+    let probs = m.predict_proba(x)?;
+    let logits = m.logits(x)?;
+    m.predict(x)?
+        .iter()
+        .enumerate()
+        .map(|(row, &class)| {
+            let mut columns = predicted(doc, &probs, row, class);
+            columns.extend(probs.row(row).iter().map(|p| format!("{p:.6}")));
+            let score = logits[[row, class]];
+            columns.push(format!("{score:.6}"));
+            Ok(ProfileRow {
+                columns,
+                score,
+                intercept: m.intercepts()[class],
+                contributions: m.contributions(x.row(row), class)?,
+            })
+        })
+        .collect()
 }

@@ -6,6 +6,7 @@
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
+use super::common::{family_kind, one_column, supervised_evaluation};
 use super::{AnyModel, Evaluation, Family, LabelNeed, ModelFamily, ScoreTable, Training, labels};
 use crate::error::LearningError;
 use crate::model_file::ModelDocument;
@@ -72,13 +73,7 @@ impl Objective for ThroughOrigin {
 }
 
 impl Family for Toy {
-    fn family(&self) -> ModelFamily {
-        ModelFamily::Toy
-    }
-
-    fn label_need(&self) -> LabelNeed {
-        LabelNeed::Numeric
-    }
+    family_kind!(ModelFamily::Toy, LabelNeed::Numeric);
 
     fn per_output(&self, dim: usize) -> usize {
         dim
@@ -100,32 +95,14 @@ impl Family for Toy {
         Training::Gradient(Box::new(ThroughOrigin { dim: m.dim() }))
     }
 
-    fn evaluate(
-        &self,
-        m: &AnyModel,
-        x: ArrayView2<f64>,
-        y: Option<ArrayView1<f64>>,
-    ) -> Result<Evaluation, LearningError> {
-        let p = x.dot(m.params());
-        Ok(Evaluation::Regression(RegressionSummary::from_predictions(
-            p.view(),
-            labels(y)?,
-        )?))
-    }
-
-    fn empty_evaluation(&self, _: usize) -> Result<Evaluation, LearningError> {
-        Ok(Evaluation::Regression(RegressionSummary::empty()))
-    }
+    supervised_evaluation!(
+        Regression(RegressionSummary),
+        |m, x| x.dot(m.params()),
+        |_| RegressionSummary::empty(),
+    );
 
     fn score(&self, doc: &ModelDocument, x: ArrayView2<f64>) -> Result<ScoreTable, LearningError> {
-        Ok(ScoreTable {
-            header: vec!["toy".into()],
-            rows: x
-                .dot(doc.model().params())
-                .iter()
-                .map(|v| vec![format!("{v:.3}")])
-                .collect(),
-        })
+        Ok(one_column("toy", &x.dot(doc.model().params()), 3))
     }
 
     fn profile_header(&self, _: &ModelDocument) -> Option<Vec<String>> {
