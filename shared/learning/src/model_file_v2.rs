@@ -959,7 +959,7 @@ mod tests {
             .skip(1)
             .filter_map(|rest| rest.split("```").next())
             .collect();
-        assert_eq!(blocks.len(), 3);
+        assert_eq!(blocks.len(), 4);
         let types: Vec<String> = blocks
             .iter()
             .map(|json| {
@@ -974,11 +974,23 @@ mod tests {
                     ModelFileV2::KMeans(k) => {
                         k.to_model().unwrap();
                     }
+                    ModelFileV2::GradientBoostedTrees(t) => {
+                        let model = t.to_model().unwrap();
+                        assert_eq!((model.complete_trees(), model.dim()), (1, 4));
+                    }
                 }
                 f.model_type().to_string()
             })
             .collect();
-        assert_eq!(types, ["linear_regression", "softmax_regression", "kmeans"]);
+        assert_eq!(
+            types,
+            [
+                "linear_regression",
+                "softmax_regression",
+                "kmeans",
+                "gradient_boosted_trees"
+            ]
+        );
     }
 
     #[test]
@@ -1003,7 +1015,7 @@ mod tests {
             load_err(&text),
             "invalid model file '/m/v2.json': model type 'logistic_regression' is not \
              supported in version 2 (expected one of 'linear_regression', \
-             'softmax_regression', 'kmeans')"
+             'softmax_regression', 'kmeans', 'gradient_boosted_trees')"
         );
         let text = edit(linear(), |v| {
             v.as_object_mut().unwrap().remove("model_type");

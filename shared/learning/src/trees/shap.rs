@@ -12,7 +12,7 @@
 use ndarray::{Array1, ArrayView1};
 
 use crate::error::LearningError;
-use crate::linear::check_row;
+use crate::model::check_row;
 
 use super::model::TreeModel;
 use super::tree::{NodeKind, Tree};
