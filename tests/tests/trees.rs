@@ -243,3 +243,23 @@ fn a_tree_run_reports_pooled_metrics_and_writes_a_readable_model_file() {
         doc.features().entry_names().len()
     );
 }
+
+#[test]
+fn a_warm_started_tree_run_adds_trees_to_the_earlier_model() {
+    let first = trees_run();
+    let earlier = first.sandbox.path("out/model.json");
+    let run = run_file(2, DEPTH).replace(
+        "model = \"gradient_boosted_trees\"\n",
+        &format!(
+            "model = \"gradient_boosted_trees\"\nwarm_start = \"{}\"\n",
+            earlier.display()
+        ),
+    );
+    let second = federate(&run);
+    assert!(second.stdout.contains("warm start from"), "{}", second.stdout);
+    let before = tree_model(&ModelDocument::load(&earlier).unwrap());
+    let after = tree_model(&ModelDocument::load(second.sandbox.path("out/model.json")).unwrap());
+    assert_eq!(after.complete_trees(), TREES as usize + 2);
+    assert_eq!(after.binning(), before.binning(), "the bins are kept");
+    assert_eq!(&after.trees()[..TREES as usize], before.trees());
+}
