@@ -256,7 +256,11 @@ fn a_warm_started_tree_run_adds_trees_to_the_earlier_model() {
         ),
     );
     let second = federate(&run);
-    assert!(second.stdout.contains("warm start from"), "{}", second.stdout);
+    assert!(
+        second.stdout.contains("warm start from"),
+        "{}",
+        second.stdout
+    );
     let before = tree_model(&ModelDocument::load(&earlier).unwrap());
     let after = tree_model(&ModelDocument::load(second.sandbox.path("out/model.json")).unwrap());
     assert_eq!(after.complete_trees(), TREES as usize + 2);
