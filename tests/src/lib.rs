@@ -127,6 +127,17 @@ impl Proc {
         }
     }
 
+    /// Waits for exit, at most `limit`; panics with the logs unless it succeeded.
+    pub fn wait_success(&mut self, limit: Duration) {
+        let status = self.wait(limit);
+        assert!(
+            status.success(),
+            "{} failed ({status})\nstderr (tail):\n{}",
+            self.name,
+            tail(&self.read_stderr(), 40)
+        );
+    }
+
     /// The OS process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -373,6 +384,18 @@ impl Sandbox {
             .arg(format!("https://localhost:{port}"))
             .args(extra);
         Proc::spawn(name, &mut cmd, self.dir.path())
+    }
+
+    /// Starts a client node for each of `partners` (their demo data and
+    /// certificates, no other settings) against the coordinator on `port`.
+    pub fn start_clients(&self, partners: &[&str], port: u16, extra: &[&str]) -> Vec<Proc> {
+        partners
+            .iter()
+            .map(|p| {
+                let config = self.write_client(p, "certs", p);
+                self.start_client(p, &config, port, extra)
+            })
+            .collect()
     }
 
     /// mTLS client settings for the certificate `<certs>/<name>.pem`.

@@ -99,11 +99,7 @@ fn a_crash_between_the_partners_charge_and_the_commit_spends_nothing_twice() {
     let out = restarted.read_stdout();
     assert!(status.success(), "{out}\n{}", restarted.read_stderr());
     for c in &mut clients {
-        assert!(
-            c.wait(Duration::from_secs(60)).success(),
-            "{}",
-            c.read_stderr()
-        );
+        c.wait_success(Duration::from_secs(60));
     }
     assert!(
         out.contains("repeating it under the same task ids"),

@@ -32,13 +32,7 @@ fn demo_run() -> &'static DemoRun {
                 "debug,h2=info,hyper=info,tower=info,rustls=info",
             )],
         );
-        let mut clients: Vec<_> = PARTNERS
-            .iter()
-            .map(|p| {
-                let cfg = sandbox.write_client(p, "certs", p);
-                sandbox.start_client(p, &cfg, port, &[])
-            })
-            .collect();
+        let mut clients = sandbox.start_clients(&PARTNERS, port, &[]);
         let status = coordinator.wait(Duration::from_secs(300));
         assert!(
             status.success(),
@@ -279,18 +273,8 @@ fn a_run_can_warm_start_from_an_earlier_global_model() {
     );
     let (config, run_file) = sandbox.write_coordinator(&run_toml);
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run_file, &[]);
-    let _clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
-    assert!(
-        coordinator.wait(Duration::from_secs(120)).success(),
-        "{}",
-        coordinator.read_stderr()
-    );
+    let _clients = sandbox.start_clients(&PARTNERS, port, &[]);
+    coordinator.wait_success(Duration::from_secs(120));
     assert!(coordinator.read_stdout().contains("warm start from"));
     // One round from the 20-round model is already at its level (a cold first
     // round reaches about 0.834).

@@ -519,13 +519,7 @@ fn a_model_family_that_does_not_fit_the_clients_label_stops_the_run_with_a_reaso
     let sandbox = Sandbox::new();
     let (config, run) = sandbox.write_coordinator(&run_toml);
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let mut clients = sandbox.start_clients(&PARTNERS, port, &[]);
     let status = coordinator.wait(Duration::from_secs(120));
     assert!(!status.success());
     let text = coordinator.read_stdout() + &coordinator.read_stderr();
@@ -543,13 +537,7 @@ fn operators_see_the_pooled_metrics_of_a_kmeans_run_in_status_and_watch() {
     let sandbox = Sandbox::new();
     let (config, _) = sandbox.write_coordinator(&fedprofile_e2e::telco_run(1, 1, 1, 10.0));
     let (_coordinator, port) = sandbox.start_coordinator_with(&config, None, &[], &[]);
-    let _clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &["--keep-running"])
-        })
-        .collect();
+    let _clients = sandbox.start_clients(&PARTNERS, port, &["--keep-running"]);
     let operator = sandbox.operator_config("ops", port, true);
     let run_file = sandbox.path("segments.toml");
     fs::write(&run_file, demo_run_file("run-segments.toml")).unwrap();

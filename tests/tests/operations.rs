@@ -47,13 +47,7 @@ fn operators_start_watch_and_cancel_runs_and_partners_are_refused_on_the_admin_a
     let sandbox = Sandbox::new();
     let config = daemon_config(&sandbox);
     let (mut coordinator, port) = sandbox.start_coordinator_with(&config, None, &[], &[]);
-    let _clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &["--keep-running"])
-        })
-        .collect();
+    let _clients = sandbox.start_clients(&PARTNERS, port, &["--keep-running"]);
     let alice = sandbox.operator_config("alice", port, true);
 
     // A partner certificate is refused on the admin API.
@@ -255,11 +249,7 @@ fn a_coordinator_killed_mid_run_resumes_and_no_task_is_charged_twice() {
         restarted.read_stdout()
     );
     for c in &mut clients {
-        assert!(
-            c.wait(Duration::from_secs(60)).success(),
-            "{}",
-            c.read_stderr()
-        );
+        c.wait_success(Duration::from_secs(60));
     }
     let summary = sandbox.summary();
     assert_eq!(summary["completed"], true, "{summary}");
@@ -365,13 +355,7 @@ async fn a_stalling_client_is_not_waited_for_and_its_late_update_is_rejected_as_
     let sandbox = Sandbox::new();
     let (config, run) = sandbox.write_coordinator(&telco_run(3, 3, 4, 2.0));
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let _honest: Vec<_> = ["partner-a", "partner-b", "partner-c"]
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let _honest = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
     let mut slow = open_session(port, sandbox.client_tls("partner-d"))
         .await
         .unwrap();
@@ -437,13 +421,7 @@ async fn certificates_rotate_during_a_run_and_a_revoked_partner_is_refused() {
         .replace("[tls]\n", &format!("[tls]\n{crl}"));
     fs::write(&config, with_crl).unwrap();
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let _clients: Vec<_> = ["partner-a", "partner-b", "partner-c"]
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let _clients = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
     coordinator.wait_for_stdout(Duration::from_secs(120), |s| s.contains("round   3/"));
     let tls_as = |name: &str, server_name: &str| {
         let files = fedprofile_protocol::tls::TlsFiles {
@@ -539,13 +517,7 @@ fn a_torn_audit_line_is_detected_and_recovered_by_an_audited_step() {
     let sandbox = Sandbox::new();
     let (config, run) = sandbox.write_coordinator(&telco_run(1, 4, 4, 30.0));
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let mut clients = sandbox.start_clients(&PARTNERS, port, &[]);
     assert!(coordinator.wait(Duration::from_secs(120)).success());
     for c in &mut clients {
         let _ = c.wait(Duration::from_secs(30));
@@ -599,13 +571,7 @@ fn a_run_whose_checkpoint_cannot_be_read_fails_with_the_reason() {
     let run_toml = telco_run(400, 4, 4, 20.0).replace("eval_every = 1", "eval_every = 50");
     let (config, run) = sandbox.write_coordinator(&run_toml);
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let _clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let _clients = sandbox.start_clients(&PARTNERS, port, &[]);
     coordinator.wait_for_stdout(Duration::from_secs(120), |s| s.contains("round   3/400"));
     coordinator.kill(); // SIGKILL, mid-run
 

@@ -49,11 +49,7 @@ fn record_level_dp_run_meets_the_floor_and_ledgers_match_privacy_cost() {
     let status = coordinator.wait(Duration::from_secs(600));
     assert!(status.success(), "{}", coordinator.read_stderr());
     for c in &mut clients {
-        assert!(
-            c.wait(Duration::from_secs(30)).success(),
-            "{}",
-            c.read_stderr()
-        );
+        c.wait_success(Duration::from_secs(30));
     }
     let summary = sandbox.summary();
     let (auc, log_loss) = (
@@ -153,11 +149,7 @@ fn a_client_with_a_small_budget_refuses_and_never_overspends() {
             sandbox.start_client(p, &cfg, port, &[])
         })
         .collect();
-    assert!(
-        coordinator.wait(Duration::from_secs(300)).success(),
-        "{}",
-        coordinator.read_stderr()
-    );
+    coordinator.wait_success(Duration::from_secs(300));
     let summary = sandbox.summary();
     assert_eq!(summary["completed"], true, "{summary}");
     let reason = summary["refusals"]["partner-d"]
@@ -313,18 +305,8 @@ fn client_level_dp_charges_the_coordinator_ledger_every_round() {
         [privacy.client]\nclip_norm = 0.5\nnoise_multiplier = 1.0\nadaptive = true\ncount_noise_multiplier = 5.0\n";
     let (config, run) = sandbox.write_coordinator(run_toml);
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let _clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
-    assert!(
-        coordinator.wait(Duration::from_secs(120)).success(),
-        "{}",
-        coordinator.read_stderr()
-    );
+    let _clients = sandbox.start_clients(&PARTNERS, port, &[]);
+    coordinator.wait_success(Duration::from_secs(120));
     let summary = sandbox.summary();
     assert_eq!(summary["completed"], true, "{summary}");
     let ledger = sandbox.path("out/coordinator-ledger.jsonl");

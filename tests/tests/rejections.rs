@@ -40,13 +40,7 @@ async fn every_kind_of_bad_update_is_rejected_and_counted() {
     let sandbox = Sandbox::new();
     let (config, run) = sandbox.write_coordinator(&telco_run(3, 3, 4, 30.0));
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let _honest: Vec<_> = ["partner-a", "partner-b", "partner-c"]
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let _honest = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
 
     // The rogue holds a valid certificate (partner-d) but sends bad updates.
     let files = TlsFiles {
@@ -151,13 +145,7 @@ async fn a_deadline_closes_the_round_with_the_minimum_when_a_client_never_answer
     let sandbox = Sandbox::new();
     let (config, run) = sandbox.write_coordinator(&telco_run(2, 3, 4, 2.0));
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let _honest: Vec<_> = ["partner-a", "partner-b", "partner-c"]
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let _honest = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
     // partner-d joins, then never answers a training task.
     let mut silent = open_session(port, sandbox.client_tls("partner-d"))
         .await
@@ -290,13 +278,7 @@ async fn a_hostile_fifth_client_cannot_wreck_fedavg() {
     let mut hostile = open_session(port, sandbox.client_tls("partner-e"))
         .await
         .unwrap();
-    let _honest: Vec<_> = fedprofile_e2e::PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let _honest = sandbox.start_clients(&fedprofile_e2e::PARTNERS, port, &[]);
     let mut rounds = 0;
     loop {
         let task = match hostile.next(Duration::from_secs(120)).await {
@@ -366,13 +348,7 @@ async fn repeated_rejections_are_audited_once_with_their_count() {
             .send(&train(&format!("junk-{i}"), vec![0.0; 3], 1))
             .await;
     }
-    let _honest: Vec<_> = ["partner-a", "partner-b", "partner-c"]
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let _honest = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
     let served = fedprofile_e2e::light::serve_honestly(flood, 41).await;
     assert!(served > 0);
     assert!(coordinator.wait(Duration::from_secs(120)).success());
@@ -420,22 +396,16 @@ fn idle_connections_do_not_lock_the_partners_out() {
         "only {} idle connections opened",
         idle.len()
     );
-    let mut clients: Vec<_> = fedprofile_e2e::PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            // Two tries each (10 s connect timeout): no waiting out the flood.
-            sandbox.start_client(p, &cfg, port, &["--connect-attempts", "2"])
-        })
-        .collect();
+    // Two tries each (10 s connect timeout): no waiting out the flood.
+    let mut clients = sandbox.start_clients(
+        &fedprofile_e2e::PARTNERS,
+        port,
+        &["--connect-attempts", "2"],
+    );
     let status = coordinator.wait(Duration::from_secs(180));
     assert!(status.success(), "{}", coordinator.read_stderr());
     for c in &mut clients {
-        assert!(
-            c.wait(Duration::from_secs(60)).success(),
-            "{}",
-            c.read_stderr()
-        );
+        c.wait_success(Duration::from_secs(60));
     }
     let summary = sandbox.summary();
     assert_eq!(summary["completed"], true, "{summary}");

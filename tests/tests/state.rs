@@ -27,13 +27,7 @@ fn finished_run() -> (Sandbox, PathBuf) {
     let sandbox = Sandbox::new();
     let (config, run) = sandbox.write_coordinator(&telco_run(1, 4, 4, 30.0));
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let mut clients = sandbox.start_clients(&PARTNERS, port, &[]);
     let status = coordinator.wait(Duration::from_secs(120));
     assert!(status.success(), "{}", coordinator.read_stderr());
     for c in &mut clients {
@@ -172,13 +166,7 @@ fn a_write_ahead_log_deleted_mid_run_stops_the_coordinator_and_the_restart_is_re
     let rounds = 60;
     let (config, run) = sandbox.write_coordinator(&telco_run(rounds, 4, 4, 30.0));
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let _clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &["--keep-running"])
-        })
-        .collect();
+    let _clients = sandbox.start_clients(&PARTNERS, port, &["--keep-running"]);
     coordinator.wait_for_stdout(Duration::from_secs(120), |s| {
         s.contains(&format!("  2/{rounds}"))
     });
