@@ -6,6 +6,7 @@
 //! executable (the coordinator and client packages have integration tests, so
 //! cargo builds their binaries before any test runs).
 
+pub mod in_process;
 pub mod light;
 
 use std::fs;
@@ -207,6 +208,13 @@ impl Drop for Proc {
     }
 }
 
+/// Panics, showing `text`, unless it contains every one of `needles`.
+pub fn assert_contains(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+}
+
 /// The last `n` lines of a text.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -398,6 +406,45 @@ impl Sandbox {
             .collect()
     }
 
+    /// Starts a client node for each (partner, config) pair against the
+    /// coordinator on `port`.
+    pub fn start_configured(
+        &self,
+        partners: &[&str],
+        configs: &[PathBuf],
+        port: u16,
+        extra: &[&str],
+    ) -> Vec<Proc> {
+        partners
+            .iter()
+            .zip(configs)
+            .map(|(p, config)| self.start_client(p, config, port, extra))
+            .collect()
+    }
+
+    /// The privacy ledger `<sandbox>/ledgers/<partner>.jsonl`.
+    pub fn ledger(&self, partner: &str) -> PathBuf {
+        self.path(&format!("ledgers/{partner}.jsonl"))
+    }
+
+    /// Writes a client config for `partner` with record-level DP: a budget of
+    /// `epsilon` (δ 1e-5) charged to its [`Sandbox::ledger`].
+    pub fn write_dp_client(&self, partner: &str, epsilon: f64) -> PathBuf {
+        let privacy = format!(
+            "[privacy]\nepsilon = {epsilon}\ndelta = 1e-5\nledger = \"{}\"\n",
+            self.ledger(partner).display()
+        );
+        self.write_client_with(partner, "certs", partner, &privacy)
+    }
+
+    /// Restarts the coordinator from its state on the address the clients know
+    /// (`127.0.0.1:<port>`, no run file), exiting once the run is over.
+    pub fn restart_coordinator(&self, config: &Path, port: u16) -> Proc {
+        let listen = format!("127.0.0.1:{port}");
+        let extra = ["--exit-when-idle", "--listen", &listen];
+        self.start_coordinator_with(config, None, &extra, &[]).0
+    }
+
     /// mTLS client settings for the certificate `<certs>/<name>.pem`.
     pub fn client_tls(&self, name: &str) -> tonic::transport::ClientTlsConfig {
         let files = fedprofile_protocol::tls::TlsFiles {
@@ -416,17 +463,32 @@ impl Sandbox {
             .to_string()
     }
 
+    /// `certs issue ARGS… --dir <sandbox>/certs` (e.g. `--name x --expired`);
+    /// panics unless it succeeds.
+    pub fn issue(&self, args: &[&str]) {
+        let out = run_bounded(
+            Command::new(bin("fedprofile-coordinator"))
+                .args(["certs", "issue"])
+                .args(args)
+                .arg("--dir")
+                .arg(self.path("certs")),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "certs issue {args:?} failed: {out:?}");
+    }
+
+    /// Starts a coordinator that waits for 99 clients, so that nothing but
+    /// handshakes happen; returns it and its port.
+    pub fn start_idle_coordinator(&self) -> (Proc, u16) {
+        let (config, run) = self.write_coordinator(&telco_run(1, 1, 99, 120.0));
+        self.start_coordinator(&config, &run, &[])
+    }
+
     /// Writes `<name>-operator.toml` for `port`, issuing an operator certificate
     /// `name` first when `issue` (else `name` must exist, e.g. a partner's).
     pub fn operator_config(&self, name: &str, port: u16, issue: bool) -> PathBuf {
         if issue {
-            let out = run_bounded(
-                Command::new(bin("fedprofile-coordinator"))
-                    .args(["certs", "issue", "--operator", "--name", name, "--dir"])
-                    .arg(self.path("certs")),
-                Duration::from_secs(30),
-            );
-            assert!(out.status.success(), "{out:?}");
+            self.issue(&["--operator", "--name", name]);
         }
         let certs = self.path("certs");
         let path = self.path(&format!("{name}-operator.toml"));
@@ -460,6 +522,37 @@ pub fn client_cmd(args: &[&str]) -> Output {
     let mut cmd = Command::new(bin("fedprofile-client"));
     cmd.args(args);
     run_bounded(&mut cmd, Duration::from_secs(120))
+}
+
+/// The entries of a privacy ledger (`privacy ledger show --json`); panics
+/// unless the command succeeds.
+pub fn ledger_entries(ledger: &Path) -> Vec<serde_json::Value> {
+    let path = ledger.to_str().expect("a UTF-8 ledger path");
+    let out = client_cmd(&["privacy", "ledger", "show", path, "--json"]);
+    assert!(
+        out.status.success(),
+        "ledger show {path} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match serde_json::from_slice(&out.stdout).expect("ledger show prints JSON") {
+        serde_json::Value::Array(entries) => entries,
+        other => panic!("ledger show {path} printed {other}, not a list"),
+    }
+}
+
+/// The cumulative ε of a ledger's last entry (0 for no entry).
+pub fn spent_epsilon(entries: &[serde_json::Value]) -> f64 {
+    entries.last().map_or(0.0, |e| {
+        e["cumulative_epsilon"]
+            .as_f64()
+            .expect("cumulative_epsilon is a number")
+    })
+}
+
+/// Runs `privacy ledger verify LEDGER` (bounded).
+pub fn verify_ledger(ledger: &Path) -> Output {
+    let path = ledger.to_str().expect("a UTF-8 ledger path");
+    client_cmd(&["privacy", "ledger", "verify", path])
 }
 
 /// The run file used by the Telco tests: the demo's hyperparameters.

@@ -7,7 +7,9 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use fedprofile_e2e::light::{Incoming, open_session};
-use fedprofile_e2e::{PARTNERS, Sandbox, client_cmd, demo_dir, run_bounded, telco_run};
+use fedprofile_e2e::{
+    PARTNERS, Sandbox, client_cmd, demo_dir, ledger_entries, run_bounded, spent_epsilon, telco_run,
+};
 use fedprofile_protocol::messages::{ClientReply, ResultBody, TaskBody, TrainReport};
 use ndarray::Array1;
 
@@ -214,33 +216,18 @@ fn a_coordinator_killed_mid_run_resumes_and_no_task_is_charged_twice() {
     let rounds = 40;
     let (config, run) = sandbox.write_coordinator(&dp_run(rounds, 20.0));
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let privacy = |p: &str| {
-        format!(
-            "[privacy]\nepsilon = 25.0\ndelta = 1e-5\nledger = \"{}\"\n",
-            sandbox.path(&format!("ledgers/{p}.jsonl")).display()
-        )
-    };
     let configs: Vec<_> = PARTNERS
         .iter()
-        .map(|p| sandbox.write_client_with(p, "certs", p, &privacy(p)))
+        .map(|p| sandbox.write_dp_client(p, 25.0))
         .collect();
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .zip(&configs)
-        .map(|(p, c)| sandbox.start_client(p, c, port, &[]))
-        .collect();
+    let mut clients = sandbox.start_configured(&PARTNERS, &configs, port, &[]);
     coordinator.wait_for_stdout(Duration::from_secs(300), |s| s.contains("round   5/40"));
     coordinator.kill(); // SIGKILL, mid-run
     assert!(!sandbox.path("out/summary.json").exists());
 
     // Same port is gone; restart on a new one and point nobody anywhere: clients
     // were told the old port, so restart on the same address via --listen.
-    let (mut restarted, _) = sandbox.start_coordinator_with(
-        &config,
-        None,
-        &["--exit-when-idle", "--listen", &format!("127.0.0.1:{port}")],
-        &[],
-    );
+    let mut restarted = sandbox.restart_coordinator(&config, port);
     let status = restarted.wait(Duration::from_secs(300));
     assert!(status.success(), "{}", restarted.read_stderr());
     assert!(
@@ -264,17 +251,7 @@ fn a_coordinator_killed_mid_run_resumes_and_no_task_is_charged_twice() {
     );
 
     for (p, cfg) in PARTNERS.iter().zip(&configs) {
-        let ledger = sandbox.path(&format!("ledgers/{p}.jsonl"));
-        let shown = client_cmd(&[
-            "privacy",
-            "ledger",
-            "show",
-            ledger.to_str().unwrap(),
-            "--json",
-        ]);
-        assert!(shown.status.success(), "{p}: {}", text(&shown));
-        let entries: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-        let entries = entries.as_array().unwrap();
+        let entries = ledger_entries(&sandbox.ledger(p));
         // One charge per round, never two for a round (a re-sent task is answered from the cache).
         assert_eq!(entries.len(), rounds as usize, "{p}");
         let mut seen: Vec<u64> = entries
@@ -300,9 +277,7 @@ fn a_coordinator_killed_mid_run_resumes_and_no_task_is_charged_twice() {
             .stdout,
         )
         .unwrap();
-        let last = entries.last().unwrap()["cumulative_epsilon"]
-            .as_f64()
-            .unwrap();
+        let last = spent_epsilon(&entries);
         assert!(
             (cost["epsilon"].as_f64().unwrap() - last).abs() <= 1e-9 * last,
             "{p}"
@@ -322,11 +297,7 @@ fn a_client_killed_mid_round_is_not_waited_for_and_rejoins_when_restarted() {
         .iter()
         .map(|p| sandbox.write_client(p, "certs", p))
         .collect();
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .zip(&configs)
-        .map(|(p, c)| sandbox.start_client(p, c, port, &[]))
-        .collect();
+    let mut clients = sandbox.start_configured(&PARTNERS, &configs, port, &[]);
     coordinator.wait_for_stdout(Duration::from_secs(120), |s| s.contains("round  50/400"));
     clients[3].kill(); // partner-d, SIGKILL
     std::thread::sleep(Duration::from_millis(500));

@@ -3,9 +3,12 @@
 //! privacy team's commands.
 
 use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
-use fedprofile_e2e::{PARTNERS, Sandbox, client_cmd, demo_dir};
+use fedprofile_e2e::{
+    PARTNERS, Sandbox, client_cmd, demo_dir, ledger_entries, spent_epsilon, verify_ledger,
+};
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -20,11 +23,33 @@ fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("json output")
 }
 
-fn privacy_section(sandbox: &Sandbox, partner: &str, epsilon: f64) -> String {
-    format!(
-        "[privacy]\nepsilon = {epsilon}\ndelta = 1e-5\nledger = \"{}\"\n",
-        sandbox.path(&format!("ledgers/{partner}.jsonl")).display()
-    )
+/// `privacy cost --json` of the Gaussian mechanism at sampling rate `q`, noise
+/// multiplier `z`, `steps` steps and δ 1e-5, with `extra` arguments.
+fn gaussian_cost(q: &str, z: &str, steps: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "privacy",
+        "cost",
+        "--sampling-rate",
+        q,
+        "--noise-multiplier",
+        z,
+        "--steps",
+        steps,
+        "--delta",
+        "1e-5",
+        "--json",
+    ];
+    args.extend(extra);
+    json(&client_cmd(&args))
+}
+
+/// `privacy cost --json` of the run file `run` for a client `config` against `ledger`.
+fn run_cost(run: &Path, config: &Path, ledger: &Path) -> std::process::Output {
+    let arg = |p: &Path| p.to_str().expect("a UTF-8 path").to_string();
+    let (run, config, ledger) = (arg(run), arg(config), arg(ledger));
+    client_cmd(&[
+        "privacy", "cost", "--run", &run, "--config", &config, "--ledger", &ledger, "--json",
+    ])
 }
 
 /// The DP demo run file, with a shorter deadline for tests.
@@ -39,13 +64,9 @@ fn record_level_dp_run_meets_the_floor_and_ledgers_match_privacy_cost() {
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
     let configs: Vec<_> = PARTNERS
         .iter()
-        .map(|p| sandbox.write_client_with(p, "certs", p, &privacy_section(&sandbox, p, 1.0)))
+        .map(|p| sandbox.write_dp_client(p, 1.0))
         .collect();
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .zip(&configs)
-        .map(|(p, cfg)| sandbox.start_client(p, cfg, port, &[]))
-        .collect();
+    let mut clients = sandbox.start_configured(&PARTNERS, &configs, port, &[]);
     let status = coordinator.wait(Duration::from_secs(600));
     assert!(status.success(), "{}", coordinator.read_stderr());
     for c in &mut clients {
@@ -72,39 +93,22 @@ fn record_level_dp_run_meets_the_floor_and_ledgers_match_privacy_cost() {
     );
 
     for (partner, cfg) in PARTNERS.iter().zip(&configs) {
-        let ledger = sandbox.path(&format!("ledgers/{partner}.jsonl"));
-        let verify = client_cmd(&["privacy", "ledger", "verify", ledger.to_str().unwrap()]);
+        let ledger = sandbox.ledger(partner);
+        let verify = verify_ledger(&ledger);
         assert!(verify.status.success(), "{partner}: {verify:?}");
         assert!(
             stdout(&verify).contains("intact, 20 charged tasks"),
             "{}",
             stdout(&verify)
         );
-        let entries = json(&client_cmd(&[
-            "privacy",
-            "ledger",
-            "show",
-            ledger.to_str().unwrap(),
-            "--json",
-        ]));
-        let last = entries.as_array().unwrap().last().unwrap()["cumulative_epsilon"]
-            .as_f64()
-            .unwrap();
+        let entries = ledger_entries(&ledger);
+        assert!(!entries.is_empty(), "{partner}: an empty ledger");
+        let last = spent_epsilon(&entries);
         assert!(last <= 1.0, "{partner} spent {last} > its budget");
         // `privacy cost` before the run (an empty ledger) says exactly what the
         // ledger shows after it.
         let before = sandbox.path(&format!("ledgers/{partner}-before.jsonl"));
-        let cost = json(&client_cmd(&[
-            "privacy",
-            "cost",
-            "--run",
-            run.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-            "--ledger",
-            before.to_str().unwrap(),
-            "--json",
-        ]));
+        let cost = json(&run_cost(&run, cfg, &before));
         let predicted = cost["epsilon"].as_f64().unwrap();
         assert!(
             (predicted - last).abs() <= 1e-9 * last.max(1.0),
@@ -112,17 +116,7 @@ fn record_level_dp_run_meets_the_floor_and_ledgers_match_privacy_cost() {
         );
         // After it, against the partner's real ledger: the spend is there and
         // the same run again does not fit (exit 1, with the figures).
-        let again = client_cmd(&[
-            "privacy",
-            "cost",
-            "--run",
-            run.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-            "--ledger",
-            ledger.to_str().unwrap(),
-            "--json",
-        ]);
+        let again = run_cost(&run, cfg, &ledger);
         assert_eq!(again.status.code(), Some(1), "{partner}: {again:?}");
         let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
         assert!((again["spent_epsilon"].as_f64().unwrap() - last).abs() <= 1e-9);
@@ -144,8 +138,7 @@ fn a_client_with_a_small_budget_refuses_and_never_overspends() {
         .iter()
         .map(|p| {
             let budget = if *p == "partner-d" { 0.7 } else { 1.0 };
-            let cfg =
-                sandbox.write_client_with(p, "certs", p, &privacy_section(&sandbox, p, budget));
+            let cfg = sandbox.write_dp_client(p, budget);
             sandbox.start_client(p, &cfg, port, &[])
         })
         .collect();
@@ -165,45 +158,22 @@ fn a_client_with_a_small_budget_refuses_and_never_overspends() {
         "{}",
         coordinator.read_stdout()
     );
-    let ledger = sandbox.path("ledgers/partner-d.jsonl");
-    let entries = json(&client_cmd(&[
-        "privacy",
-        "ledger",
-        "show",
-        ledger.to_str().unwrap(),
-        "--json",
-    ]));
-    let entries = entries.as_array().unwrap();
+    let entries = ledger_entries(&sandbox.ledger("partner-d"));
     assert!(!entries.is_empty() && entries.len() < 5, "{entries:?}");
-    for e in entries {
+    for e in &entries {
         assert!(e["cumulative_epsilon"].as_f64().unwrap() <= 0.7);
     }
 }
 
 #[test]
 fn privacy_cost_and_calibrate_match_the_known_values() {
-    let base = [
-        "privacy",
-        "cost",
-        "--sampling-rate",
-        "0.01",
-        "--noise-multiplier",
-        "1.1",
-        "--steps",
-        "1000",
-        "--delta",
-        "1e-5",
-        "--json",
-    ];
-    let tight = json(&client_cmd(&base));
+    let tight = gaussian_cost("0.01", "1.1", "1000", &[]);
     assert_eq!(tight["accountant"], "pld");
     assert!(
         (tight["epsilon"].as_f64().unwrap() - 1.5154).abs() < 2e-3,
         "{tight}"
     );
-    let mut rdp_args = base.to_vec();
-    rdp_args.extend(["--accountant", "rdp"]);
-    let rdp = json(&client_cmd(&rdp_args));
+    let rdp = gaussian_cost("0.01", "1.1", "1000", &["--accountant", "rdp"]);
     assert_eq!(rdp["accountant"], "rdp");
     assert!(
         (rdp["epsilon"].as_f64().unwrap() - 1.7118).abs() < 1e-4,
@@ -237,16 +207,11 @@ fn ledger_verify_names_the_tampered_line_and_report_draws_the_plot() {
         .replace("min_connected_to_start = 4", "min_connected_to_start = 1");
     let (config, run) = sandbox.write_coordinator(&run_toml);
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let cfg = sandbox.write_client_with(
-        "partner-b",
-        "certs",
-        "partner-b",
-        &privacy_section(&sandbox, "partner-b", 1.0),
-    );
+    let cfg = sandbox.write_dp_client("partner-b", 1.0);
     let mut client = sandbox.start_client("partner-b", &cfg, port, &[]);
     assert!(coordinator.wait(Duration::from_secs(300)).success());
     assert!(client.wait(Duration::from_secs(30)).success());
-    let ledger = sandbox.path("ledgers/partner-b.jsonl");
+    let ledger = sandbox.ledger("partner-b");
 
     let out = sandbox.path("report");
     let report = client_cmd(&[
@@ -282,14 +247,14 @@ fn ledger_verify_names_the_tampered_line_and_report_draws_the_plot() {
     let edited = lines[1].replacen("\"sigma\":", "\"sigma\":1", 1);
     assert_ne!(edited, lines[1]);
     fs::write(&ledger, format!("{}\n{}\n{}\n", lines[0], edited, lines[2])).unwrap();
-    let verify = client_cmd(&["privacy", "ledger", "verify", ledger.to_str().unwrap()]);
+    let verify = verify_ledger(&ledger);
     assert_eq!(verify.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&verify.stderr);
     assert!(stderr.contains("line 2"), "{stderr}");
 
     // Remove line 2 instead: also named.
     fs::write(&ledger, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
-    let verify = client_cmd(&["privacy", "ledger", "verify", ledger.to_str().unwrap()]);
+    let verify = verify_ledger(&ledger);
     assert_eq!(verify.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&verify.stderr).contains("line 2"));
 }
@@ -310,36 +275,17 @@ fn client_level_dp_charges_the_coordinator_ledger_every_round() {
     let summary = sandbox.summary();
     assert_eq!(summary["completed"], true, "{summary}");
     let ledger = sandbox.path("out/coordinator-ledger.jsonl");
-    let verify = client_cmd(&["privacy", "ledger", "verify", ledger.to_str().unwrap()]);
+    let verify = verify_ledger(&ledger);
     assert!(
         stdout(&verify).contains("intact, 3 charged tasks"),
         "{verify:?}"
     );
-    let entries = json(&client_cmd(&[
-        "privacy",
-        "ledger",
-        "show",
-        ledger.to_str().unwrap(),
-        "--json",
-    ]));
-    let last = entries.as_array().unwrap().last().unwrap()["cumulative_epsilon"]
-        .as_f64()
-        .unwrap();
+    let entries = ledger_entries(&ledger);
+    assert!(!entries.is_empty(), "an empty coordinator ledger");
+    let last = spent_epsilon(&entries);
     assert!((summary["epsilon"].as_f64().unwrap() - last).abs() < 1e-12);
     // Three rounds of a Gaussian mechanism with z = 1 on every client (q = 1).
-    let expected = json(&client_cmd(&[
-        "privacy",
-        "cost",
-        "--sampling-rate",
-        "1",
-        "--noise-multiplier",
-        "1",
-        "--steps",
-        "3",
-        "--delta",
-        "1e-5",
-        "--json",
-    ]));
+    let expected = gaussian_cost("1", "1", "3", &[]);
     assert!(
         (expected["epsilon"].as_f64().unwrap() - last).abs() < 1e-6 * last,
         "{expected} vs {last}"
