@@ -326,6 +326,13 @@ impl Sandbox {
         path
     }
 
+    /// Writes the coordinator config and `run_toml` and starts the coordinator
+    /// on them (see [`Sandbox::start_coordinator`]); returns it and its port.
+    pub fn start_run(&self, run_toml: &str) -> (Proc, u16) {
+        let (config, run) = self.write_coordinator(run_toml);
+        self.start_coordinator(&config, &run, &[])
+    }
+
     /// Starts the coordinator on an OS-assigned port; returns it and its port.
     pub fn start_coordinator(
         &self,
@@ -380,6 +387,23 @@ impl Sandbox {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Runs `serve` to completion on the sandbox's state folder (output to
+    /// `<sandbox>/out2`, on 127.0.0.1:0, exiting once idle, bounded), with
+    /// `extra` arguments: for checks of what the coordinator does at start.
+    pub fn serve_until_idle(&self, config: &Path, extra: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("fedprofile-coordinator"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--out")
+            .arg(self.path("out2"))
+            .args(["--listen", "127.0.0.1:0", "--exit-when-idle"])
+            .args(extra);
+        run_bounded(&mut cmd, Duration::from_secs(60))
     }
 
     /// Starts a client node for `config` against the coordinator on `port`.
@@ -445,6 +469,14 @@ impl Sandbox {
         self.start_coordinator_with(config, None, &extra, &[]).0
     }
 
+    /// Opens a lightweight session (see [`light`]) as the certificate
+    /// `<certs>/<name>.pem` on the coordinator at `port`; panics on failure.
+    pub async fn open_light(&self, port: u16, name: &str) -> light::LightSession {
+        light::open_session(port, self.client_tls(name))
+            .await
+            .unwrap_or_else(|e| panic!("{name} cannot open a session: {e}"))
+    }
+
     /// mTLS client settings for the certificate `<certs>/<name>.pem`.
     pub fn client_tls(&self, name: &str) -> tonic::transport::ClientTlsConfig {
         let files = fedprofile_protocol::tls::TlsFiles {
@@ -480,8 +512,7 @@ impl Sandbox {
     /// Starts a coordinator that waits for 99 clients, so that nothing but
     /// handshakes happen; returns it and its port.
     pub fn start_idle_coordinator(&self) -> (Proc, u16) {
-        let (config, run) = self.write_coordinator(&telco_run(1, 1, 99, 120.0));
-        self.start_coordinator(&config, &run, &[])
+        self.start_run(&telco_run(1, 1, 99, 120.0))
     }
 
     /// Writes `<name>-operator.toml` for `port`, issuing an operator certificate

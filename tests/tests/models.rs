@@ -23,8 +23,7 @@ struct Finished {
 /// `deploy/demo/`); `client_extra` is appended to every client config.
 fn federate(schema: &str, run_toml: &str, client_extra: &str) -> Finished {
     let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(run_toml);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let (mut coordinator, port) = sandbox.start_run(&run_toml);
     let mut clients: Vec<_> = PARTNERS
         .iter()
         .map(|p| {

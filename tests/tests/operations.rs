@@ -6,11 +6,11 @@ use std::fs;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use fedprofile_e2e::light::{Incoming, open_session};
+use fedprofile_e2e::light::{Incoming, open_session, refusal, train_reply};
 use fedprofile_e2e::{
     PARTNERS, Sandbox, client_cmd, demo_dir, ledger_entries, run_bounded, spent_epsilon, telco_run,
 };
-use fedprofile_protocol::messages::{ClientReply, ResultBody, TaskBody, TrainReport};
+use fedprofile_protocol::messages::TaskBody;
 use ndarray::Array1;
 
 fn text(out: &std::process::Output) -> String {
@@ -291,8 +291,7 @@ fn a_coordinator_killed_mid_run_resumes_and_no_task_is_charged_twice() {
 fn a_client_killed_mid_round_is_not_waited_for_and_rejoins_when_restarted() {
     let sandbox = Sandbox::new();
     let run_toml = telco_run(400, 3, 4, 20.0).replace("eval_every = 1", "eval_every = 50");
-    let (config, run) = sandbox.write_coordinator(&run_toml);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let (mut coordinator, port) = sandbox.start_run(&run_toml);
     let configs: Vec<_> = PARTNERS
         .iter()
         .map(|p| sandbox.write_client(p, "certs", p))
@@ -324,42 +323,19 @@ fn a_client_killed_mid_round_is_not_waited_for_and_rejoins_when_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalling_client_is_not_waited_for_and_its_late_update_is_rejected_as_stale() {
     let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(&telco_run(3, 3, 4, 2.0));
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let (mut coordinator, port) = sandbox.start_run(&telco_run(3, 3, 4, 2.0));
     let _honest = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
-    let mut slow = open_session(port, sandbox.client_tls("partner-d"))
-        .await
-        .unwrap();
+    let mut slow = sandbox.open_light(port, "partner-d").await;
     loop {
         match slow.next(Duration::from_secs(60)).await {
             Incoming::Task(task) => match &task.body {
                 TaskBody::Train(t) => {
                     // Answer well after the 2 s deadline.
                     tokio::time::sleep(Duration::from_millis(2600)).await;
-                    slow.send(&ClientReply::Result {
-                        task_id: task.task_id.clone(),
-                        body: ResultBody::Train(TrainReport {
-                            delta: Array1::zeros(t.model.params.len()),
-                            examples: 10,
-                            steps: 1,
-                            train_loss: 0.5,
-                            train_micros: 1,
-                            update_norm: 0.0,
-                            epsilon_spent: None,
-                            not_private: false,
-                            clusters: None,
-                        }),
-                    })
-                    .await;
+                    let delta = Array1::zeros(t.model.params.len());
+                    slow.send(&train_reply(&task.task_id, delta, 10, 0.5)).await;
                 }
-                _ => {
-                    slow.send(&ClientReply::Refusal {
-                        task_id: task.task_id.clone(),
-                        reason: "slow".into(),
-                        kind: fedprofile_protocol::messages::RefusalKind::Other,
-                    })
-                    .await
-                }
+                _ => slow.send(&refusal(&task.task_id, "slow")).await,
             },
             Incoming::Finished => break,
             Incoming::Closed(why) => panic!("{why}"),
@@ -498,20 +474,7 @@ fn a_torn_audit_line_is_detected_and_recovered_by_an_audited_step() {
     file.write_all(b"{\"seq\":99,\"at\":\"2026-12-").unwrap();
     drop(file);
 
-    let serve = |extra: &[&str]| {
-        let mut cmd = std::process::Command::new(fedprofile_e2e::bin("fedprofile-coordinator"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(sandbox.path("state"))
-            .arg("--out")
-            .arg(sandbox.path("out2"))
-            .args(["--listen", "127.0.0.1:0", "--exit-when-idle"])
-            .args(extra);
-        run_bounded(&mut cmd, Duration::from_secs(60))
-    };
-    let refused = serve(&[]);
+    let refused = sandbox.serve_until_idle(&config, &[]);
     assert!(!refused.status.success(), "started on a torn audit log");
     let why = text(&refused);
     assert!(why.contains("incomplete last line"), "{why}");
@@ -528,7 +491,7 @@ fn a_torn_audit_line_is_detected_and_recovered_by_an_audited_step() {
     assert!(verified.status.success(), "{}", text(&verified));
     let log = fs::read_to_string(&audit).unwrap();
     assert!(log.contains("\"action\":\"audit.recovered\""), "{log}");
-    let started = serve(&[]);
+    let started = sandbox.serve_until_idle(&config, &[]);
     assert!(started.status.success(), "{}", text(&started));
 }
 

@@ -56,12 +56,9 @@ async fn read_to_end(session: &mut LightSession) -> String {
 async fn a_session_that_never_reads_nor_answers_is_dropped_after_its_missed_tasks() {
     let sandbox = Sandbox::new();
     let run = telco_run(4, 3, 4, 5.0).replace("[clients]\n", "[clients]\nmax_missed_tasks = 2\n");
-    let (config, run) = sandbox.write_coordinator(&run);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let (mut coordinator, port) = sandbox.start_run(&run);
     // partner-d opens a session and then neither reads nor writes (half-open).
-    let mut silent = open_session(port, sandbox.client_tls("partner-d"))
-        .await
-        .unwrap();
+    let mut silent = sandbox.open_light(port, "partner-d").await;
     let _honest = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
     let status = coordinator.wait(Duration::from_secs(240));
     assert!(status.success(), "{}", coordinator.read_stderr());
@@ -94,11 +91,8 @@ async fn a_session_that_never_reads_nor_answers_is_dropped_after_its_missed_task
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_session_is_closed_and_the_run_goes_on_with_the_honest_partners() {
     let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(&telco_run(2, 3, 4, 60.0));
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let mut flood = open_session(port, sandbox.client_tls("partner-d"))
-        .await
-        .unwrap();
+    let (mut coordinator, port) = sandbox.start_run(&telco_run(2, 3, 4, 60.0));
+    let mut flood = sandbox.open_light(port, "partner-d").await;
     let _honest = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
     // At its first task, partner-d sends 10,000 refusals of tasks that do not exist.
     let first = flood.next(Duration::from_secs(60)).await;
@@ -151,8 +145,7 @@ async fn a_flooding_session_is_closed_and_the_run_goes_on_with_the_honest_partne
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_node_with_the_same_certificate_is_refused_and_the_first_keeps_working() {
     let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(&telco_run(3, 3, 3, 30.0));
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let (mut coordinator, port) = sandbox.start_run(&telco_run(3, 3, 3, 30.0));
     let first_cfg = sandbox.write_client("partner-a", "certs", "partner-a");
     let _first = sandbox.start_client("partner-a", &first_cfg, port, &[]);
     let start = Instant::now();
