@@ -548,6 +548,21 @@ impl Sandbox {
     }
 }
 
+/// A Telco run of `rounds` rounds (three partners a round, all four connected
+/// to start, `deadline_secs` a round) in a new sandbox, with partners a, b
+/// and c as client nodes and partner-d as a lightweight session for the test
+/// to script; returns the sandbox, the coordinator, the nodes and the session.
+pub async fn start_three_and_light(
+    rounds: u32,
+    deadline_secs: f64,
+) -> (Sandbox, Proc, Vec<Proc>, light::LightSession) {
+    let sandbox = Sandbox::new();
+    let (coordinator, port) = sandbox.start_run(&telco_run(rounds, 3, 4, deadline_secs));
+    let honest = sandbox.start_clients(&PARTNERS[..3], port, &[]);
+    let session = sandbox.open_light(port, PARTNERS[3]).await;
+    (sandbox, coordinator, honest, session)
+}
+
 /// Runs `fedprofile-client ARGS…` to completion (bounded).
 pub fn client_cmd(args: &[&str]) -> Output {
     let mut cmd = Command::new(bin("fedprofile-client"));

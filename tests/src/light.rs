@@ -49,6 +49,26 @@ impl LightSession {
         }
     }
 
+    /// The next training task and the number of its model's parameters,
+    /// refusing every other task for `reason`; none once the run finished.
+    /// Panics, naming the client, when the session closes first.
+    pub async fn next_training(
+        &mut self,
+        limit: Duration,
+        reason: &str,
+    ) -> Option<(Box<Task>, usize)> {
+        loop {
+            let task = self.next_task(limit).await?;
+            match &task.body {
+                TaskBody::Train(t) => {
+                    let dim = t.model.params.len();
+                    return Some((task, dim));
+                }
+                _ => self.send(&refusal(&task.task_id, reason)).await,
+            }
+        }
+    }
+
     /// Next message, bounded by `limit`.
     pub async fn next(&mut self, limit: Duration) -> Incoming {
         match tokio::time::timeout(limit, self.stream.next()).await {

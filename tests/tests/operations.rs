@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use fedprofile_e2e::light::{Incoming, open_session, refusal, train_reply};
 use fedprofile_e2e::{
-    PARTNERS, Sandbox, client_cmd, demo_dir, ledger_entries, run_bounded, spent_epsilon, telco_run,
+    PARTNERS, Sandbox, client_cmd, demo_dir, ledger_entries, run_bounded, spent_epsilon,
+    start_three_and_light, telco_run,
 };
 use fedprofile_protocol::messages::TaskBody;
 use ndarray::Array1;
@@ -322,10 +323,7 @@ fn a_client_killed_mid_round_is_not_waited_for_and_rejoins_when_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalling_client_is_not_waited_for_and_its_late_update_is_rejected_as_stale() {
-    let sandbox = Sandbox::new();
-    let (mut coordinator, port) = sandbox.start_run(&telco_run(3, 3, 4, 2.0));
-    let _honest = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
-    let mut slow = sandbox.open_light(port, "partner-d").await;
+    let (sandbox, mut coordinator, _honest, mut slow) = start_three_and_light(3, 2.0).await;
     loop {
         match slow.next(Duration::from_secs(60)).await {
             Incoming::Task(task) => match &task.body {

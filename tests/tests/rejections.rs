@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use fedprofile_e2e::light::{Incoming, open_session, refusal, train_reply};
-use fedprofile_e2e::{Sandbox, telco_run};
+use fedprofile_e2e::{Sandbox, start_three_and_light, telco_run};
 use fedprofile_protocol::messages::{ClientReply, TaskBody};
 use fedprofile_protocol::pb;
 use ndarray::Array1;
@@ -19,23 +19,14 @@ fn refuse(task_id: &str) -> ClientReply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_update_is_rejected_and_counted() {
-    let sandbox = Sandbox::new();
-    let (mut coordinator, port) = sandbox.start_run(&telco_run(3, 3, 4, 30.0));
-    let _honest = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
-
     // The rogue holds a valid certificate (partner-d) but sends bad updates.
-    let mut rogue = sandbox.open_light(port, "partner-d").await;
+    let (sandbox, mut coordinator, _honest, mut rogue) = start_three_and_light(3, 30.0).await;
     assert_eq!(rogue.client_id, "partner-d");
     let mut first_train_task = None;
-    loop {
-        let Some(task) = rogue.next_task(Duration::from_secs(120)).await else {
-            break;
-        };
-        let TaskBody::Train(t) = &task.body else {
-            rogue.send(&refuse(&task.task_id)).await;
-            continue;
-        };
-        let dim = t.model.params.len();
+    while let Some((task, dim)) = rogue
+        .next_training(Duration::from_secs(120), "rogue declines")
+        .await
+    {
         let id = task.task_id.clone();
         match task.round {
             1 => {
@@ -114,11 +105,8 @@ async fn every_kind_of_bad_update_is_rejected_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_closes_the_round_with_the_minimum_when_a_client_never_answers() {
-    let sandbox = Sandbox::new();
-    let (mut coordinator, port) = sandbox.start_run(&telco_run(2, 3, 4, 2.0));
-    let _honest = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
     // partner-d joins, then never answers a training task.
-    let mut silent = sandbox.open_light(port, "partner-d").await;
+    let (sandbox, mut coordinator, _honest, mut silent) = start_three_and_light(2, 2.0).await;
     let mut train_tasks = 0;
     loop {
         match silent.next(Duration::from_secs(60)).await {
@@ -238,16 +226,11 @@ async fn a_hostile_fifth_client_cannot_wreck_fedavg() {
     let mut hostile = sandbox.open_light(port, "partner-e").await;
     let _honest = sandbox.start_clients(&fedprofile_e2e::PARTNERS, port, &[]);
     let mut rounds = 0;
-    loop {
-        let Some(task) = hostile.next_task(Duration::from_secs(120)).await else {
-            break;
-        };
-        let TaskBody::Train(t) = &task.body else {
-            hostile.send(&refuse(&task.task_id)).await;
-            continue;
-        };
+    while let Some((task, dim)) = hostile
+        .next_training(Duration::from_secs(120), "rogue declines")
+        .await
+    {
         rounds += 1;
-        let dim = t.model.params.len();
         if task.round % 2 == 1 {
             hostile
                 .send(&train(&task.task_id, vec![1e300; dim], 1000))
