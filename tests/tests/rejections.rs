@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fedprofile_e2e::light::{Incoming, open_session, refusal, train_reply};
 use fedprofile_e2e::{Sandbox, start_three_and_light, telco_run};
-use fedprofile_protocol::messages::{ClientReply, TaskBody};
+use fedprofile_protocol::messages::{ClientReply, ResultBody, TaskBody};
 use fedprofile_protocol::pb;
 use ndarray::Array1;
 

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use fedprofile_e2e::light::{Incoming, LightSession, open_session};
+use fedprofile_e2e::light::{Incoming, LightSession};
 use fedprofile_e2e::{Sandbox, telco_run};
 use fedprofile_protocol::messages::{ClientReply, RefusalKind};
 use fedprofile_protocol::pb;
