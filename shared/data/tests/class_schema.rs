@@ -7,8 +7,8 @@ mod common;
 use std::collections::HashSet;
 
 use common::{
-    assert_encodes, assert_label_and_features, column_names, faults, for_every_split, partner_dir,
-    schema,
+    assert_encodes, assert_label_and_features, column_names, demo_schema, faults, for_every_split,
+    partner_dir,
 };
 use fedprofile_data::{FeatureColumn, LabelKind, Reason, load_split};
 
@@ -18,7 +18,7 @@ const CLASSES: [&str; 3] = ["month-to-month", "one year", "two year"];
 
 #[test]
 fn schema_declares_contract_as_class() {
-    let schema = schema(SCHEMA);
+    let schema = demo_schema(SCHEMA);
     let spec = assert_label_and_features(
         &schema,
         "contract",
@@ -29,7 +29,7 @@ fn schema_declares_contract_as_class() {
     let names = column_names(&spec);
 
     // The same features as schema.toml, without contract.
-    let base = schema("schema.toml");
+    let base = demo_schema("schema.toml");
     let base_spec = base.feature_template();
     let mut expected: Vec<&str> = base_spec
         .columns
@@ -45,8 +45,8 @@ fn schema_declares_contract_as_class() {
 
 #[test]
 fn partner_a_train_has_three_classes() {
-    let schema = schema(SCHEMA);
-    let base = schema("schema.toml");
+    let schema = demo_schema(SCHEMA);
+    let base = demo_schema("schema.toml");
     let dir = partner_dir("partner-a");
     let loaded = load_split(&schema, &dir, "train").unwrap();
     let base_loaded = load_split(&base, &dir, "train").unwrap();
@@ -132,7 +132,7 @@ fn partner_a_train_has_three_classes() {
 
 #[test]
 fn every_split_loads_with_class_labels() {
-    let schema = schema(SCHEMA);
+    let schema = demo_schema(SCHEMA);
     let spec = schema.feature_template();
     for_every_split(&schema, |name, expected, loaded| {
         let (d, r) = (&loaded.dataset, &loaded.report);

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{assert_encodes, for_every_split, partner_dir, schema};
+use common::{assert_encodes, demo_schema, for_every_split, partner_dir};
 use fedprofile_data::{Reason, load_split};
 
 const KEYS: [&str; 8] = [
@@ -21,7 +21,7 @@ const KEYS: [&str; 8] = [
 
 #[test]
 fn every_split_matches_faults_json() {
-    let schema = schema("schema.toml");
+    let schema = demo_schema("schema.toml");
     let mut mismatches = Vec::new();
     for_every_split(&schema, |name, expected, loaded| {
         let r = &loaded.report;
@@ -105,7 +105,7 @@ fn every_split_matches_faults_json() {
 
 #[test]
 fn encoding_and_stats_are_consistent() {
-    let schema = schema("schema.toml");
+    let schema = demo_schema("schema.toml");
     let loaded = load_split(&schema, &partner_dir("partner-b"), "train").unwrap();
     let d = &loaded.dataset;
     assert_encodes("partner-b/train", &loaded, &schema.feature_template());
@@ -131,7 +131,7 @@ fn encoding_and_stats_are_consistent() {
 
 #[test]
 fn loading_a_split_takes_milliseconds() {
-    let schema = schema("schema.toml");
+    let schema = demo_schema("schema.toml");
     let dir = partner_dir("partner-a");
     // warm the file cache
     load_split(&schema, &dir, "train").unwrap();
@@ -145,7 +145,7 @@ fn loading_a_split_takes_milliseconds() {
 
 #[test]
 fn every_demo_split_is_usable_and_has_no_absurd_cells() {
-    let schema = schema("schema.toml");
+    let schema = demo_schema("schema.toml");
     for_every_split(&schema, |name, _, loaded| {
         assert!(
             loaded.problems().is_empty(),

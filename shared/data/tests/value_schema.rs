@@ -5,14 +5,16 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{assert_encodes, assert_label_and_features, column_names, for_every_split, schema};
+use common::{
+    assert_encodes, assert_label_and_features, column_names, demo_schema, for_every_split,
+};
 use fedprofile_data::{LabelKind, Reason};
 
 const SCHEMA: &str = "schema-value.toml";
 
 #[test]
 fn schema_declares_monthly_charges_as_target() {
-    let schema = schema(SCHEMA);
+    let schema = demo_schema(SCHEMA);
     let spec = assert_label_and_features(
         &schema,
         "monthly_charges",
@@ -21,7 +23,7 @@ fn schema_declares_monthly_charges_as_target() {
     );
     let names = column_names(&spec);
     // Every input is a feature of schema.toml too (one config profiles with all models).
-    let base = schema("schema.toml");
+    let base = demo_schema("schema.toml");
     let base_spec = base.feature_template();
     let base_names = column_names(&base_spec);
     assert!(names.iter().all(|n| base_names.contains(n)), "{names:?}");
@@ -29,7 +31,7 @@ fn schema_declares_monthly_charges_as_target() {
 
 #[test]
 fn every_split_loads_with_numeric_targets() {
-    let schema = schema(SCHEMA);
+    let schema = demo_schema(SCHEMA);
     let spec = schema.feature_template();
     for_every_split(&schema, |name, expected, loaded| {
         let (d, r) = (&loaded.dataset, &loaded.report);

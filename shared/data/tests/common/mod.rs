@@ -20,7 +20,7 @@ pub fn demo_path(file: &str) -> PathBuf {
 }
 
 /// The schema `deploy/demo/<file>` (e.g. `schema.toml`).
-pub fn schema(file: &str) -> Schema {
+pub fn demo_schema(file: &str) -> Schema {
     let path = demo_path(file);
     Schema::from_path(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
