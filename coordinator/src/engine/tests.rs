@@ -442,11 +442,17 @@ fn kmeans_rows() -> BTreeMap<String, ndarray::Array2<f64>> {
     ])
 }
 
-fn start_kmeans(cfg: RunConfig, liar: Option<&str>) -> tokio::task::JoinHandle<RunOutcome> {
+/// A k-means run of `cfg` over the clients of [`kmeans_rows`]; `liar` sends a
+/// model delta instead of cluster statistics.
+fn kmeans_run(cfg: RunConfig, liar: Option<&str>) -> Run {
     let rows = kmeans_rows();
     let (hub, out_rx, in_tx, in_rx) = fake_hub(rows.keys().cloned().collect());
     tokio::spawn(play_kmeans(out_rx, in_tx, rows, liar.map(str::to_string)));
-    let run = Run::new(cfg, "run-k".into(), hub, in_rx, Box::new(Quiet));
+    Run::new(cfg, "run-k".into(), hub, in_rx, Box::new(Quiet))
+}
+
+fn start_kmeans(cfg: RunConfig, liar: Option<&str>) -> tokio::task::JoinHandle<RunOutcome> {
+    let run = kmeans_run(cfg, liar);
     tokio::spawn(async move { run.execute().await.0 })
 }
 
@@ -534,17 +540,7 @@ impl RoundSink for Keep {
 #[tokio::test(start_paused = true)]
 async fn a_kmeans_run_resumes_from_its_checkpoint_with_its_clusters() {
     let kept = Arc::new(Mutex::new(Vec::new()));
-    let rows = kmeans_rows();
-    let (hub, out_rx, in_tx, in_rx) = fake_hub(rows.keys().cloned().collect());
-    tokio::spawn(play_kmeans(out_rx, in_tx, rows.clone(), None));
-    let run = Run::new(
-        kmeans_config(4),
-        "run-k".into(),
-        hub,
-        in_rx,
-        Box::new(Quiet),
-    )
-    .with_sink(Box::new(Keep(Arc::clone(&kept))));
+    let run = kmeans_run(kmeans_config(4), None).with_sink(Box::new(Keep(Arc::clone(&kept))));
     let (full, _) = run.execute().await;
     assert!(full.completed);
 
@@ -552,16 +548,8 @@ async fn a_kmeans_run_resumes_from_its_checkpoint_with_its_clusters() {
     let json = serde_json::to_string(&kept.lock().unwrap()[2]).unwrap();
     let checkpoint: Checkpoint = serde_json::from_str(&json).unwrap();
     assert_eq!((checkpoint.round, checkpoint.model.outputs), (2, 2));
-    let (hub, out_rx, in_tx, in_rx) = fake_hub(rows.keys().cloned().collect());
-    tokio::spawn(play_kmeans(out_rx, in_tx, rows, None));
-    let resumed = Run::new(
-        kmeans_config(4),
-        "run-k".into(),
-        hub,
-        in_rx,
-        Box::new(Quiet),
-    )
-    .resume_from(checkpoint, full.rounds[..2].to_vec());
+    let resumed =
+        kmeans_run(kmeans_config(4), None).resume_from(checkpoint, full.rounds[..2].to_vec());
     let (outcome, _) = resumed.execute().await;
     assert!(outcome.completed, "{:?}", outcome.failure);
     assert_eq!(outcome.rounds.len(), 4);
@@ -616,17 +604,11 @@ async fn budget_refusals_stop_the_run_at_once_and_name_the_partners() {
 /// A budget refusal leaves that partner out of later rounds; the others go on.
 #[tokio::test(start_paused = true)]
 async fn a_partner_out_of_budget_is_left_out_and_the_others_go_on() {
-    let behaviours = by_name([
-        ("a", honest(1.0)),
-        ("b", honest(1.0)),
-        (
-            "c".to_string(),
-            Behaviour::Refuses {
-                kind: RefusalKind::BudgetExhausted,
-                until: u32::MAX,
-            },
-        ),
-    ]);
+    let out_of_budget = Behaviour::Refuses {
+        kind: RefusalKind::BudgetExhausted,
+        until: u32::MAX,
+    };
+    let behaviours = abc(honest(1.0), honest(1.0), out_of_budget);
     let outcome = start(config(3, 2), behaviours).await.unwrap();
     assert!(outcome.completed, "{:?}", outcome.failure);
     assert_eq!(outcome.rounds[0].refusals[0].client, "c");
