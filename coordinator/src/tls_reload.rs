@@ -921,6 +921,11 @@ mod tests {
             })
         }
 
+        /// One more call on this session must be answered as `cn`.
+        async fn assert_hello(&mut self, cn: &str) {
+            assert_eq!(self.hello().await.as_deref(), Ok(cn));
+        }
+
         async fn hello(&mut self) -> Result<String, String> {
             self.tx.send(hello()).await.map_err(|e| e.to_string())?;
             let reply = tokio::time::timeout(WAIT, self.rx.message())
@@ -1064,6 +1069,21 @@ mod tests {
         async fn failure_of(&self, identity: &str) -> HandshakeFailure {
             wait_until(|| self.tls.failures().for_identity(identity).is_some()).await;
             self.tls.failures().for_identity(identity).unwrap()
+        }
+
+        /// `n` TCP connections to the server that never say anything.
+        async fn open_silent(&self, n: usize) -> Vec<TcpStream> {
+            let mut open = Vec::with_capacity(n);
+            for _ in 0..n {
+                open.push(TcpStream::connect(self.addr).await.unwrap());
+            }
+            open
+        }
+
+        /// Closes `open` (sessions, sockets), then shuts the server down.
+        async fn shutdown_after<T>(self, open: T) {
+            drop(open);
+            self.shutdown().await;
         }
 
         async fn shutdown(mut self) {
@@ -1212,7 +1232,7 @@ mod tests {
     async fn a_renewed_server_certificate_is_used_by_new_connections_only() {
         let (f, a) = Fixture::with_partner_a().await;
         let mut running = Session::open(f.addr, &f.ca.pem, &a).await.unwrap();
-        assert_eq!(running.hello().await.unwrap(), "partner-a");
+        running.assert_hello("partner-a").await;
         assert_eq!(f.leaf_seen_by(&a).await, f.server_cert.der);
 
         let renewed = issue(&f.ca, SERVER_NAME, 11, true);
@@ -1221,14 +1241,13 @@ mod tests {
         assert_eq!(f.tls.generation(), 1);
 
         // The running call (and its connection) is untouched.
-        assert_eq!(running.hello().await.unwrap(), "partner-a");
+        running.assert_hello("partner-a").await;
         // A new connection gets the renewed certificate.
         assert_eq!(f.leaf_seen_by(&a).await, renewed.der);
         assert_ne!(renewed.serial, f.server_cert.serial);
         f.assert_accepted(&a, "partner-a").await;
-        assert_eq!(running.hello().await.unwrap(), "partner-a");
-        drop(running);
-        f.shutdown().await;
+        running.assert_hello("partner-a").await;
+        f.shutdown_after(running).await;
     }
 
     #[tokio::test]
@@ -1257,7 +1276,7 @@ mod tests {
         let b = issue(&f.ca, "partner-b", 21, false);
         f.assert_accepted(&b, "partner-b").await;
         let mut b_running = Session::open(f.addr, &f.ca.pem, &b).await.unwrap();
-        assert_eq!(b_running.hello().await.unwrap(), "partner-b");
+        b_running.assert_hello("partner-b").await;
 
         f.reload_with(f.sources.crl.as_ref().unwrap(), &crl(&f.ca, 2, &[b.serial]));
         let failures = f.tls.handshake_failures();
@@ -1267,9 +1286,8 @@ mod tests {
         wait_until(|| f.tls.handshake_failures() == failures + 1).await;
         f.assert_accepted(&a, "partner-a").await;
         // Connections established before the revocation are not touched (documented).
-        assert_eq!(b_running.hello().await.unwrap(), "partner-b");
-        drop(b_running);
-        f.shutdown().await;
+        b_running.assert_hello("partner-b").await;
+        f.shutdown_after(b_running).await;
     }
 
     #[tokio::test]
@@ -1385,20 +1403,14 @@ mod tests {
         .await;
         let a = f.partner_a();
         // Connections that never say anything.
-        let mut silent = Vec::new();
-        for _ in 0..3 {
-            silent.push(TcpStream::connect(f.addr).await.unwrap());
-        }
+        let mut silent = f.open_silent(3).await;
         f.assert_accepted(&a, "partner-a").await;
         wait_until(|| f.tls.handshake_failures() == 3).await;
         // The slots are free again.
-        for _ in 0..4 {
-            silent.push(TcpStream::connect(f.addr).await.unwrap());
-        }
+        silent.extend(f.open_silent(4).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
         f.assert_accepted(&a, "partner-a").await;
-        drop(silent);
-        f.shutdown().await;
+        f.shutdown_after(silent).await;
     }
 
     /// Idle TCP connections (more than the handshake slots, more than the
@@ -1418,16 +1430,12 @@ mod tests {
         })
         .await;
         let a = f.partner_a();
-        let mut idle = Vec::new();
-        for _ in 0..50 {
-            idle.push(TcpStream::connect(f.addr).await.unwrap());
-        }
+        let idle = f.open_silent(50).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         f.assert_accepted(&a, "partner-a").await;
         // The pool kept at most its cap: the others were closed.
         wait_until(|| f.tls.handshake_failures() >= 42).await;
-        drop(idle);
-        f.shutdown().await;
+        f.shutdown_after(idle).await;
     }
 
     #[tokio::test]

@@ -215,6 +215,36 @@ pub fn assert_contains(text: &str, needles: &[&str]) {
     }
 }
 
+/// A CSV file with a header line: (header, rows); panics when it cannot be read.
+pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut reader = csv::Reader::from_path(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let fields = |r: &csv::StringRecord| r.iter().map(str::to_string).collect();
+    let header = fields(reader.headers().expect("a CSV header"));
+    let rows = reader
+        .records()
+        .map(|r| fields(&r.expect("a CSV row")))
+        .collect();
+    (header, rows)
+}
+
+/// Panics unless the contributions of a scores row (`user_id, …, name1,
+/// contribution1, …, other_contribution`, the first named feature in field 4)
+/// add up to `explained` (the model's raw output minus its intercept).
+pub fn assert_contributions_add_up<S: AsRef<str>>(row: &[S], explained: f64) {
+    let number = |i: usize| -> f64 {
+        let cell = row[i].as_ref();
+        cell.parse()
+            .unwrap_or_else(|e| panic!("field {i} '{cell}' of a scores row: {e}"))
+    };
+    let last = row.len() - 1;
+    let sum: f64 = (5..last).step_by(2).map(number).sum::<f64>() + number(last);
+    assert!(
+        (sum - explained).abs() < 1e-4,
+        "contributions {sum} vs {explained} (output - intercept)"
+    );
+}
+
 /// The last `n` lines of a text.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

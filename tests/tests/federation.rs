@@ -220,13 +220,7 @@ fn profiles_have_one_row_per_user_and_contributions_that_add_up() {
         Duration::from_secs(60),
     );
     assert!(result.status.success(), "profile failed: {result:?}");
-    let mut reader = csv::Reader::from_path(&out).unwrap();
-    let header: Vec<String> = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .map(str::to_string)
-        .collect();
+    let (header, records) = fedprofile_e2e::read_csv(&out);
     assert_eq!(
         &header[..4],
         ["user_id", "churn_probability", "logit", "intercept"]
@@ -234,8 +228,7 @@ fn profiles_have_one_row_per_user_and_contributions_that_add_up() {
     assert_eq!(header.last().unwrap(), "other_contribution");
     let mut ids = std::collections::HashSet::new();
     let mut rows = 0;
-    for record in reader.records() {
-        let r = record.unwrap();
+    for r in &records {
         assert!(ids.insert(r[0].to_string()), "user {} twice", &r[0]);
         let p: f64 = r[1].parse().unwrap();
         assert!((0.0..=1.0).contains(&p));
@@ -243,16 +236,7 @@ fn profiles_have_one_row_per_user_and_contributions_that_add_up() {
         let intercept: f64 = r[3].parse().unwrap();
         // sigmoid(logit) is the probability.
         assert!((1.0 / (1.0 + (-logit).exp()) - p).abs() < 1e-5);
-        let contributions: f64 = (5..r.len() - 1)
-            .step_by(2)
-            .map(|i| r[i].parse::<f64>().unwrap())
-            .sum::<f64>()
-            + r[r.len() - 1].parse::<f64>().unwrap();
-        assert!(
-            (contributions - (logit - intercept)).abs() < 1e-4,
-            "contributions {contributions} vs logit - intercept {}",
-            logit - intercept
-        );
+        fedprofile_e2e::assert_contributions_add_up(r.as_slice(), logit - intercept);
         // The named features are the largest in magnitude, in order.
         let c1: f64 = r[5].parse().unwrap();
         let c2: f64 = r[7].parse().unwrap();

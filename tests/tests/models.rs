@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use fedprofile_e2e::{PARTNERS, Sandbox, bin, demo_dir, run_bounded};
+use fedprofile_e2e::{PARTNERS, Sandbox, bin, demo_dir, read_csv, run_bounded};
 
 /// One finished federation: its sandbox (outputs in `out/`) and its stdout.
 struct Finished {
@@ -64,23 +64,9 @@ fn segments_run() -> &'static Finished {
 
 /// metrics.csv as (header, rows).
 fn metrics(sandbox: &Sandbox) -> Vec<std::collections::HashMap<String, String>> {
-    let mut reader = csv::Reader::from_path(sandbox.path("out/metrics.csv")).unwrap();
-    let header: Vec<String> = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .map(str::to_string)
-        .collect();
-    reader
-        .records()
-        .map(|r| {
-            let r = r.unwrap();
-            header
-                .iter()
-                .cloned()
-                .zip(r.iter().map(str::to_string))
-                .collect()
-        })
+    let (header, rows) = read_csv(&sandbox.path("out/metrics.csv"));
+    rows.into_iter()
+        .map(|r| header.iter().cloned().zip(r).collect())
         .collect()
 }
 
@@ -108,21 +94,6 @@ fn client_tool(args: &[&str], paths: &[(&str, &Path)]) -> std::process::Output {
         cmd.arg(path);
     }
     run_bounded(&mut cmd, Duration::from_secs(60))
-}
-
-fn csv_rows(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    let header = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .map(str::to_string)
-        .collect();
-    let rows = reader
-        .records()
-        .map(|r| r.unwrap().iter().map(str::to_string).collect())
-        .collect();
-    (header, rows)
 }
 
 #[test]
@@ -173,7 +144,7 @@ fn a_linear_model_gives_profiles_whose_contributions_add_up_to_the_prediction() 
         &[("--config", &config), ("--model", &model), ("--out", &out)],
     );
     assert!(result.status.success(), "profile failed: {result:?}");
-    let (header, rows) = csv_rows(&out);
+    let (header, rows) = read_csv(&out);
     assert_eq!(
         &header[..4],
         ["user_id", "monthly_charges_predicted", "score", "intercept"]
@@ -188,16 +159,7 @@ fn a_linear_model_gives_profiles_whose_contributions_add_up_to_the_prediction() 
         let prediction: f64 = r[1].parse().unwrap();
         let intercept: f64 = r[3].parse().unwrap();
         assert!((10.0..150.0).contains(&prediction), "{r:?}");
-        let sum: f64 = (5..r.len() - 1)
-            .step_by(2)
-            .map(|i| r[i].parse::<f64>().unwrap())
-            .sum::<f64>()
-            + r[r.len() - 1].parse::<f64>().unwrap();
-        assert!(
-            (sum - (prediction - intercept)).abs() < 1e-4,
-            "contributions {sum} vs prediction - intercept {}",
-            prediction - intercept
-        );
+        fedprofile_e2e::assert_contributions_add_up(r.as_slice(), prediction - intercept);
     }
     // `score` writes the same predictions.
     let scores = run.sandbox.path("value-scores.csv");
@@ -210,7 +172,7 @@ fn a_linear_model_gives_profiles_whose_contributions_add_up_to_the_prediction() 
         ],
     );
     assert!(result.status.success(), "score failed: {result:?}");
-    let (header, scored) = csv_rows(&scores);
+    let (header, scored) = read_csv(&scores);
     assert_eq!(header, ["user_id", "prediction"]);
     assert_eq!(scored.len(), rows.len());
     assert_eq!(scored[0][1], rows[0][1]);
@@ -282,7 +244,7 @@ fn one_profile_holds_churn_probability_predicted_value_and_segment_per_user() {
         ],
     );
     assert!(result.status.success(), "profile failed: {result:?}");
-    let (header, rows) = csv_rows(&out);
+    let (header, rows) = read_csv(&out);
     let at = |name: &str| {
         header
             .iter()
@@ -491,7 +453,7 @@ fn softmax_regression_of_the_contract_type_beats_the_class_prior() {
         ],
     );
     assert!(scored.status.success(), "{scored:?}");
-    let (header, rows) = csv_rows(&scores);
+    let (header, rows) = read_csv(&scores);
     assert_eq!(header, ["user_id", "class", "probability"]);
     let mut counts = std::collections::BTreeMap::new();
     for r in &rows {
