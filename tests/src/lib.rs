@@ -631,6 +631,20 @@ pub fn verify_ledger(ledger: &Path) -> Output {
     client_cmd(&["privacy", "ledger", "verify", path])
 }
 
+/// Runs `fedprofile-client ARGS… [FLAG PATH]…` to completion (bounded): each
+/// path follows its flag (an empty flag: the path alone).
+pub fn client_tool(args: &[&str], paths: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(bin("fedprofile-client"));
+    cmd.args(args);
+    for (flag, path) in paths {
+        if !flag.is_empty() {
+            cmd.arg(flag);
+        }
+        cmd.arg(path);
+    }
+    run_bounded(&mut cmd, Duration::from_secs(60))
+}
+
 /// The run file used by the Telco tests: the demo's hyperparameters.
 pub fn telco_run(
     rounds: u32,

@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use fedprofile_e2e::{PARTNERS, Sandbox, bin, demo_dir, run_bounded, telco_run};
+use fedprofile_e2e::{PARTNERS, Sandbox, client_tool, demo_dir, telco_run};
 use ndarray::Array1;
 
 /// One federation run shared by the tests of this file (it takes a few seconds).
@@ -41,8 +40,7 @@ fn demo_run() -> &'static DemoRun {
             fedprofile_e2e::tail(&coordinator.read_stderr(), 30)
         );
         for c in &mut clients {
-            let status = c.wait(Duration::from_secs(30));
-            assert!(status.success(), "{} failed:\n{}", c.name, c.read_stderr());
+            c.wait_success(Duration::from_secs(30));
         }
         DemoRun {
             coordinator_stdout: coordinator.read_stdout(),
@@ -93,15 +91,9 @@ fn scores_written_by_partners_give_the_pooled_auc() {
     for partner in PARTNERS {
         let config = run.sandbox.write_client(partner, "certs", partner);
         let out = run.sandbox.path(&format!("{partner}-scores.csv"));
-        let result = run_bounded(
-            Command::new(bin("fedprofile-client"))
-                .args(["score", "--config"])
-                .arg(&config)
-                .arg("--model")
-                .arg(&model)
-                .args(["--split", "test", "--out"])
-                .arg(&out),
-            Duration::from_secs(60),
+        let result = client_tool(
+            &["score", "--split", "test"],
+            &[("--config", &config), ("--model", &model), ("--out", &out)],
         );
         assert!(result.status.success(), "score failed: {result:?}");
         let truth =
@@ -209,15 +201,9 @@ fn profiles_have_one_row_per_user_and_contributions_that_add_up() {
     let model = run.sandbox.path("out/model.json");
     let config = run.sandbox.write_client("partner-a", "certs", "partner-a");
     let out = run.sandbox.path("profiles.csv");
-    let result = run_bounded(
-        Command::new(bin("fedprofile-client"))
-            .args(["profile", "--config"])
-            .arg(&config)
-            .arg("--model")
-            .arg(&model)
-            .arg("--out")
-            .arg(&out),
-        Duration::from_secs(60),
+    let result = client_tool(
+        &["profile"],
+        &[("--config", &config), ("--model", &model), ("--out", &out)],
     );
     assert!(result.status.success(), "profile failed: {result:?}");
     let (header, records) = fedprofile_e2e::read_csv(&out);

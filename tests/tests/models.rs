@@ -7,11 +7,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use fedprofile_e2e::{PARTNERS, Sandbox, bin, demo_dir, read_csv, run_bounded};
+use fedprofile_e2e::{PARTNERS, Sandbox, client_tool, demo_dir, read_csv};
 
 /// One finished federation: its sandbox (outputs in `out/`) and its stdout.
 struct Finished {
@@ -80,20 +79,28 @@ fn column(rows: &[std::collections::HashMap<String, String>], name: &str) -> Vec
         .collect()
 }
 
-fn model_json(sandbox: &Sandbox) -> serde_json::Value {
-    serde_json::from_str(&fs::read_to_string(sandbox.path("out/model.json")).unwrap()).unwrap()
+/// `run_toml` over the four partners with the demo schema `schema` must fail,
+/// the coordinator saying `reason`.
+fn assert_run_stops_saying(run_toml: &str, schema: &str, reason: &str) {
+    let sandbox = Sandbox::new();
+    let (mut coordinator, port) = sandbox.start_run(run_toml);
+    let mut clients: Vec<_> = PARTNERS
+        .iter()
+        .map(|p| {
+            let cfg = sandbox.write_client_schema(p, "certs", p, schema, "");
+            sandbox.start_client(p, &cfg, port, &[])
+        })
+        .collect();
+    assert!(!coordinator.wait(Duration::from_secs(120)).success());
+    let text = coordinator.read_stdout() + &coordinator.read_stderr();
+    assert!(text.contains(reason), "{text}");
+    for c in &mut clients {
+        c.wait(Duration::from_secs(30));
+    }
 }
 
-fn client_tool(args: &[&str], paths: &[(&str, &Path)]) -> std::process::Output {
-    let mut cmd = Command::new(bin("fedprofile-client"));
-    cmd.args(args);
-    for (flag, path) in paths {
-        if !flag.is_empty() {
-            cmd.arg(flag);
-        }
-        cmd.arg(path);
-    }
-    run_bounded(&mut cmd, Duration::from_secs(60))
+fn model_json(sandbox: &Sandbox) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(sandbox.path("out/model.json")).unwrap()).unwrap()
 }
 
 #[test]
@@ -477,20 +484,11 @@ fn softmax_regression_of_the_contract_type_beats_the_class_prior() {
 #[test]
 fn a_model_family_that_does_not_fit_the_clients_label_stops_the_run_with_a_reason() {
     let run_toml = demo_run_file("value/run.toml");
-    let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(&run_toml);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let mut clients = sandbox.start_clients(&PARTNERS, port, &[]);
-    let status = coordinator.wait(Duration::from_secs(120));
-    assert!(!status.success());
-    let text = coordinator.read_stdout() + &coordinator.read_stderr();
-    assert!(
-        text.contains("the run trains a linear_regression model, which needs a numeric target (type = \"target\") in the clients' schema; their schema declares 'churn' as a binary label"),
-        "{text}"
+    assert_run_stops_saying(
+        &run_toml,
+        "schema.toml",
+        "the run trains a linear_regression model, which needs a numeric target (type = \"target\") in the clients' schema; their schema declares 'churn' as a binary label",
     );
-    for c in &mut clients {
-        c.wait(Duration::from_secs(30));
-    }
 }
 
 #[test]
@@ -553,25 +551,11 @@ fn a_warm_start_from_another_family_is_refused_with_the_reason() {
             earlier.sandbox.path("out/model.json").display()
         ),
     );
-    let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(&run_toml);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client_schema(p, "certs", p, "schema-value.toml", "");
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
-    assert!(!coordinator.wait(Duration::from_secs(120)).success());
-    let text = coordinator.read_stdout() + &coordinator.read_stderr();
-    assert!(
-        text.contains("is a kmeans model, the run trains linear_regression"),
-        "{text}"
+    assert_run_stops_saying(
+        &run_toml,
+        "schema-value.toml",
+        "is a kmeans model, the run trains linear_regression",
     );
-    for c in &mut clients {
-        c.wait(Duration::from_secs(30));
-    }
 }
 
 #[test]
