@@ -491,6 +491,23 @@ impl Sandbox {
         self.write_client_with(partner, "certs", partner, &privacy)
     }
 
+    /// Writes a [`Sandbox::write_dp_client`] config of budget `epsilon` for each
+    /// of [`PARTNERS`] and starts their nodes against the coordinator on `port`
+    /// with `extra` arguments; returns the configs and the nodes.
+    pub fn start_dp_clients(
+        &self,
+        epsilon: f64,
+        port: u16,
+        extra: &[&str],
+    ) -> (Vec<PathBuf>, Vec<Proc>) {
+        let configs: Vec<PathBuf> = PARTNERS
+            .iter()
+            .map(|p| self.write_dp_client(p, epsilon))
+            .collect();
+        let nodes = self.start_configured(&PARTNERS, &configs, port, extra);
+        (configs, nodes)
+    }
+
     /// Restarts the coordinator from its state on the address the clients know
     /// (`127.0.0.1:<port>`, no run file), exiting once the run is over.
     pub fn restart_coordinator(&self, config: &Path, port: u16) -> Proc {

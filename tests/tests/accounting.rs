@@ -43,12 +43,8 @@ fn a_crash_between_the_partners_charge_and_the_commit_spends_nothing_twice() {
     let rounds = 5u32;
     let (config, run) = sandbox.write_coordinator(&dp_run(rounds));
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let configs: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| sandbox.write_dp_client(p, 1.0))
-        .collect();
     let stall = ["--insecure-test-stall-after-charge", "2"];
-    let mut clients = sandbox.start_configured(&PARTNERS, &configs, port, &stall);
+    let (configs, mut clients) = sandbox.start_dp_clients(1.0, port, &stall);
     // Every partner has charged round 2 (two lines), and none answered it.
     let start = Instant::now();
     while !PARTNERS.iter().all(|p| ledger_lines(&sandbox, p) == 2) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fedprofile_e2e::light::{Incoming, open_session, refusal, train_reply};
 use fedprofile_e2e::{
-    PARTNERS, Sandbox, client_cmd, demo_dir, ledger_entries, run_bounded, spent_epsilon,
+    PARTNERS, Sandbox, client_tool, demo_dir, ledger_entries, run_bounded, spent_epsilon,
     start_three_and_light, telco_run,
 };
 use fedprofile_protocol::messages::TaskBody;
@@ -217,11 +217,7 @@ fn a_coordinator_killed_mid_run_resumes_and_no_task_is_charged_twice() {
     let rounds = 40;
     let (config, run) = sandbox.write_coordinator(&dp_run(rounds, 20.0));
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let configs: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| sandbox.write_dp_client(p, 25.0))
-        .collect();
-    let mut clients = sandbox.start_configured(&PARTNERS, &configs, port, &[]);
+    let (configs, mut clients) = sandbox.start_dp_clients(25.0, port, &[]);
     coordinator.wait_for_stdout(Duration::from_secs(300), |s| s.contains("round   5/40"));
     coordinator.kill(); // SIGKILL, mid-run
     assert!(!sandbox.path("out/summary.json").exists());
@@ -265,19 +261,11 @@ fn a_coordinator_killed_mid_run_resumes_and_no_task_is_charged_twice() {
             rounds as usize,
             "{p}: a round was charged twice"
         );
-        let cost: serde_json::Value = serde_json::from_slice(
-            &client_cmd(&[
-                "privacy",
-                "cost",
-                "--run",
-                run.to_str().unwrap(),
-                "--config",
-                cfg.to_str().unwrap(),
-                "--json",
-            ])
-            .stdout,
-        )
-        .unwrap();
+        let cost = client_tool(
+            &["privacy", "cost", "--json"],
+            &[("--run", &run), ("--config", cfg)],
+        );
+        let cost: serde_json::Value = serde_json::from_slice(&cost.stdout).unwrap();
         let last = spent_epsilon(&entries);
         assert!(
             (cost["epsilon"].as_f64().unwrap() - last).abs() <= 1e-9 * last,

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use fedprofile_e2e::{
-    PARTNERS, Sandbox, client_cmd, demo_dir, ledger_entries, spent_epsilon, verify_ledger,
+    PARTNERS, Sandbox, client_cmd, client_tool, demo_dir, ledger_entries, spent_epsilon,
+    verify_ledger,
 };
 
 fn stdout(out: &std::process::Output) -> String {
@@ -45,11 +46,10 @@ fn gaussian_cost(q: &str, z: &str, steps: &str, extra: &[&str]) -> serde_json::V
 
 /// `privacy cost --json` of the run file `run` for a client `config` against `ledger`.
 fn run_cost(run: &Path, config: &Path, ledger: &Path) -> std::process::Output {
-    let arg = |p: &Path| p.to_str().expect("a UTF-8 path").to_string();
-    let (run, config, ledger) = (arg(run), arg(config), arg(ledger));
-    client_cmd(&[
-        "privacy", "cost", "--run", &run, "--config", &config, "--ledger", &ledger, "--json",
-    ])
+    client_tool(
+        &["privacy", "cost", "--json"],
+        &[("--run", run), ("--config", config), ("--ledger", ledger)],
+    )
 }
 
 /// The DP demo run file, with a shorter deadline for tests.
@@ -62,11 +62,7 @@ fn record_level_dp_run_meets_the_floor_and_ledgers_match_privacy_cost() {
     let sandbox = Sandbox::new();
     let (config, run) = sandbox.write_coordinator(&dp_run_file());
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let configs: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| sandbox.write_dp_client(p, 1.0))
-        .collect();
-    let mut clients = sandbox.start_configured(&PARTNERS, &configs, port, &[]);
+    let (configs, mut clients) = sandbox.start_dp_clients(1.0, port, &[]);
     let status = coordinator.wait(Duration::from_secs(600));
     assert!(status.success(), "{}", coordinator.read_stderr());
     for c in &mut clients {
@@ -213,16 +209,10 @@ fn ledger_verify_names_the_tampered_line_and_report_draws_the_plot() {
     let ledger = sandbox.ledger("partner-b");
 
     let out = sandbox.path("report");
-    let report = client_cmd(&[
-        "privacy",
-        "report",
-        "--ledger",
-        ledger.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let report = client_tool(
+        &["privacy", "report"],
+        &[("--ledger", &ledger), ("--config", &cfg), ("--out", &out)],
+    );
     assert!(report.status.success(), "{report:?}");
     assert!(
         stdout(&report).contains("budget epsilon 1"),
