@@ -864,9 +864,11 @@ mod tests {
 
     #[test]
     fn detects_malformed_and_refuses_to_append_to_tampered_file() {
-        let err = tampered(2, |l| {
-            l[1].push_str("garbage");
-        });
+        let (_d, path) = ledger_with(2);
+        let mut l = lines(&path);
+        l[1].push_str("garbage");
+        write(&path, &l);
+        let err = verify(&path).unwrap_err();
         assert!(
             matches!(err, LedgerError::Malformed { line: 2, .. }),
             "{err}"
@@ -898,9 +900,11 @@ mod tests {
 
     #[test]
     fn detects_duplicate_task_in_a_valid_chain() {
-        let err = tampered(3, |l| {
-            l[2] = rehash(&l[2].replace("task-2", "task-0"));
-        });
+        let (_d, path) = ledger_with(3);
+        let mut l = lines(&path);
+        l[2] = rehash(&l[2].replace("task-2", "task-0"));
+        write(&path, &l);
+        let err = verify(&path).unwrap_err();
         assert!(
             matches!(
                 err,
