@@ -6,7 +6,7 @@
 //! contract type, and the profiles and scores written from those models.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ struct Finished {
 /// `deploy/demo/`); `client_extra` is appended to every client config.
 fn federate(schema: &str, run_toml: &str, client_extra: &str) -> Finished {
     let sandbox = Sandbox::new();
-    let (mut coordinator, port) = sandbox.start_run(&run_toml);
+    let (mut coordinator, port) = sandbox.start_run(run_toml);
     let mut clients: Vec<_> = PARTNERS
         .iter()
         .map(|p| {

@@ -257,7 +257,7 @@ fn client_level_dp_charges_the_coordinator_ledger_every_round() {
         [training]\nbatch_size = 32\nlearning_rate = 0.1\n\
         [privacy]\nmode = \"client\"\ndelta = 1e-5\n\
         [privacy.client]\nclip_norm = 0.5\nnoise_multiplier = 1.0\nadaptive = true\ncount_noise_multiplier = 5.0\n";
-    let (mut coordinator, port) = sandbox.start_run(&run_toml);
+    let (mut coordinator, port) = sandbox.start_run(run_toml);
     let _clients = sandbox.start_clients(&PARTNERS, port, &[]);
     coordinator.wait_success(Duration::from_secs(120));
     let summary = sandbox.summary();

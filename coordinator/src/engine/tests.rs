@@ -35,16 +35,15 @@ impl ClientHub for FakeHub {
     }
 }
 
+/// What the fake hub sends the scripted clients: (client, event).
+type Events = mpsc::UnboundedReceiver<(String, ServerEvent)>;
+
+/// The engine's end of its inbox.
+type Inbox = mpsc::Receiver<Inbound>;
+
 /// A fake hub with `clients` connected; returns it, the events it sends (for
 /// the scripted clients), and both ends of the engine's inbox.
-fn fake_hub(
-    clients: Vec<String>,
-) -> (
-    Arc<FakeHub>,
-    mpsc::UnboundedReceiver<(String, ServerEvent)>,
-    mpsc::Sender<Inbound>,
-    mpsc::Receiver<Inbound>,
-) {
+fn fake_hub(clients: Vec<String>) -> (Arc<FakeHub>, Events, mpsc::Sender<Inbound>, Inbox) {
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (in_tx, in_rx) = mpsc::channel(64);
     let hub = Arc::new(FakeHub {
@@ -102,9 +101,7 @@ async fn answer(
 
 /// The next task the engine sends, with the client it is for (other events
 /// are skipped); none once the engine is gone.
-async fn next_task(
-    outbox: &mut mpsc::UnboundedReceiver<(String, ServerEvent)>,
-) -> Option<(String, fedprofile_protocol::messages::Task)> {
+async fn next_task(outbox: &mut Events) -> Option<(String, fedprofile_protocol::messages::Task)> {
     while let Some((client, event)) = outbox.recv().await {
         if let ServerEvent::Task(task) = event {
             return Some((client, task));
@@ -192,7 +189,7 @@ enum Behaviour {
 
 /// Plays the clients: answers every task per its behaviour.
 async fn play(
-    outbox: mpsc::UnboundedReceiver<(String, ServerEvent)>,
+    outbox: Events,
     inbox: mpsc::Sender<Inbound>,
     behaviours: BTreeMap<String, Behaviour>,
 ) {
@@ -201,7 +198,7 @@ async fn play(
 
 /// [`play`], noting the id of every training task received in `seen`.
 async fn play_recording(
-    mut outbox: mpsc::UnboundedReceiver<(String, ServerEvent)>,
+    mut outbox: Events,
     inbox: mpsc::Sender<Inbound>,
     behaviours: BTreeMap<String, Behaviour>,
     seen: Arc<Mutex<Vec<String>>>,
@@ -388,7 +385,7 @@ async fn the_released_model_is_the_mean_of_the_last_rounds_with_tail_averaging()
 /// Plays k-means clients: each holds fixed rows and answers with real
 /// per-cluster statistics and evaluations; `liar` sends a model delta instead.
 async fn play_kmeans(
-    mut outbox: mpsc::UnboundedReceiver<(String, ServerEvent)>,
+    mut outbox: Events,
     inbox: mpsc::Sender<Inbound>,
     rows: BTreeMap<String, ndarray::Array2<f64>>,
     liar: Option<String>,
@@ -903,7 +900,7 @@ async fn an_answer_resets_the_missed_count_and_zero_never_drops() {
 /// origin, on `y = 2·x₀ − x₁`): the engine knows nothing of it; the clients
 /// train and evaluate through the family's generic paths.
 async fn play_toy(
-    mut outbox: mpsc::UnboundedReceiver<(String, ServerEvent)>,
+    mut outbox: Events,
     inbox: mpsc::Sender<Inbound>,
     rows: BTreeMap<String, ndarray::Array2<f64>>,
 ) {
