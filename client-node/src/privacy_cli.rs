@@ -637,7 +637,6 @@ fn initial_model(
 /// Parameters of a gradient-trained model on this schema: the family's
 /// parameters per output row for the encoded features, times its outputs
 /// (the classes of a multi-class label, 1 otherwise).
-
 fn parameter_count(
     schema: &fedprofile_data::Schema,
     model: fedprofile_learning::ModelFamily,

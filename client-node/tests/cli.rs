@@ -1,10 +1,35 @@
 //! The client's command line: `check-data` works offline and errors are clear.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 fn client() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fedprofile-client"))
+}
+
+/// `check-data` of the demo's partner-a.
+fn check_data_partner_a() -> Command {
+    let mut cmd = client();
+    cmd.args(["check-data", "--config"])
+        .arg(demo().join("clients/partner-a.toml"));
+    cmd
+}
+
+/// Starts `cmd` with its stdout and stderr piped to this test.
+fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child`, which must exit 0 without a panic; returns its stderr.
+fn exits_quietly(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
 }
 
 fn demo() -> std::path::PathBuf {
@@ -34,11 +59,7 @@ fn check_data_json_reports_both_splits_of_a_partner() {
 
 #[test]
 fn check_data_text_names_the_faults() {
-    let out = client()
-        .args(["check-data", "--config"])
-        .arg(demo().join("clients/partner-a.toml"))
-        .output()
-        .unwrap();
+    let out = check_data_partner_a().output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -121,6 +142,14 @@ impl Partner {
         cmd.arg("--config").arg(self.config()).output().unwrap()
     }
 
+    /// `run` must fail (exit 1) at data loading, saying `sentence`.
+    fn assert_run_fails_with(&self, sentence: &str) {
+        let run = self.run();
+        let stderr = text(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(sentence), "{stderr}");
+    }
+
     /// `run` without TLS against nothing: fails at data loading or at connecting.
     fn run(&self) -> std::process::Output {
         client()
@@ -154,13 +183,7 @@ fn a_header_only_split_fails_check_data_and_run_with_the_same_sentence() {
     // The report is still printed, so the operator sees the details.
     assert!(text(&check.stdout).contains("== split 'test'"));
 
-    let run = p.run();
-    assert_eq!(run.status.code(), Some(1));
-    assert!(
-        text(&run.stderr).contains(&sentence),
-        "{}",
-        text(&run.stderr)
-    );
+    p.assert_run_fails_with(&sentence);
 }
 
 #[test]
@@ -186,13 +209,7 @@ fn a_numeric_column_without_one_number_fails_check_data_and_run() {
     assert_eq!(v[0]["problems"][0], sentence.as_str());
     assert_eq!(v[1]["problems"].as_array().unwrap().len(), 0);
 
-    let run = p.run();
-    assert_eq!(run.status.code(), Some(1));
-    assert!(
-        text(&run.stderr).contains(&sentence),
-        "{}",
-        text(&run.stderr)
-    );
+    p.assert_run_fails_with(&sentence);
 }
 
 #[test]
@@ -279,70 +296,41 @@ fn crlf_exports_report_the_same_lines_as_lf_exports() {
 
 #[test]
 fn check_data_exits_quietly_when_stdout_is_closed() {
-    use std::process::Stdio;
-    let mut child = client()
-        .args(["check-data", "--config"])
-        .arg(demo().join("clients/partner-a.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&mut check_data_partner_a());
     // Like `| head -n 0`: the reader is gone before the client has written anything
     // (it is still loading the data), so its first write meets a closed pipe.
     drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let stderr = exits_quietly(child);
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
 }
 
 #[test]
 fn check_data_exits_quietly_after_head_reads_the_first_line() {
     use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    let mut child = client()
-        .args(["check-data", "--config"])
-        .arg(demo().join("clients/partner-a.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&mut check_data_partner_a());
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
         .unwrap();
     assert_eq!(first, "== split 'train'\n");
-    let out = child.wait_with_output().unwrap();
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    exits_quietly(child);
 }
 
 #[test]
 fn privacy_commands_exit_quietly_when_stdout_is_closed() {
-    use std::process::Stdio;
-    let mut child = client()
-        .args([
-            "privacy",
-            "cost",
-            "--sampling-rate",
-            "0.01",
-            "--noise-multiplier",
-            "1.1",
-            "--steps",
-            "1000",
-            "--delta",
-            "1e-5",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(client().args([
+        "privacy",
+        "cost",
+        "--sampling-rate",
+        "0.01",
+        "--noise-multiplier",
+        "1.1",
+        "--steps",
+        "1000",
+        "--delta",
+        "1e-5",
+    ]));
     // The reader is gone before the accountant has finished.
     drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    exits_quietly(child);
 }

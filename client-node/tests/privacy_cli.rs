@@ -43,14 +43,33 @@ fn config(dir: &Path, data_dir: &Path, ledger: &Path) -> PathBuf {
     path
 }
 
-fn cost_json(config: &Path) -> (Output, serde_json::Value) {
-    let out = client()
-        .args(["privacy", "cost", "--json", "--run"])
+/// `privacy ledger verify [FLAGS] LEDGER`.
+fn verify(flags: &[&str], ledger: &Path) -> Output {
+    client()
+        .args(["privacy", "ledger", "verify"])
+        .args(flags)
+        .arg(ledger)
+        .output()
+        .unwrap()
+}
+
+/// `privacy cost` of the demo's DP run file for the client `config`, as text or JSON.
+fn cost(config: &Path, json: bool) -> Output {
+    let mut cmd = client();
+    cmd.args(["privacy", "cost"]);
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.arg("--run")
         .arg(demo().join("run-dp.toml"))
         .arg("--config")
         .arg(config)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn cost_json(config: &Path) -> (Output, serde_json::Value) {
+    let out = cost(config, true);
     let v = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {} / {}", stdout(&out), stderr(&out)));
     (out, v)
@@ -60,11 +79,7 @@ fn cost_json(config: &Path) -> (Output, serde_json::Value) {
 fn ledger_verify_of_a_missing_or_empty_ledger_fails_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.jsonl");
-    let out = client()
-        .args(["privacy", "ledger", "verify"])
-        .arg(&missing)
-        .output()
-        .unwrap();
+    let out = verify(&[], &missing);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
         stderr(&out).contains("missing.jsonl does not exist: there is no charged task to verify"),
@@ -74,20 +89,12 @@ fn ledger_verify_of_a_missing_or_empty_ledger_fails_unless_allowed() {
 
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
-    let out = client()
-        .args(["privacy", "ledger", "verify"])
-        .arg(&empty)
-        .output()
-        .unwrap();
+    let out = verify(&[], &empty);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(stderr(&out).contains("is empty"), "{}", stderr(&out));
 
     for file in [&missing, &empty] {
-        let out = client()
-            .args(["privacy", "ledger", "verify", "--allow-empty"])
-            .arg(file)
-            .output()
-            .unwrap();
+        let out = verify(&["--allow-empty"], file);
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(
             stdout(&out).contains("no charged tasks"),
@@ -153,13 +160,7 @@ fn cost_of_a_run_reports_the_ledgers_charges_and_fails_when_the_run_does_not_fit
     );
 
     // The text output says the same.
-    let out = client()
-        .args(["privacy", "cost", "--run"])
-        .arg(demo().join("run-dp.toml"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = cost(&cfg, false);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
     assert!(
@@ -217,13 +218,7 @@ fn cost_warns_a_small_partner_that_its_update_is_mostly_noise() {
         "{v}"
     );
 
-    let out = client()
-        .args(["privacy", "cost", "--run"])
-        .arg(demo().join("run-dp.toml"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = cost(&cfg, false);
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(

@@ -1380,6 +1380,15 @@ learning_rate = 0.1
         .to_string()
     }
 
+    /// Shared state in a new folder with [`RUN`] queued; the folder, the state
+    /// and the queued run.
+    fn queued_run() -> (tempfile::TempDir, Arc<Shared>, RunRow) {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let row = queue_run(&shared, RUN, Path::new("run.toml"), "test").unwrap();
+        (dir, shared, row)
+    }
+
     fn commit(shared: &Shared, run_id: &str, round: u32, checkpoint_json: &str) {
         shared
             .store
@@ -1395,9 +1404,7 @@ learning_rate = 0.1
 
     #[test]
     fn a_run_resumes_from_its_last_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = shared(dir.path());
-        let row = queue_run(&shared, RUN, Path::new("run.toml"), "test").unwrap();
+        let (_dir, shared, row) = queued_run();
         commit(&shared, &row.id, 0, &checkpoint_json(0));
         commit(&shared, &row.id, 1, &checkpoint_json(1));
         let (checkpoint, rounds, in_flight) = resumable_state(&shared, &row).unwrap();
@@ -1410,9 +1417,7 @@ learning_rate = 0.1
 
     #[test]
     fn a_corrupt_checkpoint_is_an_error_naming_the_round() {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = shared(dir.path());
-        let row = queue_run(&shared, RUN, Path::new("run.toml"), "test").unwrap();
+        let (_dir, shared, row) = queued_run();
         commit(&shared, &row.id, 0, &checkpoint_json(0));
         commit(
             &shared,

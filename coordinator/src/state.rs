@@ -373,6 +373,18 @@ fn new_state_id() -> String {
 mod tests {
     use super::*;
 
+    /// Opening `dir` (accepting a state loss when `accept_loss`) anchors the
+    /// audit chain once with `action`, its detail naming `detail`; opening it
+    /// again anchors nothing.
+    fn assert_anchored_once(dir: &Path, accept_loss: bool, action: &str, detail: &str) {
+        let state = open(dir, accept_loss).unwrap();
+        let anchor = state.anchored.unwrap();
+        assert_eq!(anchor.action, action);
+        assert!(anchor.detail.contains(detail), "{}", anchor.detail);
+        drop((state.store, state.audit));
+        assert!(open(dir, false).unwrap().anchored.is_none());
+    }
+
     fn dir() -> tempfile::TempDir {
         tempfile::tempdir().unwrap()
     }
@@ -450,12 +462,7 @@ mod tests {
         assert!(!d.path().join(DB_FILE).exists());
         assert!(refused(d.path()).contains("missing or empty"));
 
-        let state = open(d.path(), true).unwrap();
-        let anchor = state.anchored.unwrap();
-        assert_eq!(anchor.action, "state.lost");
-        assert!(anchor.detail.contains("runs r1"), "{}", anchor.detail);
-        drop((state.store, state.audit));
-        assert!(open(d.path(), false).unwrap().anchored.is_none());
+        assert_anchored_once(d.path(), true, "state.lost", "runs r1");
         let entries = crate::audit::verify(&d.path().join(AUDIT_FILE)).unwrap();
         assert_eq!(entries.len(), 6);
     }
@@ -561,12 +568,7 @@ mod tests {
             let conn = rusqlite::Connection::open(d.path().join(DB_FILE)).unwrap();
             conn.execute("DELETE FROM state_identity", []).unwrap();
         }
-        let state = open(d.path(), false).unwrap();
-        let anchor = state.anchored.unwrap();
-        assert_eq!(anchor.action, "state.adopted");
-        assert!(anchor.detail.contains("r1 (queued"), "{}", anchor.detail);
-        drop((state.store, state.audit));
-        assert!(open(d.path(), false).unwrap().anchored.is_none());
+        assert_anchored_once(d.path(), false, "state.adopted", "r1 (queued");
     }
 
     #[test]

@@ -812,6 +812,24 @@ mod tests {
         std::fs::rename(&tmp, path).unwrap();
     }
 
+    /// Writes the CA bundle, the server certificate and key and, if given, the
+    /// CRL into `dir`; returns their paths.
+    fn write_sources(dir: &Path, ca: &Ca, server: &Leaf, crl: Option<String>) -> TlsSources {
+        let sources = TlsSources {
+            ca_cert: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            crl: crl.as_ref().map(|_| dir.join("crl.pem")),
+        };
+        replace(&sources.ca_cert, &ca.pem);
+        replace(&sources.cert, &server.cert_pem);
+        replace(&sources.key, &server.key_pem);
+        if let (Some(path), Some(crl)) = (&sources.crl, crl) {
+            replace(path, &crl);
+        }
+        sources
+    }
+
     // ---- a tiny service: every message gets a Welcome with the peer's CN ----------
 
     struct Echo;
@@ -863,6 +881,24 @@ mod tests {
         }
     }
 
+    /// A channel to the server at `addr` as `leaf`, trusting `ca_pem`.
+    async fn connect(
+        addr: SocketAddr,
+        ca_pem: &str,
+        leaf: &Leaf,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .identity(Identity::from_pem(&leaf.cert_pem, &leaf.key_pem))
+            .domain_name(SERVER_NAME);
+        Channel::from_shared(format!("https://{addr}"))
+            .expect("a valid URL")
+            .tls_config(tls)?
+            .connect_timeout(WAIT)
+            .connect()
+            .await
+    }
+
     /// A long-lived streaming call.
     struct Session {
         tx: mpsc::Sender<pb::ClientMessage>,
@@ -871,16 +907,7 @@ mod tests {
 
     impl Session {
         async fn open(addr: SocketAddr, ca_pem: &str, leaf: &Leaf) -> Result<Session, String> {
-            let tls = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(ca_pem))
-                .identity(Identity::from_pem(&leaf.cert_pem, &leaf.key_pem))
-                .domain_name(SERVER_NAME);
-            let channel = Channel::from_shared(format!("https://{addr}"))
-                .unwrap()
-                .tls_config(tls)
-                .map_err(|e| e.to_string())?
-                .connect_timeout(WAIT)
-                .connect()
+            let channel = connect(addr, ca_pem, leaf)
                 .await
                 .map_err(|e| format!("connect: {e:?}"))?;
             let (tx, rx) = mpsc::channel(8);
@@ -892,6 +919,11 @@ mod tests {
                 tx,
                 rx: response.into_inner(),
             })
+        }
+
+        /// One more call on this session must be answered as `cn`.
+        async fn assert_hello(&mut self, cn: &str) {
+            assert_eq!(self.hello().await.as_deref(), Ok(cn));
         }
 
         async fn hello(&mut self) -> Result<String, String> {
@@ -965,16 +997,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let ca = new_ca("fedprofile test CA");
             let server_cert = issue(&ca, SERVER_NAME, 10, true);
-            let sources = TlsSources {
-                ca_cert: dir.path().join("ca.pem"),
-                cert: dir.path().join("server.pem"),
-                key: dir.path().join("server.key"),
-                crl: Some(dir.path().join("crl.pem")),
-            };
-            replace(&sources.ca_cert, &ca.pem);
-            replace(&sources.cert, &server_cert.cert_pem);
-            replace(&sources.key, &server_cert.key_pem);
-            replace(sources.crl.as_ref().unwrap(), &crl(&ca, 1, &[]));
+            let sources = write_sources(dir.path(), &ca, &server_cert, Some(crl(&ca, 1, &[])));
             let tls = ReloadableTls::load(sources.clone()).unwrap();
             assert_eq!(tls.generation(), 0);
 
@@ -1003,6 +1026,66 @@ mod tests {
             }
         }
 
+        /// A fixture on the default options, and partner-a's certificate.
+        async fn with_partner_a() -> (Fixture, Leaf) {
+            let f = Fixture::start(IncomingOptions::default()).await;
+            let a = f.partner_a();
+            (f, a)
+        }
+
+        /// A fresh connection as `leaf` must be accepted as `cn`.
+        async fn assert_accepted(&self, leaf: &Leaf, cn: &str) {
+            assert_eq!(self.hello_as(leaf).await.as_deref(), Ok(cn));
+        }
+
+        /// Replaces the file at `path` with `contents` and reloads (which must succeed).
+        fn reload_with(&self, path: &Path, contents: &str) {
+            replace(path, contents);
+            self.tls.reload().unwrap();
+        }
+
+        /// A fresh connection as `leaf` and one call; the client id the server saw.
+        async fn hello_as(&self, leaf: &Leaf) -> Result<String, String> {
+            try_hello(self.addr, &self.ca.pem, leaf).await
+        }
+
+        /// The certificate the server presents to a new connection as `leaf`.
+        async fn leaf_seen_by(&self, leaf: &Leaf) -> CertificateDer<'static> {
+            server_leaf(self.addr, &self.ca.pem, leaf).await
+        }
+
+        /// A client certificate of the federation's CA for partner-a.
+        fn partner_a(&self) -> Leaf {
+            issue(&self.ca, "partner-a", 20, false)
+        }
+
+        /// Puts `server`'s certificate and key in place of the served ones (not reloaded).
+        fn install_server(&self, server: &Leaf) {
+            replace(&self.sources.key, &server.key_pem);
+            replace(&self.sources.cert, &server.cert_pem);
+        }
+
+        /// The recorded handshake failure of `identity`, once there is one.
+        async fn failure_of(&self, identity: &str) -> HandshakeFailure {
+            wait_until(|| self.tls.failures().for_identity(identity).is_some()).await;
+            self.tls.failures().for_identity(identity).unwrap()
+        }
+
+        /// `n` TCP connections to the server that never say anything.
+        async fn open_silent(&self, n: usize) -> Vec<TcpStream> {
+            let mut open = Vec::with_capacity(n);
+            for _ in 0..n {
+                open.push(TcpStream::connect(self.addr).await.unwrap());
+            }
+            open
+        }
+
+        /// Closes `open` (sessions, sockets), then shuts the server down.
+        async fn shutdown_after<T>(self, open: T) {
+            drop(open);
+            self.shutdown().await;
+        }
+
         async fn shutdown(mut self) {
             let _ = self.stop.take().unwrap().send(());
             let server = self.server.take().unwrap();
@@ -1017,18 +1100,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_valid_client_connects_and_the_service_sees_its_certificate() {
-        let f = Fixture::start(IncomingOptions::default()).await;
-        let a = issue(&f.ca, "partner-a", 20, false);
-        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        let (f, a) = Fixture::with_partner_a().await;
+        f.assert_accepted(&a, "partner-a").await;
         assert_eq!(f.tls.handshakes(), 1);
         assert_eq!(f.tls.handshake_failures(), 0);
 
         // A client from another CA is refused, counted, and does not stop the server.
         let other_ca = new_ca("someone else");
         let stranger = issue(&other_ca, "stranger", 20, false);
-        assert!(try_hello(f.addr, &f.ca.pem, &stranger).await.is_err());
+        assert!(f.hello_as(&stranger).await.is_err());
         wait_until(|| f.tls.handshake_failures() == 1).await;
-        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        f.assert_accepted(&a, "partner-a").await;
         f.shutdown().await;
     }
 
@@ -1040,18 +1122,7 @@ mod tests {
         ca_pem: &str,
         leaf: &Leaf,
     ) -> Box<dyn std::error::Error> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca_pem))
-            .identity(Identity::from_pem(&leaf.cert_pem, &leaf.key_pem))
-            .domain_name(SERVER_NAME);
-        let connected = Channel::from_shared(format!("https://{addr}"))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect_timeout(WAIT)
-            .connect()
-            .await;
-        let channel = match connected {
+        let channel = match connect(addr, ca_pem, leaf).await {
             Ok(channel) => channel,
             Err(e) => return Box::new(e),
         };
@@ -1067,6 +1138,18 @@ mod tests {
             Err(status) => Box::new(status),
             Ok(_) => panic!("a refused certificate opened a session"),
         }
+    }
+
+    /// What the client says when its session as `leaf` (trusting `ca_pem`) is refused.
+    async fn refusal_text(
+        addr: SocketAddr,
+        ca_pem: &str,
+        leaf: &Leaf,
+        ctx: fedprofile_protocol::tls::TlsContext<'_>,
+    ) -> String {
+        let err = session_error(addr, ca_pem, leaf).await;
+        fedprofile_protocol::tls::explain_tls_failure(&*err, ctx)
+            .unwrap_or_else(|| panic!("no TLS cause found in {err:?}"))
     }
 
     #[tokio::test]
@@ -1085,15 +1168,12 @@ mod tests {
         // Another CA.
         let other_ca = new_ca("someone else");
         let stranger = issue(&other_ca, "stranger", 20, false);
-        let err = session_error(f.addr, &f.ca.pem, &stranger).await;
-        let text = fedprofile_protocol::tls::explain_tls_failure(&*err, ctx)
-            .unwrap_or_else(|| panic!("no TLS cause found in {err:?}"));
+        let text = refusal_text(f.addr, &f.ca.pem, &stranger, ctx).await;
         assert!(
             text.starts_with("the coordinator does not trust our certificate (certs/stranger.pem)"),
             "{text}"
         );
-        wait_until(|| f.tls.failures().for_identity("stranger").is_some()).await;
-        let seen = f.tls.failures().for_identity("stranger").unwrap();
+        let seen = f.failure_of("stranger").await;
         assert_eq!(seen.cause, FailureCause::UnknownCa);
         assert!(seen.detail.contains("someone else"), "{}", seen.detail);
         assert!(seen.peer.ip().is_loopback());
@@ -1104,14 +1184,12 @@ mod tests {
             p.not_before = now - time::Duration::days(30);
             p.not_after = now - time::Duration::days(1);
         });
-        let err = session_error(f.addr, &f.ca.pem, &expired).await;
-        let text = fedprofile_protocol::tls::explain_tls_failure(&*err, ctx).unwrap();
+        let text = refusal_text(f.addr, &f.ca.pem, &expired, ctx).await;
         assert!(
             text.contains("it has expired or is not valid yet"),
             "{text}"
         );
-        wait_until(|| f.tls.failures().for_identity("partner-old").is_some()).await;
-        let seen = f.tls.failures().for_identity("partner-old").unwrap();
+        let seen = f.failure_of("partner-old").await;
         assert_eq!(seen.cause, FailureCause::Expired);
         assert!(
             seen.detail.starts_with("its certificate expired at 20"),
@@ -1121,21 +1199,17 @@ mod tests {
 
         // Revoked.
         let revoked = issue(&f.ca, "partner-gone", 31, false);
-        replace(f.sources.crl.as_ref().unwrap(), &crl(&f.ca, 2, &[31]));
-        f.tls.reload().unwrap();
-        let err = session_error(f.addr, &f.ca.pem, &revoked).await;
-        let text = fedprofile_protocol::tls::explain_tls_failure(&*err, ctx).unwrap();
+        f.reload_with(f.sources.crl.as_ref().unwrap(), &crl(&f.ca, 2, &[31]));
+        let text = refusal_text(f.addr, &f.ca.pem, &revoked, ctx).await;
         assert!(text.contains("it has been revoked"), "{text}");
-        wait_until(|| f.tls.failures().for_identity("partner-gone").is_some()).await;
         assert_eq!(
-            f.tls.failures().for_identity("partner-gone").unwrap().cause,
+            f.failure_of("partner-gone").await.cause,
             FailureCause::Revoked
         );
 
         // The client does not trust the coordinator (it holds another CA).
         let a = issue(&f.ca, "partner-a", 32, false);
-        let err = session_error(f.addr, &other_ca.pem, &a).await;
-        let text = fedprofile_protocol::tls::explain_tls_failure(&*err, ctx).unwrap();
+        let text = refusal_text(f.addr, &other_ca.pem, &a, ctx).await;
         assert_eq!(
             text.split(" (").next().unwrap(),
             "the coordinator's certificate is not signed by certs/ca.pem"
@@ -1156,79 +1230,69 @@ mod tests {
 
     #[tokio::test]
     async fn a_renewed_server_certificate_is_used_by_new_connections_only() {
-        let f = Fixture::start(IncomingOptions::default()).await;
-        let a = issue(&f.ca, "partner-a", 20, false);
+        let (f, a) = Fixture::with_partner_a().await;
         let mut running = Session::open(f.addr, &f.ca.pem, &a).await.unwrap();
-        assert_eq!(running.hello().await.unwrap(), "partner-a");
-        assert_eq!(server_leaf(f.addr, &f.ca.pem, &a).await, f.server_cert.der);
+        running.assert_hello("partner-a").await;
+        assert_eq!(f.leaf_seen_by(&a).await, f.server_cert.der);
 
         let renewed = issue(&f.ca, SERVER_NAME, 11, true);
-        replace(&f.sources.cert, &renewed.cert_pem);
-        replace(&f.sources.key, &renewed.key_pem);
+        f.install_server(&renewed);
         f.tls.reload().unwrap();
         assert_eq!(f.tls.generation(), 1);
 
         // The running call (and its connection) is untouched.
-        assert_eq!(running.hello().await.unwrap(), "partner-a");
+        running.assert_hello("partner-a").await;
         // A new connection gets the renewed certificate.
-        assert_eq!(server_leaf(f.addr, &f.ca.pem, &a).await, renewed.der);
+        assert_eq!(f.leaf_seen_by(&a).await, renewed.der);
         assert_ne!(renewed.serial, f.server_cert.serial);
-        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
-        assert_eq!(running.hello().await.unwrap(), "partner-a");
-        drop(running);
-        f.shutdown().await;
+        f.assert_accepted(&a, "partner-a").await;
+        running.assert_hello("partner-a").await;
+        f.shutdown_after(running).await;
     }
 
     #[tokio::test]
     async fn a_changed_ca_bundle_decides_which_clients_may_connect() {
-        let f = Fixture::start(IncomingOptions::default()).await;
-        let a = issue(&f.ca, "partner-a", 20, false);
+        let (f, a) = Fixture::with_partner_a().await;
         let new_ca = new_ca("fedprofile test CA 2");
         let c = issue(&new_ca, "partner-c", 30, false);
-        assert!(try_hello(f.addr, &f.ca.pem, &c).await.is_err());
+        assert!(f.hello_as(&c).await.is_err());
 
         // Both CAs during the change-over.
-        replace(&f.sources.ca_cert, &format!("{}{}", f.ca.pem, new_ca.pem));
-        f.tls.reload().unwrap();
-        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
-        assert_eq!(try_hello(f.addr, &f.ca.pem, &c).await.unwrap(), "partner-c");
+        f.reload_with(&f.sources.ca_cert, &format!("{}{}", f.ca.pem, new_ca.pem));
+        f.assert_accepted(&a, "partner-a").await;
+        f.assert_accepted(&c, "partner-c").await;
 
         // Only the new CA afterwards.
-        replace(&f.sources.ca_cert, &new_ca.pem);
-        f.tls.reload().unwrap();
-        assert!(try_hello(f.addr, &f.ca.pem, &a).await.is_err());
-        assert_eq!(try_hello(f.addr, &f.ca.pem, &c).await.unwrap(), "partner-c");
+        f.reload_with(&f.sources.ca_cert, &new_ca.pem);
+        assert!(f.hello_as(&a).await.is_err());
+        f.assert_accepted(&c, "partner-c").await;
         assert_eq!(f.tls.generation(), 2);
         f.shutdown().await;
     }
 
     #[tokio::test]
     async fn a_revoked_client_is_refused_after_the_crl_is_reloaded() {
-        let f = Fixture::start(IncomingOptions::default()).await;
-        let a = issue(&f.ca, "partner-a", 20, false);
+        let (f, a) = Fixture::with_partner_a().await;
         let b = issue(&f.ca, "partner-b", 21, false);
-        assert_eq!(try_hello(f.addr, &f.ca.pem, &b).await.unwrap(), "partner-b");
+        f.assert_accepted(&b, "partner-b").await;
         let mut b_running = Session::open(f.addr, &f.ca.pem, &b).await.unwrap();
-        assert_eq!(b_running.hello().await.unwrap(), "partner-b");
+        b_running.assert_hello("partner-b").await;
 
-        replace(f.sources.crl.as_ref().unwrap(), &crl(&f.ca, 2, &[b.serial]));
-        f.tls.reload().unwrap();
+        f.reload_with(f.sources.crl.as_ref().unwrap(), &crl(&f.ca, 2, &[b.serial]));
         let failures = f.tls.handshake_failures();
 
-        let refused = try_hello(f.addr, &f.ca.pem, &b).await;
+        let refused = f.hello_as(&b).await;
         assert!(refused.is_err(), "a revoked client connected: {refused:?}");
         wait_until(|| f.tls.handshake_failures() == failures + 1).await;
-        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        f.assert_accepted(&a, "partner-a").await;
         // Connections established before the revocation are not touched (documented).
-        assert_eq!(b_running.hello().await.unwrap(), "partner-b");
-        drop(b_running);
-        f.shutdown().await;
+        b_running.assert_hello("partner-b").await;
+        f.shutdown_after(b_running).await;
     }
 
     #[tokio::test]
     async fn a_broken_file_is_refused_and_the_previous_configuration_stays() {
-        let f = Fixture::start(IncomingOptions::default()).await;
-        let a = issue(&f.ca, "partner-a", 20, false);
+        let (f, a) = Fixture::with_partner_a().await;
         let previous = f.tls.current();
 
         replace(&f.sources.cert, "this is not a certificate\n");
@@ -1270,8 +1334,8 @@ mod tests {
         assert_eq!(f.tls.generation(), 0);
         assert_eq!(f.tls.reload_failures(), 5);
         assert!(Arc::ptr_eq(&previous, &f.tls.current()));
-        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
-        assert_eq!(server_leaf(f.addr, &f.ca.pem, &a).await, f.server_cert.der);
+        f.assert_accepted(&a, "partner-a").await;
+        assert_eq!(f.leaf_seen_by(&a).await, f.server_cert.der);
         f.shutdown().await;
     }
 
@@ -1280,14 +1344,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = new_ca("ca");
         let server = issue(&ca, SERVER_NAME, 10, true);
-        let sources = TlsSources {
-            ca_cert: dir.path().join("ca.pem"),
-            cert: dir.path().join("server.pem"),
-            key: dir.path().join("server.key"),
-            crl: None,
-        };
-        replace(&sources.cert, &server.cert_pem);
-        replace(&sources.key, &server.key_pem);
+        let sources = write_sources(dir.path(), &ca, &server, None);
+        std::fs::remove_file(&sources.ca_cert).unwrap();
         let e = ReloadableTls::load(sources.clone())
             .unwrap_err()
             .to_string();
@@ -1308,15 +1366,13 @@ mod tests {
 
     #[tokio::test]
     async fn watch_picks_up_changed_files() {
-        let f = Fixture::start(IncomingOptions::default()).await;
-        let a = issue(&f.ca, "partner-a", 20, false);
+        let (f, a) = Fixture::with_partner_a().await;
         let watcher = f.tls.watch(Duration::from_millis(50));
 
         let renewed = issue(&f.ca, SERVER_NAME, 11, true);
-        replace(&f.sources.key, &renewed.key_pem);
-        replace(&f.sources.cert, &renewed.cert_pem);
+        f.install_server(&renewed);
         wait_until(|| f.tls.generation() == 1).await;
-        assert_eq!(server_leaf(f.addr, &f.ca.pem, &a).await, renewed.der);
+        assert_eq!(f.leaf_seen_by(&a).await, renewed.der);
 
         // A broken file: one failed reload, the server keeps serving.
         replace(&f.sources.cert, "garbage");
@@ -1328,7 +1384,7 @@ mod tests {
             "a broken file is not retried until it changes"
         );
         assert_eq!(f.tls.generation(), 1);
-        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        f.assert_accepted(&a, "partner-a").await;
 
         // Fixed again.
         replace(&f.sources.cert, &renewed.cert_pem);
@@ -1345,22 +1401,16 @@ mod tests {
             ..IncomingOptions::default()
         })
         .await;
-        let a = issue(&f.ca, "partner-a", 20, false);
+        let a = f.partner_a();
         // Connections that never say anything.
-        let mut silent = Vec::new();
-        for _ in 0..3 {
-            silent.push(TcpStream::connect(f.addr).await.unwrap());
-        }
-        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        let mut silent = f.open_silent(3).await;
+        f.assert_accepted(&a, "partner-a").await;
         wait_until(|| f.tls.handshake_failures() == 3).await;
         // The slots are free again.
-        for _ in 0..4 {
-            silent.push(TcpStream::connect(f.addr).await.unwrap());
-        }
+        silent.extend(f.open_silent(4).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
-        drop(silent);
-        f.shutdown().await;
+        f.assert_accepted(&a, "partner-a").await;
+        f.shutdown_after(silent).await;
     }
 
     /// Idle TCP connections (more than the handshake slots, more than the
@@ -1379,17 +1429,13 @@ mod tests {
             ..IncomingOptions::default()
         })
         .await;
-        let a = issue(&f.ca, "partner-a", 20, false);
-        let mut idle = Vec::new();
-        for _ in 0..50 {
-            idle.push(TcpStream::connect(f.addr).await.unwrap());
-        }
+        let a = f.partner_a();
+        let idle = f.open_silent(50).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(try_hello(f.addr, &f.ca.pem, &a).await.unwrap(), "partner-a");
+        f.assert_accepted(&a, "partner-a").await;
         // The pool kept at most its cap: the others were closed.
         wait_until(|| f.tls.handshake_failures() >= 42).await;
-        drop(idle);
-        f.shutdown().await;
+        f.shutdown_after(idle).await;
     }
 
     #[tokio::test]
@@ -1397,16 +1443,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = new_ca("ca");
         let server = issue(&ca, SERVER_NAME, 10, true);
-        let sources = TlsSources {
-            ca_cert: dir.path().join("ca.pem"),
-            cert: dir.path().join("server.pem"),
-            key: dir.path().join("server.key"),
-            crl: None,
-        };
-        replace(&sources.ca_cert, &ca.pem);
-        replace(&sources.cert, &server.cert_pem);
-        replace(&sources.key, &server.key_pem);
-        let tls = ReloadableTls::load(sources).unwrap();
+        let tls = ReloadableTls::load(write_sources(dir.path(), &ca, &server, None)).unwrap();
         let watcher = tls.watch(Duration::from_millis(10));
         drop(tls);
         tokio::time::timeout(WAIT, watcher).await.unwrap().unwrap();

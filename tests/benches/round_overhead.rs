@@ -7,11 +7,9 @@
 
 use std::time::Instant;
 
-use fedprofile_coordinator::certs::{self, Role, Validity};
-use fedprofile_coordinator::config::CoordinatorConfig;
-use fedprofile_coordinator::daemon::{self, ServeOptions};
+use fedprofile_coordinator::daemon;
+use fedprofile_e2e::in_process::{client_names, client_tls, make_pki, serve_options};
 use fedprofile_e2e::light::{open_session, serve_honestly};
-use fedprofile_protocol::tls::{self, TlsFiles};
 
 fn percentile(v: &[f64], p: f64) -> f64 {
     let mut v = v.to_vec();
@@ -22,19 +20,8 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 
 async fn scenario(clients: usize, rounds: u32, dim: usize, clusters: Option<usize>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    certs::init_ca(dir.path(), "bench ca", 1).expect("ca");
-    certs::issue(
-        dir.path(),
-        "coordinator",
-        Role::Server,
-        &[],
-        Validity::Days(1),
-    )
-    .expect("cert");
-    let names: Vec<String> = (0..clients).map(|i| format!("client-{i:03}")).collect();
-    for n in &names {
-        certs::issue(dir.path(), n, Role::Client, &[], Validity::Days(1)).expect("cert");
-    }
+    let names = client_names(clients);
+    make_pki(dir.path(), "bench ca", &names);
     let model = match clusters {
         Some(k) => format!("model = \"kmeans\"\nclusters = {k}\n"),
         None => String::new(),
@@ -45,43 +32,15 @@ async fn scenario(clients: usize, rounds: u32, dim: usize, clusters: Option<usiz
          [clients]\nmin_per_round = {clients}\nmin_connected_to_start = {clients}\nstart_timeout_secs = 60\n\
          [round]\ndeadline_secs = 60\nmax_retries = 0\n"
     );
-    let options = ServeOptions {
-        config: CoordinatorConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            max_message_bytes: fedprofile_protocol::DEFAULT_MAX_MESSAGE_BYTES,
-            tls: Some(TlsFiles {
-                ca_cert: certs::ca_cert_path(dir.path()),
-                cert: certs::cert_path(dir.path(), "coordinator"),
-                key: certs::key_path(dir.path(), "coordinator"),
-            }),
-            crl: None,
-            state_dir: dir.path().join("state"),
-            metrics_listen: None,
-        },
-        queue_run: Some((dir.path().join("run.toml"), run_toml)),
-        out_dir: None,
-        exit_when_idle: true,
-        insecure: false,
-        addr_file: None,
-        progress: false,
-        accept_state_loss: false,
-    };
+    let options = serve_options(dir.path(), run_toml);
     let listener = daemon::bind(&options).await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let server = tokio::spawn(daemon::serve(options, listener, std::future::pending()));
     let mut handles = Vec::new();
     for n in &names {
-        let files = TlsFiles {
-            ca_cert: certs::ca_cert_path(dir.path()),
-            cert: certs::cert_path(dir.path(), n),
-            key: certs::key_path(dir.path(), n),
-        };
-        let session = open_session(
-            port,
-            tls::client_config(&files, "coordinator").expect("tls"),
-        )
-        .await
-        .expect("session");
+        let session = open_session(port, client_tls(dir.path(), n))
+            .await
+            .expect("session");
         handles.push(tokio::spawn(serve_honestly(session, dim)));
     }
     let started = Instant::now();

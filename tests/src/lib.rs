@@ -6,6 +6,7 @@
 //! executable (the coordinator and client packages have integration tests, so
 //! cargo builds their binaries before any test runs).
 
+pub mod in_process;
 pub mod light;
 
 use std::fs;
@@ -127,6 +128,17 @@ impl Proc {
         }
     }
 
+    /// Waits for exit, at most `limit`; panics with the logs unless it succeeded.
+    pub fn wait_success(&mut self, limit: Duration) {
+        let status = self.wait(limit);
+        assert!(
+            status.success(),
+            "{} failed ({status})\nstderr (tail):\n{}",
+            self.name,
+            tail(&self.read_stderr(), 40)
+        );
+    }
+
     /// The OS process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -194,6 +206,43 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Panics, showing `text`, unless it contains every one of `needles`.
+pub fn assert_contains(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+}
+
+/// A CSV file with a header line: (header, rows); panics when it cannot be read.
+pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut reader = csv::Reader::from_path(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let fields = |r: &csv::StringRecord| r.iter().map(str::to_string).collect();
+    let header = fields(reader.headers().expect("a CSV header"));
+    let rows = reader
+        .records()
+        .map(|r| fields(&r.expect("a CSV row")))
+        .collect();
+    (header, rows)
+}
+
+/// Panics unless the contributions of a scores row (`user_id, …, name1,
+/// contribution1, …, other_contribution`, the first named feature in field 4)
+/// add up to `explained` (the model's raw output minus its intercept).
+pub fn assert_contributions_add_up<S: AsRef<str>>(row: &[S], explained: f64) {
+    let number = |i: usize| -> f64 {
+        let cell = row[i].as_ref();
+        cell.parse()
+            .unwrap_or_else(|e| panic!("field {i} '{cell}' of a scores row: {e}"))
+    };
+    let last = row.len() - 1;
+    let sum: f64 = (5..last).step_by(2).map(number).sum::<f64>() + number(last);
+    assert!(
+        (sum - explained).abs() < 1e-4,
+        "contributions {sum} vs {explained} (output - intercept)"
+    );
 }
 
 /// The last `n` lines of a text.
@@ -307,6 +356,13 @@ impl Sandbox {
         path
     }
 
+    /// Writes the coordinator config and `run_toml` and starts the coordinator
+    /// on them (see [`Sandbox::start_coordinator`]); returns it and its port.
+    pub fn start_run(&self, run_toml: &str) -> (Proc, u16) {
+        let (config, run) = self.write_coordinator(run_toml);
+        self.start_coordinator(&config, &run, &[])
+    }
+
     /// Starts the coordinator on an OS-assigned port; returns it and its port.
     pub fn start_coordinator(
         &self,
@@ -363,6 +419,23 @@ impl Sandbox {
         }
     }
 
+    /// Runs `serve` to completion on the sandbox's state folder (output to
+    /// `<sandbox>/out2`, on 127.0.0.1:0, exiting once idle, bounded), with
+    /// `extra` arguments: for checks of what the coordinator does at start.
+    pub fn serve_until_idle(&self, config: &Path, extra: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("fedprofile-coordinator"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--out")
+            .arg(self.path("out2"))
+            .args(["--listen", "127.0.0.1:0", "--exit-when-idle"])
+            .args(extra);
+        run_bounded(&mut cmd, Duration::from_secs(60))
+    }
+
     /// Starts a client node for `config` against the coordinator on `port`.
     pub fn start_client(&self, name: &str, config: &Path, port: u16, extra: &[&str]) -> Proc {
         let mut cmd = Command::new(bin("fedprofile-client"));
@@ -373,6 +446,82 @@ impl Sandbox {
             .arg(format!("https://localhost:{port}"))
             .args(extra);
         Proc::spawn(name, &mut cmd, self.dir.path())
+    }
+
+    /// Starts a client node for each of `partners` (their demo data and
+    /// certificates, no other settings) against the coordinator on `port`.
+    pub fn start_clients(&self, partners: &[&str], port: u16, extra: &[&str]) -> Vec<Proc> {
+        partners
+            .iter()
+            .map(|p| {
+                let config = self.write_client(p, "certs", p);
+                self.start_client(p, &config, port, extra)
+            })
+            .collect()
+    }
+
+    /// Starts a client node for each (partner, config) pair against the
+    /// coordinator on `port`.
+    pub fn start_configured(
+        &self,
+        partners: &[&str],
+        configs: &[PathBuf],
+        port: u16,
+        extra: &[&str],
+    ) -> Vec<Proc> {
+        partners
+            .iter()
+            .zip(configs)
+            .map(|(p, config)| self.start_client(p, config, port, extra))
+            .collect()
+    }
+
+    /// The privacy ledger `<sandbox>/ledgers/<partner>.jsonl`.
+    pub fn ledger(&self, partner: &str) -> PathBuf {
+        self.path(&format!("ledgers/{partner}.jsonl"))
+    }
+
+    /// Writes a client config for `partner` with record-level DP: a budget of
+    /// `epsilon` (δ 1e-5) charged to its [`Sandbox::ledger`].
+    pub fn write_dp_client(&self, partner: &str, epsilon: f64) -> PathBuf {
+        let privacy = format!(
+            "[privacy]\nepsilon = {epsilon}\ndelta = 1e-5\nledger = \"{}\"\n",
+            self.ledger(partner).display()
+        );
+        self.write_client_with(partner, "certs", partner, &privacy)
+    }
+
+    /// Writes a [`Sandbox::write_dp_client`] config of budget `epsilon` for each
+    /// of [`PARTNERS`] and starts their nodes against the coordinator on `port`
+    /// with `extra` arguments; returns the configs and the nodes.
+    pub fn start_dp_clients(
+        &self,
+        epsilon: f64,
+        port: u16,
+        extra: &[&str],
+    ) -> (Vec<PathBuf>, Vec<Proc>) {
+        let configs: Vec<PathBuf> = PARTNERS
+            .iter()
+            .map(|p| self.write_dp_client(p, epsilon))
+            .collect();
+        let nodes = self.start_configured(&PARTNERS, &configs, port, extra);
+        (configs, nodes)
+    }
+
+    /// Restarts the coordinator from its state on the address the clients know
+    /// (`127.0.0.1:<port>`, no run file), exiting once the run is over.
+    pub fn restart_coordinator(&self, config: &Path, port: u16) -> Proc {
+        let listen = format!("127.0.0.1:{port}");
+        let extra = ["--exit-when-idle", "--listen", &listen];
+        self.start_coordinator_with(config, None, &extra, &[]).0
+    }
+
+    /// Opens a lightweight session (see [`light`]) as the certificate
+    /// `<certs>/<name>.pem` on the coordinator at `port`; panics on failure.
+    pub async fn open_light(&self, port: u16, name: &str) -> light::LightSession {
+        light::open_session(port, self.client_tls(name))
+            .await
+            .unwrap_or_else(|e| panic!("{name} cannot open a session: {e}"))
     }
 
     /// mTLS client settings for the certificate `<certs>/<name>.pem`.
@@ -393,17 +542,31 @@ impl Sandbox {
             .to_string()
     }
 
+    /// `certs issue ARGS… --dir <sandbox>/certs` (e.g. `--name x --expired`);
+    /// panics unless it succeeds.
+    pub fn issue(&self, args: &[&str]) {
+        let out = run_bounded(
+            Command::new(bin("fedprofile-coordinator"))
+                .args(["certs", "issue"])
+                .args(args)
+                .arg("--dir")
+                .arg(self.path("certs")),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "certs issue {args:?} failed: {out:?}");
+    }
+
+    /// Starts a coordinator that waits for 99 clients, so that nothing but
+    /// handshakes happen; returns it and its port.
+    pub fn start_idle_coordinator(&self) -> (Proc, u16) {
+        self.start_run(&telco_run(1, 1, 99, 120.0))
+    }
+
     /// Writes `<name>-operator.toml` for `port`, issuing an operator certificate
     /// `name` first when `issue` (else `name` must exist, e.g. a partner's).
     pub fn operator_config(&self, name: &str, port: u16, issue: bool) -> PathBuf {
         if issue {
-            let out = run_bounded(
-                Command::new(bin("fedprofile-coordinator"))
-                    .args(["certs", "issue", "--operator", "--name", name, "--dir"])
-                    .arg(self.path("certs")),
-                Duration::from_secs(30),
-            );
-            assert!(out.status.success(), "{out:?}");
+            self.issue(&["--operator", "--name", name]);
         }
         let certs = self.path("certs");
         let path = self.path(&format!("{name}-operator.toml"));
@@ -432,11 +595,71 @@ impl Sandbox {
     }
 }
 
+/// A Telco run of `rounds` rounds (three partners a round, all four connected
+/// to start, `deadline_secs` a round) in a new sandbox, with partners a, b
+/// and c as client nodes and partner-d as a lightweight session for the test
+/// to script; returns the sandbox, the coordinator, the nodes and the session.
+pub async fn start_three_and_light(
+    rounds: u32,
+    deadline_secs: f64,
+) -> (Sandbox, Proc, Vec<Proc>, light::LightSession) {
+    let sandbox = Sandbox::new();
+    let (coordinator, port) = sandbox.start_run(&telco_run(rounds, 3, 4, deadline_secs));
+    let honest = sandbox.start_clients(&PARTNERS[..3], port, &[]);
+    let session = sandbox.open_light(port, PARTNERS[3]).await;
+    (sandbox, coordinator, honest, session)
+}
+
 /// Runs `fedprofile-client ARGS…` to completion (bounded).
 pub fn client_cmd(args: &[&str]) -> Output {
     let mut cmd = Command::new(bin("fedprofile-client"));
     cmd.args(args);
     run_bounded(&mut cmd, Duration::from_secs(120))
+}
+
+/// The entries of a privacy ledger (`privacy ledger show --json`); panics
+/// unless the command succeeds.
+pub fn ledger_entries(ledger: &Path) -> Vec<serde_json::Value> {
+    let path = ledger.to_str().expect("a UTF-8 ledger path");
+    let out = client_cmd(&["privacy", "ledger", "show", path, "--json"]);
+    assert!(
+        out.status.success(),
+        "ledger show {path} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match serde_json::from_slice(&out.stdout).expect("ledger show prints JSON") {
+        serde_json::Value::Array(entries) => entries,
+        other => panic!("ledger show {path} printed {other}, not a list"),
+    }
+}
+
+/// The cumulative ε of a ledger's last entry (0 for no entry).
+pub fn spent_epsilon(entries: &[serde_json::Value]) -> f64 {
+    entries.last().map_or(0.0, |e| {
+        e["cumulative_epsilon"]
+            .as_f64()
+            .expect("cumulative_epsilon is a number")
+    })
+}
+
+/// Runs `privacy ledger verify LEDGER` (bounded).
+pub fn verify_ledger(ledger: &Path) -> Output {
+    let path = ledger.to_str().expect("a UTF-8 ledger path");
+    client_cmd(&["privacy", "ledger", "verify", path])
+}
+
+/// Runs `fedprofile-client ARGS… [FLAG PATH]…` to completion (bounded): each
+/// path follows its flag (an empty flag: the path alone).
+pub fn client_tool(args: &[&str], paths: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(bin("fedprofile-client"));
+    cmd.args(args);
+    for (flag, path) in paths {
+        if !flag.is_empty() {
+            cmd.arg(flag);
+        }
+        cmd.arg(path);
+    }
+    run_bounded(&mut cmd, Duration::from_secs(60))
 }
 
 /// The run file used by the Telco tests: the demo's hyperparameters.

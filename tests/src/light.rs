@@ -39,6 +39,36 @@ pub enum Incoming {
 }
 
 impl LightSession {
+    /// The next task, bounded by `limit`; none once the run finished. Panics,
+    /// naming the client, when the session closes first.
+    pub async fn next_task(&mut self, limit: Duration) -> Option<Box<Task>> {
+        match self.next(limit).await {
+            Incoming::Task(task) => Some(task),
+            Incoming::Finished => None,
+            Incoming::Closed(why) => panic!("{}'s session closed: {why}", self.client_id),
+        }
+    }
+
+    /// The next training task and the number of its model's parameters,
+    /// refusing every other task for `reason`; none once the run finished.
+    /// Panics, naming the client, when the session closes first.
+    pub async fn next_training(
+        &mut self,
+        limit: Duration,
+        reason: &str,
+    ) -> Option<(Box<Task>, usize)> {
+        loop {
+            let task = self.next_task(limit).await?;
+            match &task.body {
+                TaskBody::Train(t) => {
+                    let dim = t.model.params.len();
+                    return Some((task, dim));
+                }
+                _ => self.send(&refusal(&task.task_id, reason)).await,
+            }
+        }
+    }
+
     /// Next message, bounded by `limit`.
     pub async fn next(&mut self, limit: Duration) -> Incoming {
         match tokio::time::timeout(limit, self.stream.next()).await {
@@ -105,6 +135,44 @@ pub async fn open_session(port: u16, tls: ClientTlsConfig) -> Result<LightSessio
     }
 }
 
+/// A training report of `delta` over `examples` examples at `train_loss`: one
+/// step, no privacy spent, no cluster statistics.
+pub fn train_report(delta: Array1<f64>, examples: u64, train_loss: f64) -> TrainReport {
+    TrainReport {
+        delta,
+        examples,
+        steps: 1,
+        train_loss,
+        train_micros: 1,
+        update_norm: 0.0,
+        epsilon_spent: None,
+        not_private: false,
+        statistics: None,
+    }
+}
+
+/// The answer to the training task `task_id`: [`train_report`] of its arguments.
+pub fn train_reply(
+    task_id: &str,
+    delta: Array1<f64>,
+    examples: u64,
+    train_loss: f64,
+) -> ClientReply {
+    ClientReply::Result {
+        task_id: task_id.to_string(),
+        body: ResultBody::Train(train_report(delta, examples, train_loss)),
+    }
+}
+
+/// A refusal of the task `task_id` (kind `Other`) for `reason`.
+pub fn refusal(task_id: &str, reason: &str) -> ClientReply {
+    ClientReply::Refusal {
+        task_id: task_id.to_string(),
+        reason: reason.to_string(),
+        kind: fedprofile_protocol::messages::RefusalKind::Other,
+    }
+}
+
 /// A template of `dim` numeric columns `f0..`, label `y` positive `1`.
 pub fn synthetic_stats(dim: usize) -> StatsReport {
     StatsReport {
@@ -141,14 +209,8 @@ pub fn honest_answer(task: &Task, dim: usize) -> ClientReply {
         TaskBody::Train(t) if t.model.model_type == "kmeans" => {
             let k = t.model.outputs.max(1);
             ResultBody::Train(TrainReport {
-                delta: Array1::zeros(0),
-                examples: 100,
                 steps: 1,
                 train_loss: 0.0,
-                train_micros: 1,
-                update_norm: 0.0,
-                epsilon_spent: None,
-                not_private: false,
                 statistics: Some(fedprofile_learning::Statistics::Clusters(
                     fedprofile_learning::ClusterStats {
                         sums: Array1::from_elem(t.model.params.len(), 0.5),
@@ -158,6 +220,7 @@ pub fn honest_answer(task: &Task, dim: usize) -> ClientReply {
                         inertia: 50.0,
                     },
                 )),
+                ..train_report(Array1::zeros(0), 100, 0.0)
             })
         }
         TaskBody::Eval(m) if m.model_type == "kmeans" => {
@@ -171,15 +234,8 @@ pub fn honest_answer(task: &Task, dim: usize) -> ClientReply {
             ))
         }
         TaskBody::Train(t) => ResultBody::Train(TrainReport {
-            delta: Array1::from_elem(t.model.params.len(), 0.01),
-            examples: 100,
             steps: 4,
-            train_loss: 0.5,
-            train_micros: 1,
-            update_norm: 0.0,
-            epsilon_spent: None,
-            not_private: false,
-            statistics: None,
+            ..train_report(Array1::from_elem(t.model.params.len(), 0.01), 100, 0.5)
         }),
         TaskBody::Eval(_) => ResultBody::Eval(fedprofile_learning::Evaluation::Binary(
             EvalSummary::from_predictions(

@@ -6,20 +6,13 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use fedprofile_e2e::{PARTNERS, Sandbox, client_cmd, demo_dir};
+use fedprofile_e2e::{PARTNERS, Sandbox, demo_dir, ledger_entries, spent_epsilon, verify_ledger};
 
 fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn privacy(sandbox: &Sandbox, partner: &str, epsilon: f64) -> String {
-    format!(
-        "[privacy]\nepsilon = {epsilon}\ndelta = 1e-5\nledger = \"{}\"\n",
-        sandbox.path(&format!("ledgers/{partner}.jsonl")).display()
     )
 }
 
@@ -32,7 +25,7 @@ fn dp_run(rounds: u32) -> String {
 }
 
 fn ledger_lines(sandbox: &Sandbox, partner: &str) -> usize {
-    fs::read_to_string(sandbox.path(&format!("ledgers/{partner}.jsonl")))
+    fs::read_to_string(sandbox.ledger(partner))
         .map(|t| t.lines().count())
         .unwrap_or(0)
 }
@@ -50,17 +43,8 @@ fn a_crash_between_the_partners_charge_and_the_commit_spends_nothing_twice() {
     let rounds = 5u32;
     let (config, run) = sandbox.write_coordinator(&dp_run(rounds));
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let configs: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| sandbox.write_client_with(p, "certs", p, &privacy(&sandbox, p, 1.0)))
-        .collect();
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .zip(&configs)
-        .map(|(p, c)| {
-            sandbox.start_client(p, c, port, &["--insecure-test-stall-after-charge", "2"])
-        })
-        .collect();
+    let stall = ["--insecure-test-stall-after-charge", "2"];
+    let (configs, mut clients) = sandbox.start_dp_clients(1.0, port, &stall);
     // Every partner has charged round 2 (two lines), and none answered it.
     let start = Instant::now();
     while !PARTNERS.iter().all(|p| ledger_lines(&sandbox, p) == 2) {
@@ -84,26 +68,13 @@ fn a_crash_between_the_partners_charge_and_the_commit_spends_nothing_twice() {
         "round 2 must not have been committed before the crash"
     );
 
-    let (mut restarted, _) = sandbox.start_coordinator_with(
-        &config,
-        None,
-        &["--exit-when-idle", "--listen", &format!("127.0.0.1:{port}")],
-        &[],
-    );
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .zip(&configs)
-        .map(|(p, c)| sandbox.start_client(p, c, port, &[]))
-        .collect();
+    let mut restarted = sandbox.restart_coordinator(&config, port);
+    let mut clients = sandbox.start_configured(&PARTNERS, &configs, port, &[]);
     let status = restarted.wait(Duration::from_secs(300));
     let out = restarted.read_stdout();
     assert!(status.success(), "{out}\n{}", restarted.read_stderr());
     for c in &mut clients {
-        assert!(
-            c.wait(Duration::from_secs(60)).success(),
-            "{}",
-            c.read_stderr()
-        );
+        c.wait_success(Duration::from_secs(60));
     }
     assert!(
         out.contains("repeating it under the same task ids"),
@@ -120,18 +91,10 @@ fn a_crash_between_the_partners_charge_and_the_commit_spends_nothing_twice() {
     assert!(epsilon <= 1.0 + 1e-9, "ε {epsilon} above the budget");
 
     for p in PARTNERS {
-        let ledger = sandbox.path(&format!("ledgers/{p}.jsonl"));
-        let verify = client_cmd(&["privacy", "ledger", "verify", ledger.to_str().unwrap()]);
+        let ledger = sandbox.ledger(p);
+        let verify = verify_ledger(&ledger);
         assert!(verify.status.success(), "{p}: {}", text(&verify));
-        let shown = client_cmd(&[
-            "privacy",
-            "ledger",
-            "show",
-            ledger.to_str().unwrap(),
-            "--json",
-        ]);
-        let entries: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-        let entries = entries.as_array().unwrap();
+        let entries = ledger_entries(&ledger);
         // One charge per round: round 2 charged once, before the crash.
         assert_eq!(entries.len(), rounds as usize, "{p}: {entries:?}");
         let mut tasks: Vec<&str> = entries
@@ -146,9 +109,7 @@ fn a_crash_between_the_partners_charge_and_the_commit_spends_nothing_twice() {
             .map(|e| e["round"].as_u64().unwrap())
             .collect();
         assert_eq!(rounds_charged, (1..=u64::from(rounds)).collect::<Vec<_>>());
-        let last = entries.last().unwrap()["cumulative_epsilon"]
-            .as_f64()
-            .unwrap();
+        let last = spent_epsilon(&entries);
         assert!(last <= 1.0 + 1e-9, "{p}: ε {last}");
     }
 }
@@ -168,7 +129,7 @@ fn budget_refusals_end_the_run_at_once_and_name_the_partners() {
         .enumerate()
         .map(|(i, p)| {
             let budget = if i == 0 { 1.0 } else { 0.6 };
-            let cfg = sandbox.write_client_with(p, "certs", p, &privacy(&sandbox, p, budget));
+            let cfg = sandbox.write_dp_client(p, budget);
             sandbox.start_client(p, &cfg, port, &[])
         })
         .collect();
@@ -197,17 +158,7 @@ fn budget_refusals_end_the_run_at_once_and_name_the_partners() {
     // Nobody's ledger went over its budget.
     for (i, p) in PARTNERS.iter().enumerate() {
         let budget = if i == 0 { 1.0 } else { 0.6 };
-        let ledger = sandbox.path(&format!("ledgers/{p}.jsonl"));
-        let shown = client_cmd(&[
-            "privacy",
-            "ledger",
-            "show",
-            ledger.to_str().unwrap(),
-            "--json",
-        ]);
-        let entries: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-        if let Some(last) = entries.as_array().unwrap().last() {
-            assert!(last["cumulative_epsilon"].as_f64().unwrap() <= budget);
-        }
+        let spent = spent_epsilon(&ledger_entries(&sandbox.ledger(p)));
+        assert!(spent <= budget, "{p} spent {spent} > its budget {budget}");
     }
 }

@@ -80,8 +80,7 @@ fn a_1e300_cell_without_bounds_is_imputed_named_and_the_run_meets_the_auc_floor(
         fedprofile_e2e::tail(&coordinator.read_stderr(), 30)
     );
     for c in &mut clients {
-        let status = c.wait(Duration::from_secs(30));
-        assert!(status.success(), "{} failed:\n{}", c.name, c.read_stderr());
+        c.wait_success(Duration::from_secs(30));
     }
 
     let summary = sandbox.summary();

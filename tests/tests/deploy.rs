@@ -175,38 +175,45 @@ fn check_keys(
     }
 }
 
-fn sub_table<'a>(
-    what: &str,
-    table: &'a toml::Table,
-    key: &str,
-    problems: &mut Vec<String>,
-) -> Option<&'a toml::Table> {
-    match table.get(key) {
-        Some(toml::Value::Table(t)) => Some(t),
-        Some(_) => {
-            problems.push(format!("{what}: '{key}' must be a table"));
-            None
-        }
-        None => None,
+/// A type a config value must have.
+trait KeyType {
+    /// What the value must be, for the problem's message.
+    const MUST_BE: &'static str;
+    /// The value as this type, or none.
+    fn pick(value: &toml::Value) -> Option<&Self>;
+}
+
+impl KeyType for toml::Table {
+    const MUST_BE: &'static str = "a table";
+    fn pick(value: &toml::Value) -> Option<&Self> {
+        value.as_table()
     }
 }
 
-fn str_key<'a>(
+impl KeyType for str {
+    const MUST_BE: &'static str = "a non-empty string";
+    fn pick(value: &toml::Value) -> Option<&Self> {
+        value.as_str().filter(|s| !s.is_empty())
+    }
+}
+
+/// The value of `key` as a `T`: none when it is absent, and none with a problem
+/// when it is there as something else.
+fn typed_key<'a, T: KeyType + ?Sized>(
     what: &str,
     table: &'a toml::Table,
     key: &str,
     problems: &mut Vec<String>,
-) -> Option<&'a str> {
-    match table.get(key) {
-        Some(toml::Value::String(s)) if !s.is_empty() => Some(s),
-        Some(other) => {
-            problems.push(format!(
-                "{what}: '{key}' must be a non-empty string, got {other}"
-            ));
-            None
-        }
-        None => None,
+) -> Option<&'a T> {
+    let value = table.get(key)?;
+    let picked = T::pick(value);
+    if picked.is_none() {
+        problems.push(format!(
+            "{what}: '{key}' must be {}, got {value}",
+            T::MUST_BE
+        ));
     }
+    picked
 }
 
 fn absolute_path_key<'a>(
@@ -215,7 +222,7 @@ fn absolute_path_key<'a>(
     key: &str,
     problems: &mut Vec<String>,
 ) -> Option<&'a str> {
-    let value = str_key(what, table, key, problems)?;
+    let value = typed_key::<str>(what, table, key, problems)?;
     if !value.starts_with('/') {
         problems.push(format!(
             "{what}: '{key}' = '{value}' must be an absolute path in production"
@@ -230,7 +237,7 @@ fn socket_addr_key(
     key: &str,
     problems: &mut Vec<String>,
 ) -> Option<SocketAddr> {
-    let value = str_key(what, table, key, problems)?;
+    let value = typed_key::<str>(what, table, key, problems)?;
     match value.parse::<SocketAddr>() {
         Ok(addr) => Some(addr),
         Err(e) => {
@@ -243,7 +250,7 @@ fn socket_addr_key(
 }
 
 fn https_url_key(what: &str, table: &toml::Table, key: &str, problems: &mut Vec<String>) {
-    if let Some(url) = str_key(what, table, key, problems) {
+    if let Some(url) = typed_key::<str>(what, table, key, problems) {
         let port_ok = url
             .strip_prefix("https://")
             .and_then(|rest| rest.rsplit_once(':'))
@@ -252,6 +259,35 @@ fn https_url_key(what: &str, table: &toml::Table, key: &str, problems: &mut Vec<
             problems.push(format!(
                 "{what}: '{key}' = '{url}' must be https://HOST:PORT (mutual TLS)"
             ));
+        }
+    }
+}
+
+/// The `[tls]` section of a config: `ca_cert`, `cert` and `key` required, `optional`
+/// keys allowed, every file key a non-empty string (an absolute path when
+/// `absolute`; `server_name` is not a file). Production is mutual TLS only.
+fn check_tls(
+    what: &str,
+    table: &toml::Table,
+    optional: &[&str],
+    absolute: bool,
+    problems: &mut Vec<String>,
+) {
+    let Some(tls) = typed_key::<toml::Table>(what, table, "tls", problems) else {
+        problems.push(format!(
+            "{what}: no [tls] section: production is mutual TLS only"
+        ));
+        return;
+    };
+    let what = format!("{what} [tls]");
+    let required = ["ca_cert", "cert", "key"];
+    let allowed: Vec<&str> = required.iter().chain(optional).copied().collect();
+    check_keys(&what, tls, &allowed, &required, problems);
+    for key in allowed.into_iter().filter(|k| *k != "server_name") {
+        if absolute {
+            absolute_path_key(&what, tls, key, problems);
+        } else {
+            typed_key::<str>(&what, tls, key, problems);
         }
     }
 }
@@ -265,204 +301,162 @@ enum Metrics {
     AllInterfaces,
 }
 
+/// Parses a config, checks its top-level keys (`[allowed, required]`) and runs
+/// `check` on it: the problems and the table (none when the text is not TOML).
+fn check_config(
+    what: &str,
+    text: &str,
+    [allowed, required]: &[&[&str]; 2],
+    check: impl FnOnce(&toml::Table, &mut Vec<String>),
+) -> (Vec<String>, Option<toml::Table>) {
+    let table = match parse_toml(what, text) {
+        Ok(t) => t,
+        Err(e) => return (vec![e], None),
+    };
+    let mut problems = Vec::new();
+    check_keys(what, &table, allowed, required, &mut problems);
+    check(&table, &mut problems);
+    (problems, Some(table))
+}
+
 /// Returns the problems and the parsed table of a coordinator config.
 fn check_coordinator_config(
     what: &str,
     text: &str,
     metrics: Metrics,
 ) -> (Vec<String>, Option<toml::Table>) {
-    let mut problems = Vec::new();
-    let table = match parse_toml(what, text) {
-        Ok(t) => t,
-        Err(e) => return (vec![e], None),
-    };
-    check_keys(
+    check_config(
         what,
-        &table,
+        text,
         &[
-            "listen",
-            "state_dir",
-            "metrics_listen",
-            "max_message_bytes",
-            "tls",
+            &[
+                "listen",
+                "state_dir",
+                "metrics_listen",
+                "max_message_bytes",
+                "tls",
+            ],
+            &["listen", "state_dir", "metrics_listen", "tls"],
         ],
-        &["listen", "state_dir", "metrics_listen", "tls"],
-        &mut problems,
-    );
-    if let Some(addr) = socket_addr_key(what, &table, "listen", &mut problems)
-        && addr.port() != 50051
-    {
-        problems.push(format!(
-            "{what}: listen port {} (the deployment files expose 50051)",
-            addr.port()
-        ));
-    }
-    if let Some(addr) = socket_addr_key(what, &table, "metrics_listen", &mut problems) {
-        let ok = match metrics {
-            Metrics::Loopback => addr.ip().is_loopback(),
-            Metrics::AllInterfaces => addr.ip().is_unspecified() && addr.port() == 9464,
-        };
-        if !ok {
-            problems.push(format!(
-                "{what}: metrics_listen = {addr}: expected {}",
-                match metrics {
-                    Metrics::Loopback => "a loopback address",
-                    Metrics::AllInterfaces => "0.0.0.0:9464 (restricted by the NetworkPolicy)",
-                }
-            ));
-        }
-    }
-    if let Some(state) = absolute_path_key(what, &table, "state_dir", &mut problems)
-        && state != COORDINATOR_STATE
-    {
-        problems.push(format!(
-            "{what}: state_dir = '{state}', the units and manifests use {COORDINATOR_STATE}"
-        ));
-    }
-    match table.get("max_message_bytes") {
-        None => {}
-        Some(toml::Value::Integer(n)) if *n > 0 => {}
-        Some(other) => problems.push(format!(
-            "{what}: max_message_bytes must be a positive integer, got {other}"
-        )),
-    }
-    match sub_table(what, &table, "tls", &mut problems) {
-        Some(tls) => {
-            let tls_what = format!("{what} [tls]");
-            check_keys(
-                &tls_what,
-                tls,
-                &["ca_cert", "cert", "key", "crl"],
-                &["ca_cert", "cert", "key"],
-                &mut problems,
-            );
-            for key in ["ca_cert", "cert", "key", "crl"] {
-                absolute_path_key(&tls_what, tls, key, &mut problems);
+        |table, problems| {
+            if let Some(addr) = socket_addr_key(what, table, "listen", problems)
+                && addr.port() != 50051
+            {
+                problems.push(format!(
+                    "{what}: listen port {} (the deployment files expose 50051)",
+                    addr.port()
+                ));
             }
-        }
-        None => problems.push(format!(
-            "{what}: no [tls] section: production is mutual TLS only"
-        )),
-    }
-    (problems, Some(table))
+            if let Some(addr) = socket_addr_key(what, table, "metrics_listen", problems) {
+                let ok = match metrics {
+                    Metrics::Loopback => addr.ip().is_loopback(),
+                    Metrics::AllInterfaces => addr.ip().is_unspecified() && addr.port() == 9464,
+                };
+                if !ok {
+                    problems.push(format!(
+                        "{what}: metrics_listen = {addr}: expected {}",
+                        match metrics {
+                            Metrics::Loopback => "a loopback address",
+                            Metrics::AllInterfaces =>
+                                "0.0.0.0:9464 (restricted by the NetworkPolicy)",
+                        }
+                    ));
+                }
+            }
+            if let Some(state) = absolute_path_key(what, table, "state_dir", problems)
+                && state != COORDINATOR_STATE
+            {
+                problems.push(format!(
+                    "{what}: state_dir = '{state}', the units and manifests use {COORDINATOR_STATE}"
+                ));
+            }
+            match table.get("max_message_bytes") {
+                None => {}
+                Some(toml::Value::Integer(n)) if *n > 0 => {}
+                Some(other) => problems.push(format!(
+                    "{what}: max_message_bytes must be a positive integer, got {other}"
+                )),
+            }
+            check_tls(what, table, &["crl"], true, problems);
+        },
+    )
 }
 
 fn check_client_config(what: &str, text: &str) -> (Vec<String>, Option<toml::Table>) {
-    let mut problems = Vec::new();
-    let table = match parse_toml(what, text) {
-        Ok(t) => t,
-        Err(e) => return (vec![e], None),
-    };
-    check_keys(
+    check_config(
         what,
-        &table,
+        text,
         &[
-            "coordinator",
-            "data_dir",
-            "schema",
-            "train_split",
-            "test_split",
-            "tls",
-            "connect",
-            "privacy",
+            &[
+                "coordinator",
+                "data_dir",
+                "schema",
+                "train_split",
+                "test_split",
+                "tls",
+                "connect",
+                "privacy",
+            ],
+            &["coordinator", "data_dir", "schema", "tls", "privacy"],
         ],
-        &["coordinator", "data_dir", "schema", "tls", "privacy"],
-        &mut problems,
-    );
-    https_url_key(what, &table, "coordinator", &mut problems);
-    absolute_path_key(what, &table, "data_dir", &mut problems);
-    absolute_path_key(what, &table, "schema", &mut problems);
-    match sub_table(what, &table, "tls", &mut problems) {
-        Some(tls) => {
-            let tls_what = format!("{what} [tls]");
-            check_keys(
-                &tls_what,
-                tls,
-                &["ca_cert", "cert", "key", "server_name"],
-                &["ca_cert", "cert", "key"],
-                &mut problems,
-            );
-            for key in ["ca_cert", "cert", "key"] {
-                absolute_path_key(&tls_what, tls, key, &mut problems);
+        |table, problems| {
+            https_url_key(what, table, "coordinator", problems);
+            absolute_path_key(what, table, "data_dir", problems);
+            absolute_path_key(what, table, "schema", problems);
+            check_tls(what, table, &["server_name"], true, problems);
+            if let Some(privacy) = typed_key::<toml::Table>(what, table, "privacy", problems) {
+                let p_what = format!("{what} [privacy]");
+                check_keys(
+                    &p_what,
+                    privacy,
+                    &["epsilon", "delta", "ledger", "require_dp"],
+                    &["epsilon", "ledger"],
+                    problems,
+                );
+                if let Some(ledger) = absolute_path_key(&p_what, privacy, "ledger", problems)
+                    && !ledger.starts_with(&format!("{CLIENT_STATE}/"))
+                {
+                    problems.push(format!(
+                    "{p_what}: ledger '{ledger}' must be on the persistent state dir {CLIENT_STATE}/"
+                ));
+                }
+                match privacy.get("epsilon").and_then(toml::Value::as_float) {
+                    Some(e) if e > 0.0 && e.is_finite() => {}
+                    _ => problems.push(format!("{p_what}: epsilon must be a positive float")),
+                }
+                if let Some(d) = privacy.get("delta") {
+                    match d.as_float() {
+                        Some(d) if d > 0.0 && d < 1.0 => {}
+                        _ => problems.push(format!("{p_what}: delta must be a float in (0, 1)")),
+                    }
+                }
             }
-        }
-        None => problems.push(format!(
-            "{what}: no [tls] section: production is mutual TLS only"
-        )),
-    }
-    if let Some(privacy) = sub_table(what, &table, "privacy", &mut problems) {
-        let p_what = format!("{what} [privacy]");
-        check_keys(
-            &p_what,
-            privacy,
-            &["epsilon", "delta", "ledger", "require_dp"],
-            &["epsilon", "ledger"],
-            &mut problems,
-        );
-        if let Some(ledger) = absolute_path_key(&p_what, privacy, "ledger", &mut problems)
-            && !ledger.starts_with(&format!("{CLIENT_STATE}/"))
-        {
-            problems.push(format!(
-                "{p_what}: ledger '{ledger}' must be on the persistent state dir {CLIENT_STATE}/"
-            ));
-        }
-        match privacy.get("epsilon").and_then(toml::Value::as_float) {
-            Some(e) if e > 0.0 && e.is_finite() => {}
-            _ => problems.push(format!("{p_what}: epsilon must be a positive float")),
-        }
-        if let Some(d) = privacy.get("delta") {
-            match d.as_float() {
-                Some(d) if d > 0.0 && d < 1.0 => {}
-                _ => problems.push(format!("{p_what}: delta must be a float in (0, 1)")),
+            if let Some(connect) = typed_key::<toml::Table>(what, table, "connect", problems) {
+                let c_what = format!("{what} [connect]");
+                check_keys(
+                    &c_what,
+                    connect,
+                    &["attempts", "initial_backoff_ms", "max_backoff_ms"],
+                    &[],
+                    problems,
+                );
+                for (key, value) in connect {
+                    if !matches!(value, toml::Value::Integer(n) if *n > 0) {
+                        problems.push(format!("{c_what}: '{key}' must be a positive integer"));
+                    }
+                }
             }
-        }
-    }
-    if let Some(connect) = sub_table(what, &table, "connect", &mut problems) {
-        let c_what = format!("{what} [connect]");
-        check_keys(
-            &c_what,
-            connect,
-            &["attempts", "initial_backoff_ms", "max_backoff_ms"],
-            &[],
-            &mut problems,
-        );
-        for (key, value) in connect {
-            if !matches!(value, toml::Value::Integer(n) if *n > 0) {
-                problems.push(format!("{c_what}: '{key}' must be a positive integer"));
-            }
-        }
-    }
-    (problems, Some(table))
+        },
+    )
 }
 
 fn check_operator_config(what: &str, text: &str) -> Vec<String> {
-    let mut problems = Vec::new();
-    let table = match parse_toml(what, text) {
-        Ok(t) => t,
-        Err(e) => return vec![e],
-    };
-    check_keys(
-        what,
-        &table,
-        &["coordinator", "tls"],
-        &["coordinator", "tls"],
-        &mut problems,
-    );
-    https_url_key(what, &table, "coordinator", &mut problems);
-    if let Some(tls) = sub_table(what, &table, "tls", &mut problems) {
-        let tls_what = format!("{what} [tls]");
-        check_keys(
-            &tls_what,
-            tls,
-            &["ca_cert", "cert", "key", "server_name"],
-            &["ca_cert", "cert", "key"],
-            &mut problems,
-        );
-        for key in ["ca_cert", "cert", "key"] {
-            str_key(&tls_what, tls, key, &mut problems);
-        }
-    }
-    problems
+    let keys = ["coordinator", "tls"];
+    check_config(what, text, &[&keys, &keys], |table, problems| {
+        https_url_key(what, table, "coordinator", problems);
+        check_tls(what, table, &["server_name"], false, problems);
+    })
+    .0
 }
 
 #[test]
@@ -1943,292 +1937,112 @@ fn new_problems(baseline: &[String], found: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-/// Broken copies of the real files must be caught.
+/// `text` with `from` replaced by `to` (each `from` below stands once in its
+/// file); panics when `from` is gone (the case would then test nothing).
+fn broken(file: &str, text: &str, from: &str, to: &str) -> String {
+    assert!(
+        text.contains(from),
+        "{file} no longer contains {from:?}: update this test"
+    );
+    text.replacen(from, to, 1)
+}
+
+/// The problems the checks find in the deployment file `file` (relative to the
+/// root) when it reads `text`; a Kubernetes manifest is checked within the whole
+/// set of real manifests.
+fn problems_of(file: &str, text: &str) -> Vec<String> {
+    match file {
+        "deploy/systemd/fedprofile-coordinator.service" => {
+            check_unit(file, text, &COORDINATOR_UNIT)
+        }
+        "deploy/systemd/fedprofile-client.service" => check_unit(file, text, &CLIENT_UNIT),
+        "deploy/docker/Dockerfile" => check_dockerfile(file, text),
+        "deploy/config/client.toml" => check_client_config(file, text).0,
+        "deploy/config/coordinator.toml" => {
+            check_coordinator_config(file, text, Metrics::Loopback).0
+        }
+        "deploy/config/operator.toml" => check_operator_config(file, text),
+        manifest if manifest.starts_with("deploy/k8s/") => {
+            let mut files = k8s_files();
+            let entry = files
+                .iter_mut()
+                .find(|(f, _)| f == manifest)
+                .unwrap_or_else(|| panic!("{manifest} is missing"));
+            entry.1 = text.to_string();
+            check_k8s(&files)
+        }
+        other => panic!("no check reads {other}"),
+    }
+}
+
+/// Broken copies of the real files must be caught, each through a problem of its own.
 #[test]
 fn checks_catch_real_mistakes() {
-    // Kubernetes: replace one file of the real set by a broken copy.
-    let files = k8s_files();
-    let k8s_baseline = check_k8s(&files);
-    let with = |file: &str, from: &str, to: &str| -> Vec<String> {
-        let mut broken = files.clone();
-        let entry = broken
-            .iter_mut()
-            .find(|(f, _)| f == file)
-            .unwrap_or_else(|| panic!("{file} is missing"));
-        assert!(
-            entry.1.contains(from),
-            "{file} no longer contains {from:?}: update this test"
-        );
-        entry.1 = entry.1.replacen(from, to, 1);
-        new_problems(&k8s_baseline, check_k8s(&broken))
+    // (mistake, file below deploy/, text in the real file, broken text)
+    #[rustfmt::skip]
+    let cases = [
+        // Kubernetes.
+        ("indentation error in a volumeMount", "k8s/coordinator/statefulset.yaml", "            - name: state\n              mountPath", "            - name: state\n             mountPath"),
+        ("a key indented into the wrong mapping", "k8s/coordinator/statefulset.yaml", "            readOnlyRootFilesystem: true", "          readOnlyRootFilesystem: true"),
+        ("writable root filesystem", "k8s/coordinator/statefulset.yaml", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false"),
+        ("state not on the claim template", "k8s/coordinator/statefulset.yaml", "mountPath: /var/lib/fedprofile", "mountPath: /var/lib/fedprofil"),
+        ("TLS Secret not mounted", "k8s/coordinator/statefulset.yaml", "mountPath: /etc/fedprofile/tls", "mountPath: /etc/fedprofile/certs"),
+        ("two coordinators", "k8s/coordinator/statefulset.yaml", "replicas: 1", "replicas: 2"),
+        ("wrong subcommand", "k8s/coordinator/statefulset.yaml", "- serve", "- server"),
+        ("runs as root", "k8s/coordinator/statefulset.yaml", "runAsUser: 65532", "runAsUser: 0"),
+        ("missing kustomization entry", "k8s/coordinator/kustomization.yaml", "  - service.yaml\n", ""),
+        ("kustomization names a missing file", "k8s/coordinator/kustomization.yaml", "service.yaml", "services.yaml"),
+        ("metrics open to all", "k8s/coordinator/networkpolicy.yaml", "        - port: 50051", "        - port: 9464"),
+        ("typo in the embedded config", "k8s/coordinator/configmap.yaml", "state_dir =", "statedir ="),
+        ("client scaled up", "k8s/client-partner-a/deployment.yaml", "replicas: 1", "replicas: 2"),
+        ("client without --keep-running", "k8s/client-partner-a/deployment.yaml", "            - --keep-running\n", ""),
+        ("ledger off the PVC", "k8s/client-partner-a/configmap.yaml", "/var/lib/fedprofile-client/privacy", "/tmp/privacy"),
+        ("no metadata.name", "k8s/namespace.yaml", "  name: fedprofile\n", ""),
+        ("duplicate key", "k8s/coordinator/service.yaml", "  type: ClusterIP\n", "  type: ClusterIP\n  type: NodePort\n"),
+        // systemd.
+        ("User=root", "systemd/fedprofile-coordinator.service", "User=fedprofile\n", "User=root\n"),
+        ("no ExecReload", "systemd/fedprofile-coordinator.service", "ExecReload=", "#ExecReload="),
+        ("reload with SIGTERM", "systemd/fedprofile-coordinator.service", "-HUP", "-TERM"),
+        ("unknown flag", "systemd/fedprofile-coordinator.service", "--config", "--confg"),
+        ("a line without '='", "systemd/fedprofile-coordinator.service", "Restart=on-failure", "Restart on-failure"),
+        ("state dir read-only", "systemd/fedprofile-coordinator.service", "ReadWritePaths=/var/lib/fedprofile\n", ""),
+        ("not hardened", "systemd/fedprofile-coordinator.service", "ProtectSystem=strict", "ProtectSystem=full"),
+        ("client exits after one run", "systemd/fedprofile-client.service", " --keep-running", ""),
+        ("client runs the coordinator", "systemd/fedprofile-client.service", "bin/fedprofile-client ", "bin/fedprofile-coordinator "),
+        // Dockerfile.
+        ("no USER", "docker/Dockerfile", "\nUSER ", "\n# USER "),
+        ("USER root", "docker/Dockerfile", "\nUSER 65532:65532", "\nUSER root"),
+        ("one binary missing", "docker/Dockerfile", "COPY --from=builder /out/bin/fedprofile-client", "# "),
+        ("key baked in", "docker/Dockerfile", "\nUSER ", "\nCOPY deploy/demo/certs/coordinator.key /etc/fedprofile/tls/\nUSER "),
+        ("no EXPOSE", "docker/Dockerfile", "EXPOSE 50051", ""),
+        // Example configs.
+        ("typo", "config/client.toml", "ledger =", "ledgr ="),
+        ("no tls", "config/client.toml", "[tls]", "[tsl]"),
+        ("bad toml", "config/client.toml", "epsilon = 1.0", "epsilon = "),
+        ("public metrics", "config/coordinator.toml", "127.0.0.1:9464", "0.0.0.0:9464"),
+        ("no state", "config/coordinator.toml", "state_dir", "# state_dir"),
+        ("plain http", "config/operator.toml", "https://", "http://"),
+    ];
+    let caught = |file: &str, text: &str| {
+        let baseline = problems_of(file, &read(&root().join(file)));
+        !new_problems(&baseline, problems_of(file, text)).is_empty()
     };
-    let sts = "deploy/k8s/coordinator/statefulset.yaml";
-    let cases: Vec<(&str, Vec<String>)> = vec![
-        (
-            "indentation error in a volumeMount",
-            with(
-                sts,
-                "            - name: state\n              mountPath",
-                "            - name: state\n             mountPath",
-            ),
-        ),
-        (
-            "a key indented into the wrong mapping",
-            with(
-                sts,
-                "            readOnlyRootFilesystem: true",
-                "          readOnlyRootFilesystem: true",
-            ),
-        ),
-        (
-            "writable root filesystem",
-            with(
-                sts,
-                "readOnlyRootFilesystem: true",
-                "readOnlyRootFilesystem: false",
-            ),
-        ),
-        (
-            "state not on the claim template",
-            with(
-                sts,
-                "mountPath: /var/lib/fedprofile",
-                "mountPath: /var/lib/fedprofil",
-            ),
-        ),
-        (
-            "TLS Secret not mounted",
-            with(
-                sts,
-                "mountPath: /etc/fedprofile/tls",
-                "mountPath: /etc/fedprofile/certs",
-            ),
-        ),
-        ("two coordinators", with(sts, "replicas: 1", "replicas: 2")),
-        ("wrong subcommand", with(sts, "- serve", "- server")),
-        (
-            "runs as root",
-            with(sts, "runAsUser: 65532", "runAsUser: 0"),
-        ),
-        (
-            "missing kustomization entry",
-            with(
-                "deploy/k8s/coordinator/kustomization.yaml",
-                "  - service.yaml\n",
-                "",
-            ),
-        ),
-        (
-            "kustomization names a missing file",
-            with(
-                "deploy/k8s/coordinator/kustomization.yaml",
-                "service.yaml",
-                "services.yaml",
-            ),
-        ),
-        (
-            "metrics open to all",
-            with(
-                "deploy/k8s/coordinator/networkpolicy.yaml",
-                "        - port: 50051",
-                "        - port: 9464",
-            ),
-        ),
-        (
-            "typo in the embedded config",
-            with(
-                "deploy/k8s/coordinator/configmap.yaml",
-                "state_dir =",
-                "statedir =",
-            ),
-        ),
-        (
-            "client scaled up",
-            with(
-                "deploy/k8s/client-partner-a/deployment.yaml",
-                "replicas: 1",
-                "replicas: 2",
-            ),
-        ),
-        (
-            "client without --keep-running",
-            with(
-                "deploy/k8s/client-partner-a/deployment.yaml",
-                "            - --keep-running\n",
-                "",
-            ),
-        ),
-        (
-            "ledger off the PVC",
-            with(
-                "deploy/k8s/client-partner-a/configmap.yaml",
-                "/var/lib/fedprofile-client/privacy",
-                "/tmp/privacy",
-            ),
-        ),
-        (
-            "no metadata.name",
-            with("deploy/k8s/namespace.yaml", "  name: fedprofile\n", ""),
-        ),
-        (
-            "duplicate key",
-            with(
-                "deploy/k8s/coordinator/service.yaml",
-                "  type: ClusterIP\n",
-                "  type: ClusterIP\n  type: NodePort\n",
-            ),
-        ),
-    ];
-    for (case, problems) in cases {
-        assert!(!problems.is_empty(), "k8s: '{case}' was not caught");
+    for (case, file, from, to) in cases {
+        let file = format!("deploy/{file}");
+        let text = broken(&file, &read(&root().join(&file)), from, to);
+        assert!(caught(&file, &text), "{file}: '{case}' was not caught");
     }
-
-    // systemd.
-    let unit_dir = root().join("deploy/systemd");
-    let coordinator = read(&unit_dir.join("fedprofile-coordinator.service"));
-    let client = read(&unit_dir.join("fedprofile-client.service"));
-    let unit_cases = [
-        (
-            "User=root",
-            coordinator.replace("User=fedprofile\n", "User=root\n"),
-            &COORDINATOR_UNIT,
-        ),
-        (
-            "no ExecReload",
-            coordinator.replace("ExecReload=", "#ExecReload="),
-            &COORDINATOR_UNIT,
-        ),
-        (
-            "reload with SIGTERM",
-            coordinator.replace("-HUP", "-TERM"),
-            &COORDINATOR_UNIT,
-        ),
-        (
-            "unknown flag",
-            coordinator.replace("--config", "--confg"),
-            &COORDINATOR_UNIT,
-        ),
-        (
-            "a line without '='",
-            coordinator.replace("Restart=on-failure", "Restart on-failure"),
-            &COORDINATOR_UNIT,
-        ),
-        (
-            "state dir read-only",
-            coordinator.replace("ReadWritePaths=/var/lib/fedprofile\n", ""),
-            &COORDINATOR_UNIT,
-        ),
-        (
-            "not hardened",
-            coordinator.replace("ProtectSystem=strict", "ProtectSystem=full"),
-            &COORDINATOR_UNIT,
-        ),
-        (
-            "client exits after one run",
-            client.replace(" --keep-running", ""),
-            &CLIENT_UNIT,
-        ),
-        (
-            "client runs the coordinator",
-            client.replace("bin/fedprofile-client ", "bin/fedprofile-coordinator "),
-            &CLIENT_UNIT,
-        ),
-    ];
-    for (case, text, spec) in unit_cases {
-        let original = if spec.binary == "fedprofile-client" {
-            &client
-        } else {
-            &coordinator
-        };
-        let baseline = check_unit(case, original, spec);
-        assert!(
-            !new_problems(&baseline, check_unit(case, &text, spec)).is_empty(),
-            "systemd: '{case}' was not caught"
-        );
-    }
-
-    // Dockerfile.
-    let dockerfile = read(&root().join("deploy/docker/Dockerfile"));
-    let runtime_from = dockerfile
+    let dockerfile = "deploy/docker/Dockerfile";
+    let docker_text = read(&root().join(dockerfile));
+    let runtime_from = docker_text
         .find("\nFROM ${RUNTIME_IMAGE}")
         .expect("the runtime FROM line");
-    let docker_cases = [
-        ("no USER", dockerfile.replace("\nUSER ", "\n# USER ")),
-        (
-            "USER root",
-            dockerfile.replace("\nUSER 65532:65532", "\nUSER root"),
-        ),
-        ("single stage", dockerfile[runtime_from..].to_string()),
-        (
-            "one binary missing",
-            dockerfile.replace("COPY --from=builder /out/bin/fedprofile-client", "# "),
-        ),
-        (
-            "key baked in",
-            dockerfile.replace(
-                "\nUSER ",
-                "\nCOPY deploy/demo/certs/coordinator.key /etc/fedprofile/tls/\nUSER ",
-            ),
-        ),
-        ("no EXPOSE", dockerfile.replace("EXPOSE 50051", "")),
-    ];
-    for (case, text) in docker_cases {
-        let baseline = check_dockerfile(case, &dockerfile);
-        assert!(
-            !new_problems(&baseline, check_dockerfile(case, &text)).is_empty(),
-            "Dockerfile: '{case}' was not caught"
-        );
-    }
+    assert!(
+        caught(dockerfile, &docker_text[runtime_from..]),
+        "{dockerfile}: 'single stage' was not caught"
+    );
     assert!(
         !check_dockerignore("ignore", "target\n**/*.key\n.git\ntests\n").is_empty(),
         "ignoring a workspace member was not caught"
-    );
-
-    // Configs.
-    let config_dir = root().join("deploy/config");
-    let client_toml = read(&config_dir.join("client.toml"));
-    let coordinator_toml = read(&config_dir.join("coordinator.toml"));
-    assert!(
-        !check_client_config("typo", &client_toml.replace("ledger =", "ledgr ="))
-            .0
-            .is_empty()
-    );
-    assert!(
-        !check_client_config("no tls", &client_toml.replace("[tls]", "[tsl]"))
-            .0
-            .is_empty()
-    );
-    assert!(
-        !check_client_config(
-            "bad toml",
-            &client_toml.replace("epsilon = 1.0", "epsilon = ")
-        )
-        .0
-        .is_empty()
-    );
-    assert!(
-        !check_coordinator_config(
-            "public metrics",
-            &coordinator_toml.replace("127.0.0.1:9464", "0.0.0.0:9464"),
-            Metrics::Loopback
-        )
-        .0
-        .is_empty()
-    );
-    assert!(
-        !check_coordinator_config(
-            "no state",
-            &coordinator_toml.replace("state_dir", "# state_dir"),
-            Metrics::Loopback
-        )
-        .0
-        .is_empty()
-    );
-    assert!(
-        !check_operator_config(
-            "plain http",
-            &read(&config_dir.join("operator.toml")).replace("https://", "http://")
-        )
-        .is_empty()
     );
 }

@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use fedprofile_e2e::{PARTNERS, Sandbox, bin, demo_dir, run_bounded, telco_run};
+use fedprofile_e2e::{PARTNERS, Sandbox, client_tool, demo_dir, telco_run};
 use ndarray::Array1;
 
 /// One federation run shared by the tests of this file (it takes a few seconds).
@@ -32,13 +31,7 @@ fn demo_run() -> &'static DemoRun {
                 "debug,h2=info,hyper=info,tower=info,rustls=info",
             )],
         );
-        let mut clients: Vec<_> = PARTNERS
-            .iter()
-            .map(|p| {
-                let cfg = sandbox.write_client(p, "certs", p);
-                sandbox.start_client(p, &cfg, port, &[])
-            })
-            .collect();
+        let mut clients = sandbox.start_clients(&PARTNERS, port, &[]);
         let status = coordinator.wait(Duration::from_secs(300));
         assert!(
             status.success(),
@@ -47,8 +40,7 @@ fn demo_run() -> &'static DemoRun {
             fedprofile_e2e::tail(&coordinator.read_stderr(), 30)
         );
         for c in &mut clients {
-            let status = c.wait(Duration::from_secs(30));
-            assert!(status.success(), "{} failed:\n{}", c.name, c.read_stderr());
+            c.wait_success(Duration::from_secs(30));
         }
         DemoRun {
             coordinator_stdout: coordinator.read_stdout(),
@@ -99,15 +91,9 @@ fn scores_written_by_partners_give_the_pooled_auc() {
     for partner in PARTNERS {
         let config = run.sandbox.write_client(partner, "certs", partner);
         let out = run.sandbox.path(&format!("{partner}-scores.csv"));
-        let result = run_bounded(
-            Command::new(bin("fedprofile-client"))
-                .args(["score", "--config"])
-                .arg(&config)
-                .arg("--model")
-                .arg(&model)
-                .args(["--split", "test", "--out"])
-                .arg(&out),
-            Duration::from_secs(60),
+        let result = client_tool(
+            &["score", "--split", "test"],
+            &[("--config", &config), ("--model", &model), ("--out", &out)],
         );
         assert!(result.status.success(), "score failed: {result:?}");
         let truth =
@@ -215,24 +201,12 @@ fn profiles_have_one_row_per_user_and_contributions_that_add_up() {
     let model = run.sandbox.path("out/model.json");
     let config = run.sandbox.write_client("partner-a", "certs", "partner-a");
     let out = run.sandbox.path("profiles.csv");
-    let result = run_bounded(
-        Command::new(bin("fedprofile-client"))
-            .args(["profile", "--config"])
-            .arg(&config)
-            .arg("--model")
-            .arg(&model)
-            .arg("--out")
-            .arg(&out),
-        Duration::from_secs(60),
+    let result = client_tool(
+        &["profile"],
+        &[("--config", &config), ("--model", &model), ("--out", &out)],
     );
     assert!(result.status.success(), "profile failed: {result:?}");
-    let mut reader = csv::Reader::from_path(&out).unwrap();
-    let header: Vec<String> = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .map(str::to_string)
-        .collect();
+    let (header, records) = fedprofile_e2e::read_csv(&out);
     assert_eq!(
         &header[..4],
         ["user_id", "churn_probability", "logit", "intercept"]
@@ -240,8 +214,7 @@ fn profiles_have_one_row_per_user_and_contributions_that_add_up() {
     assert_eq!(header.last().unwrap(), "other_contribution");
     let mut ids = std::collections::HashSet::new();
     let mut rows = 0;
-    for record in reader.records() {
-        let r = record.unwrap();
+    for r in &records {
         assert!(ids.insert(r[0].to_string()), "user {} twice", &r[0]);
         let p: f64 = r[1].parse().unwrap();
         assert!((0.0..=1.0).contains(&p));
@@ -249,16 +222,7 @@ fn profiles_have_one_row_per_user_and_contributions_that_add_up() {
         let intercept: f64 = r[3].parse().unwrap();
         // sigmoid(logit) is the probability.
         assert!((1.0 / (1.0 + (-logit).exp()) - p).abs() < 1e-5);
-        let contributions: f64 = (5..r.len() - 1)
-            .step_by(2)
-            .map(|i| r[i].parse::<f64>().unwrap())
-            .sum::<f64>()
-            + r[r.len() - 1].parse::<f64>().unwrap();
-        assert!(
-            (contributions - (logit - intercept)).abs() < 1e-4,
-            "contributions {contributions} vs logit - intercept {}",
-            logit - intercept
-        );
+        fedprofile_e2e::assert_contributions_add_up(r.as_slice(), logit - intercept);
         // The named features are the largest in magnitude, in order.
         let c1: f64 = r[5].parse().unwrap();
         let c2: f64 = r[7].parse().unwrap();
@@ -279,18 +243,8 @@ fn a_run_can_warm_start_from_an_earlier_global_model() {
     );
     let (config, run_file) = sandbox.write_coordinator(&run_toml);
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run_file, &[]);
-    let _clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
-    assert!(
-        coordinator.wait(Duration::from_secs(120)).success(),
-        "{}",
-        coordinator.read_stderr()
-    );
+    let _clients = sandbox.start_clients(&PARTNERS, port, &[]);
+    coordinator.wait_success(Duration::from_secs(120));
     assert!(coordinator.read_stdout().contains("warm start from"));
     // One round from the 20-round model is already at its level (a cold first
     // round reaches about 0.834).

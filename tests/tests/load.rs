@@ -5,11 +5,9 @@
 
 use std::time::Duration;
 
-use fedprofile_coordinator::certs::{self, Role, Validity};
-use fedprofile_coordinator::config::CoordinatorConfig;
-use fedprofile_coordinator::daemon::{self, ServeOptions};
+use fedprofile_coordinator::daemon;
+use fedprofile_e2e::in_process::{client_names, client_tls, make_pki, serve_options};
 use fedprofile_e2e::light::{open_session, serve_honestly};
-use fedprofile_protocol::tls::{self, TlsFiles};
 
 const CLIENTS: usize = 200;
 
@@ -17,56 +15,20 @@ const CLIENTS: usize = 200;
 async fn two_hundred_mtls_clients_join_one_run_of_five_rounds() {
     fedprofile_protocol::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    certs::init_ca(dir.path(), "load ca", 1).unwrap();
-    certs::issue(
-        dir.path(),
-        "coordinator",
-        Role::Server,
-        &[],
-        Validity::Days(1),
-    )
-    .unwrap();
-    let names: Vec<String> = (0..CLIENTS).map(|i| format!("client-{i:03}")).collect();
-    for n in &names {
-        certs::issue(dir.path(), n, Role::Client, &[], Validity::Days(1)).unwrap();
-    }
+    let names = client_names(CLIENTS);
+    make_pki(dir.path(), "load ca", &names);
     let run_toml = format!(
         "[run]\nname = \"load\"\nrounds = 5\nseed = 3\n\
          [clients]\nfraction_per_round = 1.0\nmin_per_round = {CLIENTS}\nmin_connected_to_start = {CLIENTS}\nstart_timeout_secs = 120\n\
          [round]\ndeadline_secs = 60\nmax_retries = 0\n"
     );
-    let options = ServeOptions {
-        config: CoordinatorConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            max_message_bytes: fedprofile_protocol::DEFAULT_MAX_MESSAGE_BYTES,
-            tls: Some(TlsFiles {
-                ca_cert: certs::ca_cert_path(dir.path()),
-                cert: certs::cert_path(dir.path(), "coordinator"),
-                key: certs::key_path(dir.path(), "coordinator"),
-            }),
-            crl: None,
-            state_dir: dir.path().join("state"),
-            metrics_listen: None,
-        },
-        queue_run: Some((dir.path().join("run.toml"), run_toml)),
-        out_dir: None,
-        exit_when_idle: true,
-        insecure: false,
-        addr_file: None,
-        progress: false,
-        accept_state_loss: false,
-    };
+    let options = serve_options(dir.path(), run_toml);
     let listener = daemon::bind(&options).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = tokio::spawn(daemon::serve(options, listener, std::future::pending()));
     let mut handles = Vec::new();
     for n in &names {
-        let files = TlsFiles {
-            ca_cert: certs::ca_cert_path(dir.path()),
-            cert: certs::cert_path(dir.path(), n),
-            key: certs::key_path(dir.path(), n),
-        };
-        let tls = tls::client_config(&files, "coordinator").unwrap();
+        let tls = client_tls(dir.path(), n);
         handles.push(tokio::spawn(async move {
             let session = open_session(port, tls).await.expect("session");
             serve_honestly(session, 40).await

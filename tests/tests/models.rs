@@ -6,12 +6,11 @@
 //! contract type, and the profiles and scores written from those models.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use fedprofile_e2e::{PARTNERS, Sandbox, bin, demo_dir, run_bounded};
+use fedprofile_e2e::{PARTNERS, Sandbox, client_tool, demo_dir, read_csv};
 
 /// One finished federation: its sandbox (outputs in `out/`) and its stdout.
 struct Finished {
@@ -23,8 +22,7 @@ struct Finished {
 /// `deploy/demo/`); `client_extra` is appended to every client config.
 fn federate(schema: &str, run_toml: &str, client_extra: &str) -> Finished {
     let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(run_toml);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let (mut coordinator, port) = sandbox.start_run(run_toml);
     let mut clients: Vec<_> = PARTNERS
         .iter()
         .map(|p| {
@@ -65,23 +63,9 @@ fn segments_run() -> &'static Finished {
 
 /// metrics.csv as (header, rows).
 fn metrics(sandbox: &Sandbox) -> Vec<std::collections::HashMap<String, String>> {
-    let mut reader = csv::Reader::from_path(sandbox.path("out/metrics.csv")).unwrap();
-    let header: Vec<String> = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .map(str::to_string)
-        .collect();
-    reader
-        .records()
-        .map(|r| {
-            let r = r.unwrap();
-            header
-                .iter()
-                .cloned()
-                .zip(r.iter().map(str::to_string))
-                .collect()
-        })
+    let (header, rows) = read_csv(&sandbox.path("out/metrics.csv"));
+    rows.into_iter()
+        .map(|r| header.iter().cloned().zip(r).collect())
         .collect()
 }
 
@@ -95,35 +79,28 @@ fn column(rows: &[std::collections::HashMap<String, String>], name: &str) -> Vec
         .collect()
 }
 
+/// `run_toml` over the four partners with the demo schema `schema` must fail,
+/// the coordinator saying `reason`.
+fn assert_run_stops_saying(run_toml: &str, schema: &str, reason: &str) {
+    let sandbox = Sandbox::new();
+    let (mut coordinator, port) = sandbox.start_run(run_toml);
+    let mut clients: Vec<_> = PARTNERS
+        .iter()
+        .map(|p| {
+            let cfg = sandbox.write_client_schema(p, "certs", p, schema, "");
+            sandbox.start_client(p, &cfg, port, &[])
+        })
+        .collect();
+    assert!(!coordinator.wait(Duration::from_secs(120)).success());
+    let text = coordinator.read_stdout() + &coordinator.read_stderr();
+    assert!(text.contains(reason), "{text}");
+    for c in &mut clients {
+        c.wait(Duration::from_secs(30));
+    }
+}
+
 fn model_json(sandbox: &Sandbox) -> serde_json::Value {
     serde_json::from_str(&fs::read_to_string(sandbox.path("out/model.json")).unwrap()).unwrap()
-}
-
-fn client_tool(args: &[&str], paths: &[(&str, &Path)]) -> std::process::Output {
-    let mut cmd = Command::new(bin("fedprofile-client"));
-    cmd.args(args);
-    for (flag, path) in paths {
-        if !flag.is_empty() {
-            cmd.arg(flag);
-        }
-        cmd.arg(path);
-    }
-    run_bounded(&mut cmd, Duration::from_secs(60))
-}
-
-fn csv_rows(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    let header = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .map(str::to_string)
-        .collect();
-    let rows = reader
-        .records()
-        .map(|r| r.unwrap().iter().map(str::to_string).collect())
-        .collect();
-    (header, rows)
 }
 
 #[test]
@@ -174,7 +151,7 @@ fn a_linear_model_gives_profiles_whose_contributions_add_up_to_the_prediction() 
         &[("--config", &config), ("--model", &model), ("--out", &out)],
     );
     assert!(result.status.success(), "profile failed: {result:?}");
-    let (header, rows) = csv_rows(&out);
+    let (header, rows) = read_csv(&out);
     assert_eq!(
         &header[..4],
         ["user_id", "monthly_charges_predicted", "score", "intercept"]
@@ -189,16 +166,7 @@ fn a_linear_model_gives_profiles_whose_contributions_add_up_to_the_prediction() 
         let prediction: f64 = r[1].parse().unwrap();
         let intercept: f64 = r[3].parse().unwrap();
         assert!((10.0..150.0).contains(&prediction), "{r:?}");
-        let sum: f64 = (5..r.len() - 1)
-            .step_by(2)
-            .map(|i| r[i].parse::<f64>().unwrap())
-            .sum::<f64>()
-            + r[r.len() - 1].parse::<f64>().unwrap();
-        assert!(
-            (sum - (prediction - intercept)).abs() < 1e-4,
-            "contributions {sum} vs prediction - intercept {}",
-            prediction - intercept
-        );
+        fedprofile_e2e::assert_contributions_add_up(r.as_slice(), prediction - intercept);
     }
     // `score` writes the same predictions.
     let scores = run.sandbox.path("value-scores.csv");
@@ -211,7 +179,7 @@ fn a_linear_model_gives_profiles_whose_contributions_add_up_to_the_prediction() 
         ],
     );
     assert!(result.status.success(), "score failed: {result:?}");
-    let (header, scored) = csv_rows(&scores);
+    let (header, scored) = read_csv(&scores);
     assert_eq!(header, ["user_id", "prediction"]);
     assert_eq!(scored.len(), rows.len());
     assert_eq!(scored[0][1], rows[0][1]);
@@ -283,7 +251,7 @@ fn one_profile_holds_churn_probability_predicted_value_and_segment_per_user() {
         ],
     );
     assert!(result.status.success(), "profile failed: {result:?}");
-    let (header, rows) = csv_rows(&out);
+    let (header, rows) = read_csv(&out);
     let at = |name: &str| {
         header
             .iter()
@@ -492,7 +460,7 @@ fn softmax_regression_of_the_contract_type_beats_the_class_prior() {
         ],
     );
     assert!(scored.status.success(), "{scored:?}");
-    let (header, rows) = csv_rows(&scores);
+    let (header, rows) = read_csv(&scores);
     assert_eq!(header, ["user_id", "class", "probability"]);
     let mut counts = std::collections::BTreeMap::new();
     for r in &rows {
@@ -516,26 +484,11 @@ fn softmax_regression_of_the_contract_type_beats_the_class_prior() {
 #[test]
 fn a_model_family_that_does_not_fit_the_clients_label_stops_the_run_with_a_reason() {
     let run_toml = demo_run_file("value/run.toml");
-    let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(&run_toml);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
-    let status = coordinator.wait(Duration::from_secs(120));
-    assert!(!status.success());
-    let text = coordinator.read_stdout() + &coordinator.read_stderr();
-    assert!(
-        text.contains("the run trains a linear_regression model, which needs a numeric target (type = \"target\") in the clients' schema; their schema declares 'churn' as a binary label"),
-        "{text}"
+    assert_run_stops_saying(
+        &run_toml,
+        "schema.toml",
+        "the run trains a linear_regression model, which needs a numeric target (type = \"target\") in the clients' schema; their schema declares 'churn' as a binary label",
     );
-    for c in &mut clients {
-        c.wait(Duration::from_secs(30));
-    }
 }
 
 #[test]
@@ -543,13 +496,7 @@ fn operators_see_the_pooled_metrics_of_a_kmeans_run_in_status_and_watch() {
     let sandbox = Sandbox::new();
     let (config, _) = sandbox.write_coordinator(&fedprofile_e2e::telco_run(1, 1, 1, 10.0));
     let (_coordinator, port) = sandbox.start_coordinator_with(&config, None, &[], &[]);
-    let _clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &["--keep-running"])
-        })
-        .collect();
+    let _clients = sandbox.start_clients(&PARTNERS, port, &["--keep-running"]);
     let operator = sandbox.operator_config("ops", port, true);
     let run_file = sandbox.path("segments.toml");
     fs::write(&run_file, demo_run_file("run-segments.toml")).unwrap();
@@ -604,25 +551,11 @@ fn a_warm_start_from_another_family_is_refused_with_the_reason() {
             earlier.sandbox.path("out/model.json").display()
         ),
     );
-    let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(&run_toml);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client_schema(p, "certs", p, "schema-value.toml", "");
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
-    assert!(!coordinator.wait(Duration::from_secs(120)).success());
-    let text = coordinator.read_stdout() + &coordinator.read_stderr();
-    assert!(
-        text.contains("is a kmeans model, the run trains linear_regression"),
-        "{text}"
+    assert_run_stops_saying(
+        &run_toml,
+        "schema-value.toml",
+        "is a kmeans model, the run trains linear_regression",
     );
-    for c in &mut clients {
-        c.wait(Duration::from_secs(30));
-    }
 }
 
 #[test]

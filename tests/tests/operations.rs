@@ -6,9 +6,12 @@ use std::fs;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use fedprofile_e2e::light::{Incoming, open_session};
-use fedprofile_e2e::{PARTNERS, Sandbox, client_cmd, demo_dir, run_bounded, telco_run};
-use fedprofile_protocol::messages::{ClientReply, ResultBody, TaskBody, TrainReport};
+use fedprofile_e2e::light::{Incoming, open_session, refusal, train_reply};
+use fedprofile_e2e::{
+    PARTNERS, Sandbox, client_tool, demo_dir, ledger_entries, run_bounded, spent_epsilon,
+    start_three_and_light, telco_run,
+};
+use fedprofile_protocol::messages::TaskBody;
 use ndarray::Array1;
 
 fn text(out: &std::process::Output) -> String {
@@ -47,13 +50,7 @@ fn operators_start_watch_and_cancel_runs_and_partners_are_refused_on_the_admin_a
     let sandbox = Sandbox::new();
     let config = daemon_config(&sandbox);
     let (mut coordinator, port) = sandbox.start_coordinator_with(&config, None, &[], &[]);
-    let _clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &["--keep-running"])
-        })
-        .collect();
+    let _clients = sandbox.start_clients(&PARTNERS, port, &["--keep-running"]);
     let alice = sandbox.operator_config("alice", port, true);
 
     // A partner certificate is refused on the admin API.
@@ -220,33 +217,14 @@ fn a_coordinator_killed_mid_run_resumes_and_no_task_is_charged_twice() {
     let rounds = 40;
     let (config, run) = sandbox.write_coordinator(&dp_run(rounds, 20.0));
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let privacy = |p: &str| {
-        format!(
-            "[privacy]\nepsilon = 25.0\ndelta = 1e-5\nledger = \"{}\"\n",
-            sandbox.path(&format!("ledgers/{p}.jsonl")).display()
-        )
-    };
-    let configs: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| sandbox.write_client_with(p, "certs", p, &privacy(p)))
-        .collect();
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .zip(&configs)
-        .map(|(p, c)| sandbox.start_client(p, c, port, &[]))
-        .collect();
+    let (configs, mut clients) = sandbox.start_dp_clients(25.0, port, &[]);
     coordinator.wait_for_stdout(Duration::from_secs(300), |s| s.contains("round   5/40"));
     coordinator.kill(); // SIGKILL, mid-run
     assert!(!sandbox.path("out/summary.json").exists());
 
     // Same port is gone; restart on a new one and point nobody anywhere: clients
     // were told the old port, so restart on the same address via --listen.
-    let (mut restarted, _) = sandbox.start_coordinator_with(
-        &config,
-        None,
-        &["--exit-when-idle", "--listen", &format!("127.0.0.1:{port}")],
-        &[],
-    );
+    let mut restarted = sandbox.restart_coordinator(&config, port);
     let status = restarted.wait(Duration::from_secs(300));
     assert!(status.success(), "{}", restarted.read_stderr());
     assert!(
@@ -255,11 +233,7 @@ fn a_coordinator_killed_mid_run_resumes_and_no_task_is_charged_twice() {
         restarted.read_stdout()
     );
     for c in &mut clients {
-        assert!(
-            c.wait(Duration::from_secs(60)).success(),
-            "{}",
-            c.read_stderr()
-        );
+        c.wait_success(Duration::from_secs(60));
     }
     let summary = sandbox.summary();
     assert_eq!(summary["completed"], true, "{summary}");
@@ -274,17 +248,7 @@ fn a_coordinator_killed_mid_run_resumes_and_no_task_is_charged_twice() {
     );
 
     for (p, cfg) in PARTNERS.iter().zip(&configs) {
-        let ledger = sandbox.path(&format!("ledgers/{p}.jsonl"));
-        let shown = client_cmd(&[
-            "privacy",
-            "ledger",
-            "show",
-            ledger.to_str().unwrap(),
-            "--json",
-        ]);
-        assert!(shown.status.success(), "{p}: {}", text(&shown));
-        let entries: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-        let entries = entries.as_array().unwrap();
+        let entries = ledger_entries(&sandbox.ledger(p));
         // One charge per round, never two for a round (a re-sent task is answered from the cache).
         assert_eq!(entries.len(), rounds as usize, "{p}");
         let mut seen: Vec<u64> = entries
@@ -297,22 +261,12 @@ fn a_coordinator_killed_mid_run_resumes_and_no_task_is_charged_twice() {
             rounds as usize,
             "{p}: a round was charged twice"
         );
-        let cost: serde_json::Value = serde_json::from_slice(
-            &client_cmd(&[
-                "privacy",
-                "cost",
-                "--run",
-                run.to_str().unwrap(),
-                "--config",
-                cfg.to_str().unwrap(),
-                "--json",
-            ])
-            .stdout,
-        )
-        .unwrap();
-        let last = entries.last().unwrap()["cumulative_epsilon"]
-            .as_f64()
-            .unwrap();
+        let cost = client_tool(
+            &["privacy", "cost", "--json"],
+            &[("--run", &run), ("--config", cfg)],
+        );
+        let cost: serde_json::Value = serde_json::from_slice(&cost.stdout).unwrap();
+        let last = spent_epsilon(&entries);
         assert!(
             (cost["epsilon"].as_f64().unwrap() - last).abs() <= 1e-9 * last,
             "{p}"
@@ -326,17 +280,12 @@ fn a_coordinator_killed_mid_run_resumes_and_no_task_is_charged_twice() {
 fn a_client_killed_mid_round_is_not_waited_for_and_rejoins_when_restarted() {
     let sandbox = Sandbox::new();
     let run_toml = telco_run(400, 3, 4, 20.0).replace("eval_every = 1", "eval_every = 50");
-    let (config, run) = sandbox.write_coordinator(&run_toml);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let (mut coordinator, port) = sandbox.start_run(&run_toml);
     let configs: Vec<_> = PARTNERS
         .iter()
         .map(|p| sandbox.write_client(p, "certs", p))
         .collect();
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .zip(&configs)
-        .map(|(p, c)| sandbox.start_client(p, c, port, &[]))
-        .collect();
+    let mut clients = sandbox.start_configured(&PARTNERS, &configs, port, &[]);
     coordinator.wait_for_stdout(Duration::from_secs(120), |s| s.contains("round  50/400"));
     clients[3].kill(); // partner-d, SIGKILL
     std::thread::sleep(Duration::from_millis(500));
@@ -362,49 +311,17 @@ fn a_client_killed_mid_round_is_not_waited_for_and_rejoins_when_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalling_client_is_not_waited_for_and_its_late_update_is_rejected_as_stale() {
-    let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(&telco_run(3, 3, 4, 2.0));
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let _honest: Vec<_> = ["partner-a", "partner-b", "partner-c"]
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
-    let mut slow = open_session(port, sandbox.client_tls("partner-d"))
-        .await
-        .unwrap();
+    let (sandbox, mut coordinator, _honest, mut slow) = start_three_and_light(3, 2.0).await;
     loop {
         match slow.next(Duration::from_secs(60)).await {
             Incoming::Task(task) => match &task.body {
                 TaskBody::Train(t) => {
                     // Answer well after the 2 s deadline.
                     tokio::time::sleep(Duration::from_millis(2600)).await;
-                    slow.send(&ClientReply::Result {
-                        task_id: task.task_id.clone(),
-                        body: ResultBody::Train(TrainReport {
-                            delta: Array1::zeros(t.model.params.len()),
-                            examples: 10,
-                            steps: 1,
-                            train_loss: 0.5,
-                            train_micros: 1,
-                            update_norm: 0.0,
-                            epsilon_spent: None,
-                            not_private: false,
-                            statistics: None,
-                        }),
-                    })
-                    .await;
+                    let delta = Array1::zeros(t.model.params.len());
+                    slow.send(&train_reply(&task.task_id, delta, 10, 0.5)).await;
                 }
-                _ => {
-                    slow.send(&ClientReply::Refusal {
-                        task_id: task.task_id.clone(),
-                        reason: "slow".into(),
-                        kind: fedprofile_protocol::messages::RefusalKind::Other,
-                    })
-                    .await
-                }
+                _ => slow.send(&refusal(&task.task_id, "slow")).await,
             },
             Incoming::Finished => break,
             Incoming::Closed(why) => panic!("{why}"),
@@ -437,13 +354,7 @@ async fn certificates_rotate_during_a_run_and_a_revoked_partner_is_refused() {
         .replace("[tls]\n", &format!("[tls]\n{crl}"));
     fs::write(&config, with_crl).unwrap();
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let _clients: Vec<_> = ["partner-a", "partner-b", "partner-c"]
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let _clients = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
     coordinator.wait_for_stdout(Duration::from_secs(120), |s| s.contains("round   3/"));
     let tls_as = |name: &str, server_name: &str| {
         let files = fedprofile_protocol::tls::TlsFiles {
@@ -539,13 +450,7 @@ fn a_torn_audit_line_is_detected_and_recovered_by_an_audited_step() {
     let sandbox = Sandbox::new();
     let (config, run) = sandbox.write_coordinator(&telco_run(1, 4, 4, 30.0));
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let mut clients = sandbox.start_clients(&PARTNERS, port, &[]);
     assert!(coordinator.wait(Duration::from_secs(120)).success());
     for c in &mut clients {
         let _ = c.wait(Duration::from_secs(30));
@@ -555,20 +460,7 @@ fn a_torn_audit_line_is_detected_and_recovered_by_an_audited_step() {
     file.write_all(b"{\"seq\":99,\"at\":\"2026-12-").unwrap();
     drop(file);
 
-    let serve = |extra: &[&str]| {
-        let mut cmd = std::process::Command::new(fedprofile_e2e::bin("fedprofile-coordinator"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(sandbox.path("state"))
-            .arg("--out")
-            .arg(sandbox.path("out2"))
-            .args(["--listen", "127.0.0.1:0", "--exit-when-idle"])
-            .args(extra);
-        run_bounded(&mut cmd, Duration::from_secs(60))
-    };
-    let refused = serve(&[]);
+    let refused = sandbox.serve_until_idle(&config, &[]);
     assert!(!refused.status.success(), "started on a torn audit log");
     let why = text(&refused);
     assert!(why.contains("incomplete last line"), "{why}");
@@ -585,7 +477,7 @@ fn a_torn_audit_line_is_detected_and_recovered_by_an_audited_step() {
     assert!(verified.status.success(), "{}", text(&verified));
     let log = fs::read_to_string(&audit).unwrap();
     assert!(log.contains("\"action\":\"audit.recovered\""), "{log}");
-    let started = serve(&[]);
+    let started = sandbox.serve_until_idle(&config, &[]);
     assert!(started.status.success(), "{}", text(&started));
 }
 
@@ -599,13 +491,7 @@ fn a_run_whose_checkpoint_cannot_be_read_fails_with_the_reason() {
     let run_toml = telco_run(400, 4, 4, 20.0).replace("eval_every = 1", "eval_every = 50");
     let (config, run) = sandbox.write_coordinator(&run_toml);
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let _clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let _clients = sandbox.start_clients(&PARTNERS, port, &[]);
     coordinator.wait_for_stdout(Duration::from_secs(120), |s| s.contains("round   3/400"));
     coordinator.kill(); // SIGKILL, mid-run
 

@@ -3,9 +3,13 @@
 //! privacy team's commands.
 
 use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
-use fedprofile_e2e::{PARTNERS, Sandbox, client_cmd, demo_dir};
+use fedprofile_e2e::{
+    PARTNERS, Sandbox, client_cmd, client_tool, demo_dir, ledger_entries, spent_epsilon,
+    verify_ledger,
+};
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -20,10 +24,31 @@ fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("json output")
 }
 
-fn privacy_section(sandbox: &Sandbox, partner: &str, epsilon: f64) -> String {
-    format!(
-        "[privacy]\nepsilon = {epsilon}\ndelta = 1e-5\nledger = \"{}\"\n",
-        sandbox.path(&format!("ledgers/{partner}.jsonl")).display()
+/// `privacy cost --json` of the Gaussian mechanism at sampling rate `q`, noise
+/// multiplier `z`, `steps` steps and δ 1e-5, with `extra` arguments.
+fn gaussian_cost(q: &str, z: &str, steps: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "privacy",
+        "cost",
+        "--sampling-rate",
+        q,
+        "--noise-multiplier",
+        z,
+        "--steps",
+        steps,
+        "--delta",
+        "1e-5",
+        "--json",
+    ];
+    args.extend(extra);
+    json(&client_cmd(&args))
+}
+
+/// `privacy cost --json` of the run file `run` for a client `config` against `ledger`.
+fn run_cost(run: &Path, config: &Path, ledger: &Path) -> std::process::Output {
+    client_tool(
+        &["privacy", "cost", "--json"],
+        &[("--run", run), ("--config", config), ("--ledger", ledger)],
     )
 }
 
@@ -37,23 +62,11 @@ fn record_level_dp_run_meets_the_floor_and_ledgers_match_privacy_cost() {
     let sandbox = Sandbox::new();
     let (config, run) = sandbox.write_coordinator(&dp_run_file());
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let configs: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| sandbox.write_client_with(p, "certs", p, &privacy_section(&sandbox, p, 1.0)))
-        .collect();
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .zip(&configs)
-        .map(|(p, cfg)| sandbox.start_client(p, cfg, port, &[]))
-        .collect();
+    let (configs, mut clients) = sandbox.start_dp_clients(1.0, port, &[]);
     let status = coordinator.wait(Duration::from_secs(600));
     assert!(status.success(), "{}", coordinator.read_stderr());
     for c in &mut clients {
-        assert!(
-            c.wait(Duration::from_secs(30)).success(),
-            "{}",
-            c.read_stderr()
-        );
+        c.wait_success(Duration::from_secs(30));
     }
     let summary = sandbox.summary();
     let (auc, log_loss) = (
@@ -76,39 +89,22 @@ fn record_level_dp_run_meets_the_floor_and_ledgers_match_privacy_cost() {
     );
 
     for (partner, cfg) in PARTNERS.iter().zip(&configs) {
-        let ledger = sandbox.path(&format!("ledgers/{partner}.jsonl"));
-        let verify = client_cmd(&["privacy", "ledger", "verify", ledger.to_str().unwrap()]);
+        let ledger = sandbox.ledger(partner);
+        let verify = verify_ledger(&ledger);
         assert!(verify.status.success(), "{partner}: {verify:?}");
         assert!(
             stdout(&verify).contains("intact, 20 charged tasks"),
             "{}",
             stdout(&verify)
         );
-        let entries = json(&client_cmd(&[
-            "privacy",
-            "ledger",
-            "show",
-            ledger.to_str().unwrap(),
-            "--json",
-        ]));
-        let last = entries.as_array().unwrap().last().unwrap()["cumulative_epsilon"]
-            .as_f64()
-            .unwrap();
+        let entries = ledger_entries(&ledger);
+        assert!(!entries.is_empty(), "{partner}: an empty ledger");
+        let last = spent_epsilon(&entries);
         assert!(last <= 1.0, "{partner} spent {last} > its budget");
         // `privacy cost` before the run (an empty ledger) says exactly what the
         // ledger shows after it.
         let before = sandbox.path(&format!("ledgers/{partner}-before.jsonl"));
-        let cost = json(&client_cmd(&[
-            "privacy",
-            "cost",
-            "--run",
-            run.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-            "--ledger",
-            before.to_str().unwrap(),
-            "--json",
-        ]));
+        let cost = json(&run_cost(&run, cfg, &before));
         let predicted = cost["epsilon"].as_f64().unwrap();
         assert!(
             (predicted - last).abs() <= 1e-9 * last.max(1.0),
@@ -116,17 +112,7 @@ fn record_level_dp_run_meets_the_floor_and_ledgers_match_privacy_cost() {
         );
         // After it, against the partner's real ledger: the spend is there and
         // the same run again does not fit (exit 1, with the figures).
-        let again = client_cmd(&[
-            "privacy",
-            "cost",
-            "--run",
-            run.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-            "--ledger",
-            ledger.to_str().unwrap(),
-            "--json",
-        ]);
+        let again = run_cost(&run, cfg, &ledger);
         assert_eq!(again.status.code(), Some(1), "{partner}: {again:?}");
         let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
         assert!((again["spent_epsilon"].as_f64().unwrap() - last).abs() <= 1e-9);
@@ -142,22 +128,16 @@ fn a_client_with_a_small_budget_refuses_and_never_overspends() {
     let run_toml = dp_run_file()
         .replace("rounds = 20", "rounds = 5")
         .replace("deadline_secs = 60", "deadline_secs = 30");
-    let (config, run) = sandbox.write_coordinator(&run_toml);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let (mut coordinator, port) = sandbox.start_run(&run_toml);
     let _clients: Vec<_> = PARTNERS
         .iter()
         .map(|p| {
             let budget = if *p == "partner-d" { 0.7 } else { 1.0 };
-            let cfg =
-                sandbox.write_client_with(p, "certs", p, &privacy_section(&sandbox, p, budget));
+            let cfg = sandbox.write_dp_client(p, budget);
             sandbox.start_client(p, &cfg, port, &[])
         })
         .collect();
-    assert!(
-        coordinator.wait(Duration::from_secs(300)).success(),
-        "{}",
-        coordinator.read_stderr()
-    );
+    coordinator.wait_success(Duration::from_secs(300));
     let summary = sandbox.summary();
     assert_eq!(summary["completed"], true, "{summary}");
     let reason = summary["refusals"]["partner-d"]
@@ -173,45 +153,22 @@ fn a_client_with_a_small_budget_refuses_and_never_overspends() {
         "{}",
         coordinator.read_stdout()
     );
-    let ledger = sandbox.path("ledgers/partner-d.jsonl");
-    let entries = json(&client_cmd(&[
-        "privacy",
-        "ledger",
-        "show",
-        ledger.to_str().unwrap(),
-        "--json",
-    ]));
-    let entries = entries.as_array().unwrap();
+    let entries = ledger_entries(&sandbox.ledger("partner-d"));
     assert!(!entries.is_empty() && entries.len() < 5, "{entries:?}");
-    for e in entries {
+    for e in &entries {
         assert!(e["cumulative_epsilon"].as_f64().unwrap() <= 0.7);
     }
 }
 
 #[test]
 fn privacy_cost_and_calibrate_match_the_known_values() {
-    let base = [
-        "privacy",
-        "cost",
-        "--sampling-rate",
-        "0.01",
-        "--noise-multiplier",
-        "1.1",
-        "--steps",
-        "1000",
-        "--delta",
-        "1e-5",
-        "--json",
-    ];
-    let tight = json(&client_cmd(&base));
+    let tight = gaussian_cost("0.01", "1.1", "1000", &[]);
     assert_eq!(tight["accountant"], "pld");
     assert!(
         (tight["epsilon"].as_f64().unwrap() - 1.5154).abs() < 2e-3,
         "{tight}"
     );
-    let mut rdp_args = base.to_vec();
-    rdp_args.extend(["--accountant", "rdp"]);
-    let rdp = json(&client_cmd(&rdp_args));
+    let rdp = gaussian_cost("0.01", "1.1", "1000", &["--accountant", "rdp"]);
     assert_eq!(rdp["accountant"], "rdp");
     assert!(
         (rdp["epsilon"].as_f64().unwrap() - 1.7118).abs() < 1e-4,
@@ -245,28 +202,17 @@ fn ledger_verify_names_the_tampered_line_and_report_draws_the_plot() {
         .replace("min_connected_to_start = 4", "min_connected_to_start = 1");
     let (config, run) = sandbox.write_coordinator(&run_toml);
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let cfg = sandbox.write_client_with(
-        "partner-b",
-        "certs",
-        "partner-b",
-        &privacy_section(&sandbox, "partner-b", 1.0),
-    );
+    let cfg = sandbox.write_dp_client("partner-b", 1.0);
     let mut client = sandbox.start_client("partner-b", &cfg, port, &[]);
     assert!(coordinator.wait(Duration::from_secs(300)).success());
     assert!(client.wait(Duration::from_secs(30)).success());
-    let ledger = sandbox.path("ledgers/partner-b.jsonl");
+    let ledger = sandbox.ledger("partner-b");
 
     let out = sandbox.path("report");
-    let report = client_cmd(&[
-        "privacy",
-        "report",
-        "--ledger",
-        ledger.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let report = client_tool(
+        &["privacy", "report"],
+        &[("--ledger", &ledger), ("--config", &cfg), ("--out", &out)],
+    );
     assert!(report.status.success(), "{report:?}");
     assert!(
         stdout(&report).contains("budget epsilon 1"),
@@ -290,14 +236,14 @@ fn ledger_verify_names_the_tampered_line_and_report_draws_the_plot() {
     let edited = lines[1].replacen("\"sigma\":", "\"sigma\":1", 1);
     assert_ne!(edited, lines[1]);
     fs::write(&ledger, format!("{}\n{}\n{}\n", lines[0], edited, lines[2])).unwrap();
-    let verify = client_cmd(&["privacy", "ledger", "verify", ledger.to_str().unwrap()]);
+    let verify = verify_ledger(&ledger);
     assert_eq!(verify.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&verify.stderr);
     assert!(stderr.contains("line 2"), "{stderr}");
 
     // Remove line 2 instead: also named.
     fs::write(&ledger, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
-    let verify = client_cmd(&["privacy", "ledger", "verify", ledger.to_str().unwrap()]);
+    let verify = verify_ledger(&ledger);
     assert_eq!(verify.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&verify.stderr).contains("line 2"));
 }
@@ -311,53 +257,23 @@ fn client_level_dp_charges_the_coordinator_ledger_every_round() {
         [training]\nbatch_size = 32\nlearning_rate = 0.1\n\
         [privacy]\nmode = \"client\"\ndelta = 1e-5\n\
         [privacy.client]\nclip_norm = 0.5\nnoise_multiplier = 1.0\nadaptive = true\ncount_noise_multiplier = 5.0\n";
-    let (config, run) = sandbox.write_coordinator(run_toml);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let _clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
-    assert!(
-        coordinator.wait(Duration::from_secs(120)).success(),
-        "{}",
-        coordinator.read_stderr()
-    );
+    let (mut coordinator, port) = sandbox.start_run(run_toml);
+    let _clients = sandbox.start_clients(&PARTNERS, port, &[]);
+    coordinator.wait_success(Duration::from_secs(120));
     let summary = sandbox.summary();
     assert_eq!(summary["completed"], true, "{summary}");
     let ledger = sandbox.path("out/coordinator-ledger.jsonl");
-    let verify = client_cmd(&["privacy", "ledger", "verify", ledger.to_str().unwrap()]);
+    let verify = verify_ledger(&ledger);
     assert!(
         stdout(&verify).contains("intact, 3 charged tasks"),
         "{verify:?}"
     );
-    let entries = json(&client_cmd(&[
-        "privacy",
-        "ledger",
-        "show",
-        ledger.to_str().unwrap(),
-        "--json",
-    ]));
-    let last = entries.as_array().unwrap().last().unwrap()["cumulative_epsilon"]
-        .as_f64()
-        .unwrap();
+    let entries = ledger_entries(&ledger);
+    assert!(!entries.is_empty(), "an empty coordinator ledger");
+    let last = spent_epsilon(&entries);
     assert!((summary["epsilon"].as_f64().unwrap() - last).abs() < 1e-12);
     // Three rounds of a Gaussian mechanism with z = 1 on every client (q = 1).
-    let expected = json(&client_cmd(&[
-        "privacy",
-        "cost",
-        "--sampling-rate",
-        "1",
-        "--noise-multiplier",
-        "1",
-        "--steps",
-        "3",
-        "--delta",
-        "1e-5",
-        "--json",
-    ]));
+    let expected = gaussian_cost("1", "1", "3", &[]);
     assert!(
         (expected["epsilon"].as_f64().unwrap() - last).abs() < 1e-6 * last,
         "{expected} vs {last}"

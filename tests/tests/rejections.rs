@@ -3,73 +3,30 @@
 
 use std::time::Duration;
 
-use fedprofile_e2e::light::{Incoming, open_session};
-use fedprofile_e2e::{Sandbox, telco_run};
-use fedprofile_protocol::messages::{ClientReply, ResultBody, TaskBody, TrainReport};
+use fedprofile_e2e::light::{Incoming, open_session, refusal, train_reply};
+use fedprofile_e2e::{Sandbox, start_three_and_light, telco_run};
+use fedprofile_protocol::messages::{ClientReply, ResultBody, TaskBody};
 use fedprofile_protocol::pb;
-use fedprofile_protocol::tls::{self, TlsFiles};
 use ndarray::Array1;
 
 fn train(task_id: &str, delta: Vec<f64>, examples: u64) -> ClientReply {
-    ClientReply::Result {
-        task_id: task_id.to_string(),
-        body: ResultBody::Train(TrainReport {
-            delta: Array1::from_vec(delta),
-            examples,
-            steps: 1,
-            train_loss: 0.1,
-            train_micros: 1,
-            update_norm: 0.0,
-            epsilon_spent: None,
-            not_private: false,
-            statistics: None,
-        }),
-    }
+    train_reply(task_id, Array1::from_vec(delta), examples, 0.1)
 }
 
 fn refuse(task_id: &str) -> ClientReply {
-    ClientReply::Refusal {
-        task_id: task_id.to_string(),
-        reason: "rogue declines".into(),
-        kind: fedprofile_protocol::messages::RefusalKind::Other,
-    }
+    refusal(task_id, "rogue declines")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_update_is_rejected_and_counted() {
-    let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(&telco_run(3, 3, 4, 30.0));
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let _honest: Vec<_> = ["partner-a", "partner-b", "partner-c"]
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
-
     // The rogue holds a valid certificate (partner-d) but sends bad updates.
-    let files = TlsFiles {
-        ca_cert: sandbox.path("certs/ca.pem"),
-        cert: sandbox.path("certs/partner-d.pem"),
-        key: sandbox.path("certs/partner-d.key"),
-    };
-    let mut rogue = open_session(port, tls::client_config(&files, "coordinator").unwrap())
-        .await
-        .unwrap();
+    let (sandbox, mut coordinator, _honest, mut rogue) = start_three_and_light(3, 30.0).await;
     assert_eq!(rogue.client_id, "partner-d");
     let mut first_train_task = None;
-    loop {
-        let task = match rogue.next(Duration::from_secs(120)).await {
-            Incoming::Task(t) => t,
-            Incoming::Finished => break,
-            Incoming::Closed(why) => panic!("rogue session closed: {why}"),
-        };
-        let TaskBody::Train(t) = &task.body else {
-            rogue.send(&refuse(&task.task_id)).await;
-            continue;
-        };
-        let dim = t.model.params.len();
+    while let Some((task, dim)) = rogue
+        .next_training(Duration::from_secs(120), "rogue declines")
+        .await
+    {
         let id = task.task_id.clone();
         match task.round {
             1 => {
@@ -148,20 +105,8 @@ async fn every_kind_of_bad_update_is_rejected_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_closes_the_round_with_the_minimum_when_a_client_never_answers() {
-    let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(&telco_run(2, 3, 4, 2.0));
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let _honest: Vec<_> = ["partner-a", "partner-b", "partner-c"]
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
     // partner-d joins, then never answers a training task.
-    let mut silent = open_session(port, sandbox.client_tls("partner-d"))
-        .await
-        .unwrap();
+    let (sandbox, mut coordinator, _honest, mut silent) = start_three_and_light(2, 2.0).await;
     let mut train_tasks = 0;
     loop {
         match silent.next(Duration::from_secs(60)).await {
@@ -199,9 +144,7 @@ async fn an_oversized_message_is_refused_and_the_coordinator_carries_on() {
     let (config, run) =
         sandbox.write_coordinator_with(&telco_run(1, 1, 99, 60.0), "max_message_bytes = 4096");
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let mut big = open_session(port, sandbox.client_tls("partner-a"))
-        .await
-        .unwrap();
+    let mut big = sandbox.open_light(port, "partner-a").await;
     big.send(&train("whatever", vec![0.5; 2_000], 1)).await;
     match big.next(Duration::from_secs(20)).await {
         Incoming::Closed(why) => assert!(
@@ -212,9 +155,7 @@ async fn an_oversized_message_is_refused_and_the_coordinator_carries_on() {
         other => panic!("an oversized message was accepted: {other:?}"),
     }
     assert!(coordinator.is_running(), "the coordinator died");
-    let again = open_session(port, sandbox.client_tls("partner-b"))
-        .await
-        .unwrap();
+    let again = sandbox.open_light(port, "partner-b").await;
     assert_eq!(again.client_id, "partner-b");
 }
 
@@ -226,16 +167,12 @@ async fn a_burst_of_messages_is_refused_and_counted_without_harming_the_process(
         "metrics_listen = \"127.0.0.1:0\"",
     );
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let flood = open_session(port, sandbox.client_tls("partner-a"))
-        .await
-        .unwrap();
+    let flood = sandbox.open_light(port, "partner-a").await;
     for i in 0..6000 {
         flood.send(&refuse(&format!("junk-{i}"))).await;
     }
     // Still serving: a new session is welcomed.
-    let other = open_session(port, sandbox.client_tls("partner-b"))
-        .await
-        .unwrap();
+    let other = sandbox.open_light(port, "partner-b").await;
     assert_eq!(other.client_id, "partner-b");
     assert!(coordinator.is_running());
     let addr = sandbox.metrics_addr();
@@ -285,31 +222,15 @@ async fn a_hostile_fifth_client_cannot_wreck_fedavg() {
     all.push("partner-e");
     sandbox.make_ca("certs", &all);
     let run_file = std::fs::read_to_string(fedprofile_e2e::demo_dir().join("run.toml")).unwrap();
-    let (config, run) = sandbox.write_coordinator(&run_file);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let mut hostile = open_session(port, sandbox.client_tls("partner-e"))
-        .await
-        .unwrap();
-    let _honest: Vec<_> = fedprofile_e2e::PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let (mut coordinator, port) = sandbox.start_run(&run_file);
+    let mut hostile = sandbox.open_light(port, "partner-e").await;
+    let _honest = sandbox.start_clients(&fedprofile_e2e::PARTNERS, port, &[]);
     let mut rounds = 0;
-    loop {
-        let task = match hostile.next(Duration::from_secs(120)).await {
-            Incoming::Task(t) => t,
-            Incoming::Finished => break,
-            Incoming::Closed(why) => panic!("hostile session closed: {why}"),
-        };
-        let TaskBody::Train(t) = &task.body else {
-            hostile.send(&refuse(&task.task_id)).await;
-            continue;
-        };
+    while let Some((task, dim)) = hostile
+        .next_training(Duration::from_secs(120), "rogue declines")
+        .await
+    {
         rounds += 1;
-        let dim = t.model.params.len();
         if task.round % 2 == 1 {
             hostile
                 .send(&train(&task.task_id, vec![1e300; dim], 1000))
@@ -357,22 +278,14 @@ async fn repeated_rejections_are_audited_once_with_their_count() {
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
     // partner-d floods (below the rate limit's burst) before the run starts, then
     // behaves: answers its tasks honestly.
-    let flood = open_session(port, sandbox.client_tls("partner-d"))
-        .await
-        .unwrap();
+    let flood = sandbox.open_light(port, "partner-d").await;
     let junk = 800;
     for i in 0..junk {
         flood
             .send(&train(&format!("junk-{i}"), vec![0.0; 3], 1))
             .await;
     }
-    let _honest: Vec<_> = ["partner-a", "partner-b", "partner-c"]
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let _honest = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
     let served = fedprofile_e2e::light::serve_honestly(flood, 41).await;
     assert!(served > 0);
     assert!(coordinator.wait(Duration::from_secs(120)).success());
@@ -407,8 +320,7 @@ async fn repeated_rejections_are_audited_once_with_their_count() {
 fn idle_connections_do_not_lock_the_partners_out() {
     let sandbox = Sandbox::new();
     let run_file = std::fs::read_to_string(fedprofile_e2e::demo_dir().join("run.toml")).unwrap();
-    let (config, run) = sandbox.write_coordinator(&run_file);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let (mut coordinator, port) = sandbox.start_run(&run_file);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let idle: Vec<std::net::TcpStream> = (0..1500)
         .filter_map(|_| {
@@ -420,22 +332,16 @@ fn idle_connections_do_not_lock_the_partners_out() {
         "only {} idle connections opened",
         idle.len()
     );
-    let mut clients: Vec<_> = fedprofile_e2e::PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            // Two tries each (10 s connect timeout): no waiting out the flood.
-            sandbox.start_client(p, &cfg, port, &["--connect-attempts", "2"])
-        })
-        .collect();
+    // Two tries each (10 s connect timeout): no waiting out the flood.
+    let mut clients = sandbox.start_clients(
+        &fedprofile_e2e::PARTNERS,
+        port,
+        &["--connect-attempts", "2"],
+    );
     let status = coordinator.wait(Duration::from_secs(180));
     assert!(status.success(), "{}", coordinator.read_stderr());
     for c in &mut clients {
-        assert!(
-            c.wait(Duration::from_secs(60)).success(),
-            "{}",
-            c.read_stderr()
-        );
+        c.wait_success(Duration::from_secs(60));
     }
     let summary = sandbox.summary();
     assert_eq!(summary["completed"], true, "{summary}");
@@ -486,9 +392,7 @@ async fn absurd_statistics_are_rejected_and_the_run_names_their_sender() {
             let s = open_session(port, sandbox.client_tls(p)).await.unwrap();
             sessions.push(tokio::spawn(fedprofile_e2e::light::serve_honestly(s, dim)));
         }
-        let bad = open_session(port, sandbox.client_tls("partner-d"))
-            .await
-            .unwrap();
+        let bad = sandbox.open_light(port, "partner-d").await;
         let bad = tokio::spawn(serve_with_stats(bad, absurd.clone(), dim));
         let status = coordinator.wait(Duration::from_secs(120));
         for s in sessions {

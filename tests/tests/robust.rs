@@ -27,13 +27,23 @@ struct Federation {
 
 impl Federation {
     fn start(clients: &[(&str, &str, Vec<&str>)]) -> Federation {
-        let sandbox = Sandbox::new();
+        Federation::launch(Sandbox::new(), clients, false)
+    }
+
+    /// Starts the coordinator and `clients` in `sandbox`; each client uses its
+    /// own certificate (named after it) when `own_certs`, else its partner's.
+    fn launch(
+        sandbox: Sandbox,
+        clients: &[(&str, &str, Vec<&str>)],
+        own_certs: bool,
+    ) -> Federation {
         let (config, _) = sandbox.write_coordinator(&telco_run(1, 1, 1, 10.0));
         let (coordinator, port) = sandbox.start_coordinator_with(&config, None, &[], &[]);
         let procs = clients
             .iter()
             .map(|(name, partner, extra)| {
-                let cfg = sandbox.write_client(partner, "certs", partner);
+                let cert = if own_certs { name } else { partner };
+                let cfg = sandbox.write_client(partner, "certs", cert);
                 let mut args = vec!["--keep-running"];
                 args.extend(extra.iter().copied());
                 sandbox.start_client(name, &cfg, port, &args)
@@ -210,23 +220,6 @@ impl Federation {
         let sandbox = Sandbox::new();
         let names: Vec<&str> = clients.iter().map(|(n, _, _)| *n).collect();
         sandbox.make_ca("certs", &names);
-        let (config, _) = sandbox.write_coordinator(&telco_run(1, 1, 1, 10.0));
-        let (coordinator, port) = sandbox.start_coordinator_with(&config, None, &[], &[]);
-        let procs = clients
-            .iter()
-            .map(|(name, partner, extra)| {
-                let cfg = sandbox.write_client(partner, "certs", name);
-                let mut args = vec!["--keep-running"];
-                args.extend(extra.iter().copied());
-                sandbox.start_client(name, &cfg, port, &args)
-            })
-            .collect();
-        let operator = sandbox.operator_config("ops", port, true);
-        Federation {
-            sandbox,
-            _coordinator: coordinator,
-            _clients: procs,
-            operator,
-        }
+        Federation::launch(sandbox, clients, true)
     }
 }

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use fedprofile_e2e::light::{Incoming, LightSession, open_session};
-use fedprofile_e2e::{Proc, Sandbox, telco_run};
+use fedprofile_e2e::light::{Incoming, LightSession};
+use fedprofile_e2e::{Sandbox, telco_run};
 use fedprofile_protocol::messages::{ClientReply, RefusalKind};
 use fedprofile_protocol::pb;
 
@@ -52,27 +52,14 @@ async fn read_to_end(session: &mut LightSession) -> String {
     "still open after 1000 messages".into()
 }
 
-fn honest_nodes(sandbox: &Sandbox, port: u16, names: &[&str]) -> Vec<Proc> {
-    names
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_never_reads_nor_answers_is_dropped_after_its_missed_tasks() {
     let sandbox = Sandbox::new();
     let run = telco_run(4, 3, 4, 5.0).replace("[clients]\n", "[clients]\nmax_missed_tasks = 2\n");
-    let (config, run) = sandbox.write_coordinator(&run);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let (mut coordinator, port) = sandbox.start_run(&run);
     // partner-d opens a session and then neither reads nor writes (half-open).
-    let mut silent = open_session(port, sandbox.client_tls("partner-d"))
-        .await
-        .unwrap();
-    let _honest = honest_nodes(&sandbox, port, &["partner-a", "partner-b", "partner-c"]);
+    let mut silent = sandbox.open_light(port, "partner-d").await;
+    let _honest = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
     let status = coordinator.wait(Duration::from_secs(240));
     assert!(status.success(), "{}", coordinator.read_stderr());
     let summary = sandbox.summary();
@@ -104,12 +91,9 @@ async fn a_session_that_never_reads_nor_answers_is_dropped_after_its_missed_task
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_session_is_closed_and_the_run_goes_on_with_the_honest_partners() {
     let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(&telco_run(2, 3, 4, 60.0));
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let mut flood = open_session(port, sandbox.client_tls("partner-d"))
-        .await
-        .unwrap();
-    let _honest = honest_nodes(&sandbox, port, &["partner-a", "partner-b", "partner-c"]);
+    let (mut coordinator, port) = sandbox.start_run(&telco_run(2, 3, 4, 60.0));
+    let mut flood = sandbox.open_light(port, "partner-d").await;
+    let _honest = sandbox.start_clients(&["partner-a", "partner-b", "partner-c"], port, &[]);
     // At its first task, partner-d sends 10,000 refusals of tasks that do not exist.
     let first = flood.next(Duration::from_secs(60)).await;
     assert!(matches!(first, Incoming::Task(_)), "{first:?}");
@@ -161,8 +145,7 @@ async fn a_flooding_session_is_closed_and_the_run_goes_on_with_the_honest_partne
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_node_with_the_same_certificate_is_refused_and_the_first_keeps_working() {
     let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(&telco_run(3, 3, 3, 30.0));
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
+    let (mut coordinator, port) = sandbox.start_run(&telco_run(3, 3, 3, 30.0));
     let first_cfg = sandbox.write_client("partner-a", "certs", "partner-a");
     let _first = sandbox.start_client("partner-a", &first_cfg, port, &[]);
     let start = Instant::now();
@@ -185,7 +168,7 @@ async fn a_second_node_with_the_same_certificate_is_refused_and_the_first_keeps_
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _others = honest_nodes(&sandbox, port, &["partner-b", "partner-c"]);
+    let _others = sandbox.start_clients(&["partner-b", "partner-c"], port, &[]);
     let status = coordinator.wait(Duration::from_secs(180));
     twin.kill();
     assert!(status.success(), "{}", coordinator.read_stderr());

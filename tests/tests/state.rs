@@ -27,34 +27,13 @@ fn finished_run() -> (Sandbox, PathBuf) {
     let sandbox = Sandbox::new();
     let (config, run) = sandbox.write_coordinator(&telco_run(1, 4, 4, 30.0));
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
+    let mut clients = sandbox.start_clients(&PARTNERS, port, &[]);
     let status = coordinator.wait(Duration::from_secs(120));
     assert!(status.success(), "{}", coordinator.read_stderr());
     for c in &mut clients {
         let _ = c.wait(Duration::from_secs(30));
     }
     (sandbox, config)
-}
-
-/// `serve` on the sandbox's state folder, exiting once idle.
-fn serve(sandbox: &Sandbox, config: &PathBuf, extra: &[&str]) -> Output {
-    let mut cmd = Command::new(bin("fedprofile-coordinator"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(config)
-        .arg("--state-dir")
-        .arg(sandbox.path("state"))
-        .arg("--out")
-        .arg(sandbox.path("out2"))
-        .args(["--listen", "127.0.0.1:0", "--exit-when-idle"])
-        .args(extra);
-    run_bounded(&mut cmd, Duration::from_secs(60))
 }
 
 fn verify_audit(sandbox: &Sandbox) -> Output {
@@ -88,13 +67,17 @@ fn a_deleted_database_is_refused_and_accepting_the_loss_is_audited() {
     for f in ["coordinator.db", "coordinator.db-wal", "coordinator.db-shm"] {
         let _ = fs::remove_file(sandbox.path(&format!("state/{f}")));
     }
-    let refused = serve(&sandbox, &config, &[]);
+    let refused = sandbox.serve_until_idle(&config, &[]);
     let why = assert_refused(&refused, &sandbox, "is missing or empty");
     assert!(why.contains("last committed round 1 of run e2e-"), "{why}");
     // A refusal changes nothing: refused again.
-    assert_refused(&serve(&sandbox, &config, &[]), &sandbox, "missing or empty");
+    assert_refused(
+        &sandbox.serve_until_idle(&config, &[]),
+        &sandbox,
+        "missing or empty",
+    );
 
-    let accepted = serve(&sandbox, &config, &["--accept-state-loss"]);
+    let accepted = sandbox.serve_until_idle(&config, &["--accept-state-loss"]);
     assert!(accepted.status.success(), "{}", text(&accepted));
     let log = fs::read_to_string(sandbox.path("state/audit.jsonl")).unwrap();
     let lost = log
@@ -112,7 +95,7 @@ fn a_deleted_database_is_refused_and_accepting_the_loss_is_audited() {
     let verified = verify_audit(&sandbox);
     assert!(verified.status.success(), "{}", text(&verified));
     // Re-anchored: the next start needs no flag.
-    let again = serve(&sandbox, &config, &[]);
+    let again = sandbox.serve_until_idle(&config, &[]);
     assert!(again.status.success(), "{}", text(&again));
 }
 
@@ -120,7 +103,7 @@ fn a_deleted_database_is_refused_and_accepting_the_loss_is_audited() {
 fn an_emptied_audit_log_is_refused() {
     let (sandbox, config) = finished_run();
     fs::write(sandbox.path("state/audit.jsonl"), b"").unwrap();
-    let refused = serve(&sandbox, &config, &[]);
+    let refused = sandbox.serve_until_idle(&config, &[]);
     let why = assert_refused(&refused, &sandbox, "is missing or empty");
     assert!(why.contains("audit.jsonl"), "{why}");
     // It verifies (an empty chain), which is why the database must say otherwise.
@@ -139,7 +122,7 @@ fn the_audit_logs_last_line_deleted_is_refused() {
         verify_audit(&sandbox).status.success(),
         "a cut log verifies"
     );
-    let refused = serve(&sandbox, &config, &[]);
+    let refused = sandbox.serve_until_idle(&config, &[]);
     let why = assert_refused(&refused, &sandbox, "lines were removed from its end");
     assert!(why.contains(&format!("ends at line {}", n - 1)), "{why}");
 }
@@ -158,7 +141,7 @@ fn a_database_that_fails_its_integrity_check_is_refused_naming_the_file() {
         }
     }
     fs::write(&db, &bytes).unwrap();
-    let refused = serve(&sandbox, &config, &[]);
+    let refused = sandbox.serve_until_idle(&config, &[]);
     let why = text(&refused);
     assert_eq!(refused.status.code(), Some(1), "served: {why}");
     assert!(why.contains(&db.display().to_string()), "{why}");
@@ -172,13 +155,7 @@ fn a_write_ahead_log_deleted_mid_run_stops_the_coordinator_and_the_restart_is_re
     let rounds = 60;
     let (config, run) = sandbox.write_coordinator(&telco_run(rounds, 4, 4, 30.0));
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let _clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &["--keep-running"])
-        })
-        .collect();
+    let _clients = sandbox.start_clients(&PARTNERS, port, &["--keep-running"]);
     coordinator.wait_for_stdout(Duration::from_secs(120), |s| {
         s.contains(&format!("  2/{rounds}"))
     });
@@ -199,7 +176,7 @@ fn a_write_ahead_log_deleted_mid_run_stops_the_coordinator_and_the_restart_is_re
         "the run went on to its end"
     );
 
-    let refused = serve(&sandbox, &config, &[]);
+    let refused = sandbox.serve_until_idle(&config, &[]);
     assert_refused(&refused, &sandbox, "damaged while the coordinator ran");
     let log = fs::read_to_string(sandbox.path("state/audit.jsonl")).unwrap();
     assert!(log.contains("\"action\":\"state.damaged\""), "{log}");

@@ -4,56 +4,14 @@
 use std::process::Command;
 use std::time::Duration;
 
-use fedprofile_e2e::{Proc, Sandbox, bin, run_bounded, telco_run};
-use fedprofile_protocol::pb::federation_client::FederationClient;
-use fedprofile_protocol::pb::{self, server_message};
+use fedprofile_e2e::light::open_session;
+use fedprofile_e2e::{Sandbox, assert_contains, bin, run_bounded, telco_run};
 use fedprofile_protocol::tls::{self, TlsFiles};
-use tokio_stream::StreamExt;
-use tonic::transport::{ClientTlsConfig, Endpoint};
-
-/// A coordinator that waits for 99 clients, so nothing but handshakes happen.
-fn idle_coordinator(sandbox: &Sandbox) -> (Proc, u16) {
-    let (config, run) = sandbox.write_coordinator(&telco_run(1, 1, 99, 120.0));
-    sandbox.start_coordinator(&config, &run, &[])
-}
+use tonic::transport::ClientTlsConfig;
 
 /// Opens a session with `tls` and returns the client id of the welcome, or the error.
 async fn try_session(port: u16, tls: ClientTlsConfig) -> Result<String, String> {
-    fedprofile_protocol::tls::install_crypto_provider();
-    let channel = Endpoint::from_shared(format!("https://localhost:{port}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .tls_config(tls)
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {e:?}"))?;
-    let mut client = FederationClient::new(channel);
-    let hello = pb::ClientMessage {
-        body: Some(pb::client_message::Body::Hello(pb::Hello {
-            client_version: "test".into(),
-            protocol_version: fedprofile_protocol::PROTOCOL_VERSION,
-            // Ignored under mTLS: identity comes from the certificate.
-            insecure_name: "someone-else".into(),
-            ..Default::default()
-        })),
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(hello).await.unwrap();
-    let response = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.session(tokio_stream::wrappers::ReceiverStream::new(rx)),
-    )
-    .await
-    .map_err(|_| "timeout".to_string())?
-    .map_err(|s| format!("session: {s:?}"))?;
-    let mut stream = response.into_inner();
-    match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
-        Ok(Some(Ok(pb::ServerMessage {
-            body: Some(server_message::Body::Welcome(w)),
-        }))) => Ok(w.client_id),
-        other => Err(format!("no welcome: {other:?}")),
-    }
+    open_session(port, tls).await.map(|s| s.client_id)
 }
 
 fn files(sandbox: &Sandbox, folder: &str, name: &str) -> TlsFiles {
@@ -71,21 +29,8 @@ async fn coordinator_accepts_only_valid_certificates_of_the_federation_ca() {
     // Another CA with a client named like a real partner.
     sandbox.make_ca("other-ca", &["partner-a"]);
     // An expired certificate from the federation CA.
-    let out = run_bounded(
-        Command::new(bin("fedprofile-coordinator"))
-            .args([
-                "certs",
-                "issue",
-                "--name",
-                "partner-x",
-                "--expired",
-                "--dir",
-            ])
-            .arg(sandbox.path("certs")),
-        Duration::from_secs(30),
-    );
-    assert!(out.status.success(), "{out:?}");
-    let (_coordinator, port) = idle_coordinator(&sandbox);
+    sandbox.issue(&["--name", "partner-x", "--expired"]);
+    let (_coordinator, port) = sandbox.start_idle_coordinator();
 
     // Valid: accepted, and the identity is the certificate's CN, not the claimed name.
     let ok = tls::client_config(&files(&sandbox, "certs", "partner-b"), "coordinator").unwrap();
@@ -120,60 +65,47 @@ async fn coordinator_accepts_only_valid_certificates_of_the_federation_ca() {
     );
 }
 
+/// partner-a's client node, one connection attempt to the coordinator on
+/// `port`, must exit with status 1 and without a panic: its stderr.
+fn partner_a_fails(sandbox: &Sandbox, port: u16) -> String {
+    let config = sandbox.write_client("partner-a", "certs", "partner-a");
+    let mut client = sandbox.start_client("partner-a", &config, port, &["--connect-attempts", "1"]);
+    let status = client.wait(Duration::from_secs(60));
+    let stderr = client.read_stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 #[test]
 fn client_with_an_expired_certificate_exits_with_a_clear_error() {
     let sandbox = Sandbox::new();
-    let out = run_bounded(
-        Command::new(bin("fedprofile-coordinator"))
-            .args([
-                "certs",
-                "issue",
-                "--name",
-                "partner-a",
-                "--expired",
-                "--dir",
-            ])
-            .arg(sandbox.path("certs")),
-        Duration::from_secs(30),
-    );
-    assert!(out.status.success(), "{out:?}");
-    let (_coordinator, port) = idle_coordinator(&sandbox);
-    let config = sandbox.write_client("partner-a", "certs", "partner-a");
-    let mut client = sandbox.start_client("expired", &config, port, &["--connect-attempts", "1"]);
-    let status = client.wait(Duration::from_secs(60));
-    assert_eq!(status.code(), Some(1));
-    let stderr = client.read_stderr();
+    sandbox.issue(&["--name", "partner-a", "--expired"]);
+    let (_coordinator, port) = sandbox.start_idle_coordinator();
+    let stderr = partner_a_fails(&sandbox, port);
     // Said before any connection, with the dates (was: "could not reach … transport error").
-    assert!(
-        stderr.contains("is not valid now: it is valid from"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        &["is not valid now: it is valid from", "partner-a.pem"],
     );
-    assert!(stderr.contains("partner-a.pem"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn client_whose_key_does_not_match_its_certificate_says_so() {
     let sandbox = Sandbox::new();
-    let (_coordinator, port) = idle_coordinator(&sandbox);
+    let (_coordinator, port) = sandbox.start_idle_coordinator();
     // partner-a's certificate with partner-b's key.
     std::fs::copy(
         sandbox.path("certs/partner-b.key"),
         sandbox.path("certs/partner-a.key"),
     )
     .unwrap();
-    let config = sandbox.write_client("partner-a", "certs", "partner-a");
-    let mut client = sandbox.start_client("mismatch", &config, port, &["--connect-attempts", "1"]);
-    let status = client.wait(Duration::from_secs(60));
-    assert_eq!(status.code(), Some(1));
-    let stderr = client.read_stderr();
-    assert!(
-        stderr.contains("does not belong to certificate"),
-        "{stderr}"
+    let stderr = partner_a_fails(&sandbox, port);
+    assert_contains(
+        &stderr,
+        &["does not belong to certificate", "partner-a.key"],
     );
-    assert!(stderr.contains("partner-a.key"), "{stderr}");
     assert!(!stderr.contains("not a valid URL"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

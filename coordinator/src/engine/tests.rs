@@ -7,8 +7,8 @@ use std::time::Duration;
 use fedprofile_learning::metrics::EvalSummary;
 use fedprofile_learning::{FeatureColumn, FeatureSpec};
 use fedprofile_protocol::messages::{
-    ClientReply, ColumnStats, RefusalKind, ResultBody, ServerEvent, StatsReport, TaskBody,
-    TrainReport,
+    ClientReply, ColumnStats, LabelKindMsg, RefusalKind, ResultBody, ServerEvent, StatsReport,
+    TaskBody, TrainReport,
 };
 use ndarray::Array1;
 use tokio::sync::mpsc;
@@ -32,6 +32,95 @@ impl ClientHub for FakeHub {
         let before = clients.len();
         clients.retain(|c| c != client);
         clients.len() < before
+    }
+}
+
+/// What the fake hub sends the scripted clients: (client, event).
+type Events = mpsc::UnboundedReceiver<(String, ServerEvent)>;
+
+/// The engine's end of its inbox.
+type Inbox = mpsc::Receiver<Inbound>;
+
+/// A fake hub with `clients` connected; returns it, the events it sends (for
+/// the scripted clients), and both ends of the engine's inbox.
+fn fake_hub(clients: Vec<String>) -> (Arc<FakeHub>, Events, mpsc::Sender<Inbound>, Inbox) {
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let hub = Arc::new(FakeHub {
+        clients: Mutex::new(clients),
+        outbox: out_tx,
+    });
+    (hub, out_rx, in_tx, in_rx)
+}
+
+/// What each scripted client holds or does, by client name.
+fn by_name<T, const N: usize>(list: [(&str, T); N]) -> BTreeMap<String, T> {
+    list.into_iter().map(|(c, t)| (c.to_string(), t)).collect()
+}
+
+/// The clients a, b and c, behaving as given.
+fn abc(a: Behaviour, b: Behaviour, c: Behaviour) -> BTreeMap<String, Behaviour> {
+    by_name([("a", a), ("b", b), ("c", c)])
+}
+
+/// An honest client whose delta is `[v, v, v]` over `examples` examples.
+fn weighted(v: f64, examples: u64) -> Behaviour {
+    Behaviour::Honest { v, examples }
+}
+
+/// A training report of `delta` over `examples` examples: one step, no loss,
+/// no privacy spent, no cluster statistics.
+fn train_report(delta: Array1<f64>, examples: u64) -> TrainReport {
+    TrainReport {
+        delta,
+        examples,
+        steps: 1,
+        train_loss: 0.0,
+        train_micros: 1,
+        update_norm: 0.0,
+        epsilon_spent: None,
+        not_private: false,
+        statistics: None,
+    }
+}
+
+/// Sends `client`'s result `body` for `task_id` to the engine; false once the
+/// engine is gone.
+async fn answer(
+    inbox: &mpsc::Sender<Inbound>,
+    client: String,
+    task_id: &str,
+    body: ResultBody,
+) -> bool {
+    let reply = ClientReply::Result {
+        task_id: task_id.to_string(),
+        body,
+    };
+    inbox.send(Inbound::Reply { client, reply }).await.is_ok()
+}
+
+/// The next task the engine sends, with the client it is for (other events
+/// are skipped); none once the engine is gone.
+async fn next_task(outbox: &mut Events) -> Option<(String, fedprofile_protocol::messages::Task)> {
+    while let Some((client, event)) = outbox.recv().await {
+        if let ServerEvent::Task(task) = event {
+            return Some((client, task));
+        }
+    }
+    None
+}
+
+/// The statistics of a client holding the rows `x`: the test template, no
+/// numeric column statistics, a label `label_column` of `kind`.
+fn row_stats(x: &ndarray::Array2<f64>, label_column: &str, kind: LabelKindMsg) -> StatsReport {
+    StatsReport {
+        template: template(),
+        numeric: vec![],
+        train_examples: x.nrows() as u64,
+        label_column: label_column.into(),
+        label_positive: String::new(),
+        label_kind: kind,
+        label_classes: Vec::new(),
     }
 }
 
@@ -63,17 +152,23 @@ fn config(rounds: u32, min_per_round: usize) -> RunConfig {
         tail_average_rounds: 1,
         privacy: fedprofile_config::run::PrivacyMode::None,
         strategy: fedprofile_learning::strategy::StrategyConfig::FedAvg,
+        trees: Default::default(),
+    }
+}
+
+/// The numeric feature `x` standardised with `mean` and `std`.
+fn x_column(mean: f64, std: f64) -> FeatureColumn {
+    FeatureColumn::Numeric {
+        name: "x".into(),
+        mean,
+        std,
     }
 }
 
 fn template() -> FeatureSpec {
     FeatureSpec {
         columns: vec![
-            FeatureColumn::Numeric {
-                name: "x".into(),
-                mean: 0.0,
-                std: 1.0,
-            },
+            x_column(0.0, 1.0),
             FeatureColumn::Boolean { name: "b".into() },
         ],
     }
@@ -95,7 +190,7 @@ enum Behaviour {
 
 /// Plays the clients: answers every task per its behaviour.
 async fn play(
-    outbox: mpsc::UnboundedReceiver<(String, ServerEvent)>,
+    outbox: Events,
     inbox: mpsc::Sender<Inbound>,
     behaviours: BTreeMap<String, Behaviour>,
 ) {
@@ -104,15 +199,12 @@ async fn play(
 
 /// [`play`], noting the id of every training task received in `seen`.
 async fn play_recording(
-    mut outbox: mpsc::UnboundedReceiver<(String, ServerEvent)>,
+    mut outbox: Events,
     inbox: mpsc::Sender<Inbound>,
     behaviours: BTreeMap<String, Behaviour>,
     seen: Arc<Mutex<Vec<String>>>,
 ) {
-    while let Some((client, event)) = outbox.recv().await {
-        let ServerEvent::Task(task) = event else {
-            continue;
-        };
+    while let Some((client, task)) = next_task(&mut outbox).await {
         if matches!(task.body, TaskBody::Train(_)) {
             seen.lock().unwrap().push(task.task_id.clone());
         }
@@ -129,10 +221,7 @@ async fn play_recording(
                 }
                 continue;
             }
-            behaviour = Behaviour::Honest {
-                v: 1.0,
-                examples: 1,
-            };
+            behaviour = weighted(1.0, 1);
         }
         let (sum, sum_sq) = match behaviour {
             Behaviour::StatsMean(m) => (2.0 * m, 2.0 * m * m),
@@ -162,15 +251,9 @@ async fn play_recording(
             (TaskBody::Train(_), Behaviour::Refuses { .. } | Behaviour::StatsMean(_)) => continue,
             (TaskBody::Train(_), Behaviour::Honest { v, examples }) => {
                 ResultBody::Train(TrainReport {
-                    delta: Array1::from_elem(3, v),
-                    examples,
-                    steps: 1,
                     train_loss: 0.5,
                     train_micros: 100,
-                    update_norm: 0.0,
-                    epsilon_spent: None,
-                    not_private: false,
-                    statistics: None,
+                    ..train_report(Array1::from_elem(3, v), examples)
                 })
             }
             (TaskBody::Eval(_), _) => ResultBody::Eval(fedprofile_learning::Evaluation::Binary(
@@ -181,11 +264,7 @@ async fn play_recording(
                 .unwrap(),
             )),
         };
-        let reply = ClientReply::Result {
-            task_id: task.task_id.clone(),
-            body,
-        };
-        if inbox.send(Inbound::Reply { client, reply }).await.is_err() {
+        if !answer(&inbox, client, &task.task_id, body).await {
             break;
         }
     }
@@ -195,12 +274,7 @@ fn start(
     cfg: RunConfig,
     behaviours: BTreeMap<String, Behaviour>,
 ) -> tokio::task::JoinHandle<RunOutcome> {
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (in_tx, in_rx) = mpsc::channel(64);
-    let hub = Arc::new(FakeHub {
-        clients: Mutex::new(behaviours.keys().cloned().collect()),
-        outbox: out_tx,
-    });
+    let (hub, out_rx, in_tx, in_rx) = fake_hub(behaviours.keys().cloned().collect());
     tokio::spawn(play(out_rx, in_tx, behaviours));
     let run = Run::new(cfg, "run-1".into(), hub, in_rx, Box::new(Quiet));
     tokio::spawn(async move { run.execute().await.0 })
@@ -208,43 +282,14 @@ fn start(
 
 #[tokio::test(start_paused = true)]
 async fn fedavg_weights_updates_by_examples_and_pools_evaluation() {
-    let behaviours = BTreeMap::from([
-        (
-            "a".to_string(),
-            Behaviour::Honest {
-                v: 1.0,
-                examples: 1,
-            },
-        ),
-        (
-            "b".to_string(),
-            Behaviour::Honest {
-                v: 4.0,
-                examples: 2,
-            },
-        ),
-        (
-            "c".to_string(),
-            Behaviour::Honest {
-                v: 0.0,
-                examples: 1,
-            },
-        ),
-    ]);
+    let behaviours = abc(weighted(1.0, 1), weighted(4.0, 2), weighted(0.0, 1));
     let outcome = start(config(2, 3), behaviours).await.unwrap();
     assert!(outcome.completed, "{:?}", outcome.failure);
     // Each round adds (1*1 + 4*2 + 0*1) / 4 = 2.25.
     let model = outcome.model.unwrap();
     assert_eq!(model.params.to_vec(), vec![4.5, 4.5, 4.5]);
     // Global mean of x: 12 / 6 = 2; variance 30/6 - 4 = 1.
-    assert_eq!(
-        model.features.columns[0],
-        FeatureColumn::Numeric {
-            name: "x".into(),
-            mean: 2.0,
-            std: 1.0
-        }
-    );
+    assert_eq!(model.features.columns[0], x_column(2.0, 1.0));
     assert_eq!(outcome.rounds.len(), 2);
     let m = outcome.rounds[1].metrics.unwrap();
     assert_eq!(m.examples, 9);
@@ -256,23 +301,11 @@ async fn fedavg_weights_updates_by_examples_and_pools_evaluation() {
 
 #[tokio::test(start_paused = true)]
 async fn deadline_closes_a_round_with_the_minimum_when_one_client_never_answers() {
-    let behaviours = BTreeMap::from([
-        (
-            "a".to_string(),
-            Behaviour::Honest {
-                v: 1.0,
-                examples: 1,
-            },
-        ),
-        (
-            "b".to_string(),
-            Behaviour::Honest {
-                v: 3.0,
-                examples: 1,
-            },
-        ),
-        ("c".to_string(), Behaviour::SilentInTraining),
-    ]);
+    let behaviours = abc(
+        weighted(1.0, 1),
+        weighted(3.0, 1),
+        Behaviour::SilentInTraining,
+    );
     let before = tokio::time::Instant::now();
     let outcome = start(config(1, 2), behaviours).await.unwrap();
     assert!(outcome.completed, "{:?}", outcome.failure);
@@ -287,17 +320,11 @@ async fn deadline_closes_a_round_with_the_minimum_when_one_client_never_answers(
 
 #[tokio::test(start_paused = true)]
 async fn a_round_below_the_minimum_fails_the_run_with_a_reason() {
-    let behaviours = BTreeMap::from([
-        (
-            "a".to_string(),
-            Behaviour::Honest {
-                v: 1.0,
-                examples: 1,
-            },
-        ),
-        ("b".to_string(), Behaviour::SilentInTraining),
-        ("c".to_string(), Behaviour::SilentInTraining),
-    ]);
+    let behaviours = abc(
+        weighted(1.0, 1),
+        Behaviour::SilentInTraining,
+        Behaviour::SilentInTraining,
+    );
     let outcome = start(config(3, 2), behaviours).await.unwrap();
     assert!(!outcome.completed);
     let why = outcome.failure.unwrap();
@@ -306,7 +333,7 @@ async fn a_round_below_the_minimum_fails_the_run_with_a_reason() {
 
 #[tokio::test(start_paused = true)]
 async fn too_few_clients_to_start_fails_after_the_start_timeout() {
-    let behaviours = BTreeMap::from([("a".to_string(), Behaviour::SilentInTraining)]);
+    let behaviours = by_name([("a", Behaviour::SilentInTraining)]);
     let outcome = start(config(1, 1), behaviours).await.unwrap();
     let why = outcome.failure.unwrap();
     assert!(why.contains("only 1 of the 3 clients needed"), "{why}");
@@ -347,29 +374,7 @@ async fn too_few_clients_to_start_names_the_missing_ones_the_hub_knows() {
 
 #[tokio::test(start_paused = true)]
 async fn the_released_model_is_the_mean_of_the_last_rounds_with_tail_averaging() {
-    let behaviours = BTreeMap::from([
-        (
-            "a".to_string(),
-            Behaviour::Honest {
-                v: 1.0,
-                examples: 1,
-            },
-        ),
-        (
-            "b".to_string(),
-            Behaviour::Honest {
-                v: 4.0,
-                examples: 2,
-            },
-        ),
-        (
-            "c".to_string(),
-            Behaviour::Honest {
-                v: 0.0,
-                examples: 1,
-            },
-        ),
-    ]);
+    let behaviours = abc(weighted(1.0, 1), weighted(4.0, 2), weighted(0.0, 1));
     let mut cfg = config(3, 3);
     cfg.tail_average_rounds = 2;
     let outcome = start(cfg, behaviours).await.unwrap();
@@ -381,42 +386,21 @@ async fn the_released_model_is_the_mean_of_the_last_rounds_with_tail_averaging()
 /// Plays k-means clients: each holds fixed rows and answers with real
 /// per-cluster statistics and evaluations; `liar` sends a model delta instead.
 async fn play_kmeans(
-    mut outbox: mpsc::UnboundedReceiver<(String, ServerEvent)>,
+    mut outbox: Events,
     inbox: mpsc::Sender<Inbound>,
     rows: BTreeMap<String, ndarray::Array2<f64>>,
     liar: Option<String>,
 ) {
     use fedprofile_learning::{AnyModel, ModelFamily, kmeans_local_stats};
-    while let Some((client, event)) = outbox.recv().await {
-        let ServerEvent::Task(task) = event else {
-            continue;
-        };
+    while let Some((client, task)) = next_task(&mut outbox).await {
         let x = &rows[&client];
         let model = |m: &fedprofile_protocol::messages::ModelSnapshot| {
             AnyModel::from_parts(ModelFamily::KMeans, m.params.clone(), m.outputs).unwrap()
         };
         let body = match &task.body {
-            TaskBody::Stats => ResultBody::Stats(StatsReport {
-                template: template(),
-                numeric: vec![],
-                train_examples: x.nrows() as u64,
-                label_column: String::new(),
-                label_positive: String::new(),
-                label_kind: fedprofile_protocol::messages::LabelKindMsg::None,
-                label_classes: Vec::new(),
-            }),
+            TaskBody::Stats => ResultBody::Stats(row_stats(x, "", LabelKindMsg::None)),
             TaskBody::Train(_) if liar.as_deref() == Some(client.as_str()) => {
-                ResultBody::Train(TrainReport {
-                    delta: Array1::zeros(4),
-                    examples: 3,
-                    steps: 1,
-                    train_loss: 0.0,
-                    train_micros: 1,
-                    update_norm: 0.0,
-                    epsilon_spent: None,
-                    not_private: false,
-                    statistics: None,
-                })
+                ResultBody::Train(train_report(Array1::zeros(4), 3))
             }
             TaskBody::Train(t) => {
                 let m = fedprofile_learning::KMeans::from_params(
@@ -425,25 +409,15 @@ async fn play_kmeans(
                 )
                 .unwrap();
                 let stats = kmeans_local_stats(&m, x.view()).unwrap();
+                let examples = stats.examples() as u64;
                 ResultBody::Train(TrainReport {
-                    delta: Array1::zeros(0),
-                    examples: stats.examples() as u64,
-                    steps: 1,
-                    train_loss: 0.0,
-                    train_micros: 1,
-                    update_norm: 0.0,
-                    epsilon_spent: None,
-                    not_private: false,
                     statistics: Some(fedprofile_learning::Statistics::Clusters(stats)),
+                    ..train_report(Array1::zeros(0), examples)
                 })
             }
             TaskBody::Eval(m) => ResultBody::Eval(model(m).evaluate(x.view(), None).unwrap()),
         };
-        let reply = ClientReply::Result {
-            task_id: task.task_id.clone(),
-            body,
-        };
-        if inbox.send(Inbound::Reply { client, reply }).await.is_err() {
+        if !answer(&inbox, client, &task.task_id, body).await {
             break;
         }
     }
@@ -459,32 +433,24 @@ fn kmeans_config(rounds: u32) -> RunConfig {
 
 fn kmeans_rows() -> BTreeMap<String, ndarray::Array2<f64>> {
     use ndarray::array;
-    BTreeMap::from([
-        (
-            "a".to_string(),
-            array![[-4.0, -5.0], [-6.0, -5.0], [5.0, 4.0]],
-        ),
-        (
-            "b".to_string(),
-            array![[-5.0, -4.0], [4.0, 5.0], [6.0, 6.0]],
-        ),
-        (
-            "c".to_string(),
-            array![[-5.0, -6.0], [5.0, 5.0], [5.0, 5.0]],
-        ),
+    by_name([
+        ("a", array![[-4.0, -5.0], [-6.0, -5.0], [5.0, 4.0]]),
+        ("b", array![[-5.0, -4.0], [4.0, 5.0], [6.0, 6.0]]),
+        ("c", array![[-5.0, -6.0], [5.0, 5.0], [5.0, 5.0]]),
     ])
 }
 
-fn start_kmeans(cfg: RunConfig, liar: Option<&str>) -> tokio::task::JoinHandle<RunOutcome> {
+/// A k-means run of `cfg` over the clients of [`kmeans_rows`]; `liar` sends a
+/// model delta instead of cluster statistics.
+fn kmeans_run(cfg: RunConfig, liar: Option<&str>) -> Run {
     let rows = kmeans_rows();
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (in_tx, in_rx) = mpsc::channel(64);
-    let hub = Arc::new(FakeHub {
-        clients: Mutex::new(rows.keys().cloned().collect()),
-        outbox: out_tx,
-    });
+    let (hub, out_rx, in_tx, in_rx) = fake_hub(rows.keys().cloned().collect());
     tokio::spawn(play_kmeans(out_rx, in_tx, rows, liar.map(str::to_string)));
-    let run = Run::new(cfg, "run-k".into(), hub, in_rx, Box::new(Quiet));
+    Run::new(cfg, "run-k".into(), hub, in_rx, Box::new(Quiet))
+}
+
+fn start_kmeans(cfg: RunConfig, liar: Option<&str>) -> tokio::task::JoinHandle<RunOutcome> {
+    let run = kmeans_run(cfg, liar);
     tokio::spawn(async move { run.execute().await.0 })
 }
 
@@ -540,29 +506,7 @@ async fn a_delta_in_a_kmeans_round_is_rejected_and_the_round_goes_on() {
 
 #[tokio::test(start_paused = true)]
 async fn a_family_that_needs_another_label_fails_after_statistics_with_the_reason() {
-    let behaviours = BTreeMap::from([
-        (
-            "a".to_string(),
-            Behaviour::Honest {
-                v: 1.0,
-                examples: 1,
-            },
-        ),
-        (
-            "b".to_string(),
-            Behaviour::Honest {
-                v: 1.0,
-                examples: 1,
-            },
-        ),
-        (
-            "c".to_string(),
-            Behaviour::Honest {
-                v: 1.0,
-                examples: 1,
-            },
-        ),
-    ]);
+    let behaviours = abc(weighted(1.0, 1), weighted(1.0, 1), weighted(1.0, 1));
     let cfg = RunConfig {
         model: fedprofile_learning::ModelFamily::SoftmaxRegression,
         ..config(2, 3)
@@ -594,22 +538,7 @@ impl RoundSink for Keep {
 #[tokio::test(start_paused = true)]
 async fn a_kmeans_run_resumes_from_its_checkpoint_with_its_clusters() {
     let kept = Arc::new(Mutex::new(Vec::new()));
-    let rows = kmeans_rows();
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (in_tx, in_rx) = mpsc::channel(64);
-    let hub = Arc::new(FakeHub {
-        clients: Mutex::new(rows.keys().cloned().collect()),
-        outbox: out_tx,
-    });
-    tokio::spawn(play_kmeans(out_rx, in_tx, rows.clone(), None));
-    let run = Run::new(
-        kmeans_config(4),
-        "run-k".into(),
-        hub,
-        in_rx,
-        Box::new(Quiet),
-    )
-    .with_sink(Box::new(Keep(Arc::clone(&kept))));
+    let run = kmeans_run(kmeans_config(4), None).with_sink(Box::new(Keep(Arc::clone(&kept))));
     let (full, _) = run.execute().await;
     assert!(full.completed);
 
@@ -617,21 +546,8 @@ async fn a_kmeans_run_resumes_from_its_checkpoint_with_its_clusters() {
     let json = serde_json::to_string(&kept.lock().unwrap()[2]).unwrap();
     let checkpoint: Checkpoint = serde_json::from_str(&json).unwrap();
     assert_eq!((checkpoint.round, checkpoint.model.outputs), (2, 2));
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (in_tx, in_rx) = mpsc::channel(64);
-    let hub = Arc::new(FakeHub {
-        clients: Mutex::new(rows.keys().cloned().collect()),
-        outbox: out_tx,
-    });
-    tokio::spawn(play_kmeans(out_rx, in_tx, rows, None));
-    let resumed = Run::new(
-        kmeans_config(4),
-        "run-k".into(),
-        hub,
-        in_rx,
-        Box::new(Quiet),
-    )
-    .resume_from(checkpoint, full.rounds[..2].to_vec());
+    let resumed =
+        kmeans_run(kmeans_config(4), None).resume_from(checkpoint, full.rounds[..2].to_vec());
     let (outcome, _) = resumed.execute().await;
     assert!(outcome.completed, "{:?}", outcome.failure);
     assert_eq!(outcome.rounds.len(), 4);
@@ -650,7 +566,7 @@ fn checkpoints_written_before_model_families_still_load() {
 }
 
 fn honest(v: f64) -> Behaviour {
-    Behaviour::Honest { v, examples: 1 }
+    weighted(v, 1)
 }
 
 /// Partners whose budget is spent refuse for good: the run stops at once,
@@ -662,11 +578,7 @@ async fn budget_refusals_stop_the_run_at_once_and_name_the_partners() {
         kind: RefusalKind::BudgetExhausted,
         until: u32::MAX,
     };
-    let behaviours = BTreeMap::from([
-        ("a".to_string(), honest(1.0)),
-        ("b".to_string(), refuses),
-        ("c".to_string(), refuses),
-    ]);
+    let behaviours = abc(honest(1.0), refuses, refuses);
     let mut cfg = config(3, 2);
     cfg.max_retries = 3;
     let before = tokio::time::Instant::now();
@@ -690,17 +602,11 @@ async fn budget_refusals_stop_the_run_at_once_and_name_the_partners() {
 /// A budget refusal leaves that partner out of later rounds; the others go on.
 #[tokio::test(start_paused = true)]
 async fn a_partner_out_of_budget_is_left_out_and_the_others_go_on() {
-    let behaviours = BTreeMap::from([
-        ("a".to_string(), honest(1.0)),
-        ("b".to_string(), honest(1.0)),
-        (
-            "c".to_string(),
-            Behaviour::Refuses {
-                kind: RefusalKind::BudgetExhausted,
-                until: u32::MAX,
-            },
-        ),
-    ]);
+    let out_of_budget = Behaviour::Refuses {
+        kind: RefusalKind::BudgetExhausted,
+        until: u32::MAX,
+    };
+    let behaviours = abc(honest(1.0), honest(1.0), out_of_budget);
     let outcome = start(config(3, 2), behaviours).await.unwrap();
     assert!(outcome.completed, "{:?}", outcome.failure);
     assert_eq!(outcome.rounds[0].refusals[0].client, "c");
@@ -721,19 +627,10 @@ async fn lost_results_commit_the_round_without_an_update_and_no_retry() {
         kind: RefusalKind::ResultLost,
         until: 1,
     };
-    let behaviours = BTreeMap::from([
-        ("a".to_string(), lost),
-        ("b".to_string(), lost),
-        ("c".to_string(), honest(3.0)),
-    ]);
+    let behaviours = abc(lost, lost, honest(3.0));
     let mut cfg = config(2, 2);
     cfg.max_retries = 2;
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (in_tx, in_rx) = mpsc::channel(64);
-    let hub = Arc::new(FakeHub {
-        clients: Mutex::new(behaviours.keys().cloned().collect()),
-        outbox: out_tx,
-    });
+    let (hub, out_rx, in_tx, in_rx) = fake_hub(behaviours.keys().cloned().collect());
     let seen = Arc::new(Mutex::new(Vec::new()));
     tokio::spawn(play_recording(out_rx, in_tx, behaviours, Arc::clone(&seen)));
     let run = Run::new(cfg, "run-1".into(), hub, in_rx, Box::new(Quiet));
@@ -765,31 +662,17 @@ async fn lost_results_commit_the_round_without_an_update_and_no_retry() {
 /// clients, same task ids (so partners that charged it are not charged again).
 #[tokio::test(start_paused = true)]
 async fn a_resumed_run_repeats_the_attempt_in_flight_under_the_same_task_ids() {
-    let behaviours = BTreeMap::from([
-        ("a".to_string(), honest(1.0)),
-        ("b".to_string(), honest(1.0)),
-        ("c".to_string(), honest(1.0)),
-    ]);
+    let behaviours = abc(honest(1.0), honest(1.0), honest(1.0));
     // Round 0's checkpoint from a first run.
     let kept = Arc::new(Mutex::new(Vec::new()));
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (in_tx, in_rx) = mpsc::channel(64);
-    let hub = Arc::new(FakeHub {
-        clients: Mutex::new(behaviours.keys().cloned().collect()),
-        outbox: out_tx,
-    });
+    let (hub, out_rx, in_tx, in_rx) = fake_hub(behaviours.keys().cloned().collect());
     tokio::spawn(play(out_rx, in_tx, behaviours.clone()));
     let run = Run::new(config(2, 2), "run-1".into(), hub, in_rx, Box::new(Quiet))
         .with_sink(Box::new(Keep(Arc::clone(&kept))));
     assert!(run.execute().await.0.completed);
     let checkpoint = kept.lock().unwrap()[0].clone();
 
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (in_tx, in_rx) = mpsc::channel(64);
-    let hub = Arc::new(FakeHub {
-        clients: Mutex::new(behaviours.keys().cloned().collect()),
-        outbox: out_tx,
-    });
+    let (hub, out_rx, in_tx, in_rx) = fake_hub(behaviours.keys().cloned().collect());
     let seen = Arc::new(Mutex::new(Vec::new()));
     tokio::spawn(play_recording(out_rx, in_tx, behaviours, Arc::clone(&seen)));
     let in_flight = InFlight {
@@ -858,24 +741,12 @@ async fn client_level_dp_samples_each_client_at_the_charged_rate() {
 /// honest partners' mean. (Before, both were averaged in.)
 #[tokio::test(start_paused = true)]
 async fn absurd_updates_are_rejected_under_the_default_strategy() {
-    let behaviours = BTreeMap::from([
-        ("a".to_string(), honest(1.0)),
-        ("b".to_string(), honest(2.0)),
-        ("c".to_string(), honest(3.0)),
-        (
-            "d".to_string(),
-            Behaviour::Honest {
-                v: 1e300,
-                examples: 1,
-            },
-        ),
-        (
-            "e".to_string(),
-            Behaviour::Honest {
-                v: 1.0,
-                examples: 1 << 63,
-            },
-        ),
+    let behaviours = by_name([
+        ("a", honest(1.0)),
+        ("b", honest(2.0)),
+        ("c", honest(3.0)),
+        ("d", weighted(1e300, 1)),
+        ("e", weighted(1.0, 1 << 63)),
     ]);
     let outcome = start(config(2, 3), behaviours).await.unwrap();
     assert!(outcome.completed, "{:?}", outcome.failure);
@@ -902,30 +773,22 @@ async fn absurd_updates_are_rejected_under_the_default_strategy() {
 #[tokio::test(start_paused = true)]
 async fn absurd_statistics_are_rejected_and_the_partner_named() {
     for bad in [1e20, 1e9] {
-        let behaviours = BTreeMap::from([
-            ("a".to_string(), honest(1.0)),
-            ("b".to_string(), honest(1.0)),
-            ("c".to_string(), honest(1.0)),
-            ("d".to_string(), Behaviour::StatsMean(bad)),
+        let behaviours = by_name([
+            ("a", honest(1.0)),
+            ("b", honest(1.0)),
+            ("c", honest(1.0)),
+            ("d", Behaviour::StatsMean(bad)),
         ]);
         let outcome = start(config(1, 3), behaviours).await.unwrap();
         assert!(outcome.completed, "{:?}", outcome.failure);
         assert_eq!(outcome.rejections.get("inconsistent"), Some(&1), "{bad}");
         let model = outcome.model.unwrap();
-        assert_eq!(
-            model.features.columns[0],
-            FeatureColumn::Numeric {
-                name: "x".into(),
-                mean: 2.0,
-                std: 1.0
-            },
-            "{bad}"
-        );
+        assert_eq!(model.features.columns[0], x_column(2.0, 1.0), "{bad}");
         // With only the bad partner and one other, the failure names it.
-        let behaviours = BTreeMap::from([
-            ("a".to_string(), honest(1.0)),
-            ("b".to_string(), honest(1.0)),
-            ("d".to_string(), Behaviour::StatsMean(1e20)),
+        let behaviours = by_name([
+            ("a", honest(1.0)),
+            ("b", honest(1.0)),
+            ("d", Behaviour::StatsMean(1e20)),
         ]);
         let outcome = start(config(1, 3), behaviours).await.unwrap();
         let why = outcome.failure.unwrap();
@@ -950,20 +813,12 @@ async fn a_client_that_misses_its_tasks_is_dropped_and_no_longer_waited_for() {
     // d answers nothing at all (a half-open session); with max_missed_tasks = 2
     // it misses the statistics task and round 1's training task, is dropped,
     // and rounds 2 and 3 go on without waiting for it.
-    let behaviours = BTreeMap::from([
-        ("a".to_string(), honest(1.0)),
-        ("b".to_string(), honest(1.0)),
-        ("c".to_string(), honest(1.0)),
-    ]);
+    let behaviours = abc(honest(1.0), honest(1.0), honest(1.0));
     let mut cfg = config(3, 2);
     cfg.max_missed_tasks = 2;
     cfg.eval_every = 10;
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (in_tx, in_rx) = mpsc::channel(64);
-    let hub = Arc::new(FakeHub {
-        clients: Mutex::new(vec!["a".into(), "b".into(), "c".into(), "d".into()]),
-        outbox: out_tx,
-    });
+    let (hub, out_rx, in_tx, in_rx) =
+        fake_hub(vec!["a".into(), "b".into(), "c".into(), "d".into()]);
     // d's tasks go nowhere: filter them out before the scripted clients.
     let (honest_tx, honest_rx) = mpsc::unbounded_channel();
     let seen_by_d = Arc::new(Mutex::new(Vec::new()));
@@ -1022,11 +877,7 @@ async fn a_client_that_misses_its_tasks_is_dropped_and_no_longer_waited_for() {
 async fn an_answer_resets_the_missed_count_and_zero_never_drops() {
     // c answers statistics and evaluation but never trains: it misses one task
     // in a row at most, so max_missed_tasks = 2 never drops it.
-    let behaviours = BTreeMap::from([
-        ("a".to_string(), honest(1.0)),
-        ("b".to_string(), honest(3.0)),
-        ("c".to_string(), Behaviour::SilentInTraining),
-    ]);
+    let behaviours = abc(honest(1.0), honest(3.0), Behaviour::SilentInTraining);
     let mut cfg = config(3, 2);
     cfg.max_missed_tasks = 2;
     let outcome = start(cfg.clone(), behaviours.clone()).await.unwrap();
@@ -1050,32 +901,21 @@ async fn an_answer_resets_the_missed_count_and_zero_never_drops() {
 /// origin, on `y = 2·x₀ − x₁`): the engine knows nothing of it; the clients
 /// train and evaluate through the family's generic paths.
 async fn play_toy(
-    mut outbox: mpsc::UnboundedReceiver<(String, ServerEvent)>,
+    mut outbox: Events,
     inbox: mpsc::Sender<Inbound>,
     rows: BTreeMap<String, ndarray::Array2<f64>>,
 ) {
     use fedprofile_learning::{AnyModel, GradientTraining, ModelFamily, TrainParams, local_update};
     use rand::SeedableRng;
     let truth = ndarray::array![2.0, -1.0];
-    while let Some((client, event)) = outbox.recv().await {
-        let ServerEvent::Task(task) = event else {
-            continue;
-        };
+    while let Some((client, task)) = next_task(&mut outbox).await {
         let x = &rows[&client];
         let y = x.dot(&truth);
         let model = |m: &fedprofile_protocol::messages::ModelSnapshot| {
             AnyModel::from_parts(ModelFamily::Toy, m.params.clone(), m.outputs).unwrap()
         };
         let body = match &task.body {
-            TaskBody::Stats => ResultBody::Stats(StatsReport {
-                template: template(),
-                numeric: vec![],
-                train_examples: x.nrows() as u64,
-                label_column: "y".into(),
-                label_positive: String::new(),
-                label_kind: fedprofile_protocol::messages::LabelKindMsg::Numeric,
-                label_classes: Vec::new(),
-            }),
+            TaskBody::Stats => ResultBody::Stats(row_stats(x, "y", LabelKindMsg::Numeric)),
             TaskBody::Train(t) => {
                 let how = GradientTraining::Plain(
                     TrainParams {
@@ -1093,25 +933,16 @@ async fn play_toy(
                     local_update(&model(&t.model), x.view(), y.view(), &how, &mut rng).unwrap();
                 ResultBody::Train(TrainReport {
                     update_norm: out.delta.dot(&out.delta).sqrt(),
-                    delta: out.delta,
-                    examples: out.examples as u64,
                     steps: out.steps as u64,
                     train_loss: out.mean_loss,
-                    train_micros: 1,
-                    epsilon_spent: None,
-                    not_private: false,
-                    statistics: None,
+                    ..train_report(out.delta, out.examples as u64)
                 })
             }
             TaskBody::Eval(m) => {
                 ResultBody::Eval(model(m).evaluate(x.view(), Some(y.view())).unwrap())
             }
         };
-        let reply = ClientReply::Result {
-            task_id: task.task_id.clone(),
-            body,
-        };
-        if inbox.send(Inbound::Reply { client, reply }).await.is_err() {
+        if !answer(&inbox, client, &task.task_id, body).await {
             break;
         }
     }
@@ -1136,12 +967,7 @@ async fn a_family_the_engine_does_not_know_trains_through_it() {
             )
         })
         .collect();
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (in_tx, in_rx) = mpsc::channel(64);
-    let hub = Arc::new(FakeHub {
-        clients: Mutex::new(rows.keys().cloned().collect()),
-        outbox: out_tx,
-    });
+    let (hub, out_rx, in_tx, in_rx) = fake_hub(rows.keys().cloned().collect());
     tokio::spawn(play_toy(out_rx, in_tx, rows));
     let cfg = RunConfig {
         model: fedprofile_learning::ModelFamily::Toy,

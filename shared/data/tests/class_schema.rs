@@ -2,46 +2,34 @@
 //! multi-class label (`type = "class"`), `monthly_charges` a numeric feature and
 //! `churn` ignored.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+mod common;
 
-use fedprofile_data::{FeatureColumn, LabelKind, Reason, Schema, load_split};
+use std::collections::HashSet;
 
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/demo/data");
-const SCHEMA: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../deploy/demo/schema-contract.toml"
-);
-const BASE_SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/demo/schema.toml");
+use common::{
+    assert_encodes, assert_label_and_features, column_names, demo_schema, faults, for_every_split,
+    partner_dir,
+};
+use fedprofile_data::{FeatureColumn, LabelKind, Reason, load_split};
+
+const SCHEMA: &str = "schema-contract.toml";
 
 const CLASSES: [&str; 3] = ["month-to-month", "one year", "two year"];
 
-fn faults() -> BTreeMap<String, BTreeMap<String, serde_json::Value>> {
-    let text = std::fs::read_to_string(Path::new(DATA).join("faults.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 #[test]
 fn schema_declares_contract_as_class() {
-    let schema = Schema::from_path(Path::new(SCHEMA)).unwrap();
-    assert_eq!(schema.label_name(), Some("contract"));
-    assert_eq!(schema.label_kind(), Some(LabelKind::Multiclass));
-    assert_eq!(schema.label_positive(), None);
-    assert_eq!(schema.label_classes().unwrap(), CLASSES);
-
-    let spec = schema.feature_template();
-    let names: Vec<&str> = spec.columns.iter().map(|c| c.name()).collect();
-    assert!(!names.contains(&"contract"), "{names:?}");
-    assert!(!names.contains(&"churn"), "{names:?}");
-    assert!(
-        spec.columns
-            .iter()
-            .any(|c| matches!(c, FeatureColumn::Numeric { name, .. } if name == "monthly_charges")),
-        "{names:?}"
+    let schema = demo_schema(SCHEMA);
+    let spec = assert_label_and_features(
+        &schema,
+        "contract",
+        LabelKind::Multiclass,
+        "monthly_charges",
     );
+    assert_eq!(schema.label_classes().unwrap(), CLASSES);
+    let names = column_names(&spec);
 
     // The same features as schema.toml, without contract.
-    let base = Schema::from_path(Path::new(BASE_SCHEMA)).unwrap();
+    let base = demo_schema("schema.toml");
     let base_spec = base.feature_template();
     let mut expected: Vec<&str> = base_spec
         .columns
@@ -57,9 +45,9 @@ fn schema_declares_contract_as_class() {
 
 #[test]
 fn partner_a_train_has_three_classes() {
-    let schema = Schema::from_path(Path::new(SCHEMA)).unwrap();
-    let base = Schema::from_path(Path::new(BASE_SCHEMA)).unwrap();
-    let dir = Path::new(DATA).join("partner-a");
+    let schema = demo_schema(SCHEMA);
+    let base = demo_schema("schema.toml");
+    let dir = partner_dir("partner-a");
     let loaded = load_split(&schema, &dir, "train").unwrap();
     let base_loaded = load_split(&base, &dir, "train").unwrap();
     let (d, r) = (&loaded.dataset, &loaded.report);
@@ -144,13 +132,9 @@ fn partner_a_train_has_three_classes() {
 
 #[test]
 fn every_split_loads_with_class_labels() {
-    let schema = Schema::from_path(Path::new(SCHEMA)).unwrap();
+    let schema = demo_schema(SCHEMA);
     let spec = schema.feature_template();
-    let faults = faults();
-    assert_eq!(faults.len(), 8, "expected 4 partners x 2 splits");
-    for (name, expected) in &faults {
-        let (partner, split) = name.split_once('/').unwrap();
-        let loaded = load_split(&schema, &Path::new(DATA).join(partner), split).unwrap();
+    for_every_split(&schema, |name, expected, loaded| {
         let (d, r) = (&loaded.dataset, &loaded.report);
 
         // Every contract cell is one of the classes after trimming and case-folding.
@@ -165,8 +149,6 @@ fn every_split_loads_with_class_labels() {
         assert_eq!(counts.iter().sum::<u64>(), r.users, "{name}");
         assert_eq!(r.classes.as_ref().unwrap().counts, counts, "{name}");
 
-        let x = d.encode(&spec).unwrap();
-        assert_eq!(x.dim(), (d.len(), spec.dim()), "{name}");
-        assert!(x.iter().all(|v| v.is_finite()), "{name}");
-    }
+        assert_encodes(name, loaded, &spec);
+    });
 }

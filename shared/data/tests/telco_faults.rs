@@ -1,14 +1,12 @@
 //! The Telco demo data against its injected-fault counts (`faults.json`): every count
 //! of every partner/split must match the quality report exactly.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::time::Instant;
 
-use fedprofile_data::{Reason, Schema, load_split};
-
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/demo/data");
-const SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/demo/schema.toml");
+use common::{assert_encodes, demo_schema, for_every_split, partner_dir};
+use fedprofile_data::{Reason, load_split};
 
 const KEYS: [&str; 8] = [
     "customers",
@@ -21,21 +19,11 @@ const KEYS: [&str; 8] = [
     "blank_total_charges_real",
 ];
 
-fn faults() -> BTreeMap<String, BTreeMap<String, serde_json::Value>> {
-    let text = std::fs::read_to_string(Path::new(DATA).join("faults.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 #[test]
 fn every_split_matches_faults_json() {
-    let schema = Schema::from_path(Path::new(SCHEMA)).unwrap();
-    let faults = faults();
-    assert_eq!(faults.len(), 8, "expected 4 partners x 2 splits");
+    let schema = demo_schema("schema.toml");
     let mut mismatches = Vec::new();
-    for (name, expected) in &faults {
-        let (partner, split) = name.split_once('/').unwrap();
-        let dir: PathBuf = Path::new(DATA).join(partner);
-        let loaded = load_split(&schema, &dir, split).unwrap();
+    for_every_split(&schema, |name, expected, loaded| {
         let r = &loaded.report;
 
         let keys: Vec<&str> = expected.keys().map(String::as_str).collect();
@@ -111,19 +99,16 @@ fn every_split_matches_faults_json() {
         ] {
             assert_eq!(r.count(reason), 0, "{name}: {reason:?}\n{r}");
         }
-    }
+    });
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
 
 #[test]
 fn encoding_and_stats_are_consistent() {
-    let schema = Schema::from_path(Path::new(SCHEMA)).unwrap();
-    let loaded = load_split(&schema, &Path::new(DATA).join("partner-b"), "train").unwrap();
+    let schema = demo_schema("schema.toml");
+    let loaded = load_split(&schema, &partner_dir("partner-b"), "train").unwrap();
     let d = &loaded.dataset;
-    let spec = schema.feature_template();
-    let x = d.encode(&spec).unwrap();
-    assert_eq!(x.dim(), (d.len(), spec.dim()));
-    assert!(x.iter().all(|v| v.is_finite()));
+    assert_encodes("partner-b/train", &loaded, &schema.feature_template());
 
     let stats = d.numeric_stats();
     let names: Vec<&str> = stats.iter().map(|s| s.column.as_str()).collect();
@@ -146,8 +131,8 @@ fn encoding_and_stats_are_consistent() {
 
 #[test]
 fn loading_a_split_takes_milliseconds() {
-    let schema = Schema::from_path(Path::new(SCHEMA)).unwrap();
-    let dir = Path::new(DATA).join("partner-a");
+    let schema = demo_schema("schema.toml");
+    let dir = partner_dir("partner-a");
     // warm the file cache
     load_split(&schema, &dir, "train").unwrap();
     let start = Instant::now();
@@ -160,10 +145,8 @@ fn loading_a_split_takes_milliseconds() {
 
 #[test]
 fn every_demo_split_is_usable_and_has_no_absurd_cells() {
-    let schema = Schema::from_path(Path::new(SCHEMA)).unwrap();
-    for name in faults().keys() {
-        let (partner, split) = name.split_once('/').unwrap();
-        let loaded = load_split(&schema, &Path::new(DATA).join(partner), split).unwrap();
+    let schema = demo_schema("schema.toml");
+    for_every_split(&schema, |name, _, loaded| {
         assert!(
             loaded.problems().is_empty(),
             "{name}: {:?}",
@@ -176,5 +159,5 @@ fn every_demo_split_is_usable_and_has_no_absurd_cells() {
         ] {
             assert_eq!(loaded.report.count(reason), 0, "{name}: {reason:?}");
         }
-    }
+    });
 }

@@ -1,56 +1,39 @@
 //! The Telco demo data with `deploy/demo/schema-value.toml`: `monthly_charges` is a
 //! numeric regression target (`type = "target"`) and `churn` ignored.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+mod common;
 
-use fedprofile_data::{FeatureColumn, LabelKind, Reason, Schema, load_split};
+use std::collections::HashSet;
 
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/demo/data");
-const SCHEMA: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../deploy/demo/schema-value.toml"
-);
-const BASE_SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/demo/schema.toml");
+use common::{
+    assert_encodes, assert_label_and_features, column_names, demo_schema, for_every_split,
+};
+use fedprofile_data::{LabelKind, Reason};
 
-fn faults() -> BTreeMap<String, BTreeMap<String, serde_json::Value>> {
-    let text = std::fs::read_to_string(Path::new(DATA).join("faults.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
+const SCHEMA: &str = "schema-value.toml";
 
 #[test]
 fn schema_declares_monthly_charges_as_target() {
-    let schema = Schema::from_path(Path::new(SCHEMA)).unwrap();
-    assert_eq!(schema.label_name(), Some("monthly_charges"));
-    assert_eq!(schema.label_kind(), Some(LabelKind::Numeric));
-    assert_eq!(schema.label_positive(), None);
-
-    let spec = schema.feature_template();
-    let names: Vec<&str> = spec.columns.iter().map(|c| c.name()).collect();
-    assert!(!names.contains(&"monthly_charges"), "{names:?}");
-    assert!(!names.contains(&"churn"), "{names:?}");
-    // Every input is a feature of schema.toml too (one config profiles with all models).
-    let base = Schema::from_path(Path::new(BASE_SCHEMA)).unwrap();
-    let base_spec = base.feature_template();
-    let base_names: Vec<&str> = base_spec.columns.iter().map(|c| c.name()).collect();
-    assert!(names.iter().all(|n| base_names.contains(n)), "{names:?}");
-    assert!(
-        spec.columns
-            .iter()
-            .any(|c| matches!(c, FeatureColumn::Numeric { name, .. } if name == "total_charges")),
-        "{names:?}"
+    let schema = demo_schema(SCHEMA);
+    let spec = assert_label_and_features(
+        &schema,
+        "monthly_charges",
+        LabelKind::Numeric,
+        "total_charges",
     );
+    let names = column_names(&spec);
+    // Every input is a feature of schema.toml too (one config profiles with all models).
+    let base = demo_schema("schema.toml");
+    let base_spec = base.feature_template();
+    let base_names = column_names(&base_spec);
+    assert!(names.iter().all(|n| base_names.contains(n)), "{names:?}");
 }
 
 #[test]
 fn every_split_loads_with_numeric_targets() {
-    let schema = Schema::from_path(Path::new(SCHEMA)).unwrap();
+    let schema = demo_schema(SCHEMA);
     let spec = schema.feature_template();
-    let faults = faults();
-    assert_eq!(faults.len(), 8, "expected 4 partners x 2 splits");
-    for (name, expected) in &faults {
-        let (partner, split) = name.split_once('/').unwrap();
-        let loaded = load_split(&schema, &Path::new(DATA).join(partner), split).unwrap();
+    for_every_split(&schema, |name, expected, loaded| {
         let (d, r) = (&loaded.dataset, &loaded.report);
 
         let customers = expected["customers"].as_u64().unwrap();
@@ -92,8 +75,6 @@ fn every_split_loads_with_numeric_targets() {
         assert!(r.to_string().contains("(monthly_charges: "), "{name}\n{r}");
 
         assert!(!d.feature_names().contains(&"monthly_charges"));
-        let x = d.encode(&spec).unwrap();
-        assert_eq!(x.dim(), (d.len(), spec.dim()), "{name}");
-        assert!(x.iter().all(|v| v.is_finite()), "{name}");
-    }
+        assert_encodes(name, loaded, &spec);
+    });
 }

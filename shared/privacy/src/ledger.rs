@@ -707,6 +707,23 @@ mod tests {
         std::fs::write(path, lines.join("\n") + "\n").unwrap();
     }
 
+    /// `err` must be a broken chain at ledger line `line`.
+    fn assert_broken_chain(err: &LedgerError, line: usize) {
+        assert!(
+            matches!(err, LedgerError::BrokenChain { line: l, .. } if *l == line),
+            "{err}"
+        );
+    }
+
+    /// A ledger of `n` entries whose lines `edit` changes: the error `verify` must give.
+    fn tampered(n: usize, edit: impl FnOnce(&mut Vec<String>)) -> LedgerError {
+        let (_d, path) = ledger_with(n);
+        let mut l = lines(&path);
+        edit(&mut l);
+        write(&path, &l);
+        verify(&path).unwrap_err()
+    }
+
     /// A ledger written by the demo's DP run (partner-a, 20 charges) before the
     /// hash chain was shared with the audit log: it must keep verifying.
     #[test]
@@ -771,11 +788,9 @@ mod tests {
 
     #[test]
     fn detects_edited_line() {
-        let (_d, path) = ledger_with(3);
-        let mut l = lines(&path);
-        l[1] = l[1].replace("\"sigma\":2.0", "\"sigma\":2.5");
-        write(&path, &l);
-        let err = verify(&path).unwrap_err();
+        let err = tampered(3, |l| {
+            l[1] = l[1].replace("\"sigma\":2.0", "\"sigma\":2.5");
+        });
         assert!(
             matches!(err, LedgerError::HashMismatch { line: 2, .. }),
             "{err}"
@@ -788,61 +803,41 @@ mod tests {
 
     #[test]
     fn detects_edited_line_with_recomputed_hash() {
-        let (_d, path) = ledger_with(3);
-        let mut l = lines(&path);
-        let edited = l[0].replace("\"sigma\":2.0", "\"sigma\":9.0");
-        let (canonical, _) = split_hash(&edited).unwrap();
-        let h = sha256_hex(canonical.as_bytes());
-        l[0] = format!(
-            "{},\"hash\":\"{h}\"}}",
-            canonical.strip_suffix('}').unwrap()
-        );
-        write(&path, &l);
-        let err = verify(&path).unwrap_err();
-        assert!(
-            matches!(err, LedgerError::BrokenChain { line: 2, .. }),
-            "{err}"
-        );
+        let err = tampered(3, |l| {
+            let edited = l[0].replace("\"sigma\":2.0", "\"sigma\":9.0");
+            let (canonical, _) = split_hash(&edited).unwrap();
+            let h = sha256_hex(canonical.as_bytes());
+            l[0] = format!(
+                "{},\"hash\":\"{h}\"}}",
+                canonical.strip_suffix('}').unwrap()
+            );
+        });
+        assert_broken_chain(&err, 2);
     }
 
     #[test]
     fn detects_removed_line() {
-        let (_d, path) = ledger_with(4);
-        let mut l = lines(&path);
-        l.remove(1);
-        write(&path, &l);
-        let err = verify(&path).unwrap_err();
-        assert!(
-            matches!(err, LedgerError::BrokenChain { line: 2, .. }),
-            "{err}"
-        );
+        let err = tampered(4, |l| {
+            l.remove(1);
+        });
+        assert_broken_chain(&err, 2);
         assert!(
             err.to_string().contains("a line before it was removed"),
             "{err}"
         );
         // Removing the first line breaks line 1.
-        let (_d, path) = ledger_with(2);
-        let mut l = lines(&path);
-        l.remove(0);
-        write(&path, &l);
-        let err = verify(&path).unwrap_err();
-        assert!(
-            matches!(err, LedgerError::BrokenChain { line: 1, .. }),
-            "{err}"
-        );
+        let err = tampered(2, |l| {
+            l.remove(0);
+        });
+        assert_broken_chain(&err, 1);
     }
 
     #[test]
     fn detects_reordered_lines() {
-        let (_d, path) = ledger_with(4);
-        let mut l = lines(&path);
-        l.swap(1, 2);
-        write(&path, &l);
-        let err = verify(&path).unwrap_err();
-        assert!(
-            matches!(err, LedgerError::BrokenChain { line: 2, .. }),
-            "{err}"
-        );
+        let err = tampered(4, |l| {
+            l.swap(1, 2);
+        });
+        assert_broken_chain(&err, 2);
         assert!(err.to_string().contains("reordered"), "{err}");
     }
 
@@ -863,10 +858,7 @@ mod tests {
         l.push(foreign);
         write(&path, &l);
         let err = verify(&path).unwrap_err();
-        assert!(
-            matches!(err, LedgerError::BrokenChain { line: 4, .. }),
-            "{err}"
-        );
+        assert_broken_chain(&err, 4);
         assert!(err.to_string().contains("first line"), "{err}");
     }
 

@@ -51,20 +51,26 @@ fn rel(a: f64, b: f64) -> f64 {
     }
 }
 
+/// Our subsampled-Gaussian RDP of `row` at `orders` is within the relative
+/// tolerance `tol` of `expected` (the values of `source`).
+fn assert_rdp_close(row: &RdpRow, orders: &[f64], expected: &[f64], tol: f64, source: &str) {
+    let ours = rdp::subsampled_gaussian_rdp(row.q, row.sigma, orders).unwrap();
+    for ((a, o), t) in orders.iter().zip(&ours).zip(expected) {
+        assert!(
+            rel(*o, *t) < tol,
+            "q {} sigma {} order {a}: ours {o} {source} {t}",
+            row.q,
+            row.sigma
+        );
+    }
+}
+
 #[test]
 fn rdp_at_integer_orders_matches_to_1e9() {
     let v = vectors();
     assert_eq!(v.rdp.len(), 36);
     for row in &v.rdp {
-        let ours = rdp::subsampled_gaussian_rdp(row.q, row.sigma, &v.int_orders).unwrap();
-        for ((a, o), t) in v.int_orders.iter().zip(&ours).zip(&row.rdp_int) {
-            assert!(
-                rel(*o, *t) < 1e-9,
-                "q {} sigma {} order {a}: ours {o} dp-accounting {t}",
-                row.q,
-                row.sigma
-            );
-        }
+        assert_rdp_close(row, &v.int_orders, &row.rdp_int, 1e-9, "dp-accounting");
     }
 }
 
@@ -83,20 +89,8 @@ fn rdp_at_fractional_orders_is_exact_and_never_above_dp_accounting() {
                 );
             }
         }
-        let ours = rdp::subsampled_gaussian_rdp(row.q, row.sigma, &v.frac_integral_orders).unwrap();
-        for ((a, o), t) in v
-            .frac_integral_orders
-            .iter()
-            .zip(&ours)
-            .zip(&row.rdp_frac_integral)
-        {
-            assert!(
-                rel(*o, *t) < 1e-6,
-                "q {} sigma {} order {a}: ours {o} integral {t}",
-                row.q,
-                row.sigma
-            );
-        }
+        let (orders, expected) = (&v.frac_integral_orders, &row.rdp_frac_integral);
+        assert_rdp_close(row, orders, expected, 1e-6, "integral");
     }
 }
 
