@@ -676,3 +676,38 @@ pub fn telco_run(
          [training]\nlocal_epochs = 1\nbatch_size = 32\nlearning_rate = 0.1\n"
     )
 }
+
+/// One finished federation: its sandbox (outputs in `out/`) and its stdout.
+pub struct Finished {
+    /// The sandbox; the run's outputs are in `out/`.
+    pub sandbox: Sandbox,
+    /// The coordinator's stdout.
+    pub stdout: String,
+}
+
+/// Runs `run_toml` with the four partners loading `schema` (a file of
+/// `deploy/demo/`); `client_extra` is appended to every client config.
+pub fn federate(schema: &str, run_toml: &str, client_extra: &str) -> Finished {
+    let sandbox = Sandbox::new();
+    let (mut coordinator, port) = sandbox.start_run(run_toml);
+    let mut clients: Vec<_> = PARTNERS
+        .iter()
+        .map(|p| {
+            let extra = client_extra.replace("{partner}", p);
+            let cfg = sandbox.write_client_schema(p, "certs", p, schema, &extra);
+            sandbox.start_client(p, &cfg, port, &[])
+        })
+        .collect();
+    let status = coordinator.wait(Duration::from_secs(300));
+    let stdout = coordinator.read_stdout();
+    assert!(
+        status.success(),
+        "coordinator failed:\n{stdout}\n{}",
+        tail(&coordinator.read_stderr(), 30)
+    );
+    for c in &mut clients {
+        let status = c.wait(Duration::from_secs(30));
+        assert!(status.success(), "{} failed:\n{}", c.name, c.read_stderr());
+    }
+    Finished { sandbox, stdout }
+}

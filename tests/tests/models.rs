@@ -10,40 +10,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use fedprofile_e2e::{PARTNERS, Sandbox, client_tool, demo_dir, read_csv};
-
-/// One finished federation: its sandbox (outputs in `out/`) and its stdout.
-struct Finished {
-    sandbox: Sandbox,
-    stdout: String,
-}
-
-/// Runs `run_toml` with the four partners loading `schema` (a file of
-/// `deploy/demo/`); `client_extra` is appended to every client config.
-fn federate(schema: &str, run_toml: &str, client_extra: &str) -> Finished {
-    let sandbox = Sandbox::new();
-    let (mut coordinator, port) = sandbox.start_run(run_toml);
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let extra = client_extra.replace("{partner}", p);
-            let cfg = sandbox.write_client_schema(p, "certs", p, schema, &extra);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
-    let status = coordinator.wait(Duration::from_secs(300));
-    let stdout = coordinator.read_stdout();
-    assert!(
-        status.success(),
-        "coordinator failed:\n{stdout}\n{}",
-        fedprofile_e2e::tail(&coordinator.read_stderr(), 30)
-    );
-    for c in &mut clients {
-        let status = c.wait(Duration::from_secs(30));
-        assert!(status.success(), "{} failed:\n{}", c.name, c.read_stderr());
-    }
-    Finished { sandbox, stdout }
-}
+use fedprofile_e2e::{Finished, PARTNERS, Sandbox, client_tool, demo_dir, federate, read_csv};
 
 /// A run file of `deploy/demo/`, with the start timeout shortened for tests.
 fn demo_run_file(rel: &str) -> String {

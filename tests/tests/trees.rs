@@ -5,9 +5,8 @@
 
 use std::fs;
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use fedprofile_e2e::{PARTNERS, Sandbox, client_cmd, demo_dir};
+use fedprofile_e2e::{Finished, PARTNERS, client_cmd, demo_dir, federate};
 use fedprofile_learning::trees::{NodeKind, TreeLoss, TreeModel, train_pooled, tree_shap};
 use fedprofile_learning::{FeatureSpec, ModelDocument};
 use ndarray::{Array1, Array2, Axis, concatenate};
@@ -15,11 +14,6 @@ use ndarray::{Array1, Array2, Axis, concatenate};
 /// Trees of the federated run (few and shallow, to keep the test short).
 const TREES: u32 = 6;
 const DEPTH: u32 = 4;
-
-struct Finished {
-    sandbox: Sandbox,
-    stdout: String,
-}
 
 fn run_file(trees: u32, depth: u32) -> String {
     format!(
@@ -30,34 +24,9 @@ fn run_file(trees: u32, depth: u32) -> String {
     )
 }
 
-fn federate(run_toml: &str) -> Finished {
-    let sandbox = Sandbox::new();
-    let (config, run) = sandbox.write_coordinator(run_toml);
-    let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
-    let mut clients: Vec<_> = PARTNERS
-        .iter()
-        .map(|p| {
-            let cfg = sandbox.write_client(p, "certs", p);
-            sandbox.start_client(p, &cfg, port, &[])
-        })
-        .collect();
-    let status = coordinator.wait(Duration::from_secs(300));
-    let stdout = coordinator.read_stdout();
-    assert!(
-        status.success(),
-        "coordinator failed:\n{stdout}\n{}",
-        fedprofile_e2e::tail(&coordinator.read_stderr(), 30)
-    );
-    for c in &mut clients {
-        let status = c.wait(Duration::from_secs(30));
-        assert!(status.success(), "{} failed:\n{}", c.name, c.read_stderr());
-    }
-    Finished { sandbox, stdout }
-}
-
 fn trees_run() -> &'static Finished {
     static RUN: OnceLock<Finished> = OnceLock::new();
-    RUN.get_or_init(|| federate(&run_file(TREES, DEPTH)))
+    RUN.get_or_init(|| federate("schema.toml", &run_file(TREES, DEPTH), ""))
 }
 
 fn tree_model(doc: &ModelDocument) -> TreeModel {
@@ -255,7 +224,7 @@ fn a_warm_started_tree_run_adds_trees_to_the_earlier_model() {
             earlier.display()
         ),
     );
-    let second = federate(&run);
+    let second = federate("schema.toml", &run, "");
     assert!(
         second.stdout.contains("warm start from"),
         "{}",

@@ -715,8 +715,8 @@ mod tests {
                 "must be 1 for k-means",
             ),
             (
-                "model = \"gradient_boosted_trees\"\n[strategy]\nname = \"krum\"\n",
-                "'krum' cannot be used with gradient-boosted trees: a tree is grown from the clients' pooled gradient and hessian histograms",
+                "model = \"gradient_boosted_trees\"\n[strategy]\nname = \"median\"\n",
+                "'median' cannot be used with gradient-boosted trees: a tree is grown from the clients' pooled gradient and hessian histograms",
             ),
             (
                 "model = \"gradient_boosted_trees\"\n[strategy]\nname = \"fed_adam\"\n",
