@@ -787,6 +787,30 @@ mod tests {
         }
     }
 
+    /// Asserts the ids of the `kept` rows, the rows read, and the rows dropped for a missing
+    /// and for an unparseable label, in the source's report and in the issues.
+    fn assert_dropped(
+        src: &CleanSource,
+        issues: &[crate::report::Issue],
+        kept: &[&str],
+        read: u64,
+        missing: u64,
+        unparseable: u64,
+    ) {
+        let ids: Vec<&str> = src.rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, kept);
+        assert_eq!(src.report.rows_read, read);
+        assert_eq!(src.report.rows_missing_label, missing);
+        assert_eq!(src.report.rows_unparseable_label, unparseable);
+        assert_counts(
+            issues,
+            &[
+                (Reason::MissingLabel, missing),
+                (Reason::UnparseableLabel, unparseable),
+            ],
+        );
+    }
+
     /// The issue of `reason`, which must be present.
     fn issue_of(issues: &[crate::report::Issue], reason: Reason) -> &crate::report::Issue {
         issues.iter().find(|i| i.reason == reason).unwrap()
@@ -971,16 +995,12 @@ mod tests {
         let (src, issues) = read_target(
             "id,n,amount\nA,1,10\nB,2,\nC,3,  \nD,4,N/A\nE,5,inf\nF,6,NaN\nG,7,12.5\nH,8,ten\n",
         );
-        let ids: Vec<&str> = src.rows.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, ["A", "G"]);
-        assert_eq!(src.report.rows_read, 8);
-        assert_eq!(src.report.rows_missing_label, 2);
-        assert_eq!(src.report.rows_unparseable_label, 4);
-        assert_eq!(count(&issues, Reason::MissingLabel), 2);
-        assert_eq!(count(&issues, Reason::UnparseableLabel), 4);
+        assert_dropped(&src, &issues, &["A", "G"], 8, 2, 4);
         // Dropped rows are not cleaned: no cell-level counts for them.
-        assert_eq!(count(&issues, Reason::BlankCell), 0);
-        assert_eq!(count(&issues, Reason::UnparseableNumber), 0);
+        assert_counts(
+            &issues,
+            &[(Reason::BlankCell, 0), (Reason::UnparseableNumber, 0)],
+        );
         let issue = issue_of(&issues, Reason::UnparseableLabel);
         assert_eq!(issue.examples[0].line, 5);
         assert_eq!(issue.examples[0].column.as_deref(), Some("amount"));
@@ -1041,16 +1061,12 @@ mod tests {
         let (src, issues) = read_class(
             "id,n,contract\nA,1,one year\nB,x,\nC,3,  \nD,4,three year\nE,5,month to month\nF,6,two year\nG,,N/A\n",
         );
-        let ids: Vec<&str> = src.rows.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, ["A", "F"]);
-        assert_eq!(src.report.rows_read, 7);
-        assert_eq!(src.report.rows_missing_label, 2);
-        assert_eq!(src.report.rows_unparseable_label, 3);
-        assert_eq!(count(&issues, Reason::MissingLabel), 2);
-        assert_eq!(count(&issues, Reason::UnparseableLabel), 3);
+        assert_dropped(&src, &issues, &["A", "F"], 7, 2, 3);
         // Dropped rows are not cleaned: "x" and the blank n of G are not counted.
-        assert_eq!(count(&issues, Reason::UnparseableNumber), 0);
-        assert_eq!(count(&issues, Reason::BlankCell), 0);
+        assert_counts(
+            &issues,
+            &[(Reason::UnparseableNumber, 0), (Reason::BlankCell, 0)],
+        );
         let issue = issue_of(&issues, Reason::UnparseableLabel);
         assert_eq!(issue.examples[0].line, 5);
         assert_eq!(issue.examples[0].column.as_deref(), Some("contract"));

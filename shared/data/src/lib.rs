@@ -227,39 +227,26 @@ fn load_with<'a>(
     let dataset = fuse::join(schema, &mut cleaned, deduped, &mut collector);
 
     let users = dataset.len() as u64;
-    let label = match (
-        schema.label_name(),
-        schema.label_positive(),
-        dataset.positives(),
-    ) {
-        (Some(column), Some(positive), Some(positives)) => Some(LabelSummary {
+    let label = schema.label_name().and_then(|column| {
+        let positives = dataset.positives()?;
+        Some(LabelSummary::of(
+            column,
+            schema.label_positive()?,
+            positives,
+            users,
+        ))
+    });
+    let target = schema
+        .label_name()
+        .zip(dataset.targets())
+        .map(|(column, values)| TargetSummary::of(column, values));
+    let classes = schema.label_name().and_then(|column| {
+        Some(ClassSummary {
             column: column.to_owned(),
-            positive: positive.to_owned(),
-            positives: positives as u64,
-            positive_rate: if users == 0 {
-                0.0
-            } else {
-                positives as f64 / users as f64
-            },
-        }),
-        _ => None,
-    };
-    let target = match (schema.label_name(), dataset.targets()) {
-        (Some(column), Some(values)) => Some(TargetSummary::of(column, values)),
-        _ => None,
-    };
-    let classes = match (
-        schema.label_name(),
-        schema.label_classes(),
-        dataset.class_counts(),
-    ) {
-        (Some(column), Some(classes), Some(counts)) => Some(ClassSummary {
-            column: column.to_owned(),
-            classes: classes.to_vec(),
-            counts,
-        }),
-        _ => None,
-    };
+            classes: schema.label_classes()?.to_vec(),
+            counts: dataset.class_counts()?,
+        })
+    });
     let mut sources = Vec::with_capacity(cleaned.len());
     let mut columns = Vec::new();
     for clean in cleaned {
@@ -402,13 +389,14 @@ mod tests {
             .build()
     }
 
+    /// The header and first two rows of the target tests' source a.
+    const TARGET_CSV_HEAD: &str =
+        "id,when,n,churn,charges\nU1,2026-01-01,1,Yes,20\nU2,2026-01-01,2,No,N/A\n";
+
     #[test]
     fn without_label_keeps_every_user_for_scoring() {
         let schema = Schema::from_toml_str(&target_schema_text(), "schema.toml").unwrap();
-        let a = "id,when,n,churn,charges\n\
-                 U1,2026-01-01,1,Yes,20\n\
-                 U2,2026-01-01,2,No,N/A\n\
-                 U3,2026-01-01,3,no,\n";
+        let a = &format!("{TARGET_CSV_HEAD}U3,2026-01-01,3,no,\n");
         let scoring = schema.without_label();
         assert_eq!(scoring.label_kind(), None);
         assert_eq!(scoring.feature_template(), schema.feature_template());
@@ -423,13 +411,13 @@ mod tests {
     #[test]
     fn numeric_target_end_to_end() {
         let schema = Schema::from_toml_str(&target_schema_text(), "schema.toml").unwrap();
-        let a = "id,when,n,churn,charges\n\
-                 U1,2026-01-01,1,Yes,20\n\
-                 U2,2026-01-01,2,No,N/A\n\
-                 U1,2025-01-01,9,No,99\n\
-                 U3,2026-01-01,3,no,\n\
-                 U4,2026-01-01,4,No,80.5\n\
-                 U5,2026-01-01,5,yes,30\n";
+        let a = &format!(
+            "{TARGET_CSV_HEAD}\
+             U1,2025-01-01,9,No,99\n\
+             U3,2026-01-01,3,no,\n\
+             U4,2026-01-01,4,No,80.5\n\
+             U5,2026-01-01,5,yes,30\n"
+        );
         let loaded = load_from_strs(&schema, "train", &[("a", a)]).unwrap();
         let (d, r) = (&loaded.dataset, &loaded.report);
         assert_eq!(d.ids(), ["U1", "U4", "U5"]);

@@ -16,7 +16,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Slice};
 use crate::error::LearningError;
 use crate::model::{check_features, intercept_model_methods};
 use crate::objective::{
-    Objective, check_params, design_gradients, linear_scores, mean_design_gradient,
+    Objective, check_batch, check_params, design_gradients, linear_scores, mean_design_gradient,
 };
 
 /// A linear regression model with finite parameters `[intercept, w_1..w_dim]`.
@@ -110,11 +110,7 @@ impl Objective for SquaredError {
         x: ArrayView2<f64>,
         y: ArrayView1<f64>,
     ) -> Result<f64, LearningError> {
-        check_params(self, params)?;
-        self.check_examples(x, y)?;
-        if x.nrows() == 0 {
-            return Err(LearningError::EmptyInput);
-        }
+        check_batch(self, params, x, y)?;
         let r = self.residuals(params, x, y);
         Ok(0.5 * r.dot(&r) / x.nrows() as f64)
     }
@@ -125,11 +121,7 @@ impl Objective for SquaredError {
         x: ArrayView2<f64>,
         y: ArrayView1<f64>,
     ) -> Result<Array1<f64>, LearningError> {
-        check_params(self, params)?;
-        self.check_examples(x, y)?;
-        if x.nrows() == 0 {
-            return Err(LearningError::EmptyInput);
-        }
+        check_batch(self, params, x, y)?;
         Ok(mean_design_gradient(x, self.residuals(params, x, y).view()))
     }
 }

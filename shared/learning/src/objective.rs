@@ -81,6 +81,22 @@ pub fn check_params<O: Objective + ?Sized>(
     crate::model::check_finite_params(params)
 }
 
+/// What a loss or mean gradient checks first: `params` (see [`check_params`]), the
+/// examples, and that there is at least one.
+pub(crate) fn check_batch<O: Objective + ?Sized>(
+    objective: &O,
+    params: ArrayView1<f64>,
+    x: ArrayView2<f64>,
+    y: ArrayView1<f64>,
+) -> Result<(), LearningError> {
+    check_params(objective, params)?;
+    objective.check_examples(x, y)?;
+    if x.nrows() == 0 {
+        return Err(LearningError::EmptyInput);
+    }
+    Ok(())
+}
+
 /// Rows `[1, x_i]` scaled by `residual_i`, written into `out` (`rows × (dim + 1)`).
 pub(crate) fn scaled_design_rows(
     x: ArrayView2<f64>,
@@ -166,11 +182,7 @@ impl Objective for LogLoss {
         x: ArrayView2<f64>,
         y: ArrayView1<f64>,
     ) -> Result<Array1<f64>, LearningError> {
-        check_params(self, params)?;
-        self.check_examples(x, y)?;
-        if x.nrows() == 0 {
-            return Err(LearningError::EmptyInput);
-        }
+        check_batch(self, params, x, y)?;
         Ok(mean_design_gradient(
             x,
             logistic_residuals(params, x, y).view(),
@@ -183,11 +195,7 @@ impl Objective for LogLoss {
         x: ArrayView2<f64>,
         y: ArrayView1<f64>,
     ) -> Result<f64, LearningError> {
-        check_params(self, params)?;
-        self.check_examples(x, y)?;
-        if x.nrows() == 0 {
-            return Err(LearningError::EmptyInput);
-        }
+        check_batch(self, params, x, y)?;
         let total: f64 = linear_scores(params, x)
             .iter()
             .zip(y)
