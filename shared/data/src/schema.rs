@@ -661,9 +661,10 @@ impl RawColumn {
                 ColumnKind::Class { classes }
             }
             Ty::Numeric => {
-                let impute = match (impute, &self.value) {
-                    (None | Some("mean"), None) => NumericImpute::Mean,
-                    (Some("constant"), Some(v)) => {
+                let constant = constant_imputation(impute, self.value.as_ref(), "numeric", "mean");
+                let impute = match constant.map_err(&err)? {
+                    None => NumericImpute::Mean,
+                    Some(v) => {
                         let x = match v {
                             toml::Value::Float(f) => *f,
                             toml::Value::Integer(i) => *i as f64,
@@ -683,17 +684,6 @@ impl RawColumn {
                             )));
                         }
                         NumericImpute::Constant(x)
-                    }
-                    (Some("constant"), None) => {
-                        return Err(err("impute = \"constant\" requires a 'value'".into()));
-                    }
-                    (None | Some("mean"), Some(_)) => {
-                        return Err(err("key 'value' requires impute = \"constant\"".into()));
-                    }
-                    (Some(other), _) => {
-                        return Err(err(format!(
-                            "impute: unknown imputation '{other}' for type 'numeric' (expected mean or constant)"
-                        )));
                     }
                 };
                 let bounds = numeric_bounds(
@@ -716,29 +706,20 @@ impl RawColumn {
                     .vocabulary
                     .ok_or_else(|| err("type 'categorical' requires a 'vocabulary'".into()))?;
                 check_values("vocabulary", &vocabulary).map_err(&err)?;
-                let impute = match (impute, &self.value) {
-                    (None | Some("unknown"), None) => CategoricalImpute::Unknown,
-                    (Some("constant"), Some(toml::Value::String(s))) => {
+                let constant =
+                    constant_imputation(impute, self.value.as_ref(), "categorical", "unknown");
+                let impute = match constant.map_err(&err)? {
+                    None => CategoricalImpute::Unknown,
+                    Some(toml::Value::String(s)) => {
                         if !vocabulary.contains(s) {
                             return Err(err(format!("value: '{s}' is not in the vocabulary")));
                         }
                         CategoricalImpute::Constant(s.clone())
                     }
-                    (Some("constant"), Some(other)) => {
+                    Some(other) => {
                         return Err(err(format!(
                             "value: expected a string for impute = \"constant\", found {}",
                             other.type_str()
-                        )));
-                    }
-                    (Some("constant"), None) => {
-                        return Err(err("impute = \"constant\" requires a 'value'".into()));
-                    }
-                    (None | Some("unknown"), Some(_)) => {
-                        return Err(err("key 'value' requires impute = \"constant\"".into()));
-                    }
-                    (Some(other), _) => {
-                        return Err(err(format!(
-                            "impute: unknown imputation '{other}' for type 'categorical' (expected unknown or constant)"
                         )));
                     }
                 };
@@ -805,6 +786,26 @@ impl RawColumn {
             name: self.name,
             kind,
         })
+    }
+}
+
+/// The constant an `impute` key asks for with its `value`, or `None` for the type's
+/// `default` imputation; the errors (relative to the column) are those every type with a
+/// default and a constant imputation shares.
+fn constant_imputation<'a>(
+    impute: Option<&str>,
+    value: Option<&'a toml::Value>,
+    ty: &str,
+    default: &str,
+) -> Result<Option<&'a toml::Value>, String> {
+    match (impute, value) {
+        (Some("constant"), Some(v)) => Ok(Some(v)),
+        (Some("constant"), None) => Err("impute = \"constant\" requires a 'value'".into()),
+        (Some(other), _) if other != default => Err(format!(
+            "impute: unknown imputation '{other}' for type '{ty}' (expected {default} or constant)"
+        )),
+        (_, None) => Ok(None),
+        (_, Some(_)) => Err("key 'value' requires impute = \"constant\"".into()),
     }
 }
 
@@ -888,6 +889,11 @@ mod tests {
     use super::*;
     use crate::testkit::SchemaText;
 
+    /// The minimal schema plus two columns.
+    fn with_columns(first: &str, second: &str) -> String {
+        format!("{}\n[[source.column]]\n{second}\n", with_column(first))
+    }
+
     fn err_of(text: &str) -> String {
         Schema::from_toml_str(text, "schema.toml")
             .expect_err("schema should be rejected")
@@ -928,7 +934,12 @@ mod tests {
     /// Asserts that the minimal schema plus `column` is rejected with an error containing
     /// `message`.
     fn assert_column_rejected(column: &str, message: &str) {
-        let e = err_of(&with_column(column));
+        assert_rejected(&with_column(column), message);
+    }
+
+    /// Asserts that `text` is rejected with an error containing `message`.
+    fn assert_rejected(text: &str, message: &str) {
+        let e = err_of(text);
         assert!(e.contains(message), "{e}");
     }
 
@@ -1022,11 +1033,11 @@ mod tests {
     #[test]
     fn exactly_one_primary() {
         let two = two_sources("", "id:id", "id:id");
-        assert!(err_of(&two).contains("no source has primary = true"));
+        assert_rejected(&two, "no source has primary = true");
         let both = two
             .replace("path = \"a.csv\"", "path = \"a.csv\"\nprimary = true")
             .replace("path = \"b.csv\"", "path = \"b.csv\"\nprimary = true");
-        assert!(err_of(&both).contains("sources 'a' and 'b' both have primary = true"));
+        assert_rejected(&both, "sources 'a' and 'b' both have primary = true");
     }
 
     #[test]
@@ -1048,12 +1059,15 @@ mod tests {
             "path = \"{split}/main.csv\"",
             "path = \"{split}/main.csv\"\nkeep_newest_by = \"x\"",
         );
-        assert!(err_of(&text).contains("keep_newest_by: column 'x' must have type \"ignore\""));
+        assert_rejected(
+            &text,
+            "keep_newest_by: column 'x' must have type \"ignore\"",
+        );
         let text = minimal().replace(
             "path = \"{split}/main.csv\"",
             "path = \"{split}/main.csv\"\nkeep_newest_by = \"when\"",
         );
-        assert!(err_of(&text).contains("keep_newest_by: column 'when' is not declared"));
+        assert_rejected(&text, "keep_newest_by: column 'when' is not declared");
     }
 
     #[test]
@@ -1073,9 +1087,9 @@ mod tests {
 
     #[test]
     fn label_must_be_unique_and_in_primary() {
-        let e = err_of(&format!(
-            "{}\n[[source.column]]\nname = \"l2\"\ntype = \"label\"\npositive = \"yes\"\n",
-            with_column("name = \"l\"\ntype = \"label\"\npositive = \"yes\"")
+        let e = err_of(&with_columns(
+            "name = \"l\"\ntype = \"label\"\npositive = \"yes\"",
+            "name = \"l2\"\ntype = \"label\"\npositive = \"yes\"",
         ));
         assert!(e.contains("only one label column"), "{e}");
         assert_column_rejected(
@@ -1087,7 +1101,10 @@ mod tests {
     #[test]
     fn duplicate_column_across_sources() {
         let text = two_sources("primary = true", "id:id x:numeric", "id:id x:numeric");
-        assert!(err_of(&text).contains("column 'x': declared in both source 'a' and source 'b'"));
+        assert_rejected(
+            &text,
+            "column 'x': declared in both source 'a' and source 'b'",
+        );
     }
 
     #[test]
@@ -1140,25 +1157,25 @@ mod tests {
 
     #[test]
     fn at_most_one_label_or_target() {
-        let e = err_of(&format!(
-            "{}\n[[source.column]]\nname = \"t2\"\ntype = \"target\"\n",
-            with_column("name = \"t\"\ntype = \"target\"")
+        let e = err_of(&with_columns(
+            "name = \"t\"\ntype = \"target\"",
+            "name = \"t2\"\ntype = \"target\"",
         ));
         assert_eq!(
             e,
             "schema.toml: column 't2': only one label column (type label, target or class) is allowed, 't' is already one (type target)"
         );
-        let e = err_of(&format!(
-            "{}\n[[source.column]]\nname = \"t\"\ntype = \"target\"\n",
-            with_column("name = \"l\"\ntype = \"label\"\npositive = \"yes\"")
+        let e = err_of(&with_columns(
+            "name = \"l\"\ntype = \"label\"\npositive = \"yes\"",
+            "name = \"t\"\ntype = \"target\"",
         ));
         assert!(
             e.contains("column 't': only one label column (type label, target or class) is allowed, 'l' is already one (type label)"),
             "{e}"
         );
-        let e = err_of(&format!(
-            "{}\n[[source.column]]\nname = \"l\"\ntype = \"label\"\npositive = \"yes\"\n",
-            with_column("name = \"t\"\ntype = \"target\"")
+        let e = err_of(&with_columns(
+            "name = \"t\"\ntype = \"target\"",
+            "name = \"l\"\ntype = \"label\"\npositive = \"yes\"",
         ));
         assert!(e.contains("column 'l': only one label column"), "{e}");
     }
@@ -1313,25 +1330,22 @@ mod tests {
 
     #[test]
     fn at_most_one_label_target_or_class() {
-        let e = err_of(&format!(
-            "{}\n[[source.column]]\n{CONTRACT}\n",
-            with_column("name = \"churn\"\ntype = \"label\"\npositive = \"yes\"")
+        let e = err_of(&with_columns(
+            "name = \"churn\"\ntype = \"label\"\npositive = \"yes\"",
+            CONTRACT,
         ));
         assert_eq!(
             e,
             "schema.toml: column 'contract': only one label column (type label, target or class) is allowed, 'churn' is already one (type label)"
         );
-        let e = err_of(&format!(
-            "{}\n[[source.column]]\nname = \"t\"\ntype = \"target\"\n",
-            with_column(CONTRACT)
-        ));
+        let e = err_of(&with_columns(CONTRACT, "name = \"t\"\ntype = \"target\""));
         assert_eq!(
             e,
             "schema.toml: column 't': only one label column (type label, target or class) is allowed, 'contract' is already one (type class)"
         );
-        let e = err_of(&format!(
-            "{}\n[[source.column]]\nname = \"k\"\ntype = \"class\"\nclasses = [\"a\", \"b\"]\n",
-            with_column(CONTRACT)
+        let e = err_of(&with_columns(
+            CONTRACT,
+            "name = \"k\"\ntype = \"class\"\nclasses = [\"a\", \"b\"]",
         ));
         assert!(
             e.contains("column 'k': only one label column (type label, target or class) is allowed, 'contract' is already one (type class)"),
