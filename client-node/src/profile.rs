@@ -10,7 +10,7 @@ use fedprofile_data::{Dataset, Schema};
 use fedprofile_learning::{FeatureSpec, ModelDocument};
 use ndarray::Array2;
 
-use crate::score::ScoreError;
+use crate::score::{CsvOut, ScoreError};
 
 fn mismatch(path: &Path) -> impl Fn(String) -> ScoreError + '_ {
     move |reason| ScoreError::Mismatch {
@@ -154,14 +154,7 @@ pub fn profile(
         _ => None,
     };
 
-    let write_err = |reason: String| ScoreError::Write {
-        path: out.to_path_buf(),
-        reason,
-    };
-    let mut writer = csv::Writer::from_path(out).map_err(|e| write_err(e.to_string()))?;
-    writer
-        .write_record(&header)
-        .map_err(|e| write_err(e.to_string()))?;
+    let mut writer = CsvOut::create(out, &header)?;
     for (row, id) in dataset.ids().iter().enumerate() {
         let mut record = vec![id.clone()];
         for (predictions, names) in &predictions {
@@ -189,10 +182,8 @@ pub fn profile(
             record.push(segment.to_string());
             record.push(format!("{distance:.6}"));
         }
-        writer
-            .write_record(&record)
-            .map_err(|e| write_err(e.to_string()))?;
+        writer.row(&record)?;
     }
-    writer.flush().map_err(|e| write_err(e.to_string()))?;
+    writer.finish()?;
     Ok(dataset.len())
 }

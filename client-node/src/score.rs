@@ -61,21 +61,47 @@ pub fn score(
     let mut header = vec!["user_id"];
     header.extend(table.header.iter().map(String::as_str));
     let rows = table.rows;
-    let write_err = |reason: String| ScoreError::Write {
-        path: out.to_path_buf(),
-        reason,
-    };
-    let mut writer = csv::Writer::from_path(out).map_err(|e| write_err(e.to_string()))?;
-    writer
-        .write_record(&header)
-        .map_err(|e| write_err(e.to_string()))?;
+    let mut writer = CsvOut::create(out, &header)?;
     for (id, values) in loaded.dataset.ids().iter().zip(rows) {
         let mut record = vec![id.clone()];
         record.extend(values);
-        writer
-            .write_record(&record)
-            .map_err(|e| write_err(e.to_string()))?;
+        writer.row(&record)?;
     }
-    writer.flush().map_err(|e| write_err(e.to_string()))?;
+    writer.finish()?;
     Ok(loaded.dataset.len())
+}
+
+/// A CSV file being written: every failure is a [`ScoreError::Write`] naming the file.
+pub(crate) struct CsvOut<'a> {
+    path: &'a Path,
+    writer: csv::Writer<std::fs::File>,
+}
+
+impl<'a> CsvOut<'a> {
+    /// Creates (or truncates) `path` and writes the `header` row.
+    pub(crate) fn create<T: AsRef<[u8]>>(path: &'a Path, header: &[T]) -> Result<Self, ScoreError> {
+        let writer = csv::Writer::from_path(path).map_err(|e| write_error(path, e))?;
+        let mut out = CsvOut { path, writer };
+        out.row(header)?;
+        Ok(out)
+    }
+
+    /// Writes one row.
+    pub(crate) fn row<T: AsRef<[u8]>>(&mut self, record: &[T]) -> Result<(), ScoreError> {
+        self.writer
+            .write_record(record)
+            .map_err(|e| write_error(self.path, e))
+    }
+
+    /// Flushes the file.
+    pub(crate) fn finish(mut self) -> Result<(), ScoreError> {
+        self.writer.flush().map_err(|e| write_error(self.path, e))
+    }
+}
+
+fn write_error(path: &Path, e: impl ToString) -> ScoreError {
+    ScoreError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }

@@ -257,39 +257,16 @@ fn per_user<'a, T>(
 mod tests {
     use super::*;
     use crate::ingest::read_source;
+    use crate::testkit::SchemaText;
 
     fn schema(rules: &str) -> Schema {
-        let text = format!(
-            r#"
-key = "id"
-[[source]]
-name = "main"
-path = "main.csv"
-primary = true
-{rules}
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "when"
-type = "ignore"
-[[source.column]]
-name = "n"
-type = "numeric"
-
-[[source]]
-name = "extra"
-path = "extra.csv"
-drop_exact_duplicates = true
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "c"
-type = "categorical"
-vocabulary = ["no", "yes"]
-"#
-        );
+        let text = SchemaText::new()
+            .source("main", "main.csv", &format!("primary = true\n{rules}"))
+            .columns("id:id when:ignore n:numeric")
+            .source("extra", "extra.csv", "drop_exact_duplicates = true")
+            .columns("id:id")
+            .column("c", "categorical", "vocabulary = [\"no\", \"yes\"]")
+            .build();
         Schema::from_toml_str(&text, "s").unwrap()
     }
 

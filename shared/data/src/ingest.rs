@@ -739,50 +739,81 @@ pub(crate) fn read_source(
 mod tests {
     use super::*;
     use crate::schema::Schema;
+    use crate::testkit::SchemaText;
 
-    const SCHEMA: &str = r#"
-key = "id"
-[[source]]
-name = "main"
-path = "main.csv"
-keep_newest_by = "when"
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "when"
-type = "ignore"
-[[source.column]]
-name = "n"
-type = "numeric"
-[[source.column]]
-name = "c"
-type = "categorical"
-vocabulary = ["month-to-month", "one year"]
-[[source.column]]
-name = "b"
-type = "boolean"
-true_values = ["yes"]
-false_values = ["no"]
-value = false
-[[source.column]]
-name = "y"
-type = "label"
-positive = "yes"
-negative = "no"
-"#;
+    fn schema_text() -> String {
+        SchemaText::new()
+            .source("main", "main.csv", "keep_newest_by = \"when\"")
+            .columns("id:id when:ignore n:numeric")
+            .column(
+                "c",
+                "categorical",
+                "vocabulary = [\"month-to-month\", \"one year\"]",
+            )
+            .column(
+                "b",
+                "boolean",
+                "true_values = [\"yes\"]\nfalse_values = [\"no\"]\nvalue = false",
+            )
+            .column("y", "label", "positive = \"yes\"\nnegative = \"no\"")
+            .build()
+    }
 
-    fn read(csv: &str) -> (Result<CleanSource, DataError>, Vec<crate::report::Issue>) {
-        let schema = Schema::from_toml_str(SCHEMA, "s").unwrap();
+    /// Reads `csv` as the primary source of `schema` (named "s", read from "main.csv").
+    fn try_read_with(
+        schema: &str,
+        csv: &[u8],
+    ) -> (Result<CleanSource, DataError>, Vec<crate::report::Issue>) {
+        let schema = Schema::from_toml_str(schema, "s").unwrap();
         let mut collector = Collector::default();
         let r = read_source(
             schema.primary_source(),
             schema.key(),
-            csv.as_bytes(),
+            csv,
             "main.csv",
             &mut collector,
         );
         (r, collector.into_issues())
+    }
+
+    fn read(csv: &str) -> (Result<CleanSource, DataError>, Vec<crate::report::Issue>) {
+        try_read_with(&schema_text(), csv.as_bytes())
+    }
+
+    /// Asserts the count of each listed reason (0 where the reason is absent).
+    fn assert_counts(issues: &[crate::report::Issue], expected: &[(Reason, u64)]) {
+        for &(reason, n) in expected {
+            assert_eq!(count(issues, reason), n, "{reason:?}");
+        }
+    }
+
+    /// Asserts the ids of the `kept` rows, the rows read, and the rows dropped for a missing
+    /// and for an unparseable label, in the source's report and in the issues.
+    fn assert_dropped(
+        src: &CleanSource,
+        issues: &[crate::report::Issue],
+        kept: &[&str],
+        read: u64,
+        missing: u64,
+        unparseable: u64,
+    ) {
+        let ids: Vec<&str> = src.rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, kept);
+        assert_eq!(src.report.rows_read, read);
+        assert_eq!(src.report.rows_missing_label, missing);
+        assert_eq!(src.report.rows_unparseable_label, unparseable);
+        assert_counts(
+            issues,
+            &[
+                (Reason::MissingLabel, missing),
+                (Reason::UnparseableLabel, unparseable),
+            ],
+        );
+    }
+
+    /// The issue of `reason`, which must be present.
+    fn issue_of(issues: &[crate::report::Issue], reason: Reason) -> &crate::report::Issue {
+        issues.iter().find(|i| i.reason == reason).unwrap()
     }
 
     fn count(issues: &[crate::report::Issue], reason: Reason) -> u64 {
@@ -801,10 +832,7 @@ negative = "no"
         assert_eq!(src.rows.len(), 1);
         assert_eq!(src.report.rows_read, 3);
         assert_eq!(src.report.malformed_rows, 2);
-        let issue = issues
-            .iter()
-            .find(|i| i.reason == Reason::MalformedRow)
-            .unwrap();
+        let issue = issue_of(&issues, Reason::MalformedRow);
         assert_eq!(issue.examples[0].line, 3);
         assert_eq!(issue.examples[1].line, 4);
         assert_eq!(issue.examples[0].value, "expected 6 fields, found 3");
@@ -879,8 +907,10 @@ negative = "no"
         assert_eq!(src.report.rows_missing_id, 1);
         assert_eq!(src.report.rows_missing_label, 1);
         assert_eq!(src.report.rows_unparseable_label, 1);
-        assert_eq!(count(&issues, Reason::MissingId), 1);
-        assert_eq!(count(&issues, Reason::UnparseableLabel), 1);
+        assert_counts(
+            &issues,
+            &[(Reason::MissingId, 1), (Reason::UnparseableLabel, 1)],
+        );
         assert_eq!(src.rows[0].label, Some(true));
     }
 
@@ -897,7 +927,7 @@ negative = "no"
 
     #[test]
     fn invalid_utf8_row_is_dropped() {
-        let schema = Schema::from_toml_str(SCHEMA, "s").unwrap();
+        let schema = Schema::from_toml_str(&schema_text(), "s").unwrap();
         let mut collector = Collector::default();
         let mut bytes = b"id,when,n,c,b,y\nA,2026-01-01,1,one year,yes,n".to_vec();
         bytes.extend([0xff, b'\n']);
@@ -927,35 +957,15 @@ negative = "no"
         assert!(parse_date("2026-10-01").unwrap() < parse_date("2026-10-01T00:00").unwrap());
     }
 
-    const TARGET_SCHEMA: &str = r#"
-key = "id"
-[[source]]
-name = "main"
-path = "main.csv"
-drop_exact_duplicates = true
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "n"
-type = "numeric"
-[[source.column]]
-name = "amount"
-type = "target"
-"#;
+    fn target_schema_text() -> String {
+        SchemaText::new()
+            .source("main", "main.csv", "drop_exact_duplicates = true")
+            .columns("id:id n:numeric amount:target")
+            .build()
+    }
 
     fn read_target(csv: &str) -> (CleanSource, Vec<crate::report::Issue>) {
-        let schema = Schema::from_toml_str(TARGET_SCHEMA, "s").unwrap();
-        let mut collector = Collector::default();
-        let src = read_source(
-            schema.primary_source(),
-            schema.key(),
-            csv.as_bytes(),
-            "main.csv",
-            &mut collector,
-        )
-        .unwrap();
-        (src, collector.into_issues())
+        read_with(&target_schema_text(), csv.as_bytes())
     }
 
     #[test]
@@ -967,9 +977,14 @@ type = "target"
         assert!(src.rows.iter().all(|r| r.label.is_none()));
         assert_eq!(src.rows[1].values[2], Value::Number(56.95));
         // " 56.95 " is white-space noise, like a numeric cell; "x" is a feature cell.
-        assert_eq!(count(&issues, Reason::CaseOrWhitespaceNoise), 1);
-        assert_eq!(count(&issues, Reason::UnparseableNumber), 1);
-        assert_eq!(count(&issues, Reason::MissingLabel), 0);
+        assert_counts(
+            &issues,
+            &[
+                (Reason::CaseOrWhitespaceNoise, 1),
+                (Reason::UnparseableNumber, 1),
+                (Reason::MissingLabel, 0),
+            ],
+        );
         let col = src.columns.iter().find(|c| c.name == "amount").unwrap();
         assert_eq!(col.kind, "target");
         assert_eq!(col.noise, 1);
@@ -980,54 +995,32 @@ type = "target"
         let (src, issues) = read_target(
             "id,n,amount\nA,1,10\nB,2,\nC,3,  \nD,4,N/A\nE,5,inf\nF,6,NaN\nG,7,12.5\nH,8,ten\n",
         );
-        let ids: Vec<&str> = src.rows.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, ["A", "G"]);
-        assert_eq!(src.report.rows_read, 8);
-        assert_eq!(src.report.rows_missing_label, 2);
-        assert_eq!(src.report.rows_unparseable_label, 4);
-        assert_eq!(count(&issues, Reason::MissingLabel), 2);
-        assert_eq!(count(&issues, Reason::UnparseableLabel), 4);
+        assert_dropped(&src, &issues, &["A", "G"], 8, 2, 4);
         // Dropped rows are not cleaned: no cell-level counts for them.
-        assert_eq!(count(&issues, Reason::BlankCell), 0);
-        assert_eq!(count(&issues, Reason::UnparseableNumber), 0);
-        let issue = issues
-            .iter()
-            .find(|i| i.reason == Reason::UnparseableLabel)
-            .unwrap();
+        assert_counts(
+            &issues,
+            &[(Reason::BlankCell, 0), (Reason::UnparseableNumber, 0)],
+        );
+        let issue = issue_of(&issues, Reason::UnparseableLabel);
         assert_eq!(issue.examples[0].line, 5);
         assert_eq!(issue.examples[0].column.as_deref(), Some("amount"));
         assert_eq!(issue.examples[0].value, "N/A");
     }
 
-    const CLASS_SCHEMA: &str = r#"
-key = "id"
-[[source]]
-name = "main"
-path = "main.csv"
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "n"
-type = "numeric"
-[[source.column]]
-name = "contract"
-type = "class"
-classes = ["month-to-month", "one year", "two year"]
-"#;
+    fn class_schema_text() -> String {
+        SchemaText::new()
+            .source("main", "main.csv", "")
+            .columns("id:id n:numeric")
+            .column(
+                "contract",
+                "class",
+                "classes = [\"month-to-month\", \"one year\", \"two year\"]",
+            )
+            .build()
+    }
 
     fn read_class(csv: &str) -> (CleanSource, Vec<crate::report::Issue>) {
-        let schema = Schema::from_toml_str(CLASS_SCHEMA, "s").unwrap();
-        let mut collector = Collector::default();
-        let src = read_source(
-            schema.primary_source(),
-            schema.key(),
-            csv.as_bytes(),
-            "main.csv",
-            &mut collector,
-        )
-        .unwrap();
-        (src, collector.into_issues())
+        read_with(&class_schema_text(), csv.as_bytes())
     }
 
     #[test]
@@ -1049,9 +1042,14 @@ classes = ["month-to-month", "one year", "two year"]
         assert_eq!(src.rows[3].values[2], Value::Category(1));
         // "ONE YEAR" (dominant spelling "One year") and " Two year" (padded) are noise,
         // like in a categorical column.
-        assert_eq!(count(&issues, Reason::CaseOrWhitespaceNoise), 2);
-        assert_eq!(count(&issues, Reason::MissingLabel), 0);
-        assert_eq!(count(&issues, Reason::UnparseableLabel), 0);
+        assert_counts(
+            &issues,
+            &[
+                (Reason::CaseOrWhitespaceNoise, 2),
+                (Reason::MissingLabel, 0),
+                (Reason::UnparseableLabel, 0),
+            ],
+        );
         let col = src.columns.iter().find(|c| c.name == "contract").unwrap();
         assert_eq!(col.kind, "class");
         assert_eq!(col.noise, 2);
@@ -1063,66 +1061,34 @@ classes = ["month-to-month", "one year", "two year"]
         let (src, issues) = read_class(
             "id,n,contract\nA,1,one year\nB,x,\nC,3,  \nD,4,three year\nE,5,month to month\nF,6,two year\nG,,N/A\n",
         );
-        let ids: Vec<&str> = src.rows.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, ["A", "F"]);
-        assert_eq!(src.report.rows_read, 7);
-        assert_eq!(src.report.rows_missing_label, 2);
-        assert_eq!(src.report.rows_unparseable_label, 3);
-        assert_eq!(count(&issues, Reason::MissingLabel), 2);
-        assert_eq!(count(&issues, Reason::UnparseableLabel), 3);
+        assert_dropped(&src, &issues, &["A", "F"], 7, 2, 3);
         // Dropped rows are not cleaned: "x" and the blank n of G are not counted.
-        assert_eq!(count(&issues, Reason::UnparseableNumber), 0);
-        assert_eq!(count(&issues, Reason::BlankCell), 0);
-        let issue = issues
-            .iter()
-            .find(|i| i.reason == Reason::UnparseableLabel)
-            .unwrap();
+        assert_counts(
+            &issues,
+            &[(Reason::UnparseableNumber, 0), (Reason::BlankCell, 0)],
+        );
+        let issue = issue_of(&issues, Reason::UnparseableLabel);
         assert_eq!(issue.examples[0].line, 5);
         assert_eq!(issue.examples[0].column.as_deref(), Some("contract"));
         assert_eq!(issue.examples[0].value, "three year");
-        let issue = issues
-            .iter()
-            .find(|i| i.reason == Reason::MissingLabel)
-            .unwrap();
+        let issue = issue_of(&issues, Reason::MissingLabel);
         assert_eq!(issue.examples[1].line, 4);
         assert_eq!(issue.examples[1].value, "  ");
     }
 
-    const BOUNDED_SCHEMA: &str = r#"
-key = "id"
-[[source]]
-name = "main"
-path = "main.csv"
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "tenure"
-type = "numeric"
-min = 0
-max = 72
-[[source.column]]
-name = "charges"
-type = "numeric"
-max = 200
-out_of_range = "reject"
-[[source.column]]
-name = "free"
-type = "numeric"
-"#;
+    fn bounded_schema_text() -> String {
+        SchemaText::new()
+            .source("main", "main.csv", "")
+            .columns("id:id")
+            .column("tenure", "numeric", "min = 0\nmax = 72")
+            .column("charges", "numeric", "max = 200\nout_of_range = \"reject\"")
+            .columns("free:numeric")
+            .build()
+    }
 
     fn read_with(schema: &str, csv: &[u8]) -> (CleanSource, Vec<crate::report::Issue>) {
-        let schema = Schema::from_toml_str(schema, "s").unwrap();
-        let mut collector = Collector::default();
-        let src = read_source(
-            schema.primary_source(),
-            schema.key(),
-            csv,
-            "main.csv",
-            &mut collector,
-        )
-        .unwrap();
-        (src, collector.into_issues())
+        let (src, issues) = try_read_with(schema, csv);
+        (src.unwrap(), issues)
     }
 
     fn lines_of(issues: &[crate::report::Issue], reason: Reason) -> Vec<(u64, String)> {
@@ -1137,7 +1103,7 @@ type = "numeric"
     #[test]
     fn cells_of_absurd_magnitude_are_unparseable_without_bounds() {
         let (src, issues) = read_with(
-            BOUNDED_SCHEMA,
+            &bounded_schema_text(),
             b"id,tenure,charges,free\nA,1,1,1e15\nB,2,2,1e300\nC,3,3,-2e15\nD,4,4,7\n",
         );
         let v: Vec<Value> = src.rows.iter().map(|r| r.values[3].clone()).collect();
@@ -1150,8 +1116,10 @@ type = "numeric"
                 Value::Number(7.0)
             ]
         );
-        assert_eq!(count(&issues, Reason::NumberTooLarge), 2);
-        assert_eq!(count(&issues, Reason::UnparseableNumber), 0);
+        assert_counts(
+            &issues,
+            &[(Reason::NumberTooLarge, 2), (Reason::UnparseableNumber, 0)],
+        );
         assert_eq!(
             lines_of(&issues, Reason::NumberTooLarge),
             [(3, "free".to_owned()), (4, "free".to_owned())]
@@ -1164,16 +1132,21 @@ type = "numeric"
     #[test]
     fn the_magnitude_ceiling_comes_before_the_bounds() {
         // Clipping 1e300 to 72 would hide a broken export behind a plausible value.
-        let (src, issues) = read_with(BOUNDED_SCHEMA, b"id,tenure,charges,free\nA,1e300,1,1\n");
+        let (src, issues) = read_with(
+            &bounded_schema_text(),
+            b"id,tenure,charges,free\nA,1e300,1,1\n",
+        );
         assert_eq!(src.rows[0].values[1], Value::Missing);
-        assert_eq!(count(&issues, Reason::NumberTooLarge), 1);
-        assert_eq!(count(&issues, Reason::OutOfRangeClipped), 0);
+        assert_counts(
+            &issues,
+            &[(Reason::NumberTooLarge, 1), (Reason::OutOfRangeClipped, 0)],
+        );
     }
 
     #[test]
     fn out_of_range_cells_are_clipped_or_rejected() {
         let (src, issues) = read_with(
-            BOUNDED_SCHEMA,
+            &bounded_schema_text(),
             b"id,tenure,charges,free\nA,0,200,1\nB,80,250,2\nC,-1,19.5,3\nD,72,1e6,-1e9\n",
         );
         let col = |r: usize, c: usize| src.rows[r].values[c].clone();
@@ -1219,8 +1192,8 @@ type = "numeric"
     fn crlf_files_report_the_same_lines_as_lf_files() {
         let lf = "id,when,n,c,b,y\nA,2026-01-01,x,one year,yes,no\n\"B\",2026-01-01,1,one year,yes,\"no\"\nC,2026-01-01,2,two year,maybe,no\nD,2026-01-01,3,one year,yes,no\nE,2026-01-01,,one year,yes,no\n";
         let crlf = lf.replace('\n', "\r\n");
-        let (lf_src, lf_issues) = read_with(SCHEMA, lf.as_bytes());
-        let (crlf_src, crlf_issues) = read_with(SCHEMA, crlf.as_bytes());
+        let (lf_src, lf_issues) = read_with(&schema_text(), lf.as_bytes());
+        let (crlf_src, crlf_issues) = read_with(&schema_text(), crlf.as_bytes());
         assert_eq!(lf_issues, crlf_issues);
         let lines: Vec<u64> = crlf_src.rows.iter().map(|r| r.line).collect();
         assert_eq!(lines, [2, 3, 4, 5, 6]);
@@ -1267,7 +1240,7 @@ type = "numeric"
     fn a_record_after_blank_lines_or_a_multi_line_cell_has_its_own_line() {
         let lf = "id,when,n,c,b,y\nA,2026-01-01,1,one year,yes,no\n\n\nB,2026-01-01,x,one year,yes,no\n\"C\n\",2026-01-01,2,one year,yes,no\nD,2026-01-01,y,one year,yes,no";
         for text in [lf.to_owned(), lf.replace('\n', "\r\n")] {
-            let (src, issues) = read_with(SCHEMA, text.as_bytes());
+            let (src, issues) = read_with(&schema_text(), text.as_bytes());
             let lines: Vec<u64> = src.rows.iter().map(|r| r.line).collect();
             assert_eq!(lines, [2, 5, 6, 8], "{text:?}");
             assert_eq!(

@@ -21,6 +21,8 @@ mod fuse;
 mod ingest;
 mod report;
 mod schema;
+#[cfg(test)]
+mod testkit;
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -225,39 +227,26 @@ fn load_with<'a>(
     let dataset = fuse::join(schema, &mut cleaned, deduped, &mut collector);
 
     let users = dataset.len() as u64;
-    let label = match (
-        schema.label_name(),
-        schema.label_positive(),
-        dataset.positives(),
-    ) {
-        (Some(column), Some(positive), Some(positives)) => Some(LabelSummary {
+    let label = schema.label_name().and_then(|column| {
+        let positives = dataset.positives()?;
+        Some(LabelSummary::of(
+            column,
+            schema.label_positive()?,
+            positives,
+            users,
+        ))
+    });
+    let target = schema
+        .label_name()
+        .zip(dataset.targets())
+        .map(|(column, values)| TargetSummary::of(column, values));
+    let classes = schema.label_name().and_then(|column| {
+        Some(ClassSummary {
             column: column.to_owned(),
-            positive: positive.to_owned(),
-            positives: positives as u64,
-            positive_rate: if users == 0 {
-                0.0
-            } else {
-                positives as f64 / users as f64
-            },
-        }),
-        _ => None,
-    };
-    let target = match (schema.label_name(), dataset.targets()) {
-        (Some(column), Some(values)) => Some(TargetSummary::of(column, values)),
-        _ => None,
-    };
-    let classes = match (
-        schema.label_name(),
-        schema.label_classes(),
-        dataset.class_counts(),
-    ) {
-        (Some(column), Some(classes), Some(counts)) => Some(ClassSummary {
-            column: column.to_owned(),
-            classes: classes.to_vec(),
-            counts,
-        }),
-        _ => None,
-    };
+            classes: schema.label_classes()?.to_vec(),
+            counts: dataset.class_counts()?,
+        })
+    });
     let mut sources = Vec::with_capacity(cleaned.len());
     let mut columns = Vec::new();
     for clean in cleaned {
@@ -281,48 +270,39 @@ fn load_with<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::SchemaText;
 
-    const SCHEMA: &str = r#"
-key = "id"
-[[source]]
-name = "a"
-path = "{split}/a.csv"
-primary = true
-keep_newest_by = "when"
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "when"
-type = "ignore"
-[[source.column]]
-name = "n"
-type = "numeric"
-[[source.column]]
-name = "y"
-type = "label"
-positive = "yes"
-negative = "no"
+    /// The primary source 'a' ({split}/a.csv, newest row by `when`) with columns id, when
+    /// and n; each test adds its label and further sources.
+    fn source_a() -> SchemaText {
+        SchemaText::new()
+            .source(
+                "a",
+                "{split}/a.csv",
+                "primary = true\nkeep_newest_by = \"when\"",
+            )
+            .columns("id:id when:ignore n:numeric")
+    }
 
-[[source]]
-name = "b"
-path = "{split}/b.csv"
-drop_exact_duplicates = true
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "c"
-type = "categorical"
-vocabulary = ["dsl", "fiber optic"]
-"#;
+    fn schema_text() -> String {
+        source_a()
+            .column("y", "label", "positive = \"yes\"\nnegative = \"no\"")
+            .source("b", "{split}/b.csv", "drop_exact_duplicates = true")
+            .columns("id:id")
+            .column(
+                "c",
+                "categorical",
+                "vocabulary = [\"dsl\", \"fiber optic\"]",
+            )
+            .build()
+    }
 
     const A: &str = "id,when,n,y\nU1,2026-01-01,1,Yes\nU2,2026-01-01,x,No\nU1,2025-01-01,9,No\nU3,2026-01-01,3,\nU4,2026-01-01,4,No\n";
     const B: &str = "id,c\nU1,DSL\nU1,dsl\nU2,Cable\nU9,DSL\n";
 
     #[test]
     fn load_from_strs_end_to_end() {
-        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let schema = Schema::from_toml_str(&schema_text(), "schema.toml").unwrap();
         let loaded = load_from_strs(&schema, "train", &[("a", A), ("b", B)]).unwrap();
         let (d, r) = (&loaded.dataset, &loaded.report);
         assert_eq!(d.ids(), ["U1", "U2", "U4"]);
@@ -362,7 +342,7 @@ vocabulary = ["dsl", "fiber optic"]
 
     #[test]
     fn missing_file_is_an_error_naming_it() {
-        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let schema = Schema::from_toml_str(&schema_text(), "schema.toml").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let e = load_split(&schema, dir.path(), "train").unwrap_err();
         assert!(matches!(e, DataError::Io { .. }));
@@ -371,7 +351,7 @@ vocabulary = ["dsl", "fiber optic"]
 
     #[test]
     fn load_split_reads_files() {
-        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let schema = Schema::from_toml_str(&schema_text(), "schema.toml").unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("test")).unwrap();
         std::fs::write(dir.path().join("test/a.csv"), A).unwrap();
@@ -389,7 +369,7 @@ vocabulary = ["dsl", "fiber optic"]
 
     #[test]
     fn split_names_are_checked() {
-        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let schema = Schema::from_toml_str(&schema_text(), "schema.toml").unwrap();
         for bad in ["", "..", "a/b", "../x"] {
             assert!(matches!(
                 load_split(&schema, Path::new("."), bad),
@@ -398,40 +378,25 @@ vocabulary = ["dsl", "fiber optic"]
         }
     }
 
-    const TARGET_SCHEMA: &str = r#"
-key = "id"
-[[source]]
-name = "a"
-path = "{split}/a.csv"
-primary = true
-keep_newest_by = "when"
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "when"
-type = "ignore"
-[[source.column]]
-name = "n"
-type = "numeric"
-[[source.column]]
-name = "churn"
-type = "boolean"
-true_values = ["yes"]
-false_values = ["no"]
-value = false
-[[source.column]]
-name = "charges"
-type = "target"
-"#;
+    fn target_schema_text() -> String {
+        source_a()
+            .column(
+                "churn",
+                "boolean",
+                "true_values = [\"yes\"]\nfalse_values = [\"no\"]\nvalue = false",
+            )
+            .columns("charges:target")
+            .build()
+    }
+
+    /// The header and first two rows of the target tests' source a.
+    const TARGET_CSV_HEAD: &str =
+        "id,when,n,churn,charges\nU1,2026-01-01,1,Yes,20\nU2,2026-01-01,2,No,N/A\n";
 
     #[test]
     fn without_label_keeps_every_user_for_scoring() {
-        let schema = Schema::from_toml_str(TARGET_SCHEMA, "schema.toml").unwrap();
-        let a = "id,when,n,churn,charges\n\
-                 U1,2026-01-01,1,Yes,20\n\
-                 U2,2026-01-01,2,No,N/A\n\
-                 U3,2026-01-01,3,no,\n";
+        let schema = Schema::from_toml_str(&target_schema_text(), "schema.toml").unwrap();
+        let a = &format!("{TARGET_CSV_HEAD}U3,2026-01-01,3,no,\n");
         let scoring = schema.without_label();
         assert_eq!(scoring.label_kind(), None);
         assert_eq!(scoring.feature_template(), schema.feature_template());
@@ -445,14 +410,14 @@ type = "target"
 
     #[test]
     fn numeric_target_end_to_end() {
-        let schema = Schema::from_toml_str(TARGET_SCHEMA, "schema.toml").unwrap();
-        let a = "id,when,n,churn,charges\n\
-                 U1,2026-01-01,1,Yes,20\n\
-                 U2,2026-01-01,2,No,N/A\n\
-                 U1,2025-01-01,9,No,99\n\
-                 U3,2026-01-01,3,no,\n\
-                 U4,2026-01-01,4,No,80.5\n\
-                 U5,2026-01-01,5,yes,30\n";
+        let schema = Schema::from_toml_str(&target_schema_text(), "schema.toml").unwrap();
+        let a = &format!(
+            "{TARGET_CSV_HEAD}\
+             U1,2025-01-01,9,No,99\n\
+             U3,2026-01-01,3,no,\n\
+             U4,2026-01-01,4,No,80.5\n\
+             U5,2026-01-01,5,yes,30\n"
+        );
         let loaded = load_from_strs(&schema, "train", &[("a", a)]).unwrap();
         let (d, r) = (&loaded.dataset, &loaded.report);
         assert_eq!(d.ids(), ["U1", "U4", "U5"]);
@@ -493,7 +458,7 @@ type = "target"
 
     #[test]
     fn binary_label_report_has_no_target() {
-        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let schema = Schema::from_toml_str(&schema_text(), "schema.toml").unwrap();
         let loaded = load_from_strs(&schema, "train", &[("a", A), ("b", B)]).unwrap();
         assert_eq!(loaded.dataset.label_kind(), Some(LabelKind::Binary));
         assert_eq!(schema.label_kind(), Some(LabelKind::Binary));
@@ -505,44 +470,26 @@ type = "target"
         assert!(json.get("classes").is_none());
     }
 
-    const CLASS_SCHEMA: &str = r#"
-key = "id"
-[[source]]
-name = "a"
-path = "{split}/a.csv"
-primary = true
-keep_newest_by = "when"
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "when"
-type = "ignore"
-[[source.column]]
-name = "n"
-type = "numeric"
-[[source.column]]
-name = "contract"
-type = "class"
-classes = ["month-to-month", "one year", "two year"]
-
-[[source]]
-name = "b"
-path = "{split}/b.csv"
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "churn"
-type = "boolean"
-true_values = ["yes"]
-false_values = ["no"]
-value = false
-"#;
+    fn class_schema_text() -> String {
+        source_a()
+            .column(
+                "contract",
+                "class",
+                "classes = [\"month-to-month\", \"one year\", \"two year\"]",
+            )
+            .source("b", "{split}/b.csv", "")
+            .columns("id:id")
+            .column(
+                "churn",
+                "boolean",
+                "true_values = [\"yes\"]\nfalse_values = [\"no\"]\nvalue = false",
+            )
+            .build()
+    }
 
     #[test]
     fn class_label_end_to_end() {
-        let schema = Schema::from_toml_str(CLASS_SCHEMA, "schema.toml").unwrap();
+        let schema = Schema::from_toml_str(&class_schema_text(), "schema.toml").unwrap();
         assert_eq!(schema.label_kind(), Some(LabelKind::Multiclass));
         let a = "id,when,n,contract\n\
                  U1,2026-01-01,1,Two year\n\
@@ -618,7 +565,7 @@ value = false
 
     #[test]
     fn a_header_only_split_is_a_problem_naming_the_file() {
-        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let schema = Schema::from_toml_str(&schema_text(), "schema.toml").unwrap();
         let loaded = load_from_strs(&schema, "train", &[("a", "id,when,n,y\n"), ("b", B)]).unwrap();
         let e = loaded.check().unwrap_err();
         assert!(matches!(e, DataError::NoUsableRows { .. }));
@@ -643,7 +590,7 @@ value = false
 
     #[test]
     fn a_numeric_column_without_one_usable_number_is_a_problem() {
-        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let schema = Schema::from_toml_str(&schema_text(), "schema.toml").unwrap();
         let a = "id,when,n,y\nU1,2026-01-01,N/A,yes\nU2,2026-01-01,,no\nU3,2026-01-01,1e300,no\n";
         let loaded = load_from_strs(&schema, "train", &[("a", a), ("b", B)]).unwrap();
         let problems = loaded.problems();
@@ -666,7 +613,7 @@ value = false
     fn bounds_reject_every_cell_is_a_problem_but_clip_is_not() {
         let bounded = |mode: &str| {
             Schema::from_toml_str(
-                &SCHEMA.replace(
+                &schema_text().replace(
                     "name = \"n\"\ntype = \"numeric\"",
                     &format!(
                         "name = \"n\"\ntype = \"numeric\"\nmax = 10\nout_of_range = \"{mode}\""
@@ -701,7 +648,7 @@ value = false
 
     #[test]
     fn an_absurd_cell_keeps_the_statistics_finite() {
-        let schema = Schema::from_toml_str(SCHEMA, "schema.toml").unwrap();
+        let schema = Schema::from_toml_str(&schema_text(), "schema.toml").unwrap();
         let a = "id,when,n,y\nU1,2026-01-01,1e300,yes\nU2,2026-01-01,2,no\nU3,2026-01-01,4,no\n";
         let loaded = load_from_strs(&schema, "train", &[("a", a), ("b", B)]).unwrap();
         let stats = &loaded.dataset.numeric_stats()[0];

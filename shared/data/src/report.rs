@@ -220,6 +220,22 @@ pub struct TargetSummary {
     pub max: f64,
 }
 
+impl LabelSummary {
+    /// The summary of `positives` users with the `positive` label out of `users`.
+    pub fn of(column: &str, positive: &str, positives: usize, users: u64) -> LabelSummary {
+        LabelSummary {
+            column: column.to_owned(),
+            positive: positive.to_owned(),
+            positives: positives as u64,
+            positive_rate: if users == 0 {
+                0.0
+            } else {
+                positives as f64 / users as f64
+            },
+        }
+    }
+}
+
 impl TargetSummary {
     /// The summary of `values` (finite numbers).
     pub fn of(column: &str, values: &[f64]) -> TargetSummary {

@@ -661,9 +661,10 @@ impl RawColumn {
                 ColumnKind::Class { classes }
             }
             Ty::Numeric => {
-                let impute = match (impute, &self.value) {
-                    (None | Some("mean"), None) => NumericImpute::Mean,
-                    (Some("constant"), Some(v)) => {
+                let constant = constant_imputation(impute, self.value.as_ref(), "numeric", "mean");
+                let impute = match constant.map_err(&err)? {
+                    None => NumericImpute::Mean,
+                    Some(v) => {
                         let x = match v {
                             toml::Value::Float(f) => *f,
                             toml::Value::Integer(i) => *i as f64,
@@ -683,17 +684,6 @@ impl RawColumn {
                             )));
                         }
                         NumericImpute::Constant(x)
-                    }
-                    (Some("constant"), None) => {
-                        return Err(err("impute = \"constant\" requires a 'value'".into()));
-                    }
-                    (None | Some("mean"), Some(_)) => {
-                        return Err(err("key 'value' requires impute = \"constant\"".into()));
-                    }
-                    (Some(other), _) => {
-                        return Err(err(format!(
-                            "impute: unknown imputation '{other}' for type 'numeric' (expected mean or constant)"
-                        )));
                     }
                 };
                 let bounds = numeric_bounds(
@@ -716,29 +706,20 @@ impl RawColumn {
                     .vocabulary
                     .ok_or_else(|| err("type 'categorical' requires a 'vocabulary'".into()))?;
                 check_values("vocabulary", &vocabulary).map_err(&err)?;
-                let impute = match (impute, &self.value) {
-                    (None | Some("unknown"), None) => CategoricalImpute::Unknown,
-                    (Some("constant"), Some(toml::Value::String(s))) => {
+                let constant =
+                    constant_imputation(impute, self.value.as_ref(), "categorical", "unknown");
+                let impute = match constant.map_err(&err)? {
+                    None => CategoricalImpute::Unknown,
+                    Some(toml::Value::String(s)) => {
                         if !vocabulary.contains(s) {
                             return Err(err(format!("value: '{s}' is not in the vocabulary")));
                         }
                         CategoricalImpute::Constant(s.clone())
                     }
-                    (Some("constant"), Some(other)) => {
+                    Some(other) => {
                         return Err(err(format!(
                             "value: expected a string for impute = \"constant\", found {}",
                             other.type_str()
-                        )));
-                    }
-                    (Some("constant"), None) => {
-                        return Err(err("impute = \"constant\" requires a 'value'".into()));
-                    }
-                    (None | Some("unknown"), Some(_)) => {
-                        return Err(err("key 'value' requires impute = \"constant\"".into()));
-                    }
-                    (Some(other), _) => {
-                        return Err(err(format!(
-                            "impute: unknown imputation '{other}' for type 'categorical' (expected unknown or constant)"
                         )));
                     }
                 };
@@ -805,6 +786,26 @@ impl RawColumn {
             name: self.name,
             kind,
         })
+    }
+}
+
+/// The constant an `impute` key asks for with its `value`, or `None` for the type's
+/// `default` imputation; the errors (relative to the column) are those every type with a
+/// default and a constant imputation shares.
+fn constant_imputation<'a>(
+    impute: Option<&str>,
+    value: Option<&'a toml::Value>,
+    ty: &str,
+    default: &str,
+) -> Result<Option<&'a toml::Value>, String> {
+    match (impute, value) {
+        (Some("constant"), Some(v)) => Ok(Some(v)),
+        (Some("constant"), None) => Err("impute = \"constant\" requires a 'value'".into()),
+        (Some(other), _) if other != default => Err(format!(
+            "impute: unknown imputation '{other}' for type '{ty}' (expected {default} or constant)"
+        )),
+        (_, None) => Ok(None),
+        (_, Some(_)) => Err("key 'value' requires impute = \"constant\"".into()),
     }
 }
 
@@ -886,22 +887,11 @@ fn check_values(key: &str, values: &[String]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::SchemaText;
 
-    const MINIMAL: &str = r#"
-key = "id"
-[[source]]
-name = "main"
-path = "{split}/main.csv"
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "x"
-type = "numeric"
-"#;
-
-    fn with_column(extra: &str) -> String {
-        format!("{MINIMAL}\n[[source.column]]\n{extra}\n")
+    /// The minimal schema plus two columns.
+    fn with_columns(first: &str, second: &str) -> String {
+        format!("{}\n[[source.column]]\n{second}\n", with_column(first))
     }
 
     fn err_of(text: &str) -> String {
@@ -910,9 +900,52 @@ type = "numeric"
             .to_string()
     }
 
+    fn with_column(extra: &str) -> String {
+        format!("{}\n[[source.column]]\n{extra}\n", minimal())
+    }
+
+    fn minimal() -> String {
+        SchemaText::new()
+            .source("main", "{split}/main.csv", "")
+            .columns("id:id x:numeric")
+            .build()
+    }
+
+    fn parse(text: &str) -> Schema {
+        Schema::from_toml_str(text, "s").unwrap()
+    }
+
+    fn feature_names(schema: &Schema) -> Vec<String> {
+        let spec = schema.feature_template();
+        spec.columns.iter().map(|c| c.name().to_owned()).collect()
+    }
+
+    /// Sources 'a' (a.csv, with `a_options`) and 'b' (b.csv), each with the given
+    /// `name:type` columns.
+    fn two_sources(a_options: &str, a_columns: &str, b_columns: &str) -> String {
+        SchemaText::new()
+            .source("a", "a.csv", a_options)
+            .columns(a_columns)
+            .source("b", "b.csv", "")
+            .columns(b_columns)
+            .build()
+    }
+
+    /// Asserts that the minimal schema plus `column` is rejected with an error containing
+    /// `message`.
+    fn assert_column_rejected(column: &str, message: &str) {
+        assert_rejected(&with_column(column), message);
+    }
+
+    /// Asserts that `text` is rejected with an error containing `message`.
+    fn assert_rejected(text: &str, message: &str) {
+        let e = err_of(text);
+        assert!(e.contains(message), "{e}");
+    }
+
     #[test]
     fn minimal_schema_is_valid_and_single_source_is_primary() {
-        let s = Schema::from_toml_str(MINIMAL, "schema.toml").unwrap();
+        let s = Schema::from_toml_str(&minimal(), "schema.toml").unwrap();
         assert_eq!(s.key(), "id");
         assert!(s.primary_source().primary);
         assert_eq!(s.label_name(), None);
@@ -939,39 +972,35 @@ type = "numeric"
 
     #[test]
     fn key_not_allowed_for_type() {
-        let e = err_of(&with_column(
-            "name = \"t\"\ntype = \"numeric\"\nvocabulary = [\"a\"]",
-        ));
         assert_eq!(
-            e,
+            err_of(&with_column(
+                "name = \"t\"\ntype = \"numeric\"\nvocabulary = [\"a\"]"
+            )),
             "schema.toml: column 't': key 'vocabulary' is not allowed for type 'numeric'"
         );
     }
 
     #[test]
     fn vocabulary_must_be_lowercase_and_unique() {
-        let e = err_of(&with_column(
+        assert_column_rejected(
             "name = \"c\"\ntype = \"categorical\"\nvocabulary = [\"Yes\"]",
-        ));
-        assert!(
-            e.contains("column 'c': vocabulary: 'Yes' must be lowercase"),
-            "{e}"
+            "column 'c': vocabulary: 'Yes' must be lowercase",
         );
-        let e = err_of(&with_column(
+        assert_column_rejected(
             "name = \"c\"\ntype = \"categorical\"\nvocabulary = [\"a\", \"a\"]",
-        ));
-        assert!(e.contains("'a' is listed twice"), "{e}");
-        let e = err_of(&with_column("name = \"c\"\ntype = \"categorical\""));
-        assert!(e.contains("requires a 'vocabulary'"), "{e}");
+            "'a' is listed twice",
+        );
+        assert_column_rejected(
+            "name = \"c\"\ntype = \"categorical\"",
+            "requires a 'vocabulary'",
+        );
     }
 
     #[test]
     fn imputation_rules() {
-        let s = Schema::from_toml_str(
-            &with_column("name = \"t\"\ntype = \"numeric\"\nimpute = \"constant\"\nvalue = 0"),
-            "s",
-        )
-        .unwrap();
+        let s = parse(&with_column(
+            "name = \"t\"\ntype = \"numeric\"\nimpute = \"constant\"\nvalue = 0",
+        ));
         assert_eq!(
             s.column("t").unwrap().kind,
             ColumnKind::Numeric {
@@ -979,64 +1008,41 @@ type = "numeric"
                 bounds: None,
             }
         );
-        let e = err_of(&with_column(
+        assert_column_rejected(
             "name = \"t\"\ntype = \"numeric\"\nimpute = \"median\"",
-        ));
-        assert!(
-            e.contains("column 't': impute: unknown imputation 'median'"),
-            "{e}"
+            "column 't': impute: unknown imputation 'median'",
         );
-        let e = err_of(&with_column(
+        assert_column_rejected(
             "name = \"t\"\ntype = \"numeric\"\nimpute = \"constant\"",
-        ));
-        assert!(e.contains("requires a 'value'"), "{e}");
-        let e = err_of(&with_column(
+            "requires a 'value'",
+        );
+        assert_column_rejected(
             "name = \"c\"\ntype = \"categorical\"\nvocabulary = [\"a\"]\nimpute = \"constant\"\nvalue = \"b\"",
-        ));
-        assert!(
-            e.contains("column 'c': value: 'b' is not in the vocabulary"),
-            "{e}"
+            "column 'c': value: 'b' is not in the vocabulary",
         );
-        let e = err_of(&with_column(
+        assert_column_rejected(
             "name = \"b\"\ntype = \"boolean\"\ntrue_values = [\"yes\"]\nfalse_values = [\"no\"]",
-        ));
-        assert!(
-            e.contains("column 'b': type 'boolean' requires a 'value'"),
-            "{e}"
+            "column 'b': type 'boolean' requires a 'value'",
         );
-        let e = err_of(&with_column(
+        assert_column_rejected(
             "name = \"b\"\ntype = \"boolean\"\ntrue_values = [\"yes\"]\nfalse_values = [\"yes\"]\nvalue = false",
-        ));
-        assert!(e.contains("in both true_values and false_values"), "{e}");
+            "in both true_values and false_values",
+        );
     }
 
     #[test]
     fn exactly_one_primary() {
-        let two = r#"
-key = "id"
-[[source]]
-name = "a"
-path = "a.csv"
-[[source.column]]
-name = "id"
-type = "id"
-[[source]]
-name = "b"
-path = "b.csv"
-[[source.column]]
-name = "id"
-type = "id"
-"#;
-        assert!(err_of(two).contains("no source has primary = true"));
+        let two = two_sources("", "id:id", "id:id");
+        assert_rejected(&two, "no source has primary = true");
         let both = two
             .replace("path = \"a.csv\"", "path = \"a.csv\"\nprimary = true")
             .replace("path = \"b.csv\"", "path = \"b.csv\"\nprimary = true");
-        assert!(err_of(&both).contains("sources 'a' and 'b' both have primary = true"));
+        assert_rejected(&both, "sources 'a' and 'b' both have primary = true");
     }
 
     #[test]
     fn key_column_must_be_declared_in_every_source() {
-        let text = MINIMAL.replace(
+        let text = minimal().replace(
             "name = \"id\"\ntype = \"id\"",
             "name = \"other\"\ntype = \"ignore\"",
         );
@@ -1049,16 +1055,19 @@ type = "id"
 
     #[test]
     fn keep_newest_by_must_be_an_ignored_column() {
-        let text = MINIMAL.replace(
+        let text = minimal().replace(
             "path = \"{split}/main.csv\"",
             "path = \"{split}/main.csv\"\nkeep_newest_by = \"x\"",
         );
-        assert!(err_of(&text).contains("keep_newest_by: column 'x' must have type \"ignore\""));
-        let text = MINIMAL.replace(
+        assert_rejected(
+            &text,
+            "keep_newest_by: column 'x' must have type \"ignore\"",
+        );
+        let text = minimal().replace(
             "path = \"{split}/main.csv\"",
             "path = \"{split}/main.csv\"\nkeep_newest_by = \"when\"",
         );
-        assert!(err_of(&text).contains("keep_newest_by: column 'when' is not declared"));
+        assert_rejected(&text, "keep_newest_by: column 'when' is not declared");
     }
 
     #[test]
@@ -1070,7 +1079,7 @@ type = "id"
             "{part}/x.csv",
             "",
         ] {
-            let text = MINIMAL.replace("{split}/main.csv", bad);
+            let text = minimal().replace("{split}/main.csv", bad);
             let e = err_of(&text);
             assert!(e.contains("source 'main': path"), "{bad}: {e}");
         }
@@ -1078,42 +1087,24 @@ type = "id"
 
     #[test]
     fn label_must_be_unique_and_in_primary() {
-        let e = err_of(&format!(
-            "{}\n[[source.column]]\nname = \"l2\"\ntype = \"label\"\npositive = \"yes\"\n",
-            with_column("name = \"l\"\ntype = \"label\"\npositive = \"yes\"")
+        let e = err_of(&with_columns(
+            "name = \"l\"\ntype = \"label\"\npositive = \"yes\"",
+            "name = \"l2\"\ntype = \"label\"\npositive = \"yes\"",
         ));
         assert!(e.contains("only one label column"), "{e}");
-        let e = err_of(&with_column(
+        assert_column_rejected(
             "name = \"l\"\ntype = \"label\"\npositive = \"yes\"\nnegative = \"yes\"",
-        ));
-        assert!(e.contains("negative: must differ from positive"), "{e}");
+            "negative: must differ from positive",
+        );
     }
 
     #[test]
     fn duplicate_column_across_sources() {
-        let text = r#"
-key = "id"
-[[source]]
-name = "a"
-path = "a.csv"
-primary = true
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "x"
-type = "numeric"
-[[source]]
-name = "b"
-path = "b.csv"
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "x"
-type = "numeric"
-"#;
-        assert!(err_of(text).contains("column 'x': declared in both source 'a' and source 'b'"));
+        let text = two_sources("primary = true", "id:id x:numeric", "id:id x:numeric");
+        assert_rejected(
+            &text,
+            "column 'x': declared in both source 'a' and source 'b'",
+        );
     }
 
     #[test]
@@ -1136,7 +1127,7 @@ type = "numeric"
         let text = with_column(
             "name = \"c\"\ntype = \"categorical\"\nvocabulary = [\"a\", \"b\"]\n[[source.column]]\nname = \"l\"\ntype = \"label\"\npositive = \"yes\"\n[[source.column]]\nname = \"f\"\ntype = \"boolean\"\ntrue_values = [\"1\"]\nfalse_values = [\"0\"]\nvalue = false\n[[source.column]]\nname = \"skip\"\ntype = \"ignore\"",
         );
-        let s = Schema::from_toml_str(&text, "s").unwrap();
+        let s = parse(&text);
         let spec = s.feature_template();
         let names: Vec<&str> = spec.columns.iter().map(|c| c.name()).collect();
         assert_eq!(names, ["x", "c", "f"]);
@@ -1147,64 +1138,54 @@ type = "numeric"
 
     #[test]
     fn target_column_is_the_label_but_not_a_feature() {
-        let s = Schema::from_toml_str(&with_column("name = \"amount\"\ntype = \"target\""), "s")
-            .unwrap();
+        let s = parse(&with_column("name = \"amount\"\ntype = \"target\""));
         assert_eq!(s.column("amount").unwrap().kind, ColumnKind::Target);
         assert_eq!(s.column("amount").unwrap().kind.type_name(), "target");
         assert!(!ColumnKind::Target.is_feature());
         assert_eq!(s.label_name(), Some("amount"));
         assert_eq!(s.label_kind(), Some(LabelKind::Numeric));
         assert_eq!(s.label_positive(), None);
-        let names: Vec<String> = s
-            .feature_template()
-            .columns
-            .iter()
-            .map(|c| c.name().to_owned())
-            .collect();
-        assert_eq!(names, ["x"]);
+        assert_eq!(feature_names(&s), ["x"]);
 
-        let binary = Schema::from_toml_str(
-            &with_column("name = \"l\"\ntype = \"label\"\npositive = \"yes\""),
-            "s",
-        )
-        .unwrap();
+        let binary = parse(&with_column(
+            "name = \"l\"\ntype = \"label\"\npositive = \"yes\"",
+        ));
         assert_eq!(binary.label_kind(), Some(LabelKind::Binary));
-        let none = Schema::from_toml_str(MINIMAL, "s").unwrap();
+        let none = parse(&minimal());
         assert_eq!(none.label_kind(), None);
     }
 
     #[test]
     fn at_most_one_label_or_target() {
-        let e = err_of(&format!(
-            "{}\n[[source.column]]\nname = \"t2\"\ntype = \"target\"\n",
-            with_column("name = \"t\"\ntype = \"target\"")
+        let e = err_of(&with_columns(
+            "name = \"t\"\ntype = \"target\"",
+            "name = \"t2\"\ntype = \"target\"",
         ));
         assert_eq!(
             e,
             "schema.toml: column 't2': only one label column (type label, target or class) is allowed, 't' is already one (type target)"
         );
-        let e = err_of(&format!(
-            "{}\n[[source.column]]\nname = \"t\"\ntype = \"target\"\n",
-            with_column("name = \"l\"\ntype = \"label\"\npositive = \"yes\"")
+        let e = err_of(&with_columns(
+            "name = \"l\"\ntype = \"label\"\npositive = \"yes\"",
+            "name = \"t\"\ntype = \"target\"",
         ));
         assert!(
             e.contains("column 't': only one label column (type label, target or class) is allowed, 'l' is already one (type label)"),
             "{e}"
         );
-        let e = err_of(&format!(
-            "{}\n[[source.column]]\nname = \"l\"\ntype = \"label\"\npositive = \"yes\"\n",
-            with_column("name = \"t\"\ntype = \"target\"")
+        let e = err_of(&with_columns(
+            "name = \"t\"\ntype = \"target\"",
+            "name = \"l\"\ntype = \"label\"\npositive = \"yes\"",
         ));
         assert!(e.contains("column 'l': only one label column"), "{e}");
     }
 
     #[test]
     fn target_takes_no_label_or_imputation_keys() {
-        let e = err_of(&with_column(
-            "name = \"t\"\ntype = \"target\"\npositive = \"yes\"",
-        ));
         assert_eq!(
-            e,
+            err_of(&with_column(
+                "name = \"t\"\ntype = \"target\"\npositive = \"yes\""
+            )),
             "schema.toml: column 't': key 'positive' is not allowed for type 'target'"
         );
         for extra in ["negative = \"no\"", "impute = \"mean\"", "value = 0.0"] {
@@ -1227,27 +1208,9 @@ type = "numeric"
 
     #[test]
     fn target_must_be_in_primary() {
-        let text = r#"
-key = "id"
-[[source]]
-name = "a"
-path = "a.csv"
-primary = true
-[[source.column]]
-name = "id"
-type = "id"
-[[source]]
-name = "b"
-path = "b.csv"
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-name = "t"
-type = "target"
-"#;
+        let text = two_sources("primary = true", "id:id", "id:id t:target");
         assert_eq!(
-            err_of(text),
+            err_of(&text),
             "schema.toml: column 't': the target column must be in the primary source 'a', not in 'b'"
         );
     }
@@ -1256,7 +1219,7 @@ type = "target"
 
     #[test]
     fn class_column_is_the_label_but_not_a_feature() {
-        let s = Schema::from_toml_str(&with_column(CONTRACT), "s").unwrap();
+        let s = parse(&with_column(CONTRACT));
         let classes = ["month-to-month", "one year", "two year"].map(String::from);
         assert_eq!(
             s.column("contract").unwrap().kind,
@@ -1271,39 +1234,25 @@ type = "target"
         assert_eq!(s.label_kind(), Some(LabelKind::Multiclass));
         assert_eq!(s.label_positive(), None);
         assert_eq!(s.label_classes(), Some(&classes[..]));
-        let names: Vec<String> = s
-            .feature_template()
-            .columns
-            .iter()
-            .map(|c| c.name().to_owned())
-            .collect();
-        assert_eq!(names, ["x"]);
+        assert_eq!(feature_names(&s), ["x"]);
 
         // Two classes are enough; declared order is kept (it is the index order).
-        let two = Schema::from_toml_str(
-            &with_column("name = \"k\"\ntype = \"class\"\nclasses = [\"b\", \"a\"]"),
-            "s",
-        )
-        .unwrap();
+        let two = parse(&with_column(
+            "name = \"k\"\ntype = \"class\"\nclasses = [\"b\", \"a\"]",
+        ));
         assert_eq!(
             two.label_classes(),
             Some(&["b".to_owned(), "a".to_owned()][..])
         );
 
         // The other kinds have no classes.
-        let target =
-            Schema::from_toml_str(&with_column("name = \"t\"\ntype = \"target\""), "s").unwrap();
+        let target = parse(&with_column("name = \"t\"\ntype = \"target\""));
         assert_eq!(target.label_classes(), None);
-        let binary = Schema::from_toml_str(
-            &with_column("name = \"l\"\ntype = \"label\"\npositive = \"yes\""),
-            "s",
-        )
-        .unwrap();
+        let binary = parse(&with_column(
+            "name = \"l\"\ntype = \"label\"\npositive = \"yes\"",
+        ));
         assert_eq!(binary.label_classes(), None);
-        assert_eq!(
-            Schema::from_toml_str(MINIMAL, "s").unwrap().label_classes(),
-            None
-        );
+        assert_eq!(parse(&minimal()).label_classes(), None);
     }
 
     #[test]
@@ -1319,32 +1268,26 @@ type = "target"
 
     #[test]
     fn class_values_are_normalized_like_a_vocabulary() {
-        let e = err_of(&with_column(
-            "name = \"contract\"\ntype = \"class\"\nclasses = [\"Month-to-month\", \"one year\"]",
-        ));
         assert_eq!(
-            e,
+            err_of(&with_column(
+                "name = \"contract\"\ntype = \"class\"\nclasses = [\"Month-to-month\", \"one year\"]"
+            )),
             "schema.toml: column 'contract': classes: 'Month-to-month' must be lowercase without surrounding spaces (cells are trimmed and case-folded before matching)"
         );
-        let e = err_of(&with_column(
+        assert_column_rejected(
             "name = \"contract\"\ntype = \"class\"\nclasses = [\"one year\", \"two year \"]",
-        ));
-        assert!(
-            e.contains("column 'contract': classes: 'two year ' must be lowercase without surrounding spaces"),
-            "{e}"
+            "column 'contract': classes: 'two year ' must be lowercase without surrounding spaces",
         );
-        let e = err_of(&with_column(
-            "name = \"contract\"\ntype = \"class\"\nclasses = [\"one year\", \"two year\", \"one year\"]",
-        ));
         assert_eq!(
-            e,
+            err_of(&with_column(
+                "name = \"contract\"\ntype = \"class\"\nclasses = [\"one year\", \"two year\", \"one year\"]"
+            )),
             "schema.toml: column 'contract': classes: 'one year' is listed twice"
         );
-        let e = err_of(&with_column(
-            "name = \"contract\"\ntype = \"class\"\nclasses = [\"one year\", \" \"]",
-        ));
         assert_eq!(
-            e,
+            err_of(&with_column(
+                "name = \"contract\"\ntype = \"class\"\nclasses = [\"one year\", \" \"]"
+            )),
             "schema.toml: column 'contract': classes: values must not be blank"
         );
         let e = err_of(&with_column(
@@ -1373,41 +1316,36 @@ type = "target"
             );
         }
         // ... and `classes` belongs to type class only.
-        let e = err_of(&with_column(
-            "name = \"c\"\ntype = \"categorical\"\nvocabulary = [\"a\"]\nclasses = [\"a\", \"b\"]",
-        ));
         assert_eq!(
-            e,
+            err_of(&with_column(
+                "name = \"c\"\ntype = \"categorical\"\nvocabulary = [\"a\"]\nclasses = [\"a\", \"b\"]"
+            )),
             "schema.toml: column 'c': key 'classes' is not allowed for type 'categorical'"
         );
-        let e = err_of(&with_column("name = \"c\"\ntype = \"classes\""));
-        assert!(
-            e.contains("unknown type 'classes' (expected one of id, numeric, categorical, boolean, label, target, class, ignore)"),
-            "{e}"
+        assert_column_rejected(
+            "name = \"c\"\ntype = \"classes\"",
+            "unknown type 'classes' (expected one of id, numeric, categorical, boolean, label, target, class, ignore)",
         );
     }
 
     #[test]
     fn at_most_one_label_target_or_class() {
-        let e = err_of(&format!(
-            "{}\n[[source.column]]\n{CONTRACT}\n",
-            with_column("name = \"churn\"\ntype = \"label\"\npositive = \"yes\"")
+        let e = err_of(&with_columns(
+            "name = \"churn\"\ntype = \"label\"\npositive = \"yes\"",
+            CONTRACT,
         ));
         assert_eq!(
             e,
             "schema.toml: column 'contract': only one label column (type label, target or class) is allowed, 'churn' is already one (type label)"
         );
-        let e = err_of(&format!(
-            "{}\n[[source.column]]\nname = \"t\"\ntype = \"target\"\n",
-            with_column(CONTRACT)
-        ));
+        let e = err_of(&with_columns(CONTRACT, "name = \"t\"\ntype = \"target\""));
         assert_eq!(
             e,
             "schema.toml: column 't': only one label column (type label, target or class) is allowed, 'contract' is already one (type class)"
         );
-        let e = err_of(&format!(
-            "{}\n[[source.column]]\nname = \"k\"\ntype = \"class\"\nclasses = [\"a\", \"b\"]\n",
-            with_column(CONTRACT)
+        let e = err_of(&with_columns(
+            CONTRACT,
+            "name = \"k\"\ntype = \"class\"\nclasses = [\"a\", \"b\"]",
         ));
         assert!(
             e.contains("column 'k': only one label column (type label, target or class) is allowed, 'contract' is already one (type class)"),
@@ -1417,31 +1355,13 @@ type = "target"
 
     #[test]
     fn class_must_be_in_primary_and_not_the_key() {
-        let text = format!(
-            r#"
-key = "id"
-[[source]]
-name = "a"
-path = "a.csv"
-primary = true
-[[source.column]]
-name = "id"
-type = "id"
-[[source]]
-name = "b"
-path = "b.csv"
-[[source.column]]
-name = "id"
-type = "id"
-[[source.column]]
-{CONTRACT}
-"#
-        );
+        let text = two_sources("primary = true", "id:id", "id:id")
+            + &format!("[[source.column]]\n{CONTRACT}\n");
         assert_eq!(
             err_of(&text),
             "schema.toml: column 'contract': the class column must be in the primary source 'a', not in 'b'"
         );
-        let e = err_of(&MINIMAL.replace(
+        let e = err_of(&minimal().replace(
             "name = \"id\"\ntype = \"id\"",
             "name = \"id\"\ntype = \"class\"\nclasses = [\"a\", \"b\"]",
         ));
@@ -1453,12 +1373,7 @@ type = "id"
 
     fn numeric_kind(extra: &str) -> ColumnKind {
         let text = with_column(&format!("name = \"t\"\ntype = \"numeric\"\n{extra}"));
-        Schema::from_toml_str(&text, "s")
-            .unwrap()
-            .column("t")
-            .unwrap()
-            .kind
-            .clone()
+        parse(&text).column("t").unwrap().kind.clone()
     }
 
     #[test]
@@ -1540,18 +1455,16 @@ type = "id"
             "schema.toml: column 't': value: 1e300 is above the largest magnitude a cell may have (1e15)"
         );
         // Bounds belong to numeric columns only.
-        let e = err_of(&with_column(
-            "name = \"c\"\ntype = \"categorical\"\nvocabulary = [\"a\"]\nmax = 3",
-        ));
         assert_eq!(
-            e,
+            err_of(&with_column(
+                "name = \"c\"\ntype = \"categorical\"\nvocabulary = [\"a\"]\nmax = 3"
+            )),
             "schema.toml: column 'c': key 'max' is not allowed for type 'categorical'"
         );
-        let e = err_of(&with_column(
-            "name = \"amount\"\ntype = \"target\"\nmin = 0",
-        ));
         assert_eq!(
-            e,
+            err_of(&with_column(
+                "name = \"amount\"\ntype = \"target\"\nmin = 0"
+            )),
             "schema.toml: column 'amount': key 'min' is not allowed for type 'target'"
         );
     }

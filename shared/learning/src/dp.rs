@@ -775,57 +775,34 @@ mod tests {
         let step = v.gradient_step();
         assert_eq!(step.clip_norm(), 1.5);
         let model = LogisticRegression::zeros(2);
+        let objective = LogLoss { dim: model.dim() };
+        let clipped_sum = |x: ArrayView2<f64>, y: ArrayView1<f64>| {
+            step.clipped_sum(&objective, model.params().view(), x, y)
+                .unwrap()
+        };
         // p = 0.5, y = 0: gradient 0.5 * [1, sqrt(399), 0], norm 0.5 * 20 = 10.
         let big = array![[399.0_f64.sqrt(), 0.0]];
-        let raw = LogLoss { dim: model.dim() }
+        let raw = objective
             .per_example_gradients(model.params().view(), big.view(), array![0.0].view())
             .unwrap();
         assert!((raw.row(0).dot(&raw.row(0)).sqrt() - 10.0).abs() < 1e-12);
-        let s = step
-            .clipped_sum(
-                &LogLoss { dim: model.dim() },
-                model.params().view(),
-                big.view(),
-                array![0.0].view(),
-            )
-            .unwrap();
+        let s = clipped_sum(big.view(), array![0.0].view());
         assert!((s.dot(&s).sqrt() - 1.5).abs() < 1e-12, "norm {}", s.dot(&s));
         assert_close(&s, &(&raw.row(0) * 0.15), 1e-12); // direction kept
         // A gradient within the bound is not changed: [0.5, 0, 0].
         let small = array![[0.0, 0.0]];
-        let s = step
-            .clipped_sum(
-                &LogLoss { dim: model.dim() },
-                model.params().view(),
-                small.view(),
-                array![0.0].view(),
-            )
-            .unwrap();
+        let s = clipped_sum(small.view(), array![0.0].view());
         assert_close(&s, &array![0.5, 0.0, 0.0], 0.0);
         // Sum of two clipped rows, one big, one small.
         let both = array![[399.0_f64.sqrt(), 0.0], [0.0, 0.0]];
-        let s = step
-            .clipped_sum(
-                &LogLoss { dim: model.dim() },
-                model.params().view(),
-                both.view(),
-                array![0.0, 0.0].view(),
-            )
-            .unwrap();
+        let s = clipped_sum(both.view(), array![0.0, 0.0].view());
         assert_close(
             &s,
             &array![0.15 * 0.5 + 0.5, 0.15 * 0.5 * 399.0_f64.sqrt(), 0.0],
             1e-12,
         );
         // Empty batch: zero sum.
-        let s = step
-            .clipped_sum(
-                &LogLoss { dim: model.dim() },
-                model.params().view(),
-                Array2::zeros((0, 2)).view(),
-                Array1::zeros(0).view(),
-            )
-            .unwrap();
+        let s = clipped_sum(Array2::zeros((0, 2)).view(), Array1::zeros(0).view());
         assert_eq!(s, Array1::<f64>::zeros(3));
     }
 

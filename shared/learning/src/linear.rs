@@ -15,7 +15,9 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Slice};
 
 use crate::error::LearningError;
 use crate::model::{check_features, intercept_model_methods};
-use crate::objective::{Objective, check_params, linear_scores, scaled_design_rows};
+use crate::objective::{
+    Objective, check_batch, check_params, design_gradients, linear_scores, mean_design_gradient,
+};
 
 /// A linear regression model with finite parameters `[intercept, w_1..w_dim]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,10 +101,7 @@ impl Objective for SquaredError {
     ) -> Result<Array2<f64>, LearningError> {
         check_params(self, params)?;
         self.check_examples(x, y)?;
-        let r = self.residuals(params, x, y);
-        let mut grads = Array2::zeros((x.nrows(), self.param_count()));
-        scaled_design_rows(x, r.view(), grads.view_mut());
-        Ok(grads)
+        Ok(design_gradients(x, self.residuals(params, x, y).view()))
     }
 
     fn loss(
@@ -111,11 +110,7 @@ impl Objective for SquaredError {
         x: ArrayView2<f64>,
         y: ArrayView1<f64>,
     ) -> Result<f64, LearningError> {
-        check_params(self, params)?;
-        self.check_examples(x, y)?;
-        if x.nrows() == 0 {
-            return Err(LearningError::EmptyInput);
-        }
+        check_batch(self, params, x, y)?;
         let r = self.residuals(params, x, y);
         Ok(0.5 * r.dot(&r) / x.nrows() as f64)
     }
@@ -126,19 +121,8 @@ impl Objective for SquaredError {
         x: ArrayView2<f64>,
         y: ArrayView1<f64>,
     ) -> Result<Array1<f64>, LearningError> {
-        check_params(self, params)?;
-        self.check_examples(x, y)?;
-        let n = x.nrows();
-        if n == 0 {
-            return Err(LearningError::EmptyInput);
-        }
-        let r = self.residuals(params, x, y);
-        let mut grad = Array1::zeros(self.param_count());
-        grad[0] = r.sum();
-        grad.slice_axis_mut(Axis(0), Slice::from(1..))
-            .assign(&x.t().dot(&r));
-        grad /= n as f64;
-        Ok(grad)
+        check_batch(self, params, x, y)?;
+        Ok(mean_design_gradient(x, self.residuals(params, x, y).view()))
     }
 }
 
@@ -148,8 +132,7 @@ mod tests {
     use crate::dp::{DpSgdParams, seeded_test_rng};
     use crate::regression_metrics::RegressionSummary;
     use crate::testutil::assert_close;
-    use crate::train::TrainParams;
-    use crate::train::train_local;
+    use crate::train::{test_params, train_seeded};
     use ndarray::array;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -255,24 +238,8 @@ mod tests {
         let loss = o.loss(p.view(), x.view(), y.view()).unwrap();
         assert!((loss - 1.0 / 3.0).abs() < 1e-15);
 
-        let params = TrainParams {
-            epochs: 1,
-            batch_size: 3,
-            learning_rate: 0.3,
-            l2: 0.0,
-            prox_mu: 0.0,
-        }
-        .check()
-        .unwrap();
-        let out = train_local(
-            &o,
-            p.view(),
-            x.view(),
-            y.view(),
-            &params,
-            &mut ChaCha8Rng::seed_from_u64(1),
-        )
-        .unwrap();
+        let params = test_params(1, 3, 0.3, 0.0);
+        let out = train_seeded(&o, p.view(), x.view(), y.view(), &params, 1);
         assert_eq!(out.steps, 1);
         assert_close(&out.params, &array![1.2, 2.0], 1e-15);
         assert_close(&out.delta, &array![0.2, 0.0], 1e-15);
@@ -284,49 +251,31 @@ mod tests {
     /// data gradient [0, 0]; l2 0.5 gives [0, 0.5]; lr 0.1 => [0, 0.95].
     #[test]
     fn l2_skips_the_intercept() {
-        let params = TrainParams {
-            epochs: 1,
-            batch_size: 1,
-            learning_rate: 0.1,
-            l2: 0.5,
-            prox_mu: 0.0,
-        }
-        .check()
-        .unwrap();
-        let out = train_local(
+        let params = test_params(1, 1, 0.1, 0.5);
+        let out = train_seeded(
             &SquaredError { dim: 1 },
             array![0.0, 1.0].view(),
             array![[0.0]].view(),
             array![0.0].view(),
             &params,
-            &mut ChaCha8Rng::seed_from_u64(1),
-        )
-        .unwrap();
+            1,
+        );
         assert_close(&out.params, &array![0.0, 0.95], 1e-15);
     }
 
     #[test]
     fn converges_on_a_noisy_linear_target() {
         let (x, y) = synthetic(2000, 5);
-        let params = TrainParams {
-            epochs: 20,
-            batch_size: 32,
-            learning_rate: 0.05,
-            l2: 0.0,
-            prox_mu: 0.0,
-        }
-        .check()
-        .unwrap();
+        let params = test_params(20, 32, 0.05, 0.0);
         let start = LinearRegression::zeros(3);
-        let out = train_local(
+        let out = train_seeded(
             &start.objective(),
             start.params().view(),
             x.view(),
             y.view(),
             &params,
-            &mut ChaCha8Rng::seed_from_u64(9),
-        )
-        .unwrap();
+            9,
+        );
         let m = LinearRegression::from_params(out.params).unwrap();
         assert_close(m.params(), &array![1.0, 2.0, -3.0, 0.5], 0.05);
         let (xt, yt) = synthetic(500, 6);

@@ -372,12 +372,17 @@ mod tests {
 
     #[test]
     fn bins() {
-        assert_eq!(score_bin(0.0), 0);
-        assert_eq!(score_bin(0.00009), 0);
-        assert_eq!(score_bin(0.00015), 1);
-        assert_eq!(score_bin(0.5), 5000);
-        assert_eq!(score_bin(0.99999), 9999);
-        assert_eq!(score_bin(1.0), SCORE_BINS - 1);
+        let expected = [
+            (0.0, 0),
+            (0.00009, 0),
+            (0.00015, 1),
+            (0.5, 5000),
+            (0.99999, 9999),
+            (1.0, SCORE_BINS - 1),
+        ];
+        for (score, bin) in expected {
+            assert_eq!(score_bin(score), bin, "score {score}");
+        }
     }
 
     #[test]

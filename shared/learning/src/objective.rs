@@ -81,6 +81,22 @@ pub fn check_params<O: Objective + ?Sized>(
     crate::model::check_finite_params(params)
 }
 
+/// What a loss or mean gradient checks first: `params` (see [`check_params`]), the
+/// examples, and that there is at least one.
+pub(crate) fn check_batch<O: Objective + ?Sized>(
+    objective: &O,
+    params: ArrayView1<f64>,
+    x: ArrayView2<f64>,
+    y: ArrayView1<f64>,
+) -> Result<(), LearningError> {
+    check_params(objective, params)?;
+    objective.check_examples(x, y)?;
+    if x.nrows() == 0 {
+        return Err(LearningError::EmptyInput);
+    }
+    Ok(())
+}
+
 /// Rows `[1, x_i]` scaled by `residual_i`, written into `out` (`rows × (dim + 1)`).
 pub(crate) fn scaled_design_rows(
     x: ArrayView2<f64>,
@@ -90,6 +106,37 @@ pub(crate) fn scaled_design_rows(
     out.column_mut(0).assign(&residuals);
     out.slice_axis_mut(Axis(1), Slice::from(1..))
         .assign(&(&x * &residuals.insert_axis(Axis(1))));
+}
+
+/// The per-example gradients `r_i * [1, x_i]` (`rows × (dim + 1)`) of an objective on
+/// linear scores with residuals `r`.
+pub(crate) fn design_gradients(x: ArrayView2<f64>, residuals: ArrayView1<f64>) -> Array2<f64> {
+    let mut grads = Array2::zeros((x.nrows(), x.ncols() + 1));
+    scaled_design_rows(x, residuals, grads.view_mut());
+    grads
+}
+
+/// `[sum(r), x^T r] / n` for the residuals `r` of a non-empty batch: the column means of
+/// [`design_gradients`] without materialising the rows (the operations of the loops before
+/// they were merged, so that seeded runs give the same bits).
+pub(crate) fn mean_design_gradient(x: ArrayView2<f64>, residuals: ArrayView1<f64>) -> Array1<f64> {
+    let mut grad = Array1::zeros(x.ncols() + 1);
+    grad[0] = residuals.sum();
+    grad.slice_axis_mut(Axis(0), Slice::from(1..))
+        .assign(&x.t().dot(&residuals));
+    grad /= x.nrows() as f64;
+    grad
+}
+
+/// `p_i - y_i` with `p_i = sigmoid(intercept + w · x_i)`; shapes must be checked.
+fn logistic_residuals(
+    params: ArrayView1<f64>,
+    x: ArrayView2<f64>,
+    y: ArrayView1<f64>,
+) -> Array1<f64> {
+    let mut r = linear_scores(params, x).mapv_into(sigmoid);
+    r -= &y;
+    r
 }
 
 /// Binary cross-entropy of logistic regression, parameters `[intercept, w..]`
@@ -123,11 +170,7 @@ impl Objective for LogLoss {
     ) -> Result<Array2<f64>, LearningError> {
         check_params(self, params)?;
         self.check_examples(x, y)?;
-        let mut r = linear_scores(params, x).mapv_into(sigmoid);
-        r -= &y;
-        let mut grads = Array2::zeros((x.nrows(), self.param_count()));
-        scaled_design_rows(x, r.view(), grads.view_mut());
-        Ok(grads)
+        Ok(design_gradients(x, logistic_residuals(params, x, y).view()))
     }
 
     /// `[sum(r), x^T r] / n` with `r_i = p_i - y_i`, without materialising the
@@ -139,20 +182,11 @@ impl Objective for LogLoss {
         x: ArrayView2<f64>,
         y: ArrayView1<f64>,
     ) -> Result<Array1<f64>, LearningError> {
-        check_params(self, params)?;
-        self.check_examples(x, y)?;
-        let n = x.nrows();
-        if n == 0 {
-            return Err(LearningError::EmptyInput);
-        }
-        let mut r = linear_scores(params, x).mapv_into(sigmoid);
-        r -= &y;
-        let mut grad = Array1::zeros(self.param_count());
-        grad[0] = r.sum();
-        grad.slice_axis_mut(Axis(0), Slice::from(1..))
-            .assign(&x.t().dot(&r));
-        grad /= n as f64;
-        Ok(grad)
+        check_batch(self, params, x, y)?;
+        Ok(mean_design_gradient(
+            x,
+            logistic_residuals(params, x, y).view(),
+        ))
     }
 
     fn loss(
@@ -161,11 +195,7 @@ impl Objective for LogLoss {
         x: ArrayView2<f64>,
         y: ArrayView1<f64>,
     ) -> Result<f64, LearningError> {
-        check_params(self, params)?;
-        self.check_examples(x, y)?;
-        if x.nrows() == 0 {
-            return Err(LearningError::EmptyInput);
-        }
+        check_batch(self, params, x, y)?;
         let total: f64 = linear_scores(params, x)
             .iter()
             .zip(y)

@@ -334,8 +334,7 @@ mod tests {
     use super::*;
     use crate::multiclass_metrics::MulticlassSummary;
     use crate::testutil::assert_close;
-    use crate::train::TrainParams;
-    use crate::train::train_local;
+    use crate::train::{test_params, train_seeded};
     use ndarray::array;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -473,24 +472,8 @@ mod tests {
         let loss = o.loss(p.view(), x.view(), y.view()).unwrap();
         assert!((loss - 3.0f64.ln()).abs() < 1e-15);
 
-        let params = TrainParams {
-            epochs: 1,
-            batch_size: 2,
-            learning_rate: 0.3,
-            l2: 0.0,
-            prox_mu: 0.0,
-        }
-        .check()
-        .unwrap();
-        let out = train_local(
-            &o,
-            p.view(),
-            x.view(),
-            y.view(),
-            &params,
-            &mut ChaCha8Rng::seed_from_u64(0),
-        )
-        .unwrap();
+        let params = test_params(1, 2, 0.3, 0.0);
+        let out = train_seeded(&o, p.view(), x.view(), y.view(), &params, 0);
         assert_close(&out.params, &(&mean_expected * -0.3), 1e-15);
         assert!(out.mean_loss < 3.0f64.ln());
     }
@@ -520,24 +503,15 @@ mod tests {
     fn learns_three_separable_blobs() {
         let (x, y) = blobs(200, 1);
         let start = SoftmaxRegression::zeros(2, 3).unwrap();
-        let params = TrainParams {
-            epochs: 10,
-            batch_size: 16,
-            learning_rate: 0.1,
-            l2: 0.001,
-            prox_mu: 0.0,
-        }
-        .check()
-        .unwrap();
-        let out = train_local(
+        let params = test_params(10, 16, 0.1, 0.001);
+        let out = train_seeded(
             &start.objective(),
             start.params().view(),
             x.view(),
             y.view(),
             &params,
-            &mut ChaCha8Rng::seed_from_u64(2),
-        )
-        .unwrap();
+            2,
+        );
         let m = SoftmaxRegression::from_params(out.params, 3).unwrap();
         let (xt, yt) = blobs(100, 9);
         let summary = MulticlassSummary::from_predictions(

@@ -370,6 +370,40 @@ where
     })
 }
 
+/// Test parameters: `epochs`, `batch_size`, `learning_rate` and `l2`, without FedProx.
+#[cfg(test)]
+pub(crate) fn test_params(
+    epochs: usize,
+    batch_size: usize,
+    learning_rate: f64,
+    l2: f64,
+) -> ValidTrainParams {
+    TrainParams {
+        epochs,
+        batch_size,
+        learning_rate,
+        l2,
+        prox_mu: 0.0,
+    }
+    .check()
+    .unwrap()
+}
+
+/// [`train_local`] with a `ChaCha8Rng` seeded with `seed`, for tests that expect success.
+#[cfg(test)]
+pub(crate) fn train_seeded<O: Objective + ?Sized>(
+    objective: &O,
+    start: ArrayView1<f64>,
+    x: ArrayView2<f64>,
+    y: ArrayView1<f64>,
+    params: &ValidTrainParams,
+    seed: u64,
+) -> TrainOutcome {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    train_local(objective, start, x, y, params, &mut rng).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,7 +118,7 @@ mod tests {
         GradientTraining, RoundAggregate, RoundUpdates, aggregate_round, local_update,
     };
     use crate::strategy::{ClientUpdate, StrategyConfig};
-    use crate::train::TrainParams;
+    use crate::train::test_params;
     use ndarray::array;
 
     fn client(seed: u64) -> (Array2<f64>, Array1<f64>) {
@@ -138,17 +138,7 @@ mod tests {
         let mut global = family.initial(2, 1, 0).unwrap();
         assert_eq!(global.params().to_vec(), vec![0.0, 0.0]);
         let clients = [client(1), client(2)];
-        let plain = GradientTraining::Plain(
-            TrainParams {
-                epochs: 5,
-                batch_size: 8,
-                learning_rate: 0.5,
-                l2: 0.0,
-                prox_mu: 0.0,
-            }
-            .check()
-            .unwrap(),
-        );
+        let plain = GradientTraining::Plain(test_params(5, 8, 0.5, 0.0));
         let mut strategy = StrategyConfig::defaults("fed_avg")
             .unwrap()
             .build()
