@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fedprofile_e2e::{PARTNERS, Sandbox, client_cmd, demo_dir};
 use fedprofile_learning::ModelDocument;
-use fedprofile_learning::trees::{TreeGrowth, TreeModel};
+use fedprofile_learning::trees::TreeModel;
 
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(
@@ -99,16 +99,13 @@ fn a_dp_tree_run_charges_what_privacy_cost_planned_and_meets_the_floor() {
             said.contains(&format!("intact, {trees} charged tasks")),
             "{partner}: {said}"
         );
-        let entries = json(&client_cmd(&[
-            "privacy",
-            "ledger",
-            "show",
-            ledger.to_str().unwrap(),
-            "--json",
-        ]));
-        let last = entries.as_array().unwrap().last().unwrap()["cumulative_epsilon"]
-            .as_f64()
-            .unwrap();
+        // The ledger (verified above) is JSON lines; its last entry holds the
+        // cumulative ε. (`ledger show --json` of 150 entries overflows the
+        // pipe that `client_cmd` reads only after the command exits.)
+        let text = fs::read_to_string(&ledger).unwrap();
+        let entry: serde_json::Value =
+            serde_json::from_str(text.lines().last().expect("a charged ledger")).unwrap();
+        let last = entry["cumulative_epsilon"].as_f64().unwrap();
         assert!(last <= 1.0, "{partner} spent {last} > its budget");
         assert!(
             last > 0.9,
@@ -133,21 +130,21 @@ fn a_dp_tree_run_charges_what_privacy_cost_planned_and_meets_the_floor() {
         assert_eq!(again.status.code(), Some(1), "{partner}: {again:?}");
     }
 
-    // The model: the trees of random structures of at most depth 2.
+    // The model file holds the trees (at most depth 2), one per release.
     let doc = ModelDocument::load(sandbox.path("out/model.json")).expect("model.json");
     let model = TreeModel::from_flat(doc.model().params().view()).expect("a tree model");
-    assert!(matches!(model.growth(), TreeGrowth::Random { .. }));
     assert_eq!(model.complete_trees() as u64, trees);
     assert!(model.trees().iter().all(|t| t.max_depth() <= 2));
 
     // Utility: the noise is unseeded, so the figures vary from run to run
-    // (see FLOOR_AUC). A broken release (noise too large, leaves from the
-    // wrong rows) gives an AUC near 0.5-0.7.
+    // (see FLOOR_AUC). Leaf values without the shrinkage by the noise gave
+    // 0.79-0.82, level histograms ~0.70, a broken release ~0.5.
     let summary = sandbox.summary();
     let (auc, log_loss) = (
         summary["auc"].as_f64().unwrap(),
         summary["log_loss"].as_f64().unwrap(),
     );
+    eprintln!("DP tree run: AUC {auc:.4}, log loss {log_loss:.4}");
     assert!(auc >= FLOOR_AUC, "DP tree run AUC {auc} below {FLOOR_AUC}");
     assert!(
         log_loss <= CEILING_LOG_LOSS,
@@ -155,8 +152,9 @@ fn a_dp_tree_run_charges_what_privacy_cost_planned_and_meets_the_floor() {
     );
 }
 
-/// Below every AUC the run reached (see docs/privacy.md, "Gradient-boosted
-/// trees").
+/// Below every AUC the demo's run file reached (2026-12-02; docs/privacy.md,
+/// "Gradient-boosted trees"): 0.8185-0.8347 over five demo runs with seeds
+/// 0-4, and 0.8229, 0.8239, 0.8269, 0.8290 with seed 0 (this test's).
 const FLOOR_AUC: f64 = 0.81;
-/// Above every log loss the run reached.
+/// Above every log loss those runs reached (0.439-0.454).
 const CEILING_LOG_LOSS: f64 = 0.47;
