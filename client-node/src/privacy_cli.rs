@@ -484,7 +484,10 @@ fn print_budget(b: &BudgetCheck) {
 }
 
 fn does_not_fit(b: &BudgetCheck, plan: Option<&RunPlan>) -> String {
-    let rounds = plan.map_or(String::from("its"), |p| format!("its {}", p.rounds));
+    let rounds = plan.map_or(String::from("its"), |p| match p.statistics {
+        true => format!("its {} releases over {}", p.releases, p.rounds),
+        false => format!("its {}", p.rounds),
+    });
     format!(
         "this run does not fit the budget: {rounds} rounds would bring epsilon to {:.4} above the budget {}; {:.4} spent so far ({} charged tasks in the ledger)",
         b.total_epsilon,
