@@ -154,7 +154,8 @@ fn a_dp_tree_run_charges_what_privacy_cost_planned_and_meets_the_floor() {
 
 /// Below every AUC the demo's run file reached (2026-12-02; docs/privacy.md,
 /// "Gradient-boosted trees"): 0.8185-0.8347 over five demo runs with seeds
-/// 0-4, and 0.8229, 0.8239, 0.8269, 0.8290 with seed 0 (this test's).
-const FLOOR_AUC: f64 = 0.81;
+/// 0-4, and 0.8182-0.8290 in five more with seed 0 (this test's; standard
+/// deviation ~0.004), with a margin of four of those deviations.
+const FLOOR_AUC: f64 = 0.80;
 /// Above every log loss those runs reached (0.439-0.454).
 const CEILING_LOG_LOSS: f64 = 0.47;
