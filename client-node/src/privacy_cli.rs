@@ -206,6 +206,13 @@ struct WarningOutput {
 #[derive(Debug, Clone, Serialize)]
 struct RunPlan {
     rounds: u32,
+    /// Releases of the run: `rounds` for a gradient family; for a
+    /// statistics family what it plans (a tree run: one per tree, or one per
+    /// level), each costing `epsilon_per_round`.
+    releases: u64,
+    /// A statistics family (its plan is counted in releases, not steps).
+    #[serde(skip)]
+    statistics: bool,
     examples: usize,
     sampling_rate: f64,
     steps_per_round: u64,
@@ -409,7 +416,17 @@ fn cost(args: CostArgs) -> Result<(), String> {
                 .pld_epsilon
                 .map_or("n/a".into(), |e| format!("{e:.4}"))
         );
-        if let Some(p) = &output.plan {
+        if let Some(p) = output.plan.as_ref().filter(|p| p.statistics) {
+            say!(
+                "plan: {} releases of local statistics over {} rounds ({} examples), sigma {:.4}, clip {}, {:.4} per release",
+                p.releases,
+                p.rounds,
+                p.examples,
+                p.noise_multiplier,
+                p.clip_norm,
+                p.epsilon_per_round
+            );
+        } else if let Some(p) = &output.plan {
             say!(
                 "plan: {} rounds x {} steps, q {:.5} ({} examples), sigma {:.4}, clip {}, {:.4} per round",
                 p.rounds,
@@ -467,7 +484,10 @@ fn print_budget(b: &BudgetCheck) {
 }
 
 fn does_not_fit(b: &BudgetCheck, plan: Option<&RunPlan>) -> String {
-    let rounds = plan.map_or(String::from("its"), |p| format!("its {}", p.rounds));
+    let rounds = plan.map_or(String::from("its"), |p| match p.statistics {
+        true => format!("its {} releases over {}", p.releases, p.rounds),
+        false => format!("its {}", p.rounds),
+    });
     format!(
         "this run does not fit the budget: {rounds} rounds would bring epsilon to {:.4} above the budget {}; {:.4} spent so far ({} charged tasks in the ledger)",
         b.total_epsilon,
@@ -594,6 +614,8 @@ fn run_charges(run: &Path, config: &Path, ledger: Option<&Path>) -> Result<Plann
         .epsilon;
     let summary = RunPlan {
         rounds: run.rounds,
+        releases,
+        statistics: !run.model.ops().is_gradient_trained(),
         examples,
         sampling_rate,
         steps_per_round: charge.steps,

@@ -8,9 +8,11 @@
 //! before the first tree), then one level's gradient and hessian histograms
 //! per exchange. The coordinator adds the clients' statistics and
 //! [`TreeModel::apply`]s them; the round is done when the tree has no pending
-//! node. Under record-level DP each release gets Gaussian noise of
-//! `σ = z · Δ` with `Δ` the L2 sensitivity of one record's contribution
-//! ([`sensitivity`]); leaf values computed from noised sums are
+//! node. Under record-level DP the model starts with data-free bins and
+//! grows random structures ([`TreeGrowth::Random`]): a round is one exchange,
+//! the release of the sums of the tree's leaves. Each release gets Gaussian
+//! noise of `σ = z · Δ` with `Δ` the L2 sensitivity of one record's
+//! contribution ([`sensitivity`]); leaf values computed from noised sums are
 //! post-processing.
 //!
 //! `score` writes the probability (log loss) or the prediction; `profile`
@@ -28,8 +30,8 @@ use crate::metrics::EvalSummary;
 use crate::model_file::ModelDocument;
 use crate::regression_metrics::RegressionSummary;
 use crate::trees::{
-    Binning, GradBound, LocalCache, TreeLoss, TreeModel, TreeStatistics, local_statistics_cached,
-    sensitivity, tree_shap,
+    Binning, GradBound, LocalCache, TreeGrowth, TreeLoss, TreeModel, TreeStatistics,
+    local_statistics_cached, sensitivity, tree_shap,
 };
 
 /// The bins and margins of the rows this process last computed statistics on.
@@ -101,7 +103,7 @@ impl Family for Trees {
         &self,
         dim: usize,
         _: usize,
-        _: u64,
+        seed: u64,
         settings: &ModelSettings,
     ) -> Result<Array1<f64>, LearningError> {
         let loss = if settings.numeric_label {
@@ -112,7 +114,8 @@ impl Family for Trees {
         let model = TreeModel::new(dim, loss, settings.trees)?;
         Ok(match &settings.data_free {
             // Record-level DP: bins from the standard normal quantiles of the
-            // standardised columns (one edge for 0/1 columns), no sketch.
+            // standardised columns (one edge for 0/1 columns), no sketch;
+            // random structures, one release of leaf sums per tree.
             Some(binary) => {
                 let binning = Binning::standard_normal(binary, settings.trees.max_bins)?;
                 TreeModel::from_parts(
@@ -123,6 +126,10 @@ impl Family for Trees {
                     Some(binning),
                     Vec::new(),
                 )?
+                .with_growth(TreeGrowth::Random {
+                    // The run's seed, folded into 32 bits.
+                    seed: (seed ^ (seed >> 32)) as u32,
+                })?
             }
             None => model,
         }
@@ -195,9 +202,11 @@ impl Family for Trees {
     }
 
     fn planned_releases(&self, initial: &AnyModel, rounds: u32) -> u64 {
-        // At most one release per level of every tree, and one for the
-        // binning unless the model starts with its bins.
+        // Random growth: one release (the leaf sums) per tree. Otherwise at
+        // most one release per level of every tree, and one for the binning
+        // unless the model starts with its bins.
         match model(initial) {
+            Ok(m) if matches!(m.growth(), TreeGrowth::Random { .. }) => u64::from(rounds),
             Ok(m) => {
                 u64::from(m.binning().is_none())
                     + u64::from(rounds) * u64::from(m.params().max_depth)

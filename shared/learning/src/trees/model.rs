@@ -11,8 +11,35 @@ use super::stats::{Histograms, TreeStatistics};
 use super::tree::{Node, NodeKind, Tree};
 use super::{MAX_DEPTH, TreeLoss, TreeParams, tree_error};
 
-/// Version of the flat layout written by [`TreeModel::to_flat`].
+/// Version of the flat layout written by [`TreeModel::to_flat`] for a model
+/// grown from level histograms ([`TreeGrowth::Histograms`]).
 pub const FLAT_LAYOUT_VERSION: u32 = 1;
+/// Version of the flat layout of a model with [`TreeGrowth::Random`]: version
+/// 1 with the growth code and the seed after the base score.
+pub const FLAT_LAYOUT_VERSION_RANDOM: u32 = 2;
+
+/// How the trees of a model are grown.
+///
+/// [`TreeGrowth::Histograms`] is gradient boosting as in XGBoost `hist`: one
+/// exchange of level histograms per depth. [`TreeGrowth::Random`] is for
+/// record-level DP, where the noise of level histograms (one `(g, h)` pair
+/// per *feature* for each record, sensitivity `sqrt(dim (g² + h²))`) drowns
+/// the split gains: each tree's structure is drawn at random, independently
+/// of the data ([`TreeModel::next_structure`]), and only its leaves' gradient
+/// and hessian sums are released ([`Request::Leaves`], one `(g, h)` pair per
+/// record, sensitivity `sqrt(g² + h²)`), one release per tree (the
+/// "totally random" trees of Maddock et al., *Federated Boosted Decision
+/// Trees with Differential Privacy*, CCS 2022).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeGrowth {
+    /// Best splits by gain from level histograms, a level per exchange.
+    Histograms,
+    /// Data-independent random structures, one leaf exchange per tree.
+    Random {
+        /// Seeds every structure (tree `t`'s from `seed` and `t`).
+        seed: u32,
+    },
+}
 
 /// What a client must compute for the model as it stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +52,13 @@ pub enum Request {
         /// Number of pending nodes.
         nodes: usize,
     },
+    /// [`Histograms`] with one bin per leaf of [`TreeModel::next_structure`]
+    /// (leaves in node order): the gradient and hessian sums of the rows
+    /// that reach each leaf ([`TreeGrowth::Random`] only).
+    Leaves {
+        /// Number of leaves.
+        leaves: usize,
+    },
 }
 
 /// A gradient-boosted tree model (see the module doc of [`super`]).
@@ -36,6 +70,7 @@ pub struct TreeModel {
     base_score: f64,
     binning: Option<Binning>,
     trees: Vec<Tree>,
+    growth: TreeGrowth,
 }
 
 impl TreeModel {
@@ -112,7 +147,33 @@ impl TreeModel {
             base_score,
             binning,
             trees,
+            growth: TreeGrowth::Histograms,
         })
+    }
+
+    /// The same model with its trees grown by `growth` from now on.
+    /// [`TreeGrowth::Random`] needs the binning (there is no sketch
+    /// exchange) and no growing tree.
+    pub fn with_growth(mut self, growth: TreeGrowth) -> Result<TreeModel, LearningError> {
+        if let TreeGrowth::Random { .. } = growth {
+            if self.binning.is_none() {
+                return Err(tree_error(
+                    "tree model: random tree growth needs the binning from the start".to_string(),
+                ));
+            }
+            if self.growing().is_some() {
+                return Err(tree_error(
+                    "tree model: random tree growth cannot continue a growing tree".to_string(),
+                ));
+            }
+        }
+        self.growth = growth;
+        Ok(self)
+    }
+
+    /// How the trees are grown.
+    pub fn growth(&self) -> TreeGrowth {
+        self.growth
     }
 
     /// Number of encoded features.
@@ -160,10 +221,16 @@ impl TreeModel {
 
     /// What the clients must compute next: a sketch while there is no binning;
     /// otherwise the histograms of the growing tree's pending nodes, or of the
-    /// root of a new tree.
+    /// root of a new tree; under [`TreeGrowth::Random`], the leaf sums of
+    /// [`TreeModel::next_structure`].
     pub fn request(&self) -> Request {
         if self.binning.is_none() {
             return Request::Sketch;
+        }
+        if let Some(structure) = self.next_structure() {
+            return Request::Leaves {
+                leaves: structure.pending().len(),
+            };
         }
         match self.growing() {
             Some(tree) => Request::Level {
@@ -171,6 +238,22 @@ impl TreeModel {
             },
             None => Request::Level { nodes: 1 },
         }
+    }
+
+    /// The structure of the next tree under [`TreeGrowth::Random`] (`None`
+    /// otherwise): its leaves are pending nodes (value 0, cover 1), its
+    /// splits drawn from a SplitMix64 stream seeded by the seed and the
+    /// number of trees so far, breadth first: a node above `max_depth`
+    /// splits on a feature drawn uniformly among those that still have an
+    /// edge strictly inside the node's range of bins (none: it stays a
+    /// leaf), at an edge drawn uniformly in that range. Nothing in it
+    /// depends on the data.
+    pub fn next_structure(&self) -> Option<Tree> {
+        let TreeGrowth::Random { seed } = self.growth else {
+            return None;
+        };
+        let binning = self.binning.as_ref()?;
+        random_structure(binning, self.params.max_depth, seed, self.trees.len()).ok()
     }
 
     /// Whether a round (one tree) is over: the binning is agreed, there is at
@@ -242,6 +325,20 @@ impl TreeModel {
                 check_finite("gradient sum", h.grad(), false)?;
                 check_finite("hessian sum", h.hess(), h.noise_std() == 0.0)
             }
+            (Request::Leaves { leaves }, TreeStatistics::Level(h)) => {
+                if h.nodes() != leaves || h.bins_per_node() != 1 {
+                    return Err(tree_error(format!(
+                        "tree statistics: histograms of {} nodes × {} bins, but the model asks for the sums of {leaves} leaves (one bin each)",
+                        h.nodes(),
+                        h.bins_per_node()
+                    )));
+                }
+                check_finite("gradient sum", h.grad(), false)?;
+                check_finite("hessian sum", h.hess(), h.noise_std() == 0.0)
+            }
+            (Request::Leaves { leaves }, TreeStatistics::Sketch(_)) => Err(tree_error(format!(
+                "tree statistics: the model asks for the sums of {leaves} leaves but got a feature sketch"
+            ))),
             (Request::Sketch, TreeStatistics::Level(_)) => Err(tree_error(
                 "tree statistics: the model asks for a feature sketch but got level histograms"
                     .to_string(),
@@ -284,10 +381,64 @@ impl TreeModel {
                     self.base_score,
                     Some(binning),
                     self.trees.clone(),
-                )
+                )?
+                .with_growth(self.growth)
             }
-            TreeStatistics::Level(h) => self.apply_level(h),
+            TreeStatistics::Level(h) => match self.next_structure() {
+                Some(structure) => self.apply_leaves(structure, h),
+                None => self.apply_level(h),
+            },
         }
+    }
+
+    /// Completes [`TreeModel::next_structure`] from its leaves' pooled sums:
+    /// each leaf gets [`private_leaf_value`] and cover `max(H, 0)` (at least
+    /// [`MIN_COVER`], so that TreeSHAP's weights stay defined); a split gets
+    /// the sums of its children and the value and cover they give.
+    fn apply_leaves(&self, structure: Tree, h: &Histograms) -> Result<TreeModel, LearningError> {
+        let mut nodes = structure.into_nodes();
+        let mut sums = vec![(0.0, 0.0); nodes.len()];
+        let pending: Vec<usize> = (0..nodes.len())
+            .filter(|&i| nodes[i].is_pending())
+            .collect();
+        let p = &self.params;
+        for (k, &id) in pending.iter().enumerate() {
+            let (g, hs) = (h.grad()[k], h.hess()[k]);
+            sums[id] = (g, hs);
+            nodes[id] = Node::leaf(
+                private_leaf_value(p, g, hs, h.noise_std()),
+                hs.max(0.0).max(MIN_COVER),
+            );
+        }
+        // Children come after their parents: sum them up in reverse order.
+        for id in (0..nodes.len()).rev() {
+            if let NodeKind::Split {
+                feature,
+                bin,
+                threshold,
+                left,
+                right,
+            } = *nodes[id].kind()
+            {
+                let g = sums[left].0 + sums[right].0;
+                let hs = sums[left].1 + sums[right].1;
+                sums[id] = (g, hs);
+                let cover = nodes[left].cover() + nodes[right].cover();
+                let value = private_leaf_value(p, g, hs, h.noise_std());
+                nodes[id] = Node::split(feature, bin, threshold, left, right, value, cover);
+            }
+        }
+        let mut trees = self.trees.clone();
+        trees.push(Tree::new(nodes)?);
+        TreeModel::from_parts(
+            self.dim,
+            self.loss,
+            self.params,
+            self.base_score,
+            self.binning.clone(),
+            trees,
+        )?
+        .with_growth(self.growth)
     }
 
     fn apply_level(&self, h: &Histograms) -> Result<TreeModel, LearningError> {
@@ -359,7 +510,8 @@ impl TreeModel {
             self.base_score,
             self.binning.clone(),
             trees,
-        )
+        )?
+        .with_growth(self.growth)
     }
 
     /// The model as one flat vector (layout version [`FLAT_LAYOUT_VERSION`]):
@@ -376,11 +528,18 @@ impl TreeModel {
     ///      right (-1 unless a split), value, cover
     /// ```
     ///
-    /// Counts and indices are exact integers.
+    /// Counts and indices are exact integers. A model with
+    /// [`TreeGrowth::Random`] is written in layout version
+    /// [`FLAT_LAYOUT_VERSION_RANDOM`] (2): the same, with `[10]` the growth
+    /// code (1, random) and `[11]` the seed inserted before the binning flag.
     pub fn to_flat(&self) -> Array1<f64> {
         let p = &self.params;
+        let version = match self.growth {
+            TreeGrowth::Histograms => FLAT_LAYOUT_VERSION,
+            TreeGrowth::Random { .. } => FLAT_LAYOUT_VERSION_RANDOM,
+        };
         let mut out = vec![
-            f64::from(FLAT_LAYOUT_VERSION),
+            f64::from(version),
             self.dim as f64,
             f64::from(self.loss.code()),
             f64::from(p.max_depth),
@@ -391,6 +550,9 @@ impl TreeModel {
             f64::from(p.max_bins),
             self.base_score,
         ];
+        if let TreeGrowth::Random { seed } = self.growth {
+            out.extend_from_slice(&[1.0, f64::from(seed)]);
+        }
         match &self.binning {
             None => out.push(0.0),
             Some(b) => {
@@ -446,9 +608,10 @@ impl TreeModel {
             at: 0,
         };
         let version = r.int("the layout version", 0, u32::MAX as usize)?;
-        if version != FLAT_LAYOUT_VERSION as usize {
+        if version != FLAT_LAYOUT_VERSION as usize && version != FLAT_LAYOUT_VERSION_RANDOM as usize
+        {
             return Err(tree_error(format!(
-                "flat tree model: layout version {version} is not supported (this build reads version {FLAT_LAYOUT_VERSION})"
+                "flat tree model: layout version {version} is not supported (this build reads versions {FLAT_LAYOUT_VERSION} and {FLAT_LAYOUT_VERSION_RANDOM})"
             )));
         }
         let dim = r.int("dim", 1, usize::MAX >> 8)?;
@@ -463,6 +626,14 @@ impl TreeModel {
             max_bins: r.int("max_bins", 2, super::MAX_BINS as usize)? as u32,
         };
         let base_score = r.number("base_score")?;
+        let growth = if version == FLAT_LAYOUT_VERSION_RANDOM as usize {
+            r.int("the growth code", 1, 1)?;
+            TreeGrowth::Random {
+                seed: r.int("the seed", 0, u32::MAX as usize)? as u32,
+            }
+        } else {
+            TreeGrowth::Histograms
+        };
         let binning = if r.int("the binning flag", 0, 1)? == 1 {
             let mut edges = Vec::with_capacity(dim.min(values.len()));
             for f in 0..dim {
@@ -539,8 +710,101 @@ impl TreeModel {
                 r.at
             )));
         }
-        TreeModel::from_parts(dim, loss, params, base_score, binning, trees)
+        TreeModel::from_parts(dim, loss, params, base_score, binning, trees)?.with_growth(growth)
     }
+}
+
+/// The smallest cover of a leaf of a random tree (a noisy hessian sum may be
+/// 0 or negative; TreeSHAP weighs children by their covers).
+pub const MIN_COVER: f64 = 1e-6;
+
+/// Largest `|value|` of a leaf of a random tree, in units of the learning
+/// rate (a margin step of at most `4 · learning_rate`).
+pub const MAX_LEAF_STEP: f64 = 4.0;
+
+/// The leaf value of a random tree from noisy sums `g`, `h` whose noise has
+/// std `noise_std` (public: it follows from σ, not from the data):
+/// `-learning_rate · g / (max(h, 0) + λ + noise_std)`, clamped to
+/// `±MAX_LEAF_STEP · learning_rate`. Shrinking by the noise std keeps a leaf
+/// that few rows reach (its `h` mostly noise) near 0; post-processing of the
+/// release, it costs no privacy.
+pub fn private_leaf_value(params: &TreeParams, g: f64, h: f64, noise_std: f64) -> f64 {
+    let denominator = h.max(0.0) + params.lambda + noise_std;
+    if denominator.is_nan() || denominator <= 0.0 {
+        return 0.0;
+    }
+    let step = MAX_LEAF_STEP * params.learning_rate;
+    let value = (-params.learning_rate * g / denominator).clamp(-step, step);
+    if value.is_finite() { value } else { 0.0 }
+}
+
+/// A SplitMix64 stream (Steele et al. 2014): the same numbers on every
+/// platform and build, so that a client and the coordinator draw the same
+/// structure.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n >= 1`), by rejection.
+    fn below(&mut self, n: usize) -> usize {
+        let n = n as u64;
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let v = self.next();
+            if v < zone {
+                return (v % n) as usize;
+            }
+        }
+    }
+}
+
+/// See [`TreeModel::next_structure`].
+fn random_structure(
+    binning: &Binning,
+    max_depth: u32,
+    seed: u32,
+    index: usize,
+) -> Result<Tree, LearningError> {
+    let mut rng = SplitMix64((u64::from(seed) << 32) ^ index as u64);
+    let features = binning.features();
+    // Per node, per feature: the node's range of bins, `lo..=hi`.
+    let all: Vec<(usize, usize)> = (0..features).map(|f| (0, binning.bins(f) - 1)).collect();
+    let mut nodes = vec![Node::pending(0.0, 1.0)];
+    let mut ranges = vec![all];
+    let mut depths = vec![0u32];
+    let mut candidates = Vec::with_capacity(features);
+    let mut i = 0;
+    while i < nodes.len() {
+        if depths[i] < max_depth {
+            candidates.clear();
+            candidates.extend((0..features).filter(|&f| ranges[i][f].1 > ranges[i][f].0));
+            if !candidates.is_empty() {
+                let f = candidates[rng.below(candidates.len())];
+                let (lo, hi) = ranges[i][f];
+                let b = lo + rng.below(hi - lo);
+                let left = nodes.len();
+                let mut left_range = ranges[i].clone();
+                left_range[f] = (lo, b);
+                let mut right_range = ranges[i].clone();
+                right_range[f] = (b + 1, hi);
+                nodes[i] = Node::split(f, b, binning.edges(f)[b], left, left + 1, 0.0, 1.0);
+                for range in [left_range, right_range] {
+                    nodes.push(Node::pending(0.0, 1.0));
+                    ranges.push(range);
+                    depths.push(depths[i] + 1);
+                }
+            }
+        }
+        i += 1;
+    }
+    Tree::new(nodes)
 }
 
 fn in_tree(t: usize, e: LearningError) -> LearningError {

@@ -465,5 +465,38 @@ pub fn local_statistics_cached(
             hist.rows = reached;
             Ok(TreeStatistics::Level(hist))
         }
+        Request::Leaves { leaves } => {
+            let (Some(binning), Some(structure)) = (model.binning(), model.next_structure()) else {
+                return Err(tree_error(
+                    "tree model: leaf sums requested without a random tree structure".to_string(),
+                ));
+            };
+            cache.prepare(model, binning, flat, rows);
+            let clip = bound.map_or(f64::INFINITY, |b| b.grad_clip);
+            let mut slot = vec![usize::MAX; structure.nodes().len()];
+            for (k, id) in structure.pending().into_iter().enumerate() {
+                slot[id] = k;
+            }
+            let mut hist = Histograms::zeros(leaves, 1);
+            for (i, row_bins) in cache.bins.chunks_exact(dim).enumerate() {
+                let k = slot[structure.node_of_bins(row_bins)];
+                let (g, h) = gradient(model.loss(), cache.margin[i], y[i]);
+                hist.grad[k] += g.clamp(-clip, clip);
+                hist.hess[k] += h;
+            }
+            hist.rows = rows as u64;
+            Ok(TreeStatistics::Level(hist))
+        }
+    }
+}
+
+/// One row's `(g, h)` at `margin` with label or target `y`.
+fn gradient(loss: TreeLoss, margin: f64, y: f64) -> (f64, f64) {
+    match loss {
+        TreeLoss::Logistic => {
+            let p = sigmoid(margin);
+            (p - y, p * (1.0 - p))
+        }
+        TreeLoss::Squared => (margin - y, 1.0),
     }
 }

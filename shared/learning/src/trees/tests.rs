@@ -331,8 +331,8 @@ fn from_flat_rejects_corrupted_layouts_naming_the_problem() {
         f[at] = v;
         flat_error(&f)
     };
-    let e = corrupt(0, 2.0);
-    assert!(e.contains("layout version 2 is not supported"), "{e}");
+    let e = corrupt(0, 3.0);
+    assert!(e.contains("layout version 3 is not supported"), "{e}");
     let e = corrupt(1, 2.5);
     assert!(e.contains("dim (value 1) is 2.5"), "{e}");
     let e = corrupt(2, 7.0);
@@ -1033,4 +1033,171 @@ fn bins_by_cell_lookup_equal_bins_by_search() {
             assert_eq!(b.bin(0, v), search, "value {v}");
         }
     }
+}
+
+/// A model that grows random trees over the data-free bins of `dim` numeric
+/// features.
+fn random_model(dim: usize, max_depth: u32, seed: u32) -> TreeModel {
+    let params = TreeParams {
+        max_depth,
+        learning_rate: 0.3,
+        ..TreeParams::default()
+    };
+    let binning = Binning::standard_normal(&vec![false; dim], 16).unwrap();
+    TreeModel::from_parts(
+        dim,
+        TreeLoss::Logistic,
+        params,
+        0.0,
+        Some(binning),
+        Vec::new(),
+    )
+    .unwrap()
+    .with_growth(TreeGrowth::Random { seed })
+    .unwrap()
+}
+
+/// The splits of a tree: (feature, bin) in node order.
+fn structure(tree: &Tree) -> Vec<Option<(usize, usize)>> {
+    tree.nodes()
+        .iter()
+        .map(|n| n.feature().zip(n.bin()))
+        .collect()
+}
+
+/// One step of a random model on `x`, `y`: its leaf sums, then the next model.
+fn random_step(model: &TreeModel, x: ArrayView2<f64>, y: ArrayView1<f64>) -> TreeModel {
+    let stats = local_statistics(model, x, y, None).unwrap();
+    model.apply(&stats).unwrap()
+}
+
+#[test]
+fn random_growth_releases_only_leaf_sums_over_a_data_free_structure() {
+    let (x, y) = xor_data(400, 31);
+    let (other_x, other_y) = xor_data(50, 32);
+    let model = random_model(x.ncols(), 3, 7);
+    let structure_0 = model.next_structure().expect("a random structure");
+    let leaves = structure_0.pending().len();
+    assert_eq!(model.request(), Request::Leaves { leaves });
+    assert!((2..=8).contains(&leaves), "{leaves} leaves");
+    // One (g, h) pair per record: sensitivity sqrt(1 + 1/16), not sqrt(dim · …).
+    let expected = (1.0f64 + 0.0625).sqrt();
+    assert!((sensitivity(&model, None) - expected).abs() < 1e-12);
+
+    // The leaf sums add up to the totals: every row reaches exactly one leaf.
+    let stats = local_statistics(&model, x.view(), y.view(), None).unwrap();
+    let TreeStatistics::Level(h) = &stats else {
+        panic!("leaf sums are histograms");
+    };
+    assert_eq!((h.nodes(), h.bins_per_node()), (leaves, 1));
+    let g_total: f64 = y.iter().map(|&y| 0.5 - y).sum();
+    assert!((h.grad().iter().sum::<f64>() - g_total).abs() < 1e-9);
+    assert!((h.hess().iter().sum::<f64>() - 0.25 * 400.0).abs() < 1e-9);
+    assert_eq!(stats.rows(), 400);
+
+    // The structure does not depend on the data: other rows grow the same
+    // splits, with other leaf values; the next tree's structure differs.
+    let a = random_step(&model, x.view(), y.view());
+    let b = random_step(&model, other_x.view(), other_y.view());
+    assert_eq!(structure(&a.trees()[0]), structure(&structure_0));
+    assert_eq!(structure(&a.trees()[0]), structure(&b.trees()[0]));
+    assert_ne!(a.trees()[0], b.trees()[0]);
+    assert!(a.round_done() && a.trees()[0].is_complete());
+    let next = a.next_structure().unwrap();
+    assert_eq!(structure(&next), structure(&b.next_structure().unwrap()));
+    assert_ne!(structure(&next), structure(&structure_0));
+    // Another seed draws other structures.
+    let other_seed = random_model(x.ncols(), 3, 8).next_structure().unwrap();
+    assert_ne!(structure(&other_seed), structure(&structure_0));
+
+    // Leaf values: -lr G / (H + λ) without noise, and the margin learns.
+    let leaf = &a.trees()[0].nodes()[a.trees()[0].nodes().len() - 1];
+    assert!(leaf.is_leaf() && leaf.cover() > 0.0);
+    let mut m = model;
+    for _ in 0..30 {
+        m = random_step(&m, x.view(), y.view());
+    }
+    assert_eq!(m.complete_trees(), 30);
+    let auc = roc_auc(m.predict(x.view()).unwrap().view(), y.view()).unwrap();
+    assert!(auc > 0.75, "random trees on XOR: AUC {auc}");
+}
+
+#[test]
+fn random_growth_survives_the_flat_layout_and_refuses_a_missing_binning() {
+    let (x, y) = xor_data(200, 33);
+    let mut model = random_model(x.ncols(), 2, 9);
+    for _ in 0..3 {
+        model = random_step(&model, x.view(), y.view());
+    }
+    let flat = model.to_flat();
+    assert_eq!(flat[0], f64::from(FLAT_LAYOUT_VERSION_RANDOM));
+    assert_eq!((flat[10], flat[11]), (1.0, 9.0));
+    let back = TreeModel::from_flat(flat.view()).unwrap();
+    assert_eq!(back, model);
+    assert_eq!(back.growth(), TreeGrowth::Random { seed: 9 });
+    assert_eq!(back.request(), model.request());
+    // A histogram-grown model keeps layout version 1.
+    let plain = train_pooled(x.view(), y.view(), TreeLoss::Logistic, depth4(), 1).unwrap();
+    assert_eq!(plain.growth(), TreeGrowth::Histograms);
+    assert_eq!(plain.to_flat()[0], f64::from(FLAT_LAYOUT_VERSION));
+
+    let mut bad = flat.clone();
+    bad[10] = 0.0;
+    assert!(
+        flat_error(&bad).contains("the growth code"),
+        "{}",
+        flat_error(&bad)
+    );
+    let no_binning = TreeModel::new(2, TreeLoss::Logistic, TreeParams::default())
+        .unwrap()
+        .with_growth(TreeGrowth::Random { seed: 0 });
+    let e = no_binning.unwrap_err().to_string();
+    assert!(e.contains("needs the binning"), "{e}");
+}
+
+#[test]
+fn noisy_leaf_sums_give_bounded_leaf_values() {
+    let (x, y) = xor_data(200, 34);
+    let mut model = random_model(x.ncols(), 3, 10);
+    let mut rng = seeded_test_rng(35);
+    let step = 4.0 * model.params().learning_rate;
+    for _ in 0..20 {
+        let mut stats = local_statistics(&model, x.view(), y.view(), None).unwrap();
+        stats.add_gaussian_noise(500.0, &mut rng).unwrap();
+        model = model.apply(&stats).unwrap();
+        for node in model.trees().last().unwrap().nodes() {
+            assert!(node.value().is_finite() && node.value().abs() <= step + 1e-12);
+            assert!(node.cover() >= MIN_COVER);
+        }
+    }
+    // Shrinking by the noise std: large noise keeps the values small.
+    let p = model.params();
+    assert_eq!(private_leaf_value(p, -10.0, 40.0, 0.0), 0.3 * 10.0 / 41.0);
+    assert_eq!(private_leaf_value(p, -10.0, -5.0, 9.0), 0.3 * 10.0 / 10.0);
+    assert_eq!(private_leaf_value(p, -1e9, 0.0, 1.0), step);
+    let shap = tree_shap(&model, x.row(0)).unwrap();
+    let margin = model.margin_row(x.row(0)).unwrap();
+    assert!((shap.0 + shap.1.sum() - margin).abs() < 1e-9);
+}
+
+#[test]
+fn a_record_dp_run_grows_random_trees_and_plans_one_release_per_tree() {
+    let family = crate::ModelFamily::GradientBoostedTrees;
+    let mut settings = crate::ModelSettings {
+        numeric_label: false,
+        trees: TreeParams::default(),
+        data_free: Some(vec![false, true]),
+    };
+    let dp = family.initial_for(2, 1, 5, &settings).unwrap();
+    let model = TreeModel::from_flat(dp.params().view()).unwrap();
+    assert_eq!(model.growth(), TreeGrowth::Random { seed: 5 });
+    assert_eq!(model.binning().unwrap().edges(1), &[0.0]);
+    assert_eq!(dp.ops().planned_releases(&dp, 40), 40);
+    let mechanism = dp.ops().statistics_mechanism(&dp, 10.0, 1.0).unwrap();
+    let direct = fedprofile_privacy::GaussianMechanism::new(10.0, (1.0f64 + 0.0625).sqrt());
+    assert_eq!(Some(mechanism), direct.ok());
+    // Without DP: the sketch, then one release per level.
+    settings.data_free = None;
+    let plain = family.initial_for(2, 1, 5, &settings).unwrap();
+    assert_eq!(plain.ops().planned_releases(&plain, 40), 1 + 40 * 6);
 }
