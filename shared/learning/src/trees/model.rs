@@ -349,6 +349,24 @@ impl TreeModel {
         }
     }
 
+    /// This model's settings and growth with other `binning` and `trees`
+    /// (checked as [`TreeModel::from_parts`] checks them).
+    fn with_parts(
+        &self,
+        binning: Option<Binning>,
+        trees: Vec<Tree>,
+    ) -> Result<TreeModel, LearningError> {
+        TreeModel::from_parts(
+            self.dim,
+            self.loss,
+            self.params,
+            self.base_score,
+            binning,
+            trees,
+        )?
+        .with_growth(self.growth)
+    }
+
     /// The next model from the pooled statistics of [`TreeModel::request`].
     ///
     /// A sketch sets the binning ([`Binning::from_sketch`]). Histograms decide
@@ -374,15 +392,7 @@ impl TreeModel {
         match pooled {
             TreeStatistics::Sketch(sketch) => {
                 let binning = Binning::from_sketch(sketch, self.params.max_bins)?;
-                TreeModel::from_parts(
-                    self.dim,
-                    self.loss,
-                    self.params,
-                    self.base_score,
-                    Some(binning),
-                    self.trees.clone(),
-                )?
-                .with_growth(self.growth)
+                self.with_parts(Some(binning), self.trees.clone())
             }
             TreeStatistics::Level(h) => match self.next_structure() {
                 Some(structure) => self.apply_leaves(structure, h),
@@ -430,15 +440,7 @@ impl TreeModel {
         }
         let mut trees = self.trees.clone();
         trees.push(Tree::new(nodes)?);
-        TreeModel::from_parts(
-            self.dim,
-            self.loss,
-            self.params,
-            self.base_score,
-            self.binning.clone(),
-            trees,
-        )?
-        .with_growth(self.growth)
+        self.with_parts(self.binning.clone(), trees)
     }
 
     fn apply_level(&self, h: &Histograms) -> Result<TreeModel, LearningError> {
@@ -503,15 +505,7 @@ impl TreeModel {
             }
         }
         trees.push(Tree::new(nodes)?);
-        TreeModel::from_parts(
-            self.dim,
-            self.loss,
-            self.params,
-            self.base_score,
-            self.binning.clone(),
-            trees,
-        )?
-        .with_growth(self.growth)
+        self.with_parts(self.binning.clone(), trees)
     }
 
     /// The model as one flat vector (layout version [`FLAT_LAYOUT_VERSION`]):
