@@ -184,14 +184,8 @@ impl ClientConfig {
             train_split: raw.train_split,
             test_split: raw.test_split,
             tls: raw.tls.map(|t| {
-                (
-                    TlsFiles {
-                        ca_cert: base.join(t.ca_cert),
-                        cert: base.join(t.cert),
-                        key: base.join(t.key),
-                    },
-                    t.server_name,
-                )
+                let files = TlsFiles::under(base, &t.ca_cert, &t.cert, &t.key);
+                (files, t.server_name)
             }),
             connect: ConnectPolicy {
                 attempts: raw.connect.attempts,

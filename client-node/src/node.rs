@@ -14,6 +14,7 @@ use fedprofile_learning::{
     AnyModel, Evaluation, GradientTraining, LabelNeed, ModelFamily, StatisticsDp, Training,
     local_update,
 };
+use fedprofile_privacy::Charge;
 use fedprofile_protocol::messages::{
     ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, RefusalKind, ResultBody, StatsReport,
     Task, TaskBody, TrainReport, TrainTask,
@@ -488,38 +489,34 @@ impl Node {
             }
             Some(record) => {
                 let plan = privacy::plan_statistics(model, record, &mut self.calibrated)?;
-                let guard = self.guard.as_mut().ok_or(PrivacyRefusal::NoBudget)?;
-                let entry = guard.charge(
-                    &task.run_id,
-                    task.round,
-                    &task.task_id,
-                    plan.charge,
-                    record.clip_norm,
-                )?;
-                self.stall_if_asked(task);
+                let epsilon_spent = self.charge(task, plan.charge, record.clip_norm)?;
                 let dp = StatisticsDp {
                     clip_norm: record.clip_norm,
                     noise_multiplier: plan.noise_multiplier,
                 };
-                (Some(dp), Some(entry.cumulative_epsilon))
+                (Some(dp), Some(epsilon_spent))
             }
         };
         let (x, y) = self.train.x_and_labels(&train.model.features)?;
         let stats = model
             .ops()
             .local_statistics(model, x, y, dp, &mut self.rng)?;
-        let examples = stats.examples();
-        Ok(TrainReport {
-            delta: Array1::zeros(0),
-            examples,
-            steps: 1,
-            train_loss: 0.0,
-            train_micros: started.elapsed().as_micros() as u64,
-            update_norm: 0.0,
+        Ok(TrainReport::of_statistics(
+            stats,
+            started.elapsed().as_micros() as u64,
             epsilon_spent,
-            not_private: self.test_seed,
-            statistics: Some(stats),
-        })
+            self.test_seed,
+        ))
+    }
+
+    /// Charges `task`'s privacy cost to the budget (before any training on
+    /// the rows), then stalls if a test asked for it; the cumulative ε after
+    /// the charge.
+    fn charge(&mut self, task: &Task, charge: Charge, clip_norm: f64) -> Result<f64, TaskError> {
+        let guard = self.guard.as_mut().ok_or(PrivacyRefusal::NoBudget)?;
+        let entry = guard.charge(&task.run_id, task.round, &task.task_id, charge, clip_norm)?;
+        self.stall_if_asked(task);
+        Ok(entry.cumulative_epsilon)
     }
 
     /// Test only (`--insecure-test-stall-after-charge`): stop answering after
@@ -584,19 +581,8 @@ impl Node {
                 guard.plan_ahead(plan.charge, left);
             }
         }
-        let guard = self.guard.as_mut().ok_or(PrivacyRefusal::NoBudget)?;
-        let entry = guard.charge(
-            &task.run_id,
-            task.round,
-            &task.task_id,
-            plan.charge,
-            record.clip_norm,
-        )?;
-        self.stall_if_asked(task);
-        Ok((
-            plan.params.with_prox_mu(train.prox_mu)?,
-            entry.cumulative_epsilon,
-        ))
+        let epsilon_spent = self.charge(task, plan.charge, record.clip_norm)?;
+        Ok((plan.params.with_prox_mu(train.prox_mu)?, epsilon_spent))
     }
 
     /// Makes `delta` a poisoned update if this node was told to send them.

@@ -122,15 +122,6 @@ fn tls_context(config: &ClientConfig) -> Option<(tls::TlsFiles, String)> {
     Some((files.clone(), server_name.clone().unwrap_or(host)))
 }
 
-/// The sentence for a TLS refusal found in `error`'s chain, if there is one.
-fn tls_refusal(
-    error: &(dyn std::error::Error + 'static),
-    tls: Option<&(tls::TlsFiles, String)>,
-) -> Option<String> {
-    let (files, server_name) = tls?;
-    tls::explain_tls_failure(error, tls::TlsContext { files, server_name })
-}
-
 fn backoff(policy: &ConnectPolicy, attempt: u32) -> Duration {
     let base = policy
         .initial_backoff
@@ -167,7 +158,7 @@ impl From<String> for Retry {
 /// coordinator's alert, or our verdict on its certificate) as a sentence
 /// naming the files, anything else as code and message.
 fn explain(status: &tonic::Status, tls: Option<&(tls::TlsFiles, String)>) -> String {
-    if let Some(sentence) = tls_refusal(status, tls) {
+    if let Some(sentence) = tls::explain_tls_refusal(status, tls) {
         return sentence;
     }
     let text = format!("{}: {}", status.code(), status.message());
@@ -223,13 +214,15 @@ pub async fn run(
                 )
                 .await
             }
-            Err(e) => Err(Retry::from(match tls_refusal(&e, tls_files.as_ref()) {
-                Some(sentence) => sentence,
-                None => {
-                    unexplained = true;
-                    format!("connection failed: {e}{}", source_chain(&e))
-                }
-            })),
+            Err(e) => Err(Retry::from(
+                match tls::explain_tls_refusal(&e, tls_files.as_ref()) {
+                    Some(sentence) => sentence,
+                    None => {
+                        unexplained = true;
+                        format!("connection failed: {e}{}", source_chain(&e))
+                    }
+                },
+            )),
         };
         // A session refused before it began, without a TLS cause in the error:
         // ask the coordinator directly (its alert often does not reach HTTP/2).
@@ -304,7 +297,7 @@ async fn serve(
         *unexplained = matches!(
             status.code(),
             tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
-        ) && tls_refusal(status, tls).is_none();
+        ) && tls::explain_tls_refusal(status, tls).is_none();
         explain(status, tls)
     };
     let (budget_epsilon, epsilon_spent) = node

@@ -29,7 +29,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use fedprofile_privacy::hash_chain::{self, Canonical, ChainError, Chained};
+use fedprofile_privacy::hash_chain::{self, Canonical, ChainError};
 use serde::{Deserialize, Serialize};
 
 /// The first line's `prev_hash`.
@@ -122,14 +122,7 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
-impl Chained for AuditEntry {
-    fn hash(&self) -> &str {
-        &self.hash
-    }
-    fn set_hash(&mut self, hash: String) {
-        self.hash = hash;
-    }
-}
+fedprofile_privacy::chained_by_hash_field!(AuditEntry);
 
 struct Head {
     file: File,

@@ -306,22 +306,8 @@ mod tests {
     fn init_and_issue_writes_pem_files_with_the_name_as_cn() {
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path(), "test ca", 30).unwrap();
-        issue(
-            dir.path(),
-            "coordinator",
-            Role::Server,
-            &[],
-            Validity::Days(30),
-        )
-        .unwrap();
-        let (cert, key) = issue(
-            dir.path(),
-            "partner-a",
-            Role::Client,
-            &[],
-            Validity::Days(30),
-        )
-        .unwrap();
+        issued(dir.path(), "coordinator", Role::Server, 30);
+        let (cert, key) = issued(dir.path(), "partner-a", Role::Client, 30);
         let pem = fs::read_to_string(cert).unwrap();
         assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(fs::read_to_string(key).unwrap().contains("PRIVATE KEY"));
@@ -337,15 +323,8 @@ mod tests {
         use fedprofile_protocol::tls::PeerRole;
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path(), "test ca", 30).unwrap();
-        let (op, _) = issue(dir.path(), "alice", Role::Operator, &[], Validity::Days(3)).unwrap();
-        let (pa, _) = issue(
-            dir.path(),
-            "partner-a",
-            Role::Client,
-            &[],
-            Validity::Days(3),
-        )
-        .unwrap();
+        let (op, _) = issued(dir.path(), "alice", Role::Operator, 3);
+        let (pa, _) = issued(dir.path(), "partner-a", Role::Client, 3);
         let der = |p: PathBuf| rustls_pem_der(&fs::read_to_string(p).unwrap());
         assert_eq!(
             fedprofile_protocol::tls::peer_from_der(&der(op)).unwrap(),
@@ -371,6 +350,12 @@ mod tests {
         init_ca(dir.path(), "test ca", 30).unwrap();
         let err = issue(dir.path(), "../evil", Role::Client, &[], Validity::Days(1)).unwrap_err();
         assert!(err.to_string().contains("not a valid name"), "{err}");
+    }
+
+    /// [`issue`] of a certificate for `name` in `role`, valid for `days`,
+    /// without extra names; its certificate and key files.
+    fn issued(dir: &Path, name: &str, role: Role, days: i64) -> (PathBuf, PathBuf) {
+        issue(dir, name, role, &[], Validity::Days(days)).unwrap()
     }
 
     fn rustls_pem_der(pem: &str) -> Vec<u8> {

@@ -99,11 +99,9 @@ impl CoordinatorConfig {
                 .as_ref()
                 .and_then(|t| t.crl.as_ref())
                 .map(|c| base.join(c)),
-            tls: raw.tls.map(|t| TlsFiles {
-                ca_cert: base.join(t.ca_cert),
-                cert: base.join(t.cert),
-                key: base.join(t.key),
-            }),
+            tls: raw
+                .tls
+                .map(|t| TlsFiles::under(&base, &t.ca_cert, &t.cert, &t.key)),
             state_dir: base.join(raw.state_dir),
             metrics_listen,
         })

@@ -89,56 +89,24 @@ impl Metrics {
             runs_finished: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "rounds_completed",
-            "Rounds aggregated and committed",
-            m.rounds_completed.clone(),
-        );
-        registry.register(
-            "round_duration_seconds",
-            "Wall time of a round",
-            m.round_duration.clone(),
-        );
-        registry.register(
-            "clients_connected",
-            "Client sessions open now",
-            m.clients_connected.clone(),
-        );
-        registry.register(
-            "updates_accepted",
-            "Updates aggregated",
-            m.updates_accepted.clone(),
-        );
-        registry.register(
-            "updates_rejected",
-            "Answers rejected, by reason",
-            m.updates_rejected.clone(),
-        );
-        registry.register(
-            "tasks_refused",
-            "Tasks refused by clients",
-            m.tasks_refused.clone(),
-        );
-        registry.register(
-            "messages_refused",
-            "Messages or connections refused at the transport edge, by reason",
-            m.messages_refused.clone(),
-        );
-        registry.register(
-            "tls_handshake_failures",
-            "Failed TLS handshakes, by cause (unknown_ca, expired, not_yet_valid, revoked, no_client_certificate, bad_certificate, client_refused_server, not_tls, timeout, other)",
-            m.tls_handshake_failures.clone(),
-        );
-        registry.register(
-            "epsilon_spent",
-            "Cumulative epsilon of the current run",
-            m.epsilon_spent.clone(),
-        );
-        registry.register(
-            "runs_finished",
-            "Runs finished, by outcome",
-            m.runs_finished.clone(),
-        );
+        // Each metric under its name, with its help text.
+        macro_rules! register {
+            ($($field:ident: $name:literal, $help:literal;)*) => {
+                $(registry.register($name, $help, m.$field.clone());)*
+            };
+        }
+        register! {
+            rounds_completed: "rounds_completed", "Rounds aggregated and committed";
+            round_duration: "round_duration_seconds", "Wall time of a round";
+            clients_connected: "clients_connected", "Client sessions open now";
+            updates_accepted: "updates_accepted", "Updates aggregated";
+            updates_rejected: "updates_rejected", "Answers rejected, by reason";
+            tasks_refused: "tasks_refused", "Tasks refused by clients";
+            messages_refused: "messages_refused", "Messages or connections refused at the transport edge, by reason";
+            tls_handshake_failures: "tls_handshake_failures", "Failed TLS handshakes, by cause (unknown_ca, expired, not_yet_valid, revoked, no_client_certificate, bad_certificate, client_refused_server, not_tls, timeout, other)";
+            epsilon_spent: "epsilon_spent", "Cumulative epsilon of the current run";
+            runs_finished: "runs_finished", "Runs finished, by outcome";
+        }
         Metrics { registry, ..m }
     }
 

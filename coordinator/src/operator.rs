@@ -55,14 +55,8 @@ impl OperatorConfig {
         Ok(OperatorConfig {
             coordinator: raw.coordinator,
             tls: raw.tls.map(|t| {
-                (
-                    TlsFiles {
-                        ca_cert: base.join(t.ca_cert),
-                        cert: base.join(t.cert),
-                        key: base.join(t.key),
-                    },
-                    t.server_name,
-                )
+                let files = TlsFiles::under(base, &t.ca_cert, &t.cert, &t.key);
+                (files, t.server_name)
             }),
         })
     }
@@ -111,7 +105,7 @@ async fn connect(config: &OperatorConfig) -> Result<Connection, String> {
         tls_context = Some((files.clone(), server_name));
     }
     let channel = endpoint.connect().await.map_err(|e| {
-        match refusal(&e, tls_context.as_ref()) {
+        match tls::explain_tls_refusal(&e, tls_context.as_ref()) {
             Some(sentence) => format!("cannot connect to the coordinator at {}: {sentence}", config.coordinator),
             None => format!(
                 "cannot reach the coordinator at {}: {} (check the URL and that the coordinator is running)",
@@ -126,15 +120,6 @@ async fn connect(config: &OperatorConfig) -> Result<Connection, String> {
     })
 }
 
-/// The sentence for a TLS refusal in `error`'s chain, if there is one.
-fn refusal(
-    error: &(dyn std::error::Error + 'static),
-    tls: Option<&(tls::TlsFiles, String)>,
-) -> Option<String> {
-    let (files, server_name) = tls?;
-    tls::explain_tls_failure(error, tls::TlsContext { files, server_name })
-}
-
 /// A connection to the admin API, with what is needed to explain TLS refusals.
 struct Connection {
     client: AdminClient<Channel>,
@@ -145,7 +130,7 @@ struct Connection {
 /// coordinator's verdict on our certificate arrives with the first call), a
 /// refusal of the coordinator, or its message.
 fn explain_status(s: tonic::Status, tls: Option<&(tls::TlsFiles, String)>) -> String {
-    if let Some(sentence) = refusal(&s, tls) {
+    if let Some(sentence) = tls::explain_tls_refusal(&s, tls) {
         return format!("the coordinator refused the connection: {sentence}");
     }
     plain_status_text(s)
@@ -187,7 +172,7 @@ pub async fn run(config: &OperatorConfig, command: OperatorCommand) -> Result<()
         if matches!(
             s.code(),
             tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
-        ) && refusal(&s, tls.as_ref()).is_none()
+        ) && tls::explain_tls_refusal(&s, tls.as_ref()).is_none()
         {
             unexplained.set(true);
         }
@@ -226,6 +211,14 @@ pub async fn run(config: &OperatorConfig, command: OperatorCommand) -> Result<()
     }
 }
 
+/// The answer of an admin call, or the sentence for its refusal.
+async fn answer<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    status_text: &impl Fn(tonic::Status) -> String,
+) -> Result<T, String> {
+    Ok(call.await.map_err(status_text)?.into_inner())
+}
+
 async fn execute(
     client: &mut AdminClient<Channel>,
     tls: Option<&(tls::TlsFiles, String)>,
@@ -236,19 +229,16 @@ async fn execute(
         OperatorCommand::Start(path) => {
             let run_toml = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
-            let info = client
-                .start_run(pb::StartRunRequest { run_toml })
-                .await
-                .map_err(status_text)?
-                .into_inner();
+            let info = answer(
+                client.start_run(pb::StartRunRequest { run_toml }),
+                &status_text,
+            )
+            .await?;
             println!("{}", info.run_id);
         }
         OperatorCommand::List => {
-            let runs: Vec<RunInfo> = client
-                .list_runs(pb::ListRunsRequest {})
-                .await
-                .map_err(status_text)?
-                .into_inner()
+            let runs: Vec<RunInfo> = answer(client.list_runs(pb::ListRunsRequest {}), &status_text)
+                .await?
                 .runs
                 .into_iter()
                 .map(RunInfo::from)
@@ -262,11 +252,7 @@ async fn execute(
         }
         OperatorCommand::Status(run_id) => {
             let r = RunInfo::from(
-                client
-                    .get_run(pb::GetRunRequest { run_id })
-                    .await
-                    .map_err(status_text)?
-                    .into_inner(),
+                answer(client.get_run(pb::GetRunRequest { run_id }), &status_text).await?,
             );
             print_run(&r);
             println!(
@@ -278,21 +264,18 @@ async fn execute(
         }
         OperatorCommand::Cancel(run_id, reason) => {
             let r = RunInfo::from(
-                client
-                    .cancel_run(pb::CancelRunRequest { run_id, reason })
-                    .await
-                    .map_err(status_text)?
-                    .into_inner(),
+                answer(
+                    client.cancel_run(pb::CancelRunRequest { run_id, reason }),
+                    &status_text,
+                )
+                .await?,
             );
             print_run(&r);
         }
         OperatorCommand::Watch(run_id) => watch(client, run_id, tls).await?,
         OperatorCommand::Clients => {
-            let clients = client
-                .list_clients(pb::ListClientsRequest {})
-                .await
-                .map_err(status_text)?
-                .into_inner()
+            let clients = answer(client.list_clients(pb::ListClientsRequest {}), &status_text)
+                .await?
                 .clients
                 .into_iter()
                 .map(ClientInfo::from);
@@ -322,11 +305,11 @@ async fn watch(
 ) -> Result<(), String> {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     let status_text = |s: tonic::Status| explain_status(s, tls);
-    let mut stream = client
-        .watch_run(pb::WatchRunRequest { run_id })
-        .await
-        .map_err(status_text)?
-        .into_inner();
+    let mut stream = answer(
+        client.watch_run(pb::WatchRunRequest { run_id }),
+        &status_text,
+    )
+    .await?;
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} rounds  {msg}")

@@ -31,6 +31,7 @@
 //! `Request::peer_certs()` keeps working in the service.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -243,6 +244,25 @@ impl ReloadableTls {
     /// Handshakes that failed or timed out (refused certificates included).
     pub fn handshake_failures(&self) -> u64 {
         self.handshake_failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts one failed handshake from `peer` and records it now (`refused`:
+    /// the certificate our verifier refused, if that was why).
+    fn handshake_failed(
+        &self,
+        peer: SocketAddr,
+        cause: FailureCause,
+        refused: Option<&failures::PresentedCertificate>,
+        error: &str,
+    ) {
+        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        self.failures.record(HandshakeFailure::new(
+            peer,
+            cause,
+            refused,
+            error,
+            SystemTime::now(),
+        ));
     }
 
     /// The registry of recent failed handshakes: who, from where, why.
@@ -622,17 +642,9 @@ async fn accept_loop(
             match spoke {
                 Some(Ok(Ok(n))) if n > 0 => {}
                 Some(Err(_)) => {
-                    tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    tls.failures.record(HandshakeFailure::new(
-                        peer,
-                        FailureCause::Timeout,
-                        None,
-                        &format!(
-                            "the connection sent nothing for {} ms",
-                            options.handshake_timeout.as_millis()
-                        ),
-                        SystemTime::now(),
-                    ));
+                    let millis = options.handshake_timeout.as_millis();
+                    let error = format!("the connection sent nothing for {millis} ms");
+                    tls.handshake_failed(peer, FailureCause::Timeout, None, &error);
                     return;
                 }
                 _ => return,
@@ -657,27 +669,13 @@ async fn accept_loop(
                     let _ = tx.send(stream).await;
                 }
                 Ok((Err(e), refused)) => {
-                    tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    tls.failures.record(HandshakeFailure::new(
-                        peer,
-                        FailureCause::of_io(&e),
-                        refused.as_ref(),
-                        &e.to_string(),
-                        SystemTime::now(),
-                    ));
+                    let cause = FailureCause::of_io(&e);
+                    tls.handshake_failed(peer, cause, refused.as_ref(), &e.to_string());
                 }
                 Err(_) => {
-                    tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    tls.failures.record(HandshakeFailure::new(
-                        peer,
-                        FailureCause::Timeout,
-                        None,
-                        &format!(
-                            "no complete handshake within {} ms",
-                            options.handshake_timeout.as_millis()
-                        ),
-                        SystemTime::now(),
-                    ));
+                    let millis = options.handshake_timeout.as_millis();
+                    let error = format!("no complete handshake within {millis} ms");
+                    tls.handshake_failed(peer, FailureCause::Timeout, None, &error);
                 }
             }
         });

@@ -682,6 +682,39 @@ pub fn client_tool(args: &[&str], paths: &[(&str, &Path)]) -> Output {
     run_bounded(&mut cmd, Duration::from_secs(60))
 }
 
+/// Waits for a federation to end: the coordinator within `limit`, then every
+/// client within 30 s. Panics unless all of them succeeded; for a failed
+/// coordinator the message is `why`, its stdout, the tail of its stderr and
+/// the tail of every client's stderr.
+pub fn finish_federation(coordinator: &mut Proc, clients: &mut [Proc], limit: Duration, why: &str) {
+    let status = coordinator.wait(limit);
+    if !status.success() {
+        let clients: String = clients
+            .iter()
+            .map(|c| format!("{}:\n{}\n", c.name, tail(&c.read_stderr(), 30)))
+            .collect();
+        panic!(
+            "{why} ({status}):\n{}\n{}\n{clients}",
+            coordinator.read_stdout(),
+            tail(&coordinator.read_stderr(), 30)
+        );
+    }
+    for c in clients {
+        c.wait_success(Duration::from_secs(30));
+    }
+}
+
+/// The JSON a successful command printed on stdout; panics, with the
+/// command's stderr, if it failed or printed something else.
+pub fn json_output(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
 /// The run file used by the Telco tests: the demo's hyperparameters.
 pub fn telco_run(
     rounds: u32,
@@ -718,16 +751,8 @@ pub fn federate(schema: &str, run_toml: &str, client_extra: &str) -> Finished {
             sandbox.start_client(p, &cfg, port, &[])
         })
         .collect();
-    let status = coordinator.wait(Duration::from_secs(300));
+    let limit = Duration::from_secs(300);
+    finish_federation(&mut coordinator, &mut clients, limit, "coordinator failed");
     let stdout = coordinator.read_stdout();
-    assert!(
-        status.success(),
-        "coordinator failed:\n{stdout}\n{}",
-        tail(&coordinator.read_stderr(), 30)
-    );
-    for c in &mut clients {
-        let status = c.wait(Duration::from_secs(30));
-        assert!(status.success(), "{} failed:\n{}", c.name, c.read_stderr());
-    }
     Finished { sandbox, stdout }
 }

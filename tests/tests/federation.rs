@@ -32,16 +32,13 @@ fn demo_run() -> &'static DemoRun {
             )],
         );
         let mut clients = sandbox.start_clients(&PARTNERS, port, &[]);
-        let status = coordinator.wait(Duration::from_secs(300));
-        assert!(
-            status.success(),
-            "coordinator failed:\n{}\n{}",
-            coordinator.read_stdout(),
-            fedprofile_e2e::tail(&coordinator.read_stderr(), 30)
+        let limit = Duration::from_secs(300);
+        fedprofile_e2e::finish_federation(
+            &mut coordinator,
+            &mut clients,
+            limit,
+            "coordinator failed",
         );
-        for c in &mut clients {
-            c.wait_success(Duration::from_secs(30));
-        }
         DemoRun {
             coordinator_stdout: coordinator.read_stdout(),
             coordinator_stderr: coordinator.read_stderr(),

@@ -7,21 +7,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use fedprofile_e2e::{
-    PARTNERS, Sandbox, client_cmd, client_tool, demo_dir, ledger_entries, spent_epsilon,
-    verify_ledger,
+    PARTNERS, Sandbox, client_cmd, client_tool, demo_dir, finish_federation, json_output,
+    ledger_entries, spent_epsilon, verify_ledger,
 };
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "command failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json output")
 }
 
 /// `privacy cost --json` of the Gaussian mechanism at sampling rate `q`, noise
@@ -41,7 +32,7 @@ fn gaussian_cost(q: &str, z: &str, steps: &str, extra: &[&str]) -> serde_json::V
         "--json",
     ];
     args.extend(extra);
-    json(&client_cmd(&args))
+    json_output(&client_cmd(&args))
 }
 
 /// `privacy cost --json` of the run file `run` for a client `config` against `ledger`.
@@ -63,11 +54,8 @@ fn record_level_dp_run_meets_the_floor_and_ledgers_match_privacy_cost() {
     let (config, run) = sandbox.write_coordinator(&dp_run_file());
     let (mut coordinator, port) = sandbox.start_coordinator(&config, &run, &[]);
     let (configs, mut clients) = sandbox.start_dp_clients(1.0, port, &[]);
-    let status = coordinator.wait(Duration::from_secs(600));
-    assert!(status.success(), "{}", coordinator.read_stderr());
-    for c in &mut clients {
-        c.wait_success(Duration::from_secs(30));
-    }
+    let limit = Duration::from_secs(600);
+    finish_federation(&mut coordinator, &mut clients, limit, "the DP run failed");
     let summary = sandbox.summary();
     let (auc, log_loss) = (
         summary["auc"].as_f64().unwrap(),
@@ -104,7 +92,7 @@ fn record_level_dp_run_meets_the_floor_and_ledgers_match_privacy_cost() {
         // `privacy cost` before the run (an empty ledger) says exactly what the
         // ledger shows after it.
         let before = sandbox.path(&format!("ledgers/{partner}-before.jsonl"));
-        let cost = json(&run_cost(&run, cfg, &before));
+        let cost = json_output(&run_cost(&run, cfg, &before));
         let predicted = cost["epsilon"].as_f64().unwrap();
         assert!(
             (predicted - last).abs() <= 1e-9 * last.max(1.0),
@@ -175,7 +163,7 @@ fn privacy_cost_and_calibrate_match_the_known_values() {
         "{rdp}"
     );
 
-    let cal = json(&client_cmd(&[
+    let cal = json_output(&client_cmd(&[
         "privacy",
         "calibrate",
         "--epsilon",

@@ -514,10 +514,17 @@ mod tests {
         (book, Collector::new(2, 0, TaskKind::Train, tasks, Some(3)))
     }
 
+    /// [`setup`], then `client` answers `task` with `body`: the offer's
+    /// verdict and the collector after it.
+    fn offered(client: &str, task: &str, body: ResultBody) -> (Offer, Collector) {
+        let (book, mut c) = setup();
+        let offer = c.offer(&book, client, reply(task, body));
+        (offer, c)
+    }
+
     #[test]
     fn a_good_update_is_accepted_and_closes_the_task() {
-        let (book, mut c) = setup();
-        let offer = c.offer(&book, "a", reply("t-a", train(vec![0.1, 0.2, 0.3], 10)));
+        let (offer, c) = offered("a", "t-a", train(vec![0.1, 0.2, 0.3], 10));
         assert!(matches!(offer, Offer::Accepted(_)));
         assert_eq!(c.waiting_for(), vec!["b".to_string()]);
         assert!(!c.is_complete());
@@ -525,9 +532,8 @@ mod tests {
 
     #[test]
     fn update_from_a_client_not_selected_is_rejected() {
-        let (book, mut c) = setup();
         // c was connected but not selected; it replays a's task id.
-        let offer = c.offer(&book, "c", reply("t-a", train(vec![0.0; 3], 10)));
+        let (offer, c) = offered("c", "t-a", train(vec![0.0; 3], 10));
         assert_eq!(
             offer,
             Offer::Rejected(RejectReason::NotSelected {
@@ -540,15 +546,13 @@ mod tests {
 
     #[test]
     fn update_with_an_unknown_task_id_is_rejected() {
-        let (book, mut c) = setup();
-        let offer = c.offer(&book, "c", reply("made-up", train(vec![0.0; 3], 10)));
+        let (offer, _) = offered("c", "made-up", train(vec![0.0; 3], 10));
         assert_eq!(offer, Offer::Rejected(RejectReason::UnknownTask));
     }
 
     #[test]
     fn update_for_another_round_is_rejected() {
-        let (book, mut c) = setup();
-        let offer = c.offer(&book, "a", reply("old-a", train(vec![0.0; 3], 10)));
+        let (offer, _) = offered("a", "old-a", train(vec![0.0; 3], 10));
         assert_eq!(
             offer,
             Offer::Rejected(RejectReason::Stale { task_round: 1 })
@@ -570,8 +574,7 @@ mod tests {
 
     #[test]
     fn wrong_dimension_is_rejected_with_both_sizes() {
-        let (book, mut c) = setup();
-        let offer = c.offer(&book, "a", reply("t-a", train(vec![0.0; 4], 10)));
+        let (offer, _) = offered("a", "t-a", train(vec![0.0; 4], 10));
         let Offer::Rejected(reason) = offer else {
             panic!("accepted a 4-parameter update")
         };

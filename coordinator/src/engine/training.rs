@@ -22,26 +22,108 @@ impl Run {
             Ok(selection) => selection,
             Err(e) => return State::Failed(e),
         };
-        let update_clip_norm = self.server_dp.as_ref().map(dp::ServerDp::clip_norm);
-        let family = self.config.model.ops();
-        let mut model =
+        let model =
             match AnyModel::from_parts(self.config.model, global.params.clone(), global.outputs) {
                 Ok(model) => model,
                 Err(e) => return State::Failed(RunError::Internal(e.to_string())),
             };
-        // A statistics family's round may take several exchanges with the
-        // same clients (a tree grows one level per exchange); nothing is
-        // committed before the round is done, and a short exchange retries
-        // the whole round from its start.
         let mut totals = RoundTotals::default();
+        let plan = RoundPlan {
+            round,
+            attempt,
+            started,
+            global: &global,
+            selected: &selected,
+            population,
+        };
+        let Exchanged {
+            next,
+            excluded,
+            train_loss,
+            epsilon,
+            got,
+            exchanges,
+        } = match self.exchange_until_done(&plan, model, &mut totals).await {
+            Ok(done) => done,
+            Err(state) => return state,
+        };
+        let family = self.config.model.ops();
+        if !excluded.is_empty() {
+            tracing::warn!(run_id = %self.run_id, round, excluded = %excluded.join(","), strategy = self.config.strategy.name(), "updates excluded by the strategy");
+            self.observer
+                .excluded(&self.run_id, round, self.config.strategy.name(), &excluded);
+        }
+        let keep = self.config.tail_average_rounds as usize;
+        if keep > 1 && family.is_gradient_trained() {
+            self.tail.push_back(next.params().clone());
+            while self.tail.len() > keep {
+                self.tail.pop_front();
+            }
+        }
+        if let Some(g) = self.global.as_mut() {
+            g.params = next.into_params();
+        }
+        self.state.contributors.extend(
+            totals
+                .contributors
+                .into_iter()
+                .filter(|c| !excluded.contains(c)),
+        );
+        let train_phase_ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(run_id = %self.run_id, round, updates = got, exchanges, "round aggregated");
+        let record = RoundRecord {
+            round,
+            selected: selected.len(),
+            accepted: got,
+            rejected: totals.rejected,
+            refused: totals.refused,
+            attempts: attempt + 1,
+            train_loss,
+            train_phase_ms,
+            max_client_train_ms: totals.max_train_micros as f64 / 1e3,
+            eval_phase_ms: 0.0,
+            round_ms: train_phase_ms,
+            metrics: None,
+            quality: None,
+            evaluated_clients: 0,
+            epsilon,
+            refusals: totals.refusals,
+            skipped: None,
+        };
+        self.after_training(record)
+    }
+
+    /// The exchanges of one training round with its selected clients until
+    /// the round is done: one for a gradient-trained family, several for a
+    /// statistics family (a tree grows one level per exchange). `Err` is the
+    /// state to go to instead: a short round, a retry or a failure. Nothing is
+    /// committed here; `totals` adds up what every exchange saw.
+    async fn exchange_until_done(
+        &mut self,
+        plan: &RoundPlan<'_>,
+        mut model: AnyModel,
+        totals: &mut RoundTotals,
+    ) -> Result<Exchanged, State> {
+        let RoundPlan {
+            round,
+            attempt,
+            started,
+            global,
+            selected,
+            population,
+        } = *plan;
+        let update_clip_norm = self.server_dp.as_ref().map(dp::ServerDp::clip_norm);
+        let family = self.config.model.ops();
+        // A statistics family's round may take several exchanges with the
+        // same clients; a short exchange retries the whole round from its start.
         let mut exchange = 0u32;
-        let (next, excluded, train_loss, epsilon, got) = loop {
+        loop {
             let snapshot = ModelSnapshot {
                 params: model.params().clone(),
                 ..global.clone()
             };
             let train = self.train_task(&snapshot, update_clip_norm);
-            let tasks = self.send_tasks(round, attempt, exchange, &selected, |_| {
+            let tasks = self.send_tasks(round, attempt, exchange, selected, |_| {
                 TaskBody::Train(train.clone())
             });
             let mut collector = if family.is_gradient_trained() {
@@ -81,25 +163,25 @@ impl Run {
             // many sampled clients answered: min_per_round does not apply.
             let released_anyway = self.server_dp.is_some() && family.is_gradient_trained();
             if !released_anyway && got < self.config.min_per_round {
-                return self.short_round(
+                return Err(self.short_round(
                     ShortRound {
                         round,
                         attempt,
                         got,
                         what: family.update_name(),
-                        selected: &selected,
+                        selected,
                         started,
                         rejected: totals.rejected,
                     },
                     std::mem::take(&mut totals.refusals),
-                );
+                ));
             }
             let aggregated = match self.aggregate(round, &model, &answers, population) {
                 Ok(aggregated) => aggregated,
-                Err(AggregateFailure::Fatal(e)) => return State::Failed(e),
+                Err(AggregateFailure::Fatal(e)) => return Err(State::Failed(e)),
                 Err(AggregateFailure::Retry(why)) => {
-                    return self
-                        .retry_or_fail(attempt, &why, |a| State::Training { round, attempt: a });
+                    return Err(self
+                        .retry_or_fail(attempt, &why, |a| State::Training { round, attempt: a }));
                 }
             };
             for client in answers.contributors {
@@ -115,71 +197,42 @@ impl Run {
                     } else {
                         0.0
                     };
-                    break (next, aggregated.excluded, loss, epsilon, got);
+                    return Ok(Exchanged {
+                        next,
+                        excluded: aggregated.excluded,
+                        train_loss: loss,
+                        epsilon,
+                        got,
+                        exchanges: exchange + 1,
+                    });
                 }
                 (RoundAggregate::Statistics { update, next }, epsilon) if update.round_done => {
                     let next =
                         match self.reseed_starved(round, next, &update.counts, update.examples) {
                             Ok(next) => next,
-                            Err(e) => return State::Failed(e),
+                            Err(e) => return Err(State::Failed(e)),
                         };
-                    break (next, Vec::new(), update.loss, epsilon, got);
+                    return Ok(Exchanged {
+                        next,
+                        excluded: Vec::new(),
+                        train_loss: update.loss,
+                        epsilon,
+                        got,
+                        exchanges: exchange + 1,
+                    });
                 }
                 (RoundAggregate::Statistics { next, .. }, _) => {
                     exchange += 1;
                     if exchange >= MAX_EXCHANGES_PER_ROUND {
-                        return State::Failed(RunError::Internal(format!(
+                        return Err(State::Failed(RunError::Internal(format!(
                             "round {round}: the {} round is not done after {MAX_EXCHANGES_PER_ROUND} exchanges",
                             model.family()
-                        )));
+                        ))));
                     }
                     model = next;
                 }
             }
-        };
-        if !excluded.is_empty() {
-            tracing::warn!(run_id = %self.run_id, round, excluded = %excluded.join(","), strategy = self.config.strategy.name(), "updates excluded by the strategy");
-            self.observer
-                .excluded(&self.run_id, round, self.config.strategy.name(), &excluded);
         }
-        let keep = self.config.tail_average_rounds as usize;
-        if keep > 1 && family.is_gradient_trained() {
-            self.tail.push_back(next.params().clone());
-            while self.tail.len() > keep {
-                self.tail.pop_front();
-            }
-        }
-        if let Some(g) = self.global.as_mut() {
-            g.params = next.into_params();
-        }
-        self.state.contributors.extend(
-            totals
-                .contributors
-                .into_iter()
-                .filter(|c| !excluded.contains(c)),
-        );
-        let train_phase_ms = started.elapsed().as_secs_f64() * 1e3;
-        tracing::info!(run_id = %self.run_id, round, updates = got, exchanges = exchange + 1, "round aggregated");
-        let record = RoundRecord {
-            round,
-            selected: selected.len(),
-            accepted: got,
-            rejected: totals.rejected,
-            refused: totals.refused,
-            attempts: attempt + 1,
-            train_loss,
-            train_phase_ms,
-            max_client_train_ms: totals.max_train_micros as f64 / 1e3,
-            eval_phase_ms: 0.0,
-            round_ms: train_phase_ms,
-            metrics: None,
-            quality: None,
-            evaluated_clients: 0,
-            epsilon,
-            refusals: totals.refusals,
-            skipped: None,
-        };
-        self.after_training(record)
     }
 
     /// The clients of this attempt (sorted) and the population they were
@@ -512,6 +565,33 @@ struct Answers {
 /// The most exchanges one round may take (a tree of the deepest allowed
 /// depth, 12, takes 12; the first round one more for the binning).
 const MAX_EXCHANGES_PER_ROUND: u32 = 64;
+
+/// The fixed facts of one training round (attempt), for its exchanges.
+#[derive(Clone, Copy)]
+struct RoundPlan<'a> {
+    round: u32,
+    attempt: u32,
+    started: Instant,
+    global: &'a ModelSnapshot,
+    selected: &'a [String],
+    population: usize,
+}
+
+/// What the exchanges of a done training round produced.
+struct Exchanged {
+    /// The next global model.
+    next: AnyModel,
+    /// Clients whose update the strategy left out.
+    excluded: Vec<String>,
+    /// The weighted mean training loss (or the statistics family's loss).
+    train_loss: f64,
+    /// Client-level ε spent so far, if the round released under it.
+    epsilon: Option<f64>,
+    /// Answers aggregated in the last exchange.
+    got: usize,
+    /// Exchanges the round took.
+    exchanges: u32,
+}
 
 /// What the exchanges of one round gathered, for its record.
 #[derive(Debug, Default)]

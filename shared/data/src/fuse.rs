@@ -270,18 +270,31 @@ mod tests {
         Schema::from_toml_str(&text, "s").unwrap()
     }
 
+    /// `csv` read as `source` of `schema` (file `name`), which must succeed.
+    fn read(
+        schema: &Schema,
+        source: &SourceDef,
+        csv: &str,
+        name: &str,
+        collector: &mut Collector,
+    ) -> CleanSource {
+        read_source(source, schema.key(), csv.as_bytes(), name, collector).unwrap()
+    }
+
     fn dedup_main(schema: &Schema, csv: &str) -> (Vec<CleanRow>, CleanSource, Collector) {
         let mut collector = Collector::default();
-        let mut clean = read_source(
-            schema.primary_source(),
-            schema.key(),
-            csv.as_bytes(),
-            "main.csv",
-            &mut collector,
-        )
-        .unwrap();
-        let rows = dedup(schema.primary_source(), &mut clean, &mut collector);
+        let main = schema.primary_source();
+        let mut clean = read(schema, main, csv, "main.csv", &mut collector);
+        let rows = dedup(main, &mut clean, &mut collector);
         (rows, clean, collector)
+    }
+
+    /// [`dedup_main`] of rows that all share one id: the `n` of the row kept
+    /// (the only one), the cleaned source and the issues.
+    fn kept_n(rules: &str, csv: &str) -> (Value, CleanSource, Collector) {
+        let (rows, clean, c) = dedup_main(&schema(rules), csv);
+        assert_eq!(rows.len(), 1, "one id, one row kept");
+        (rows[0].values[2].clone(), clean, c)
     }
 
     #[test]
@@ -315,10 +328,9 @@ mod tests {
 
     #[test]
     fn keep_newest_tie_goes_to_later_line() {
-        let s = schema("keep_newest_by = \"when\"");
-        let (rows, clean, c) = dedup_main(&s, "id,when,n\nA,2026-07-01,1\nA,2026-07-01,2\n");
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].values[2], Value::Number(2.0));
+        let rules = "keep_newest_by = \"when\"";
+        let (n, clean, c) = kept_n(rules, "id,when,n\nA,2026-07-01,1\nA,2026-07-01,2\n");
+        assert_eq!(n, Value::Number(2.0));
         assert_eq!(clean.report.stale_duplicates_removed, 1);
         assert_eq!(clean.report.keep_newest_ties, 1);
         assert!(
@@ -330,10 +342,8 @@ mod tests {
 
     #[test]
     fn without_rule_first_row_wins() {
-        let s = schema("");
-        let (rows, clean, _) = dedup_main(&s, "id,when,n\nA,2026-07-01,1\nA,2026-10-01,2\n");
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].values[2], Value::Number(1.0));
+        let (n, clean, _) = kept_n("", "id,when,n\nA,2026-07-01,1\nA,2026-10-01,2\n");
+        assert_eq!(n, Value::Number(1.0));
         assert_eq!(clean.report.duplicate_ids_removed, 1);
     }
 
@@ -341,22 +351,10 @@ mod tests {
     fn exact_duplicates_compare_cleaned_values_and_join_counts() {
         let s = schema("");
         let mut collector = Collector::default();
-        let main = read_source(
-            &s.sources()[0],
-            s.key(),
-            "id,when,n\nA,x,1\nB,x,2\nC,x,3\n".as_bytes(),
-            "main.csv",
-            &mut collector,
-        )
-        .unwrap();
-        let extra = read_source(
-            &s.sources()[1],
-            s.key(),
-            "id,c\nA,Yes\nA,yes \nB,No\nZ,no\n".as_bytes(),
-            "extra.csv",
-            &mut collector,
-        )
-        .unwrap();
+        let main_csv = "id,when,n\nA,x,1\nB,x,2\nC,x,3\n";
+        let main = read(&s, &s.sources()[0], main_csv, "main.csv", &mut collector);
+        let extra_csv = "id,c\nA,Yes\nA,yes \nB,No\nZ,no\n";
+        let extra = read(&s, &s.sources()[1], extra_csv, "extra.csv", &mut collector);
         let mut sources = vec![main, extra];
         let d0 = dedup(&s.sources()[0], &mut sources[0], &mut collector);
         let d1 = dedup(&s.sources()[1], &mut sources[1], &mut collector);

@@ -54,7 +54,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::LearningError;
+use crate::error::{LearningError, check_count, check_positive, invalid};
 use crate::objective::Objective;
 use crate::train::{
     BatchSampler, GradientStep, TrainOutcome, TrainParams, ValidTrainParams, train_with,
@@ -99,33 +99,11 @@ impl DpSgdParams {
         if examples == 0 {
             return Err(LearningError::EmptyInput);
         }
-        if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
-            return Err(invalid("clip_norm", self.clip_norm, "positive and finite"));
-        }
-        if !(self.noise_multiplier.is_finite() && self.noise_multiplier > 0.0) {
-            return Err(invalid(
-                "noise_multiplier",
-                self.noise_multiplier,
-                "positive and finite",
-            ));
-        }
-        if self.expected_batch_size == 0 {
-            return Err(invalid(
-                "expected_batch_size",
-                self.expected_batch_size,
-                "positive",
-            ));
-        }
-        if self.epochs == 0 {
-            return Err(invalid("epochs", self.epochs, "positive"));
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return Err(invalid(
-                "learning_rate",
-                self.learning_rate,
-                "positive and finite",
-            ));
-        }
+        check_positive("clip_norm", self.clip_norm)?;
+        check_positive("noise_multiplier", self.noise_multiplier)?;
+        check_count("expected_batch_size", self.expected_batch_size)?;
+        check_count("epochs", self.epochs)?;
+        check_positive("learning_rate", self.learning_rate)?;
         let batch = self.expected_batch_size.min(examples);
         let sampling_rate = batch as f64 / examples as f64;
         let steps_per_epoch = examples.div_ceil(batch);
@@ -167,18 +145,6 @@ impl DpSgdParams {
             mechanism,
             train,
         })
-    }
-}
-
-fn invalid(
-    field: &'static str,
-    value: impl std::fmt::Display,
-    requirement: &'static str,
-) -> LearningError {
-    LearningError::InvalidParam {
-        field,
-        value: value.to_string(),
-        requirement,
     }
 }
 

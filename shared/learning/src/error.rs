@@ -224,6 +224,47 @@ pub enum LearningError {
     },
 }
 
+/// [`LearningError::InvalidParam`]: hyperparameter `field` is `value`, which
+/// is not `requirement`.
+pub(crate) fn invalid(
+    field: &'static str,
+    value: impl std::fmt::Display,
+    requirement: &'static str,
+) -> LearningError {
+    LearningError::InvalidParam {
+        field,
+        value: value.to_string(),
+        requirement,
+    }
+}
+
+/// Hyperparameter `field` must be positive and finite.
+pub(crate) fn check_positive(field: &'static str, value: f64) -> Result<(), LearningError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(field, value, "positive and finite"))
+    }
+}
+
+/// Hyperparameter `field` must be non-negative and finite.
+pub(crate) fn check_non_negative(field: &'static str, value: f64) -> Result<(), LearningError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(field, value, "non-negative and finite"))
+    }
+}
+
+/// Count hyperparameter `field` must be positive.
+pub(crate) fn check_count(field: &'static str, value: usize) -> Result<(), LearningError> {
+    if value == 0 {
+        Err(invalid(field, value, "positive"))
+    } else {
+        Ok(())
+    }
+}
+
 /// Errors of server-side aggregation of client updates.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum AggregationError {

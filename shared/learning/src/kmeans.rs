@@ -47,7 +47,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::LearningError;
+use crate::error::{LearningError, invalid};
 use crate::model::check_features;
 use fedprofile_privacy::GaussianMechanism;
 
@@ -56,14 +56,6 @@ use fedprofile_privacy::GaussianMechanism;
 pub struct KMeans {
     centroids: Array1<f64>,
     clusters: usize,
-}
-
-fn invalid(field: &'static str, value: usize, requirement: &'static str) -> LearningError {
-    LearningError::InvalidParam {
-        field,
-        value: value.to_string(),
-        requirement,
-    }
 }
 
 impl KMeans {

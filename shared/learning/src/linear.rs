@@ -14,10 +14,8 @@
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Slice};
 
 use crate::error::LearningError;
-use crate::model::{check_features, intercept_model_methods};
-use crate::objective::{
-    Objective, check_batch, check_params, design_gradients, linear_scores, mean_design_gradient,
-};
+use crate::model::{check_features, check_rows_and_features, intercept_model_methods};
+use crate::objective::{Batch, Objective, design_gradients, linear_scores, mean_design_gradient};
 
 /// A linear regression model with finite parameters `[intercept, w_1..w_dim]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,12 +59,7 @@ pub struct SquaredError {
 }
 
 impl SquaredError {
-    fn residuals(
-        &self,
-        params: ArrayView1<f64>,
-        x: ArrayView2<f64>,
-        y: ArrayView1<f64>,
-    ) -> Array1<f64> {
+    fn residuals(&self, Batch { params, x, y }: Batch<'_>) -> Array1<f64> {
         let mut r = linear_scores(params, x);
         r -= &y;
         r
@@ -78,51 +71,22 @@ impl Objective for SquaredError {
         self.dim + 1
     }
 
-    fn is_intercept(&self, index: usize) -> bool {
-        index == 0
-    }
-
     fn check_examples(&self, x: ArrayView2<f64>, y: ArrayView1<f64>) -> Result<(), LearningError> {
-        if x.nrows() != y.len() {
-            return Err(LearningError::RowMismatch {
-                rows: x.nrows(),
-                labels: y.len(),
-            });
-        }
-        check_features(x, self.dim)?;
+        check_rows_and_features(x, y, self.dim)?;
         check_finite_labels(y)
     }
 
-    fn per_example_gradients(
-        &self,
-        params: ArrayView1<f64>,
-        x: ArrayView2<f64>,
-        y: ArrayView1<f64>,
-    ) -> Result<Array2<f64>, LearningError> {
-        check_params(self, params)?;
-        self.check_examples(x, y)?;
-        Ok(design_gradients(x, self.residuals(params, x, y).view()))
+    fn checked_gradients(&self, batch: Batch<'_>) -> Array2<f64> {
+        design_gradients(batch.x, self.residuals(batch).view())
     }
 
-    fn loss(
-        &self,
-        params: ArrayView1<f64>,
-        x: ArrayView2<f64>,
-        y: ArrayView1<f64>,
-    ) -> Result<f64, LearningError> {
-        check_batch(self, params, x, y)?;
-        let r = self.residuals(params, x, y);
-        Ok(0.5 * r.dot(&r) / x.nrows() as f64)
+    fn checked_loss(&self, batch: Batch<'_>) -> f64 {
+        let r = self.residuals(batch);
+        0.5 * r.dot(&r) / batch.x.nrows() as f64
     }
 
-    fn mean_gradient(
-        &self,
-        params: ArrayView1<f64>,
-        x: ArrayView2<f64>,
-        y: ArrayView1<f64>,
-    ) -> Result<Array1<f64>, LearningError> {
-        check_batch(self, params, x, y)?;
-        Ok(mean_design_gradient(x, self.residuals(params, x, y).view()))
+    fn checked_mean_gradient(&self, batch: Batch<'_>) -> Array1<f64> {
+        mean_design_gradient(batch.x, self.residuals(batch).view())
     }
 }
 
@@ -268,14 +232,8 @@ mod tests {
         let (x, y) = synthetic(2000, 5);
         let params = test_params(20, 32, 0.05, 0.0);
         let start = LinearRegression::zeros(3);
-        let out = train_seeded(
-            &start.objective(),
-            start.params().view(),
-            x.view(),
-            y.view(),
-            &params,
-            9,
-        );
+        let o = start.objective();
+        let out = train_seeded(&o, start.params().view(), x.view(), y.view(), &params, 9);
         let m = LinearRegression::from_params(out.params).unwrap();
         assert_close(m.params(), &array![1.0, 2.0, -3.0, 0.5], 0.05);
         let (xt, yt) = synthetic(500, 6);

@@ -216,14 +216,24 @@ pub(crate) fn check_examples(
     y: ArrayView1<f64>,
     dim: usize,
 ) -> Result<(), LearningError> {
+    check_rows_and_features(x, y, dim)?;
+    check_labels(y)
+}
+
+/// Checks that there is one label per row and `dim` finite features per row
+/// (the labels themselves are the caller's to check).
+pub(crate) fn check_rows_and_features(
+    x: ArrayView2<f64>,
+    y: ArrayView1<f64>,
+    dim: usize,
+) -> Result<(), LearningError> {
     if x.nrows() != y.len() {
         return Err(LearningError::RowMismatch {
             rows: x.nrows(),
             labels: y.len(),
         });
     }
-    check_features(x, dim)?;
-    check_labels(y)
+    check_features(x, dim)
 }
 
 #[cfg(test)]

@@ -20,21 +20,54 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Slice};
 use crate::error::LearningError;
 use crate::model::{check_examples, example_log_loss, sigmoid};
 
+/// The parameters and labelled rows one objective call is evaluated on; the
+/// `checked_*` methods of [`Objective`] receive it after the checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// Flat parameters, of the objective's length and finite.
+    pub params: ArrayView1<'a, f64>,
+    /// Feature rows.
+    pub x: ArrayView2<'a, f64>,
+    /// One label per row.
+    pub y: ArrayView1<'a, f64>,
+}
+
 /// A differentiable training loss over a flat parameter vector.
 ///
 /// Implementations fix the model shape (number of features, classes, ...) and so
 /// the parameter count; the same value is used on the client (training) and can
 /// be rebuilt on the coordinator from the run's configuration.
+///
+/// An implementation writes the math on checked input (the `checked_*`
+/// methods); the provided methods [`Objective::per_example_gradients`],
+/// [`Objective::loss`] and [`Objective::mean_gradient`] check the parameters
+/// ([`check_params`]) and the examples ([`Objective::check_examples`]) first.
 pub trait Objective {
     /// Length of the parameter vector.
     fn param_count(&self) -> usize;
 
-    /// Whether parameter `index` is an intercept (excluded from the L2 penalty).
-    fn is_intercept(&self, index: usize) -> bool;
+    /// Whether parameter `index` is an intercept (excluded from the L2 penalty);
+    /// by default the layout is `[intercept, w_1..w_dim]`.
+    fn is_intercept(&self, index: usize) -> bool {
+        index == 0
+    }
 
     /// Checks a labelled set: feature count, finite features, one valid label per
     /// row. Zero rows are accepted.
     fn check_examples(&self, x: ArrayView2<f64>, y: ArrayView1<f64>) -> Result<(), LearningError>;
+
+    /// [`Objective::per_example_gradients`] of a checked batch (possibly empty).
+    fn checked_gradients(&self, batch: Batch<'_>) -> Array2<f64>;
+
+    /// [`Objective::loss`] of a checked batch of at least one row.
+    fn checked_loss(&self, batch: Batch<'_>) -> f64;
+
+    /// [`Objective::mean_gradient`] of a checked batch of at least one row: by
+    /// default the column means of [`Objective::checked_gradients`].
+    fn checked_mean_gradient(&self, batch: Batch<'_>) -> Array1<f64> {
+        // `sum / n` is what `mean_axis` computes, to the bit.
+        self.checked_gradients(batch).sum_axis(Axis(0)) / batch.x.nrows() as f64
+    }
 
     /// The gradient of each example's loss at `params`, one row per example
     /// (`rows × param_count()`); what DP-SGD clips row by row. An empty batch gives
@@ -44,7 +77,11 @@ pub trait Objective {
         params: ArrayView1<f64>,
         x: ArrayView2<f64>,
         y: ArrayView1<f64>,
-    ) -> Result<Array2<f64>, LearningError>;
+    ) -> Result<Array2<f64>, LearningError> {
+        check_params(self, params)?;
+        self.check_examples(x, y)?;
+        Ok(self.checked_gradients(Batch { params, x, y }))
+    }
 
     /// The mean loss over the rows of `x` at `params`; at least one row is needed.
     fn loss(
@@ -52,7 +89,10 @@ pub trait Objective {
         params: ArrayView1<f64>,
         x: ArrayView2<f64>,
         y: ArrayView1<f64>,
-    ) -> Result<f64, LearningError>;
+    ) -> Result<f64, LearningError> {
+        check_batch(self, params, x, y)?;
+        Ok(self.checked_loss(Batch { params, x, y }))
+    }
 
     /// The mean gradient over a non-empty batch: the column means of
     /// [`Objective::per_example_gradients`].
@@ -62,8 +102,8 @@ pub trait Objective {
         x: ArrayView2<f64>,
         y: ArrayView1<f64>,
     ) -> Result<Array1<f64>, LearningError> {
-        let grads = self.per_example_gradients(params, x, y)?;
-        grads.mean_axis(Axis(0)).ok_or(LearningError::EmptyInput)
+        check_batch(self, params, x, y)?;
+        Ok(self.checked_mean_gradient(Batch { params, x, y }))
     }
 }
 
@@ -129,11 +169,7 @@ pub(crate) fn mean_design_gradient(x: ArrayView2<f64>, residuals: ArrayView1<f64
 }
 
 /// `p_i - y_i` with `p_i = sigmoid(intercept + w · x_i)`; shapes must be checked.
-fn logistic_residuals(
-    params: ArrayView1<f64>,
-    x: ArrayView2<f64>,
-    y: ArrayView1<f64>,
-) -> Array1<f64> {
+fn logistic_residuals(Batch { params, x, y }: Batch<'_>) -> Array1<f64> {
     let mut r = linear_scores(params, x).mapv_into(sigmoid);
     r -= &y;
     r
@@ -154,54 +190,28 @@ impl Objective for LogLoss {
         self.dim + 1
     }
 
-    fn is_intercept(&self, index: usize) -> bool {
-        index == 0
-    }
-
     fn check_examples(&self, x: ArrayView2<f64>, y: ArrayView1<f64>) -> Result<(), LearningError> {
         check_examples(x, y, self.dim)
     }
 
-    fn per_example_gradients(
-        &self,
-        params: ArrayView1<f64>,
-        x: ArrayView2<f64>,
-        y: ArrayView1<f64>,
-    ) -> Result<Array2<f64>, LearningError> {
-        check_params(self, params)?;
-        self.check_examples(x, y)?;
-        Ok(design_gradients(x, logistic_residuals(params, x, y).view()))
+    fn checked_gradients(&self, batch: Batch<'_>) -> Array2<f64> {
+        design_gradients(batch.x, logistic_residuals(batch).view())
     }
 
     /// `[sum(r), x^T r] / n` with `r_i = p_i - y_i`, without materialising the
     /// per-example rows (the operations of the logistic loop before the loops
     /// were merged, so that seeded runs give the same bits).
-    fn mean_gradient(
-        &self,
-        params: ArrayView1<f64>,
-        x: ArrayView2<f64>,
-        y: ArrayView1<f64>,
-    ) -> Result<Array1<f64>, LearningError> {
-        check_batch(self, params, x, y)?;
-        Ok(mean_design_gradient(
-            x,
-            logistic_residuals(params, x, y).view(),
-        ))
+    fn checked_mean_gradient(&self, batch: Batch<'_>) -> Array1<f64> {
+        mean_design_gradient(batch.x, logistic_residuals(batch).view())
     }
 
-    fn loss(
-        &self,
-        params: ArrayView1<f64>,
-        x: ArrayView2<f64>,
-        y: ArrayView1<f64>,
-    ) -> Result<f64, LearningError> {
-        check_batch(self, params, x, y)?;
+    fn checked_loss(&self, Batch { params, x, y }: Batch<'_>) -> f64 {
         let total: f64 = linear_scores(params, x)
             .iter()
             .zip(y)
             .map(|(&z, &label)| example_log_loss(sigmoid(z), label))
             .sum();
-        Ok(total / x.nrows() as f64)
+        total / x.nrows() as f64
     }
 }
 

@@ -13,8 +13,8 @@
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Slice};
 
 use crate::error::LearningError;
-use crate::model::{LOG_LOSS_EPS, check_features};
-use crate::objective::{Objective, check_params};
+use crate::model::{LOG_LOSS_EPS, check_features, check_rows_and_features};
+use crate::objective::{Batch, Objective};
 
 /// A softmax regression model with finite parameters over `classes >= 2` classes.
 #[derive(Debug, Clone, PartialEq)]
@@ -224,15 +224,13 @@ impl SoftmaxCrossEntropy {
         p
     }
 
-    fn check_all(
-        &self,
-        params: ArrayView1<f64>,
-        x: ArrayView2<f64>,
-        y: ArrayView1<f64>,
-    ) -> Result<(), LearningError> {
-        check_classes(self.classes)?;
-        check_params(self, params)?;
-        self.check_examples(x, y)
+    /// `p - onehot(y)`, `rows × classes`: the residuals of every class.
+    fn residuals(&self, Batch { params, x, y }: Batch<'_>) -> Array2<f64> {
+        let mut r = self.probabilities(params, x);
+        for (mut row, &label) in r.rows_mut().into_iter().zip(&y) {
+            row[label as usize] -= 1.0;
+        }
+        r
     }
 }
 
@@ -245,50 +243,28 @@ impl Objective for SoftmaxCrossEntropy {
         index.is_multiple_of(self.dim + 1)
     }
 
+    /// Also checks the class count (at least 2) first.
     fn check_examples(&self, x: ArrayView2<f64>, y: ArrayView1<f64>) -> Result<(), LearningError> {
-        if x.nrows() != y.len() {
-            return Err(LearningError::RowMismatch {
-                rows: x.nrows(),
-                labels: y.len(),
-            });
-        }
-        check_features(x, self.dim)?;
+        check_classes(self.classes)?;
+        check_rows_and_features(x, y, self.dim)?;
         check_class_labels(y, self.classes)
     }
 
-    fn per_example_gradients(
-        &self,
-        params: ArrayView1<f64>,
-        x: ArrayView2<f64>,
-        y: ArrayView1<f64>,
-    ) -> Result<Array2<f64>, LearningError> {
-        self.check_all(params, x, y)?;
-        let mut r = self.probabilities(params, x);
-        for (mut row, &label) in r.rows_mut().into_iter().zip(&y) {
-            row[label as usize] -= 1.0;
-        }
+    fn checked_gradients(&self, batch: Batch<'_>) -> Array2<f64> {
+        let r = self.residuals(batch);
         let width = self.dim + 1;
-        let mut grads = Array2::zeros((x.nrows(), self.param_count()));
+        let mut grads = Array2::zeros((batch.x.nrows(), self.param_count()));
         for c in 0..self.classes {
             crate::objective::scaled_design_rows(
-                x,
+                batch.x,
                 r.column(c),
                 grads.slice_axis_mut(Axis(1), Slice::from(c * width..(c + 1) * width)),
             );
         }
-        Ok(grads)
+        grads
     }
 
-    fn loss(
-        &self,
-        params: ArrayView1<f64>,
-        x: ArrayView2<f64>,
-        y: ArrayView1<f64>,
-    ) -> Result<f64, LearningError> {
-        self.check_all(params, x, y)?;
-        if x.nrows() == 0 {
-            return Err(LearningError::EmptyInput);
-        }
+    fn checked_loss(&self, Batch { params, x, y }: Batch<'_>) -> f64 {
         let p = self.probabilities(params, x);
         let total: f64 = p
             .rows()
@@ -296,31 +272,19 @@ impl Objective for SoftmaxCrossEntropy {
             .zip(&y)
             .map(|(row, &label)| class_log_loss(row[label as usize]))
             .sum();
-        Ok(total / x.nrows() as f64)
+        total / x.nrows() as f64
     }
 
-    fn mean_gradient(
-        &self,
-        params: ArrayView1<f64>,
-        x: ArrayView2<f64>,
-        y: ArrayView1<f64>,
-    ) -> Result<Array1<f64>, LearningError> {
-        self.check_all(params, x, y)?;
-        let n = x.nrows();
-        if n == 0 {
-            return Err(LearningError::EmptyInput);
-        }
-        let mut r = self.probabilities(params, x);
-        for (mut row, &label) in r.rows_mut().into_iter().zip(&y) {
-            row[label as usize] -= 1.0;
-        }
+    fn checked_mean_gradient(&self, batch: Batch<'_>) -> Array1<f64> {
+        let (x, n) = (batch.x, batch.x.nrows());
+        let r = self.residuals(batch);
         // k × (dim + 1): column 0 the residual sums, the rest rᵀ x
         let mut grad = Array2::zeros((self.classes, self.dim + 1));
         grad.column_mut(0).assign(&r.sum_axis(Axis(0)));
         grad.slice_axis_mut(Axis(1), Slice::from(1..))
             .assign(&r.t().dot(&x));
         grad /= n as f64;
-        Ok(grad.into_iter().collect())
+        grad.into_iter().collect()
     }
 }
 
@@ -504,14 +468,8 @@ mod tests {
         let (x, y) = blobs(200, 1);
         let start = SoftmaxRegression::zeros(2, 3).unwrap();
         let params = test_params(10, 16, 0.1, 0.001);
-        let out = train_seeded(
-            &start.objective(),
-            start.params().view(),
-            x.view(),
-            y.view(),
-            &params,
-            2,
-        );
+        let o = start.objective();
+        let out = train_seeded(&o, start.params().view(), x.view(), y.view(), &params, 2);
         let m = SoftmaxRegression::from_params(out.params, 3).unwrap();
         let (xt, yt) = blobs(100, 9);
         let summary = MulticlassSummary::from_predictions(

@@ -38,7 +38,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::error::LearningError;
+use crate::error::{LearningError, check_count, check_non_negative, check_positive};
 use crate::objective::{Objective, check_params};
 
 /// Unchecked training hyperparameters; call [`TrainParams::check`] to train.
@@ -79,38 +79,12 @@ impl Default for TrainParams {
 impl TrainParams {
     /// Validates every field; the error names the first bad field and its value.
     pub fn check(&self) -> Result<ValidTrainParams, LearningError> {
-        if self.epochs == 0 {
-            return Err(invalid("epochs", self.epochs, "positive"));
-        }
-        if self.batch_size == 0 {
-            return Err(invalid("batch_size", self.batch_size, "positive"));
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return Err(invalid(
-                "learning_rate",
-                self.learning_rate,
-                "positive and finite",
-            ));
-        }
-        if !(self.l2.is_finite() && self.l2 >= 0.0) {
-            return Err(invalid("l2", self.l2, "non-negative and finite"));
-        }
-        if !(self.prox_mu.is_finite() && self.prox_mu >= 0.0) {
-            return Err(invalid("prox_mu", self.prox_mu, "non-negative and finite"));
-        }
+        check_count("epochs", self.epochs)?;
+        check_count("batch_size", self.batch_size)?;
+        check_positive("learning_rate", self.learning_rate)?;
+        check_non_negative("l2", self.l2)?;
+        check_non_negative("prox_mu", self.prox_mu)?;
         Ok(ValidTrainParams(self.clone()))
-    }
-}
-
-fn invalid(
-    field: &'static str,
-    value: impl std::fmt::Display,
-    requirement: &'static str,
-) -> LearningError {
-    LearningError::InvalidParam {
-        field,
-        value: value.to_string(),
-        requirement,
     }
 }
 

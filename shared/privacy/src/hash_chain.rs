@@ -38,6 +38,22 @@ pub trait Chained: Serialize + Clone {
     fn set_hash(&mut self, hash: String);
 }
 
+/// Implements [`Chained`] for a struct whose hash is its `hash: String`
+/// field: `fedprofile_privacy::chained_by_hash_field!(AuditEntry);`.
+#[macro_export]
+macro_rules! chained_by_hash_field {
+    ($entry:ty) => {
+        impl $crate::hash_chain::Chained for $entry {
+            fn hash(&self) -> &str {
+                &self.hash
+            }
+            fn set_hash(&mut self, hash: String) {
+                self.hash = hash;
+            }
+        }
+    };
+}
+
 /// Why a line cannot be sealed or does not check.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
@@ -141,14 +157,7 @@ mod tests {
         hash: String,
     }
 
-    impl Chained for Entry {
-        fn hash(&self) -> &str {
-            &self.hash
-        }
-        fn set_hash(&mut self, hash: String) {
-            self.hash = hash;
-        }
-    }
+    crate::chained_by_hash_field!(Entry);
 
     fn entry() -> Entry {
         Entry {
@@ -214,14 +223,7 @@ mod tests {
             map: std::collections::HashMap<(u8, u8), u8>,
             hash: String,
         }
-        impl Chained for Bad {
-            fn hash(&self) -> &str {
-                &self.hash
-            }
-            fn set_hash(&mut self, hash: String) {
-                self.hash = hash;
-            }
-        }
+        crate::chained_by_hash_field!(Bad);
         let mut bad = Bad {
             map: [((1, 2), 3)].into_iter().collect(),
             hash: String::new(),

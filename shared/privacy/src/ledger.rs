@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use crate::accountant::{Accountant, Charge, Composition, MechanismKind};
 use crate::error::PrivacyError;
-use crate::hash_chain::{self, Canonical, ChainError, Chained};
+use crate::hash_chain::{self, Canonical, ChainError};
 
 /// `prev_hash` of the first line.
 pub const GENESIS_HASH: &str = hash_chain::GENESIS;
@@ -136,14 +136,7 @@ pub struct LedgerEntry {
 /// A ledger line's hash covers its stored bytes without the `hash` member.
 const CANONICAL: Canonical = Canonical::WithoutHashMember;
 
-impl Chained for LedgerEntry {
-    fn hash(&self) -> &str {
-        &self.hash
-    }
-    fn set_hash(&mut self, hash: String) {
-        self.hash = hash;
-    }
-}
+crate::chained_by_hash_field!(LedgerEntry);
 
 impl LedgerEntry {
     /// The charge this line records.

@@ -17,7 +17,6 @@ use fedprofile_learning::Statistics;
 use fedprofile_learning::trees::{Histograms, TreeStatistics};
 use fedprofile_protocol::messages::{ClientReply, ResultBody, TrainReport};
 use fedprofile_protocol::pb;
-use ndarray::Array1;
 use prost::Message;
 
 fn level(nodes: usize, bins_per_node: usize) -> ClientReply {
@@ -32,17 +31,12 @@ fn level(nodes: usize, bins_per_node: usize) -> ClientReply {
     let h = Histograms::from_parts(nodes, grad, hess, 5_000, 0.0).expect("histograms");
     ClientReply::Result {
         task_id: "run/r1/a0/x3/train/partner-a".into(),
-        body: ResultBody::Train(TrainReport {
-            delta: Array1::zeros(0),
-            examples: 5_000,
-            steps: 1,
-            train_loss: 0.0,
-            train_micros: 1,
-            update_norm: 0.0,
-            epsilon_spent: None,
-            not_private: false,
-            statistics: Some(Statistics::Trees(TreeStatistics::Level(h))),
-        }),
+        body: ResultBody::Train(TrainReport::of_statistics(
+            Statistics::Trees(TreeStatistics::Level(h)),
+            1,
+            None,
+            false,
+        )),
     }
 }
 

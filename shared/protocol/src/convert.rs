@@ -667,104 +667,48 @@ fn optional(value: String) -> Option<String> {
     (!value.is_empty()).then_some(value)
 }
 
-impl From<RunInfo> for pb::RunInfo {
-    fn from(r: RunInfo) -> pb::RunInfo {
-        pb::RunInfo {
-            run_id: r.run_id,
-            name: r.name,
-            state: r.state,
-            rounds_planned: r.rounds_planned,
-            rounds_done: r.rounds_done,
-            created_at: r.created_at,
-            started_at: text(r.started_at),
-            finished_at: text(r.finished_at),
-            failure: text(r.failure),
-            auc: r.auc,
-            log_loss: r.log_loss,
-            epsilon: r.epsilon,
-            quality: r.quality,
+/// `From` both ways between a domain message and its protobuf twin of the
+/// same name and fields: each field moves as it is, except the `texts`
+/// (optional texts, the empty string on the wire: [`text`] and [`optional`]).
+macro_rules! mirror {
+    ($message:ident { $($field:ident),* $(,)? } $(texts { $($text:ident),* $(,)? })?) => {
+        impl From<$message> for pb::$message {
+            fn from(m: $message) -> pb::$message {
+                pb::$message {
+                    $($field: m.$field,)*
+                    $($($text: text(m.$text),)*)?
+                }
+            }
         }
+
+        impl From<pb::$message> for $message {
+            fn from(m: pb::$message) -> $message {
+                $message {
+                    $($field: m.$field,)*
+                    $($($text: optional(m.$text),)*)?
+                }
+            }
+        }
+    };
+}
+
+mirror! {
+    RunInfo {
+        run_id, name, state, rounds_planned, rounds_done, created_at, auc, log_loss, epsilon,
+        quality,
+    }
+    texts { started_at, finished_at, failure }
+}
+
+mirror! {
+    RunProgress {
+        run_id, round, rounds_planned, state, clients_accepted, clients_selected, auc, log_loss,
+        epsilon, message, quality,
     }
 }
 
-impl From<pb::RunInfo> for RunInfo {
-    fn from(r: pb::RunInfo) -> RunInfo {
-        RunInfo {
-            run_id: r.run_id,
-            name: r.name,
-            state: r.state,
-            rounds_planned: r.rounds_planned,
-            rounds_done: r.rounds_done,
-            created_at: r.created_at,
-            started_at: optional(r.started_at),
-            finished_at: optional(r.finished_at),
-            failure: optional(r.failure),
-            auc: r.auc,
-            log_loss: r.log_loss,
-            epsilon: r.epsilon,
-            quality: r.quality,
-        }
-    }
-}
-
-impl From<RunProgress> for pb::RunProgress {
-    fn from(p: RunProgress) -> pb::RunProgress {
-        pb::RunProgress {
-            run_id: p.run_id,
-            round: p.round,
-            rounds_planned: p.rounds_planned,
-            state: p.state,
-            clients_accepted: p.clients_accepted,
-            clients_selected: p.clients_selected,
-            auc: p.auc,
-            log_loss: p.log_loss,
-            epsilon: p.epsilon,
-            message: p.message,
-            quality: p.quality,
-        }
-    }
-}
-
-impl From<pb::RunProgress> for RunProgress {
-    fn from(p: pb::RunProgress) -> RunProgress {
-        RunProgress {
-            run_id: p.run_id,
-            round: p.round,
-            rounds_planned: p.rounds_planned,
-            state: p.state,
-            clients_accepted: p.clients_accepted,
-            clients_selected: p.clients_selected,
-            auc: p.auc,
-            log_loss: p.log_loss,
-            epsilon: p.epsilon,
-            message: p.message,
-            quality: p.quality,
-        }
-    }
-}
-
-impl From<ClientInfo> for pb::ClientInfo {
-    fn from(c: ClientInfo) -> pb::ClientInfo {
-        pb::ClientInfo {
-            client_id: c.client_id,
-            connected: c.connected,
-            first_seen: c.first_seen,
-            last_seen: c.last_seen,
-            budget_epsilon_left: c.budget_epsilon_left,
-        }
-    }
-}
-
-impl From<pb::ClientInfo> for ClientInfo {
-    fn from(c: pb::ClientInfo) -> ClientInfo {
-        ClientInfo {
-            client_id: c.client_id,
-            connected: c.connected,
-            first_seen: c.first_seen,
-            last_seen: c.last_seen,
-            budget_epsilon_left: c.budget_epsilon_left,
-        }
-    }
+mirror! {
+    ClientInfo { client_id, connected, first_seen, last_seen, budget_epsilon_left }
 }
 
 #[cfg(test)]

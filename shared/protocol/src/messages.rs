@@ -202,6 +202,30 @@ pub struct TrainReport {
     pub statistics: Option<Statistics>,
 }
 
+impl TrainReport {
+    /// The answer of a statistics family: its local `statistics` over
+    /// [`Statistics::examples`] rows in place of a delta (empty), as one step
+    /// with no training loss and no update norm.
+    pub fn of_statistics(
+        statistics: Statistics,
+        train_micros: u64,
+        epsilon_spent: Option<f64>,
+        not_private: bool,
+    ) -> TrainReport {
+        TrainReport {
+            delta: Array1::zeros(0),
+            examples: statistics.examples(),
+            steps: 1,
+            train_loss: 0.0,
+            train_micros,
+            update_norm: 0.0,
+            epsilon_spent,
+            not_private,
+            statistics: Some(statistics),
+        }
+    }
+}
+
 /// The body of a result.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ResultBody {

@@ -81,6 +81,18 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+impl TlsFiles {
+    /// The files at `ca_cert`, `cert` and `key` as a configuration file names
+    /// them: relative paths are resolved against `base`, the file's folder.
+    pub fn under(base: &Path, ca_cert: &Path, cert: &Path, key: &Path) -> TlsFiles {
+        TlsFiles {
+            ca_cert: base.join(ca_cert),
+            cert: base.join(cert),
+            key: base.join(key),
+        }
+    }
+}
+
 /// A certificate file's bytes, checked to hold at least one certificate.
 fn read_certificate(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     let file = PemFile::read(what, path)?;
@@ -360,6 +372,17 @@ pub fn explain_tls_failure(
     ctx: TlsContext<'_>,
 ) -> Option<String> {
     rustls_error_in(error).map(|e| explain_rustls(&e, ctx))
+}
+
+/// [`explain_tls_failure`] for a dialling side that may run without TLS:
+/// `tls` is its files and the name the coordinator's certificate must be
+/// valid for, `None` without TLS (and then there is nothing to explain).
+pub fn explain_tls_refusal(
+    error: &(dyn std::error::Error + 'static),
+    tls: Option<&(TlsFiles, String)>,
+) -> Option<String> {
+    let (files, server_name) = tls?;
+    explain_tls_failure(error, TlsContext { files, server_name })
 }
 
 /// [`explain_tls_failure`] for one rustls error.

@@ -10,7 +10,7 @@ use super::common::{family_kind, one_column, supervised_evaluation};
 use super::{AnyModel, Evaluation, Family, LabelNeed, ModelFamily, ScoreTable, Training, labels};
 use crate::error::LearningError;
 use crate::model_file::ModelDocument;
-use crate::objective::{Objective, check_params};
+use crate::objective::{Batch, Objective, check_params};
 use crate::regression_metrics::RegressionSummary;
 
 /// A linear model through the origin.
@@ -47,28 +47,14 @@ impl Objective for ThroughOrigin {
         Ok(())
     }
 
-    fn per_example_gradients(
-        &self,
-        params: ArrayView1<f64>,
-        x: ArrayView2<f64>,
-        y: ArrayView1<f64>,
-    ) -> Result<Array2<f64>, LearningError> {
-        check_params(self, params)?;
-        self.check_examples(x, y)?;
+    fn checked_gradients(&self, Batch { params, x, y }: Batch<'_>) -> Array2<f64> {
         let r = x.dot(&params) - y;
-        Ok(&x * &r.insert_axis(Axis(1)))
+        &x * &r.insert_axis(Axis(1))
     }
 
-    fn loss(
-        &self,
-        params: ArrayView1<f64>,
-        x: ArrayView2<f64>,
-        y: ArrayView1<f64>,
-    ) -> Result<f64, LearningError> {
-        check_params(self, params)?;
-        self.check_examples(x, y)?;
+    fn checked_loss(&self, Batch { params, x, y }: Batch<'_>) -> f64 {
         let r = x.dot(&params) - y;
-        Ok(r.mapv(|v| v * v / 2.0).mean().unwrap_or(0.0))
+        r.mapv(|v| v * v / 2.0).mean().unwrap_or(0.0)
     }
 }
 

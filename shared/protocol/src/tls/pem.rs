@@ -94,13 +94,7 @@ impl PemFile {
 
     /// Every "CERTIFICATE" block, in file order; at least one.
     pub fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, PemError> {
-        let certs = CertificateDer::pem_slice_iter(&self.bytes)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.invalid(e))?;
-        if certs.is_empty() {
-            return Err(self.no_block("CERTIFICATE"));
-        }
-        Ok(certs)
+        self.blocks("CERTIFICATE")
     }
 
     /// The first private key: PKCS#8 ("PRIVATE KEY"), SEC1 ("EC PRIVATE KEY")
@@ -115,13 +109,18 @@ impl PemFile {
     /// Every "X509 CRL" block; at least one (an empty file is more likely one
     /// caught mid-write than a revocation list).
     pub fn revocation_lists(&self) -> Result<Vec<CertificateRevocationListDer<'static>>, PemError> {
-        let crls = CertificateRevocationListDer::pem_slice_iter(&self.bytes)
+        self.blocks("X509 CRL")
+    }
+
+    /// Every block of kind `T` (labelled `label`), in file order; at least one.
+    fn blocks<T: PemObject>(&self, label: &'static str) -> Result<Vec<T>, PemError> {
+        let blocks = T::pem_slice_iter(&self.bytes)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.invalid(e))?;
-        if crls.is_empty() {
-            return Err(self.no_block("X509 CRL"));
+        if blocks.is_empty() {
+            return Err(self.no_block(label));
         }
-        Ok(crls)
+        Ok(blocks)
     }
 }
 
