@@ -51,7 +51,7 @@ pub enum SchemaCommand {
 
 /// Arguments of `schema infer`.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("target").args(["label", "target", "class"])))]
+#[command(group(ArgGroup::new("training_target").args(["label", "target", "class"])))]
 pub struct InferArgs {
     /// A source export as NAME=PATH (repeat for several sources, fused on --key). A
     /// file in a folder named like --split is written as `{split}/<file>`.
@@ -88,8 +88,9 @@ pub struct InferArgs {
 
 fn write_or_print(text: &str, out: Option<&Path>) -> Result<(), String> {
     match out {
-        Some(path) => std::fs::write(path, text)
-            .map_err(|e| format!("{}: cannot write: {e}", path.display())),
+        Some(path) => {
+            std::fs::write(path, text).map_err(|e| format!("{}: cannot write: {e}", path.display()))
+        }
         None => {
             print(text.trim_end());
             Ok(())
@@ -192,7 +193,12 @@ fn infer_cmd(args: InferArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn check_cmd(schema_path: &Path, data_dir: &Path, split: &str, min_count: u64) -> Result<(), String> {
+fn check_cmd(
+    schema_path: &Path,
+    data_dir: &Path,
+    split: &str,
+    min_count: u64,
+) -> Result<(), String> {
     let schema = Schema::from_path(schema_path).map_err(|e| e.to_string())?;
     let options = InferOptions {
         min_count: min_count.max(1),
@@ -202,11 +208,12 @@ fn check_cmd(schema_path: &Path, data_dir: &Path, split: &str, min_count: u64) -
     let mut lines = Vec::new();
     for source in schema.sources() {
         let path = data_dir.join(source.path.replace(SPLIT_PLACEHOLDER, split));
-        let profile = match infer::profile_file(&source.name, &path, schema.key(), options.min_count) {
-            Ok(p) => p,
-            // Reported below by loading the split (the blocking verdict).
-            Err(_) => continue,
-        };
+        let profile =
+            match infer::profile_file(&source.name, &path, schema.key(), options.min_count) {
+                Ok(p) => p,
+                // Reported below by loading the split (the blocking verdict).
+                Err(_) => continue,
+            };
         for f in infer::check_source(source, &profile, &options) {
             lines.push(format!("{}: {}", profile.file, f.message));
         }
@@ -214,7 +221,8 @@ fn check_cmd(schema_path: &Path, data_dir: &Path, split: &str, min_count: u64) -
     for line in &lines {
         print(&format!("note: {line}"));
     }
-    let loaded = fedprofile_data::load_split(&schema, data_dir, split).map_err(|e| e.to_string())?;
+    let loaded =
+        fedprofile_data::load_split(&schema, data_dir, split).map_err(|e| e.to_string())?;
     let problems: Vec<String> = loaded.problems().iter().map(ToString::to_string).collect();
     if !problems.is_empty() {
         return Err(problems.join("\nerror: "));
@@ -227,4 +235,33 @@ fn check_cmd(schema_path: &Path, data_dir: &Path, split: &str, min_count: u64) -
         lines.len()
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use crate::cli::Cli;
+
+    #[test]
+    fn the_command_line_is_well_formed_and_label_options_exclude_each_other() {
+        Cli::command().debug_assert();
+        let infer = |extra: &[&str]| {
+            let mut args = vec![
+                "fedprofile-client",
+                "schema",
+                "infer",
+                "--source",
+                "a=a.csv",
+                "--key",
+                "id",
+            ];
+            args.extend(extra);
+            Cli::try_parse_from(args)
+        };
+        assert!(infer(&["--label", "churn", "--positive", "yes"]).is_ok());
+        assert!(infer(&["--target", "amount"]).is_ok());
+        assert!(infer(&["--label", "churn", "--class", "plan"]).is_err());
+        assert!(infer(&["--positive", "yes"]).is_err());
+    }
 }

@@ -32,9 +32,19 @@ fn infer(data: &Path, out: &Path) -> Output {
     let accounts = format!("accounts={}", data.join("train/accounts.csv").display());
     let services = format!("services={}", data.join("train/services.csv").display());
     let mut cmd = Command::new(bin("fedprofile-client"));
-    cmd.args(["schema", "infer", "--source", &accounts, "--source", &services])
-        .args(["--key", "customer_id", "--label", "churn", "--positive", "yes", "--out"])
-        .arg(out);
+    cmd.args([
+        "schema", "infer", "--source", &accounts, "--source", &services,
+    ])
+    .args([
+        "--key",
+        "customer_id",
+        "--label",
+        "churn",
+        "--positive",
+        "yes",
+        "--out",
+    ])
+    .arg(out);
     run_bounded(&mut cmd, Duration::from_secs(60))
 }
 
@@ -66,7 +76,10 @@ fn infer_merge_then_check_data_reports_the_hand_written_counts() {
     let run = client(&["schema", "merge"], &args);
     assert!(run.status.success(), "{}", text(&run));
     let merged = fs::read_to_string(&federation).unwrap();
-    assert!(merged.contains("keep_newest_by = \"updated_at\""), "{merged}");
+    assert!(
+        merged.contains("keep_newest_by = \"updated_at\""),
+        "{merged}"
+    );
 
     let faults: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(demo_dir().join("data/faults.json")).unwrap())
@@ -181,7 +194,11 @@ fn a_rare_category_is_not_written_and_check_notes_it_without_failing() {
     // ... and a missing header column is blocking.
     let services = data.join("train/services.csv");
     let csv = fs::read_to_string(&services).unwrap();
-    fs::write(&services, csv.replacen("streaming_tv", "streaming_television", 1)).unwrap();
+    fs::write(
+        &services,
+        csv.replacen("streaming_tv", "streaming_television", 1),
+    )
+    .unwrap();
     let run = client(
         &["schema", "check", "--schema"],
         &[&schema, Path::new("--data-dir"), &data],

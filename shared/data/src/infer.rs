@@ -120,9 +120,9 @@ pub enum LabelSpec {
 impl LabelSpec {
     fn column(&self) -> &str {
         match self {
-            LabelSpec::Label { column, .. } | LabelSpec::Target(column) | LabelSpec::Class(column) => {
-                column
-            }
+            LabelSpec::Label { column, .. }
+            | LabelSpec::Target(column)
+            | LabelSpec::Class(column) => column,
         }
     }
 }
@@ -133,6 +133,8 @@ struct ValueStats {
     cells: u64,
     /// Hashes of the users holding it, at most `min_count` of them.
     users: HashSet<u64>,
+    /// Trimmed spellings seen (at most 2: enough to tell "several spellings").
+    spellings: BTreeSet<String>,
 }
 
 /// What one pass over a column found.
@@ -154,8 +156,8 @@ pub struct ColumnProfile {
     pub min: Option<f64>,
     /// Largest number seen.
     pub max: Option<f64>,
-    /// Cells with surrounding white space or not in lowercase.
-    pub noisy: u64,
+    /// Cells with surrounding white space.
+    pub padded: u64,
     values: BTreeMap<String, ValueStats>,
     /// More than [`MAX_TRACKED_VALUES`] distinct values: `values` was dropped.
     overflow: bool,
@@ -392,8 +394,8 @@ pub fn profile_source(
             }
             col.non_blank += 1;
             let folded = &folded_row[*i];
-            if trimmed.len() != raw.len() || folded != trimmed {
-                col.noisy += 1;
+            if trimmed.len() != raw.len() {
+                col.padded += 1;
             }
             if let Some(x) = parse_number(trimmed) {
                 col.numbers += 1;
@@ -422,6 +424,9 @@ pub fn profile_source(
                     None => col.values.entry(folded.clone()).or_default(),
                 };
                 stats.cells += 1;
+                if stats.spellings.len() < 2 && !stats.spellings.contains(trimmed) {
+                    stats.spellings.insert(trimmed.to_owned());
+                }
                 if (stats.users.len() as u64) < min_count {
                     stats.users.insert(user);
                 }
@@ -783,12 +788,17 @@ fn decide(
             }
         }
     };
-    if c.noisy > 0 && matches!(kind, ColumnKind::Categorical { .. } | ColumnKind::Boolean { .. })
-    {
-        notes.push(format!(
-            "{} cell(s) differ only in case or surrounding white space: matched after trimming and case-folding",
-            c.noisy
-        ));
+    if matches!(
+        kind,
+        ColumnKind::Categorical { .. } | ColumnKind::Boolean { .. }
+    ) {
+        let cased = c.values.values().filter(|v| v.spellings.len() > 1).count();
+        if c.padded > 0 || cased > 0 {
+            notes.push(format!(
+                "{} cell(s) with surrounding white space, {cased} value(s) spelled in more than one case: matched after trimming and case-folding",
+                c.padded
+            ));
+        }
     }
     Ok((kind, notes))
 }
@@ -807,7 +817,11 @@ fn notes_label(c: &ColumnProfile, o: &InferOptions) -> Vec<String> {
     notes
 }
 
-fn decide_label(c: &ColumnProfile, label: &LabelSpec, o: &InferOptions) -> Result<ColumnKind, String> {
+fn decide_label(
+    c: &ColumnProfile,
+    label: &LabelSpec,
+    o: &InferOptions,
+) -> Result<ColumnKind, String> {
     let name = &c.name;
     match label {
         LabelSpec::Target(_) => {
@@ -874,9 +888,10 @@ fn decide_label(c: &ColumnProfile, label: &LabelSpec, o: &InferOptions) -> Resul
 /// The schema path of an export: `{split}/<file name>` when the file lies in a folder
 /// named like the split, else the file name.
 fn schema_path(file: &Path, split: &str) -> String {
-    let name = file
-        .file_name()
-        .map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let name = file.file_name().map_or_else(
+        || file.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let in_split = file
         .parent()
         .and_then(Path::file_name)
@@ -942,7 +957,8 @@ pub fn infer_schema(
             }
             let (kind, notes) =
                 decide(c, o, is_primary).map_err(|e| format!("source '{}': {e}", p.name))?;
-            if matches!(guess(c, o), Guess::Date) && o.label.as_ref().is_none_or(|l| l.column() != c.name)
+            if matches!(guess(c, o), Guess::Date)
+                && o.label.as_ref().is_none_or(|l| l.column() != c.name)
             {
                 dates.push(c.name.clone());
             }
@@ -986,7 +1002,10 @@ pub fn infer_schema(
         sources.push(DraftSource {
             def: SourceDef {
                 name: p.name.clone(),
-                path: schema_path(paths.get(si).copied().unwrap_or(Path::new(&p.file)), &o.split),
+                path: schema_path(
+                    paths.get(si).copied().unwrap_or(Path::new(&p.file)),
+                    &o.split,
+                ),
                 primary: is_primary,
                 drop_exact_duplicates: true,
                 keep_newest_by,
@@ -1006,7 +1025,8 @@ pub fn infer_schema(
                 "Values held by fewer than {} users are not written anywhere in this file (not in a",
                 o.min_count
             ),
-            "vocabulary, spelling list or comment): a shared schema must not reveal them. Their".into(),
+            "vocabulary, spelling list or comment): a shared schema must not reveal them. Their"
+                .into(),
             "cells are encoded as unknown (the unseen slot) or imputed.".into(),
         ],
         description: format!("inferred from {}", names.join(", ")),
@@ -1136,7 +1156,9 @@ fn merge_kind(a: &ColumnKind, b: &ColumnKind) -> Result<(ColumnKind, Option<Stri
             }
             let (t, f) = (union(ta, tb), union(fa, fb));
             if let Some(both) = t.iter().find(|v| f.contains(v)) {
-                return Err(format!("'{both}' is true at some partners and false at others"));
+                return Err(format!(
+                    "'{both}' is true at some partners and false at others"
+                ));
             }
             Ok((
                 K::Boolean {
@@ -1260,7 +1282,11 @@ pub fn merge_schemas(files: &[(String, Schema)]) -> Result<Draft, String> {
                     "{file}: source '{}' is {}primary, in {first_file} it is {}",
                     s.name,
                     if s.primary { "" } else { "not " },
-                    if target.primary { "primary" } else { "not primary" }
+                    if target.primary {
+                        "primary"
+                    } else {
+                        "not primary"
+                    }
                 ));
             }
             target.drop_exact_duplicates |= s.drop_exact_duplicates;
@@ -1351,8 +1377,10 @@ pub fn merge_schemas(files: &[(String, Schema)]) -> Result<Draft, String> {
         header: vec![
             "fedprofile federation schema, merged by `fedprofile-client schema merge` from:".into(),
             format!("  {}", all.join(", ")),
-            "Vocabularies, spellings and classes are the union of the partners' (each left out".into(),
-            "its rare values); numeric bounds are the widest; boolean and categorical became".into(),
+            "Vocabularies, spellings and classes are the union of the partners' (each left out"
+                .into(),
+            "its rare values); numeric bounds are the widest; boolean and categorical became"
+                .into(),
             "categorical. Format: docs/schema.md.".into(),
         ],
         description: format!("merged from {}", all.join(", ")),
@@ -1439,7 +1467,10 @@ pub fn check_source(source: &SourceDef, profile: &SourceProfile, o: &InferOption
                     ));
                 }
                 negative.as_ref().and_then(|n| {
-                    values_note("label values (rows dropped)", &[positive.as_str(), n.as_str()])
+                    values_note(
+                        "label values (rows dropped)",
+                        &[positive.as_str(), n.as_str()],
+                    )
                 })
             }
             ColumnKind::Class { classes } => {
@@ -1453,7 +1484,9 @@ pub fn check_source(source: &SourceDef, profile: &SourceProfile, o: &InferOption
                     parts.push(format!("{bad} non-blank cell(s) are not numbers"));
                 }
                 if let Some(b) = bounds
-                    && c.min.zip(c.max).is_some_and(|(lo, hi)| !b.contains(lo) || !b.contains(hi))
+                    && c.min
+                        .zip(c.max)
+                        .is_some_and(|(lo, hi)| !b.contains(lo) || !b.contains(hi))
                 {
                     parts.push(format!("some values lie outside the bounds {b}"));
                 }
@@ -1537,12 +1570,18 @@ mod tests {
             }
         );
         let notes = notes.join("\n");
-        assert!(notes.contains("1.0 % of the non-blank cells are not numbers"), "{notes}");
+        assert!(
+            notes.contains("1.0 % of the non-blank cells are not numbers"),
+            "{notes}"
+        );
         // "N/A" is held by one user only (< min_count 3): not named.
         assert!(!notes.contains("N/A") && !notes.contains("n/a"), "{notes}");
         // Too many N/A: not numeric.
         let mostly_text = repeat(&["1", "n/a", "2", "n/a"], 40);
-        assert!(matches!(kind_of(&mostly_text), ColumnKind::Categorical { .. }));
+        assert!(matches!(
+            kind_of(&mostly_text),
+            ColumnKind::Categorical { .. }
+        ));
     }
 
     #[test]
@@ -1587,11 +1626,17 @@ mod tests {
         let codes: Vec<String> = (0..50).map(|i| (1000 + i * 7).to_string()).collect();
         let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
         assert_eq!(kind_of(&codes), ColumnKind::Ignore);
-        assert_eq!(kind_of(&repeat(&["Electronic check", " electronic check"], 40)), ColumnKind::Ignore);
+        assert_eq!(
+            kind_of(&repeat(&["Electronic check", " electronic check"], 40)),
+            ColumnKind::Ignore
+        );
         assert_eq!(kind_of(&repeat(&["5", "5 "], 40)), ColumnKind::Ignore);
         assert_eq!(kind_of(&repeat(&["", " "], 40)), ColumnKind::Ignore);
         assert_eq!(
-            kind_of(&repeat(&["2026-07-01", "2026-10-01", "2026-10-01T10:00:00Z"], 40)),
+            kind_of(&repeat(
+                &["2026-07-01", "2026-10-01", "2026-10-01T10:00:00Z"],
+                40
+            )),
             ColumnKind::Ignore
         );
         // Many distinct decimals are a measurement, not an id.
@@ -1625,13 +1670,21 @@ mod tests {
         let p = profile(&one_column(&cells));
         let draft = infer_schema(&[p], &[Path::new("s.csv")], &options()).unwrap();
         let text = draft.to_toml();
-        assert!(text.contains("vocabulary = [\"dsl\", \"fiber optic\", \"no\"]"), "{text}");
+        assert!(
+            text.contains("vocabulary = [\"dsl\", \"fiber optic\", \"no\"]"),
+            "{text}"
+        );
         assert!(!text.contains("satellite"), "{text}");
-        assert!(text.contains("1 rare value(s) (fewer than 3 users each) left out"), "{text}");
+        assert!(
+            text.contains("1 rare value(s) (fewer than 3 users each) left out"),
+            "{text}"
+        );
         // Users, not cells: one user with many rows of a value is still rare.
         let csv = "id,x\n".to_owned()
             + &"u1,satellite\n".repeat(5)
-            + &(0..30).map(|i| format!("v{i},{}\n", ["a", "b"][i % 2])).collect::<String>();
+            + &(0..30)
+                .map(|i| format!("v{i},{}\n", ["a", "b"][i % 2]))
+                .collect::<String>();
         let p = profile(&csv);
         assert_eq!(p.column("x").unwrap().common(3), ["a", "b"]);
     }
@@ -1640,7 +1693,13 @@ mod tests {
     fn labels_get_their_values_and_inference_is_deterministic() {
         let csv = "id,x,churn\n".to_owned()
             + &(0..40)
-                .map(|i| format!("u{i},{},{}\n", ["a", "b", "c"][i % 3], ["Yes", "no", "No"][i % 3]))
+                .map(|i| {
+                    format!(
+                        "u{i},{},{}\n",
+                        ["a", "b", "c"][i % 3],
+                        ["Yes", "no", "No"][i % 3]
+                    )
+                })
                 .collect::<String>();
         let o = InferOptions {
             label: Some(LabelSpec::Label {
@@ -1651,7 +1710,9 @@ mod tests {
         };
         let run = || {
             let p = profile(&csv);
-            infer_schema(&[p], &[Path::new("s.csv")], &o).unwrap().to_toml()
+            infer_schema(&[p], &[Path::new("s.csv")], &o)
+                .unwrap()
+                .to_toml()
         };
         let text = run();
         assert_eq!(text, run());
@@ -1722,14 +1783,23 @@ mod tests {
                 })
             }
         );
-        assert!(matches!(merged.column("c").unwrap().kind, ColumnKind::Categorical { .. }));
-        assert!(draft.to_toml().contains("categorical (the union of the values)"));
+        assert!(matches!(
+            merged.column("c").unwrap().kind,
+            ColumnKind::Categorical { .. }
+        ));
+        assert!(
+            draft
+                .to_toml()
+                .contains("categorical (the union of the values)")
+        );
     }
 
     #[test]
     fn merge_refuses_numeric_against_categorical_naming_column_and_files() {
         let a = schema(&format!("{BASE}type = \"numeric\""));
-        let b = schema(&format!("{BASE}type = \"categorical\"\nvocabulary = [\"low\"]"));
+        let b = schema(&format!(
+            "{BASE}type = \"categorical\"\nvocabulary = [\"low\"]"
+        ));
         let e = merge_schemas(&[("a.toml".into(), a), ("b.toml".into(), b)]).unwrap_err();
         assert_eq!(
             e,
@@ -1751,13 +1821,18 @@ mod tests {
             .into_iter()
             .map(|f| f.message)
             .collect();
-        assert!(findings.contains(&"header column 'extra' is not declared (not read)".into()), "{findings:?}");
+        assert!(
+            findings.contains(&"header column 'extra' is not declared (not read)".into()),
+            "{findings:?}"
+        );
         assert!(
             findings.contains(&"column 'x': 1 value(s) not in its vocabulary (encoded as unknown): \"c\" (10 cells)".into()),
             "{findings:?}"
         );
         assert!(
-            findings.contains(&"column 'n': declared categorical, but this partner's data looks numeric".into()),
+            findings.contains(
+                &"column 'n': declared categorical, but this partner's data looks numeric".into()
+            ),
             "{findings:?}"
         );
     }

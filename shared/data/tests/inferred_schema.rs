@@ -89,7 +89,11 @@ fn merged() -> Schema {
 /// Every count of a report that does not depend on imputed values or vocabulary order.
 fn counts(r: &QualityReport) -> Vec<String> {
     let mut out = vec![format!("users {}", r.users)];
-    out.extend(REASONS.iter().map(|&reason| format!("{reason:?} {}", r.count(reason))));
+    out.extend(
+        REASONS
+            .iter()
+            .map(|&reason| format!("{reason:?} {}", r.count(reason))),
+    );
     for s in &r.sources {
         out.push(format!(
             "{} read {} kept {} exact {} stale {} ties {} dup {} missing {} orphans {}",
@@ -110,7 +114,13 @@ fn counts(r: &QualityReport) -> Vec<String> {
         .map(|c| {
             format!(
                 "{}: blank {} unparseable {} out_of_range {} outside {} noise {} imputed {}",
-                c.name, c.blank, c.unparseable, c.out_of_range, c.outside_vocabulary, c.noise, c.imputed
+                c.name,
+                c.blank,
+                c.unparseable,
+                c.out_of_range,
+                c.outside_vocabulary,
+                c.noise,
+                c.imputed
             )
         })
         .collect();
@@ -138,7 +148,12 @@ fn inferred_and_merged_telco_schema_gives_the_hand_written_counts() {
     assert_eq!(names(&inferred), names(&hand));
     for (_, c) in hand.columns() {
         let got = inferred.column(&c.name).unwrap();
-        assert_eq!(got.kind.type_name(), c.kind.type_name(), "column '{}'", c.name);
+        assert_eq!(
+            got.kind.type_name(),
+            c.kind.type_name(),
+            "column '{}'",
+            c.name
+        );
         if let (
             ColumnKind::Categorical { vocabulary: a, .. },
             ColumnKind::Categorical { vocabulary: b, .. },
