@@ -1745,7 +1745,7 @@ mod tests {
         assert_eq!(round_outward(8684.8, true), 8700.0);
         assert_eq!(round_outward(72.0, true), 72.0);
         assert_eq!(round_outward(0.35, true), 0.35);
-        assert_eq!(round_outward(-3.14, false), -3.2);
+        assert_eq!(round_outward(-3.41, false), -3.5);
         assert_eq!(round_outward(0.0, false), 0.0);
     }
 
