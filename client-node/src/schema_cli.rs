@@ -120,7 +120,7 @@ pub fn run(command: SchemaCommand) -> Result<(), String> {
                 let schema = Schema::from_path(f).map_err(|e| e.to_string())?;
                 schemas.push((f.display().to_string(), schema));
             }
-            let draft = infer::merge_schemas(&schemas)?;
+            let draft = infer::merge_schemas(&schemas).map_err(|e| e.to_string())?;
             let origin = out
                 .as_ref()
                 .map_or_else(|| "merged schema".to_owned(), |p| p.display().to_string());
@@ -175,7 +175,7 @@ fn infer_cmd(args: InferArgs) -> Result<(), String> {
         paths.push(path);
     }
     let path_refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-    let draft = infer::infer_schema(&profiles, &path_refs, &options)?;
+    let draft = infer::infer_schema(&profiles, &path_refs, &options).map_err(|e| e.to_string())?;
     let origin = args
         .out
         .as_ref()

@@ -72,6 +72,21 @@ const FLAG_PAIRS: [(&str, &str); 5] = [
     ("1", "0"),
 ];
 
+/// Why a schema could not be inferred or merged; every message is one sentence naming
+/// the column, option or file at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InferError {
+    /// An option does not fit the exports (e.g. a `--positive` value no cell has, a
+    /// label column in none of the sources).
+    #[error("{0}")]
+    Options(String),
+    /// The partners' schemas cannot be combined (e.g. a column numeric in one file and
+    /// categorical in another); the message names the column and the files.
+    #[error("{0}")]
+    Conflict(String),
+}
+
 /// What `schema infer` needs besides the exports.
 #[derive(Debug, Clone)]
 pub struct InferOptions {
@@ -911,6 +926,14 @@ pub fn infer_schema(
     profiles: &[SourceProfile],
     paths: &[&Path],
     o: &InferOptions,
+) -> Result<Draft, InferError> {
+    infer_draft(profiles, paths, o).map_err(InferError::Options)
+}
+
+fn infer_draft(
+    profiles: &[SourceProfile],
+    paths: &[&Path],
+    o: &InferOptions,
 ) -> Result<Draft, String> {
     if profiles.is_empty() {
         return Err("no source given (use --source NAME=PATH)".into());
@@ -1241,7 +1264,11 @@ fn describe(kind: &ColumnKind) -> String {
 /// Numeric against categorical (or text boolean) is an error naming the column and
 /// files: one partner's column is text where another's holds numbers, which a person
 /// must resolve. Only schema files are read.
-pub fn merge_schemas(files: &[(String, Schema)]) -> Result<Draft, String> {
+pub fn merge_schemas(files: &[(String, Schema)]) -> Result<Draft, InferError> {
+    merge_drafts(files).map_err(InferError::Conflict)
+}
+
+fn merge_drafts(files: &[(String, Schema)]) -> Result<Draft, String> {
     let Some((first_file, first)) = files.first() else {
         return Err("no schema given".into());
     };
@@ -1732,8 +1759,9 @@ mod tests {
             ..options()
         };
         let e = infer_schema(&[profile(&csv)], &[Path::new("s.csv")], &bad).unwrap_err();
+        assert!(matches!(e, InferError::Options(_)));
         assert_eq!(
-            e,
+            e.to_string(),
             "source 's': --positive 'maybe' is not a value of column 'churn' (after trimming and case-folding)"
         );
     }
@@ -1801,8 +1829,9 @@ mod tests {
             "{BASE}type = \"categorical\"\nvocabulary = [\"low\"]"
         ));
         let e = merge_schemas(&[("a.toml".into(), a), ("b.toml".into(), b)]).unwrap_err();
+        assert!(matches!(e, InferError::Conflict(_)));
         assert_eq!(
-            e,
+            e.to_string(),
             "column 'x' of source 's': its types cannot be combined (numeric and categorical) (in a.toml and b.toml)"
         );
     }
