@@ -81,6 +81,10 @@ pub struct InferArgs {
     /// The split the exports belong to.
     #[arg(long, default_value = "train")]
     split: String,
+    /// Do not write min/max bounds on numeric columns (by default: the observed range
+    /// rounded outward to 2 significant digits; cells outside are clipped).
+    #[arg(long)]
+    no_bounds: bool,
     /// Output file (default: stdout).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -159,6 +163,7 @@ fn infer_cmd(args: InferArgs) -> Result<(), String> {
         min_count: args.min_count.max(1),
         max_categories: args.max_categories,
         split: args.split,
+        bounds: !args.no_bounds,
         ..InferOptions::new(&args.key)
     };
     let mut profiles = Vec::with_capacity(args.sources.len());

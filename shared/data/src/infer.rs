@@ -101,10 +101,13 @@ pub struct InferOptions {
     /// The split the exports belong to: a file in a folder of this name is written
     /// as `{split}/<file>`.
     pub split: String,
+    /// Write `min`/`max` on numeric columns (the observed range rounded outward);
+    /// default true.
+    pub bounds: bool,
 }
 
 impl InferOptions {
-    /// Defaults: `min_count` 10, `max_categories` 100, split `train`.
+    /// Defaults: `min_count` 10, `max_categories` 100, split `train`, bounds written.
     pub fn new(key: &str) -> InferOptions {
         InferOptions {
             key: key.to_owned(),
@@ -112,6 +115,7 @@ impl InferOptions {
             min_count: 10,
             max_categories: 100,
             split: "train".to_owned(),
+            bounds: true,
         }
     }
 }
@@ -707,6 +711,62 @@ fn rare_note(c: &ColumnProfile, min_count: u64) -> Option<String> {
     })
 }
 
+/// A numeric column's kind and notes: mean imputation, bounds from the observed range.
+fn numeric(c: &ColumnProfile, o: &InferOptions, notes: &mut Vec<String>) -> ColumnKind {
+    let bad = c.non_blank - c.numbers;
+    if bad > 0 {
+        let examples: Vec<String> = c
+            .common(o.min_count)
+            .into_iter()
+            .filter(|v| parse_number(v).is_none())
+            .map(|v| quoted(&v))
+            .collect();
+        let examples = if examples.is_empty() {
+            String::new()
+        } else {
+            format!(" (e.g. {})", examples.join(", "))
+        };
+        notes.push(format!(
+            "{} of the non-blank cells are not numbers{examples}: counted as unparseable and imputed",
+            percent(c.share(bad))
+        ));
+    }
+    if c.blank > 0 {
+        notes.push(format!(
+            "{} blank cell(s) imputed with the federated mean; if blank means zero, write impute = \"constant\" and value = 0",
+            c.blank
+        ));
+    }
+    let whole = (!c.overflow && c.integers == c.numbers).then(|| {
+        c.values
+            .keys()
+            .filter(|v| parse_number(v).is_some())
+            .count()
+    });
+    if let Some(distinct) = whole.filter(|&d| d > 2) {
+        notes.push(format!(
+            "{distinct} distinct whole numbers: if they are codes rather than quantities, make it categorical"
+        ));
+    }
+    if o.bounds {
+        notes.push(
+            "min/max: the observed range rounded outward to 2 significant digits; cells outside are clipped (a later export may hold larger values: widen them to the range the federation agrees on)".into(),
+        );
+    }
+    let bounds = match (c.min, c.max) {
+        (Some(lo), Some(hi)) if o.bounds => Some(Bounds {
+            min: Some(round_outward(lo, false)),
+            max: Some(round_outward(hi, true)),
+            out_of_range: OutOfRange::Clip,
+        }),
+        _ => None,
+    };
+    ColumnKind::Numeric {
+        impute: NumericImpute::Mean,
+        bounds,
+    }
+}
+
 /// Decides a column's kind and comments. `primary`: whether its source is the primary.
 fn decide(
     c: &ColumnProfile,
@@ -726,47 +786,11 @@ fn decide(
             notes.push("ignored: a date column (dates are not features)".into());
             ColumnKind::Ignore
         }
-        Guess::Numeric => {
-            let bad = c.non_blank - c.numbers;
-            if bad > 0 {
-                let examples: Vec<String> = c
-                    .common(o.min_count)
-                    .into_iter()
-                    .filter(|v| parse_number(v).is_none())
-                    .map(|v| quoted(&v))
-                    .collect();
-                let examples = if examples.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (e.g. {})", examples.join(", "))
-                };
-                notes.push(format!(
-                    "{} of the non-blank cells are not numbers{examples}: counted as unparseable and imputed",
-                    percent(c.share(bad))
-                ));
-            }
-            if c.blank > 0 {
-                notes.push(format!(
-                    "{} blank cell(s) imputed with the federated mean; if blank means zero, write impute = \"constant\" and value = 0",
-                    c.blank
-                ));
-            }
-            notes.push(
-                "min/max: the observed range rounded outward to 2 significant digits; cells outside are clipped".into(),
-            );
-            let bounds = match (c.min, c.max) {
-                (Some(lo), Some(hi)) => Some(Bounds {
-                    min: Some(round_outward(lo, false)),
-                    max: Some(round_outward(hi, true)),
-                    out_of_range: OutOfRange::Clip,
-                }),
-                _ => None,
-            };
-            ColumnKind::Numeric {
-                impute: NumericImpute::Mean,
-                bounds,
-            }
-        }
+        Guess::Numeric => numeric(c, o, &mut notes),
+        // A 0/1 column of a secondary source stays a number: a user missing from that
+        // source is then imputed with the mean like its other numeric columns, and it
+        // merges with a partner where the same column holds other numbers.
+        Guess::Flag { ref truthy, .. } if !primary && truthy == "1" => numeric(c, o, &mut notes),
         Guess::Flag { truthy, falsy } if primary => {
             notes.push(format!(
                 "a flag: blank cells and other spellings are imputed as false{}",
@@ -1060,17 +1084,41 @@ fn infer_draft(
 
 // ------------------------------------------------------------------ merge
 
-fn flag_spellings_numeric(kind: &ColumnKind) -> bool {
-    match kind {
+/// The values of a boolean or categorical column, if all of them are numbers (e.g.
+/// `0`/`1`).
+fn numeric_values(kind: &ColumnKind) -> Option<Vec<f64>> {
+    let values: Vec<&String> = match kind {
+        ColumnKind::Categorical { vocabulary, .. } => vocabulary.iter().collect(),
         ColumnKind::Boolean {
             true_values,
             false_values,
             ..
-        } => true_values
-            .iter()
-            .chain(false_values)
-            .all(|v| parse_number(v).is_some()),
-        _ => false,
+        } => true_values.iter().chain(false_values).collect(),
+        _ => return None,
+    };
+    values.into_iter().map(|v| parse_number(v)).collect()
+}
+
+/// A numeric column widened to hold `values` (the numbers another partner declared
+/// as a vocabulary or spellings).
+fn numeric_holding(kind: &ColumnKind, values: &[f64]) -> ColumnKind {
+    match kind {
+        ColumnKind::Numeric {
+            impute,
+            bounds: Some(b),
+        } => {
+            let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            ColumnKind::Numeric {
+                impute: *impute,
+                bounds: Some(Bounds {
+                    min: b.min.map(|m| m.min(lo)),
+                    max: b.max.map(|m| m.max(hi)),
+                    out_of_range: b.out_of_range,
+                }),
+            }
+        }
+        other => other.clone(),
     }
 }
 
@@ -1133,14 +1181,19 @@ fn merge_kind(a: &ColumnKind, b: &ColumnKind) -> Result<(ColumnKind, Option<Stri
                 None,
             ))
         }
-        (K::Numeric { .. }, K::Boolean { .. }) if flag_spellings_numeric(b) => widened(
-            a.clone(),
-            "0/1 at some partners, other numbers at others: numeric",
-        ),
-        (K::Boolean { .. }, K::Numeric { .. }) if flag_spellings_numeric(a) => widened(
-            b.clone(),
-            "0/1 at some partners, other numbers at others: numeric",
-        ),
+        (K::Numeric { .. }, K::Boolean { .. } | K::Categorical { .. })
+        | (K::Boolean { .. } | K::Categorical { .. }, K::Numeric { .. })
+            if numeric_values(a).or_else(|| numeric_values(b)).is_some() =>
+        {
+            let (num, values) = match numeric_values(b) {
+                Some(values) => (a, values),
+                None => (b, numeric_values(a).unwrap_or_default()),
+            };
+            widened(
+                numeric_holding(num, &values),
+                "a few numbers (e.g. 0/1) at some partners, other numbers at others: numeric",
+            )
+        }
         (
             K::Categorical {
                 vocabulary: va,
@@ -1631,6 +1684,10 @@ mod tests {
                 impute: CategoricalImpute::Unknown,
             }
         );
+        // 0/1 is a flag in the primary source, a number in a secondary one.
+        let p = profile(&one_column(&repeat(&["0", "1", "0"], 30)));
+        let (kind, _) = decide(p.column("x").unwrap(), &options(), false).unwrap();
+        assert!(matches!(kind, ColumnKind::Numeric { .. }), "{kind:?}");
         // 0/1 is a flag too; two words that are not a flag are categorical.
         assert!(matches!(
             kind_of(&repeat(&["0", "1", "0"], 30)),
@@ -1820,6 +1877,22 @@ mod tests {
                 .to_toml()
                 .contains("categorical (the union of the values)")
         );
+    }
+
+    #[test]
+    fn merge_takes_numbers_in_a_vocabulary_as_numeric() {
+        let a = schema(&format!("{BASE}type = \"numeric\"\nmin = 0\nmax = 2"));
+        let b = schema(&format!(
+            "{BASE}type = \"categorical\"\nvocabulary = [\"0\", \"5\"]"
+        ));
+        let merged = merge_schemas(&[("a.toml".into(), a), ("b.toml".into(), b)])
+            .unwrap()
+            .to_schema("f.toml")
+            .unwrap();
+        assert!(matches!(
+            merged.column("x").unwrap().kind,
+            ColumnKind::Numeric { .. }
+        ));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::{demo_schema, for_every_split, partner_dir};
@@ -58,16 +59,22 @@ fn options() -> InferOptions {
 
 /// The schema text `schema infer` writes for one partner's train exports.
 fn inferred_text(partner: &str) -> String {
-    let o = options();
-    let dir = partner_dir(partner).join("train");
-    let paths = [dir.join("accounts.csv"), dir.join("services.csv")];
-    let profiles: Vec<_> = ["accounts", "services"]
+    infer_train(&partner_dir(partner), &["accounts", "services"], &options())
+}
+
+/// `schema infer` on `<dir>/train/<source>.csv` for every source.
+fn infer_train(dir: &Path, sources: &[&str], o: &InferOptions) -> String {
+    let paths: Vec<_> = sources
+        .iter()
+        .map(|s| dir.join("train").join(format!("{s}.csv")))
+        .collect();
+    let profiles: Vec<_> = sources
         .iter()
         .zip(&paths)
         .map(|(name, path)| infer::profile_file(name, path, &o.key, o.min_count).unwrap())
         .collect();
     let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
-    infer::infer_schema(&profiles, &refs, &o).unwrap().to_toml()
+    infer::infer_schema(&profiles, &refs, o).unwrap().to_toml()
 }
 
 fn merged() -> Schema {
@@ -204,4 +211,123 @@ fn inferred_partner_schema_is_commented_and_loads() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
+}
+
+/// The Caravan federation (3 insurers, 43 + 42 columns, clean exports), inferred
+/// from the train exports and merged (see [`caravan_counts`]).
+fn caravan_schema(bounds: bool) -> Schema {
+    let caravan = common::demo_path("caravan");
+    let o = InferOptions {
+        label: Some(LabelSpec::Label {
+            column: "caravan_policy".into(),
+            positive: None,
+        }),
+        bounds,
+        ..InferOptions::new("customer_id")
+    };
+    let insurers = ["insurer-a", "insurer-b", "insurer-c"];
+    let files: Vec<(String, Schema)> = insurers
+        .iter()
+        .map(|i| {
+            let text = infer_train(&caravan.join("data").join(i), &["customers", "policies"], &o);
+            assert!(
+                text.contains("distinct whole numbers: if they are codes rather than quantities, make it categorical"),
+                "{i}"
+            );
+            (format!("{i}.toml"), Schema::from_toml_str(&text, i).unwrap())
+        })
+        .collect();
+    infer::merge_schemas(&files)
+        .unwrap()
+        .to_schema("caravan-federation.toml")
+        .unwrap()
+}
+
+/// The Caravan schema inferred and merged loads every split with the hand-written
+/// schema's counts, except for the bounds. It differs in one decision inference
+/// cannot make: `MOSTYPE` and `MOSHOOFD` are codes stored as whole numbers, so they
+/// are inferred `numeric` (with a comment suggesting categorical) where the
+/// hand-written schema has them categorical. `AWAPART` is 0/1 at one insurer and 0–2
+/// at the others: it merges as numeric (a 0/1 column of a secondary source is a
+/// number, not a two-value categorical).
+///
+/// The one count difference: with bounds (the default), 8 test-split cells (2, 3 and
+/// 3 at insurers a, b, c) of small-integer columns (`AMOTSCO`, `AWABEDR`: numbers of
+/// policies; `MINK123M`, `PBRAND`, `PPERSONG`: levels 0-9) are above the largest value
+/// any insurer's train split has, and rounding a small integer outward to 2
+/// significant digits adds no slack, so they are clipped to that value
+/// (`out_of_range_clipped`). Without bounds (`--no-bounds`) every count is the
+/// hand-written schema's.
+#[test]
+fn inferred_and_merged_caravan_schema_gives_the_hand_written_counts() {
+    let caravan = common::demo_path("caravan");
+    let insurers = ["insurer-a", "insurer-b", "insurer-c"];
+    let hand = demo_schema("caravan/schema.toml");
+    let bounded = caravan_schema(true);
+    let inferred = caravan_schema(false);
+    assert_eq!(inferred.label_positive(), Some("yes"));
+    assert_eq!(
+        inferred.feature_template().columns.len(),
+        hand.feature_template().columns.len()
+    );
+    for (_, c) in hand.columns() {
+        let got = inferred.column(&c.name).unwrap().kind.type_name();
+        let want = match c.name.as_str() {
+            "MOSTYPE" | "MOSHOOFD" => "numeric",
+            _ => c.kind.type_name(),
+        };
+        assert_eq!(got, want, "column '{}'", c.name);
+    }
+    let mut clipped = BTreeMap::new();
+    let mut clipped_columns = std::collections::BTreeSet::new();
+    for insurer in insurers {
+        for split in ["train", "test"] {
+            let dir = caravan.join("data").join(insurer);
+            let got = load_split(&inferred, &dir, split).unwrap();
+            let expected = load_split(&hand, &dir, split).unwrap();
+            assert_eq!(
+                counts(&got.report),
+                counts(&expected.report),
+                "{insurer}/{split}"
+            );
+            assert!(got.problems().is_empty(), "{insurer}/{split}");
+            // With bounds: the same counts but for the clipped cells.
+            let with_bounds = load_split(&bounded, &dir, split).unwrap();
+            let n = with_bounds.report.count(Reason::OutOfRangeClipped);
+            for c in &with_bounds.report.columns {
+                if c.out_of_range > 0 {
+                    clipped_columns.insert(c.name.clone());
+                }
+            }
+            let mut report = with_bounds.report.clone();
+            report
+                .issues
+                .retain(|i| i.reason != Reason::OutOfRangeClipped);
+            for c in &mut report.columns {
+                c.out_of_range = 0;
+            }
+            assert_eq!(
+                counts(&report),
+                counts(&expected.report),
+                "{insurer}/{split}"
+            );
+            if n > 0 {
+                clipped.insert(format!("{insurer}/{split}"), n);
+            }
+        }
+    }
+    // Train values are inside their own (merged) bounds by construction.
+    assert!(clipped.keys().all(|k| k.ends_with("/test")), "{clipped:?}");
+    assert_eq!(
+        clipped,
+        BTreeMap::from([
+            ("insurer-a/test".to_owned(), 2),
+            ("insurer-b/test".to_owned(), 3),
+            ("insurer-c/test".to_owned(), 3),
+        ])
+    );
+    assert_eq!(
+        clipped_columns.into_iter().collect::<Vec<_>>(),
+        ["AMOTSCO", "AWABEDR", "MINK123M", "PBRAND", "PPERSONG"]
+    );
 }
