@@ -210,6 +210,11 @@ fn check_cmd(
         split: split.to_owned(),
         ..InferOptions::new(schema.key())
     };
+    // Loaded first: the split name is validated before it becomes part of a path.
+    let loaded = fedprofile_data::load_split(&schema, data_dir, split);
+    if let Err(e @ fedprofile_data::DataError::InvalidSplit { .. }) = &loaded {
+        return Err(e.to_string());
+    }
     let mut lines = Vec::new();
     for source in schema.sources() {
         let path = data_dir.join(source.path.replace(SPLIT_PLACEHOLDER, split));
@@ -226,8 +231,7 @@ fn check_cmd(
     for line in &lines {
         print(&format!("note: {line}"));
     }
-    let loaded =
-        fedprofile_data::load_split(&schema, data_dir, split).map_err(|e| e.to_string())?;
+    let loaded = loaded.map_err(|e| e.to_string())?;
     let problems: Vec<String> = loaded.problems().iter().map(ToString::to_string).collect();
     if !problems.is_empty() {
         return Err(problems.join("\nerror: "));
