@@ -775,7 +775,9 @@ fn decide(
 ) -> Result<(ColumnKind, Vec<String>), String> {
     let mut notes = Vec::new();
     if let Some(label) = o.label.as_ref().filter(|l| l.column() == c.name) {
-        return decide_label(c, label, o).map(|k| (k, notes_label(c, o)));
+        let kind = decide_label(c, label, o)?;
+        let notes = notes_label(c, &kind, o.min_count);
+        return Ok((kind, notes));
     }
     let kind = match guess(c, o) {
         Guess::Ignore(why) => {
@@ -842,16 +844,30 @@ fn decide(
     Ok((kind, notes))
 }
 
-fn notes_label(c: &ColumnProfile, o: &InferOptions) -> Vec<String> {
-    let mut notes = vec!["the training target: rows where it is blank are dropped".into()];
-    if let Some(LabelSpec::Class(_)) = &o.label {
-        notes.extend(rare_note(c, o.min_count).map(|_| {
-            format!(
-                "{} rare class(es) (fewer than {} users each) left out on purpose; their rows are dropped",
-                c.rare(o.min_count),
-                o.min_count
-            )
-        }));
+/// The comments on the label, target or class column.
+fn notes_label(c: &ColumnProfile, kind: &ColumnKind, min_count: u64) -> Vec<String> {
+    let mut notes = vec!["the training target: rows where it is blank are dropped".to_owned()];
+    match kind {
+        ColumnKind::Class { .. } => {
+            let rare = c.rare(min_count);
+            if rare > 0 {
+                notes.push(format!(
+                    "{rare} rare class(es) (fewer than {min_count} users each) left out on purpose; their rows are dropped"
+                ));
+            }
+        }
+        ColumnKind::Label { negative: None, .. } => notes.push(
+            "more than two values: every value other than the positive one is negative".into(),
+        ),
+        ColumnKind::Target => {
+            let bad = c.non_blank - c.numbers;
+            if bad > 0 {
+                notes.push(format!(
+                    "{bad} non-blank cell(s) are not numbers: their rows are dropped"
+                ));
+            }
+        }
+        _ => {}
     }
     notes
 }
@@ -1820,6 +1836,46 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "source 's': --positive 'maybe' is not a value of column 'churn' (after trimming and case-folding)"
+        );
+    }
+
+    #[test]
+    fn class_and_target_columns_keep_only_common_classes_and_need_numbers() {
+        let csv = "id,plan,amount\n".to_owned()
+            + &(0..30)
+                .map(|i| format!("u{i},{},{}.5\n", ["Basic", "gold"][i % 2], i))
+                .collect::<String>()
+            + "v1,platinum,3\n";
+        let class = InferOptions {
+            label: Some(LabelSpec::Class("plan".into())),
+            ..options()
+        };
+        let text = infer_schema(&[profile(&csv)], &[Path::new("s.csv")], &class)
+            .unwrap()
+            .to_toml();
+        assert!(text.contains("classes = [\"basic\", \"gold\"]"), "{text}");
+        assert!(!text.contains("platinum"), "{text}");
+        assert!(
+            text.contains("1 rare class(es) (fewer than 3 users each) left out"),
+            "{text}"
+        );
+        let target = InferOptions {
+            label: Some(LabelSpec::Target("amount".into())),
+            ..options()
+        };
+        let schema = infer_schema(&[profile(&csv)], &[Path::new("s.csv")], &target)
+            .unwrap()
+            .to_schema("t")
+            .unwrap();
+        assert_eq!(schema.column("amount").unwrap().kind, ColumnKind::Target);
+        let text_target = InferOptions {
+            label: Some(LabelSpec::Target("plan".into())),
+            ..options()
+        };
+        let e = infer_schema(&[profile(&csv)], &[Path::new("s.csv")], &text_target).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "source 's': --target column 'plan': only 0.0 % of its non-blank cells are numbers"
         );
     }
 
