@@ -100,6 +100,10 @@ enum Command {
     /// Privacy: cost of a run, calibration, the ledger, the per-round report.
     #[command(subcommand)]
     Privacy(crate::privacy_cli::PrivacyCommand),
+    /// Schema: infer one from this partner's exports, merge partners' schemas, check one
+    /// against the data (docs/schema.md, "Starting a schema from your exports").
+    #[command(subcommand)]
+    Schema(crate::schema_cli::SchemaCommand),
     /// Score this partner's users with a global model; writes user_id,score.
     ///
     /// Example: fedprofile-client score --config client.toml --model out/model.json --split test --out scores.csv
@@ -184,6 +188,7 @@ struct SplitReport<'a> {
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Privacy(command) => crate::privacy_cli::run(command).map_err(Failure::from),
+        Command::Schema(command) => crate::schema_cli::run(command).map_err(Failure::from),
         Command::Profile {
             config,
             model,

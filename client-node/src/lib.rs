@@ -4,7 +4,8 @@
 //! - [`session`]: dials the coordinator over mutual TLS and serves tasks;
 //! - [`score`]: scores the partner's users with a global model;
 //! - [`config`]: the client configuration file;
-//! - [`cli`]: the command line (`run`, `check-data`, `score`).
+//! - [`schema_cli`]: `schema infer | merge | check` (starting a schema from the exports);
+//! - [`cli`]: the command line (`run`, `check-data`, `score`, `profile`, `privacy`, `schema`).
 
 pub mod cli;
 pub mod config;
@@ -12,5 +13,6 @@ pub mod node;
 pub mod privacy;
 pub mod privacy_cli;
 pub mod profile;
+pub mod schema_cli;
 pub mod score;
 pub mod session;

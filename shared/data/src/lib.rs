@@ -18,6 +18,7 @@ mod dataset;
 mod encode;
 mod error;
 mod fuse;
+pub mod infer;
 mod ingest;
 mod report;
 mod schema;
