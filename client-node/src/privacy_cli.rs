@@ -21,7 +21,9 @@ macro_rules! say {
     };
 }
 
-fn print_line(text: &str) {
+/// Writes one line to stdout; a closed pipe (`| head`) ends the process
+/// quietly, any other write error with a sentence and status 1.
+pub(crate) fn print_line(text: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {

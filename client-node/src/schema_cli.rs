@@ -9,6 +9,8 @@ use clap::{ArgGroup, Args, Subcommand};
 use fedprofile_data::infer::{self, InferOptions, LabelSpec};
 use fedprofile_data::{SPLIT_PLACEHOLDER, Schema};
 
+use crate::privacy_cli::print_line;
+
 /// Schema commands.
 #[derive(Debug, Subcommand)]
 pub enum SchemaCommand {
@@ -96,21 +98,9 @@ fn write_or_print(text: &str, out: Option<&Path>) -> Result<(), String> {
             std::fs::write(path, text).map_err(|e| format!("{}: cannot write: {e}", path.display()))
         }
         None => {
-            print(text.trim_end());
+            print_line(text.trim_end());
             Ok(())
         }
-    }
-}
-
-fn print(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("error: cannot write to stdout: {e}");
-            std::process::exit(1);
-        }
-        std::process::exit(0);
     }
 }
 
@@ -229,14 +219,14 @@ fn check_cmd(
         }
     }
     for line in &lines {
-        print(&format!("note: {line}"));
+        print_line(&format!("note: {line}"));
     }
     let loaded = loaded.map_err(|e| e.to_string())?;
     let problems: Vec<String> = loaded.problems().iter().map(ToString::to_string).collect();
     if !problems.is_empty() {
         return Err(problems.join("\nerror: "));
     }
-    print(&format!(
+    print_line(&format!(
         "{}: split '{split}' of {} is usable: {} users, {} difference(s) noted, no blocking problem",
         schema_path.display(),
         data_dir.display(),
