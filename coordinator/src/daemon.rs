@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fedprofile_config::run::RunConfig;
+use fedprofile_config::run::{RunConfig, UpdateDecision};
 use fedprofile_learning::model_file::Target;
 use fedprofile_protocol::pb::admin_server::AdminServer;
 use fedprofile_protocol::pb::federation_server::FederationServer;
@@ -23,9 +23,10 @@ use crate::engine::{
     RunObserver, RunOutcome, RunSnapshot, SinkError,
 };
 use crate::metrics::{Metrics, Reason};
+use crate::models;
 use crate::report::{self, ReportError};
 use crate::service::{FederationService, HubListener, IdentityMode, SessionHub};
-use crate::store::{RoundCommit, RunRow, RunState, Store, StoreError};
+use crate::store::{NewVersion, RoundCommit, RunRow, RunState, Store, StoreError};
 use fedprofile_protocol::messages::ServerEvent;
 
 /// Serving failed.
@@ -464,6 +465,11 @@ fn open_shared(options: &ServeOptions, hub: Arc<SessionHub>) -> Result<Arc<Share
     }
     let (store, audit) = (state.store, state.audit);
     let metrics = Arc::new(Metrics::new());
+    for version in store.model_versions(None)? {
+        if version.status == crate::store::ModelStatus::Champion {
+            metrics.set_champion(&version.target, version.version);
+        }
+    }
     hub.set_listener(Arc::new(Registry {
         store: Arc::clone(&store),
         audit: Arc::clone(&audit),
@@ -753,7 +759,7 @@ async fn execute(
     options: &ServeOptions,
 ) -> Result<(Option<RunOutcome>, mpsc::Receiver<Inbound>), ServeError> {
     let origin = PathBuf::from(format!("run {}", row.id));
-    let config = match RunConfig::from_toml_str(&row.run_toml, &origin) {
+    let mut config = match RunConfig::from_toml_str(&row.run_toml, &origin) {
         Ok(c) => c,
         Err(e) => {
             shared
@@ -762,6 +768,25 @@ async fn execute(
             return Ok((None, inbox));
         }
     };
+    if let Some(update) = &config.update {
+        // An update run warm-starts from its target's champion (kept in the
+        // run folder, so a resumed run keeps the champion it started with).
+        let run_dir = shared.state_dir.join("runs").join(&row.id);
+        match models::prepare_update(&shared.store, &run_dir, update) {
+            Ok(path) => config.warm_start = Some(path),
+            Err(why) => {
+                tracing::error!(run_id = %row.id, "{why}");
+                shared
+                    .store
+                    .set_run_state(&row.id, RunState::Failed, &now(), Some(&why))?;
+                shared
+                    .audit
+                    .note("coordinator", "run.failed", Some(&row.id), &why);
+                shared.metrics.count_update("failed");
+                return Ok((None, inbox));
+            }
+        }
+    }
     let resumable = match resumable_state(shared, &row) {
         Ok(r) => r,
         Err(why) => {
@@ -868,9 +893,106 @@ fn record_outcome(
     } else {
         RunState::Failed
     };
-    shared
-        .store
-        .set_run_state(run_id, state, &now(), outcome.failure.as_deref())?;
+    let target = outcome
+        .target
+        .clone()
+        .map(|(column, positive_value)| Target {
+            column,
+            positive_value,
+        })
+        .unwrap_or(Target {
+            column: String::new(),
+            positive_value: String::new(),
+        });
+    let finished_at = now();
+    // An update run's verdict: the challenger against the champion, on the
+    // final evaluation round.
+    let decision = match (&config.update, outcome.completed) {
+        (Some(update), true) => match models::decide(&shared.store, &run_dir, update, outcome) {
+            Ok(decision) => Some(decision),
+            Err(why) => {
+                tracing::error!(run_id = %run_id, "{why}");
+                None
+            }
+        },
+        _ => None,
+    };
+    // The run's version is registered in the same transaction as its finish.
+    let registration = match (&outcome.model, outcome.completed) {
+        (Some(model), true) => match report::model_document(outcome, model, &target, &finished_at)
+            .and_then(|doc| doc.to_json().map_err(|e| ReportError::Model(e.to_string())))
+        {
+            Ok(model_json) => Some(Registration::of(
+                shared,
+                config,
+                outcome,
+                model_json,
+                decision.as_ref(),
+            )?),
+            Err(e) => {
+                tracing::error!(run_id = %run_id, "the model cannot be registered: {e}");
+                None
+            }
+        },
+        _ => None,
+    };
+    let registered = shared.store.finish_run(
+        run_id,
+        state,
+        &finished_at,
+        outcome.failure.as_deref(),
+        registration
+            .as_ref()
+            .map(Registration::new_version)
+            .as_ref(),
+    )?;
+    if config.update.is_some() {
+        let verdict = match &decision {
+            Some(d) if d.promoted && registered.is_some() => "promoted",
+            Some(_) if registered.is_some() => "rejected",
+            _ => "failed",
+        };
+        shared.metrics.count_update(verdict);
+    }
+    if let (Some(r), Some((version, champion))) = (&registration, registered) {
+        if champion {
+            shared.metrics.set_champion(&r.target, version);
+        }
+        if let Some(d) = &decision {
+            shared.audit.note(
+                "coordinator",
+                if d.promoted {
+                    "model.promote"
+                } else {
+                    "model.reject"
+                },
+                Some(run_id),
+                &format!(
+                    "{}@{version} {} against {}@{}: {}",
+                    r.target,
+                    if d.promoted { "promoted" } else { "rejected" },
+                    r.target,
+                    d.champion_version,
+                    d.reason
+                ),
+            );
+        }
+        shared.audit.note(
+            "coordinator",
+            "model.register",
+            Some(run_id),
+            &format!(
+                "{}@{version} registered ({}): {}",
+                r.target,
+                if champion {
+                    "champion"
+                } else {
+                    "challenger-rejected"
+                },
+                r.reason
+            ),
+        );
+    }
     shared.metrics.epsilon_spent.set(0.0);
     shared
         .metrics
@@ -885,21 +1007,10 @@ fn record_outcome(
         Some(run_id),
         outcome.failure.as_deref().unwrap_or("all rounds completed"),
     );
-    let target = outcome
-        .target
-        .clone()
-        .map(|(column, positive_value)| Target {
-            column,
-            positive_value,
-        })
-        .unwrap_or(Target {
-            column: String::new(),
-            positive_value: String::new(),
-        });
-    report::write_outputs(&run_dir, outcome, &target, &now())?;
+    report::write_outputs(&run_dir, outcome, &target, &now(), decision.as_ref())?;
     report::write_plots(&run_dir, outcome);
     if let Some(out) = &options.out_dir {
-        report::write_outputs(out, outcome, &target, &now())?;
+        report::write_outputs(out, outcome, &target, &now(), decision.as_ref())?;
         report::write_plots(out, outcome);
         let ledger = run_dir.join("coordinator-ledger.jsonl");
         if ledger.exists() {
@@ -937,6 +1048,84 @@ fn record_outcome(
             .unwrap_or_else(|| "run finished".into()),
     });
     Ok(())
+}
+
+/// What a finished run registers in the model registry (see `crate::models`).
+struct Registration {
+    target: String,
+    family: String,
+    metrics_json: String,
+    epsilon: Option<f64>,
+    data_fingerprint: String,
+    model_json: String,
+    reason: String,
+    promote: bool,
+    parent_version: Option<u32>,
+    decision_json: Option<String>,
+}
+
+impl Registration {
+    /// A run without `[update]` becomes the first champion of its target;
+    /// when the target has a champion already, it is registered as a rejected
+    /// challenger (an operator may promote it).
+    fn of(
+        shared: &Shared,
+        config: &RunConfig,
+        outcome: &RunOutcome,
+        model_json: String,
+        decision: Option<&UpdateDecision>,
+    ) -> Result<Registration, StoreError> {
+        let target = models::target_of(config, outcome);
+        if let Some(d) = decision {
+            return Ok(Registration {
+                target: d.target.clone(),
+                family: config.model.name().to_string(),
+                metrics_json: models::metrics_json(&outcome.rounds),
+                epsilon: models::epsilon(&outcome.rounds),
+                data_fingerprint: models::data_fingerprint(outcome),
+                model_json,
+                reason: d.reason.clone(),
+                promote: d.promoted,
+                parent_version: Some(d.champion_version),
+                decision_json: serde_json::to_string(d).ok(),
+            });
+        }
+        let reason = match shared.store.champion(&target)? {
+            None => format!("the first version of '{target}' (run {})", outcome.run_id),
+            Some(champion) => format!(
+                "run {} is not an update run, so the champion {} stays (`model promote` makes it champion)",
+                outcome.run_id,
+                champion.name()
+            ),
+        };
+        Ok(Registration {
+            target,
+            family: config.model.name().to_string(),
+            metrics_json: models::metrics_json(&outcome.rounds),
+            epsilon: models::epsilon(&outcome.rounds),
+            data_fingerprint: models::data_fingerprint(outcome),
+            model_json,
+            reason,
+            promote: false,
+            parent_version: None,
+            decision_json: None,
+        })
+    }
+
+    fn new_version(&self) -> NewVersion<'_> {
+        NewVersion {
+            target: &self.target,
+            family: &self.family,
+            metrics_json: &self.metrics_json,
+            epsilon: self.epsilon,
+            data_fingerprint: &self.data_fingerprint,
+            parent_version: self.parent_version,
+            model_json: &self.model_json,
+            promote: self.promote,
+            reason: &self.reason,
+            decision_json: self.decision_json.as_deref(),
+        }
+    }
 }
 
 /// Commits rounds to the database, and records each commit in the audit log
