@@ -121,6 +121,29 @@ pub fn metrics_json(rounds: &[RoundRecord]) -> String {
     serde_json::json!({ "metrics": metrics, "quality": quality }).to_string()
 }
 
+/// The stored metrics as one line (`auc 0.8507 | log loss 0.4121`, or the
+/// family's quality headline).
+pub fn metrics_headline(metrics_json: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        metrics: Option<fedprofile_learning::Metrics>,
+        quality: Option<fedprofile_learning::Quality>,
+    }
+    match serde_json::from_str::<Stored>(metrics_json) {
+        Ok(Stored {
+            quality: Some(q), ..
+        }) => crate::report::headline(&q),
+        Ok(Stored {
+            metrics: Some(m), ..
+        }) => format!(
+            "auc {} | log loss {:.4}",
+            m.auc.map_or("-".into(), |a| format!("{a:.4}")),
+            m.log_loss
+        ),
+        _ => "-".into(),
+    }
+}
+
 /// The run's cumulative ε, as the last round reported it.
 pub fn epsilon(rounds: &[RoundRecord]) -> Option<f64> {
     rounds.iter().rev().find_map(|r| r.epsilon)

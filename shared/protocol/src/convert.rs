@@ -12,9 +12,9 @@ use fedprofile_learning::{
 use ndarray::Array1;
 
 use crate::messages::{
-    ClientInfo, ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, RecordDpTask, RefusalKind,
-    ResultBody, RunInfo, RunProgress, ServerEvent, StatsReport, Task, TaskBody, TrainReport,
-    TrainTask,
+    ClientInfo, ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, ModelVersionInfo,
+    RecordDpTask, RefusalKind, ResultBody, RunInfo, RunProgress, ServerEvent, StatsReport, Task,
+    TaskBody, TrainReport, TrainTask, UpdateDecisionInfo,
 };
 use crate::pb;
 
@@ -683,6 +683,9 @@ impl From<RunInfo> for pb::RunInfo {
             log_loss: r.log_loss,
             epsilon: r.epsilon,
             quality: r.quality,
+            model_version: text(r.model_version),
+            model_status: text(r.model_status),
+            update: r.update.map(pb::UpdateDecision::from),
         }
     }
 }
@@ -703,6 +706,79 @@ impl From<pb::RunInfo> for RunInfo {
             log_loss: r.log_loss,
             epsilon: r.epsilon,
             quality: r.quality,
+            model_version: optional(r.model_version),
+            model_status: optional(r.model_status),
+            update: r.update.map(UpdateDecisionInfo::from),
+        }
+    }
+}
+
+impl From<UpdateDecisionInfo> for pb::UpdateDecision {
+    fn from(d: UpdateDecisionInfo) -> pb::UpdateDecision {
+        pb::UpdateDecision {
+            target: d.target,
+            metric: d.metric,
+            champion_version: d.champion_version,
+            challenger: d.challenger,
+            champion: d.champion,
+            min_improvement: d.min_improvement,
+            promoted: d.promoted,
+            reason: d.reason,
+        }
+    }
+}
+
+impl From<pb::UpdateDecision> for UpdateDecisionInfo {
+    fn from(d: pb::UpdateDecision) -> UpdateDecisionInfo {
+        UpdateDecisionInfo {
+            target: d.target,
+            metric: d.metric,
+            champion_version: d.champion_version,
+            challenger: d.challenger,
+            champion: d.champion,
+            min_improvement: d.min_improvement,
+            promoted: d.promoted,
+            reason: d.reason,
+        }
+    }
+}
+
+impl From<ModelVersionInfo> for pb::ModelVersion {
+    fn from(m: ModelVersionInfo) -> pb::ModelVersion {
+        pb::ModelVersion {
+            target: m.target,
+            version: m.version,
+            run_id: m.run_id,
+            family: m.family,
+            status: m.status,
+            reason: m.reason,
+            metrics: m.metrics,
+            epsilon: m.epsilon,
+            data_fingerprint: m.data_fingerprint,
+            parent_version: m.parent_version,
+            registered_at: m.registered_at,
+            decision: m.decision.map(pb::UpdateDecision::from),
+            model_json: text(m.model_json),
+        }
+    }
+}
+
+impl From<pb::ModelVersion> for ModelVersionInfo {
+    fn from(m: pb::ModelVersion) -> ModelVersionInfo {
+        ModelVersionInfo {
+            target: m.target,
+            version: m.version,
+            run_id: m.run_id,
+            family: m.family,
+            status: m.status,
+            reason: m.reason,
+            metrics: m.metrics,
+            epsilon: m.epsilon,
+            data_fingerprint: m.data_fingerprint,
+            parent_version: m.parent_version,
+            registered_at: m.registered_at,
+            decision: m.decision.map(UpdateDecisionInfo::from),
+            model_json: optional(m.model_json),
         }
     }
 }
