@@ -1658,4 +1658,201 @@ learning_rate = 0.1
         let stored = shared.store.run(&id).unwrap().unwrap();
         assert_eq!(stored.state, RunState::Cancelled);
     }
+
+    /// A finished outcome of `run_id` whose final round has AUC `auc` (and
+    /// the champion's `champion_auc`, for an update run).
+    fn finished_outcome(run_id: &str, auc: f64, champion_auc: Option<f64>) -> RunOutcome {
+        use fedprofile_learning::{FeatureColumn, FeatureSpec, Metrics};
+        let metrics = |auc| Metrics {
+            examples: 10,
+            accuracy: 0.8,
+            precision: 0.5,
+            recall: 0.5,
+            f1: 0.5,
+            log_loss: 0.4,
+            auc: Some(auc),
+        };
+        let record = RoundRecord {
+            round: 1,
+            selected: 1,
+            accepted: 1,
+            rejected: 0,
+            refused: 0,
+            attempts: 1,
+            train_loss: 0.5,
+            train_phase_ms: 1.0,
+            max_client_train_ms: 1.0,
+            eval_phase_ms: 1.0,
+            round_ms: 2.0,
+            metrics: Some(metrics(auc)),
+            quality: None,
+            evaluated_clients: 1,
+            epsilon: None,
+            refusals: Vec::new(),
+            skipped: None,
+            champion: champion_auc.map(|a| crate::engine::ChampionEval {
+                metrics: Some(metrics(a)),
+                quality: None,
+                evaluated_clients: 1,
+            }),
+        };
+        RunOutcome {
+            run_id: run_id.into(),
+            completed: true,
+            cancelled: None,
+            failure: None,
+            model: Some(fedprofile_protocol::messages::ModelSnapshot {
+                model_type: "logistic_regression".into(),
+                features: FeatureSpec {
+                    columns: vec![FeatureColumn::Numeric {
+                        name: "x".into(),
+                        mean: 0.0,
+                        std: 1.0,
+                    }],
+                },
+                params: ndarray::Array1::from_vec(vec![0.5, 0.1]),
+                outputs: 1,
+            }),
+            rounds: vec![record],
+            rejections: Default::default(),
+            refusals: Default::default(),
+            excluded: Default::default(),
+            contributors: vec!["a".into()],
+            not_private: Vec::new(),
+            target: Some(("y".into(), "yes".into())),
+            classes: Vec::new(),
+            reported_examples: [("a".to_string(), 10)].into(),
+        }
+    }
+
+    /// Queues `toml`, starts it (copying the champion of an update run, as
+    /// `execute` does) and records `outcome(run_id)` as its end.
+    fn finish(
+        shared: &Arc<Shared>,
+        toml: &str,
+        outcome: impl Fn(&str) -> RunOutcome,
+    ) -> Option<crate::store::ModelVersionRow> {
+        let row = queue_run(shared, toml, Path::new("run.toml"), "test").unwrap();
+        let config = RunConfig::from_toml_str(toml, Path::new("run.toml")).unwrap();
+        shared
+            .store
+            .set_run_state(&row.id, RunState::Running, &now(), None)
+            .unwrap();
+        if let Some(update) = &config.update {
+            let run_dir = shared.state_dir.join("runs").join(&row.id);
+            models::prepare_update(&shared.store, &run_dir, update).unwrap();
+        }
+        let (progress, _) = broadcast::channel(4);
+        let options = options(&shared.state_dir);
+        record_outcome(
+            shared,
+            &row.id,
+            &config,
+            &outcome(&row.id),
+            &options,
+            &progress,
+        )
+        .unwrap();
+        shared.store.model_version_of_run(&row.id).unwrap()
+    }
+
+    #[test]
+    fn finished_runs_register_versions_and_update_runs_are_promoted_only_when_better() {
+        use crate::store::ModelStatus;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let update =
+            format!("{RUN}\n[update]\ntarget = \"y\"\nmetric = \"auc\"\nmin_improvement = 0.01\n");
+        let first = finish(&shared, RUN, |id| finished_outcome(id, 0.80, None)).unwrap();
+        assert_eq!(
+            (first.name(), first.status),
+            ("y@1".into(), ModelStatus::Champion)
+        );
+        assert_eq!(first.parent_version, None);
+        assert!(first.model_json.contains(&first.run_id));
+        // Better by more than the margin: promoted, the champion retired.
+        let better = finish(&shared, &update, |id| {
+            finished_outcome(id, 0.85, Some(0.80))
+        })
+        .unwrap();
+        assert_eq!(
+            (better.name(), better.status),
+            ("y@2".into(), ModelStatus::Champion)
+        );
+        assert_eq!(better.parent_version, Some(1));
+        assert_eq!(
+            better.reason,
+            "auc 0.8500 is better than the champion's 0.8000 by 0.0500 (at least 0.01 required)"
+        );
+        let v1 = shared.store.model_version("y", 1).unwrap().unwrap();
+        assert_eq!(v1.status, ModelStatus::Retired);
+        // Better by less than the margin: rejected, the champion stays.
+        let worse = finish(&shared, &update, |id| {
+            finished_outcome(id, 0.855, Some(0.85))
+        })
+        .unwrap();
+        assert_eq!(
+            (worse.name(), worse.status),
+            ("y@3".into(), ModelStatus::ChallengerRejected)
+        );
+        assert_eq!(
+            worse.reason,
+            "auc 0.8550 is not better than the champion's 0.8500 by 0.01"
+        );
+        assert_eq!(shared.store.champion("y").unwrap().unwrap().version, 2);
+        // A run without [update] never replaces the champion.
+        let plain = finish(&shared, RUN, |id| finished_outcome(id, 0.99, None)).unwrap();
+        assert_eq!(plain.status, ModelStatus::ChallengerRejected);
+        assert!(
+            plain.reason.contains("not an update run"),
+            "{}",
+            plain.reason
+        );
+        // A failed run registers nothing.
+        let failed = finish(&shared, RUN, |id| RunOutcome {
+            completed: false,
+            failure: Some("broken".into()),
+            ..finished_outcome(id, 0.99, None)
+        });
+        assert!(failed.is_none());
+        // The registry's figures are in summary.json and the audit log.
+        let summary: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                dir.path()
+                    .join("runs")
+                    .join(&worse.run_id)
+                    .join("summary.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(summary["update"]["promoted"], false);
+        assert_eq!(summary["update"]["champion"], 0.85);
+        assert_eq!(summary["update"]["challenger"], 0.855);
+        shared.audit.flush();
+        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        for event in ["model.register", "model.promote", "model.reject"] {
+            assert!(
+                audit.contains(&format!("\"{event}\"")),
+                "no {event}: {audit}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_update_of_a_target_without_champion_fails_at_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let update = fedprofile_config::run::UpdateConfig {
+            target: "y".into(),
+            metric: fedprofile_config::run::UpdateMetric::Auc,
+            min_improvement: 0.0,
+        };
+        let err =
+            models::prepare_update(&shared.store, &dir.path().join("r"), &update).unwrap_err();
+        assert_eq!(
+            err,
+            "update.target 'y' has no champion yet: train its first version with a run without [update]"
+        );
+    }
 }

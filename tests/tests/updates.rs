@@ -111,7 +111,10 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
     // The first run: version 1, champion.
     let (first, status) = run_to_end(&sandbox, &alice, "first.toml", &run_file(1, 0.05, ""));
     assert!(status.contains("model churn@1 (champion)"), "{status}");
-    assert_eq!(versions(&sandbox, &alice), pairs(&[("churn@1", "champion")]));
+    assert_eq!(
+        versions(&sandbox, &alice),
+        pairs(&[("churn@1", "champion")])
+    );
 
     // More rounds, warm-started from the champion: better, promoted.
     let (better, status) = run_to_end(&sandbox, &alice, "better.toml", &run_file(4, 0.1, UPDATE));
@@ -133,7 +136,10 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
 
     // A learning rate that diverges: worse, rejected; the champion stays.
     let (worse, status) = run_to_end(&sandbox, &alice, "worse.toml", &run_file(2, 50.0, UPDATE));
-    assert!(status.contains("model churn@3 (challenger-rejected)"), "{status}");
+    assert!(
+        status.contains("model churn@3 (challenger-rejected)"),
+        "{status}"
+    );
     let v = verdict(&sandbox, &worse);
     assert_eq!(v["promoted"], false, "{v}");
     assert_eq!(v["champion_version"], 2, "{v}");
@@ -158,14 +164,23 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
     let model_out = sandbox.path("v2.json");
     let shown = sandbox.operator(
         &alice,
-        &["model", "show", "churn@2", "--model-out", model_out.to_str().unwrap()],
+        &[
+            "model",
+            "show",
+            "churn@2",
+            "--model-out",
+            model_out.to_str().unwrap(),
+        ],
     );
     assert!(shown.status.success(), "{}", text(&shown));
     assert!(text(&shown).contains(&better), "{}", text(&shown));
     assert!(text(&shown).contains("parent churn@1"), "{}", text(&shown));
     let doc: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&model_out).unwrap()).unwrap();
-    assert!(doc.to_string().contains(&better), "the model file names its run");
+    assert!(
+        doc.to_string().contains(&better),
+        "the model file names its run"
+    );
 
     // Rollback: version 1 is champion again; a second one has nothing to go to.
     let rolled = sandbox.operator(
@@ -173,7 +188,11 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
         &["model", "rollback", "churn", "--reason", "v2 misbehaves"],
     );
     assert!(rolled.status.success(), "{}", text(&rolled));
-    assert!(text(&rolled).contains("churn@1 is champion again"), "{}", text(&rolled));
+    assert!(
+        text(&rolled).contains("churn@1 is champion again"),
+        "{}",
+        text(&rolled)
+    );
     assert_eq!(
         versions(&sandbox, &alice),
         pairs(&[
@@ -205,10 +224,21 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
 
     // The audit log and the metrics.
     let audit = fs::read_to_string(sandbox.path("state/audit.jsonl")).unwrap();
-    for event in ["model.register", "model.promote", "model.reject", "model.rollback"] {
-        assert!(audit.contains(&format!("\"{event}\"")), "no {event} in the audit log");
+    for event in [
+        "model.register",
+        "model.promote",
+        "model.reject",
+        "model.rollback",
+    ] {
+        assert!(
+            audit.contains(&format!("\"{event}\"")),
+            "no {event} in the audit log"
+        );
     }
-    assert!(audit.contains("v2 misbehaves"), "the rollback's reason is audited");
+    assert!(
+        audit.contains("v2 misbehaves"),
+        "the rollback's reason is audited"
+    );
     let response = http_get(&sandbox.metrics_addr(), "/metrics");
     assert!(
         response.contains("fedprofile_champion_version{target=\"churn\"} 1"),
@@ -216,7 +246,9 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
     );
     for (outcome, n) in [("promoted", 1), ("rejected", 1), ("failed", 1)] {
         assert!(
-            response.contains(&format!("fedprofile_updates_total{{outcome=\"{outcome}\"}} {n}")),
+            response.contains(&format!(
+                "fedprofile_updates_total{{outcome=\"{outcome}\"}} {n}"
+            )),
             "{response}"
         );
     }
