@@ -947,9 +947,9 @@ fn record_outcome(
             .as_ref(),
     )?;
     if config.update.is_some() {
-        let verdict = match &decision {
-            Some(d) if d.promoted && registered.is_some() => "promoted",
-            Some(_) if registered.is_some() => "rejected",
+        let verdict = match (&decision, registered) {
+            (Some(_), Some((_, true))) => "promoted",
+            (Some(_), Some((_, false))) => "rejected",
             _ => "failed",
         };
         shared.metrics.count_update(verdict);
@@ -958,40 +958,39 @@ fn record_outcome(
         if champion {
             shared.metrics.set_champion(&r.target, version);
         }
-        if let Some(d) = &decision {
-            shared.audit.note(
-                "coordinator",
-                if d.promoted {
-                    "model.promote"
-                } else {
-                    "model.reject"
-                },
-                Some(run_id),
-                &format!(
-                    "{}@{version} {} against {}@{}: {}",
-                    r.target,
-                    if d.promoted { "promoted" } else { "rejected" },
-                    r.target,
-                    d.champion_version,
-                    d.reason
-                ),
-            );
-        }
+        // The reason as stored (the registry may have refused a promotion).
+        let reason = match shared.store.model_version(&r.target, version) {
+            Ok(Some(row)) => row.reason,
+            _ => r.reason.clone(),
+        };
+        let status = if champion {
+            "champion"
+        } else {
+            "challenger-rejected"
+        };
         shared.audit.note(
             "coordinator",
             "model.register",
             Some(run_id),
-            &format!(
-                "{}@{version} registered ({}): {}",
-                r.target,
-                if champion {
-                    "champion"
-                } else {
-                    "challenger-rejected"
-                },
-                r.reason
-            ),
+            &format!("{}@{version} registered ({status}): {reason}", r.target),
         );
+        if let Some(d) = &decision {
+            let (event, verdict) = if champion {
+                ("model.promote", "promoted")
+            } else {
+                ("model.reject", "rejected")
+            };
+            shared.audit.note(
+                "coordinator",
+                event,
+                Some(run_id),
+                &format!(
+                    "{target}@{version} {verdict} against {target}@{}: {reason}",
+                    d.champion_version,
+                    target = r.target,
+                ),
+            );
+        }
     }
     shared.metrics.epsilon_spent.set(0.0);
     shared

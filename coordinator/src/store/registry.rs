@@ -16,6 +16,9 @@
 //!   a crash either the run is still running and no version exists, or the run
 //!   is finished and its version and the champion change are durable; a
 //!   promotion is never half done.
+//! - An update run is promoted only over the champion it was compared with
+//!   (its parent): if the champion changed while it ran (an operator promoted
+//!   or rolled back), it is registered as a rejected challenger, saying so.
 //! - [`Store::promote`] and [`Store::rollback`] change the champion in one
 //!   transaction each. A version that becomes champion records the champion
 //!   it replaced (`replaced_version`); a rollback retires the champion and
@@ -281,7 +284,18 @@ impl Store {
             |r| r.get(0),
         )?;
         let champion = champion_of(tx, v.target)?;
-        let promote = v.promote || champion.is_none();
+        let current = champion.map(|(c, _)| c);
+        // An update run beat the champion it started from; if an operator
+        // changed the champion meanwhile, that comparison no longer holds.
+        let changed = v.promote && v.parent_version.is_some() && current != v.parent_version;
+        let promote = (v.promote && !changed) || champion.is_none();
+        let reason = match (changed, current) {
+            (true, Some(now)) => format!(
+                "{}; but the champion changed during the run (it is now {}@{now}), so it is not promoted",
+                v.reason, v.target
+            ),
+            _ => v.reason.to_string(),
+        };
         let (status, replaced) = if promote {
             if let Some((old, _)) = champion {
                 retire(
@@ -311,7 +325,7 @@ impl Store {
                 v.parent_version,
                 v.model_json,
                 status,
-                v.reason,
+                reason,
                 replaced,
                 v.decision_json,
                 at
@@ -570,6 +584,29 @@ mod tests {
             (2, true)
         );
         assert_eq!(statuses(&store, "Churn"), vec![(1, Retired), (2, Champion)]);
+        assert_eq!(store.champion("Churn").unwrap().unwrap().version, 2);
+    }
+
+    #[test]
+    fn an_update_is_not_promoted_over_a_champion_it_was_not_compared_with() {
+        let (_dir, store) = store_with_runs(3);
+        finish(&store, "r1", &version("Churn", true, None));
+        finish(&store, "r2", &version("Churn", false, Some(1)));
+        store.promote("Churn", 2, "by hand").unwrap();
+        // r3 beat version 1, but version 2 is champion now.
+        assert_eq!(
+            finish(&store, "r3", &version("Churn", true, Some(1))),
+            (3, false)
+        );
+        let v3 = store.model_version("Churn", 3).unwrap().unwrap();
+        assert_eq!(v3.status, ChallengerRejected);
+        assert!(
+            v3.reason.ends_with(
+                "but the champion changed during the run (it is now Churn@2), so it is not promoted"
+            ),
+            "{}",
+            v3.reason
+        );
         assert_eq!(store.champion("Churn").unwrap().unwrap().version, 2);
     }
 
