@@ -116,12 +116,12 @@ pub fn parse_version(text: &str, bare: bool) -> Result<(String, u32), String> {
 
 fn print_versions(versions: &[ModelVersionInfo]) {
     println!(
-        "{:<24} {:<20} {:<26} {:<42} {:<8} reason",
+        "{:<24} {:<20} {:<30} {:<42} {:<8} reason",
         "version", "status", "metrics", "run", "ε"
     );
     for v in versions {
         println!(
-            "{:<24} {:<20} {:<26} {:<42} {:<8} {}",
+            "{:<24} {:<20} {:<30} {:<42} {:<8} {}",
             format!("{}@{}", v.target, v.version),
             v.status,
             v.metrics,

@@ -120,6 +120,7 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
     let (better, status) = run_to_end(&sandbox, &alice, "better.toml", &run_file(4, 0.1, UPDATE));
     assert!(status.contains("model churn@2 (champion)"), "{status}");
     let v = verdict(&sandbox, &better);
+    eprintln!("promoted update: {v}");
     assert_eq!(v["promoted"], true, "{v}");
     assert_eq!(v["champion_version"], 1, "{v}");
     let (challenger, champion) = (
@@ -141,6 +142,14 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
         "{status}"
     );
     let v = verdict(&sandbox, &worse);
+    eprintln!("rejected update: {v}");
+    // The champion evaluated beside the challenger reproduces its own final
+    // figure: the same partners' test splits.
+    assert_eq!(
+        v["champion"],
+        verdict(&sandbox, &better)["challenger"],
+        "{v}"
+    );
     assert_eq!(v["promoted"], false, "{v}");
     assert_eq!(v["champion_version"], 2, "{v}");
     assert!(
@@ -252,6 +261,10 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
             "{response}"
         );
     }
+    eprintln!(
+        "model list after rollback:\n{}",
+        text(&sandbox.operator(&alice, &["model", "list"]))
+    );
     let _ = first;
 
     coordinator.kill();
