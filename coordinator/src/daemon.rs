@@ -1041,10 +1041,20 @@ fn record_outcome(
             .find_map(|r| r.quality.as_ref())
             .map(report::headline)
             .unwrap_or_default(),
-        message: outcome
-            .failure
-            .clone()
-            .unwrap_or_else(|| "run finished".into()),
+        message: match (&outcome.failure, &registration, registered) {
+            (Some(failure), _, _) => failure.clone(),
+            (None, Some(r), Some((version, champion))) if decision.is_some() => format!(
+                "run finished; {}@{version} {}: {}",
+                r.target,
+                if champion {
+                    "is the new champion"
+                } else {
+                    "was not promoted"
+                },
+                decision.as_ref().map_or("", |d| d.reason.as_str())
+            ),
+            _ => "run finished".into(),
+        },
     });
     Ok(())
 }

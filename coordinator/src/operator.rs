@@ -502,7 +502,11 @@ async fn watch(
         last_state = p.state.clone();
         if !p.message.is_empty() && matches!(p.state.as_str(), "finished" | "failed" | "cancelled")
         {
-            bar.println(p.message.clone());
+            if bar.is_hidden() {
+                eprintln!("{}", p.message);
+            } else {
+                bar.println(p.message.clone());
+            }
         }
     }
     bar.finish();

@@ -59,7 +59,7 @@ fn run_to_end(sandbox: &Sandbox, alice: &Path, name: &str, toml: &str) -> (Strin
     assert!(watched.status.success(), "{}", text(&watched));
     let status = sandbox.operator(alice, &["run", "status", &run_id]);
     assert!(status.status.success(), "{}", text(&status));
-    (run_id, text(&status))
+    (run_id, text(&status) + &text(&watched))
 }
 
 /// The `update` section of a run's summary.json.
@@ -119,6 +119,10 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
     // More rounds, warm-started from the champion: better, promoted.
     let (better, status) = run_to_end(&sandbox, &alice, "better.toml", &run_file(4, 0.1, UPDATE));
     assert!(status.contains("model churn@2 (champion)"), "{status}");
+    assert!(
+        status.contains("run finished; churn@2 is the new champion: log_loss"),
+        "run watch tells the verdict: {status}"
+    );
     let v = verdict(&sandbox, &better);
     eprintln!("promoted update: {v}");
     assert_eq!(v["promoted"], true, "{v}");
