@@ -1186,3 +1186,63 @@ async fn an_update_run_whose_challenger_is_worse_is_not_promoted() {
         "auc 0.5000 is not better than the champion's 1.0000 by 0.01"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_update_run_still_evaluates_the_champion_it_started_from() {
+    // The checkpoint of round 1 as a crash left it, in the JSON a coordinator
+    // writes: the champion (weights 0.5) is part of the run's durable state.
+    let model = |w: f64| CheckpointModel {
+        model_type: "logistic_regression".into(),
+        features: global_feature_spec_for_tests(),
+        params: vec![w; 3],
+        outputs: 1,
+    };
+    let checkpoint = Checkpoint {
+        round: 1,
+        model: model(1.5),
+        state: RunState {
+            target: Some(("y".into(), "yes".into())),
+            champion: Some(model(0.5)),
+            ..RunState::default()
+        },
+    };
+    let json = serde_json::to_string(&checkpoint).unwrap();
+    let checkpoint: Checkpoint = serde_json::from_str(&json).unwrap();
+    assert_eq!(checkpoint.state.champion, Some(model(0.5)));
+
+    let (hub, out_rx, in_tx, in_rx) = fake_hub(vec!["a".into(), "b".into(), "c".into()]);
+    let evaluated = Arc::new(Mutex::new(Vec::new()));
+    tokio::spawn(play_update(
+        out_rx,
+        in_tx,
+        0.5,
+        [[0.5, 0.5, 0.5], [0.9, 0.1, 0.6]],
+        Arc::clone(&evaluated),
+    ));
+    let cfg = RunConfig {
+        update: Some(fedprofile_config::run::UpdateConfig {
+            target: "y".into(),
+            metric: fedprofile_config::run::UpdateMetric::Auc,
+            min_improvement: 0.0,
+        }),
+        ..config(2, 3)
+    };
+    let run = Run::new(cfg, "update-1".into(), hub, in_rx, Box::new(Quiet))
+        .resume_from(checkpoint, Vec::new());
+    let outcome = run.execute().await.0;
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    let last = outcome.rounds.last().unwrap();
+    assert_eq!(last.round, 2);
+    assert_eq!(
+        last.champion.as_ref().unwrap().metrics.unwrap().auc,
+        Some(0.5)
+    );
+    assert_eq!(last.metrics.unwrap().auc, Some(1.0));
+    let champion_evals = evaluated
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(round, _, w)| *round == 2 && *w == 0.5)
+        .count();
+    assert_eq!(champion_evals, 3);
+}
