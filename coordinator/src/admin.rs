@@ -1,5 +1,7 @@
-//! The operators' gRPC service: start, list, inspect, cancel and watch runs, and
-//! list the partners. Only operator certificates (OU = fedprofile-operator) are
+//! The operators' gRPC service: start, list, inspect, cancel and watch runs,
+//! list the partners, and manage the model registry (list, show, promote,
+//! roll back; each change of champion is audited as `model.promote` or
+//! `model.rollback` with the operator's reason). Only operator certificates (OU = fedprofile-operator) are
 //! served; every command is written to the audit log with the operator's identity.
 
 use std::path::PathBuf;
@@ -7,7 +9,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedprofile_protocol::messages::{ClientInfo, RunInfo, RunProgress};
+use fedprofile_config::run::UpdateDecision;
+use fedprofile_protocol::messages::{
+    ClientInfo, ModelVersionInfo, RunInfo, RunProgress, UpdateDecisionInfo,
+};
 use fedprofile_protocol::pb::admin_server::Admin;
 use fedprofile_protocol::pb::{self};
 use fedprofile_protocol::tls::PeerRole;
@@ -17,7 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::daemon::{Progress, Shared, now, queue_run};
 use crate::engine::RoundRecord;
 use crate::status::{AdminError, PeerError};
-use crate::store::{RunRow, RunState};
+use crate::store::{ModelVersionRow, Problem, RunRow, RunState, StoreError};
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -69,6 +74,12 @@ impl AdminService {
                     .and_then(|rec| rec.epsilon)
             })
         });
+        let version = self
+            .shared
+            .store
+            .model_version_of_run(&row.id)
+            .ok()
+            .flatten();
         RunInfo {
             run_id: row.id.clone(),
             name: row.name.clone(),
@@ -87,6 +98,9 @@ impl AdminService {
                 .and_then(|r| r.quality.as_ref())
                 .map(crate::report::headline)
                 .unwrap_or_default(),
+            model_version: version.as_ref().map(ModelVersionRow::name),
+            model_status: version.as_ref().map(|v| v.status.as_str().to_string()),
+            update: version.as_ref().and_then(decision_of),
         }
     }
 
@@ -97,6 +111,65 @@ impl AdminService {
             .map_err(AdminError::from)?
             .ok_or_else(|| AdminError::NoSuchRun(id.to_string()).into())
     }
+}
+
+/// An update run's verdict, as stored with its version.
+fn decision_of(v: &ModelVersionRow) -> Option<UpdateDecisionInfo> {
+    let d: UpdateDecision = serde_json::from_str(v.decision_json.as_deref()?).ok()?;
+    Some(UpdateDecisionInfo {
+        target: d.target,
+        metric: d.metric,
+        champion_version: d.champion_version,
+        challenger: d.challenger,
+        champion: d.champion,
+        min_improvement: d.min_improvement,
+        promoted: d.promoted,
+        reason: d.reason,
+    })
+}
+
+/// A registry row for the admin API (`with_file`: with its model file).
+fn version_info(v: &ModelVersionRow, with_file: bool) -> ModelVersionInfo {
+    ModelVersionInfo {
+        target: v.target.clone(),
+        version: v.version,
+        run_id: v.run_id.clone(),
+        family: v.family.clone(),
+        status: v.status.as_str().to_string(),
+        reason: v.reason.clone(),
+        metrics: crate::models::metrics_headline(&v.metrics_json),
+        epsilon: v.epsilon,
+        data_fingerprint: v.data_fingerprint.clone(),
+        parent_version: v.parent_version,
+        registered_at: v.registered_at.clone(),
+        decision: decision_of(v),
+        model_json: with_file.then(|| v.model_json.clone()),
+    }
+}
+
+/// A registry refusal as the operator reads it: the store's sentence
+/// without the database's path.
+fn registry_error(e: StoreError) -> AdminError {
+    match e.problem() {
+        Some(p @ (Problem::UnknownTarget(_) | Problem::UnknownVersion(_))) => {
+            AdminError::NoSuchModel(p.to_string())
+        }
+        Some(p @ (Problem::NothingToRollBack(_) | Problem::AlreadyChampion(_))) => {
+            AdminError::ModelPrecondition(p.to_string())
+        }
+        _ => AdminError::Store(e),
+    }
+}
+
+/// The operator's reason, required for a change of champion.
+fn required_reason(reason: String, command: &str) -> Result<String, AdminError> {
+    let reason = reason.trim().to_string();
+    if reason.is_empty() {
+        return Err(AdminError::InvalidModelCommand(format!(
+            "model {command} needs a reason (--reason \"…\"); it is written to the audit log"
+        )));
+    }
+    Ok(reason)
 }
 
 fn progress_message(p: &Progress) -> pb::RunProgress {
@@ -278,6 +351,125 @@ impl Admin for AdminService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        self.operator(&request)?;
+        let target = request.into_inner().target;
+        let target = (!target.is_empty()).then_some(target);
+        let rows = self
+            .shared
+            .store
+            .model_versions(target.as_deref())
+            .map_err(AdminError::from)?;
+        if let (Some(target), true) = (&target, rows.is_empty()) {
+            return Err(AdminError::NoSuchModel(
+                Problem::UnknownTarget(target.clone()).to_string(),
+            )
+            .into());
+        }
+        Ok(Response::new(pb::ListModelsResponse {
+            versions: rows.iter().map(|v| version_info(v, false).into()).collect(),
+        }))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::ModelVersion>, Status> {
+        self.operator(&request)?;
+        let req = request.into_inner();
+        let store = &self.shared.store;
+        let row = if req.version == 0 {
+            store.champion(&req.target)
+        } else {
+            store.model_version(&req.target, req.version)
+        }
+        .map_err(AdminError::from)?;
+        let row = match row {
+            Some(row) => row,
+            None => {
+                let known = !store
+                    .model_versions(Some(&req.target))
+                    .map_err(AdminError::from)?
+                    .is_empty();
+                let problem = match (known, req.version) {
+                    (false, _) => Problem::UnknownTarget(req.target),
+                    (true, 0) => Problem::UnknownVersion(format!("champion of '{}'", req.target)),
+                    (true, v) => Problem::UnknownVersion(format!("{}@{v}", req.target)),
+                };
+                return Err(AdminError::NoSuchModel(problem.to_string()).into());
+            }
+        };
+        Ok(Response::new(version_info(&row, true).into()))
+    }
+
+    async fn promote_model(
+        &self,
+        request: Request<pb::PromoteModelRequest>,
+    ) -> Result<Response<pb::ModelVersion>, Status> {
+        let operator = self.operator(&request)?;
+        let req = request.into_inner();
+        let reason = required_reason(req.reason, "promote")?;
+        let store = &self.shared.store;
+        let change = store
+            .promote(
+                &req.target,
+                req.version,
+                &format!("promoted by {operator}: {reason}"),
+            )
+            .map_err(registry_error)?;
+        self.shared.metrics.set_champion(&req.target, change.to);
+        let from = change
+            .from
+            .map_or("no champion".to_string(), |v| format!("{}@{v}", req.target));
+        self.shared.audit.note(
+            &operator,
+            "model.promote",
+            None,
+            &format!(
+                "{}@{} is champion (was {from}): {reason}",
+                req.target, change.to
+            ),
+        );
+        let row = store
+            .model_version(&req.target, change.to)
+            .map_err(AdminError::from)?
+            .ok_or_else(|| AdminError::NoSuchModel(format!("{}@{}", req.target, change.to)))?;
+        Ok(Response::new(version_info(&row, false).into()))
+    }
+
+    async fn rollback_model(
+        &self,
+        request: Request<pb::RollbackModelRequest>,
+    ) -> Result<Response<pb::ModelVersion>, Status> {
+        let operator = self.operator(&request)?;
+        let req = request.into_inner();
+        let reason = required_reason(req.reason, "rollback")?;
+        let store = &self.shared.store;
+        let change = store
+            .rollback(&req.target, &format!("by {operator}: {reason}"))
+            .map_err(registry_error)?;
+        self.shared.metrics.set_champion(&req.target, change.to);
+        self.shared.audit.note(
+            &operator,
+            "model.rollback",
+            None,
+            &format!(
+                "{target}@{to} is champion again (was {target}@{from}): {reason}",
+                target = req.target,
+                to = change.to,
+                from = change.from.unwrap_or_default()
+            ),
+        );
+        let row = store
+            .model_version(&req.target, change.to)
+            .map_err(AdminError::from)?
+            .ok_or_else(|| AdminError::NoSuchModel(format!("{}@{}", req.target, change.to)))?;
+        Ok(Response::new(version_info(&row, false).into()))
     }
 
     async fn list_clients(

@@ -31,6 +31,9 @@ enum Command {
     /// Operators: start, list, inspect, cancel and watch runs over the admin API.
     #[command(subcommand)]
     Run(RunCommand),
+    /// Operators: the model registry (versions per target, the champion).
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Operators: the partners known to the coordinator, connected or not.
     Clients(OperatorArgs),
     /// The audit log.
@@ -84,6 +87,48 @@ enum RunCommand {
     Watch {
         /// Run id.
         run_id: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Every version of every target (or of one), with its status.
+    List {
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// One version (TARGET@N), or a target's champion (TARGET).
+    Show {
+        /// TARGET@N or TARGET.
+        version: String,
+        /// Write its model file here.
+        #[arg(long)]
+        model_out: Option<PathBuf>,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// Make TARGET@N its target's champion (the champion is retired).
+    Promote {
+        /// TARGET@N.
+        version: String,
+        /// Why (required; recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// Retire TARGET's champion and restore the champion it replaced.
+    Rollback {
+        /// The target.
+        target: String,
+        /// Why (required; recorded in the audit log).
+        #[arg(long)]
+        reason: String,
         #[command(flatten)]
         operator: OperatorArgs,
     },
@@ -299,6 +344,29 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 RunCommand::Watch { run_id, operator } => {
                     (operator, OperatorCommand::Watch(run_id))
                 }
+            };
+            operate(&operator, command)
+        }
+        Command::Model(command) => {
+            let (operator, command) = match command {
+                ModelCommand::List { target, operator } => {
+                    (operator, OperatorCommand::ModelList(target))
+                }
+                ModelCommand::Show {
+                    version,
+                    model_out,
+                    operator,
+                } => (operator, OperatorCommand::ModelShow(version, model_out)),
+                ModelCommand::Promote {
+                    version,
+                    reason,
+                    operator,
+                } => (operator, OperatorCommand::ModelPromote(version, reason)),
+                ModelCommand::Rollback {
+                    target,
+                    reason,
+                    operator,
+                } => (operator, OperatorCommand::ModelRollback(target, reason)),
             };
             operate(&operator, command)
         }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fedprofile_config::run::RunConfig;
+use fedprofile_config::run::{RunConfig, UpdateDecision};
 use fedprofile_learning::model_file::Target;
 use fedprofile_protocol::pb::admin_server::AdminServer;
 use fedprofile_protocol::pb::federation_server::FederationServer;
@@ -23,9 +23,10 @@ use crate::engine::{
     RunObserver, RunOutcome, RunSnapshot, SinkError,
 };
 use crate::metrics::{Metrics, Reason};
+use crate::models;
 use crate::report::{self, ReportError};
 use crate::service::{FederationService, HubListener, IdentityMode, SessionHub};
-use crate::store::{RoundCommit, RunRow, RunState, Store, StoreError};
+use crate::store::{NewVersion, RoundCommit, RunRow, RunState, Store, StoreError};
 use fedprofile_protocol::messages::ServerEvent;
 
 /// Serving failed.
@@ -464,6 +465,11 @@ fn open_shared(options: &ServeOptions, hub: Arc<SessionHub>) -> Result<Arc<Share
     }
     let (store, audit) = (state.store, state.audit);
     let metrics = Arc::new(Metrics::new());
+    for version in store.model_versions(None)? {
+        if version.status == crate::store::ModelStatus::Champion {
+            metrics.set_champion(&version.target, version.version);
+        }
+    }
     hub.set_listener(Arc::new(Registry {
         store: Arc::clone(&store),
         audit: Arc::clone(&audit),
@@ -753,7 +759,7 @@ async fn execute(
     options: &ServeOptions,
 ) -> Result<(Option<RunOutcome>, mpsc::Receiver<Inbound>), ServeError> {
     let origin = PathBuf::from(format!("run {}", row.id));
-    let config = match RunConfig::from_toml_str(&row.run_toml, &origin) {
+    let mut config = match RunConfig::from_toml_str(&row.run_toml, &origin) {
         Ok(c) => c,
         Err(e) => {
             shared
@@ -762,6 +768,25 @@ async fn execute(
             return Ok((None, inbox));
         }
     };
+    if let Some(update) = &config.update {
+        // An update run warm-starts from its target's champion (kept in the
+        // run folder, so a resumed run keeps the champion it started with).
+        let run_dir = shared.state_dir.join("runs").join(&row.id);
+        match models::prepare_update(&shared.store, &run_dir, update) {
+            Ok(path) => config.warm_start = Some(path),
+            Err(why) => {
+                tracing::error!(run_id = %row.id, "{why}");
+                shared
+                    .store
+                    .set_run_state(&row.id, RunState::Failed, &now(), Some(&why))?;
+                shared
+                    .audit
+                    .note("coordinator", "run.failed", Some(&row.id), &why);
+                shared.metrics.count_update("failed");
+                return Ok((None, inbox));
+            }
+        }
+    }
     let resumable = match resumable_state(shared, &row) {
         Ok(r) => r,
         Err(why) => {
@@ -868,9 +893,105 @@ fn record_outcome(
     } else {
         RunState::Failed
     };
-    shared
-        .store
-        .set_run_state(run_id, state, &now(), outcome.failure.as_deref())?;
+    let target = outcome
+        .target
+        .clone()
+        .map(|(column, positive_value)| Target {
+            column,
+            positive_value,
+        })
+        .unwrap_or(Target {
+            column: String::new(),
+            positive_value: String::new(),
+        });
+    let finished_at = now();
+    // An update run's verdict: the challenger against the champion, on the
+    // final evaluation round.
+    let decision = match (&config.update, outcome.completed) {
+        (Some(update), true) => match models::decide(&shared.store, &run_dir, update, outcome) {
+            Ok(decision) => Some(decision),
+            Err(why) => {
+                tracing::error!(run_id = %run_id, "{why}");
+                None
+            }
+        },
+        _ => None,
+    };
+    // The run's version is registered in the same transaction as its finish.
+    let registration = match (&outcome.model, outcome.completed) {
+        (Some(model), true) => match report::model_document(outcome, model, &target, &finished_at)
+            .and_then(|doc| doc.to_json().map_err(|e| ReportError::Model(e.to_string())))
+        {
+            Ok(model_json) => Some(Registration::of(
+                shared,
+                config,
+                outcome,
+                model_json,
+                decision.as_ref(),
+            )?),
+            Err(e) => {
+                tracing::error!(run_id = %run_id, "the model cannot be registered: {e}");
+                None
+            }
+        },
+        _ => None,
+    };
+    let registered = shared.store.finish_run(
+        run_id,
+        state,
+        &finished_at,
+        outcome.failure.as_deref(),
+        registration
+            .as_ref()
+            .map(Registration::new_version)
+            .as_ref(),
+    )?;
+    if config.update.is_some() {
+        let verdict = match (&decision, registered) {
+            (Some(_), Some((_, true))) => "promoted",
+            (Some(_), Some((_, false))) => "rejected",
+            _ => "failed",
+        };
+        shared.metrics.count_update(verdict);
+    }
+    if let (Some(r), Some((version, champion))) = (&registration, registered) {
+        if champion {
+            shared.metrics.set_champion(&r.target, version);
+        }
+        // The reason as stored (the registry may have refused a promotion).
+        let reason = match shared.store.model_version(&r.target, version) {
+            Ok(Some(row)) => row.reason,
+            _ => r.reason.clone(),
+        };
+        let status = if champion {
+            "champion"
+        } else {
+            "challenger-rejected"
+        };
+        shared.audit.note(
+            "coordinator",
+            "model.register",
+            Some(run_id),
+            &format!("{}@{version} registered ({status}): {reason}", r.target),
+        );
+        if let Some(d) = &decision {
+            let (event, verdict) = if champion {
+                ("model.promote", "promoted")
+            } else {
+                ("model.reject", "rejected")
+            };
+            shared.audit.note(
+                "coordinator",
+                event,
+                Some(run_id),
+                &format!(
+                    "{target}@{version} {verdict} against {target}@{}: {reason}",
+                    d.champion_version,
+                    target = r.target,
+                ),
+            );
+        }
+    }
     shared.metrics.epsilon_spent.set(0.0);
     shared
         .metrics
@@ -885,21 +1006,10 @@ fn record_outcome(
         Some(run_id),
         outcome.failure.as_deref().unwrap_or("all rounds completed"),
     );
-    let target = outcome
-        .target
-        .clone()
-        .map(|(column, positive_value)| Target {
-            column,
-            positive_value,
-        })
-        .unwrap_or(Target {
-            column: String::new(),
-            positive_value: String::new(),
-        });
-    report::write_outputs(&run_dir, outcome, &target, &now())?;
+    report::write_outputs(&run_dir, outcome, &target, &now(), decision.as_ref())?;
     report::write_plots(&run_dir, outcome);
     if let Some(out) = &options.out_dir {
-        report::write_outputs(out, outcome, &target, &now())?;
+        report::write_outputs(out, outcome, &target, &now(), decision.as_ref())?;
         report::write_plots(out, outcome);
         let ledger = run_dir.join("coordinator-ledger.jsonl");
         if ledger.exists() {
@@ -931,12 +1041,100 @@ fn record_outcome(
             .find_map(|r| r.quality.as_ref())
             .map(report::headline)
             .unwrap_or_default(),
-        message: outcome
-            .failure
-            .clone()
-            .unwrap_or_else(|| "run finished".into()),
+        message: match (&outcome.failure, &registration, registered) {
+            (Some(failure), _, _) => failure.clone(),
+            (None, Some(r), Some((version, champion))) if decision.is_some() => format!(
+                "run finished; {}@{version} {}: {}",
+                r.target,
+                if champion {
+                    "is the new champion"
+                } else {
+                    "was not promoted"
+                },
+                decision.as_ref().map_or("", |d| d.reason.as_str())
+            ),
+            _ => "run finished".into(),
+        },
     });
     Ok(())
+}
+
+/// What a finished run registers in the model registry (see `crate::models`).
+struct Registration {
+    target: String,
+    family: String,
+    metrics_json: String,
+    epsilon: Option<f64>,
+    data_fingerprint: String,
+    model_json: String,
+    reason: String,
+    promote: bool,
+    parent_version: Option<u32>,
+    decision_json: Option<String>,
+}
+
+impl Registration {
+    /// A run without `[update]` becomes the first champion of its target;
+    /// when the target has a champion already, it is registered as a rejected
+    /// challenger (an operator may promote it).
+    fn of(
+        shared: &Shared,
+        config: &RunConfig,
+        outcome: &RunOutcome,
+        model_json: String,
+        decision: Option<&UpdateDecision>,
+    ) -> Result<Registration, StoreError> {
+        let target = models::target_of(config, outcome);
+        if let Some(d) = decision {
+            return Ok(Registration {
+                target: d.target.clone(),
+                family: config.model.name().to_string(),
+                metrics_json: models::metrics_json(&outcome.rounds),
+                epsilon: models::epsilon(&outcome.rounds),
+                data_fingerprint: models::data_fingerprint(outcome),
+                model_json,
+                reason: d.reason.clone(),
+                promote: d.promoted,
+                parent_version: Some(d.champion_version),
+                decision_json: serde_json::to_string(d).ok(),
+            });
+        }
+        let reason = match shared.store.champion(&target)? {
+            None => format!("the first version of '{target}' (run {})", outcome.run_id),
+            Some(champion) => format!(
+                "run {} is not an update run, so the champion {} stays (`model promote` makes it champion)",
+                outcome.run_id,
+                champion.name()
+            ),
+        };
+        Ok(Registration {
+            target,
+            family: config.model.name().to_string(),
+            metrics_json: models::metrics_json(&outcome.rounds),
+            epsilon: models::epsilon(&outcome.rounds),
+            data_fingerprint: models::data_fingerprint(outcome),
+            model_json,
+            reason,
+            promote: false,
+            parent_version: None,
+            decision_json: None,
+        })
+    }
+
+    fn new_version(&self) -> NewVersion<'_> {
+        NewVersion {
+            target: &self.target,
+            family: &self.family,
+            metrics_json: &self.metrics_json,
+            epsilon: self.epsilon,
+            data_fingerprint: &self.data_fingerprint,
+            parent_version: self.parent_version,
+            model_json: &self.model_json,
+            promote: self.promote,
+            reason: &self.reason,
+            decision_json: self.decision_json.as_deref(),
+        }
+    }
 }
 
 /// Commits rounds to the database, and records each commit in the audit log
@@ -1468,5 +1666,202 @@ learning_rate = 0.1
         );
         let stored = shared.store.run(&id).unwrap().unwrap();
         assert_eq!(stored.state, RunState::Cancelled);
+    }
+
+    /// A finished outcome of `run_id` whose final round has AUC `auc` (and
+    /// the champion's `champion_auc`, for an update run).
+    fn finished_outcome(run_id: &str, auc: f64, champion_auc: Option<f64>) -> RunOutcome {
+        use fedprofile_learning::{FeatureColumn, FeatureSpec, Metrics};
+        let metrics = |auc| Metrics {
+            examples: 10,
+            accuracy: 0.8,
+            precision: 0.5,
+            recall: 0.5,
+            f1: 0.5,
+            log_loss: 0.4,
+            auc: Some(auc),
+        };
+        let record = RoundRecord {
+            round: 1,
+            selected: 1,
+            accepted: 1,
+            rejected: 0,
+            refused: 0,
+            attempts: 1,
+            train_loss: 0.5,
+            train_phase_ms: 1.0,
+            max_client_train_ms: 1.0,
+            eval_phase_ms: 1.0,
+            round_ms: 2.0,
+            metrics: Some(metrics(auc)),
+            quality: None,
+            evaluated_clients: 1,
+            epsilon: None,
+            refusals: Vec::new(),
+            skipped: None,
+            champion: champion_auc.map(|a| crate::engine::ChampionEval {
+                metrics: Some(metrics(a)),
+                quality: None,
+                evaluated_clients: 1,
+            }),
+        };
+        RunOutcome {
+            run_id: run_id.into(),
+            completed: true,
+            cancelled: None,
+            failure: None,
+            model: Some(fedprofile_protocol::messages::ModelSnapshot {
+                model_type: "logistic_regression".into(),
+                features: FeatureSpec {
+                    columns: vec![FeatureColumn::Numeric {
+                        name: "x".into(),
+                        mean: 0.0,
+                        std: 1.0,
+                    }],
+                },
+                params: ndarray::Array1::from_vec(vec![0.5, 0.1]),
+                outputs: 1,
+            }),
+            rounds: vec![record],
+            rejections: Default::default(),
+            refusals: Default::default(),
+            excluded: Default::default(),
+            contributors: vec!["a".into()],
+            not_private: Vec::new(),
+            target: Some(("y".into(), "yes".into())),
+            classes: Vec::new(),
+            reported_examples: [("a".to_string(), 10)].into(),
+        }
+    }
+
+    /// Queues `toml`, starts it (copying the champion of an update run, as
+    /// `execute` does) and records `outcome(run_id)` as its end.
+    fn finish(
+        shared: &Arc<Shared>,
+        toml: &str,
+        outcome: impl Fn(&str) -> RunOutcome,
+    ) -> Option<crate::store::ModelVersionRow> {
+        let row = queue_run(shared, toml, Path::new("run.toml"), "test").unwrap();
+        let config = RunConfig::from_toml_str(toml, Path::new("run.toml")).unwrap();
+        shared
+            .store
+            .set_run_state(&row.id, RunState::Running, &now(), None)
+            .unwrap();
+        if let Some(update) = &config.update {
+            let run_dir = shared.state_dir.join("runs").join(&row.id);
+            models::prepare_update(&shared.store, &run_dir, update).unwrap();
+        }
+        let (progress, _) = broadcast::channel(4);
+        let options = options(&shared.state_dir);
+        record_outcome(
+            shared,
+            &row.id,
+            &config,
+            &outcome(&row.id),
+            &options,
+            &progress,
+        )
+        .unwrap();
+        shared.store.model_version_of_run(&row.id).unwrap()
+    }
+
+    #[test]
+    fn finished_runs_register_versions_and_update_runs_are_promoted_only_when_better() {
+        use crate::store::ModelStatus;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let update =
+            format!("{RUN}\n[update]\ntarget = \"y\"\nmetric = \"auc\"\nmin_improvement = 0.01\n");
+        let first = finish(&shared, RUN, |id| finished_outcome(id, 0.80, None)).unwrap();
+        assert_eq!(
+            (first.name(), first.status),
+            ("y@1".into(), ModelStatus::Champion)
+        );
+        assert_eq!(first.parent_version, None);
+        assert!(first.model_json.contains(&first.run_id));
+        // Better by more than the margin: promoted, the champion retired.
+        let better = finish(&shared, &update, |id| {
+            finished_outcome(id, 0.85, Some(0.80))
+        })
+        .unwrap();
+        assert_eq!(
+            (better.name(), better.status),
+            ("y@2".into(), ModelStatus::Champion)
+        );
+        assert_eq!(better.parent_version, Some(1));
+        assert_eq!(
+            better.reason,
+            "auc 0.8500 is better than the champion's 0.8000 by 0.0500 (at least 0.01 required)"
+        );
+        let v1 = shared.store.model_version("y", 1).unwrap().unwrap();
+        assert_eq!(v1.status, ModelStatus::Retired);
+        // Better by less than the margin: rejected, the champion stays.
+        let worse = finish(&shared, &update, |id| {
+            finished_outcome(id, 0.855, Some(0.85))
+        })
+        .unwrap();
+        assert_eq!(
+            (worse.name(), worse.status),
+            ("y@3".into(), ModelStatus::ChallengerRejected)
+        );
+        assert_eq!(
+            worse.reason,
+            "auc 0.8550 is not better than the champion's 0.8500 by 0.01"
+        );
+        assert_eq!(shared.store.champion("y").unwrap().unwrap().version, 2);
+        // A run without [update] never replaces the champion.
+        let plain = finish(&shared, RUN, |id| finished_outcome(id, 0.99, None)).unwrap();
+        assert_eq!(plain.status, ModelStatus::ChallengerRejected);
+        assert!(
+            plain.reason.contains("not an update run"),
+            "{}",
+            plain.reason
+        );
+        // A failed run registers nothing.
+        let failed = finish(&shared, RUN, |id| RunOutcome {
+            completed: false,
+            failure: Some("broken".into()),
+            ..finished_outcome(id, 0.99, None)
+        });
+        assert!(failed.is_none());
+        // The registry's figures are in summary.json and the audit log.
+        let summary: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                dir.path()
+                    .join("runs")
+                    .join(&worse.run_id)
+                    .join("summary.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(summary["update"]["promoted"], false);
+        assert_eq!(summary["update"]["champion"], 0.85);
+        assert_eq!(summary["update"]["challenger"], 0.855);
+        shared.audit.flush();
+        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        for event in ["model.register", "model.promote", "model.reject"] {
+            assert!(
+                audit.contains(&format!("\"{event}\"")),
+                "no {event}: {audit}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_update_of_a_target_without_champion_fails_at_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let update = fedprofile_config::run::UpdateConfig {
+            target: "y".into(),
+            metric: fedprofile_config::run::UpdateMetric::Auc,
+            min_improvement: 0.0,
+        };
+        let err =
+            models::prepare_update(&shared.store, &dir.path().join("r"), &update).unwrap_err();
+        assert_eq!(
+            err,
+            "update.target 'y' has no champion yet: train its first version with a run without [update]"
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! - [`service`]: the federation gRPC edge (sessions, identity from certificates);
 //! - [`status`]: the edge's typed errors and their one map to gRPC codes;
 //! - [`admin`] / [`operator`]: the operators' API and its command line;
-//! - [`store`]: the SQLite database; [`audit`]: the hash-chained audit log;
+//! - [`store`]: the SQLite database (runs, rounds, the model registry); [`models`]: what a run registers; [`audit`]: the hash-chained audit log;
 //! - [`state`]: the two checked against each other at start (state identity);
 //! - [`missing`]: who a run is waiting for and why (failed handshakes, absent partners);
 //! - [`metrics`]: Prometheus metrics; [`report`]: outputs, plots, progress lines;
@@ -25,6 +25,7 @@ pub mod daemon;
 pub mod engine;
 pub mod metrics;
 pub mod missing;
+pub mod models;
 pub mod operator;
 pub mod report;
 pub mod service;

@@ -1,7 +1,8 @@
 //! Prometheus metrics, served as text on their own port (`/metrics`, loopback by
 //! default): rounds, round duration, connected clients, updates accepted and
 //! rejected by reason, refused tasks and messages, TLS handshake failures and the
-//! privacy loss of the current run.
+//! privacy loss of the current run, the champion's version per target and the
+//! update runs by outcome.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,6 +38,20 @@ pub struct Cause {
     pub cause: String,
 }
 
+/// A `target` label (of the model registry).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    /// The model's target.
+    pub target: String,
+}
+
+/// An `outcome` label (of an update run: `promoted`, `rejected`, `failed`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// The outcome.
+    pub outcome: String,
+}
+
 /// The coordinator's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -62,6 +77,10 @@ pub struct Metrics {
     pub epsilon_spent: Gauge<f64, AtomicU64>,
     /// Runs finished, by outcome.
     pub runs_finished: Family<Reason, Counter>,
+    /// The champion's version, per target (the model registry).
+    pub champion_version: Family<TargetLabel, Gauge>,
+    /// Update runs (`[update]`) ended, by outcome.
+    pub updates: Family<Outcome, Counter>,
 }
 
 impl Default for Metrics {
@@ -87,6 +106,8 @@ impl Metrics {
             tls_handshake_failures: Family::default(),
             epsilon_spent: Gauge::default(),
             runs_finished: Family::default(),
+            champion_version: Family::default(),
+            updates: Family::default(),
             registry: Registry::default(),
         };
         // Each metric under its name, with its help text.
@@ -106,6 +127,8 @@ impl Metrics {
             tls_handshake_failures: "tls_handshake_failures", "Failed TLS handshakes, by cause (unknown_ca, expired, not_yet_valid, revoked, no_client_certificate, bad_certificate, client_refused_server, not_tls, timeout, other)";
             epsilon_spent: "epsilon_spent", "Cumulative epsilon of the current run";
             runs_finished: "runs_finished", "Runs finished, by outcome";
+            champion_version: "champion_version", "The champion's version, per target";
+            updates: "updates", "Update runs ended, by outcome (promoted, rejected, failed)";
         }
         Metrics { registry, ..m }
     }
@@ -115,6 +138,24 @@ impl Metrics {
         self.messages_refused
             .get_or_create(&Reason {
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets the champion's version of `target`.
+    pub fn set_champion(&self, target: &str, version: u32) {
+        self.champion_version
+            .get_or_create(&TargetLabel {
+                target: target.to_string(),
+            })
+            .set(i64::from(version));
+    }
+
+    /// Counts an update run that ended `outcome` (promoted, rejected, failed).
+    pub fn count_update(&self, outcome: &str) {
+        self.updates
+            .get_or_create(&Outcome {
+                outcome: outcome.to_string(),
             })
             .inc();
     }

@@ -1,5 +1,6 @@
-//! The operator CLI: `run start|list|status|cancel|watch` and `clients`, over the
-//! admin API with an operator certificate.
+//! The operator CLI: `run start|list|status|cancel|watch`, `model
+//! list|show|promote|rollback` and `clients`, over the admin API with an
+//! operator certificate.
 //!
 //! ```toml
 //! # operator.toml (paths relative to this file)
@@ -15,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fedprofile_config::{RawTls, TlsField};
-use fedprofile_protocol::messages::{ClientInfo, RunInfo, RunProgress};
+use fedprofile_protocol::messages::{
+    ClientInfo, ModelVersionInfo, RunInfo, RunProgress, UpdateDecisionInfo,
+};
 use fedprofile_protocol::pb::admin_client::AdminClient;
 use fedprofile_protocol::pb::{self};
 use fedprofile_protocol::tls::{self, TlsFiles};
@@ -77,6 +80,66 @@ pub enum OperatorCommand {
     Watch(String),
     /// The partners.
     Clients,
+    /// The model registry (of one target).
+    ModelList(Option<String>),
+    /// One version (`TARGET@N`) or a target's champion (`TARGET`), and where
+    /// to write its model file.
+    ModelShow(String, Option<PathBuf>),
+    /// Make `TARGET@N` champion, with a reason.
+    ModelPromote(String, String),
+    /// Restore the champion a target's champion replaced, with a reason.
+    ModelRollback(String, String),
+}
+
+/// `TARGET@N` as (target, N); `TARGET` alone as (target, 0) when `bare` is
+/// allowed (its champion).
+pub fn parse_version(text: &str, bare: bool) -> Result<(String, u32), String> {
+    match text.rsplit_once('@') {
+        Some((target, n)) if !target.is_empty() => match n.parse::<u32>() {
+            Ok(v) if v >= 1 => Ok((target.to_string(), v)),
+            _ => Err(format!(
+                "'{text}' does not name a version: the part after '@' must be a version number from 1, like Churn@2"
+            )),
+        },
+        None if bare && !text.is_empty() => Ok((text.to_string(), 0)),
+        _ => Err(format!(
+            "'{text}' does not name a version: write TARGET@N, like Churn@2"
+        )),
+    }
+}
+
+fn print_versions(versions: &[ModelVersionInfo]) {
+    println!(
+        "{:<24} {:<20} {:<30} {:<42} {:<8} reason",
+        "version", "status", "metrics", "run", "ε"
+    );
+    for v in versions {
+        println!(
+            "{:<24} {:<20} {:<30} {:<42} {:<8} {}",
+            format!("{}@{}", v.target, v.version),
+            v.status,
+            v.metrics,
+            v.run_id,
+            v.epsilon.map_or("-".into(), |e| format!("{e:.4}")),
+            v.reason
+        );
+    }
+}
+
+fn print_decision(d: &UpdateDecisionInfo) {
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+    println!(
+        "update of {}: {} challenger {} vs champion {}@{} {} (min improvement {}): {} — {}",
+        d.target,
+        d.metric,
+        opt(d.challenger),
+        d.target,
+        d.champion_version,
+        opt(d.champion),
+        d.min_improvement,
+        if d.promoted { "promoted" } else { "rejected" },
+        d.reason
+    );
 }
 
 async fn connect(config: &OperatorConfig) -> Result<Connection, String> {
@@ -261,6 +324,85 @@ async fn execute(
                 r.started_at.as_deref().unwrap_or("-"),
                 r.finished_at.as_deref().unwrap_or("-")
             );
+            if let Some(version) = &r.model_version {
+                println!(
+                    "model {version} ({})",
+                    r.model_status.as_deref().unwrap_or("-")
+                );
+            }
+            if let Some(d) = &r.update {
+                print_decision(d);
+            }
+        }
+        OperatorCommand::ModelList(target) => {
+            let versions: Vec<ModelVersionInfo> = client
+                .list_models(pb::ListModelsRequest {
+                    target: target.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner()
+                .versions
+                .into_iter()
+                .map(ModelVersionInfo::from)
+                .collect();
+            if versions.is_empty() {
+                println!("no model versions");
+            } else {
+                print_versions(&versions);
+            }
+        }
+        OperatorCommand::ModelShow(name, model_out) => {
+            let (target, version) = parse_version(&name, true)?;
+            let v = ModelVersionInfo::from(
+                client
+                    .get_model(pb::GetModelRequest { target, version })
+                    .await
+                    .map_err(status_text)?
+                    .into_inner(),
+            );
+            print_versions(std::slice::from_ref(&v));
+            println!(
+                "family {}  parent {}  registered {}  data fingerprint {}",
+                v.family,
+                v.parent_version
+                    .map_or("-".into(), |p| format!("{}@{p}", v.target)),
+                v.registered_at,
+                v.data_fingerprint
+            );
+            if let Some(d) = &v.decision {
+                print_decision(d);
+            }
+            if let (Some(path), Some(json)) = (model_out, &v.model_json) {
+                std::fs::write(&path, json)
+                    .map_err(|e| format!("cannot write '{}': {e}", path.display()))?;
+                println!("model file written to {}", path.display());
+            }
+        }
+        OperatorCommand::ModelPromote(name, reason) => {
+            let (target, version) = parse_version(&name, false)?;
+            let v = ModelVersionInfo::from(
+                client
+                    .promote_model(pb::PromoteModelRequest {
+                        target,
+                        version,
+                        reason,
+                    })
+                    .await
+                    .map_err(status_text)?
+                    .into_inner(),
+            );
+            println!("{}@{} is now champion", v.target, v.version);
+        }
+        OperatorCommand::ModelRollback(target, reason) => {
+            let v = ModelVersionInfo::from(
+                client
+                    .rollback_model(pb::RollbackModelRequest { target, reason })
+                    .await
+                    .map_err(status_text)?
+                    .into_inner(),
+            );
+            println!("{}@{} is champion again", v.target, v.version);
         }
         OperatorCommand::Cancel(run_id, reason) => {
             let r = RunInfo::from(
@@ -343,10 +485,35 @@ async fn watch(
         last_state = p.state.clone();
         if !p.message.is_empty() && matches!(p.state.as_str(), "finished" | "failed" | "cancelled")
         {
-            bar.println(p.message.clone());
+            if bar.is_hidden() {
+                eprintln!("{}", p.message);
+            } else {
+                bar.println(p.message.clone());
+            }
         }
     }
     bar.finish();
     println!("run {last_state}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_named_target_at_number() {
+        assert_eq!(
+            parse_version("Churn@2", false).unwrap(),
+            ("Churn".into(), 2)
+        );
+        assert_eq!(parse_version("a@b@3", false).unwrap(), ("a@b".into(), 3));
+        assert_eq!(parse_version("Churn", true).unwrap(), ("Churn".into(), 0));
+        let err = parse_version("Churn", false).unwrap_err();
+        assert!(err.contains("write TARGET@N"), "{err}");
+        let err = parse_version("Churn@0", true).unwrap_err();
+        assert!(err.contains("from 1"), "{err}");
+        assert!(parse_version("@2", true).is_err());
+        assert!(parse_version("Churn@x", true).is_err());
+    }
 }

@@ -1,6 +1,7 @@
 //! What a run leaves behind: `model.json`, `metrics.csv` (one row per round),
 //! `summary.json`, and the live progress line printed per round.
 
+use fedprofile_config::run::UpdateDecision;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -282,6 +283,9 @@ struct Summary<'a> {
     median_client_train_ms: Option<f64>,
     median_overhead_ms: Option<f64>,
     peak_rss_kib: Option<u64>,
+    /// An update run's verdict: both figures, the margin, promoted or not and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    update: Option<&'a UpdateDecision>,
 }
 
 #[derive(Debug, Serialize)]
@@ -303,21 +307,20 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-/// Writes `model.json` through [`ModelDocument`], the one writer of every
-/// family (atomically, in the file version its family is written in).
-fn write_model(
-    dir: &Path,
+/// The run's model as a [`ModelDocument`], the one writer of every family
+/// (`model.json` in the run folder, and the model registry's copy).
+pub fn model_document(
     outcome: &RunOutcome,
     model: &ModelSnapshot,
     target: &Target,
     created_at: &str,
-) -> Result<(), ReportError> {
+) -> Result<ModelDocument, ReportError> {
     let err = |e: &dyn std::fmt::Display| ReportError::Model(e.to_string());
     let family = ModelFamily::parse(&model.model_type)
         .ok_or_else(|| ReportError::Model(format!("unknown model type '{}'", model.model_type)))?;
     let last_metrics = outcome.rounds.iter().rev().find_map(|r| r.metrics);
     let last_quality = outcome.rounds.iter().rev().find_map(|r| r.quality.as_ref());
-    let doc = ModelDocument::new(
+    ModelDocument::new(
         AnyModel::from_parts(family, model.params.clone(), model.outputs).map_err(|e| err(&e))?,
         model.features.clone(),
         ModelTarget {
@@ -333,8 +336,21 @@ fn write_model(
             metrics: ModelMetrics::of_round(last_metrics, last_quality),
         },
     )
-    .map_err(|e| err(&e))?;
-    doc.save(dir.join("model.json")).map_err(|e| err(&e))
+    .map_err(|e| err(&e))
+}
+
+/// Writes `model.json` through [`model_document`] (atomically, in the file
+/// version its family is written in).
+fn write_model(
+    dir: &Path,
+    outcome: &RunOutcome,
+    model: &ModelSnapshot,
+    target: &Target,
+    created_at: &str,
+) -> Result<(), ReportError> {
+    model_document(outcome, model, target, created_at)?
+        .save(dir.join("model.json"))
+        .map_err(|e| ReportError::Model(e.to_string()))
 }
 
 /// Writes `model.json`, `metrics.csv` and `summary.json` into `dir`.
@@ -343,6 +359,7 @@ pub fn write_outputs(
     outcome: &RunOutcome,
     target: &Target,
     created_at: &str,
+    update: Option<&UpdateDecision>,
 ) -> Result<(), ReportError> {
     std::fs::create_dir_all(dir).map_err(|source| ReportError::Write {
         path: dir.to_path_buf(),
@@ -411,6 +428,7 @@ pub fn write_outputs(
                 .collect(),
         ),
         peak_rss_kib: peak_rss_kib(),
+        update,
     };
     let json =
         serde_json::to_string_pretty(&summary).map_err(|e| ReportError::Model(e.to_string()))?;
@@ -560,6 +578,7 @@ mod tests {
             epsilon: Some(0.25),
             refusals: Vec::new(),
             skipped: None,
+            champion: None,
         };
         let mut csv = csv::Writer::from_writer(Vec::new());
         csv.serialize(MetricsRow::of(&record)).unwrap();

@@ -9,9 +9,9 @@
 //! | no certificate, unusable certificate | `UNAUTHENTICATED` |
 //! | a partner certificate on the admin API, an operator one on the federation | `PERMISSION_DENIED` |
 //! | a second session for a client | `ALREADY_EXISTS` |
-//! | first message not a hello, bad insecure name, invalid run file | `INVALID_ARGUMENT` |
-//! | unsupported protocol version, run already finished | `FAILED_PRECONDITION` |
-//! | no such run | `NOT_FOUND` |
+//! | first message not a hello, bad insecure name, invalid run file, model command without a reason | `INVALID_ARGUMENT` |
+//! | unsupported protocol version, run already finished, nothing to roll back to | `FAILED_PRECONDITION` |
+//! | no such run, no such model target or version | `NOT_FOUND` |
 //! | run not active in this process yet | `UNAVAILABLE` |
 //! | a stalled reader, a flood (session closed) | `RESOURCE_EXHAUSTED` |
 //! | tasks missed (session closed) | `DEADLINE_EXCEEDED` |
@@ -101,6 +101,16 @@ pub enum AdminError {
         /// Its terminal state.
         state: &'static str,
     },
+    /// No model has this target, or the target has no such version.
+    #[error("{0}")]
+    NoSuchModel(String),
+    /// The registry cannot do this now (nothing to roll back to, the version
+    /// is champion already); the sentence says why.
+    #[error("{0}")]
+    ModelPrecondition(String),
+    /// A model command without its required `--reason`, or a malformed name.
+    #[error("{0}")]
+    InvalidModelCommand(String),
     /// The database failed.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -132,11 +142,15 @@ pub fn to_status(error: impl Into<EdgeError>) -> Status {
         }
         EdgeError::Session(SessionError::AlreadyOpen { .. }) => Code::AlreadyExists,
         EdgeError::Session(SessionError::NoHello | SessionError::InsecureName)
-        | EdgeError::Admin(AdminError::InvalidRunFile(_)) => Code::InvalidArgument,
+        | EdgeError::Admin(AdminError::InvalidRunFile(_) | AdminError::InvalidModelCommand(_)) => {
+            Code::InvalidArgument
+        }
         EdgeError::Session(SessionError::ProtocolVersion(_))
-        | EdgeError::Admin(AdminError::AlreadyEnded { .. }) => Code::FailedPrecondition,
+        | EdgeError::Admin(AdminError::AlreadyEnded { .. } | AdminError::ModelPrecondition(_)) => {
+            Code::FailedPrecondition
+        }
         EdgeError::Session(SessionError::Closed { code, .. }) => *code,
-        EdgeError::Admin(AdminError::NoSuchRun(_)) => Code::NotFound,
+        EdgeError::Admin(AdminError::NoSuchRun(_) | AdminError::NoSuchModel(_)) => Code::NotFound,
         EdgeError::Admin(AdminError::NotActiveYet) => Code::Unavailable,
         EdgeError::Admin(AdminError::Store(_)) => Code::Internal,
     };

@@ -58,6 +58,13 @@
 //!
 //! A database written before schema version 3 has no identity; it is adopted
 //! once (the adoption is audited) and checked from then on.
+//!
+//! # The model registry
+//!
+//! Schema version 4 adds the model registry (`registry.rs`): the versions of
+//! every target's model, one champion per target. A run's version is
+//! registered in the same transaction that finishes the run
+//! ([`Store::finish_run`]), so a promotion is never half done.
 
 use std::fmt;
 use std::fs;
@@ -68,14 +75,17 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+
+mod registry;
+pub use registry::{ChampionChange, ModelStatus, ModelVersionRow, NewVersion};
 
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, in order: `MIGRATIONS[i]` takes the schema from version
 /// `i` to version `i + 1`. Append only.
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, registry::MIGRATION_4];
 
 /// The schema version this coordinator writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -259,6 +269,18 @@ pub enum Problem {
         /// The file that changed (the database or its `-wal`).
         file: PathBuf,
     },
+    /// No model version has this target.
+    #[error("no model has the target '{0}'")]
+    UnknownTarget(String),
+    /// The target has no such version.
+    #[error("there is no model version {0}")]
+    UnknownVersion(String),
+    /// The version is the champion already.
+    #[error("{0} is the champion already")]
+    AlreadyChampion(String),
+    /// A rollback has no former champion to restore.
+    #[error("there is nothing to roll back to: {0}")]
+    NothingToRollBack(String),
 }
 
 /// Inside an operation: an SQLite error or a refusal, before the path and the
@@ -781,33 +803,45 @@ impl Store {
             || format!("set run '{id}' to {state}"),
             |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let current: RunState = tx
-                    .query_row("SELECT state FROM runs WHERE id = ?1", [id], |r| r.get(0))
-                    .optional()?
-                    .ok_or(Problem::UnknownRun)?;
-                if current.is_terminal() {
-                    return Err(Problem::RunTerminal { state: current }.into());
-                }
-                tx.execute(
-                    "UPDATE runs SET
-                         state = ?2,
-                         started_at = CASE WHEN ?3 THEN coalesce(started_at, ?5) ELSE started_at END,
-                         finished_at = CASE WHEN ?4 THEN ?5 ELSE finished_at END,
-                         failure = coalesce(?6, failure)
-                     WHERE id = ?1",
-                    params![
-                        id,
-                        state,
-                        state == RunState::Running,
-                        state.is_terminal(),
-                        at,
-                        failure
-                    ],
-                )?;
+                Store::set_state_in(&tx, id, state, at, failure)?;
                 tx.commit()?;
                 Ok(())
             },
         )
+    }
+
+    /// [`Store::set_run_state`] inside a transaction.
+    fn set_state_in(
+        tx: &Transaction<'_>,
+        id: &str,
+        state: RunState,
+        at: &str,
+        failure: Option<&str>,
+    ) -> Result<(), Fail> {
+        let current: RunState = tx
+            .query_row("SELECT state FROM runs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?
+            .ok_or(Problem::UnknownRun)?;
+        if current.is_terminal() {
+            return Err(Problem::RunTerminal { state: current }.into());
+        }
+        tx.execute(
+            "UPDATE runs SET
+                 state = ?2,
+                 started_at = CASE WHEN ?3 THEN coalesce(started_at, ?5) ELSE started_at END,
+                 finished_at = CASE WHEN ?4 THEN ?5 ELSE finished_at END,
+                 failure = coalesce(?6, failure)
+             WHERE id = ?1",
+            params![
+                id,
+                state,
+                state == RunState::Running,
+                state.is_terminal(),
+                at,
+                failure
+            ],
+        )?;
+        Ok(())
     }
 
     /// The run with this id, if any.

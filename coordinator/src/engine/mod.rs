@@ -82,6 +82,7 @@ use feature_stats::{global_feature_spec, stats_outliers};
 use sessions::Next;
 
 pub use collect::{Collector, Offer, RejectReason, TaskBook};
+pub use evaluation::ChampionEval;
 
 use crate::config::RunConfig;
 
@@ -170,6 +171,10 @@ pub struct RoundRecord {
     /// (e.g. its results were charged and then lost in a restart).
     #[serde(default)]
     pub skipped: Option<String>,
+    /// The champion's evaluation on the same clients, in the final round of
+    /// an update run (`[update]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion: Option<ChampionEval>,
 }
 
 /// One refused task of a round.
@@ -258,6 +263,10 @@ pub struct RunState {
     /// bound on what its updates may claim).
     #[serde(default)]
     pub reported_examples: BTreeMap<String, u64>,
+    /// The champion an update run warm-started from (evaluated next to the
+    /// challenger in the final round).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion: Option<CheckpointModel>,
 }
 
 /// Everything needed to continue a run after the round it was taken at
@@ -423,6 +432,8 @@ pub struct RunOutcome {
     pub target: Option<(String, String)>,
     /// Class names of a multi-class label, in the schema's order.
     pub classes: Vec<String>,
+    /// Training examples each client reported in the statistics phase.
+    pub reported_examples: BTreeMap<String, u64>,
 }
 
 /// The states of a run.
@@ -679,6 +690,7 @@ impl Run {
             not_private: self.state.not_private.into_iter().collect(),
             target: self.state.target,
             classes: self.state.classes,
+            reported_examples: self.state.reported_examples,
         };
         (outcome, self.inbox)
     }

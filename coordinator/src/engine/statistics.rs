@@ -154,6 +154,15 @@ impl Run {
                 .params()
                 .clone(),
         };
+        if self.config.update.is_some() {
+            // An update run's warm start is its target's champion.
+            self.state.champion = Some(CheckpointModel {
+                model_type: family.name().to_string(),
+                features: spec.clone(),
+                params: params.to_vec(),
+                outputs,
+            });
+        }
         Ok(ModelSnapshot {
             model_type: family.name().to_string(),
             features: spec,

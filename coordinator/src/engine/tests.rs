@@ -153,6 +153,7 @@ fn config(rounds: u32, min_per_round: usize) -> RunConfig {
         privacy: fedprofile_config::run::PrivacyMode::None,
         strategy: fedprofile_learning::strategy::StrategyConfig::FedAvg,
         trees: Default::default(),
+        update: None,
     }
 }
 
@@ -995,4 +996,253 @@ async fn a_family_the_engine_does_not_know_trains_through_it() {
     assert!(last < first / 10.0, "{first} -> {last}");
     assert_eq!(outcome.contributors.len(), 3);
     assert_eq!(outcome.target, Some(("y".into(), String::new())));
+}
+
+/// Plays the clients of an update run: honest in training (delta `[1, 1, 1]`),
+/// and in evaluation a model whose first weight is `champion_weight` (the
+/// champion) scores `champion_scores`, any other model `challenger_scores`.
+/// Every evaluation task's model is recorded in `evaluated` as (round, first weight).
+async fn play_update(
+    mut outbox: Events,
+    inbox: mpsc::Sender<Inbound>,
+    champion_weight: f64,
+    scores: [[f64; 3]; 2],
+    evaluated: Arc<Mutex<Vec<(u32, String, f64)>>>,
+) {
+    while let Some((client, task)) = next_task(&mut outbox).await {
+        let body = match &task.body {
+            TaskBody::Stats => ResultBody::Stats(StatsReport {
+                template: template(),
+                numeric: vec![ColumnStats {
+                    column: "x".into(),
+                    count: 2,
+                    sum: 4.0,
+                    sum_sq: 10.0,
+                }],
+                train_examples: 2,
+                label_column: "y".into(),
+                label_positive: "yes".into(),
+                label_kind: LabelKindMsg::Binary,
+                label_classes: Vec::new(),
+            }),
+            TaskBody::Train(_) => ResultBody::Train(train_report(Array1::from_elem(3, 1.0), 1)),
+            TaskBody::Eval(model) => {
+                let w = model.params[0];
+                evaluated
+                    .lock()
+                    .unwrap()
+                    .push((task.round, client.clone(), w));
+                let s = if w == champion_weight {
+                    scores[0]
+                } else {
+                    scores[1]
+                };
+                ResultBody::Eval(fedprofile_learning::Evaluation::Binary(
+                    EvalSummary::from_predictions(
+                        Array1::from_vec(s.to_vec()).view(),
+                        Array1::from_vec(vec![1.0, 0.0, 0.0]).view(),
+                    )
+                    .unwrap(),
+                ))
+            }
+        };
+        if !answer(&inbox, client, &task.task_id, body).await {
+            break;
+        }
+    }
+}
+
+/// A champion's model file: logistic regression on the test template with
+/// every weight `w`, target `y` = `yes`.
+fn champion_file(dir: &std::path::Path, w: f64) -> std::path::PathBuf {
+    use fedprofile_learning::{ModelDocument, ModelTarget, RunProvenance};
+    let spec = global_feature_spec_for_tests();
+    let doc = ModelDocument::new(
+        AnyModel::from_parts(ModelFamily::LogisticRegression, Array1::from_elem(3, w), 1).unwrap(),
+        spec,
+        ModelTarget {
+            column: "y".into(),
+            positive_value: Some("yes".into()),
+        },
+        Vec::new(),
+        RunProvenance {
+            run_id: "first".into(),
+            rounds: 1,
+            clients: vec!["a".into()],
+            created_at: "t0".into(),
+            metrics: None,
+        },
+    )
+    .unwrap();
+    let path = dir.join("champion.json");
+    doc.save(&path).unwrap();
+    path
+}
+
+/// The template as the statistics of [`play_update`] standardise it.
+fn global_feature_spec_for_tests() -> FeatureSpec {
+    FeatureSpec {
+        columns: vec![
+            x_column(2.0, 1.0),
+            FeatureColumn::Boolean { name: "b".into() },
+        ],
+    }
+}
+
+/// Runs an update of the champion (weights 0.5) over two rounds; the champion
+/// scores `champion`, the challenger `challenger` on every client.
+async fn update_run(
+    champion: [f64; 3],
+    challenger: [f64; 3],
+) -> (RunOutcome, Vec<(u32, String, f64)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, out_rx, in_tx, in_rx) = fake_hub(vec!["a".into(), "b".into(), "c".into()]);
+    let evaluated = Arc::new(Mutex::new(Vec::new()));
+    tokio::spawn(play_update(
+        out_rx,
+        in_tx,
+        0.5,
+        [champion, challenger],
+        Arc::clone(&evaluated),
+    ));
+    let cfg = RunConfig {
+        warm_start: Some(champion_file(dir.path(), 0.5)),
+        update: Some(fedprofile_config::run::UpdateConfig {
+            target: "y".into(),
+            metric: fedprofile_config::run::UpdateMetric::Auc,
+            min_improvement: 0.01,
+        }),
+        ..config(2, 3)
+    };
+    let run = Run::new(cfg, "update-1".into(), hub, in_rx, Box::new(Quiet));
+    let outcome = run.execute().await.0;
+    let evaluated = evaluated.lock().unwrap().clone();
+    (outcome, evaluated)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_run_evaluates_the_champion_beside_the_challenger_in_its_final_round() {
+    // The challenger ranks the positive first (AUC 1), the champion does not (AUC 0.5).
+    let (outcome, evaluated) = update_run([0.5, 0.5, 0.5], [0.9, 0.1, 0.6]).await;
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    // Warm start from the champion: 0.5 + 1 + 1 after two rounds.
+    assert_eq!(
+        outcome.model.as_ref().unwrap().params.to_vec(),
+        vec![2.5; 3]
+    );
+    // Round 1 evaluates the challenger only; round 2 both, on the same clients.
+    let round = |r: u32, w: f64| {
+        let mut clients: Vec<String> = evaluated
+            .iter()
+            .filter(|(round, _, weight)| *round == r && *weight == w)
+            .map(|(_, c, _)| c.clone())
+            .collect();
+        clients.sort();
+        clients
+    };
+    let all = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+    assert_eq!(round(1, 1.5), all);
+    assert!(round(1, 0.5).is_empty());
+    assert_eq!(round(2, 2.5), all);
+    assert_eq!(round(2, 0.5), all);
+    assert!(outcome.rounds[0].champion.is_none());
+    let last = outcome.rounds.last().unwrap();
+    let champion = last.champion.as_ref().unwrap();
+    assert_eq!(champion.evaluated_clients, 3);
+    assert_eq!(last.evaluated_clients, 3);
+    assert_eq!(champion.metrics.unwrap().auc, Some(0.5));
+    assert_eq!(last.metrics.unwrap().auc, Some(1.0));
+    let update = fedprofile_config::run::UpdateConfig {
+        target: "y".into(),
+        metric: fedprofile_config::run::UpdateMetric::Auc,
+        min_improvement: 0.01,
+    };
+    let decision = update.decide(1, last.metrics.unwrap().auc, champion.metrics.unwrap().auc);
+    assert!(decision.promoted, "{}", decision.reason);
+    assert_eq!(
+        decision.reason,
+        "auc 1.0000 is better than the champion's 0.5000 by 0.5000 (at least 0.01 required)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_run_whose_challenger_is_worse_is_not_promoted() {
+    let (outcome, _) = update_run([0.9, 0.1, 0.6], [0.5, 0.5, 0.5]).await;
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    let last = outcome.rounds.last().unwrap();
+    let update = fedprofile_config::run::UpdateConfig {
+        target: "y".into(),
+        metric: fedprofile_config::run::UpdateMetric::Auc,
+        min_improvement: 0.01,
+    };
+    let decision = update.decide(
+        1,
+        last.metrics.unwrap().auc,
+        last.champion.as_ref().unwrap().metrics.unwrap().auc,
+    );
+    assert!(!decision.promoted);
+    assert_eq!(
+        decision.reason,
+        "auc 0.5000 is not better than the champion's 1.0000 by 0.01"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_update_run_still_evaluates_the_champion_it_started_from() {
+    // The checkpoint of round 1 as a crash left it, in the JSON a coordinator
+    // writes: the champion (weights 0.5) is part of the run's durable state.
+    let model = |w: f64| CheckpointModel {
+        model_type: "logistic_regression".into(),
+        features: global_feature_spec_for_tests(),
+        params: vec![w; 3],
+        outputs: 1,
+    };
+    let checkpoint = Checkpoint {
+        round: 1,
+        model: model(1.5),
+        state: RunState {
+            target: Some(("y".into(), "yes".into())),
+            champion: Some(model(0.5)),
+            ..RunState::default()
+        },
+    };
+    let json = serde_json::to_string(&checkpoint).unwrap();
+    let checkpoint: Checkpoint = serde_json::from_str(&json).unwrap();
+    assert_eq!(checkpoint.state.champion, Some(model(0.5)));
+
+    let (hub, out_rx, in_tx, in_rx) = fake_hub(vec!["a".into(), "b".into(), "c".into()]);
+    let evaluated = Arc::new(Mutex::new(Vec::new()));
+    tokio::spawn(play_update(
+        out_rx,
+        in_tx,
+        0.5,
+        [[0.5, 0.5, 0.5], [0.9, 0.1, 0.6]],
+        Arc::clone(&evaluated),
+    ));
+    let cfg = RunConfig {
+        update: Some(fedprofile_config::run::UpdateConfig {
+            target: "y".into(),
+            metric: fedprofile_config::run::UpdateMetric::Auc,
+            min_improvement: 0.0,
+        }),
+        ..config(2, 3)
+    };
+    let run = Run::new(cfg, "update-1".into(), hub, in_rx, Box::new(Quiet))
+        .resume_from(checkpoint, Vec::new());
+    let outcome = run.execute().await.0;
+    assert!(outcome.completed, "{:?}", outcome.failure);
+    let last = outcome.rounds.last().unwrap();
+    assert_eq!(last.round, 2);
+    assert_eq!(
+        last.champion.as_ref().unwrap().metrics.unwrap().auc,
+        Some(0.5)
+    );
+    assert_eq!(last.metrics.unwrap().auc, Some(1.0));
+    let champion_evals = evaluated
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(round, _, w)| *round == 2 && *w == 0.5)
+        .count();
+    assert_eq!(champion_evals, 3);
 }

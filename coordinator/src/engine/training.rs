@@ -89,6 +89,7 @@ impl Run {
             epsilon,
             refusals: totals.refusals,
             skipped: None,
+            champion: None,
         };
         self.after_training(record)
     }
@@ -513,6 +514,7 @@ impl Run {
                 epsilon: self.rounds.iter().rev().find_map(|r| r.epsilon),
                 refusals,
                 skipped: Some(why),
+                champion: None,
             };
             return self.after_training(record);
         }

@@ -6,9 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fedprofile_learning::ModelFamily;
+use fedprofile_learning::metrics::Metrics;
 use fedprofile_learning::strategy::StrategyConfig;
 use fedprofile_learning::trees::TreeParams;
+use fedprofile_learning::{ModelFamily, Quality};
 use serde::Deserialize;
 
 use crate::ConfigError;
@@ -29,6 +30,215 @@ struct RawRunFile {
     privacy: RawPrivacy,
     strategy: Option<StrategyConfig>,
     trees: Option<RawTrees>,
+    update: Option<RawUpdate>,
+}
+
+/// `[update]`: the run is an update of a target's champion (champion /
+/// challenger, see `docs/updates.md`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpdate {
+    target: String,
+    metric: String,
+    #[serde(default)]
+    min_improvement: f64,
+}
+
+/// The metric an update run is judged on, with its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateMetric {
+    /// Area under the ROC curve (binary labels; higher is better).
+    Auc,
+    /// Mean log loss (binary or multi-class; lower is better).
+    LogLoss,
+    /// Accuracy (binary or multi-class; higher is better).
+    Accuracy,
+    /// F1 (binary) or macro F1 (multi-class); higher is better.
+    F1,
+    /// R² (regression; higher is better).
+    R2,
+    /// Root mean squared error (regression; lower is better).
+    Rmse,
+    /// Mean absolute error (regression; lower is better).
+    Mae,
+    /// Mean inertia of the test rows, `inertia / rows` (k-means; lower is better).
+    Inertia,
+}
+
+impl UpdateMetric {
+    /// Every metric, in the order the error messages list them.
+    pub const ALL: [UpdateMetric; 8] = [
+        UpdateMetric::Auc,
+        UpdateMetric::LogLoss,
+        UpdateMetric::Accuracy,
+        UpdateMetric::F1,
+        UpdateMetric::R2,
+        UpdateMetric::Rmse,
+        UpdateMetric::Mae,
+        UpdateMetric::Inertia,
+    ];
+
+    /// Its name in run files.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpdateMetric::Auc => "auc",
+            UpdateMetric::LogLoss => "log_loss",
+            UpdateMetric::Accuracy => "accuracy",
+            UpdateMetric::F1 => "f1",
+            UpdateMetric::R2 => "r2",
+            UpdateMetric::Rmse => "rmse",
+            UpdateMetric::Mae => "mae",
+            UpdateMetric::Inertia => "inertia",
+        }
+    }
+
+    /// The metric named `name`, if any.
+    pub fn parse(name: &str) -> Option<UpdateMetric> {
+        UpdateMetric::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// True when a higher value is better.
+    pub fn higher_is_better(self) -> bool {
+        matches!(
+            self,
+            UpdateMetric::Auc | UpdateMetric::Accuracy | UpdateMetric::F1 | UpdateMetric::R2
+        )
+    }
+
+    /// The metrics a family's evaluation produces.
+    pub fn of_family(family: ModelFamily) -> &'static [UpdateMetric] {
+        use UpdateMetric::*;
+        match family {
+            ModelFamily::LogisticRegression => &[Auc, LogLoss, Accuracy, F1],
+            ModelFamily::SoftmaxRegression => &[LogLoss, Accuracy, F1],
+            ModelFamily::LinearRegression => &[R2, Rmse, Mae],
+            ModelFamily::KMeans => &[Inertia],
+            // Binary or numeric label, decided by the clients' schema.
+            ModelFamily::GradientBoostedTrees => &[Auc, LogLoss, Accuracy, F1, R2, Rmse, Mae],
+            #[allow(unreachable_patterns)]
+            _ => &[Auc, LogLoss, Accuracy, F1],
+        }
+    }
+
+    /// This metric's value in a pooled evaluation, if it holds one.
+    pub fn value(self, metrics: Option<&Metrics>, quality: Option<&Quality>) -> Option<f64> {
+        use UpdateMetric::*;
+        if let Some(m) = metrics {
+            return match self {
+                Auc => m.auc,
+                LogLoss => Some(m.log_loss),
+                Accuracy => Some(m.accuracy),
+                F1 => Some(m.f1),
+                _ => None,
+            };
+        }
+        match (self, quality?) {
+            (R2, Quality::Regression(r)) => r.r2,
+            (Rmse, Quality::Regression(r)) => Some(r.rmse),
+            (Mae, Quality::Regression(r)) => Some(r.mae),
+            (LogLoss, Quality::Multiclass(m)) => Some(m.log_loss),
+            (Accuracy, Quality::Multiclass(m)) => Some(m.accuracy),
+            (F1, Quality::Multiclass(m)) => Some(m.macro_f1),
+            (Inertia, Quality::Clustering { mean_inertia, .. }) => Some(*mean_inertia),
+            _ => None,
+        }
+    }
+
+    /// How much better `challenger` is than `champion` (negative: worse).
+    pub fn improvement(self, challenger: f64, champion: f64) -> f64 {
+        if self.higher_is_better() {
+            challenger - champion
+        } else {
+            champion - challenger
+        }
+    }
+}
+
+/// A validated `[update]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateConfig {
+    /// The target whose champion the run challenges.
+    pub target: String,
+    /// The metric both models are judged on.
+    pub metric: UpdateMetric,
+    /// The challenger is promoted only if better by at least this (≥ 0).
+    pub min_improvement: f64,
+}
+
+/// The verdict of an update run: is the challenger better than the champion?
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UpdateDecision {
+    /// The target.
+    pub target: String,
+    /// The metric's name.
+    pub metric: String,
+    /// The champion that was challenged.
+    pub champion_version: u32,
+    /// The challenger's value on the final evaluation round.
+    pub challenger: Option<f64>,
+    /// The champion's value on the same partners' test splits in that round.
+    pub champion: Option<f64>,
+    /// The required margin.
+    pub min_improvement: f64,
+    /// Promoted or not.
+    pub promoted: bool,
+    /// Why, one sentence.
+    pub reason: String,
+}
+
+impl UpdateConfig {
+    /// Compares the two figures of the final evaluation round.
+    pub fn decide(
+        &self,
+        champion_version: u32,
+        challenger: Option<f64>,
+        champion: Option<f64>,
+    ) -> UpdateDecision {
+        let metric = self.metric.name();
+        let margin = self.min_improvement;
+        let (promoted, reason) = match (challenger, champion) {
+            (Some(new), Some(old)) if new.is_finite() => {
+                let gain = self.metric.improvement(new, old);
+                if gain > 0.0 && gain >= margin {
+                    (
+                        true,
+                        format!(
+                            "{metric} {new:.4} is better than the champion's {old:.4} by {gain:.4} (at least {margin} required)"
+                        ),
+                    )
+                } else {
+                    (
+                        false,
+                        format!(
+                            "{metric} {new:.4} is not better than the champion's {old:.4} by {margin}"
+                        ),
+                    )
+                }
+            }
+            (Some(new), Some(_)) => (
+                false,
+                format!("the challenger's {metric} is not a number ({new})"),
+            ),
+            (None, _) => (
+                false,
+                format!("the final evaluation round has no {metric} for the challenger"),
+            ),
+            (_, None) => (
+                false,
+                format!("the final evaluation round has no {metric} for the champion"),
+            ),
+        };
+        UpdateDecision {
+            target: self.target.clone(),
+            metric: metric.to_string(),
+            champion_version,
+            challenger,
+            champion,
+            min_improvement: margin,
+            promoted,
+            reason,
+        }
+    }
 }
 
 /// `[trees]`: the settings of a `gradient_boosted_trees` run; every key is
@@ -307,6 +517,9 @@ pub struct RunConfig {
     /// `[trees]`: the settings of a `gradient_boosted_trees` run (defaults
     /// for the other families, which ignore them).
     pub trees: TreeParams,
+    /// `[update]`: the run challenges a target's champion (it warm-starts
+    /// from it and is promoted only if better).
+    pub update: Option<UpdateConfig>,
 }
 
 impl RunConfig {
@@ -480,6 +693,15 @@ impl RunConfig {
                 ),
             ));
         }
+        let update = match &raw.update {
+            None => None,
+            Some(u) => Some(validate_update(
+                u,
+                model,
+                raw.run.warm_start.is_some(),
+                &invalid,
+            )?),
+        };
         Ok(RunConfig {
             name: raw.run.name,
             rounds: raw.run.rounds,
@@ -509,8 +731,67 @@ impl RunConfig {
             privacy,
             strategy,
             trees,
+            update,
         })
     }
+}
+
+fn validate_update(
+    raw: &RawUpdate,
+    model: ModelFamily,
+    warm_start: bool,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<UpdateConfig, ConfigError> {
+    if warm_start {
+        return Err(invalid(
+            "run.warm_start",
+            "cannot be used with [update]: an update run warm-starts from its target's champion"
+                .into(),
+        ));
+    }
+    if raw.target.trim().is_empty() {
+        return Err(invalid("update.target", "must not be empty".into()));
+    }
+    let names = || {
+        UpdateMetric::ALL
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let metric = UpdateMetric::parse(&raw.metric).ok_or_else(|| {
+        invalid(
+            "update.metric",
+            format!("'{}' is not a metric (supported: {})", raw.metric, names()),
+        )
+    })?;
+    let produced = UpdateMetric::of_family(model);
+    if !produced.contains(&metric) {
+        return Err(invalid(
+            "update.metric",
+            format!(
+                "'{}' is not produced by {} (it produces {})",
+                metric.name(),
+                model.name(),
+                produced
+                    .iter()
+                    .map(|m| m.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    if !(raw.min_improvement.is_finite() && raw.min_improvement >= 0.0) {
+        return Err(invalid(
+            "update.min_improvement",
+            format!("must be a number ≥ 0, got {}", raw.min_improvement),
+        ));
+    }
+    Ok(UpdateConfig {
+        target: raw.target.clone(),
+        metric,
+        min_improvement: raw.min_improvement,
+    })
 }
 
 fn validate_privacy(
@@ -646,6 +927,98 @@ mod tests {
         let c =
             parse("[run]\nname = \"x\"\nrounds = 3\n[clients]\nmax_missed_tasks = 0\n").unwrap();
         assert_eq!(c.max_missed_tasks, 0);
+    }
+
+    #[test]
+    fn an_update_section_is_validated_and_names_its_field() {
+        let head = "[run]\nname = \"x\"\nrounds = 3\n";
+        let c = parse(&format!(
+            "{head}[update]\ntarget = \"Churn\"\nmetric = \"auc\"\nmin_improvement = 0.002\n"
+        ))
+        .unwrap();
+        let u = c.update.unwrap();
+        assert_eq!(
+            (u.target.as_str(), u.metric, u.min_improvement),
+            ("Churn", UpdateMetric::Auc, 0.002)
+        );
+        let err = |text: String| parse(&text).unwrap_err().to_string();
+        let e = err(format!(
+            "{head}[update]\ntarget = \"Churn\"\nmetric = \"gini\"\n"
+        ));
+        assert!(
+            e.contains("update.metric") && e.contains("'gini' is not a metric"),
+            "{e}"
+        );
+        let e = err(format!(
+            "{head}[update]\ntarget = \"Churn\"\nmetric = \"r2\"\n"
+        ));
+        assert!(
+            e.contains("update.metric")
+                && e.contains("'r2' is not produced by logistic_regression"),
+            "{e}"
+        );
+        let e = err(
+            "[run]\nname = \"x\"\nrounds = 3\nwarm_start = \"m.json\"\n[update]\ntarget = \"Churn\"\nmetric = \"auc\"\n".to_string());
+        assert!(
+            e.contains("run.warm_start") && e.contains("[update]"),
+            "{e}"
+        );
+        let e = err(format!(
+            "{head}[update]\ntarget = \"Churn\"\nmetric = \"auc\"\nmin_improvement = -1.0\n"
+        ));
+        assert!(e.contains("update.min_improvement"), "{e}");
+        let e = err(format!("{head}[update]\ntarget = \"\"\nmetric = \"auc\"\n"));
+        assert!(e.contains("update.target"), "{e}");
+    }
+
+    #[test]
+    fn an_update_decision_knows_each_metrics_direction() {
+        let u = |metric, min_improvement| UpdateConfig {
+            target: "t".into(),
+            metric,
+            min_improvement,
+        };
+        assert!(
+            u(UpdateMetric::Auc, 0.002)
+                .decide(1, Some(0.86), Some(0.85))
+                .promoted
+        );
+        let d = u(UpdateMetric::Auc, 0.002).decide(1, Some(0.8431), Some(0.8507));
+        assert!(!d.promoted);
+        assert_eq!(
+            d.reason,
+            "auc 0.8431 is not better than the champion's 0.8507 by 0.002"
+        );
+        // Lower is better for losses and errors.
+        assert!(
+            u(UpdateMetric::LogLoss, 0.0)
+                .decide(1, Some(0.3), Some(0.4))
+                .promoted
+        );
+        assert!(
+            !u(UpdateMetric::Rmse, 0.0)
+                .decide(1, Some(2.0), Some(1.0))
+                .promoted
+        );
+        // Better, but by less than the margin.
+        assert!(
+            !u(UpdateMetric::R2, 0.1)
+                .decide(1, Some(0.85), Some(0.8))
+                .promoted
+        );
+        // A diverged challenger is never promoted.
+        let d = u(UpdateMetric::LogLoss, 0.0).decide(1, Some(f64::NAN), Some(0.4));
+        assert!(
+            !d.promoted && d.reason.contains("not a number"),
+            "{}",
+            d.reason
+        );
+        let d = u(UpdateMetric::Auc, 0.0).decide(1, Some(0.9), None);
+        assert!(
+            !d.promoted && d.reason.contains("for the champion"),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]

@@ -12,9 +12,9 @@ use fedprofile_learning::{
 use ndarray::Array1;
 
 use crate::messages::{
-    ClientInfo, ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, RecordDpTask, RefusalKind,
-    ResultBody, RunInfo, RunProgress, ServerEvent, StatsReport, Task, TaskBody, TrainReport,
-    TrainTask,
+    ClientInfo, ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, ModelVersionInfo,
+    RecordDpTask, RefusalKind, ResultBody, RunInfo, RunProgress, ServerEvent, StatsReport, Task,
+    TaskBody, TrainReport, TrainTask, UpdateDecisionInfo,
 };
 use crate::pb;
 
@@ -667,25 +667,30 @@ fn optional(value: String) -> Option<String> {
     (!value.is_empty()).then_some(value)
 }
 
-/// `From` both ways between a domain message and its protobuf twin of the
-/// same name and fields: each field moves as it is, except the `texts`
-/// (optional texts, the empty string on the wire: [`text`] and [`optional`]).
+/// `From` both ways between a domain message and its protobuf twin with the
+/// same fields: each field moves as it is, except the `texts` (optional texts,
+/// the empty string on the wire: [`text`] and [`optional`]) and the `nested`
+/// (optional messages, converted by their own `From`).
 macro_rules! mirror {
-    ($message:ident { $($field:ident),* $(,)? } $(texts { $($text:ident),* $(,)? })?) => {
-        impl From<$message> for pb::$message {
-            fn from(m: $message) -> pb::$message {
-                pb::$message {
+    ($message:ident = pb::$pb:ident {
+        $($field:ident),* $(,)?
+    } $(texts { $($text:ident),* $(,)? })? $(nested { $($nested:ident),* $(,)? })?) => {
+        impl From<$message> for pb::$pb {
+            fn from(m: $message) -> pb::$pb {
+                pb::$pb {
                     $($field: m.$field,)*
                     $($($text: text(m.$text),)*)?
+                    $($($nested: m.$nested.map(Into::into),)*)?
                 }
             }
         }
 
-        impl From<pb::$message> for $message {
-            fn from(m: pb::$message) -> $message {
+        impl From<pb::$pb> for $message {
+            fn from(m: pb::$pb) -> $message {
                 $message {
                     $($field: m.$field,)*
                     $($($text: optional(m.$text),)*)?
+                    $($($nested: m.$nested.map(Into::into),)*)?
                 }
             }
         }
@@ -693,22 +698,38 @@ macro_rules! mirror {
 }
 
 mirror! {
-    RunInfo {
+    RunInfo = pb::RunInfo {
         run_id, name, state, rounds_planned, rounds_done, created_at, auc, log_loss, epsilon,
         quality,
     }
-    texts { started_at, finished_at, failure }
+    texts { started_at, finished_at, failure, model_version, model_status }
+    nested { update }
 }
 
 mirror! {
-    RunProgress {
+    UpdateDecisionInfo = pb::UpdateDecision {
+        target, metric, champion_version, challenger, champion, min_improvement, promoted, reason,
+    }
+}
+
+mirror! {
+    ModelVersionInfo = pb::ModelVersion {
+        target, version, run_id, family, status, reason, metrics, epsilon, data_fingerprint,
+        parent_version, registered_at,
+    }
+    texts { model_json }
+    nested { decision }
+}
+
+mirror! {
+    RunProgress = pb::RunProgress {
         run_id, round, rounds_planned, state, clients_accepted, clients_selected, auc, log_loss,
         epsilon, message, quality,
     }
 }
 
 mirror! {
-    ClientInfo { client_id, connected, first_seen, last_seen, budget_epsilon_left }
+    ClientInfo = pb::ClientInfo { client_id, connected, first_seen, last_seen, budget_epsilon_left }
 }
 
 #[cfg(test)]

@@ -362,6 +362,64 @@ pub struct RunInfo {
     /// The family's quality headline (empty for logistic regression, which
     /// reports AUC and log loss).
     pub quality: String,
+    /// The model version the run registered (`Churn@2`), if any.
+    pub model_version: Option<String>,
+    /// That version's status (`champion`, `challenger-rejected`, `retired`).
+    pub model_status: Option<String>,
+    /// An update run's verdict.
+    pub update: Option<UpdateDecisionInfo>,
+}
+
+/// The verdict of an update run, as the admin API reports it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UpdateDecisionInfo {
+    /// The target.
+    pub target: String,
+    /// The metric's name.
+    pub metric: String,
+    /// The champion that was challenged.
+    pub champion_version: u32,
+    /// The challenger's figure.
+    pub challenger: Option<f64>,
+    /// The champion's figure on the same partners' test splits.
+    pub champion: Option<f64>,
+    /// The required margin.
+    pub min_improvement: f64,
+    /// Promoted or not.
+    pub promoted: bool,
+    /// Why.
+    pub reason: String,
+}
+
+/// A model version of the registry, as the admin API reports it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModelVersionInfo {
+    /// The target.
+    pub target: String,
+    /// Its number within the target.
+    pub version: u32,
+    /// The run that trained it.
+    pub run_id: String,
+    /// The model family.
+    pub family: String,
+    /// `champion`, `challenger-rejected` or `retired`.
+    pub status: String,
+    /// Why it has that status.
+    pub reason: String,
+    /// The pooled metrics of its run's last evaluation, one line.
+    pub metrics: String,
+    /// ε its run reported.
+    pub epsilon: Option<f64>,
+    /// The federation's data fingerprint.
+    pub data_fingerprint: String,
+    /// The champion its run warm-started from.
+    pub parent_version: Option<u32>,
+    /// When it was registered.
+    pub registered_at: String,
+    /// Its update run's verdict.
+    pub decision: Option<UpdateDecisionInfo>,
+    /// The model file (only when one version is asked for).
+    pub model_json: Option<String>,
 }
 
 /// One step of a run, streamed to `run watch`.
