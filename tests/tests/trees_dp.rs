@@ -255,10 +255,12 @@ fn a_dp_warm_start_from_a_dp_tree_model_grows_random_trees_and_charges_the_plan(
     );
 }
 
-/// Below every AUC the demo's run file reached (2026-12-02; docs/privacy.md,
-/// "Gradient-boosted trees"): 0.8185-0.8347 over five demo runs with seeds
-/// 0-4, and 0.8182-0.8290 in five more with seed 0 (this test's; standard
-/// deviation ~0.004), with a margin of four of those deviations.
-const FLOOR_AUC: f64 = 0.80;
-/// Above every log loss those runs reached (0.439-0.454).
+/// Below every AUC the demo's run file reached (2026-12-02, features
+/// weighted by the released leaf sums; docs/privacy.md, "Gradient-boosted
+/// trees"): 0.828-0.845 over ten demo runs (seeds 0-4 twice) and 0.836 in
+/// this test; the rule "lowest seen minus 0.01" gives 0.818, but the
+/// in-process simulation's 40 runs reach down to 0.819, so the floor keeps
+/// about four standard deviations (~0.006) below the mean of 0.837.
+const FLOOR_AUC: f64 = 0.81;
+/// Above every log loss those runs reached (0.426-0.442; 0.454 in the simulation).
 const CEILING_LOG_LOSS: f64 = 0.47;

@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::model_file::MODEL_FORMAT;
 use crate::model_file_v2::{MODEL_FILE_VERSION_2, RunProvenance, TargetColumn};
 use crate::regression_metrics::RegressionMetrics;
-use crate::trees::{Binning, Node, NodeKind, Tree, TreeGrowth, TreeLoss, TreeModel, TreeParams};
+use crate::trees::{Binning, Node, Tree, TreeGrowth, TreeLoss, TreeModel, TreeParams};
 
 /// Value of `model_type` for gradient-boosted trees.
 pub const GRADIENT_BOOSTED_TREES: &str = "gradient_boosted_trees";
@@ -344,14 +344,7 @@ fn node_entry(id: usize, node: &Node, names: &[String]) -> TreeNode {
         cover: node.cover(),
         leaf: true,
     };
-    if let NodeKind::Split {
-        feature,
-        bin,
-        threshold,
-        left,
-        right,
-    } = *node.kind()
-    {
+    if let Some((feature, bin, threshold, left, right)) = node.split_parts() {
         entry.feature = names.get(feature).cloned();
         entry.feature_index = Some(feature);
         entry.bin = Some(bin);

@@ -327,27 +327,19 @@ impl TreeModel {
             }
             (Request::Level { nodes }, TreeStatistics::Level(h)) => {
                 let total_bins = self.binning.as_ref().map_or(0, Binning::total_bins);
-                if h.nodes() != nodes || h.bins_per_node() != total_bins {
-                    return Err(tree_error(format!(
-                        "tree statistics: histograms of {} nodes × {} bins, but the model asks for {nodes} nodes × {total_bins} bins",
-                        h.nodes(),
-                        h.bins_per_node()
-                    )));
-                }
-                check_finite("gradient sum", h.grad(), false)?;
-                check_finite("hessian sum", h.hess(), h.noise_std() == 0.0)
+                check_histograms(
+                    h,
+                    nodes,
+                    total_bins,
+                    &format!("{nodes} nodes × {total_bins} bins"),
+                )
             }
-            (Request::Leaves { leaves }, TreeStatistics::Level(h)) => {
-                if h.nodes() != leaves || h.bins_per_node() != 1 {
-                    return Err(tree_error(format!(
-                        "tree statistics: histograms of {} nodes × {} bins, but the model asks for the sums of {leaves} leaves (one bin each)",
-                        h.nodes(),
-                        h.bins_per_node()
-                    )));
-                }
-                check_finite("gradient sum", h.grad(), false)?;
-                check_finite("hessian sum", h.hess(), h.noise_std() == 0.0)
-            }
+            (Request::Leaves { leaves }, TreeStatistics::Level(h)) => check_histograms(
+                h,
+                leaves,
+                1,
+                &format!("the sums of {leaves} leaves (one bin each)"),
+            ),
             (Request::Leaves { leaves }, TreeStatistics::Sketch(_)) => Err(tree_error(format!(
                 "tree statistics: the model asks for the sums of {leaves} leaves but got a feature sketch"
             ))),
@@ -432,14 +424,7 @@ impl TreeModel {
         }
         // Children come after their parents: sum them up in reverse order.
         for id in (0..nodes.len()).rev() {
-            if let NodeKind::Split {
-                feature,
-                bin,
-                threshold,
-                left,
-                right,
-            } = *nodes[id].kind()
-            {
+            if let Some((feature, bin, threshold, left, right)) = nodes[id].split_parts() {
                 let g = sums[left].0 + sums[right].0;
                 let hs = sums[left].1 + sums[right].1;
                 sums[id] = (g, hs);
@@ -572,19 +557,10 @@ impl TreeModel {
             out.push(tree.nodes().len() as f64);
             for node in tree.nodes() {
                 let (feature, bin, threshold, left, right) = match *node.kind() {
-                    NodeKind::Split {
-                        feature,
-                        bin,
-                        threshold,
-                        left,
-                        right,
-                    } => (
-                        feature as f64,
-                        bin as f64,
-                        threshold,
-                        left as f64,
-                        right as f64,
-                    ),
+                    NodeKind::Split { .. } => {
+                        let (f, b, t, l, r) = node.split_parts().unwrap_or_default();
+                        (f as f64, b as f64, t, l as f64, r as f64)
+                    }
                     NodeKind::Leaf => (-1.0, -1.0, 0.0, -1.0, -1.0),
                     NodeKind::Pending => (-2.0, -1.0, 0.0, -1.0, -1.0),
                 };
@@ -967,6 +943,25 @@ fn check_tree(
         }
     }
     Ok(())
+}
+
+/// Checks histograms of `nodes` nodes × `bins` bins (`asked`: that shape in
+/// words) with finite sums, and non-negative hessian sums unless noised.
+fn check_histograms(
+    h: &Histograms,
+    nodes: usize,
+    bins: usize,
+    asked: &str,
+) -> Result<(), LearningError> {
+    if h.nodes() != nodes || h.bins_per_node() != bins {
+        return Err(tree_error(format!(
+            "tree statistics: histograms of {} nodes × {} bins, but the model asks for {asked}",
+            h.nodes(),
+            h.bins_per_node()
+        )));
+    }
+    check_finite("gradient sum", h.grad(), false)?;
+    check_finite("hessian sum", h.hess(), h.noise_std() == 0.0)
 }
 
 fn check_finite(what: &str, values: &[f64], non_negative: bool) -> Result<(), LearningError> {

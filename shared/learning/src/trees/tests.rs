@@ -271,19 +271,15 @@ fn flat_layout_round_trips_complete_and_growing_models() {
                 let nodes = t
                     .nodes()
                     .iter()
-                    .map(|n| match *n.kind() {
-                        NodeKind::Split {
-                            feature,
-                            bin,
-                            threshold,
-                            left,
-                            right,
-                        } => {
-                            Node::split(feature, bin, threshold, left, right, n.value(), n.cover())
-                        }
-                        NodeKind::Leaf => Node::leaf(n.value(), n.cover()),
-                        NodeKind::Pending => Node::pending(n.value(), n.cover()),
-                    })
+                    .map(
+                        |n| match (n.feature(), n.bin(), n.threshold(), n.children()) {
+                            (Some(f), Some(b), Some(t), Some((l, r))) => {
+                                Node::split(f, b, t, l, r, n.value(), n.cover())
+                            }
+                            _ if n.is_leaf() => Node::leaf(n.value(), n.cover()),
+                            _ => Node::pending(n.value(), n.cover()),
+                        },
+                    )
                     .collect();
                 Tree::new(nodes).unwrap()
             })
