@@ -131,6 +131,16 @@ impl Run {
                 "warm start from {} (its feature encoding is kept)",
                 path.display()
             ));
+            // How the earlier model goes on (the trees: as the privacy mode
+            // says, so that the releases are the ones `privacy cost` plans).
+            let params = family
+                .ops()
+                .warm_started(
+                    params,
+                    self.config.seed.unwrap_or(0),
+                    &self.model_settings(*kind, &features),
+                )
+                .map_err(|e| RunError::WarmStart(e.to_string()))?;
             spec = features;
             start = Some(params);
         }

@@ -1,7 +1,8 @@
 //! The gradient-boosted-trees section of the model file (version 2,
 //! `model_type = "gradient_boosted_trees"`): the target, the feature encoding,
-//! the loss and tree settings, the federation's binning (bin edges per encoded
-//! feature) and every tree as a list of nodes, each split naming its feature.
+//! the loss and tree settings (with how the trees were grown), the
+//! federation's binning (bin edges per encoded feature) and every tree as a
+//! list of nodes, each split naming its feature.
 //! Layout and an example: `docs/model-format-v2.md`.
 //!
 //! Loading validates everything [`TreeModel::from_parts`] checks (a tree is a
@@ -16,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::model_file::MODEL_FORMAT;
 use crate::model_file_v2::{MODEL_FILE_VERSION_2, RunProvenance, TargetColumn};
 use crate::regression_metrics::RegressionMetrics;
-use crate::trees::{Binning, Node, NodeKind, Tree, TreeLoss, TreeModel, TreeParams};
+use crate::trees::{Binning, Node, Tree, TreeGrowth, TreeLoss, TreeModel, TreeParams};
 
 /// Value of `model_type` for gradient-boosted trees.
 pub const GRADIENT_BOOSTED_TREES: &str = "gradient_boosted_trees";
@@ -52,6 +53,42 @@ pub struct TreeSettings {
     pub bins: u32,
     /// The margin before the first tree.
     pub base_score: f64,
+    /// How the trees were grown; absent in files written before it was
+    /// recorded, which were all grown from histograms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth: Option<GrowthEntry>,
+}
+
+/// How the trees were grown ([`TreeGrowth`]): `{ "kind": "histograms" }` or
+/// `{ "kind": "random", "seed": 7 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum GrowthEntry {
+    /// Best splits from level histograms.
+    Histograms,
+    /// Data-free random structures drawn from `seed` (record-level DP).
+    Random {
+        /// The seed of the structures (tree `t`'s from it and `t`).
+        seed: u32,
+    },
+}
+
+impl From<TreeGrowth> for GrowthEntry {
+    fn from(growth: TreeGrowth) -> Self {
+        match growth {
+            TreeGrowth::Histograms => GrowthEntry::Histograms,
+            TreeGrowth::Random { seed } => GrowthEntry::Random { seed },
+        }
+    }
+}
+
+impl From<GrowthEntry> for TreeGrowth {
+    fn from(entry: GrowthEntry) -> Self {
+        match entry {
+            GrowthEntry::Histograms => TreeGrowth::Histograms,
+            GrowthEntry::Random { seed } => TreeGrowth::Random { seed },
+        }
+    }
 }
 
 /// The bin edges of one encoded feature: bin `b` holds the values in
@@ -196,6 +233,7 @@ impl GradientBoostedTreesFile {
                 gamma: p.gamma,
                 bins: p.max_bins,
                 base_score: model.base_score(),
+                growth: Some(model.growth().into()),
             },
             binning: names
                 .iter()
@@ -288,6 +326,7 @@ impl GradientBoostedTreesFile {
             Some(binning),
             trees,
         )
+        .and_then(|m| m.with_growth(s.growth.map_or(TreeGrowth::Histograms, Into::into)))
         .map_err(invalid("trees".into()))
     }
 }
@@ -305,14 +344,7 @@ fn node_entry(id: usize, node: &Node, names: &[String]) -> TreeNode {
         cover: node.cover(),
         leaf: true,
     };
-    if let NodeKind::Split {
-        feature,
-        bin,
-        threshold,
-        left,
-        right,
-    } = *node.kind()
-    {
+    if let Some((feature, bin, threshold, left, right)) = node.split_parts() {
         entry.feature = names.get(feature).cloned();
         entry.feature_index = Some(feature);
         entry.bin = Some(bin);

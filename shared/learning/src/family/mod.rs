@@ -347,6 +347,21 @@ pub trait Family: Sync {
         self.initial(dim, outputs, seed)
     }
 
+    /// The parameters a run continues from when it warm-starts from a model
+    /// file's `params`, with what the run says beyond the shape (`seed`:
+    /// the run's seed): most families continue from the file's parameters
+    /// as they are; the trees grow their new trees as the run's privacy
+    /// mode says (random structures under record-level DP).
+    fn warm_started(
+        &self,
+        params: Array1<f64>,
+        seed: u64,
+        settings: &ModelSettings,
+    ) -> Result<Array1<f64>, LearningError> {
+        let _ = (seed, settings);
+        Ok(params)
+    }
+
     /// The run-file table of this family's own settings (`[trees]`), if any.
     fn settings_table(&self) -> Option<&'static str> {
         None

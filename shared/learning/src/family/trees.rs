@@ -58,6 +58,12 @@ fn trees(s: &Statistics) -> Result<&TreeStatistics, LearningError> {
     }
 }
 
+/// The seed of the random structures of a run with seed `seed` (folded into
+/// 32 bits).
+fn structure_seed(seed: u64) -> u32 {
+    (seed ^ (seed >> 32)) as u32
+}
+
 /// The per-record bound of a DP release: the clip norm `C` bounds the
 /// squared-error gradient (`|g| ≤ C`); log-loss gradients are bounded anyway.
 fn bound(clip_norm: f64) -> GradBound {
@@ -127,13 +133,35 @@ impl Family for Trees {
                     Vec::new(),
                 )?
                 .with_growth(TreeGrowth::Random {
-                    // The run's seed, folded into 32 bits.
-                    seed: (seed ^ (seed >> 32)) as u32,
+                    seed: structure_seed(seed),
                 })?
             }
             None => model,
         }
         .to_flat())
+    }
+
+    fn warm_started(
+        &self,
+        params: Array1<f64>,
+        seed: u64,
+        settings: &ModelSettings,
+    ) -> Result<Array1<f64>, LearningError> {
+        // The run's privacy mode decides how the new trees grow. Under
+        // record-level DP they are random structures, one release each, as
+        // `privacy cost --run` plans: an earlier random model goes on with
+        // its own seed (tree `t` from the seed and `t`, as one longer run
+        // would have grown it), an earlier histogram model with the run's
+        // seed. Without DP they grow from level histograms.
+        let m = TreeModel::from_flat(params.view())?;
+        let growth = match (&settings.data_free, m.growth()) {
+            (Some(_), TreeGrowth::Random { seed }) => TreeGrowth::Random { seed },
+            (Some(_), TreeGrowth::Histograms) => TreeGrowth::Random {
+                seed: structure_seed(seed),
+            },
+            (None, _) => TreeGrowth::Histograms,
+        };
+        Ok(m.with_growth(growth)?.to_flat())
     }
 
     fn statistics_rules(&self) -> Option<StatisticsRules> {

@@ -90,8 +90,8 @@ pub use binning::{
     sketch_cell_upper,
 };
 pub use model::{
-    FLAT_LAYOUT_VERSION, FLAT_LAYOUT_VERSION_RANDOM, MAX_LEAF_STEP, MIN_COVER, Request, TreeGrowth,
-    TreeModel, private_leaf_value,
+    FEATURE_EXPLORATION, FLAT_LAYOUT_VERSION, FLAT_LAYOUT_VERSION_RANDOM, MAX_LEAF_STEP, MIN_COVER,
+    NOISE_SHRINKAGE, PRIOR_SPLITS, Request, TreeGrowth, TreeModel, private_leaf_value,
 };
 pub use shap::tree_shap;
 pub use stats::{

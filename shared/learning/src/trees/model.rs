@@ -244,16 +244,28 @@ impl TreeModel {
     /// otherwise): its leaves are pending nodes (value 0, cover 1), its
     /// splits drawn from a SplitMix64 stream seeded by the seed and the
     /// number of trees so far, breadth first: a node above `max_depth`
-    /// splits on a feature drawn uniformly among those that still have an
-    /// edge strictly inside the node's range of bins (none: it stays a
-    /// leaf), at an edge drawn uniformly in that range. Nothing in it
-    /// depends on the data.
+    /// splits on a feature drawn among those that still have an edge
+    /// strictly inside the node's range of bins (none: it stays a leaf),
+    /// with probabilities proportional to [`feature_weights`] of the
+    /// complete trees (uniform for the first tree), at an edge drawn
+    /// uniformly in that range. It depends on the seed and the model only:
+    /// on the data only through the leaf sums already released (so
+    /// coordinator and clients draw the same structure from the model they
+    /// share, and drawing it is post-processing).
     pub fn next_structure(&self) -> Option<Tree> {
         let TreeGrowth::Random { seed } = self.growth else {
             return None;
         };
         let binning = self.binning.as_ref()?;
-        random_structure(binning, self.params.max_depth, seed, self.trees.len()).ok()
+        let weights = feature_weights(&self.trees[..self.complete_trees()], self.dim);
+        random_structure(
+            binning,
+            self.params.max_depth,
+            seed,
+            self.trees.len(),
+            &weights,
+        )
+        .ok()
     }
 
     /// Whether a round (one tree) is over: the binning is agreed, there is at
@@ -315,27 +327,19 @@ impl TreeModel {
             }
             (Request::Level { nodes }, TreeStatistics::Level(h)) => {
                 let total_bins = self.binning.as_ref().map_or(0, Binning::total_bins);
-                if h.nodes() != nodes || h.bins_per_node() != total_bins {
-                    return Err(tree_error(format!(
-                        "tree statistics: histograms of {} nodes × {} bins, but the model asks for {nodes} nodes × {total_bins} bins",
-                        h.nodes(),
-                        h.bins_per_node()
-                    )));
-                }
-                check_finite("gradient sum", h.grad(), false)?;
-                check_finite("hessian sum", h.hess(), h.noise_std() == 0.0)
+                check_histograms(
+                    h,
+                    nodes,
+                    total_bins,
+                    &format!("{nodes} nodes × {total_bins} bins"),
+                )
             }
-            (Request::Leaves { leaves }, TreeStatistics::Level(h)) => {
-                if h.nodes() != leaves || h.bins_per_node() != 1 {
-                    return Err(tree_error(format!(
-                        "tree statistics: histograms of {} nodes × {} bins, but the model asks for the sums of {leaves} leaves (one bin each)",
-                        h.nodes(),
-                        h.bins_per_node()
-                    )));
-                }
-                check_finite("gradient sum", h.grad(), false)?;
-                check_finite("hessian sum", h.hess(), h.noise_std() == 0.0)
-            }
+            (Request::Leaves { leaves }, TreeStatistics::Level(h)) => check_histograms(
+                h,
+                leaves,
+                1,
+                &format!("the sums of {leaves} leaves (one bin each)"),
+            ),
             (Request::Leaves { leaves }, TreeStatistics::Sketch(_)) => Err(tree_error(format!(
                 "tree statistics: the model asks for the sums of {leaves} leaves but got a feature sketch"
             ))),
@@ -415,21 +419,12 @@ impl TreeModel {
         for (k, &id) in pending.iter().enumerate() {
             let (g, hs) = (h.grad()[k], h.hess()[k]);
             sums[id] = (g, hs);
-            nodes[id] = Node::leaf(
-                private_leaf_value(p, g, hs, h.noise_std()),
-                hs.max(0.0).max(MIN_COVER),
-            );
+            let value = private_leaf_value(p, g, hs, h.noise_std());
+            nodes[id] = Node::leaf(value, hs.max(0.0).max(MIN_COVER));
         }
         // Children come after their parents: sum them up in reverse order.
         for id in (0..nodes.len()).rev() {
-            if let NodeKind::Split {
-                feature,
-                bin,
-                threshold,
-                left,
-                right,
-            } = *nodes[id].kind()
-            {
+            if let Some((feature, bin, threshold, left, right)) = nodes[id].split_parts() {
                 let g = sums[left].0 + sums[right].0;
                 let hs = sums[left].1 + sums[right].1;
                 sums[id] = (g, hs);
@@ -562,19 +557,10 @@ impl TreeModel {
             out.push(tree.nodes().len() as f64);
             for node in tree.nodes() {
                 let (feature, bin, threshold, left, right) = match *node.kind() {
-                    NodeKind::Split {
-                        feature,
-                        bin,
-                        threshold,
-                        left,
-                        right,
-                    } => (
-                        feature as f64,
-                        bin as f64,
-                        threshold,
-                        left as f64,
-                        right as f64,
-                    ),
+                    NodeKind::Split { .. } => {
+                        let (f, b, t, l, r) = node.split_parts().unwrap_or_default();
+                        (f as f64, b as f64, t, l as f64, r as f64)
+                    }
                     NodeKind::Leaf => (-1.0, -1.0, 0.0, -1.0, -1.0),
                     NodeKind::Pending => (-2.0, -1.0, 0.0, -1.0, -1.0),
                 };
@@ -716,14 +702,17 @@ pub const MIN_COVER: f64 = 1e-6;
 /// rate (a margin step of at most `4 · learning_rate`).
 pub const MAX_LEAF_STEP: f64 = 4.0;
 
+/// How many noise stds [`private_leaf_value`] adds to a leaf's hessian sum.
+pub const NOISE_SHRINKAGE: f64 = 1.5;
+
 /// The leaf value of a random tree from noisy sums `g`, `h` whose noise has
 /// std `noise_std` (public: it follows from σ, not from the data):
-/// `-learning_rate · g / (max(h, 0) + λ + noise_std)`, clamped to
-/// `±MAX_LEAF_STEP · learning_rate`. Shrinking by the noise std keeps a leaf
-/// that few rows reach (its `h` mostly noise) near 0; post-processing of the
-/// release, it costs no privacy.
+/// `-learning_rate · g / (max(h, 0) + λ + NOISE_SHRINKAGE · noise_std)`,
+/// clamped to `±MAX_LEAF_STEP · learning_rate`. Shrinking by the noise std
+/// keeps a leaf that few rows reach (its `h` mostly noise) near 0;
+/// post-processing of the release, it costs no privacy.
 pub fn private_leaf_value(params: &TreeParams, g: f64, h: f64, noise_std: f64) -> f64 {
-    let denominator = h.max(0.0) + params.lambda + noise_std;
+    let denominator = h.max(0.0) + params.lambda + NOISE_SHRINKAGE * noise_std;
     if denominator.is_nan() || denominator <= 0.0 {
         return 0.0;
     }
@@ -746,6 +735,31 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
+    /// Uniform in `[0, 1)`, on a grid of `2^-53`.
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// One of `items` (not empty), drawn with probability proportional to
+    /// `weights[item]` (positive); uniformly (by [`SplitMix64::below`]) when
+    /// all weights are equal, so that a model whose weights are uniform
+    /// draws what it drew before the weights existed.
+    fn weighted(&mut self, items: &[usize], weights: &[f64]) -> usize {
+        let first = weights[items[0]];
+        if items.iter().all(|&i| weights[i] == first) {
+            return items[self.below(items.len())];
+        }
+        let total: f64 = items.iter().map(|&i| weights[i]).sum();
+        let mut u = self.unit() * total;
+        for &i in items {
+            if u < weights[i] {
+                return i;
+            }
+            u -= weights[i];
+        }
+        items[items.len() - 1]
+    }
+
     /// Uniform in `0..n` (`n >= 1`), by rejection.
     fn below(&mut self, n: usize) -> usize {
         let n = n as u64;
@@ -759,12 +773,74 @@ impl SplitMix64 {
     }
 }
 
+/// Share of the uniform draw in a random split's choice of feature
+/// ([`feature_weights`]): every feature keeps at least `0.3 / dim` of it.
+pub const FEATURE_EXPLORATION: f64 = 0.3;
+
+/// Pseudo-count of the prior in a feature's mean split score: a feature
+/// split fewer than this many times scores near the mean of all splits.
+pub const PRIOR_SPLITS: f64 = 10.0;
+
+/// The weight of each feature in the draw of a random split, from the
+/// model's complete trees, that is from released (noised) leaf sums only:
+/// each split on `f`, with children of values `vl`, `vr` and covers `cl`,
+/// `cr`, scores `cl cr / (cl + cr) · (vl - vr)²`, the part of the margin's
+/// variance it explains; a feature's score is the mean of its splits',
+/// pulled towards the mean `m` of all splits by [`PRIOR_SPLITS`]
+/// (`(Σ scores + PRIOR_SPLITS · m) / (splits + PRIOR_SPLITS)`), and its weight
+/// mixes the uniform draw (share [`FEATURE_EXPLORATION`]) with the scores
+/// normalised to 1. Uniform before the first tree, or if no score is
+/// positive and finite.
+fn feature_weights(trees: &[Tree], dim: usize) -> Vec<f64> {
+    let uniform = vec![1.0 / dim as f64; dim];
+    let mut score = vec![0.0; dim];
+    let mut count = vec![0.0; dim];
+    for tree in trees {
+        let nodes = tree.nodes();
+        for node in nodes {
+            if let NodeKind::Split {
+                feature,
+                left,
+                right,
+                ..
+            } = *node.kind()
+            {
+                let (l, r) = (&nodes[left], &nodes[right]);
+                let (cl, cr) = (l.cover().max(MIN_COVER), r.cover().max(MIN_COVER));
+                let d = l.value() - r.value();
+                score[feature] += cl * cr / (cl + cr) * d * d;
+                count[feature] += 1.0;
+            }
+        }
+    }
+    let splits: f64 = count.iter().sum();
+    if splits == 0.0 {
+        return uniform;
+    }
+    let mean = score.iter().sum::<f64>() / splits;
+    let smoothed: Vec<f64> = score
+        .iter()
+        .zip(&count)
+        .map(|(s, n)| (s + PRIOR_SPLITS * mean) / (n + PRIOR_SPLITS))
+        .collect();
+    let total: f64 = smoothed.iter().sum();
+    if !(total > 0.0 && total.is_finite()) {
+        return uniform;
+    }
+    smoothed
+        .iter()
+        .zip(&uniform)
+        .map(|(w, u)| FEATURE_EXPLORATION * u + (1.0 - FEATURE_EXPLORATION) * w / total)
+        .collect()
+}
+
 /// See [`TreeModel::next_structure`].
 fn random_structure(
     binning: &Binning,
     max_depth: u32,
     seed: u32,
     index: usize,
+    weights: &[f64],
 ) -> Result<Tree, LearningError> {
     let mut rng = SplitMix64((u64::from(seed) << 32) ^ index as u64);
     let features = binning.features();
@@ -780,7 +856,7 @@ fn random_structure(
             candidates.clear();
             candidates.extend((0..features).filter(|&f| ranges[i][f].1 > ranges[i][f].0));
             if !candidates.is_empty() {
-                let f = candidates[rng.below(candidates.len())];
+                let f = rng.weighted(&candidates, weights);
                 let (lo, hi) = ranges[i][f];
                 let b = lo + rng.below(hi - lo);
                 let left = nodes.len();
@@ -867,6 +943,25 @@ fn check_tree(
         }
     }
     Ok(())
+}
+
+/// Checks histograms of `nodes` nodes × `bins` bins (`asked`: that shape in
+/// words) with finite sums, and non-negative hessian sums unless noised.
+fn check_histograms(
+    h: &Histograms,
+    nodes: usize,
+    bins: usize,
+    asked: &str,
+) -> Result<(), LearningError> {
+    if h.nodes() != nodes || h.bins_per_node() != bins {
+        return Err(tree_error(format!(
+            "tree statistics: histograms of {} nodes × {} bins, but the model asks for {asked}",
+            h.nodes(),
+            h.bins_per_node()
+        )));
+    }
+    check_finite("gradient sum", h.grad(), false)?;
+    check_finite("hessian sum", h.hess(), h.noise_std() == 0.0)
 }
 
 fn check_finite(what: &str, values: &[f64], non_negative: bool) -> Result<(), LearningError> {

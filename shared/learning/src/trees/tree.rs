@@ -113,6 +113,21 @@ impl Node {
         }
     }
 
+    /// All of an internal node's split: `(feature, bin, threshold, left,
+    /// right)`.
+    pub fn split_parts(&self) -> Option<(usize, usize, f64, usize, usize)> {
+        match self.kind {
+            NodeKind::Split {
+                feature,
+                bin,
+                threshold,
+                left,
+                right,
+            } => Some((feature, bin, threshold, left, right)),
+            _ => None,
+        }
+    }
+
     /// The left and right children of an internal node.
     pub fn children(&self) -> Option<(usize, usize)> {
         match self.kind {
