@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use fedprofile_config::run::UpdateDecision;
 use fedprofile_protocol::messages::{
-    ClientInfo, ModelVersionInfo, RunInfo, RunProgress, UpdateDecisionInfo,
+    ClientInfo, ModelVersionInfo, PartnerHolding, RunInfo, RunProgress, UpdateDecisionInfo,
 };
 use fedprofile_protocol::pb::admin_server::Admin;
 use fedprofile_protocol::pb::{self};
@@ -104,6 +104,36 @@ impl AdminService {
         }
     }
 
+    /// A registry row for the admin API (`with_file`: with its model file),
+    /// with the partners that acknowledged holding it.
+    fn version_info(&self, v: &ModelVersionRow, with_file: bool) -> ModelVersionInfo {
+        let partners = match self.shared.store.partners_holding(&v.target, v.version) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!("{e}");
+                Vec::new()
+            }
+        };
+        ModelVersionInfo {
+            partners: partners
+                .into_iter()
+                .map(|p| PartnerHolding {
+                    client_id: p.client_id,
+                    fingerprint: p.fingerprint,
+                    acknowledged_at: p.acknowledged_at,
+                })
+                .collect(),
+            ..version_info(v, with_file)
+        }
+    }
+
+    /// Sends the (committed) champion of `target` to the following partners.
+    fn announce(&self, target: &str) {
+        if let Err(e) = crate::follow::announce(&self.shared.store, &*self.shared.hub, target) {
+            tracing::error!("{e}");
+        }
+    }
+
     fn row(&self, id: &str) -> Result<RunRow, Status> {
         self.shared
             .store
@@ -144,6 +174,7 @@ fn version_info(v: &ModelVersionRow, with_file: bool) -> ModelVersionInfo {
         registered_at: v.registered_at.clone(),
         decision: decision_of(v),
         model_json: with_file.then(|| v.model_json.clone()),
+        partners: Vec::new(),
     }
 }
 
@@ -372,7 +403,7 @@ impl Admin for AdminService {
             .into());
         }
         Ok(Response::new(pb::ListModelsResponse {
-            versions: rows.iter().map(|v| version_info(v, false).into()).collect(),
+            versions: rows.iter().map(|v| self.version_info(v, false).into()).collect(),
         }))
     }
 
@@ -404,7 +435,7 @@ impl Admin for AdminService {
                 return Err(AdminError::NoSuchModel(problem.to_string()).into());
             }
         };
-        Ok(Response::new(version_info(&row, true).into()))
+        Ok(Response::new(self.version_info(&row, true).into()))
     }
 
     async fn promote_model(
@@ -423,6 +454,7 @@ impl Admin for AdminService {
             )
             .map_err(registry_error)?;
         self.shared.metrics.set_champion(&req.target, change.to);
+        self.announce(&req.target);
         let from = change
             .from
             .map_or("no champion".to_string(), |v| format!("{}@{v}", req.target));
@@ -439,7 +471,7 @@ impl Admin for AdminService {
             .model_version(&req.target, change.to)
             .map_err(AdminError::from)?
             .ok_or_else(|| AdminError::NoSuchModel(format!("{}@{}", req.target, change.to)))?;
-        Ok(Response::new(version_info(&row, false).into()))
+        Ok(Response::new(self.version_info(&row, false).into()))
     }
 
     async fn rollback_model(
@@ -454,6 +486,7 @@ impl Admin for AdminService {
             .rollback(&req.target, &format!("by {operator}: {reason}"))
             .map_err(registry_error)?;
         self.shared.metrics.set_champion(&req.target, change.to);
+        self.announce(&req.target);
         self.shared.audit.note(
             &operator,
             "model.rollback",
@@ -469,7 +502,7 @@ impl Admin for AdminService {
             .model_version(&req.target, change.to)
             .map_err(AdminError::from)?
             .ok_or_else(|| AdminError::NoSuchModel(format!("{}@{}", req.target, change.to)))?;
-        Ok(Response::new(version_info(&row, false).into()))
+        Ok(Response::new(self.version_info(&row, false).into()))
     }
 
     async fn list_clients(

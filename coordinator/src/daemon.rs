@@ -311,6 +311,9 @@ struct Registry {
     /// (client, reason) pairs already written to the audit log: a flood is
     /// counted in the metrics, not written line by line.
     audited_refusals: Mutex<std::collections::HashSet<(String, String)>>,
+    /// The sessions, to send champions to partners that follow them (weak: the
+    /// hub owns this listener).
+    hub: std::sync::Weak<SessionHub>,
 }
 
 impl HubListener for Registry {
@@ -374,6 +377,51 @@ impl HubListener for Registry {
                     "message refused: {reason} (further ones are counted in fedprofile_messages_refused_total)"
                 ),
             );
+        }
+    }
+
+    fn follows(&self, client: &str, held: &[fedprofile_protocol::messages::HeldModel]) {
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        match crate::follow::champions(&self.store) {
+            Ok(champions) => {
+                crate::follow::converge(&*hub, client, held, &champions);
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+
+    fn acknowledged(&self, client: &str, ack: fedprofile_protocol::messages::ChampionAck) {
+        let name = format!("{}@{}", ack.model.target, ack.model.version);
+        if !ack.ok {
+            tracing::warn!(client = %client, "partner could not follow {name}: {}", ack.message);
+            self.audit.note(
+                client,
+                "model.follow_failed",
+                None,
+                &format!("{name} not written: {}", ack.message),
+            );
+            return;
+        }
+        let row = crate::store::PartnerModelRow {
+            client_id: client.to_string(),
+            target: ack.model.target,
+            version: ack.model.version,
+            fingerprint: ack.model.fingerprint,
+            acknowledged_at: now(),
+        };
+        match self.store.record_partner_model(&row) {
+            Ok(()) => {
+                tracing::info!(client = %client, "partner holds {name}");
+                self.audit.note(
+                    client,
+                    "model.follow",
+                    None,
+                    &format!("partner holds {name}: {}", ack.message),
+                );
+            }
+            Err(e) => tracing::error!("{e}"),
         }
     }
 }
@@ -476,6 +524,7 @@ fn open_shared(options: &ServeOptions, hub: Arc<SessionHub>) -> Result<Arc<Share
         metrics: Arc::clone(&metrics),
         budgets: Mutex::new(Default::default()),
         audited_refusals: Mutex::new(Default::default()),
+        hub: Arc::downgrade(&hub),
     }));
     Ok(Arc::new(Shared {
         store,
@@ -957,6 +1006,10 @@ fn record_outcome(
     if let (Some(r), Some((version, champion))) = (&registration, registered) {
         if champion {
             shared.metrics.set_champion(&r.target, version);
+            // Committed above; now the following partners are told.
+            if let Err(e) = crate::follow::announce(&shared.store, &*shared.hub, &r.target) {
+                tracing::error!("{e}");
+            }
         }
         // The reason as stored (the registry may have refused a promotion).
         let reason = match shared.store.model_version(&r.target, version) {

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod follow;
 pub mod metrics;
 pub mod missing;
 pub mod models;

@@ -373,6 +373,17 @@ async fn execute(
             if let Some(d) = &v.decision {
                 print_decision(d);
             }
+            // The partners whose acknowledged copy of the target is this version.
+            let held: Vec<&str> = v.partners.iter().map(|p| p.client_id.as_str()).collect();
+            println!(
+                "held by {} partners: {}",
+                held.len(),
+                if held.is_empty() {
+                    "-".to_string()
+                } else {
+                    held.join(", ")
+                }
+            );
             if let (Some(path), Some(json)) = (model_out, &v.model_json) {
                 std::fs::write(&path, json)
                     .map_err(|e| format!("cannot write '{}': {e}", path.display()))?;

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use fedprofile_protocol::messages::{ClientReply, ServerEvent};
+use fedprofile_protocol::messages::{ChampionAck, ClientReply, HeldModel, ServerEvent};
 use fedprofile_protocol::pb::federation_server::Federation;
 use fedprofile_protocol::pb::{self, client_message};
 use fedprofile_protocol::{PROTOCOL_VERSION, tls};
@@ -77,6 +77,8 @@ struct Session {
     /// Where the session comes from, and since when (for the duplicate refusal).
     peer: String,
     since: String,
+    /// The client follows the champions (`Hello.follows`).
+    follows: bool,
 }
 
 impl Session {
@@ -99,6 +101,11 @@ pub trait HubListener: Send + Sync + std::fmt::Debug {
     fn spent(&self, _client: &str, _epsilon: f64) {}
     /// A message or session of this partner was refused at the transport edge.
     fn refused(&self, _client: &str, _reason: &str) {}
+    /// A partner that follows the champions opened a session, holding `held`
+    /// (see `crate::follow`).
+    fn follows(&self, _client: &str, _held: &[HeldModel]) {}
+    /// A partner answered a champion it was sent.
+    fn acknowledged(&self, _client: &str, _ack: ChampionAck) {}
 }
 
 /// The connected sessions, shared by the service (which adds and removes them)
@@ -199,6 +206,7 @@ impl SessionHub {
         peer: &str,
         tx: mpsc::Sender<pb::ServerMessage>,
         close: oneshot::Sender<Status>,
+        follows: bool,
     ) -> Result<Registered, Status> {
         let mut sessions = lock(&self.sessions);
         if let Some(open) = sessions.get(client) {
@@ -225,6 +233,7 @@ impl SessionHub {
                 owed: Arc::clone(&owed),
                 peer: peer.to_string(),
                 since: crate::daemon::now(),
+                follows,
             },
         );
         Ok(Registered { serial, stop, owed })
@@ -319,6 +328,22 @@ impl ClientHub for SessionHub {
                 &format!("{why}; reconnect when the node can answer"),
             ),
         )
+    }
+}
+
+impl crate::follow::Followers for SessionHub {
+    fn followers(&self) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.sessions)
+            .iter()
+            .filter(|(_, s)| s.follows)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn send_to(&self, client: &str, event: ServerEvent) -> bool {
+        self.send(client, event)
     }
 }
 
@@ -537,7 +562,7 @@ impl Federation for FederationService {
             })),
         });
         let hub = Arc::clone(&self.hub);
-        let Registered { serial, stop, owed } = match hub.register(&client, &peer, tx, close_tx) {
+        let Registered { serial, stop, owed } = match hub.register(&client, &peer, tx, close_tx, hello.follows) {
             Ok(r) => r,
             Err(status) => {
                 tracing::warn!(client = %client, peer = %peer, "session refused: {}", status.message());
@@ -555,6 +580,10 @@ impl Federation for FederationService {
                 hello.budget_epsilon,
                 hello.epsilon_spent,
             );
+            if hello.follows {
+                let held: Vec<HeldModel> = hello.held.into_iter().map(Into::into).collect();
+                l.follows(&client, &held);
+            }
         }
         let _ = hub.inbox.send(Inbound::Connected(client.clone())).await;
         let rate = self.rate;
@@ -570,9 +599,16 @@ impl Federation for FederationService {
                 };
                 let event = match next {
                     Ok(Some(message)) => {
-                        // A repeated hello is ignored; everything else would reach
-                        // the engine and uses one answer of the session's ration.
-                        let answer = !matches!(message.body, Some(client_message::Body::Hello(_)));
+                        // A repeated hello is ignored and a champion's acknowledgement
+                        // goes to the listener; everything else would reach the
+                        // engine and uses one answer of the session's ration.
+                        let answer = !matches!(
+                            message.body,
+                            Some(
+                                client_message::Body::Hello(_)
+                                    | client_message::Body::ChampionAck(_)
+                            )
+                        );
                         match budget.judge(answer, &owed) {
                             Verdict::Pass => {}
                             Verdict::Refuse => {
@@ -597,6 +633,16 @@ impl Federation for FederationService {
                                 }
                                 return;
                             }
+                        }
+                        if let Some(client_message::Body::ChampionAck(ack)) = message.body {
+                            match (ChampionAck::try_from(ack), hub.listener()) {
+                                (Ok(ack), Some(l)) => l.acknowledged(&client, ack),
+                                (Ok(_), None) => {}
+                                (Err(e), _) => {
+                                    tracing::warn!(client = %client, "ignoring a champion acknowledgement: {e}");
+                                }
+                            }
+                            continue;
                         }
                         match decode(message) {
                             Ok(Some(reply)) => {
@@ -670,7 +716,7 @@ fn decode(message: pb::ClientMessage) -> Result<Option<ClientReply>, String> {
             .map(Some)
             .map_err(|e| e.to_string()),
         Some(client_message::Body::Refusal(r)) => Ok(Some(ClientReply::from(r))),
-        Some(client_message::Body::Hello(_)) => Ok(None),
+        Some(client_message::Body::Hello(_) | client_message::Body::ChampionAck(_)) => Ok(None),
         None => Err("message has no body".into()),
     }
 }
@@ -713,7 +759,7 @@ mod tests {
     fn open(hub: &SessionHub, client: &str, peer: &str) -> Result<Opened, Status> {
         let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
         let (close_tx, close_rx) = oneshot::channel();
-        let registered = hub.register(client, peer, tx, close_tx)?;
+        let registered = hub.register(client, peer, tx, close_tx, false)?;
         Ok(Opened {
             registered,
             stream: Outgoing {

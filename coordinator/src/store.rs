@@ -65,6 +65,9 @@
 //! every target's model, one champion per target. A run's version is
 //! registered in the same transaction that finishes the run
 //! ([`Store::finish_run`]), so a promotion is never half done.
+//!
+//! Schema version 5 adds `partner_models` (`following.rs`): which champion
+//! each partner acknowledged holding.
 
 use std::fmt;
 use std::fs;
@@ -77,7 +80,9 @@ use std::time::Duration;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
+mod following;
 mod registry;
+pub use following::PartnerModelRow;
 pub use registry::{ChampionChange, ModelStatus, ModelVersionRow, NewVersion};
 
 /// How long a statement waits for a lock held by another connection.
@@ -85,7 +90,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, in order: `MIGRATIONS[i]` takes the schema from version
 /// `i` to version `i + 1`. Append only.
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, registry::MIGRATION_4];
+const MIGRATIONS: &[&str] = &[
+    MIGRATION_1,
+    MIGRATION_2,
+    MIGRATION_3,
+    registry::MIGRATION_4,
+    following::MIGRATION_5,
+];
 
 /// The schema version this coordinator writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

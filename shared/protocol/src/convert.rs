@@ -12,7 +12,8 @@ use fedprofile_learning::{
 use ndarray::Array1;
 
 use crate::messages::{
-    ClientInfo, ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, ModelVersionInfo,
+    ChampionAck, ChampionPush, ClientInfo, ClientReply, ColumnStats, HeldModel, LabelKindMsg,
+    ModelSnapshot, ModelVersionInfo, PartnerHolding,
     RecordDpTask, RefusalKind, ResultBody, RunInfo, RunProgress, ServerEvent, StatsReport, Task,
     TaskBody, TrainReport, TrainTask, UpdateDecisionInfo,
 };
@@ -376,6 +377,12 @@ impl From<&ServerEvent> for pb::ServerMessage {
                     message: message.clone(),
                 })
             }
+            ServerEvent::Champion(c) => pb::server_message::Body::Champion(pb::ChampionModel {
+                target: c.model.target.clone(),
+                version: c.model.version,
+                fingerprint: c.model.fingerprint.clone(),
+                model_json: c.model_json.clone(),
+            }),
         };
         pb::ServerMessage { body: Some(body) }
     }
@@ -670,17 +677,20 @@ fn optional(value: String) -> Option<String> {
 /// `From` both ways between a domain message and its protobuf twin with the
 /// same fields: each field moves as it is, except the `texts` (optional texts,
 /// the empty string on the wire: [`text`] and [`optional`]) and the `nested`
-/// (optional messages, converted by their own `From`).
+/// (optional messages, converted by their own `From`) and the `lists`
+/// (repeated messages, each converted by its own `From`).
 macro_rules! mirror {
     ($message:ident = pb::$pb:ident {
         $($field:ident),* $(,)?
-    } $(texts { $($text:ident),* $(,)? })? $(nested { $($nested:ident),* $(,)? })?) => {
+    } $(texts { $($text:ident),* $(,)? })? $(nested { $($nested:ident),* $(,)? })?
+    $(lists { $($list:ident),* $(,)? })?) => {
         impl From<$message> for pb::$pb {
             fn from(m: $message) -> pb::$pb {
                 pb::$pb {
                     $($field: m.$field,)*
                     $($($text: text(m.$text),)*)?
                     $($($nested: m.$nested.map(Into::into),)*)?
+                    $($($list: m.$list.into_iter().map(Into::into).collect(),)*)?
                 }
             }
         }
@@ -691,6 +701,7 @@ macro_rules! mirror {
                     $($field: m.$field,)*
                     $($($text: optional(m.$text),)*)?
                     $($($nested: m.$nested.map(Into::into),)*)?
+                    $($($list: m.$list.into_iter().map(Into::into).collect(),)*)?
                 }
             }
         }
@@ -719,6 +730,52 @@ mirror! {
     }
     texts { model_json }
     nested { decision }
+    lists { partners }
+}
+
+mirror! {
+    PartnerHolding = pb::PartnerHolding { client_id, fingerprint, acknowledged_at }
+}
+
+mirror! {
+    HeldModel = pb::HeldModel { target, version, fingerprint }
+}
+
+impl From<pb::ChampionModel> for ChampionPush {
+    fn from(c: pb::ChampionModel) -> ChampionPush {
+        ChampionPush {
+            model: HeldModel {
+                target: c.target,
+                version: c.version,
+                fingerprint: c.fingerprint,
+            },
+            model_json: c.model_json,
+        }
+    }
+}
+
+impl From<&ChampionAck> for pb::ClientMessage {
+    fn from(a: &ChampionAck) -> pb::ClientMessage {
+        pb::ClientMessage {
+            body: Some(pb::client_message::Body::ChampionAck(pb::ChampionAck {
+                model: Some(a.model.clone().into()),
+                ok: a.ok,
+                message: a.message.clone(),
+            })),
+        }
+    }
+}
+
+impl TryFrom<pb::ChampionAck> for ChampionAck {
+    type Error = ConvertError;
+
+    fn try_from(a: pb::ChampionAck) -> Result<ChampionAck, ConvertError> {
+        Ok(ChampionAck {
+            model: a.model.ok_or(ConvertError::Missing("champion_ack.model"))?.into(),
+            ok: a.ok,
+            message: a.message,
+        })
+    }
 }
 
 mirror! {

@@ -328,6 +328,41 @@ pub enum ServerEvent {
         /// A short human-readable outcome.
         message: String,
     },
+    /// The champion of a target, for a client that follows the champions.
+    Champion(ChampionPush),
+}
+
+/// A champion sent to a following client (see `docs/updates.md`, "Partners
+/// follow the champion").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChampionPush {
+    /// The version: target, number and the SHA-256 of `model_json`.
+    pub model: HeldModel,
+    /// The model file, byte for byte as the registry holds it.
+    pub model_json: String,
+}
+
+/// A model version a client holds: its target, number and the SHA-256 (hex)
+/// of the model file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HeldModel {
+    /// The target.
+    pub target: String,
+    /// Its number within the target.
+    pub version: u32,
+    /// SHA-256 (hex) of the model file.
+    pub fingerprint: String,
+}
+
+/// A client's answer to a [`ChampionPush`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChampionAck {
+    /// The version it was sent.
+    pub model: HeldModel,
+    /// It wrote the model and its outputs.
+    pub ok: bool,
+    /// Why not, when it could not (or a one-line summary).
+    pub message: String,
 }
 
 // ----- admin API -------------------------------------------------------------
@@ -420,6 +455,19 @@ pub struct ModelVersionInfo {
     pub decision: Option<UpdateDecisionInfo>,
     /// The model file (only when one version is asked for).
     pub model_json: Option<String>,
+    /// The partners whose acknowledged copy of its target is this version.
+    pub partners: Vec<PartnerHolding>,
+}
+
+/// A partner's acknowledged copy of a champion.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PartnerHolding {
+    /// The partner.
+    pub client_id: String,
+    /// SHA-256 of the model file it wrote.
+    pub fingerprint: String,
+    /// When it acknowledged it.
+    pub acknowledged_at: String,
 }
 
 /// One step of a run, streamed to `run watch`.
