@@ -314,9 +314,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 },
             )
             .map_err(|e| e.to_string())?;
+            let follow = config.follow.clone().map(|settings| {
+                std::sync::Arc::new(crate::follow::Follower {
+                    settings,
+                    schema: config.schema.clone(),
+                    data_dir: config.data_dir.clone(),
+                })
+            });
             let options = TransportOptions {
                 insecure_name: insecure,
                 keep_running,
+                follow,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

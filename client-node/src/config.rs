@@ -24,6 +24,14 @@
 //! attempts = 30                             # connection attempts before giving up
 //! initial_backoff_ms = 200                  # doubled after each failure, with jitter
 //! max_backoff_ms = 5000
+//!
+//! [follow]                                  # optional: follow the champions (docs/updates.md)
+//! model_dir = "models"                      # where each champion's model file is written
+//! profiles_dir = "profiles"                 # scores, profiles and change reports
+//! split = "test"                            # optional (test_split): the users to score
+//! top = 5                                   # optional: top movers in the change report
+//! features = 3                              # optional: top features per user in the profiles
+//! band_width = 0.1                          # optional: score bands are [k·w, (k+1)·w)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -50,6 +58,48 @@ struct RawConfig {
     #[serde(default)]
     connect: RawConnect,
     privacy: Option<RawPrivacy>,
+    follow: Option<RawFollow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFollow {
+    model_dir: PathBuf,
+    profiles_dir: PathBuf,
+    split: Option<String>,
+    #[serde(default = "default_top")]
+    top: usize,
+    #[serde(default = "default_features")]
+    features: usize,
+    #[serde(default = "default_band_width")]
+    band_width: f64,
+}
+
+fn default_top() -> usize {
+    5
+}
+fn default_features() -> usize {
+    3
+}
+fn default_band_width() -> f64 {
+    0.1
+}
+
+/// Following the champions (`[follow]`): where their files go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowSettings {
+    /// Where each champion's model file is written (`<target>.json`).
+    pub model_dir: PathBuf,
+    /// Where scores, profiles and change reports are written.
+    pub profiles_dir: PathBuf,
+    /// The split whose users are scored.
+    pub split: String,
+    /// Top movers in a change report.
+    pub top: usize,
+    /// Top contributing features per user in the profiles.
+    pub features: usize,
+    /// Width of a score band.
+    pub band_width: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +176,8 @@ pub struct ClientConfig {
     pub connect: ConnectPolicy,
     /// Privacy budget and ledger.
     pub privacy: Option<PrivacySettings>,
+    /// Following the champions, if configured.
+    pub follow: Option<FollowSettings>,
 }
 
 impl ClientConfig {
@@ -174,6 +226,25 @@ impl ClientConfig {
                 })
             }
         };
+        let follow = match raw.follow {
+            None => None,
+            Some(f) => {
+                if !(f.band_width.is_finite() && f.band_width > 0.0) {
+                    return Err(invalid(
+                        "follow.band_width",
+                        format!("must be a positive number, got {}", f.band_width),
+                    ));
+                }
+                Some(FollowSettings {
+                    model_dir: base.join(f.model_dir),
+                    profiles_dir: base.join(f.profiles_dir),
+                    split: f.split.unwrap_or_else(|| raw.test_split.clone()),
+                    top: f.top,
+                    features: f.features,
+                    band_width: f.band_width,
+                })
+            }
+        };
         if raw.connect.attempts == 0 {
             return Err(invalid("connect.attempts", "must be at least 1".into()));
         }
@@ -193,6 +264,7 @@ impl ClientConfig {
                 max_backoff: Duration::from_millis(raw.connect.max_backoff_ms.max(1)),
             },
             privacy,
+            follow,
         })
     }
 }

@@ -4,11 +4,13 @@
 //! - [`session`]: dials the coordinator over mutual TLS and serves tasks;
 //! - [`score`]: scores the partner's users with a global model;
 //! - [`config`]: the client configuration file;
+//! - [`follow`]: following the champions (`[follow]`): model file, re-scoring, change report;
 //! - [`schema_cli`]: `schema infer | merge | check` (starting a schema from the exports);
 //! - [`cli`]: the command line (`run`, `check-data`, `score`, `profile`, `privacy`, `schema`).
 
 pub mod cli;
 pub mod config;
+pub mod follow;
 pub mod node;
 pub mod privacy;
 pub mod privacy_cli;

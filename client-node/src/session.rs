@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fedprofile_protocol::messages::Task;
+use fedprofile_protocol::messages::{ChampionAck, ChampionPush, Task};
 use fedprofile_protocol::pb::federation_client::FederationClient;
 use fedprofile_protocol::pb::{self, server_message};
 use fedprofile_protocol::{DEFAULT_MAX_MESSAGE_BYTES, PROTOCOL_VERSION, tls};
@@ -76,6 +76,8 @@ pub struct TransportOptions {
     pub insecure_name: Option<String>,
     /// Stay connected after a run finishes, for the next one.
     pub keep_running: bool,
+    /// Follow the champions (`[follow]` in the config).
+    pub follow: Option<Arc<crate::follow::Follower>>,
 }
 
 fn endpoint(config: &ClientConfig, options: &TransportOptions) -> Result<Endpoint, SessionError> {
@@ -261,6 +263,36 @@ pub async fn run(
     }
 }
 
+/// Writes a champion the coordinator sent ([`crate::follow`]) off the async
+/// threads, logs one line, and returns the acknowledgement.
+async fn follow_champion(follower: Arc<crate::follow::Follower>, push: ChampionPush) -> ChampionAck {
+    let model = push.model.clone();
+    let name = format!("{}@{}", model.target, model.version);
+    let done = tokio::task::spawn_blocking(move || follower.follow(&push))
+        .await
+        .map_err(|e| format!("the follow task failed: {e}"))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match done {
+        Ok(outcome) => {
+            let headline = outcome.report.headline();
+            tracing::info!(model = %name, "following {name}: {headline}");
+            ChampionAck {
+                model,
+                ok: true,
+                message: headline,
+            }
+        }
+        Err(message) => {
+            tracing::warn!(model = %name, "cannot follow {name}: {message}");
+            ChampionAck {
+                model,
+                ok: false,
+                message,
+            }
+        }
+    }
+}
+
 /// [`tls::probe_refusal`] for the coordinator of `endpoint`.
 async fn probe(
     endpoint: &Endpoint,
@@ -315,6 +347,12 @@ async fn serve(
             insecure_name: options.insecure_name.clone().unwrap_or_default(),
             budget_epsilon,
             epsilon_spent,
+            follows: options.follow.is_some(),
+            held: options
+                .follow
+                .as_ref()
+                .map(|f| f.held().into_iter().map(Into::into).collect())
+                .unwrap_or_default(),
         })),
     };
     tx.send(hello)
@@ -362,6 +400,17 @@ async fn serve(
                 .map_err(|e| Retry::from(format!("task handler failed: {e}")))?;
                 if tx.send(pb::ClientMessage::from(&reply)).await.is_err() {
                     return Err("the session closed while sending a result"
+                        .to_string()
+                        .into());
+                }
+            }
+            Some(server_message::Body::Champion(c)) => {
+                let Some(follower) = options.follow.clone() else {
+                    continue;
+                };
+                let ack = follow_champion(follower, ChampionPush::from(c)).await;
+                if tx.send(pb::ClientMessage::from(&ack)).await.is_err() {
+                    return Err("the session closed while acknowledging a champion"
                         .to_string()
                         .into());
                 }
