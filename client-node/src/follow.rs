@@ -614,7 +614,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["model.json"]);
         // A write that fails leaves the old file and no temporary behind.
-        let failed = produce_atomic(&path, |_| {
+        let failed: Result<(), _> = produce_atomic(&path, |_| {
             Err(ScoreError::Write {
                 path: path.clone(),
                 reason: "disk full".into(),
