@@ -174,6 +174,41 @@ fn partners_follow_promotions_and_rollbacks_and_report_what_changed() {
         let r = report(&sandbox, p, "churn@1");
         assert_eq!((&r["from_version"], &r["to_version"]), (&2.into(), &1.into()), "{r}");
     }
+    // A segment model: seg@1, then seg@2 (another seed, not an update run:
+    // rejected) made champion by `model promote`; the report counts the users
+    // whose segment changed, as the two scores files show.
+    let segments = |rounds: u32, seed: u32| {
+        format!(
+            "[run]\nname = \"seg\"\nrounds = {rounds}\nmodel = \"kmeans\"\nclusters = 3\nseed = {seed}\n\
+             [clients]\nfraction_per_round = 1.0\nmin_per_round = 2\nmin_connected_to_start = 2\nstart_timeout_secs = 60\n\
+             [round]\ndeadline_secs = 30\neval_every = 1\nmax_retries = 1\n"
+        )
+    };
+    let status = run_to_end(&sandbox, &alice, "seg1.toml", &segments(2, 7));
+    assert!(status.contains("model seg@1 (champion)"), "{status}");
+    let status = run_to_end(&sandbox, &alice, "seg2.toml", &segments(4, 11));
+    assert!(status.contains("model seg@2 (challenger-rejected)"), "{status}");
+    wait_held(&sandbox, &alice, "seg@1", &FOLLOWERS);
+    let promoted = sandbox.operator(&alice, &["model", "promote", "seg@2", "--reason", "seed 11"]);
+    assert!(promoted.status.success(), "{}", text(&promoted));
+    wait_held(&sandbox, &alice, "seg@2", &FOLLOWERS);
+    for p in FOLLOWERS {
+        let dir = follow_dir(&sandbox, p);
+        let segment = |v: u32| -> BTreeMap<String, String> {
+            let (header, rows) = read_csv(&dir.join(format!("profiles/seg@{v}.scores.csv")));
+            assert_eq!(header, ["user_id", "segment", "distance"]);
+            rows.into_iter().map(|r| (r[0].clone(), r[1].clone())).collect()
+        };
+        let (before, after) = (segment(1), segment(2));
+        let changed = after.iter().filter(|(id, s)| before[*id] != **s).count();
+        let r = report(&sandbox, p, "seg@2");
+        eprintln!("{p}: seg@1 -> seg@2: {changed} of {} users changed segment", after.len());
+        assert_eq!(r["segment_changed"], changed, "{p}: {r}");
+        assert_eq!(r["band_changed"], 0, "{r}");
+        let (header, _) = read_csv(&dir.join("profiles/seg@2.profiles.csv"));
+        assert!(header.contains(&"segment".to_string()), "{header:?}");
+    }
+
     let b_log = clients[1].read_stderr();
     assert!(b_log.contains("following churn@1"), "{b_log}");
     let audit = fs::read_to_string(sandbox.path("state/audit.jsonl")).unwrap();
