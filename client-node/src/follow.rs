@@ -351,7 +351,10 @@ pub fn read_scores(path: &Path) -> Result<Scores, FollowError> {
         reason,
     };
     let mut reader = csv::Reader::from_path(path).map_err(|e| invalid(e.to_string()))?;
-    let header = reader.headers().map_err(|e| invalid(e.to_string()))?.clone();
+    let header = reader
+        .headers()
+        .map_err(|e| invalid(e.to_string()))?
+        .clone();
     let column = |names: &[&str]| header.iter().position(|h| names.contains(&h));
     let (id, score, segment) = (
         column(&["user_id"]).ok_or_else(|| invalid("it has no user_id column".into()))?,
@@ -364,11 +367,7 @@ pub fn read_scores(path: &Path) -> Result<Scores, FollowError> {
         let field = |i: usize| record.get(i).unwrap_or_default();
         let score = match score {
             Some(i) => Some(field(i).parse::<f64>().map_err(|_| {
-                invalid(format!(
-                    "line {}: '{}' is not a number",
-                    line + 2,
-                    field(i)
-                ))
+                invalid(format!("line {}: '{}' is not a number", line + 2, field(i)))
             })?),
             None => None,
         };

@@ -265,7 +265,10 @@ pub async fn run(
 
 /// Writes a champion the coordinator sent ([`crate::follow`]) off the async
 /// threads, logs one line, and returns the acknowledgement.
-async fn follow_champion(follower: Arc<crate::follow::Follower>, push: ChampionPush) -> ChampionAck {
+async fn follow_champion(
+    follower: Arc<crate::follow::Follower>,
+    push: ChampionPush,
+) -> ChampionAck {
     let model = push.model.clone();
     let name = format!("{}@{}", model.target, model.version);
     let done = tokio::task::spawn_blocking(move || follower.follow(&push))

@@ -403,7 +403,10 @@ impl Admin for AdminService {
             .into());
         }
         Ok(Response::new(pb::ListModelsResponse {
-            versions: rows.iter().map(|v| self.version_info(v, false).into()).collect(),
+            versions: rows
+                .iter()
+                .map(|v| self.version_info(v, false).into())
+                .collect(),
         }))
     }
 

@@ -50,7 +50,10 @@ pub fn push(champion: &ModelVersionRow) -> ServerEvent {
 
 /// The champions a client holding `holds` lacks: every champion whose
 /// target it does not hold at that version with that fingerprint.
-pub fn lacking<'a>(holds: &[HeldModel], champions: &'a [ModelVersionRow]) -> Vec<&'a ModelVersionRow> {
+pub fn lacking<'a>(
+    holds: &[HeldModel],
+    champions: &'a [ModelVersionRow],
+) -> Vec<&'a ModelVersionRow> {
     champions
         .iter()
         .filter(|c| !holds.contains(&held(c)))
@@ -87,7 +90,10 @@ pub fn announce(store: &Store, hub: &dyn Followers, target: &str) -> Result<usiz
         .iter()
         .filter(|client| hub.send_to(client, event.clone()))
         .count();
-    tracing::info!("champion {} sent to {sent} following partners", champion.name());
+    tracing::info!(
+        "champion {} sent to {sent} following partners",
+        champion.name()
+    );
     Ok(sent)
 }
 
@@ -157,7 +163,12 @@ mod tests {
 
     impl Net {
         fn held(&self, client: &str) -> Vec<HeldModel> {
-            self.holds.lock().unwrap().get(client).cloned().unwrap_or_default()
+            self.holds
+                .lock()
+                .unwrap()
+                .get(client)
+                .cloned()
+                .unwrap_or_default()
         }
     }
 
@@ -184,7 +195,10 @@ mod tests {
         let v1 = version("churn", 1, "{\"v\":1}");
         // v1 is champion and announced: both write it.
         for client in ["a", "b"] {
-            assert_eq!(converge(&net, client, &net.held(client), std::slice::from_ref(&v1)), 1);
+            assert_eq!(
+                converge(&net, client, &net.held(client), std::slice::from_ref(&v1)),
+                1
+            );
         }
         // b is cut off, then v2 is promoted and announced: b's push is lost.
         net.connected.lock().unwrap().retain(|c| c != "b");

@@ -562,7 +562,13 @@ impl Federation for FederationService {
             })),
         });
         let hub = Arc::clone(&self.hub);
-        let Registered { serial, stop, owed } = match hub.register(&client, &peer, tx, close_tx, hello.follows) {
+        let Registered { serial, stop, owed } = match hub.register(
+            &client,
+            &peer,
+            tx,
+            close_tx,
+            hello.follows,
+        ) {
             Ok(r) => r,
             Err(status) => {
                 tracing::warn!(client = %client, peer = %peer, "session refused: {}", status.message());

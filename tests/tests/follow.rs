@@ -42,7 +42,11 @@ fn run_to_end(sandbox: &Sandbox, operator: &Path, name: &str, toml: &str) -> Str
 
 /// Waits (at most 60 s) until `model show name` says `partners` hold it.
 fn wait_held(sandbox: &Sandbox, operator: &Path, name: &str, partners: &[&str]) -> String {
-    let wanted = format!("held by {} partners: {}", partners.len(), partners.join(", "));
+    let wanted = format!(
+        "held by {} partners: {}",
+        partners.len(),
+        partners.join(", ")
+    );
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         let shown = text(&sandbox.operator(operator, &["model", "show", name]));
@@ -96,7 +100,13 @@ fn partners_follow_promotions_and_rollbacks_and_report_what_changed() {
     let v1 = sandbox.path("v1.json");
     let shown = sandbox.operator(
         &alice,
-        &["model", "show", "churn@1", "--model-out", v1.to_str().unwrap()],
+        &[
+            "model",
+            "show",
+            "churn@1",
+            "--model-out",
+            v1.to_str().unwrap(),
+        ],
     );
     assert!(shown.status.success(), "{}", text(&shown));
     let v1 = fs::read(&v1).unwrap();
@@ -172,7 +182,11 @@ fn partners_follow_promotions_and_rollbacks_and_report_what_changed() {
         let dir = follow_dir(&sandbox, p);
         assert_eq!(fs::read(dir.join("models/churn.json")).unwrap(), v1, "{p}");
         let r = report(&sandbox, p, "churn@1");
-        assert_eq!((&r["from_version"], &r["to_version"]), (&2.into(), &1.into()), "{r}");
+        assert_eq!(
+            (&r["from_version"], &r["to_version"]),
+            (&2.into(), &1.into()),
+            "{r}"
+        );
     }
     // A segment model: seg@1, then seg@2 (another seed, not an update run:
     // rejected) made champion by `model promote`; the report counts the users
@@ -187,9 +201,15 @@ fn partners_follow_promotions_and_rollbacks_and_report_what_changed() {
     let status = run_to_end(&sandbox, &alice, "seg1.toml", &segments(2, 7));
     assert!(status.contains("model seg@1 (champion)"), "{status}");
     let status = run_to_end(&sandbox, &alice, "seg2.toml", &segments(4, 11));
-    assert!(status.contains("model seg@2 (challenger-rejected)"), "{status}");
+    assert!(
+        status.contains("model seg@2 (challenger-rejected)"),
+        "{status}"
+    );
     wait_held(&sandbox, &alice, "seg@1", &FOLLOWERS);
-    let promoted = sandbox.operator(&alice, &["model", "promote", "seg@2", "--reason", "seed 11"]);
+    let promoted = sandbox.operator(
+        &alice,
+        &["model", "promote", "seg@2", "--reason", "seed 11"],
+    );
     assert!(promoted.status.success(), "{}", text(&promoted));
     wait_held(&sandbox, &alice, "seg@2", &FOLLOWERS);
     for p in FOLLOWERS {
@@ -197,12 +217,17 @@ fn partners_follow_promotions_and_rollbacks_and_report_what_changed() {
         let segment = |v: u32| -> BTreeMap<String, String> {
             let (header, rows) = read_csv(&dir.join(format!("profiles/seg@{v}.scores.csv")));
             assert_eq!(header, ["user_id", "segment", "distance"]);
-            rows.into_iter().map(|r| (r[0].clone(), r[1].clone())).collect()
+            rows.into_iter()
+                .map(|r| (r[0].clone(), r[1].clone()))
+                .collect()
         };
         let (before, after) = (segment(1), segment(2));
         let changed = after.iter().filter(|(id, s)| before[*id] != **s).count();
         let r = report(&sandbox, p, "seg@2");
-        eprintln!("{p}: seg@1 -> seg@2: {changed} of {} users changed segment", after.len());
+        eprintln!(
+            "{p}: seg@1 -> seg@2: {changed} of {} users changed segment",
+            after.len()
+        );
         assert_eq!(r["segment_changed"], changed, "{p}: {r}");
         assert_eq!(r["band_changed"], 0, "{r}");
         let (header, _) = read_csv(&dir.join("profiles/seg@2.profiles.csv"));
@@ -212,7 +237,10 @@ fn partners_follow_promotions_and_rollbacks_and_report_what_changed() {
     let b_log = clients[1].read_stderr();
     assert!(b_log.contains("following churn@1"), "{b_log}");
     let audit = fs::read_to_string(sandbox.path("state/audit.jsonl")).unwrap();
-    assert!(audit.contains("\"model.follow\""), "acknowledgements are audited");
+    assert!(
+        audit.contains("\"model.follow\""),
+        "acknowledgements are audited"
+    );
 
     coordinator.kill();
     for c in &mut clients {

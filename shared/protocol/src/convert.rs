@@ -13,9 +13,9 @@ use ndarray::Array1;
 
 use crate::messages::{
     ChampionAck, ChampionPush, ClientInfo, ClientReply, ColumnStats, HeldModel, LabelKindMsg,
-    ModelSnapshot, ModelVersionInfo, PartnerHolding,
-    RecordDpTask, RefusalKind, ResultBody, RunInfo, RunProgress, ServerEvent, StatsReport, Task,
-    TaskBody, TrainReport, TrainTask, UpdateDecisionInfo,
+    ModelSnapshot, ModelVersionInfo, PartnerHolding, RecordDpTask, RefusalKind, ResultBody,
+    RunInfo, RunProgress, ServerEvent, StatsReport, Task, TaskBody, TrainReport, TrainTask,
+    UpdateDecisionInfo,
 };
 use crate::pb;
 
@@ -771,7 +771,10 @@ impl TryFrom<pb::ChampionAck> for ChampionAck {
 
     fn try_from(a: pb::ChampionAck) -> Result<ChampionAck, ConvertError> {
         Ok(ChampionAck {
-            model: a.model.ok_or(ConvertError::Missing("champion_ack.model"))?.into(),
+            model: a
+                .model
+                .ok_or(ConvertError::Missing("champion_ack.model"))?
+                .into(),
             ok: a.ok,
             message: a.message,
         })
