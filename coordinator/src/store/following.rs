@@ -126,4 +126,17 @@ mod tests {
         assert_eq!(store.partners_holding("churn", 2).unwrap(), [row("a", 2)]);
         assert!(store.partners_holding("other", 1).unwrap().is_empty());
     }
+
+    #[test]
+    fn a_database_of_schema_version_4_opens_with_no_partner_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            super::super::migrate(&mut conn, &super::super::MIGRATIONS[..4]).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 5);
+        assert!(store.partners_holding("churn", 1).unwrap().is_empty());
+    }
 }
