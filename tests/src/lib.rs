@@ -608,6 +608,22 @@ impl Sandbox {
         run_bounded(&mut cmd, Duration::from_secs(120))
     }
 
+    /// Writes `toml` to `<sandbox>/name`, starts it as the operator of
+    /// `config` (`run start`), waits for its end (`run watch`); returns its id
+    /// and its `run status` and `run watch` texts.
+    pub fn run_to_end(&self, config: &Path, name: &str, toml: &str) -> (String, String) {
+        let path = self.path(name);
+        fs::write(&path, toml).unwrap();
+        let started = self.operator(config, &["run", "start", path.to_str().unwrap()]);
+        assert!(started.status.success(), "{}", output_text(&started));
+        let run_id = String::from_utf8_lossy(&started.stdout).trim().to_string();
+        let watched = self.operator(config, &["run", "watch", &run_id]);
+        assert!(watched.status.success(), "{}", output_text(&watched));
+        let status = self.operator(config, &["run", "status", &run_id]);
+        assert!(status.status.success(), "{}", output_text(&status));
+        (run_id, output_text(&status) + &output_text(&watched))
+    }
+
     /// Reads `<out>/summary.json`.
     pub fn summary(&self) -> serde_json::Value {
         let text = fs::read_to_string(self.path("out/summary.json")).expect("summary.json");
@@ -628,6 +644,15 @@ pub async fn start_three_and_light(
     let honest = sandbox.start_clients(&PARTNERS[..3], port, &[]);
     let session = sandbox.open_light(port, PARTNERS[3]).await;
     (sandbox, coordinator, honest, session)
+}
+
+/// A process's stdout then stderr, as text.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Runs `fedprofile-client ARGS…` to completion (bounded).

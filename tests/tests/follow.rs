@@ -16,13 +16,7 @@ use fedprofile_e2e::{Sandbox, read_csv, telco_run};
 
 const FOLLOWERS: [&str; 2] = ["partner-a", "partner-b"];
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use fedprofile_e2e::output_text as text;
 
 fn follow_dir(sandbox: &Sandbox, partner: &str) -> PathBuf {
     sandbox.path(&format!("follow/{partner}"))
@@ -30,14 +24,7 @@ fn follow_dir(sandbox: &Sandbox, partner: &str) -> PathBuf {
 
 /// Starts `toml` as the operator, waits for its end; returns `run status`.
 fn run_to_end(sandbox: &Sandbox, operator: &Path, name: &str, toml: &str) -> String {
-    let path = sandbox.path(name);
-    fs::write(&path, toml).unwrap();
-    let started = sandbox.operator(operator, &["run", "start", path.to_str().unwrap()]);
-    assert!(started.status.success(), "{}", text(&started));
-    let run_id = String::from_utf8_lossy(&started.stdout).trim().to_string();
-    let watched = sandbox.operator(operator, &["run", "watch", &run_id]);
-    assert!(watched.status.success(), "{}", text(&watched));
-    text(&sandbox.operator(operator, &["run", "status", &run_id]))
+    sandbox.run_to_end(operator, name, toml).1
 }
 
 /// Waits (at most 60 s) until `model show name` says `partners` hold it.

@@ -13,13 +13,7 @@ use std::time::Duration;
 
 use fedprofile_e2e::{PARTNERS, Sandbox, telco_run};
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use fedprofile_e2e::output_text as text;
 
 fn http_get(addr: &str, path: &str) -> String {
     let mut stream = std::net::TcpStream::connect(addr).expect("metrics connect");
@@ -47,19 +41,10 @@ fn run_file(rounds: u32, learning_rate: f64, update: &str) -> String {
 const UPDATE: &str =
     "[update]\ntarget = \"churn\"\nmetric = \"log_loss\"\nmin_improvement = 0.001\n";
 
-/// Starts `toml` as operator `alice`, waits for its end; returns its id and
-/// its `run status` text.
+/// Starts `toml` as operator `alice`, waits for its end; returns its id
+/// and its `run status` text.
 fn run_to_end(sandbox: &Sandbox, alice: &Path, name: &str, toml: &str) -> (String, String) {
-    let path = sandbox.path(name);
-    fs::write(&path, toml).unwrap();
-    let started = sandbox.operator(alice, &["run", "start", path.to_str().unwrap()]);
-    assert!(started.status.success(), "{}", text(&started));
-    let run_id = String::from_utf8_lossy(&started.stdout).trim().to_string();
-    let watched = sandbox.operator(alice, &["run", "watch", &run_id]);
-    assert!(watched.status.success(), "{}", text(&watched));
-    let status = sandbox.operator(alice, &["run", "status", &run_id]);
-    assert!(status.status.success(), "{}", text(&status));
-    (run_id, text(&status) + &text(&watched))
+    sandbox.run_to_end(alice, name, toml)
 }
 
 /// The `update` section of a run's summary.json.
