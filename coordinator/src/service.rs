@@ -26,6 +26,13 @@
 //!   missed its tasks; it is closed (`deadline_exceeded`) and not selected again
 //!   until it reconnects.
 //!
+//! - **Champions go to the partners that follow them** (`Hello.follows`):
+//!   [`crate::follow`] sends them through [`SessionHub`] after the registry
+//!   committed the change, and on connect for every champion the client's
+//!   `Hello.held` lacks. A client's `ChampionAck` goes to
+//!   [`HubListener::acknowledged`], never to the engine, and does not use the
+//!   session's ration of answers.
+//!
 //! Every close ends the client's stream with a status whose message starts with
 //! "session closed by the coordinator: " and says why; the partner is told with
 //! [`HubListener::refused`] (audited once per (client, reason), counted always)
