@@ -624,6 +624,15 @@ impl Sandbox {
         (run_id, output_text(&status) + &output_text(&watched))
     }
 
+    /// `model show NAME --model-out OUT` as the operator of `config`; returns
+    /// what it printed (it must succeed).
+    pub fn show_model(&self, config: &Path, name: &str, out: &Path) -> String {
+        let args = ["model", "show", name, "--model-out", out.to_str().unwrap()];
+        let shown = self.operator(config, &args);
+        assert!(shown.status.success(), "{}", output_text(&shown));
+        output_text(&shown)
+    }
+
     /// Reads `<out>/summary.json`.
     pub fn summary(&self) -> serde_json::Value {
         let text = fs::read_to_string(self.path("out/summary.json")).expect("summary.json");

@@ -85,17 +85,7 @@ fn partners_follow_promotions_and_rollbacks_and_report_what_changed() {
     assert!(status.contains("model churn@1 (champion)"), "{status}");
     wait_held(&sandbox, &alice, "churn@1", &FOLLOWERS);
     let v1 = sandbox.path("v1.json");
-    let shown = sandbox.operator(
-        &alice,
-        &[
-            "model",
-            "show",
-            "churn@1",
-            "--model-out",
-            v1.to_str().unwrap(),
-        ],
-    );
-    assert!(shown.status.success(), "{}", text(&shown));
+    sandbox.show_model(&alice, "churn@1", &v1);
     let v1 = fs::read(&v1).unwrap();
     for p in FOLLOWERS {
         let dir = follow_dir(&sandbox, p);

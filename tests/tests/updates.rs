@@ -160,19 +160,9 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
 
     // Show one version, and write its model file.
     let model_out = sandbox.path("v2.json");
-    let shown = sandbox.operator(
-        &alice,
-        &[
-            "model",
-            "show",
-            "churn@2",
-            "--model-out",
-            model_out.to_str().unwrap(),
-        ],
-    );
-    assert!(shown.status.success(), "{}", text(&shown));
-    assert!(text(&shown).contains(&better), "{}", text(&shown));
-    assert!(text(&shown).contains("parent churn@1"), "{}", text(&shown));
+    let shown = sandbox.show_model(&alice, "churn@2", &model_out);
+    assert!(shown.contains(&better), "{shown}");
+    assert!(shown.contains("parent churn@1"), "{shown}");
     let doc: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&model_out).unwrap()).unwrap();
     assert!(
