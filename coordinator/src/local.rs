@@ -207,8 +207,12 @@ fn create_dir(path: &Path) -> Result<(), LocalError> {
     })
 }
 
+/// The folder of `path`, absolute (the written configs live elsewhere).
 fn base_dir(path: &Path) -> PathBuf {
-    let base = fedprofile_config::base_dir(path);
+    let base = match fedprofile_config::base_dir(path) {
+        b if b.as_os_str().is_empty() => Path::new("."),
+        b => b,
+    };
     std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf())
 }
 
