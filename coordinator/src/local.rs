@@ -170,7 +170,8 @@ struct Partner {
 /// A validated federation file.
 #[derive(Debug)]
 struct Federation {
-    run: PathBuf,
+    /// The run file, when the federation file names one.
+    run: Option<PathBuf>,
     coordinator: RawCoordinator,
     partners: Vec<Partner>,
 }
@@ -225,10 +226,6 @@ impl Federation {
         let raw: RawFederation =
             toml::from_str(&read(path)?).map_err(|e| invalid(path, "toml", e.message()))?;
         let base = base_dir(path);
-        let run = raw
-            .run
-            .map(|r| base.join(r))
-            .ok_or_else(|| invalid(path, "run", "missing: name the run file (or pass --run)"));
         if raw.partner.is_empty() {
             return Err(invalid(
                 path,
@@ -275,7 +272,7 @@ impl Federation {
             });
         }
         Ok(Federation {
-            run: run.unwrap_or_default(),
+            run: raw.run.map(|r| base.join(r)),
             coordinator: raw.coordinator,
             partners,
         })
@@ -474,11 +471,18 @@ pub fn run(options: &LocalOptions) -> Result<(), LocalError> {
         path: options.out.clone(),
         source,
     })?;
-    let mut federation = Federation::from_path(&options.federation, &out)?;
-    if let Some(run) = &options.run {
-        federation.run = std::path::absolute(run).unwrap_or_else(|_| run.clone());
-    }
-    let run_file = federation.run.clone();
+    let federation = Federation::from_path(&options.federation, &out)?;
+    let run_file = match (&options.run, &federation.run) {
+        (Some(run), _) => std::path::absolute(run).unwrap_or_else(|_| run.clone()),
+        (None, Some(run)) => run.clone(),
+        (None, None) => {
+            return Err(invalid(
+                &options.federation,
+                "run",
+                "missing: name the run file (or pass --run)",
+            ));
+        }
+    };
     let run = RunConfig::from_path(&run_file)?;
     let client = client_binary(options)?;
     let coordinator_bin = std::env::current_exe().map_err(|e| LocalError::Start {
@@ -611,18 +615,15 @@ pub fn run(options: &LocalOptions) -> Result<(), LocalError> {
         if let Ok(Some(status)) = children.procs[0].1.try_wait() {
             return Err(coordinator_failed(status.to_string()));
         }
-        if interrupted.load(Ordering::SeqCst) {
-            return Err(LocalError::Interrupted);
-        }
-        if started.elapsed() > startup {
-            return Err(LocalError::TimedOut(format!(
+        bounded(&interrupted, started, startup, || {
+            format!(
                 "the coordinator did not listen within {} s ([coordinator] startup_timeout_secs in {}); the end of {}:\n{}",
                 startup.as_secs(),
                 options.federation.display(),
                 coordinator_log.display(),
                 log_tail(&coordinator_log, 20)
-            )));
-        }
+            )
+        })?;
         thread::sleep(POLL);
     };
     println!("   listening on 127.0.0.1:{port} (mutual TLS)");
@@ -720,16 +721,13 @@ fn supervise(
             }
             return Ok(status);
         }
-        if interrupted.load(Ordering::SeqCst) {
-            return Err(LocalError::Interrupted);
-        }
-        if started.elapsed() > limit {
-            return Err(LocalError::TimedOut(format!(
+        bounded(interrupted, started, limit, || {
+            format!(
                 "the run did not end within {} s ([coordinator] run_timeout_secs); stopped everything (logs in {})",
                 limit.as_secs(),
                 logs.display()
-            )));
-        }
+            )
+        })?;
         match &failed {
             Some((name, status, at)) => {
                 if at.elapsed() > VERDICT_GRACE {
@@ -751,6 +749,23 @@ fn supervise(
     }
 }
 
+/// One step of a bounded wait: fails on Ctrl-C, or once `limit` has passed
+/// since `started` (with the message `timed_out` makes).
+fn bounded(
+    interrupted: &AtomicBool,
+    started: Instant,
+    limit: Duration,
+    timed_out: impl FnOnce() -> String,
+) -> Result<(), LocalError> {
+    if interrupted.load(Ordering::SeqCst) {
+        Err(LocalError::Interrupted)
+    } else if started.elapsed() > limit {
+        Err(LocalError::TimedOut(timed_out()))
+    } else {
+        Ok(())
+    }
+}
+
 fn client_failure(logs: &Path, name: &str, status: &ExitStatus) -> LocalError {
     let log = logs.join(format!("{name}.log"));
     LocalError::Failed {
@@ -758,5 +773,111 @@ fn client_failure(logs: &Path, name: &str, status: &ExitStatus) -> LocalError {
         status: status.to_string(),
         tail: log_tail(&log, 20),
         log,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn federation(dir: &Path, text: &str) -> Result<Federation, LocalError> {
+        let path = dir.join("federation.toml");
+        fs::write(&path, text).expect("write federation.toml");
+        Federation::from_path(&path, &dir.join("out"))
+    }
+
+    fn problem(result: Result<Federation, LocalError>) -> String {
+        match result {
+            Ok(f) => panic!("accepted: {f:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_partner_made_of_a_data_folder_gets_the_launchers_certificates_and_ledger() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let f = federation(
+            dir.path(),
+            "run = \"run.toml\"\n[[partner]]\nname = \"acme\"\ndata_dir = \"acme\"\nschema = \"schema.toml\"\nepsilon = 2.0\n",
+        )
+        .expect("a valid federation");
+        assert_eq!(f.run, Some(dir.path().join("run.toml")));
+        let config = &f.partners[0].config;
+        assert_eq!(
+            config["data_dir"].as_str(),
+            Some(dir.path().join("acme").to_str().expect("utf-8"))
+        );
+        let out = dir.path().join("out");
+        let tls = config["tls"].as_table().expect("[tls]");
+        assert_eq!(
+            tls["cert"].as_str(),
+            Some(out.join("certs/acme.pem").to_str().expect("utf-8"))
+        );
+        let privacy = config["privacy"].as_table().expect("[privacy]");
+        assert_eq!(privacy["epsilon"].as_float(), Some(2.0));
+        assert_eq!(privacy["delta"].as_float(), Some(1e-5));
+        assert_eq!(
+            privacy["ledger"].as_str(),
+            Some(out.join("ledgers/acme.jsonl").to_str().expect("utf-8"))
+        );
+    }
+
+    #[test]
+    fn a_partners_own_config_keeps_its_settings_with_paths_from_its_folder() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::create_dir_all(dir.path().join("clients")).expect("mkdir");
+        fs::write(
+            dir.path().join("clients/a.toml"),
+            "coordinator = \"https://x:1\"\ndata_dir = \"../data/a\"\nschema = \"../s.toml\"\ntest_split = \"holdout\"\n[tls]\nca_cert = \"old.pem\"\ncert = \"old.pem\"\nkey = \"old.key\"\n",
+        )
+        .expect("write the client config");
+        let f = federation(
+            dir.path(),
+            "run = \"r.toml\"\n[[partner]]\nname = \"a\"\nconfig = \"clients/a.toml\"\n",
+        )
+        .expect("a valid federation");
+        let config = &f.partners[0].config;
+        assert_eq!(config["test_split"].as_str(), Some("holdout"));
+        let data = PathBuf::from(config["data_dir"].as_str().expect("data_dir"));
+        assert_eq!(data, dir.path().join("clients").join("../data/a"));
+        assert!(
+            !config["tls"]["cert"]
+                .as_str()
+                .expect("cert")
+                .contains("old")
+        );
+        assert!(config.get("privacy").is_none());
+    }
+
+    #[test]
+    fn federation_mistakes_are_named_by_file_and_field() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p = |text: &str| problem(federation(dir.path(), text));
+        let missing = p("run = \"r.toml\"\n[[partner]]\nname = \"a\"\nconfig = \"nope.toml\"\n");
+        assert!(
+            missing.contains("federation.toml: partner[0].config:")
+                && missing.contains("nope.toml' is not a file"),
+            "{missing}"
+        );
+        let twice = p(
+            "run = \"r.toml\"\n[[partner]]\nname = \"a\"\ndata_dir = \"d\"\nschema = \"s\"\n[[partner]]\nname = \"a\"\ndata_dir = \"d\"\nschema = \"s\"\n",
+        );
+        assert!(
+            twice.contains("partner[1].name: 'a' is named twice"),
+            "{twice}"
+        );
+        let neither = p("run = \"r.toml\"\n[[partner]]\nname = \"a\"\ndata_dir = \"d\"\n");
+        assert!(
+            neither.contains("partner[0].config: give either"),
+            "{neither}"
+        );
+        let bad_name =
+            p("run = \"r.toml\"\n[[partner]]\nname = \"a b\"\ndata_dir = \"d\"\nschema = \"s\"\n");
+        assert!(
+            bad_name.contains("partner[0].name: 'a b' is not a partner id"),
+            "{bad_name}"
+        );
+        let none = p("run = \"r.toml\"\n");
+        assert!(none.contains("partner: no partners"), "{none}");
     }
 }

@@ -146,6 +146,20 @@ fn run_line(dir: &Path, line: &str) -> String {
     stdout
 }
 
+/// `fedprofile-coordinator local --federation FEDERATION EXTRA --out OUT`, bounded.
+fn local(federation: &Path, extra: &[&std::ffi::OsStr], out: &Path) -> std::process::Output {
+    run_bounded(
+        Command::new(bin("fedprofile-coordinator"))
+            .arg("local")
+            .arg("--federation")
+            .arg(federation)
+            .args(extra)
+            .arg("--out")
+            .arg(out),
+        LIMIT,
+    )
+}
+
 fn quickstart_text() -> String {
     fs::read_to_string(repo_root().join("docs/quickstart.md")).expect("read docs/quickstart.md")
 }
@@ -251,16 +265,10 @@ fn local_runs_the_caravan_federation() {
     let run_file = dir.path().join("run.toml");
     fs::write(&run_file, run).expect("write the run file");
     let out = dir.path().join("out");
-    let output = run_bounded(
-        Command::new(bin("fedprofile-coordinator"))
-            .arg("local")
-            .arg("--federation")
-            .arg(caravan.join("federation.toml"))
-            .arg("--run")
-            .arg(&run_file)
-            .arg("--out")
-            .arg(&out),
-        LIMIT,
+    let output = local(
+        &caravan.join("federation.toml"),
+        &["--run".as_ref(), run_file.as_os_str()],
+        &out,
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -298,15 +306,7 @@ fn local_names_the_partner_whose_client_node_exits_early() {
     );
     let file = dir.path().join("federation.toml");
     fs::write(&file, federation).expect("write federation.toml");
-    let output = run_bounded(
-        Command::new(bin("fedprofile-coordinator"))
-            .arg("local")
-            .arg("--federation")
-            .arg(&file)
-            .arg("--out")
-            .arg(dir.path().join("out")),
-        LIMIT,
-    );
+    let output = local(&file, &[], &dir.path().join("out"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "local succeeded without data");
     assert!(
