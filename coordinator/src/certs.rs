@@ -159,6 +159,27 @@ pub fn init_ca(dir: &Path, common_name: &str, days: i64) -> Result<(), CertError
     Ok(())
 }
 
+/// A development federation in `dir`: a new CA, the coordinator's certificate
+/// `server_name` (with `sans`), one client certificate per name in `clients`,
+/// and an empty revocation list (`certs init`, and the `local` launcher).
+pub fn init_federation(
+    dir: &Path,
+    server_name: &str,
+    sans: &[String],
+    clients: &[String],
+    days: i64,
+) -> Result<(), CertError> {
+    init_ca(dir, "fedprofile development CA", days)?;
+    issue(dir, server_name, Role::Server, sans, Validity::Days(days))?;
+    for client in clients {
+        issue(dir, client, Role::Client, &[], Validity::Days(days))?;
+    }
+    // An empty revocation list, so a coordinator can name it from day one.
+    let _ = fs::remove_file(crl_path(dir));
+    let _ = fs::remove_file(dir.join("revoked.txt"));
+    ensure_crl(dir)
+}
+
 /// What an issued certificate is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

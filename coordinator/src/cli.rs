@@ -39,6 +39,27 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// A whole federation on this machine: certificates, the coordinator and
+    /// one client node per partner on loopback, one run (docs/quickstart.md).
+    ///
+    /// Example: fedprofile-coordinator local --federation federation.toml --out out/demo
+    Local(LocalArgs),
+}
+
+#[derive(Debug, Args)]
+struct LocalArgs {
+    /// The federation file (TOML): the run file, the partners (README, "One machine").
+    #[arg(long)]
+    federation: PathBuf,
+    /// The run file (overrides the federation file's `run`).
+    #[arg(long)]
+    run: Option<PathBuf>,
+    /// Output folder: model.json, metrics.csv, summary.json, logs/, certs/, ledgers/.
+    #[arg(long)]
+    out: PathBuf,
+    /// The fedprofile-client executable (default: the one next to this executable).
+    #[arg(long)]
+    client_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -268,23 +289,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             sans,
             days,
         }) => {
-            certs::init_ca(&dir, "fedprofile development CA", days).map_err(|e| e.to_string())?;
-            certs::issue(
-                &dir,
-                &server_name,
-                Role::Server,
-                &sans,
-                Validity::Days(days),
-            )
-            .map_err(|e| e.to_string())?;
-            for client in &clients {
-                certs::issue(&dir, client, Role::Client, &[], Validity::Days(days))
-                    .map_err(|e| e.to_string())?;
-            }
-            // An empty revocation list, so a coordinator can name it from day one.
-            let _ = std::fs::remove_file(certs::crl_path(&dir));
-            let _ = std::fs::remove_file(dir.join("revoked.txt"));
-            certs::ensure_crl(&dir).map_err(|e| e.to_string())?;
+            certs::init_federation(&dir, &server_name, &sans, &clients, days)
+                .map_err(|e| e.to_string())?;
             println!(
                 "wrote a CA, the coordinator certificate '{server_name}' and {} client certificates to {}",
                 clients.len(),
@@ -327,6 +333,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(args),
+        Command::Local(args) => {
+            let options = crate::local::LocalOptions {
+                federation: args.federation,
+                run: args.run,
+                out: args.out,
+                client_bin: args.client_bin,
+            };
+            crate::local::run(&options).map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(command) => {
             let (operator, command) = match command {
                 RunCommand::Start { run_file, operator } => {
@@ -465,7 +481,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

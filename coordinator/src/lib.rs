@@ -11,6 +11,7 @@
 //! - [`missing`]: who a run is waiting for and why (failed handshakes, absent partners);
 //! - [`metrics`]: Prometheus metrics; [`report`]: outputs, plots, progress lines;
 //! - [`config`]: coordinator config; [`certs`]: development CA and certificates;
+//! - [`local`]: a whole federation on one machine (`local`);
 //! - [`cli`]: the command line.
 //!
 //! The coordinator never links the raw-data pipeline: it sees counts, sums,
@@ -24,6 +25,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod follow;
+pub mod local;
 pub mod metrics;
 pub mod missing;
 pub mod models;
