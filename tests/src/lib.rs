@@ -704,6 +704,33 @@ pub fn finish_federation(coordinator: &mut Proc, clients: &mut [Proc], limit: Du
     }
 }
 
+/// What a command printed: its stdout followed by its stderr.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The whole HTTP/1.1 response (status line, headers and body) to a `GET path`
+/// on `addr`, such as the coordinator's metrics endpoint; reads time out after 10 s.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
 /// The JSON a successful command printed on stdout; panics, with the
 /// command's stderr, if it failed or printed something else.
 pub fn json_output(out: &Output) -> serde_json::Value {

@@ -7,34 +7,9 @@
 //! log and the metrics.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::path::Path;
-use std::time::Duration;
 
-use fedprofile_e2e::{PARTNERS, Sandbox, telco_run};
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("metrics connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
-}
+use fedprofile_e2e::{PARTNERS, Sandbox, http_get, output_text, telco_run};
 
 /// A Telco run of `rounds` rounds at `learning_rate`, with `update` appended.
 fn run_file(rounds: u32, learning_rate: f64, update: &str) -> String {
@@ -53,13 +28,13 @@ fn run_to_end(sandbox: &Sandbox, alice: &Path, name: &str, toml: &str) -> (Strin
     let path = sandbox.path(name);
     fs::write(&path, toml).unwrap();
     let started = sandbox.operator(alice, &["run", "start", path.to_str().unwrap()]);
-    assert!(started.status.success(), "{}", text(&started));
+    assert!(started.status.success(), "{}", output_text(&started));
     let run_id = String::from_utf8_lossy(&started.stdout).trim().to_string();
     let watched = sandbox.operator(alice, &["run", "watch", &run_id]);
-    assert!(watched.status.success(), "{}", text(&watched));
+    assert!(watched.status.success(), "{}", output_text(&watched));
     let status = sandbox.operator(alice, &["run", "status", &run_id]);
-    assert!(status.status.success(), "{}", text(&status));
-    (run_id, text(&status) + &text(&watched))
+    assert!(status.status.success(), "{}", output_text(&status));
+    (run_id, output_text(&status) + &output_text(&watched))
 }
 
 /// The `update` section of a run's summary.json.
@@ -73,7 +48,7 @@ fn verdict(sandbox: &Sandbox, run_id: &str) -> serde_json::Value {
 /// `model list` as (version, status) pairs, in order.
 fn versions(sandbox: &Sandbox, alice: &Path) -> Vec<(String, String)> {
     let out = sandbox.operator(alice, &["model", "list"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .skip(1)
@@ -185,9 +160,17 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
             model_out.to_str().unwrap(),
         ],
     );
-    assert!(shown.status.success(), "{}", text(&shown));
-    assert!(text(&shown).contains(&better), "{}", text(&shown));
-    assert!(text(&shown).contains("parent churn@1"), "{}", text(&shown));
+    assert!(shown.status.success(), "{}", output_text(&shown));
+    assert!(
+        output_text(&shown).contains(&better),
+        "{}",
+        output_text(&shown)
+    );
+    assert!(
+        output_text(&shown).contains("parent churn@1"),
+        "{}",
+        output_text(&shown)
+    );
     let doc: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&model_out).unwrap()).unwrap();
     assert!(
@@ -200,11 +183,11 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
         &alice,
         &["model", "rollback", "churn", "--reason", "v2 misbehaves"],
     );
-    assert!(rolled.status.success(), "{}", text(&rolled));
+    assert!(rolled.status.success(), "{}", output_text(&rolled));
     assert!(
-        text(&rolled).contains("churn@1 is champion again"),
+        output_text(&rolled).contains("churn@1 is champion again"),
         "{}",
-        text(&rolled)
+        output_text(&rolled)
     );
     assert_eq!(
         versions(&sandbox, &alice),
@@ -215,24 +198,24 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
         ])
     );
     let again = sandbox.operator(&alice, &["model", "rollback", "churn", "--reason", "x"]);
-    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert_eq!(again.status.code(), Some(1), "{}", output_text(&again));
     assert!(
-        text(&again).contains("nothing to roll back to: churn@1 is the first champion"),
+        output_text(&again).contains("nothing to roll back to: churn@1 is the first champion"),
         "{}",
-        text(&again)
+        output_text(&again)
     );
     // Clear errors for unknown targets and versions.
     let unknown = sandbox.operator(&alice, &["model", "show", "nope@1"]);
     assert!(
-        text(&unknown).contains("no model has the target 'nope'"),
+        output_text(&unknown).contains("no model has the target 'nope'"),
         "{}",
-        text(&unknown)
+        output_text(&unknown)
     );
     let unknown = sandbox.operator(&alice, &["model", "promote", "churn@9", "--reason", "x"]);
     assert!(
-        text(&unknown).contains("there is no model version churn@9"),
+        output_text(&unknown).contains("there is no model version churn@9"),
         "{}",
-        text(&unknown)
+        output_text(&unknown)
     );
 
     // The audit log and the metrics.
@@ -267,7 +250,7 @@ fn update_runs_are_promoted_when_better_rejected_when_worse_and_rollback_restore
     }
     eprintln!(
         "model list after rollback:\n{}",
-        text(&sandbox.operator(&alice, &["model", "list"]))
+        output_text(&sandbox.operator(&alice, &["model", "list"]))
     );
     let _ = first;
 
