@@ -9,7 +9,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedprofile_config::run::UpdateDecision;
 use fedprofile_protocol::messages::{
     ClientInfo, ModelVersionInfo, PartnerHolding, RunInfo, RunProgress, UpdateDecisionInfo,
 };
@@ -22,7 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::daemon::{Progress, Shared, now, queue_run};
 use crate::engine::RoundRecord;
 use crate::status::{AdminError, PeerError};
-use crate::store::{ModelVersionRow, Problem, RunRow, RunState, StoreError};
+use crate::store::{ChampionChange, ModelVersionRow, Problem, RunRow, RunState, StoreError};
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -55,6 +54,28 @@ impl AdminService {
                 Err(PeerError::PartnerAsOperator(id).into())
             }
         }
+    }
+
+    /// After `operator` moved the champion of `target` (`action`, audit `note`):
+    /// the metrics and the audit log say so, and the new champion is the answer.
+    fn champion_changed(
+        &self,
+        operator: &str,
+        action: &str,
+        target: &str,
+        change: &ChampionChange,
+        note: &str,
+    ) -> Result<Response<pb::ModelVersion>, Status> {
+        self.shared.metrics.set_champion(target, change.to);
+        self.announce(target);
+        self.shared.audit.note(operator, action, None, note);
+        let row = self
+            .shared
+            .store
+            .model_version(target, change.to)
+            .map_err(AdminError::from)?
+            .ok_or_else(|| AdminError::NoSuchModel(format!("{target}@{}", change.to)))?;
+        Ok(Response::new(self.version_info(&row, false).into()))
     }
 
     fn info(&self, row: &RunRow) -> RunInfo {
@@ -145,17 +166,7 @@ impl AdminService {
 
 /// An update run's verdict, as stored with its version.
 fn decision_of(v: &ModelVersionRow) -> Option<UpdateDecisionInfo> {
-    let d: UpdateDecision = serde_json::from_str(v.decision_json.as_deref()?).ok()?;
-    Some(UpdateDecisionInfo {
-        target: d.target,
-        metric: d.metric,
-        champion_version: d.champion_version,
-        challenger: d.challenger,
-        champion: d.champion,
-        min_improvement: d.min_improvement,
-        promoted: d.promoted,
-        reason: d.reason,
-    })
+    serde_json::from_str(v.decision_json.as_deref()?).ok()
 }
 
 /// A registry row for the admin API (`with_file`: with its model file).
@@ -456,25 +467,14 @@ impl Admin for AdminService {
                 &format!("promoted by {operator}: {reason}"),
             )
             .map_err(registry_error)?;
-        self.shared.metrics.set_champion(&req.target, change.to);
-        self.announce(&req.target);
         let from = change
             .from
             .map_or("no champion".to_string(), |v| format!("{}@{v}", req.target));
-        self.shared.audit.note(
-            &operator,
-            "model.promote",
-            None,
-            &format!(
-                "{}@{} is champion (was {from}): {reason}",
-                req.target, change.to
-            ),
+        let note = format!(
+            "{}@{} is champion (was {from}): {reason}",
+            req.target, change.to
         );
-        let row = store
-            .model_version(&req.target, change.to)
-            .map_err(AdminError::from)?
-            .ok_or_else(|| AdminError::NoSuchModel(format!("{}@{}", req.target, change.to)))?;
-        Ok(Response::new(self.version_info(&row, false).into()))
+        self.champion_changed(&operator, "model.promote", &req.target, &change, &note)
     }
 
     async fn rollback_model(
@@ -488,24 +488,13 @@ impl Admin for AdminService {
         let change = store
             .rollback(&req.target, &format!("by {operator}: {reason}"))
             .map_err(registry_error)?;
-        self.shared.metrics.set_champion(&req.target, change.to);
-        self.announce(&req.target);
-        self.shared.audit.note(
-            &operator,
-            "model.rollback",
-            None,
-            &format!(
-                "{target}@{to} is champion again (was {target}@{from}): {reason}",
-                target = req.target,
-                to = change.to,
-                from = change.from.unwrap_or_default()
-            ),
+        let note = format!(
+            "{target}@{to} is champion again (was {target}@{from}): {reason}",
+            target = req.target,
+            to = change.to,
+            from = change.from.unwrap_or_default()
         );
-        let row = store
-            .model_version(&req.target, change.to)
-            .map_err(AdminError::from)?
-            .ok_or_else(|| AdminError::NoSuchModel(format!("{}@{}", req.target, change.to)))?;
-        Ok(Response::new(self.version_info(&row, false).into()))
+        self.champion_changed(&operator, "model.rollback", &req.target, &change, &note)
     }
 
     async fn list_clients(

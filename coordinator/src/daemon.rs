@@ -801,6 +801,19 @@ fn resumable_state(shared: &Shared, row: &RunRow) -> Result<Resumable, String> {
     Ok((checkpoint, rounds, in_flight))
 }
 
+/// Marks run `run_id` failed before its engine started, for `why`: logged,
+/// stored as the run's reason and noted in the audit log.
+fn fail_before_start(shared: &Shared, run_id: &str, why: &str) -> Result<(), ServeError> {
+    tracing::error!(run_id = %run_id, "{why}");
+    shared
+        .store
+        .set_run_state(run_id, RunState::Failed, &now(), Some(why))?;
+    shared
+        .audit
+        .note("coordinator", "run.failed", Some(run_id), why);
+    Ok(())
+}
+
 async fn execute(
     shared: &Arc<Shared>,
     row: RunRow,
@@ -824,13 +837,7 @@ async fn execute(
         match models::prepare_update(&shared.store, &run_dir, update) {
             Ok(path) => config.warm_start = Some(path),
             Err(why) => {
-                tracing::error!(run_id = %row.id, "{why}");
-                shared
-                    .store
-                    .set_run_state(&row.id, RunState::Failed, &now(), Some(&why))?;
-                shared
-                    .audit
-                    .note("coordinator", "run.failed", Some(&row.id), &why);
+                fail_before_start(shared, &row.id, &why)?;
                 shared.metrics.count_update("failed");
                 return Ok((None, inbox));
             }
@@ -841,13 +848,7 @@ async fn execute(
         Err(why) => {
             // Never restart from round 0 while the audit log says rounds were
             // committed: a checkpoint that cannot be read fails the run.
-            tracing::error!(run_id = %row.id, "{why}");
-            shared
-                .store
-                .set_run_state(&row.id, RunState::Failed, &now(), Some(&why))?;
-            shared
-                .audit
-                .note("coordinator", "run.failed", Some(&row.id), &why);
+            fail_before_start(shared, &row.id, &why)?;
             return Ok((None, inbox));
         }
     };

@@ -335,13 +335,11 @@ async fn execute(
             }
         }
         OperatorCommand::ModelList(target) => {
-            let versions: Vec<ModelVersionInfo> = client
-                .list_models(pb::ListModelsRequest {
-                    target: target.unwrap_or_default(),
-                })
-                .await
-                .map_err(status_text)?
-                .into_inner()
+            let request = pb::ListModelsRequest {
+                target: target.unwrap_or_default(),
+            };
+            let versions: Vec<ModelVersionInfo> = answer(client.list_models(request), &status_text)
+                .await?
                 .versions
                 .into_iter()
                 .map(ModelVersionInfo::from)
@@ -354,13 +352,8 @@ async fn execute(
         }
         OperatorCommand::ModelShow(name, model_out) => {
             let (target, version) = parse_version(&name, true)?;
-            let v = ModelVersionInfo::from(
-                client
-                    .get_model(pb::GetModelRequest { target, version })
-                    .await
-                    .map_err(status_text)?
-                    .into_inner(),
-            );
+            let request = pb::GetModelRequest { target, version };
+            let v = ModelVersionInfo::from(answer(client.get_model(request), &status_text).await?);
             print_versions(std::slice::from_ref(&v));
             println!(
                 "family {}  parent {}  registered {}  data fingerprint {}",
@@ -392,27 +385,19 @@ async fn execute(
         }
         OperatorCommand::ModelPromote(name, reason) => {
             let (target, version) = parse_version(&name, false)?;
-            let v = ModelVersionInfo::from(
-                client
-                    .promote_model(pb::PromoteModelRequest {
-                        target,
-                        version,
-                        reason,
-                    })
-                    .await
-                    .map_err(status_text)?
-                    .into_inner(),
-            );
+            let request = pb::PromoteModelRequest {
+                target,
+                version,
+                reason,
+            };
+            let v =
+                ModelVersionInfo::from(answer(client.promote_model(request), &status_text).await?);
             println!("{}@{} is now champion", v.target, v.version);
         }
         OperatorCommand::ModelRollback(target, reason) => {
-            let v = ModelVersionInfo::from(
-                client
-                    .rollback_model(pb::RollbackModelRequest { target, reason })
-                    .await
-                    .map_err(status_text)?
-                    .into_inner(),
-            );
+            let request = pb::RollbackModelRequest { target, reason };
+            let v =
+                ModelVersionInfo::from(answer(client.rollback_model(request), &status_text).await?);
             println!("{}@{} is champion again", v.target, v.version);
         }
         OperatorCommand::Cancel(run_id, reason) => {

@@ -611,24 +611,18 @@ impl Store {
 
     /// The state's identity, if the database records one (see the module doc).
     pub fn identity(&self) -> Result<Option<StateIdentity>, StoreError> {
-        self.with(
+        self.optional_row(
             || "read the state identity".into(),
-            |conn| {
-                Ok(conn
-                    .query_row(
-                        "SELECT state_id, audit_seq, audit_hash, anchored_at
-                         FROM state_identity WHERE one = 1",
-                        [],
-                        |r| {
-                            Ok(StateIdentity {
-                                state_id: r.get(0)?,
-                                audit_seq: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                                audit_hash: r.get(2)?,
-                                anchored_at: r.get(3)?,
-                            })
-                        },
-                    )
-                    .optional()?)
+            "SELECT state_id, audit_seq, audit_hash, anchored_at
+             FROM state_identity WHERE one = 1",
+            [],
+            |r| {
+                Ok(StateIdentity {
+                    state_id: r.get(0)?,
+                    audit_seq: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                    audit_hash: r.get(2)?,
+                    anchored_at: r.get(3)?,
+                })
             },
         )
     }
@@ -1011,46 +1005,34 @@ impl Store {
     /// The attempt that was in flight when the run stopped: `Some` only if
     /// its round was never committed (a committed round has nothing to repeat).
     pub fn in_flight(&self, run_id: &str) -> Result<Option<Attempt>, StoreError> {
-        self.with(
+        self.optional_row(
             || format!("read the attempt in flight of run '{run_id}'"),
-            |conn| {
-                Ok(conn
-                    .query_row(
-                        "SELECT a.round, a.attempt, a.selected_json FROM attempts a
-                         WHERE a.run_id = ?1 AND NOT EXISTS (
-                             SELECT 1 FROM rounds r WHERE r.run_id = a.run_id AND r.round >= a.round)",
-                        [run_id],
-                        |r| {
-                            Ok(Attempt {
-                                round: r.get(0)?,
-                                attempt: r.get(1)?,
-                                selected_json: r.get(2)?,
-                            })
-                        },
-                    )
-                    .optional()?)
+            "SELECT a.round, a.attempt, a.selected_json FROM attempts a
+             WHERE a.run_id = ?1 AND NOT EXISTS (
+                 SELECT 1 FROM rounds r WHERE r.run_id = a.run_id AND r.round >= a.round)",
+            [run_id],
+            |r| {
+                Ok(Attempt {
+                    round: r.get(0)?,
+                    attempt: r.get(1)?,
+                    selected_json: r.get(2)?,
+                })
             },
         )
     }
 
     /// The checkpoint of the run's highest committed round, if any.
     pub fn last_checkpoint(&self, run_id: &str) -> Result<Option<Checkpoint>, StoreError> {
-        self.with(
+        self.optional_row(
             || format!("read the last checkpoint of run '{run_id}'"),
-            |conn| {
-                Ok(conn
-                    .query_row(
-                        "SELECT round, checkpoint_json FROM checkpoints
-                         WHERE run_id = ?1 ORDER BY round DESC LIMIT 1",
-                        [run_id],
-                        |r| {
-                            Ok(Checkpoint {
-                                round: r.get(0)?,
-                                checkpoint_json: r.get(1)?,
-                            })
-                        },
-                    )
-                    .optional()?)
+            "SELECT round, checkpoint_json FROM checkpoints
+             WHERE run_id = ?1 ORDER BY round DESC LIMIT 1",
+            [run_id],
+            |r| {
+                Ok(Checkpoint {
+                    round: r.get(0)?,
+                    checkpoint_json: r.get(1)?,
+                })
             },
         )
     }
@@ -1143,6 +1125,19 @@ impl Store {
     ) -> Result<T, StoreError> {
         let mut conn = self.lock();
         f(&mut conn).map_err(|e| e.at(&self.path, op()))
+    }
+
+    /// The one row `sql` selects with `params`, as `row` reads it, if any.
+    fn optional_row<T, P: rusqlite::Params>(
+        &self,
+        op: impl FnOnce() -> String,
+        sql: &str,
+        params: P,
+        row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        self.with(op, |conn| {
+            Ok(conn.query_row(sql, params, row).optional()?)
+        })
     }
 
     /// Like [`Store::with`] for a write: refused once the files were found

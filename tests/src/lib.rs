@@ -655,14 +655,6 @@ pub async fn start_three_and_light(
     (sandbox, coordinator, honest, session)
 }
 
-/// A process's stdout then stderr, as text.
-pub fn output_text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Runs `fedprofile-client ARGS…` to completion (bounded).
 pub fn client_cmd(args: &[&str]) -> Output {
@@ -736,6 +728,33 @@ pub fn finish_federation(coordinator: &mut Proc, clients: &mut [Proc], limit: Du
     for c in clients {
         c.wait_success(Duration::from_secs(30));
     }
+}
+
+/// What a command printed: its stdout followed by its stderr.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The whole HTTP/1.1 response (status line, headers and body) to a `GET path`
+/// on `addr`, such as the coordinator's metrics endpoint; reads time out after 10 s.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
 }
 
 /// The JSON a successful command printed on stdout; panics, with the

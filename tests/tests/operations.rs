@@ -3,39 +3,16 @@
 //! certificate rotation and revocation.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use fedprofile_e2e::light::{Incoming, open_session, refusal, train_reply};
 use fedprofile_e2e::{
-    PARTNERS, Sandbox, client_tool, demo_dir, ledger_entries, run_bounded, spent_epsilon,
-    start_three_and_light, telco_run,
+    PARTNERS, Sandbox, client_tool, demo_dir, http_get, ledger_entries, output_text, run_bounded,
+    spent_epsilon, start_three_and_light, telco_run,
 };
 use fedprofile_protocol::messages::TaskBody;
 use ndarray::Array1;
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("metrics connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
-}
 
 fn daemon_config(sandbox: &Sandbox) -> std::path::PathBuf {
     let (config, _) = sandbox.write_coordinator_with(
@@ -56,36 +33,36 @@ fn operators_start_watch_and_cancel_runs_and_partners_are_refused_on_the_admin_a
     // A partner certificate is refused on the admin API.
     let as_partner = sandbox.operator_config("partner-a", port, false);
     let refused = sandbox.operator(&as_partner, &["run", "list"]);
-    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert_eq!(refused.status.code(), Some(1), "{}", output_text(&refused));
     assert!(
-        text(&refused).contains("partner certificate"),
+        output_text(&refused).contains("partner certificate"),
         "{}",
-        text(&refused)
+        output_text(&refused)
     );
 
     // Start a run and watch it to the end.
     let run_file = sandbox.path("short.toml");
     fs::write(&run_file, telco_run(3, 4, 4, 30.0)).unwrap();
     let started = sandbox.operator(&alice, &["run", "start", run_file.to_str().unwrap()]);
-    assert!(started.status.success(), "{}", text(&started));
+    assert!(started.status.success(), "{}", output_text(&started));
     let run_id = String::from_utf8_lossy(&started.stdout).trim().to_string();
     assert!(run_id.starts_with("e2e-"), "{run_id}");
     let watched = sandbox.operator(&alice, &["run", "watch", &run_id]);
-    assert!(watched.status.success(), "{}", text(&watched));
+    assert!(watched.status.success(), "{}", output_text(&watched));
     assert!(
-        text(&watched).contains("run finished"),
+        output_text(&watched).contains("run finished"),
         "{}",
-        text(&watched)
+        output_text(&watched)
     );
     let status = sandbox.operator(&alice, &["run", "status", &run_id]);
-    let status = text(&status);
+    let status = output_text(&status);
     assert!(
         status.contains("finished") && status.contains("3/3"),
         "{status}"
     );
     let list = sandbox.operator(&alice, &["run", "list"]);
-    assert!(text(&list).contains(&run_id));
-    let clients = text(&sandbox.operator(&alice, &["clients"]));
+    assert!(output_text(&list).contains(&run_id));
+    let clients = output_text(&sandbox.operator(&alice, &["clients"]));
     for p in PARTNERS {
         assert!(clients.contains(p), "{clients}");
     }
@@ -141,7 +118,7 @@ fn operators_start_watch_and_cancel_runs_and_partners_are_refused_on_the_admin_a
     let long_id = String::from_utf8_lossy(&started.stdout).trim().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let s = text(&sandbox.operator(&alice, &["run", "status", &long_id]));
+        let s = output_text(&sandbox.operator(&alice, &["run", "status", &long_id]));
         if s.contains("running") && !s.contains(" 0/") {
             break;
         }
@@ -149,10 +126,10 @@ fn operators_start_watch_and_cancel_runs_and_partners_are_refused_on_the_admin_a
         std::thread::sleep(Duration::from_millis(100));
     }
     let cancel = sandbox.operator(&alice, &["run", "cancel", &long_id, "--reason", "test"]);
-    assert!(cancel.status.success(), "{}", text(&cancel));
+    assert!(cancel.status.success(), "{}", output_text(&cancel));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let s = text(&sandbox.operator(&alice, &["run", "status", &long_id]));
+        let s = output_text(&sandbox.operator(&alice, &["run", "status", &long_id]));
         if s.contains("cancelled") {
             assert!(s.contains("cancelled by alice: test"), "{s}");
             break;
@@ -169,7 +146,7 @@ fn operators_start_watch_and_cancel_runs_and_partners_are_refused_on_the_admin_a
             .arg(&audit),
         Duration::from_secs(30),
     );
-    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(verify.status.success(), "{}", output_text(&verify));
     let log = fs::read_to_string(&audit).unwrap();
     for needle in [
         "\"actor\":\"alice\",\"action\":\"run.queue\"",
@@ -194,9 +171,9 @@ fn operators_start_watch_and_cancel_runs_and_partners_are_refused_on_the_admin_a
     );
     assert_eq!(verify.status.code(), Some(1));
     assert!(
-        text(&verify).contains("line 3: edited"),
+        output_text(&verify).contains("line 3: edited"),
         "{}",
-        text(&verify)
+        output_text(&verify)
     );
 }
 
@@ -381,7 +358,7 @@ async fn certificates_rotate_during_a_run_and_a_revoked_partner_is_refused() {
                 .arg(sandbox.path("certs")),
             Duration::from_secs(30),
         );
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
     };
     certs(&[
         "issue",
@@ -462,7 +439,7 @@ fn a_torn_audit_line_is_detected_and_recovered_by_an_audited_step() {
 
     let refused = sandbox.serve_until_idle(&config, &[]);
     assert!(!refused.status.success(), "started on a torn audit log");
-    let why = text(&refused);
+    let why = output_text(&refused);
     assert!(why.contains("incomplete last line"), "{why}");
     assert!(why.contains("audit recover"), "{why}");
     assert!(!why.contains("panicked"), "{why}");
@@ -470,15 +447,15 @@ fn a_torn_audit_line_is_detected_and_recovered_by_an_audited_step() {
     let mut cmd = std::process::Command::new(fedprofile_e2e::bin("fedprofile-coordinator"));
     cmd.args(["audit", "recover"]).arg(&audit);
     let recovered = run_bounded(&mut cmd, Duration::from_secs(30));
-    assert!(recovered.status.success(), "{}", text(&recovered));
+    assert!(recovered.status.success(), "{}", output_text(&recovered));
     let mut cmd = std::process::Command::new(fedprofile_e2e::bin("fedprofile-coordinator"));
     cmd.args(["audit", "verify"]).arg(&audit);
     let verified = run_bounded(&mut cmd, Duration::from_secs(30));
-    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(verified.status.success(), "{}", output_text(&verified));
     let log = fs::read_to_string(&audit).unwrap();
     assert!(log.contains("\"action\":\"audit.recovered\""), "{log}");
     let started = sandbox.serve_until_idle(&config, &[]);
-    assert!(started.status.success(), "{}", text(&started));
+    assert!(started.status.success(), "{}", output_text(&started));
 }
 
 /// A run whose last checkpoint cannot be read (a damaged database, or one

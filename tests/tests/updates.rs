@@ -7,28 +7,11 @@
 //! log and the metrics.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::path::Path;
-use std::time::Duration;
-
-use fedprofile_e2e::{PARTNERS, Sandbox, telco_run};
 
 use fedprofile_e2e::output_text as text;
+use fedprofile_e2e::{PARTNERS, Sandbox, http_get, telco_run};
 
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("metrics connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
-}
 
 /// A Telco run of `rounds` rounds at `learning_rate`, with `update` appended.
 fn run_file(rounds: u32, learning_rate: f64, update: &str) -> String {

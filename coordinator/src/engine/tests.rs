@@ -998,6 +998,10 @@ async fn a_family_the_engine_does_not_know_trains_through_it() {
     assert_eq!(outcome.target, Some(("y".into(), String::new())));
 }
 
+/// The evaluations the clients of an update run answered: `(round, client,
+/// first weight of the model evaluated)`.
+type Evaluations = Arc<Mutex<Vec<(u32, String, f64)>>>;
+
 /// Plays the clients of an update run: honest in training (delta `[1, 1, 1]`),
 /// and in evaluation a model whose first weight is `champion_weight` (the
 /// champion) scores `champion_scores`, any other model `challenger_scores`.
@@ -1007,7 +1011,7 @@ async fn play_update(
     inbox: mpsc::Sender<Inbound>,
     champion_weight: f64,
     scores: [[f64; 3]; 2],
-    evaluated: Arc<Mutex<Vec<(u32, String, f64)>>>,
+    evaluated: Evaluations,
 ) {
     while let Some((client, task)) = next_task(&mut outbox).await {
         let body = match &task.body {
@@ -1089,6 +1093,30 @@ fn global_feature_spec_for_tests() -> FeatureSpec {
     }
 }
 
+/// Clients a, b and c playing an update run whose champion has weights 0.5
+/// ([`play_update`] with `scores`), and the evaluations they answer.
+fn update_clients(scores: [[f64; 3]; 2]) -> (Arc<FakeHub>, Inbox, Evaluations) {
+    let (hub, out_rx, in_tx, in_rx) = fake_hub(vec!["a".into(), "b".into(), "c".into()]);
+    let evaluated = Arc::new(Mutex::new(Vec::new()));
+    tokio::spawn(play_update(
+        out_rx,
+        in_tx,
+        0.5,
+        scores,
+        Arc::clone(&evaluated),
+    ));
+    (hub, in_rx, evaluated)
+}
+
+/// An update of target `y` judged on AUC.
+fn auc_update(min_improvement: f64) -> fedprofile_config::run::UpdateConfig {
+    fedprofile_config::run::UpdateConfig {
+        target: "y".into(),
+        metric: fedprofile_config::run::UpdateMetric::Auc,
+        min_improvement,
+    }
+}
+
 /// Runs an update of the champion (weights 0.5) over two rounds; the champion
 /// scores `champion`, the challenger `challenger` on every client.
 async fn update_run(
@@ -1096,22 +1124,10 @@ async fn update_run(
     challenger: [f64; 3],
 ) -> (RunOutcome, Vec<(u32, String, f64)>) {
     let dir = tempfile::tempdir().unwrap();
-    let (hub, out_rx, in_tx, in_rx) = fake_hub(vec!["a".into(), "b".into(), "c".into()]);
-    let evaluated = Arc::new(Mutex::new(Vec::new()));
-    tokio::spawn(play_update(
-        out_rx,
-        in_tx,
-        0.5,
-        [champion, challenger],
-        Arc::clone(&evaluated),
-    ));
+    let (hub, in_rx, evaluated) = update_clients([champion, challenger]);
     let cfg = RunConfig {
         warm_start: Some(champion_file(dir.path(), 0.5)),
-        update: Some(fedprofile_config::run::UpdateConfig {
-            target: "y".into(),
-            metric: fedprofile_config::run::UpdateMetric::Auc,
-            min_improvement: 0.01,
-        }),
+        update: Some(auc_update(0.01)),
         ..config(2, 3)
     };
     let run = Run::new(cfg, "update-1".into(), hub, in_rx, Box::new(Quiet));
@@ -1210,21 +1226,9 @@ async fn a_resumed_update_run_still_evaluates_the_champion_it_started_from() {
     let checkpoint: Checkpoint = serde_json::from_str(&json).unwrap();
     assert_eq!(checkpoint.state.champion, Some(model(0.5)));
 
-    let (hub, out_rx, in_tx, in_rx) = fake_hub(vec!["a".into(), "b".into(), "c".into()]);
-    let evaluated = Arc::new(Mutex::new(Vec::new()));
-    tokio::spawn(play_update(
-        out_rx,
-        in_tx,
-        0.5,
-        [[0.5, 0.5, 0.5], [0.9, 0.1, 0.6]],
-        Arc::clone(&evaluated),
-    ));
+    let (hub, in_rx, evaluated) = update_clients([[0.5, 0.5, 0.5], [0.9, 0.1, 0.6]]);
     let cfg = RunConfig {
-        update: Some(fedprofile_config::run::UpdateConfig {
-            target: "y".into(),
-            metric: fedprofile_config::run::UpdateMetric::Auc,
-            min_improvement: 0.0,
-        }),
+        update: Some(auc_update(0.0)),
         ..config(2, 3)
     };
     let run = Run::new(cfg, "update-1".into(), hub, in_rx, Box::new(Quiet))

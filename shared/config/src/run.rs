@@ -166,7 +166,7 @@ pub struct UpdateConfig {
 }
 
 /// The verdict of an update run: is the challenger better than the champion?
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct UpdateDecision {
     /// The target.
     pub target: String,

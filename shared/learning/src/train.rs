@@ -409,6 +409,16 @@ mod tests {
         train_local(model, x, y, params, &mut rng())
     }
 
+    /// [`train`] on owned rows `x` and labels `y`.
+    fn train_rows(
+        model: &LogisticRegression,
+        x: Array2<f64>,
+        y: Array1<f64>,
+        params: &ValidTrainParams,
+    ) -> Result<LogisticOutcome, LearningError> {
+        train(model, x.view(), y.view(), params)
+    }
+
     /// [`super::train_with`] on the log loss from `model`.
     fn train_with<S, G, R>(
         model: &LogisticRegression,
@@ -547,13 +557,7 @@ mod tests {
     fn one_example_one_step_by_hand() {
         // p = 0.5, gradient (p - y) * [1, x] = [-0.5, -0.5], step 0.1 => [0.05, 0.05]
         let start = LogisticRegression::zeros(1);
-        let out = train(
-            &start,
-            array![[1.0]].view(),
-            array![1.0].view(),
-            &valid(1, 32, 0.1, 0.0),
-        )
-        .unwrap();
+        let out = train_rows(&start, array![[1.0]], array![1.0], &valid(1, 32, 0.1, 0.0)).unwrap();
         assert_close(out.model.params(), &array![0.05, 0.05], 1e-15);
         assert_close(&out.delta, &array![0.05, 0.05], 1e-15);
         assert_eq!((out.examples, out.steps), (1, 1));
@@ -590,13 +594,7 @@ mod tests {
         // x = 0, y = 0, w = 1: p = 0.5, data gradient [0.5, 0]; l2 term 0.1 * 1 on w
         // => params [0 - 0.1 * 0.5, 1 - 0.1 * 0.1] = [-0.05, 0.99]
         let start = LogisticRegression::from_params(array![0.0, 1.0]).unwrap();
-        let out = train(
-            &start,
-            array![[0.0]].view(),
-            array![0.0].view(),
-            &valid(1, 1, 0.1, 0.1),
-        )
-        .unwrap();
+        let out = train_rows(&start, array![[0.0]], array![0.0], &valid(1, 1, 0.1, 0.1)).unwrap();
         assert_close(out.model.params(), &array![-0.05, 0.99], 1e-15);
     }
 
@@ -729,13 +727,8 @@ mod tests {
     #[test]
     fn divergence_is_an_error() {
         let m = LogisticRegression::zeros(1);
-        let err = train(
-            &m,
-            array![[1e300]].view(),
-            array![0.0].view(),
-            &valid(1, 1, 1e10, 0.0),
-        )
-        .unwrap_err();
+        let err =
+            train_rows(&m, array![[1e300]], array![0.0], &valid(1, 1, 1e10, 0.0)).unwrap_err();
         assert!(matches!(
             err,
             LearningError::Diverged {
@@ -900,10 +893,10 @@ mod tests {
     #[test]
     fn proximal_term_on_log_loss_by_hand() {
         let params = with_prox(2, 32, 0.1, 2.0).check().unwrap();
-        let out = train(
+        let out = train_rows(
             &LogisticRegression::zeros(1),
-            array![[1.0]].view(),
-            array![1.0].view(),
+            array![[1.0]],
+            array![1.0],
             &params,
         )
         .unwrap();

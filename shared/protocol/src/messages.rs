@@ -405,26 +405,9 @@ pub struct RunInfo {
     pub update: Option<UpdateDecisionInfo>,
 }
 
-/// The verdict of an update run, as the admin API reports it.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct UpdateDecisionInfo {
-    /// The target.
-    pub target: String,
-    /// The metric's name.
-    pub metric: String,
-    /// The champion that was challenged.
-    pub champion_version: u32,
-    /// The challenger's figure.
-    pub challenger: Option<f64>,
-    /// The champion's figure on the same partners' test splits.
-    pub champion: Option<f64>,
-    /// The required margin.
-    pub min_improvement: f64,
-    /// Promoted or not.
-    pub promoted: bool,
-    /// Why.
-    pub reason: String,
-}
+/// The verdict of an update run, as the admin API reports it: the verdict the
+/// coordinator stores with the version (one type for both).
+pub use fedprofile_config::run::UpdateDecision as UpdateDecisionInfo;
 
 /// A model version of the registry, as the admin API reports it.
 #[derive(Debug, Clone, PartialEq, Default)]

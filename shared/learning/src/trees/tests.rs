@@ -144,28 +144,40 @@ fn depth4() -> TreeParams {
     }
 }
 
+/// `trees` trees at learning rate 0.3 and depth 4, pooled and federated over
+/// `clients`; the two models are the same.
+fn pooled_and_federated(
+    x: &Array2<f64>,
+    y: &Array1<f64>,
+    clients: &[std::ops::Range<usize>],
+    loss: TreeLoss,
+    trees: u32,
+) -> (TreeModel, TreeModel) {
+    let params = TreeParams {
+        learning_rate: 0.3,
+        ..depth4()
+    };
+    let pooled = train_pooled(x.view(), y.view(), loss, params, trees).unwrap();
+    let federated = train_federated(x.view(), y.view(), clients, loss, params, trees as usize);
+    assert_same_model(&pooled, &federated);
+    (pooled, federated)
+}
+
 const CLIENTS_600: [std::ops::Range<usize>; 3] = [0..150, 150..420, 420..600];
 
 #[test]
 fn federated_equals_pooled_on_xor_where_logistic_regression_is_at_chance() {
     let (x, y) = xor_data(1500, 1);
     let (tx, ty) = xor_data(2000, 2);
-    let params = TreeParams {
-        learning_rate: 0.3,
-        ..depth4()
-    };
-    let pooled = train_pooled(x.view(), y.view(), TreeLoss::Logistic, params, 12).unwrap();
-    let federated = train_federated(
-        x.view(),
-        y.view(),
+    let (pooled, federated) = pooled_and_federated(
+        &x,
+        &y,
         &[0..400, 400..1100, 1100..1500],
         TreeLoss::Logistic,
-        params,
         12,
     );
     assert_eq!(pooled.complete_trees(), 12);
     assert!(splits(&pooled) >= 12 * 3, "{} splits", splits(&pooled));
-    assert_same_model(&pooled, &federated);
     let linear = linear_auc(x.view(), y.view(), tx.view(), ty.view());
     assert!((linear - 0.5).abs() < 0.06, "linear AUC {linear}");
     let auc = roc_auc(pooled.predict(tx.view()).unwrap().view(), ty.view()).unwrap();
@@ -181,20 +193,7 @@ fn federated_equals_pooled_on_xor_where_logistic_regression_is_at_chance() {
 fn federated_equals_pooled_on_a_regression_target() {
     let (x, y) = regression_data(600, 3);
     let (tx, ty) = regression_data(1000, 4);
-    let params = TreeParams {
-        learning_rate: 0.3,
-        ..depth4()
-    };
-    let pooled = train_pooled(x.view(), y.view(), TreeLoss::Squared, params, 15).unwrap();
-    let federated = train_federated(
-        x.view(),
-        y.view(),
-        &CLIENTS_600,
-        TreeLoss::Squared,
-        params,
-        15,
-    );
-    assert_same_model(&pooled, &federated);
+    let (pooled, _) = pooled_and_federated(&x, &y, &CLIENTS_600, TreeLoss::Squared, 15);
     let prediction = pooled.predict(tx.view()).unwrap();
     let mse = (&prediction - &ty).mapv(|e| e * e).mean().unwrap();
     let mean = ty.mean().unwrap();

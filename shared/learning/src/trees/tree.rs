@@ -252,14 +252,8 @@ impl Tree {
         }
         let compact = nodes
             .iter()
-            .map(|n| match n.kind {
-                NodeKind::Split {
-                    feature,
-                    bin,
-                    threshold,
-                    left,
-                    right,
-                } => CompactNode {
+            .map(|n| match n.split_parts() {
+                Some((feature, bin, threshold, left, right)) => CompactNode {
                     feature: u32::try_from(feature).unwrap_or(END - 1),
                     bin: u32::try_from(bin).unwrap_or(u32::MAX),
                     left: left as u32,
@@ -267,7 +261,7 @@ impl Tree {
                     threshold,
                     value: n.value,
                 },
-                _ => CompactNode {
+                None => CompactNode {
                     feature: END,
                     bin: 0,
                     left: 0,
@@ -314,19 +308,7 @@ impl Tree {
     /// The node (leaf or pending) a row ends in, by thresholds (`row` has at
     /// least the model's `dim` values).
     pub(super) fn node_of(&self, row: &[f64]) -> usize {
-        let mut i = 0;
-        // Children come after parents, so this ends within `len` steps.
-        loop {
-            let n = &self.compact[i];
-            if n.feature == END {
-                return i;
-            }
-            i = if row[n.feature as usize] <= n.threshold {
-                n.left
-            } else {
-                n.right
-            } as usize;
-        }
+        self.descend(|n| row[n.feature as usize] <= n.threshold)
     }
 
     /// The value of the node a row ends in.
@@ -337,17 +319,20 @@ impl Tree {
     /// The node a row ends in, by its bin indices under the model's binning
     /// (`bin(x) <= bin` exactly when `x <= threshold`).
     pub(super) fn node_of_bins(&self, bins: &[u8]) -> usize {
+        self.descend(|n| u32::from(bins[n.feature as usize]) <= n.bin)
+    }
+
+    /// The node reached from the root by going left wherever `goes_left` says
+    /// so at a split node.
+    fn descend(&self, goes_left: impl Fn(&CompactNode) -> bool) -> usize {
         let mut i = 0;
+        // Children come after parents, so this ends within `len` steps.
         loop {
             let n = &self.compact[i];
             if n.feature == END {
                 return i;
             }
-            i = if u32::from(bins[n.feature as usize]) <= n.bin {
-                n.left
-            } else {
-                n.right
-            } as usize;
+            i = if goes_left(n) { n.left } else { n.right } as usize;
         }
     }
 
