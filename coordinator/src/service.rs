@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use fedprofile_protocol::messages::{ClientReply, ServerEvent};
+use fedprofile_protocol::messages::{ClientReply, DataFingerprint, ServerEvent};
 use fedprofile_protocol::pb::federation_server::Federation;
 use fedprofile_protocol::pb::{self, client_message};
 use fedprofile_protocol::{PROTOCOL_VERSION, tls};
@@ -99,6 +99,8 @@ pub trait HubListener: Send + Sync + std::fmt::Debug {
     fn spent(&self, _client: &str, _epsilon: f64) {}
     /// A message or session of this partner was refused at the transport edge.
     fn refused(&self, _client: &str, _reason: &str) {}
+    /// A client sent its data fingerprint.
+    fn fingerprint(&self, _client: &str, _fingerprint: &DataFingerprint) {}
 }
 
 /// The connected sessions, shared by the service (which adds and removes them)
@@ -572,7 +574,13 @@ impl Federation for FederationService {
                     Ok(Some(message)) => {
                         // A repeated hello is ignored; everything else would reach
                         // the engine and uses one answer of the session's ration.
-                        let answer = !matches!(message.body, Some(client_message::Body::Hello(_)));
+                        let answer = !matches!(
+                            message.body,
+                            Some(
+                                client_message::Body::Hello(_)
+                                    | client_message::Body::Fingerprint(_)
+                            )
+                        );
                         match budget.judge(answer, &owed) {
                             Verdict::Pass => {}
                             Verdict::Refuse => {
@@ -597,6 +605,13 @@ impl Federation for FederationService {
                                 }
                                 return;
                             }
+                        }
+                        if let Some(client_message::Body::Fingerprint(f)) = message.body {
+                            // Not an engine event: the listener records it.
+                            if let Some(l) = hub.listener() {
+                                l.fingerprint(&client, &DataFingerprint::from(f));
+                            }
+                            continue;
                         }
                         match decode(message) {
                             Ok(Some(reply)) => {
@@ -670,7 +685,7 @@ fn decode(message: pb::ClientMessage) -> Result<Option<ClientReply>, String> {
             .map(Some)
             .map_err(|e| e.to_string()),
         Some(client_message::Body::Refusal(r)) => Ok(Some(ClientReply::from(r))),
-        Some(client_message::Body::Hello(_)) => Ok(None),
+        Some(client_message::Body::Hello(_) | client_message::Body::Fingerprint(_)) => Ok(None),
         None => Err("message has no body".into()),
     }
 }

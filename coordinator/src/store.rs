@@ -78,14 +78,22 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 mod registry;
+mod schedules;
 pub use registry::{ChampionChange, ModelStatus, ModelVersionRow, NewVersion};
+pub use schedules::{FingerprintRow, NewSchedule, ScheduleRow, ScheduleState};
 
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, in order: `MIGRATIONS[i]` takes the schema from version
 /// `i` to version `i + 1`. Append only.
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, registry::MIGRATION_4];
+const MIGRATIONS: &[&str] = &[
+    MIGRATION_1,
+    MIGRATION_2,
+    MIGRATION_3,
+    registry::MIGRATION_4,
+    schedules::MIGRATION_5,
+];
 
 /// The schema version this coordinator writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

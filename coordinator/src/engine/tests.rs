@@ -1111,6 +1111,7 @@ async fn update_run(
             target: "y".into(),
             metric: fedprofile_config::run::UpdateMetric::Auc,
             min_improvement: 0.01,
+            schedule: None,
         }),
         ..config(2, 3)
     };
@@ -1156,6 +1157,7 @@ async fn an_update_run_evaluates_the_champion_beside_the_challenger_in_its_final
         target: "y".into(),
         metric: fedprofile_config::run::UpdateMetric::Auc,
         min_improvement: 0.01,
+        schedule: None,
     };
     let decision = update.decide(1, last.metrics.unwrap().auc, champion.metrics.unwrap().auc);
     assert!(decision.promoted, "{}", decision.reason);
@@ -1174,6 +1176,7 @@ async fn an_update_run_whose_challenger_is_worse_is_not_promoted() {
         target: "y".into(),
         metric: fedprofile_config::run::UpdateMetric::Auc,
         min_improvement: 0.01,
+        schedule: None,
     };
     let decision = update.decide(
         1,
@@ -1224,6 +1227,7 @@ async fn a_resumed_update_run_still_evaluates_the_champion_it_started_from() {
             target: "y".into(),
             metric: fedprofile_config::run::UpdateMetric::Auc,
             min_improvement: 0.0,
+            schedule: None,
         }),
         ..config(2, 3)
     };

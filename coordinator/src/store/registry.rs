@@ -732,7 +732,10 @@ mod tests {
             .unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 4);
+        assert_eq!(
+            store.schema_version().unwrap(),
+            super::super::SCHEMA_VERSION
+        );
         assert_eq!(store.run("old").unwrap().unwrap().state, RunState::Finished);
         assert!(store.model_versions(None).unwrap().is_empty());
     }

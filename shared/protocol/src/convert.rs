@@ -12,9 +12,9 @@ use fedprofile_learning::{
 use ndarray::Array1;
 
 use crate::messages::{
-    ClientInfo, ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, ModelVersionInfo,
-    RecordDpTask, RefusalKind, ResultBody, RunInfo, RunProgress, ServerEvent, StatsReport, Task,
-    TaskBody, TrainReport, TrainTask, UpdateDecisionInfo,
+    ClientInfo, ClientReply, ColumnStats, DataFingerprint, LabelKindMsg, ModelSnapshot,
+    ModelVersionInfo, RecordDpTask, RefusalKind, ResultBody, RunInfo, RunProgress, ServerEvent,
+    StatsReport, Task, TaskBody, TrainReport, TrainTask, UpdateDecisionInfo,
 };
 use crate::pb;
 
@@ -541,6 +541,33 @@ impl From<&ClientReply> for pb::ClientMessage {
             }
         };
         pb::ClientMessage { body: Some(body) }
+    }
+}
+
+impl From<&DataFingerprint> for pb::ClientMessage {
+    fn from(f: &DataFingerprint) -> Self {
+        pb::ClientMessage {
+            body: Some(pb::client_message::Body::Fingerprint(pb::DataFingerprint {
+                splits: f
+                    .rows
+                    .iter()
+                    .map(|(split, rows)| pb::SplitRows {
+                        split: split.clone(),
+                        rows: *rows,
+                    })
+                    .collect(),
+                sha256: f.sha256.clone(),
+            })),
+        }
+    }
+}
+
+impl From<pb::DataFingerprint> for DataFingerprint {
+    fn from(f: pb::DataFingerprint) -> Self {
+        DataFingerprint {
+            rows: f.splits.into_iter().map(|s| (s.split, s.rows)).collect(),
+            sha256: f.sha256,
+        }
     }
 }
 
