@@ -40,6 +40,11 @@ enum Command {
         /// Stay connected after a run ends and serve the next runs (production).
         #[arg(long)]
         keep_running: bool,
+        /// With --keep-running: look at the export's files every this many
+        /// seconds; a change reloads the data between runs and sends the
+        /// coordinator a new data fingerprint (rows per split, a hash; never rows).
+        #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        data_poll_secs: u64,
         /// Override the privacy ledger file of the config's [privacy] section.
         #[arg(long)]
         ledger: Option<PathBuf>,
@@ -280,6 +285,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             shard,
             ledger,
             keep_running,
+            data_poll_secs,
         } => {
             let mut config = load_config(&config)?;
             if let Some(path) = ledger {
@@ -325,6 +331,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 insecure_name: insecure,
                 keep_running,
                 follow,
+                data_poll: std::time::Duration::from_secs(data_poll_secs),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

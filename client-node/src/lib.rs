@@ -2,6 +2,7 @@
 //!
 //! - [`node`]: loads and cleans the partner's data and answers tasks (no transport);
 //! - [`session`]: dials the coordinator over mutual TLS and serves tasks;
+//! - [`fingerprint`]: the data fingerprint a long-lived node sends (rows per split, a hash);
 //! - [`score`]: scores the partner's users with a global model;
 //! - [`config`]: the client configuration file;
 //! - [`follow`]: following the champions (`[follow]`): model file, re-scoring, change report;
@@ -11,6 +12,7 @@
 pub mod cli;
 pub mod config;
 pub mod follow;
+pub mod fingerprint;
 pub mod node;
 pub mod privacy;
 pub mod privacy_cli;

@@ -3,7 +3,7 @@
 //! only counts, sums, model updates and score histograms leave.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use fedprofile_data::{Dataset, FeatureSpec, LabelKind, LoadedSplit, Schema};
@@ -261,12 +261,53 @@ pub struct TestOptions {
     pub stall_after_charge: Option<u32>,
 }
 
+/// Where a node's splits come from, to load them again when the export changes.
+#[derive(Debug, Clone)]
+struct DataSource {
+    data_dir: PathBuf,
+    train_split: String,
+    test_split: String,
+    shard: Option<Shard>,
+}
+
+impl DataSource {
+    /// Loads and cleans both splits. The verdict of `check-data` (an empty
+    /// split, or a numeric column without one usable number) is an error.
+    fn load(&self, schema: &Schema) -> Result<(Split, Split), NodeError> {
+        let mut splits = Vec::with_capacity(2);
+        for name in [&self.train_split, &self.test_split] {
+            let mut loaded = fedprofile_data::load_split(schema, &self.data_dir, name)?;
+            loaded.check()?;
+            log_numeric_issues(&loaded.report);
+            if let Some(shard) = self.shard {
+                loaded.dataset = shard.keep(&loaded.dataset);
+            }
+            splits.push(Split::new(loaded, name, &self.data_dir)?);
+        }
+        let test = splits.pop().ok_or_else(|| NodeError::Empty {
+            split: self.test_split.clone(),
+            dir: self.data_dir.display().to_string(),
+        })?;
+        let train = splits.pop().ok_or_else(|| NodeError::Empty {
+            split: self.train_split.clone(),
+            dir: self.data_dir.display().to_string(),
+        })?;
+        tracing::info!(
+            train_rows = train.dataset.len(),
+            test_rows = test.dataset.len(),
+            "data loaded and cleaned"
+        );
+        Ok((train, test))
+    }
+}
+
 /// A partner's node: its schema, its cleaned splits, its RNG.
 #[derive(Debug)]
 pub struct Node {
     schema: Schema,
     train: Split,
     test: Split,
+    source: DataSource,
     rng: ChaCha20Rng,
     test_seed: bool,
     #[cfg(feature = "testutils")]
@@ -295,31 +336,22 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let test_options = test;
         let schema = Schema::from_path(schema_path)?;
-        let mut train = fedprofile_data::load_split(&schema, data_dir, train_split)?;
-        let mut test = fedprofile_data::load_split(&schema, data_dir, test_split)?;
-        // The verdict of `check-data`: an empty split, or a numeric column without one
-        // usable number, stops the client before it connects.
-        for loaded in [&train, &test] {
-            loaded.check()?;
-            log_numeric_issues(&loaded.report);
-        }
-        if let Some(shard) = test_options.shard {
-            train.dataset = shard.keep(&train.dataset);
-            test.dataset = shard.keep(&test.dataset);
-        }
+        let source = DataSource {
+            data_dir: data_dir.to_path_buf(),
+            train_split: train_split.to_string(),
+            test_split: test_split.to_string(),
+            shard: test_options.shard,
+        };
+        let (train, test) = source.load(&schema)?;
         #[cfg(feature = "testutils")]
         if let Some(poison) = test_options.poison {
             tracing::warn!(?poison, "TEST MODE: this node sends poisoned updates");
         }
         let test_seed = test_options.seed;
-        tracing::info!(
-            train_rows = train.dataset.len(),
-            test_rows = test.dataset.len(),
-            "data loaded and cleaned"
-        );
         Ok(Node {
-            train: Split::new(train, train_split, data_dir)?,
-            test: Split::new(test, test_split, data_dir)?,
+            train,
+            test,
+            source,
             schema,
             rng: match test_seed {
                 Some(seed) => seeded_test_rng(seed),
@@ -335,6 +367,31 @@ impl Node {
             answered: HashMap::new(),
             warned_runs: Default::default(),
         })
+    }
+
+    /// The data folder the splits are read from.
+    pub fn data_dir(&self) -> &Path {
+        &self.source.data_dir
+    }
+
+    /// Cleaned rows per split (`train` and `test` under their split names).
+    pub fn rows(&self) -> std::collections::BTreeMap<String, u64> {
+        [
+            (&self.source.train_split, &self.train),
+            (&self.source.test_split, &self.test),
+        ]
+        .into_iter()
+        .map(|(name, split)| (name.clone(), split.dataset.len() as u64))
+        .collect()
+    }
+
+    /// Loads both splits again (the export changed). On error the node keeps
+    /// the splits it had.
+    pub fn reload_data(&mut self) -> Result<(), NodeError> {
+        let (train, test) = self.source.load(&self.schema)?;
+        self.train = train;
+        self.test = test;
+        Ok(())
     }
 
     /// The budget ε and what the ledger has spent, when this client has a budget.

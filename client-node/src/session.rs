@@ -78,6 +78,51 @@ pub struct TransportOptions {
     pub keep_running: bool,
     /// Follow the champions (`[follow]` in the config).
     pub follow: Option<Arc<crate::follow::Follower>>,
+    /// With `keep_running`: how often the export's files are looked at (their
+    /// sizes and modification times); a change reloads the data between runs
+    /// and sends a new data fingerprint. Zero means the default (5 s).
+    pub data_poll: Duration,
+}
+
+/// Default of [`TransportOptions::data_poll`].
+pub const DEFAULT_DATA_POLL: Duration = Duration::from_secs(5);
+
+/// Sends the node's data fingerprint for `stamp` (with `keep_running` only).
+async fn send_fingerprint(
+    tx: &mpsc::Sender<pb::ClientMessage>,
+    node: &Arc<Mutex<Node>>,
+    stamp: crate::fingerprint::ExportStamp,
+) -> Result<(), Retry> {
+    let node = Arc::clone(node);
+    let fingerprint = tokio::task::spawn_blocking(move || {
+        let rows = node.lock().map(|n| n.rows()).unwrap_or_default();
+        crate::fingerprint::fingerprint(&stamp, rows)
+    })
+    .await
+    .map_err(|e| Retry::from(format!("fingerprinting the export failed: {e}")))?;
+    tracing::info!(sha256 = %fingerprint.sha256, rows = ?fingerprint.rows, "data fingerprint sent");
+    tx.send(pb::ClientMessage::from(&fingerprint))
+        .await
+        .map_err(|_| {
+            Retry::from("the session closed while sending the data fingerprint".to_string())
+        })
+}
+
+/// Loads the node's data again after its export changed; keeps the old data
+/// (with a warning) if the new export does not load.
+async fn reload(node: &Arc<Mutex<Node>>) -> Result<(), Retry> {
+    let node = Arc::clone(node);
+    tokio::task::spawn_blocking(move || {
+        let mut node = node.lock().unwrap_or_else(|e| e.into_inner());
+        match node.reload_data() {
+            Ok(()) => tracing::info!(rows = ?node.rows(), "the export changed: data reloaded"),
+            Err(e) => tracing::warn!(
+                "the export changed but does not load, keeping the previous data: {e}"
+            ),
+        }
+    })
+    .await
+    .map_err(|e| Retry::from(format!("reloading the data failed: {e}")))
 }
 
 fn endpoint(config: &ClientConfig, options: &TransportOptions) -> Result<Endpoint, SessionError> {
@@ -374,8 +419,46 @@ async fn serve(
         }
         Err(status) => return Err(describe(&status).into()),
     };
+    // A long-lived node watches its export: its fingerprint is sent now and
+    // after each change, the data reloaded between runs (never mid-run).
+    let data_dir = node.lock().map(|n| n.data_dir().to_path_buf()).ok();
+    let mut stamp = match (&data_dir, options.keep_running) {
+        (Some(dir), true) => {
+            let stamp = crate::fingerprint::ExportStamp::of(dir);
+            send_fingerprint(&tx, &node, stamp.clone()).await?;
+            Some(stamp)
+        }
+        _ => None,
+    };
+    let poll = if options.data_poll.is_zero() {
+        DEFAULT_DATA_POLL
+    } else {
+        options.data_poll
+    };
+    let mut in_run = false;
+    let mut changed = false;
     loop {
-        let message = match stream.message().await {
+        let next = tokio::select! {
+            next = stream.message() => next,
+            () = tokio::time::sleep(poll), if stamp.is_some() => {
+                if let (Some(dir), Some(old)) = (&data_dir, stamp.as_mut()) {
+                    let now = crate::fingerprint::ExportStamp::of(dir);
+                    if now != *old {
+                        *old = now;
+                        changed = true;
+                    }
+                }
+                if changed && !in_run {
+                    changed = false;
+                    reload(&node).await?;
+                    if let Some(s) = &stamp {
+                        send_fingerprint(&tx, &node, s.clone()).await?;
+                    }
+                }
+                continue;
+            }
+        };
+        let message = match next {
             Ok(Some(m)) => m,
             Ok(None) => return Err("the coordinator closed the session".to_string().into()),
             Err(status) => return Err(describe(&status).into()),
@@ -393,6 +476,7 @@ async fn serve(
                         continue;
                     }
                 };
+                in_run = true;
                 tracing::info!(task_id = %task.task_id, kind = %task.body.kind(), round = task.round, "task received");
                 let node = Arc::clone(&node);
                 let reply = tokio::task::spawn_blocking(move || {
@@ -420,6 +504,7 @@ async fn serve(
             }
             Some(server_message::Body::Finished(f)) => {
                 tracing::info!(run_id = %f.run_id, "{}", f.message);
+                in_run = false;
                 if options.keep_running {
                     println!("{}: {}", f.run_id, f.message);
                     continue;

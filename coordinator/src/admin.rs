@@ -18,10 +18,13 @@ use fedprofile_protocol::tls::PeerRole;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::daemon::{Progress, Shared, now, queue_run};
+use crate::daemon::{Progress, Shared, Submitted, now, submit};
 use crate::engine::RoundRecord;
 use crate::status::{AdminError, PeerError};
-use crate::store::{ChampionChange, ModelVersionRow, Problem, RunRow, RunState, StoreError};
+use crate::store::{
+    ChampionChange, ModelVersionRow, Problem, RunRow, RunState, ScheduleRow, ScheduleState,
+    StoreError,
+};
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -164,6 +167,45 @@ impl AdminService {
     }
 }
 
+/// A schedule as the admin API shows it: a row of `run list` whose state is
+/// `scheduled` (active) or `schedule-stopped`, its rules, its last run and
+/// why it stopped in the `failure` text.
+fn schedule_info(s: &ScheduleRow) -> RunInfo {
+    let mut text = crate::schedule::describe(s);
+    text.push_str(&format!("; {} runs started", s.runs_started));
+    if let Some(run) = &s.last_run_id {
+        text.push_str(&format!(", the last {run}"));
+    }
+    if let Some(reason) = &s.reason {
+        text.push_str(&format!("; {reason}"));
+    }
+    RunInfo {
+        run_id: s.id.clone(),
+        name: s.name.clone(),
+        state: match s.state {
+            ScheduleState::Active => "scheduled",
+            ScheduleState::Stopped => "schedule-stopped",
+        }
+        .to_string(),
+        created_at: unix_text(s.created_unix),
+        started_at: s.last_started_unix.map(unix_text),
+        failure: Some(text),
+        ..Default::default()
+    }
+}
+
+/// Unix seconds as RFC 3339.
+fn unix_text(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
 /// An update run's verdict, as stored with its version.
 fn decision_of(v: &ModelVersionRow) -> Option<UpdateDecisionInfo> {
     serde_json::from_str(v.decision_json.as_deref()?).ok()
@@ -240,9 +282,13 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RunInfo>, Status> {
         let operator = self.operator(&request)?;
         let text = request.into_inner().run_toml;
-        let row = queue_run(&self.shared, &text, &PathBuf::from("run file"), &operator)
-            .map_err(AdminError::InvalidRunFile)?;
-        Ok(Response::new(self.info(&row).into()))
+        let info = match submit(&self.shared, &text, &PathBuf::from("run file"), &operator)
+            .map_err(AdminError::InvalidRunFile)?
+        {
+            Submitted::Run(row) => self.info(&row),
+            Submitted::Schedule(row) => schedule_info(&row),
+        };
+        Ok(Response::new(info.into()))
     }
 
     async fn list_runs(
@@ -251,8 +297,14 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         self.operator(&request)?;
         let rows = self.shared.store.runs().map_err(AdminError::from)?;
+        let schedules = self.shared.store.schedules().map_err(AdminError::from)?;
         Ok(Response::new(pb::ListRunsResponse {
-            runs: rows.iter().map(|r| self.info(r).into()).collect(),
+            runs: rows
+                .iter()
+                .map(|r| self.info(r))
+                .chain(schedules.iter().map(schedule_info))
+                .map(Into::into)
+                .collect(),
         }))
     }
 
@@ -261,7 +313,11 @@ impl Admin for AdminService {
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::RunInfo>, Status> {
         self.operator(&request)?;
-        let row = self.row(&request.into_inner().run_id)?;
+        let id = request.into_inner().run_id;
+        if let Some(schedule) = self.shared.store.schedule(&id).map_err(AdminError::from)? {
+            return Ok(Response::new(schedule_info(&schedule).into()));
+        }
+        let row = self.row(&id)?;
         Ok(Response::new(self.info(&row).into()))
     }
 
@@ -271,6 +327,23 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RunInfo>, Status> {
         let operator = self.operator(&request)?;
         let req = request.into_inner();
+        if self
+            .shared
+            .store
+            .schedule(&req.run_id)
+            .map_err(AdminError::from)?
+            .is_some()
+        {
+            // `run cancel <schedule id>` stops the schedule (audited).
+            let reason = if req.reason.is_empty() {
+                "no reason given".to_string()
+            } else {
+                req.reason
+            };
+            let row = crate::schedule::stop(&self.shared, &req.run_id, &operator, &reason)
+                .map_err(AdminError::InvalidModelCommand)?;
+            return Ok(Response::new(schedule_info(&row).into()));
+        }
         let row = self.row(&req.run_id)?;
         let reason = if req.reason.is_empty() {
             format!("cancelled by {operator}")

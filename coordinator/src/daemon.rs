@@ -27,7 +27,7 @@ use crate::models;
 use crate::report::{self, ReportError};
 use crate::service::{FederationService, HubListener, IdentityMode, SessionHub};
 use crate::store::{NewVersion, RoundCommit, RunRow, RunState, Store, StoreError};
-use fedprofile_protocol::messages::ServerEvent;
+use fedprofile_protocol::messages::{DataFingerprint, ServerEvent};
 
 /// Serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +260,34 @@ pub fn make_run_id(name: &str) -> String {
     format!("{slug}-{stamp}-{:04x}", rand::random::<u16>())
 }
 
+/// What submitting a run file did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// The run was queued.
+    Run(RunRow),
+    /// The file is an update run with `every`/`on_new_data`: a schedule was
+    /// created, which queues its runs when they are due.
+    Schedule(crate::store::ScheduleRow),
+}
+
+/// Validates a run file and queues it, or creates its schedule (an update run
+/// file with `every` or `on_new_data`, see [`crate::schedule`]).
+pub fn submit(
+    shared: &Shared,
+    run_toml: &str,
+    origin: &Path,
+    actor: &str,
+) -> Result<Submitted, String> {
+    let run = RunConfig::from_toml_str(run_toml, origin).map_err(|e| e.to_string())?;
+    if run.update.as_ref().is_some_and(|u| u.schedule.is_some()) {
+        let row = crate::schedule::create(shared, &run, run_toml, actor)?;
+        // The run manager looks at the schedules when woken.
+        shared.queue.notify_one();
+        return Ok(Submitted::Schedule(row));
+    }
+    queue_run(shared, run_toml, origin, actor).map(Submitted::Run)
+}
+
 /// Validates a run file and queues it; returns the stored row.
 pub fn queue_run(
     shared: &Shared,
@@ -361,6 +389,29 @@ impl HubListener for Registry {
         }
     }
 
+    fn fingerprint(&self, client: &str, fingerprint: &DataFingerprint) {
+        let rows = serde_json::to_string(&fingerprint.rows).unwrap_or_else(|_| "{}".into());
+        match self.store.record_fingerprint(
+            client,
+            &fingerprint.sha256,
+            &rows,
+            &now(),
+            crate::schedule::unix_now(),
+        ) {
+            Ok(true) => self.audit.note(
+                client,
+                "data.changed",
+                None,
+                &format!(
+                    "data fingerprint changed: rows {rows}, sha256 {}",
+                    fingerprint.sha256
+                ),
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+
     fn refused(&self, client: &str, reason: &str) {
         self.metrics.refuse(reason);
         let first = self
@@ -449,13 +500,20 @@ pub async fn serve(
         &format!("listening on {local}"),
     );
     if let Some((path, text)) = &options.queue_run {
-        let row = queue_run(&shared, text, path, "coordinator").map_err(|problem| {
+        let submitted = submit(&shared, text, path, "coordinator").map_err(|problem| {
             fedprofile_config::ConfigError::Parse {
                 path: path.clone(),
                 message: problem,
             }
         })?;
-        println!("queued run {}", row.id);
+        match submitted {
+            Submitted::Run(row) => println!("queued run {}", row.id),
+            Submitted::Schedule(row) => println!(
+                "created schedule {}: {}",
+                row.id,
+                crate::schedule::describe(&row)
+            ),
+        }
     }
     let background = Background::start(&options, listener, &shared).await?;
     if let Some(path) = &options.addr_file {
@@ -729,12 +787,18 @@ async fn manage_runs(
             None => shared.store.next_queued()?,
         };
         let Some(row) = next else {
+            // A schedule that is due queues its run (looked at again below).
+            if !crate::schedule::tick(&shared, crate::schedule::unix_now())?.is_empty() {
+                continue;
+            }
             if options.exit_when_idle {
                 return Ok(last);
             }
-            // Drain session events while idle so the channel never fills.
+            // Drain session events while idle so the channel never fills;
+            // look at the schedules every tick.
             tokio::select! {
                 () = shared.queue.notified() => {}
+                () = tokio::time::sleep(crate::schedule::TICK) => {}
                 event = inbox.recv() => {
                     if event.is_none() {
                         return Ok(last);
@@ -745,6 +809,9 @@ async fn manage_runs(
         };
         let (outcome, returned) = execute(&shared, row, inbox, options).await?;
         inbox = returned;
+        if let Some(outcome) = &outcome {
+            crate::schedule::after_run(&shared, outcome)?;
+        }
         last = outcome.or(last);
     }
 }
@@ -1780,6 +1847,7 @@ learning_rate = 0.1
             rejections: Default::default(),
             refusals: Default::default(),
             excluded: Default::default(),
+            budget_refusals: Default::default(),
             contributors: vec!["a".into()],
             not_private: Vec::new(),
             target: Some(("y".into(), "yes".into())),
@@ -1910,6 +1978,7 @@ learning_rate = 0.1
             target: "y".into(),
             metric: fedprofile_config::run::UpdateMetric::Auc,
             min_improvement: 0.0,
+            schedule: None,
         };
         let err =
             models::prepare_update(&shared.store, &dir.path().join("r"), &update).unwrap_err();
@@ -1917,5 +1986,182 @@ learning_rate = 0.1
             err,
             "update.target 'y' has no champion yet: train its first version with a run without [update]"
         );
+    }
+
+    /// `RUN` as an update of `y` with the schedule rules `rules`.
+    fn scheduled(rules: &str) -> String {
+        format!("{RUN}\n[update]\ntarget = \"y\"\nmetric = \"auc\"\n{rules}\n")
+    }
+
+    fn audit_text(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default()
+    }
+
+    fn end(shared: &Shared, run_id: &str) {
+        shared
+            .store
+            .set_run_state(run_id, RunState::Running, &now(), None)
+            .unwrap();
+        shared
+            .store
+            .set_run_state(run_id, RunState::Finished, &now(), None)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_due_schedule_starts_one_run_and_respects_its_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let toml = scheduled("every = \"1h\"");
+        let Submitted::Schedule(s) = submit(&shared, &toml, Path::new("u.toml"), "op").unwrap()
+        else {
+            panic!("a file with `every` creates a schedule");
+        };
+        assert!(
+            shared.store.runs().unwrap().is_empty(),
+            "nothing queued yet"
+        );
+        let t0 = s.created_unix;
+        assert!(
+            crate::schedule::tick(&shared, t0 + 3599)
+                .unwrap()
+                .is_empty()
+        );
+        let started = crate::schedule::tick(&shared, t0 + 3600).unwrap();
+        assert_eq!(started.len(), 1);
+        let run = shared.store.run(&started[0]).unwrap().unwrap();
+        assert_eq!(
+            (run.state, run.run_toml.as_str()),
+            (RunState::Queued, toml.as_str())
+        );
+        // Never two runs of one target at once.
+        assert!(
+            crate::schedule::tick(&shared, t0 + 9000)
+                .unwrap()
+                .is_empty()
+        );
+        end(&shared, &started[0]);
+        // Never before the interval since the last start.
+        assert!(
+            crate::schedule::tick(&shared, t0 + 7199)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(crate::schedule::tick(&shared, t0 + 7200).unwrap().len(), 1);
+        assert_eq!(
+            shared.store.schedule(&s.id).unwrap().unwrap().runs_started,
+            2
+        );
+        assert!(audit_text(dir.path()).contains("schedule.start"));
+        assert!(
+            shared
+                .metrics
+                .encode()
+                .contains("fedprofile_scheduled_runs_total{trigger=\"every\"} 2")
+        );
+    }
+
+    #[test]
+    fn a_data_trigger_fires_once_enough_partners_changed_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = "on_new_data = { min_partners = 2, min_interval = \"10m\" }";
+        let (id, t0) = {
+            let shared = shared(dir.path());
+            let Submitted::Schedule(s) =
+                submit(&shared, &scheduled(rules), Path::new("u.toml"), "op").unwrap()
+            else {
+                panic!("a file with `on_new_data` creates a schedule");
+            };
+            (s.id, s.created_unix)
+        };
+        // A restart keeps the schedule.
+        let shared = shared(dir.path());
+        let store = &shared.store;
+        // First fingerprints are baselines, not changes.
+        store
+            .record_fingerprint("a", "a1", "{}", "t", t0 + 5)
+            .unwrap();
+        store
+            .record_fingerprint("b", "b1", "{}", "t", t0 + 5)
+            .unwrap();
+        assert!(crate::schedule::tick(&shared, t0 + 10).unwrap().is_empty());
+        store
+            .record_fingerprint("a", "a2", "{}", "t", t0 + 20)
+            .unwrap();
+        assert!(
+            crate::schedule::tick(&shared, t0 + 30).unwrap().is_empty(),
+            "one partner changed, two asked"
+        );
+        store
+            .record_fingerprint("b", "b2", "{}", "t", t0 + 40)
+            .unwrap();
+        let started = crate::schedule::tick(&shared, t0 + 50).unwrap();
+        assert_eq!(started.len(), 1);
+        end(&shared, &started[0]);
+        // The baseline moved to the start: the same changes do not fire again.
+        assert!(
+            crate::schedule::tick(&shared, t0 + 5000)
+                .unwrap()
+                .is_empty()
+        );
+        store
+            .record_fingerprint("a", "a3", "{}", "t", t0 + 100)
+            .unwrap();
+        store
+            .record_fingerprint("b", "b3", "{}", "t", t0 + 100)
+            .unwrap();
+        assert!(
+            crate::schedule::tick(&shared, t0 + 300).unwrap().is_empty(),
+            "within the minimum interval"
+        );
+        assert_eq!(crate::schedule::tick(&shared, t0 + 650).unwrap().len(), 1);
+        drop(shared);
+        let reopened = crate::state::open(dir.path(), false).unwrap();
+        let s = reopened.store.schedule(&id).unwrap().unwrap();
+        assert_eq!((s.runs_started, s.min_partners), (2, Some(2)));
+    }
+
+    #[test]
+    fn a_budget_refusal_stops_the_schedule_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let Submitted::Schedule(s) = submit(
+            &shared,
+            &scheduled("every = \"1m\""),
+            Path::new("u.toml"),
+            "op",
+        )
+        .unwrap() else {
+            panic!("a schedule");
+        };
+        let run_id = crate::schedule::tick(&shared, s.created_unix + 60).unwrap()[0].clone();
+        let outcome = RunOutcome {
+            completed: false,
+            failure: Some("too few clients".into()),
+            budget_refusals: [(
+                "bank-a".to_string(),
+                "the privacy budget would be exceeded: ε 1.2 > 1".to_string(),
+            )]
+            .into(),
+            ..finished_outcome(&run_id, 0.8, None)
+        };
+        end(&shared, &run_id);
+        crate::schedule::after_run(&shared, &outcome).unwrap();
+        let stopped = shared.store.schedule(&s.id).unwrap().unwrap();
+        assert_eq!(stopped.state, crate::store::ScheduleState::Stopped);
+        let reason = stopped.reason.unwrap();
+        assert!(
+            reason.contains("bank-a") && reason.contains("privacy budget"),
+            "{reason}"
+        );
+        assert!(audit_text(dir.path()).contains("schedule.stop"));
+        assert!(
+            crate::schedule::tick(&shared, s.created_unix + 100_000)
+                .unwrap()
+                .is_empty()
+        );
+        // An operator's stop of a stopped schedule is refused with its reason.
+        let err = crate::schedule::stop(&shared, &s.id, "op", "done").unwrap_err();
+        assert!(err.contains("stopped already"), "{err}");
     }
 }

@@ -31,6 +31,7 @@ pub mod missing;
 pub mod models;
 pub mod operator;
 pub mod report;
+pub mod schedule;
 pub mod service;
 pub mod state;
 pub mod status;

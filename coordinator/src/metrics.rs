@@ -81,6 +81,16 @@ pub struct Metrics {
     pub champion_version: Family<TargetLabel, Gauge>,
     /// Update runs (`[update]`) ended, by outcome.
     pub updates: Family<Outcome, Counter>,
+    /// Schedule events, by trigger: a run started (`every`, `new_data`) or a
+    /// schedule stopped by a budget refusal (`stopped_budget`).
+    pub scheduled: Family<TriggerLabel, Counter>,
+}
+
+/// A `trigger` label (of a schedule event: `every`, `new_data`, `stopped_budget`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabel {
+    /// The trigger.
+    pub trigger: String,
 }
 
 impl Default for Metrics {
@@ -108,6 +118,7 @@ impl Metrics {
             runs_finished: Family::default(),
             champion_version: Family::default(),
             updates: Family::default(),
+            scheduled: Family::default(),
             registry: Registry::default(),
         };
         // Each metric under its name, with its help text.
@@ -129,6 +140,7 @@ impl Metrics {
             runs_finished: "runs_finished", "Runs finished, by outcome";
             champion_version: "champion_version", "The champion's version, per target";
             updates: "updates", "Update runs ended, by outcome (promoted, rejected, failed)";
+            scheduled: "scheduled_runs", "Schedule events, by trigger (every, new_data: a run started; stopped_budget: a schedule stopped by a budget refusal)";
         }
         Metrics { registry, ..m }
     }
@@ -156,6 +168,15 @@ impl Metrics {
         self.updates
             .get_or_create(&Outcome {
                 outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a schedule event (`every`, `new_data`, `stopped_budget`).
+    pub fn count_scheduled(&self, trigger: &str) {
+        self.scheduled
+            .get_or_create(&TriggerLabel {
+                trigger: trigger.to_string(),
             })
             .inc();
     }

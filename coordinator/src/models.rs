@@ -180,6 +180,7 @@ mod tests {
             rejections: BTreeMap::new(),
             refusals: BTreeMap::new(),
             excluded: BTreeMap::new(),
+            budget_refusals: BTreeMap::new(),
             contributors: Vec::new(),
             not_private: Vec::new(),
             target: None,

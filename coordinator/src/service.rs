@@ -46,7 +46,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use fedprofile_protocol::messages::{ChampionAck, ClientReply, HeldModel, ServerEvent};
+use fedprofile_protocol::messages::{
+    ChampionAck, ClientReply, DataFingerprint, HeldModel, ServerEvent,
+};
 use fedprofile_protocol::pb::federation_server::Federation;
 use fedprofile_protocol::pb::{self, client_message};
 use fedprofile_protocol::{PROTOCOL_VERSION, tls};
@@ -113,6 +115,8 @@ pub trait HubListener: Send + Sync + std::fmt::Debug {
     fn follows(&self, _client: &str, _held: &[HeldModel]) {}
     /// A partner answered a champion it was sent.
     fn acknowledged(&self, _client: &str, _ack: ChampionAck) {}
+    /// A client sent its data fingerprint.
+    fn fingerprint(&self, _client: &str, _fingerprint: &DataFingerprint) {}
 }
 
 /// The connected sessions, shared by the service (which adds and removes them)
@@ -612,14 +616,15 @@ impl Federation for FederationService {
                 };
                 let event = match next {
                     Ok(Some(message)) => {
-                        // A repeated hello is ignored and a champion's acknowledgement
-                        // goes to the listener; everything else would reach the
-                        // engine and uses one answer of the session's ration.
+                        // A repeated hello is ignored, and a champion's acknowledgement
+                        // and a data fingerprint go to the listener; everything else would
+                        // reach the engine and uses one answer of the session's ration.
                         let answer = !matches!(
                             message.body,
                             Some(
                                 client_message::Body::Hello(_)
                                     | client_message::Body::ChampionAck(_)
+                                    | client_message::Body::Fingerprint(_)
                             )
                         );
                         match budget.judge(answer, &owed) {
@@ -654,6 +659,13 @@ impl Federation for FederationService {
                                 (Err(e), _) => {
                                     tracing::warn!(client = %client, "ignoring a champion acknowledgement: {e}");
                                 }
+                            }
+                            continue;
+                        }
+                        if let Some(client_message::Body::Fingerprint(f)) = message.body {
+                            // Not an engine event: the listener records it.
+                            if let Some(l) = hub.listener() {
+                                l.fingerprint(&client, &DataFingerprint::from(f));
                             }
                             continue;
                         }
@@ -729,7 +741,11 @@ fn decode(message: pb::ClientMessage) -> Result<Option<ClientReply>, String> {
             .map(Some)
             .map_err(|e| e.to_string()),
         Some(client_message::Body::Refusal(r)) => Ok(Some(ClientReply::from(r))),
-        Some(client_message::Body::Hello(_) | client_message::Body::ChampionAck(_)) => Ok(None),
+        Some(
+            client_message::Body::Hello(_)
+            | client_message::Body::ChampionAck(_)
+            | client_message::Body::Fingerprint(_),
+        ) => Ok(None),
         None => Err("message has no body".into()),
     }
 }

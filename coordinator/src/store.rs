@@ -82,8 +82,10 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 
 mod following;
 mod registry;
+mod schedules;
 pub use following::PartnerModelRow;
 pub use registry::{ChampionChange, ModelStatus, ModelVersionRow, NewVersion};
+pub use schedules::{FingerprintRow, NewSchedule, ScheduleRow, ScheduleState};
 
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,6 +98,7 @@ const MIGRATIONS: &[&str] = &[
     MIGRATION_3,
     registry::MIGRATION_4,
     following::MIGRATION_5,
+    schedules::MIGRATION_6,
 ];
 
 /// The schema version this coordinator writes.

@@ -259,6 +259,10 @@ pub struct RunState {
     /// (privacy budget exhausted, policy), with their reason.
     #[serde(default)]
     pub excluded: BTreeMap<String, String>,
+    /// Clients that refused a task because their privacy budget would be
+    /// exceeded, with their reason (a schedule stops on these).
+    #[serde(default)]
+    pub budget_refusals: BTreeMap<String, String>,
     /// Training examples each client reported in the statistics phase (the
     /// bound on what its updates may claim).
     #[serde(default)]
@@ -424,6 +428,8 @@ pub struct RunOutcome {
     pub refusals: BTreeMap<String, String>,
     /// Clients left out of the run after refusing for good (budget, policy).
     pub excluded: BTreeMap<String, String>,
+    /// Clients that refused because their privacy budget would be exceeded.
+    pub budget_refusals: BTreeMap<String, String>,
     /// Clients that contributed at least one accepted update.
     pub contributors: Vec<String>,
     /// Clients whose updates were made with a fixed test seed (not private).
@@ -686,6 +692,7 @@ impl Run {
             rejections: self.state.rejections,
             refusals: self.state.refusals,
             excluded: self.state.excluded,
+            budget_refusals: self.state.budget_refusals,
             contributors: self.state.contributors.into_iter().collect(),
             not_private: self.state.not_private.into_iter().collect(),
             target: self.state.target,

@@ -97,6 +97,11 @@ impl Run {
                                 ));
                                 self.state.excluded.insert(client.clone(), reason.clone());
                             }
+                            if kind == RefusalKind::BudgetExhausted {
+                                self.state
+                                    .budget_refusals
+                                    .insert(client.clone(), reason.clone());
+                            }
                             self.state.refusals.insert(client.clone(), reason.clone());
                             gathered.refusals.push(RoundRefusal {
                                 client,

@@ -1114,6 +1114,7 @@ fn auc_update(min_improvement: f64) -> fedprofile_config::run::UpdateConfig {
         target: "y".into(),
         metric: fedprofile_config::run::UpdateMetric::Auc,
         min_improvement,
+        schedule: None,
     }
 }
 
@@ -1172,6 +1173,7 @@ async fn an_update_run_evaluates_the_champion_beside_the_challenger_in_its_final
         target: "y".into(),
         metric: fedprofile_config::run::UpdateMetric::Auc,
         min_improvement: 0.01,
+        schedule: None,
     };
     let decision = update.decide(1, last.metrics.unwrap().auc, champion.metrics.unwrap().auc);
     assert!(decision.promoted, "{}", decision.reason);
@@ -1190,6 +1192,7 @@ async fn an_update_run_whose_challenger_is_worse_is_not_promoted() {
         target: "y".into(),
         metric: fedprofile_config::run::UpdateMetric::Auc,
         min_improvement: 0.01,
+        schedule: None,
     };
     let decision = update.decide(
         1,

@@ -42,6 +42,18 @@ struct RawUpdate {
     metric: String,
     #[serde(default)]
     min_improvement: f64,
+    /// `every = "24h"`: run this update on a schedule.
+    every: Option<String>,
+    /// `on_new_data = { min_partners = 2, min_interval = "1h" }`.
+    on_new_data: Option<RawOnNewData>,
+}
+
+/// `[update] on_new_data`: a data trigger.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOnNewData {
+    min_partners: u32,
+    min_interval: Option<String>,
 }
 
 /// The metric an update run is judged on, with its direction.
@@ -163,6 +175,61 @@ pub struct UpdateConfig {
     pub metric: UpdateMetric,
     /// The challenger is promoted only if better by at least this (≥ 0).
     pub min_improvement: f64,
+    /// When the long-lived coordinator runs this update by itself (`every`,
+    /// `on_new_data`); `None` for a run started once.
+    pub schedule: Option<ScheduleConfig>,
+}
+
+/// When an update run is started by the coordinator (see `docs/updates.md`,
+/// "Schedules and triggers").
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleConfig {
+    /// `every`: start an update this long after the last one started.
+    pub every: Option<std::time::Duration>,
+    /// `on_new_data.min_partners`: start an update once this many partners'
+    /// data fingerprints changed since the champion was trained.
+    pub min_partners: Option<u32>,
+    /// Never start two updates of the schedule closer than this
+    /// (`on_new_data.min_interval`, default 1 h; `every` alone: `every`).
+    pub min_interval: std::time::Duration,
+}
+
+/// Default of `update.on_new_data.min_interval`.
+pub const DEFAULT_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Parses a duration such as `90s`, `15m`, `24h`, `7d` or `1h30m` (units `s`,
+/// `m`, `h`, `d`; at least one second).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || {
+        format!(
+            "'{text}' is not a duration (write e.g. \"90s\", \"15m\", \"24h\", \"7d\" or \"1h30m\")"
+        )
+    };
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if !digits.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 /// The verdict of an update run: is the challenger better than the champion?
@@ -791,7 +858,43 @@ fn validate_update(
         target: raw.target.clone(),
         metric,
         min_improvement: raw.min_improvement,
+        schedule: validate_schedule(raw, invalid)?,
     })
+}
+
+fn validate_schedule(
+    raw: &RawUpdate,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<Option<ScheduleConfig>, ConfigError> {
+    let every = match &raw.every {
+        None => None,
+        Some(text) => Some(parse_duration(text).map_err(|e| invalid("update.every", e))?),
+    };
+    let (min_partners, min_interval) = match &raw.on_new_data {
+        None => (None, None),
+        Some(trigger) => {
+            if trigger.min_partners == 0 {
+                return Err(invalid(
+                    "update.on_new_data.min_partners",
+                    "must be at least 1".into(),
+                ));
+            }
+            let interval = match &trigger.min_interval {
+                None => DEFAULT_MIN_INTERVAL,
+                Some(text) => parse_duration(text)
+                    .map_err(|e| invalid("update.on_new_data.min_interval", e))?,
+            };
+            (Some(trigger.min_partners), Some(interval))
+        }
+    };
+    if every.is_none() && min_partners.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(ScheduleConfig {
+        every,
+        min_partners,
+        min_interval: min_interval.or(every).unwrap_or(DEFAULT_MIN_INTERVAL),
+    }))
 }
 
 fn validate_privacy(
@@ -977,6 +1080,7 @@ mod tests {
             target: "t".into(),
             metric,
             min_improvement,
+            schedule: None,
         };
         assert!(
             u(UpdateMetric::Auc, 0.002)
@@ -1203,5 +1307,18 @@ mod privacy_tests {
             "[privacy]\nmode = \"local\"\n",
             "'local' is not one of none, record, client",
         );
+    }
+
+    #[test]
+    fn schedule_durations_parse_and_bad_ones_name_the_text() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "24", "h", "1w", "0s", "1.5h"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
     }
 }

@@ -12,10 +12,7 @@ use fedprofile_learning::{
 use ndarray::Array1;
 
 use crate::messages::{
-    ChampionAck, ChampionPush, ClientInfo, ClientReply, ColumnStats, HeldModel, LabelKindMsg,
-    ModelSnapshot, ModelVersionInfo, PartnerHolding, RecordDpTask, RefusalKind, ResultBody,
-    RunInfo, RunProgress, ServerEvent, StatsReport, Task, TaskBody, TrainReport, TrainTask,
-    UpdateDecisionInfo,
+    ChampionAck, ChampionPush, ClientInfo, ClientReply, ColumnStats, DataFingerprint, HeldModel, LabelKindMsg, ModelSnapshot, ModelVersionInfo, PartnerHolding, RecordDpTask, RefusalKind, ResultBody, RunInfo, RunProgress, ServerEvent, StatsReport, Task, TaskBody, TrainReport, TrainTask, UpdateDecisionInfo,
 };
 use crate::pb;
 
@@ -548,6 +545,33 @@ impl From<&ClientReply> for pb::ClientMessage {
             }
         };
         pb::ClientMessage { body: Some(body) }
+    }
+}
+
+impl From<&DataFingerprint> for pb::ClientMessage {
+    fn from(f: &DataFingerprint) -> Self {
+        pb::ClientMessage {
+            body: Some(pb::client_message::Body::Fingerprint(pb::DataFingerprint {
+                splits: f
+                    .rows
+                    .iter()
+                    .map(|(split, rows)| pb::SplitRows {
+                        split: split.clone(),
+                        rows: *rows,
+                    })
+                    .collect(),
+                sha256: f.sha256.clone(),
+            })),
+        }
+    }
+}
+
+impl From<pb::DataFingerprint> for DataFingerprint {
+    fn from(f: pb::DataFingerprint) -> Self {
+        DataFingerprint {
+            rows: f.splits.into_iter().map(|s| (s.split, s.rows)).collect(),
+            sha256: f.sha256,
+        }
     }
 }
 

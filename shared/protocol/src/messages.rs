@@ -269,6 +269,17 @@ pub enum ClientReply {
     },
 }
 
+/// A partner's data fingerprint: cleaned rows per split and a SHA-256 of its
+/// export (never rows). A long-lived client sends it when its session opens and
+/// whenever its export changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct DataFingerprint {
+    /// Cleaned rows per split name.
+    pub rows: std::collections::BTreeMap<String, u64>,
+    /// Hex SHA-256 of the export files.
+    pub sha256: String,
+}
+
 /// Why a client refused a task, as far as the coordinator must act on it.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
