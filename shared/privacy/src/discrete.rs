@@ -392,4 +392,26 @@ mod tests {
         }
         assert!(g.add_noise(&mut [1e300], &mut rng, "test").is_err());
     }
+
+    /// No floating-point Gaussian is left in the crate: no source file names
+    /// a float normal sampler.
+    #[test]
+    fn no_float_gaussian_in_the_crate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let needles = [
+            concat!("Normal", "::new"),
+            concat!("rand", "_distr"),
+            concat!("Standard", "Normal"),
+        ];
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            seen += 1;
+            for n in needles {
+                assert!(!text.contains(n), "{} uses {n}", path.display());
+            }
+        }
+        assert!(seen >= 10);
+    }
 }

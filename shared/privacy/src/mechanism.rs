@@ -515,4 +515,28 @@ mod tests {
         w.sort_by(f64::total_cmp);
         assert_eq!(v, w);
     }
+
+    /// The charge of `map(1)` is the continuous formula at multiplier z, and
+    /// the grid's inflated integer sensitivity `Δ/g + 2√D` over the integer
+    /// noise's std `2^k` is at most `1/z`: the charge is sound for the
+    /// discrete release.
+    #[test]
+    fn map_is_sound_with_the_inflated_sensitivity() {
+        for (z, clip) in [(1.1, 2.5), (1.0, 1.0), (0.6, 0.1), (20.0, 3.0)] {
+            let g = GaussianMechanism::new(z, clip).unwrap();
+            let c = g.map(1).unwrap();
+            assert_eq!(c.sigma, z);
+            let grid = Grid::new(g.noise_std(), z).unwrap();
+            let d = (crate::discrete::MAX_RELEASE_DIM as f64).sqrt();
+            let inflated = clip / grid.step() + 2.0 * d;
+            let sigma_z = f64::from(2u32).powi(grid.exponent() as i32);
+            assert!(
+                sigma_z / inflated >= c.sigma,
+                "z {z}: {}",
+                sigma_z / inflated
+            );
+            // The extra noise that pays for it is below 0.1 %.
+            assert!(grid.noise_std() / g.noise_std() < 1.001);
+        }
+    }
 }
