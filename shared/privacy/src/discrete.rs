@@ -210,7 +210,7 @@ impl Grid {
         }
         let slack = 2.0 * multiplier * (MAX_RELEASE_DIM as f64).sqrt();
         let k = (slack * 1024.0).log2().ceil().max(0.0);
-        if !(k <= 52.0) {
+        if !k.is_finite() || k > 52.0 {
             return Err(PrivacyError::NoiseDraw(
                 "the discrete Gaussian (grid too fine)",
             ));
@@ -254,7 +254,7 @@ impl Grid {
         let variance = 1u128 << (2 * self.k);
         for v in values.iter_mut() {
             let units = (*v / self.step).round();
-            if !(units.abs() < MAX_GRID_UNITS) {
+            if !units.is_finite() || units.abs() >= MAX_GRID_UNITS {
                 return Err(PrivacyError::NoiseDraw(what));
             }
             let z = discrete_gaussian(variance, 1, rng)?;
