@@ -22,6 +22,7 @@
 pub mod accountant;
 pub mod budget;
 pub mod calibrate;
+pub mod discrete;
 pub mod error;
 pub mod hash_chain;
 pub mod ledger;

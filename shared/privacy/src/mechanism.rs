@@ -10,10 +10,10 @@
 //! into epsilons; `check(d_in, budget)` asks it.
 
 use rand::Rng;
-use rand_distr::{Distribution, Normal};
 
 use crate::accountant::{Accountant, Charge};
 use crate::budget::PrivacyBudget;
+use crate::discrete::Grid;
 use crate::error::PrivacyError;
 
 /// Clipping of a vector to an L2 norm bound: the transformation in front of the noise.
@@ -116,16 +116,25 @@ impl GaussianMechanism {
         values: &mut [f64],
         rng: &mut R,
     ) -> Result<(), PrivacyError> {
-        add_gaussian(values, self.noise_std(), rng, "the Gaussian mechanism")
+        add_gaussian(
+            values,
+            self.noise_std(),
+            self.noise_multiplier,
+            rng,
+            "the Gaussian mechanism",
+        )
     }
 
-    /// Adds independent Gaussian noise of std [`GaussianMechanism::noise_std`]
-    /// to each value, drawing from the injected `rng`.
+    /// Adds independent discrete Gaussian noise on a grid (see
+    /// [`crate::discrete::Grid`]) of std at least [`GaussianMechanism::noise_std`]
+    /// to each value, drawing from the injected `rng`. If no noise can be drawn
+    /// (a value beyond the grid's range, more than
+    /// [`crate::discrete::MAX_RELEASE_DIM`] coordinates), every value becomes
+    /// NaN so nothing about the input is released; prefer
+    /// [`GaussianMechanism::add_noise_checked`].
     pub fn add_noise<R: Rng + ?Sized>(&self, values: &mut [f64], rng: &mut R) {
-        // noise_std is positive and finite by construction.
-        let normal = Normal::new(0.0, self.noise_std()).unwrap_or_else(|_| unreachable!());
-        for v in values.iter_mut() {
-            *v += normal.sample(rng);
+        if self.add_noise_checked(values, rng).is_err() {
+            values.fill(f64::NAN);
         }
     }
 }
@@ -333,6 +342,7 @@ impl AdaptiveClippingMechanism {
         add_gaussian(
             sum,
             self.sum_noise_multiplier * self.clip.clip_norm(),
+            self.sum_noise_multiplier,
             rng,
             "the adaptive-clipping sum",
         )?;
@@ -350,6 +360,7 @@ impl AdaptiveClippingMechanism {
         add_gaussian(
             &mut count,
             self.count_noise_multiplier,
+            2.0 * self.count_noise_multiplier,
             rng,
             "the adaptive-clipping count",
         )?;
@@ -357,26 +368,19 @@ impl AdaptiveClippingMechanism {
     }
 }
 
-/// Adds `N(0, std²)` to every value; an invalid scale or a non-finite draw is
-/// an error (fails closed).
+/// Adds discrete Gaussian noise of std (at least) `std` on the grid that pays
+/// for its rounding at multiplier `multiplier = std / sensitivity` (see
+/// [`crate::discrete::Grid`]); an invalid scale or a failed draw is an error
+/// (fails closed).
 pub(crate) fn add_gaussian<R: Rng + ?Sized>(
     values: &mut [f64],
     std: f64,
+    multiplier: f64,
     rng: &mut R,
     what: &'static str,
 ) -> Result<(), PrivacyError> {
-    if !(std > 0.0 && std.is_finite()) {
-        return Err(PrivacyError::NoiseDraw(what));
-    }
-    let normal = Normal::new(0.0, std).map_err(|_| PrivacyError::NoiseDraw(what))?;
-    for v in values.iter_mut() {
-        let noise = normal.sample(rng);
-        if !noise.is_finite() {
-            return Err(PrivacyError::NoiseDraw(what));
-        }
-        *v += noise;
-    }
-    Ok(())
+    let grid = Grid::new(std, multiplier).map_err(|_| PrivacyError::NoiseDraw(what))?;
+    grid.add_noise(values, rng, what)
 }
 
 #[cfg(test)]
@@ -474,10 +478,10 @@ mod tests {
         // An invalid noise scale is an error, never a release without noise.
         let mut v = [1.0];
         assert!(matches!(
-            add_gaussian(&mut v, 0.0, &mut rng, "test"),
+            add_gaussian(&mut v, 0.0, 1.0, &mut rng, "test"),
             Err(PrivacyError::NoiseDraw("test"))
         ));
-        assert!(add_gaussian(&mut v, f64::INFINITY, &mut rng, "test").is_err());
+        assert!(add_gaussian(&mut v, f64::INFINITY, 1.0, &mut rng, "test").is_err());
     }
 
     /// Noise has mean 0 and the configured std, and is normal (KS test).
@@ -510,5 +514,29 @@ mod tests {
         g.add_noise(&mut w, &mut ChaCha20Rng::seed_from_u64(7));
         w.sort_by(f64::total_cmp);
         assert_eq!(v, w);
+    }
+
+    /// The charge of `map(1)` is the continuous formula at multiplier z, and
+    /// the grid's inflated integer sensitivity `Δ/g + 2√D` over the integer
+    /// noise's std `2^k` is at most `1/z`: the charge is sound for the
+    /// discrete release.
+    #[test]
+    fn map_is_sound_with_the_inflated_sensitivity() {
+        for (z, clip) in [(1.1, 2.5), (1.0, 1.0), (0.6, 0.1), (20.0, 3.0)] {
+            let g = GaussianMechanism::new(z, clip).unwrap();
+            let c = g.map(1).unwrap();
+            assert_eq!(c.sigma, z);
+            let grid = Grid::new(g.noise_std(), z).unwrap();
+            let d = (crate::discrete::MAX_RELEASE_DIM as f64).sqrt();
+            let inflated = clip / grid.step() + 2.0 * d;
+            let sigma_z = f64::from(2u32).powi(grid.exponent() as i32);
+            assert!(
+                sigma_z / inflated >= c.sigma,
+                "z {z}: {}",
+                sigma_z / inflated
+            );
+            // The extra noise that pays for it is below 0.1 %.
+            assert!(grid.noise_std() / g.noise_std() < 1.001);
+        }
     }
 }
