@@ -1432,7 +1432,9 @@ mod tests {
                 task_id: "t".into(),
                 run_id: "r".into(),
                 round: 0,
-                body: fedprofile_protocol::messages::TaskBody::Stats,
+                body: fedprofile_protocol::messages::TaskBody::Stats {
+                    binary_counts: false,
+                },
             })
         ));
         assert_eq!(farewells.clients(), vec!["a".to_string()]);
@@ -1713,6 +1715,7 @@ learning_rate = 0.1
             model: Some(fedprofile_protocol::messages::ModelSnapshot {
                 model_type: "logistic_regression".into(),
                 features: FeatureSpec {
+                    reference: None,
                     columns: vec![FeatureColumn::Numeric {
                         name: "x".into(),
                         mean: 0.0,

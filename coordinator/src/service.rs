@@ -729,7 +729,9 @@ mod tests {
             task_id: format!("t{n}"),
             run_id: "r".into(),
             round: n,
-            body: fedprofile_protocol::messages::TaskBody::Stats,
+            body: fedprofile_protocol::messages::TaskBody::Stats {
+                binary_counts: false,
+            },
         })
     }
 

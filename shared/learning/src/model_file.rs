@@ -236,6 +236,18 @@ pub(crate) fn check_feature_stats(features: &FeatureSpec) -> Result<(), ModelFil
             }
         }
     }
+    if let Some(reference) = &features.reference {
+        if reference.len() != features.dim() {
+            return Err(ModelFileProblem::Layout(format!(
+                "the feature reference row has {} entries for {} encoded features",
+                reference.len(),
+                features.dim()
+            )));
+        }
+        for (name, value) in features.entry_names().iter().zip(reference) {
+            finite(&format!("reference of feature '{name}'"), *value)?;
+        }
+    }
     Ok(())
 }
 
@@ -816,6 +828,7 @@ mod tests {
 
     fn spec() -> FeatureSpec {
         FeatureSpec {
+            reference: None,
             columns: vec![
                 FeatureColumn::Numeric {
                     name: "tenure".into(),

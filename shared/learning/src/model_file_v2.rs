@@ -758,6 +758,7 @@ mod tests {
 
     fn spec() -> FeatureSpec {
         FeatureSpec {
+            reference: None,
             columns: vec![
                 FeatureColumn::Numeric {
                     name: "tenure".into(),
