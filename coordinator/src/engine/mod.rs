@@ -189,6 +189,14 @@ pub struct RoundRefusal {
 }
 
 impl RoundRecord {
+    /// The mean training loss, when the clients released one: `None` when it
+    /// is 0, which is what clients under record-level DP send (their loss is
+    /// computed from raw rows without noise) and statistics families that
+    /// release none record.
+    pub fn released_train_loss(&self) -> Option<f64> {
+        (self.train_loss > 0.0).then_some(self.train_loss)
+    }
+
     /// Coordination overhead of the training phase: wall time not spent in the
     /// slowest client's local training.
     pub fn overhead_ms(&self) -> f64 {
