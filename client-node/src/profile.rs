@@ -347,6 +347,7 @@ mod tests {
                 clients: vec!["a".into()],
                 created_at: "t0".into(),
                 metrics: None,
+                privacy: None,
             },
         )
         .unwrap();

@@ -1708,6 +1708,7 @@ learning_rate = 0.1
             }),
         };
         RunOutcome {
+            privacy: None,
             run_id: run_id.into(),
             completed: true,
             cancelled: None,
@@ -1822,6 +1823,7 @@ learning_rate = 0.1
         );
         // A failed run registers nothing.
         let failed = finish(&shared, RUN, |id| RunOutcome {
+            privacy: None,
             completed: false,
             failure: Some("broken".into()),
             ..finished_outcome(id, 0.99, None)

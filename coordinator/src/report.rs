@@ -334,6 +334,7 @@ pub fn model_document(
             clients: outcome.contributors.clone(),
             created_at: created_at.to_string(),
             metrics: ModelMetrics::of_round(last_metrics, last_quality),
+            privacy: outcome.privacy.clone(),
         },
     )
     .map_err(|e| err(&e))

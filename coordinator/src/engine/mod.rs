@@ -442,6 +442,8 @@ pub struct RunOutcome {
     pub classes: Vec<String>,
     /// Training examples each client reported in the statistics phase.
     pub reported_examples: BTreeMap<String, u64>,
+    /// The run's privacy mode and the ε (δ) it spent, for the model's provenance.
+    pub privacy: Option<fedprofile_learning::PrivacyProvenance>,
 }
 
 /// The states of a run.
@@ -684,7 +686,22 @@ impl Run {
             );
         }
         let released = self.released();
+        let privacy = Some(fedprofile_learning::PrivacyProvenance {
+            mode: match self.config.privacy {
+                PrivacyMode::None => "none",
+                PrivacyMode::Record(_) => "record",
+                PrivacyMode::Client(_) => "client",
+            }
+            .into(),
+            epsilon: self.rounds.iter().rev().find_map(|r| r.epsilon),
+            delta: match self.config.privacy {
+                PrivacyMode::None => None,
+                PrivacyMode::Record(r) => Some(r.delta),
+                PrivacyMode::Client(c) => Some(c.delta),
+            },
+        });
         let outcome = RunOutcome {
+            privacy,
             run_id: self.run_id,
             completed: failure.is_none(),
             cancelled,

@@ -1075,6 +1075,7 @@ fn champion_file(dir: &std::path::Path, w: f64) -> std::path::PathBuf {
             clients: vec!["a".into()],
             created_at: "t0".into(),
             metrics: None,
+            privacy: None,
         },
     )
     .unwrap();
