@@ -206,7 +206,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 return Err("profile needs --model, --segments or both".into());
             }
             let config = load_config(&config)?;
-            let rows = crate::profile::profile(
+            let profiled = crate::profile::profile(
                 &config.schema,
                 &config.data_dir,
                 &split,
@@ -216,8 +216,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 &out,
             )
             .map_err(|e| e.to_string())?;
+            for note in &profiled.notes {
+                tracing::warn!("{note}");
+            }
             self::out(format!(
-                "profiled {rows} users of split '{split}' into {}",
+                "profiled {} users of split '{split}' into {}",
+                profiled.rows,
                 out.display()
             ))
         }

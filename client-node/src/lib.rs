@@ -11,8 +11,8 @@
 
 pub mod cli;
 pub mod config;
-pub mod follow;
 pub mod fingerprint;
+pub mod follow;
 pub mod node;
 pub mod privacy;
 pub mod privacy_cli;

@@ -11,13 +11,13 @@ use fedprofile_learning::dp::ValidDpSgdParams;
 use fedprofile_learning::dp::{secure_rng, seeded_test_rng};
 use fedprofile_learning::train::{TrainParams, ValidTrainParams};
 use fedprofile_learning::{
-    AnyModel, Evaluation, GradientTraining, LabelNeed, ModelFamily, StatisticsDp, Training,
-    local_update,
+    AnyModel, Evaluation, FeatureColumn, GradientTraining, LabelNeed, ModelFamily, StatisticsDp,
+    Training, local_update,
 };
 use fedprofile_privacy::Charge;
 use fedprofile_protocol::messages::{
-    ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, RefusalKind, ResultBody, StatsReport,
-    Task, TaskBody, TrainReport, TrainTask,
+    BinaryStats, ClientReply, ColumnStats, LabelKindMsg, ModelSnapshot, RefusalKind, ResultBody,
+    StatsReport, Task, TaskBody, TrainReport, TrainTask,
 };
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use rand_chacha::ChaCha20Rng;
@@ -409,7 +409,7 @@ impl Node {
             return reply.clone();
         }
         let result = match &task.body {
-            TaskBody::Stats => Ok(ResultBody::Stats(self.stats())),
+            TaskBody::Stats { binary_counts } => self.stats(*binary_counts).map(ResultBody::Stats),
             TaskBody::Train(t) => self.train(task, t).map(ResultBody::Train),
             TaskBody::Eval(m) => self.evaluate(m).map(ResultBody::Eval),
         };
@@ -436,9 +436,21 @@ impl Node {
         }
     }
 
-    fn stats(&self) -> StatsReport {
-        StatsReport {
-            template: self.schema.feature_template(),
+    fn stats(&self, binary_counts: bool) -> Result<StatsReport, TaskError> {
+        let template = self.schema.feature_template();
+        let binary = if binary_counts {
+            let x = self
+                .train
+                .dataset
+                .encode(&template)
+                .map_err(TaskError::Encode)?;
+            binary_stats(&template, &x)
+        } else {
+            Vec::new()
+        };
+        Ok(StatsReport {
+            binary,
+            template,
             numeric: self
                 .train
                 .dataset
@@ -460,7 +472,7 @@ impl Node {
                 .label_classes()
                 .map(<[String]>::to_vec)
                 .unwrap_or_default(),
-        }
+        })
     }
 
     /// The task's model, checked against what this node's schema can train.
@@ -705,4 +717,20 @@ impl Node {
         let (x, y) = self.test.x_and_labels(&snapshot.features)?;
         Ok(model.evaluate(x, y)?)
     }
+}
+
+/// Per boolean or categorical column of `spec`, how many rows of `x` (encoded
+/// with `spec`) set each of its entries: counts, never rows.
+fn binary_stats(spec: &FeatureSpec, x: &Array2<f64>) -> Vec<BinaryStats> {
+    spec.columns
+        .iter()
+        .zip(spec.column_ranges())
+        .filter(|(c, _)| !matches!(c, FeatureColumn::Numeric { .. }))
+        .map(|(c, range)| BinaryStats {
+            column: c.name().to_string(),
+            counts: range
+                .map(|j| x.column(j).iter().filter(|v| **v > 0.5).count() as u64)
+                .collect(),
+        })
+        .collect()
 }

@@ -1553,7 +1553,9 @@ mod tests {
                 task_id: "t".into(),
                 run_id: "r".into(),
                 round: 0,
-                body: fedprofile_protocol::messages::TaskBody::Stats,
+                body: fedprofile_protocol::messages::TaskBody::Stats {
+                    binary_counts: false,
+                },
             })
         ));
         assert_eq!(farewells.clients(), vec!["a".to_string()]);
@@ -1827,6 +1829,7 @@ learning_rate = 0.1
             }),
         };
         RunOutcome {
+            privacy: None,
             run_id: run_id.into(),
             completed: true,
             cancelled: None,
@@ -1834,6 +1837,7 @@ learning_rate = 0.1
             model: Some(fedprofile_protocol::messages::ModelSnapshot {
                 model_type: "logistic_regression".into(),
                 features: FeatureSpec {
+                    reference: None,
                     columns: vec![FeatureColumn::Numeric {
                         name: "x".into(),
                         mean: 0.0,
@@ -1941,6 +1945,7 @@ learning_rate = 0.1
         );
         // A failed run registers nothing.
         let failed = finish(&shared, RUN, |id| RunOutcome {
+            privacy: None,
             completed: false,
             failure: Some("broken".into()),
             ..finished_outcome(id, 0.99, None)

@@ -171,6 +171,7 @@ mod tests {
     #[test]
     fn the_fingerprint_follows_the_row_counts() {
         let mut outcome = RunOutcome {
+            privacy: None,
             run_id: "r".into(),
             completed: true,
             cancelled: None,

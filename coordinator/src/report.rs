@@ -82,7 +82,7 @@ struct MetricsRow {
     rejected: usize,
     refused: usize,
     attempts: u32,
-    train_loss: Fixed<6>,
+    train_loss: Metric,
     auc: Metric,
     log_loss: Metric,
     accuracy: Metric,
@@ -134,7 +134,7 @@ impl MetricsRow {
             rejected: r.rejected,
             refused: r.refused,
             attempts: r.attempts,
-            train_loss: Fixed(r.train_loss),
+            train_loss: r.released_train_loss().map(Fixed),
             auc: binary(|m| m.auc),
             log_loss: binary(|m| Some(m.log_loss)).or(multiclass(|m| m.log_loss)),
             accuracy: binary(|m| Some(m.accuracy)).or(multiclass(|m| m.accuracy)),
@@ -334,6 +334,7 @@ pub fn model_document(
             clients: outcome.contributors.clone(),
             created_at: created_at.to_string(),
             metrics: ModelMetrics::of_round(last_metrics, last_quality),
+            privacy: outcome.privacy.clone(),
         },
     )
     .map_err(|e| err(&e))
@@ -474,9 +475,7 @@ pub fn write_plots(dir: &Path, outcome: &RunOutcome) {
         })
         .collect();
     let loss = series("pooled log loss", |r| r.metrics.map(|m| m.log_loss));
-    let train = series("mean training loss", |r| {
-        (r.train_loss > 0.0).then_some(r.train_loss)
-    });
+    let train = series("mean training loss", RoundRecord::released_train_loss);
     let results = [
         (!auc.points.is_empty()).then(|| {
             plot_series(
@@ -584,6 +583,18 @@ mod tests {
         csv.serialize(MetricsRow::of(&record)).unwrap();
         let text = String::from_utf8(csv.into_inner().unwrap()).unwrap();
         let overhead = format!("{:.3}", record.overhead_ms());
+        // Under record-level DP the clients send no training loss: a blank cell.
+        let mut csv = csv::Writer::from_writer(Vec::new());
+        let private = RoundRecord {
+            train_loss: 0.0,
+            ..record.clone()
+        };
+        csv.serialize(MetricsRow::of(&private)).unwrap();
+        let blank = String::from_utf8(csv.into_inner().unwrap()).unwrap();
+        assert!(
+            blank.lines().nth(1).unwrap().starts_with("3,4,3,1,0,1,,"),
+            "{blank}"
+        );
         assert_eq!(
             text,
             format!(

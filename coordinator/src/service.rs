@@ -697,6 +697,12 @@ impl Federation for FederationService {
                         }
                     }
                     Ok(None) => break,
+                    Err(status) if client_went_away(&status) => {
+                        // The client closed its connection (it stopped after the
+                        // run, or was stopped): a normal end, not an error.
+                        tracing::debug!(client = %client, "session ended: the client disconnected ({})", status.message());
+                        break;
+                    }
                     Err(status) => {
                         if status.message().contains("too large")
                             && let Some(l) = hub.listener()
@@ -750,8 +756,42 @@ fn decode(message: pb::ClientMessage) -> Result<Option<ClientReply>, String> {
     }
 }
 
+/// Whether a stream error is only the client going away (end of stream, an h2
+/// GOAWAY or reset, a broken pipe after its run ended) rather than a refusal
+/// or a protocol fault worth an info line.
+fn client_went_away(status: &Status) -> bool {
+    const GONE: [&str; 6] = [
+        "error reading a body from connection",
+        "connection reset",
+        "broken pipe",
+        "stream no longer needed",
+        "go away",
+        "goaway",
+    ];
+    if !matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled) {
+        return false;
+    }
+    let message = status.message().to_lowercase();
+    GONE.iter().any(|g| message.contains(g))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_client_disconnecting_is_not_a_protocol_error() {
+        let gone = Status::unknown(
+            "h2 protocol error: error reading a body from connection: stream closed because of a broken pipe",
+        );
+        assert!(client_went_away(&gone));
+        assert!(client_went_away(&Status::cancelled(
+            "connection reset by peer"
+        )));
+        assert!(!client_went_away(&Status::out_of_range(
+            "message too large"
+        )));
+        assert!(!client_went_away(&Status::unknown("invalid frame")));
+    }
+
     use super::*;
     use fedprofile_protocol::messages::Task;
     use tokio_stream::StreamExt;
@@ -804,7 +844,9 @@ mod tests {
             task_id: format!("t{n}"),
             run_id: "r".into(),
             round: n,
-            body: fedprofile_protocol::messages::TaskBody::Stats,
+            body: fedprofile_protocol::messages::TaskBody::Stats {
+                binary_counts: false,
+            },
         })
     }
 

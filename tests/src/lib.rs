@@ -249,8 +249,8 @@ pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
 }
 
 /// Panics unless the contributions of a scores row (`user_id, …, name1,
-/// contribution1, …, other_contribution`, the first named feature in field 4)
-/// add up to `explained` (the model's raw output minus its intercept).
+/// contribution1, …, other_contribution`, the first driver in field 4) add up
+/// to `explained` (the model's raw output minus its reference score).
 pub fn assert_contributions_add_up<S: AsRef<str>>(row: &[S], explained: f64) {
     let number = |i: usize| -> f64 {
         let cell = row[i].as_ref();
@@ -261,7 +261,7 @@ pub fn assert_contributions_add_up<S: AsRef<str>>(row: &[S], explained: f64) {
     let sum: f64 = (5..last).step_by(2).map(number).sum::<f64>() + number(last);
     assert!(
         (sum - explained).abs() < 1e-4,
-        "contributions {sum} vs {explained} (output - intercept)"
+        "contributions {sum} vs {explained} (output - reference)"
     );
 }
 
@@ -654,7 +654,6 @@ pub async fn start_three_and_light(
     let session = sandbox.open_light(port, PARTNERS[3]).await;
     (sandbox, coordinator, honest, session)
 }
-
 
 /// Runs `fedprofile-client ARGS…` to completion (bounded).
 pub fn client_cmd(args: &[&str]) -> Output {

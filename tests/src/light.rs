@@ -177,6 +177,7 @@ pub fn refusal(task_id: &str, reason: &str) -> ClientReply {
 pub fn synthetic_stats(dim: usize) -> StatsReport {
     StatsReport {
         template: FeatureSpec {
+            reference: None,
             columns: (0..dim)
                 .map(|i| FeatureColumn::Numeric {
                     name: format!("f{i}"),
@@ -198,6 +199,7 @@ pub fn synthetic_stats(dim: usize) -> StatsReport {
         label_positive: "1".into(),
         label_kind: fedprofile_protocol::messages::LabelKindMsg::Binary,
         label_classes: Vec::new(),
+        binary: Vec::new(),
     }
 }
 
@@ -205,7 +207,7 @@ pub fn synthetic_stats(dim: usize) -> StatsReport {
 /// k-means cluster statistics with every cluster populated).
 pub fn honest_answer(task: &Task, dim: usize) -> ClientReply {
     let body = match &task.body {
-        TaskBody::Stats => ResultBody::Stats(synthetic_stats(dim)),
+        TaskBody::Stats { .. } => ResultBody::Stats(synthetic_stats(dim)),
         TaskBody::Train(t) if t.model.model_type == "kmeans" => {
             let k = t.model.outputs.max(1);
             ResultBody::Train(TrainReport {

@@ -205,10 +205,30 @@ fn profiles_have_one_row_per_user_and_contributions_that_add_up() {
     assert!(result.status.success(), "profile failed: {result:?}");
     let (header, records) = fedprofile_e2e::read_csv(&out);
     assert_eq!(
-        &header[..4],
-        ["user_id", "churn_probability", "logit", "intercept"]
+        &header[..6],
+        [
+            "user_id",
+            "churn_probability",
+            "churn_logit",
+            "churn_reference",
+            "churn_driver_1",
+            "churn_contribution_1"
+        ]
     );
-    assert_eq!(header.last().unwrap(), "other_contribution");
+    assert_eq!(header.last().unwrap(), "churn_other_contribution");
+    // The model file holds the federation's mean encoded row: the reference.
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    let reference = doc["features"]["reference"]
+        .as_array()
+        .expect("reference row");
+    // 0 for the standardised numbers, a share of users for every 0/1 entry.
+    assert!(
+        reference
+            .iter()
+            .all(|v| (0.0..=1.0).contains(&v.as_f64().unwrap())),
+        "{reference:?}"
+    );
     let mut ids = std::collections::HashSet::new();
     let mut rows = 0;
     for r in &records {
@@ -216,10 +236,11 @@ fn profiles_have_one_row_per_user_and_contributions_that_add_up() {
         let p: f64 = r[1].parse().unwrap();
         assert!((0.0..=1.0).contains(&p));
         let logit: f64 = r[2].parse().unwrap();
-        let intercept: f64 = r[3].parse().unwrap();
+        let reference: f64 = r[3].parse().unwrap();
         // sigmoid(logit) is the probability.
         assert!((1.0 / (1.0 + (-logit).exp()) - p).abs() < 1e-5);
-        fedprofile_e2e::assert_contributions_add_up(r.as_slice(), logit - intercept);
+        fedprofile_e2e::assert_contributions_add_up(r.as_slice(), logit - reference);
+        assert!(r.iter().all(|c| !c.is_empty()), "{r:?}");
         // The named features are the largest in magnitude, in order.
         let c1: f64 = r[5].parse().unwrap();
         let c2: f64 = r[7].parse().unwrap();

@@ -121,9 +121,15 @@ fn a_linear_model_gives_profiles_whose_contributions_add_up_to_the_prediction() 
     let (header, rows) = read_csv(&out);
     assert_eq!(
         &header[..4],
-        ["user_id", "monthly_charges_predicted", "score", "intercept"]
+        [
+            "user_id",
+            "monthly_charges_predicted",
+            "monthly_charges_score",
+            "monthly_charges_reference"
+        ]
     );
     assert_eq!(header.len(), 4 + 2 * 4 + 1);
+    assert_eq!(header[4], "monthly_charges_driver_1");
     // Every one of partner-b's 322 test customers, including the one whose
     // monthly_charges is N/A (dropped for training and evaluation, not for scoring).
     assert_eq!(rows.len(), 322, "{} rows", rows.len());
@@ -131,9 +137,9 @@ fn a_linear_model_gives_profiles_whose_contributions_add_up_to_the_prediction() 
     for r in &rows {
         assert!(ids.insert(r[0].clone()), "user {} twice", r[0]);
         let prediction: f64 = r[1].parse().unwrap();
-        let intercept: f64 = r[3].parse().unwrap();
+        let reference: f64 = r[3].parse().unwrap();
         assert!((10.0..150.0).contains(&prediction), "{r:?}");
-        fedprofile_e2e::assert_contributions_add_up(r.as_slice(), prediction - intercept);
+        fedprofile_e2e::assert_contributions_add_up(r.as_slice(), prediction - reference);
     }
     // `score` writes the same predictions.
     let scores = run.sandbox.path("value-scores.csv");
@@ -231,7 +237,7 @@ fn one_profile_holds_churn_probability_predicted_value_and_segment_per_user() {
             "user_id",
             "churn_probability",
             "churn_logit",
-            "churn_intercept"
+            "churn_reference"
         ]
     );
     assert_eq!(&header[header.len() - 2..], ["segment", "segment_distance"]);
@@ -255,20 +261,20 @@ fn one_profile_holds_churn_probability_predicted_value_and_segment_per_user() {
                 "monthly_charges_other_contribution",
             ),
         ] {
-            let intercept_col = score
-                .replace("logit", "intercept")
-                .replace("score", "intercept");
+            let reference_col = score
+                .replace("logit", "reference")
+                .replace("score", "reference");
             let score_v: f64 = r[at(score)].parse().unwrap();
-            let intercept: f64 = r[at(&intercept_col)].parse().unwrap();
+            let reference: f64 = r[at(&reference_col)].parse().unwrap();
             let sum: f64 = (at(first)..at(other))
                 .step_by(2)
                 .map(|i| r[i].parse::<f64>().unwrap())
                 .sum::<f64>()
                 + r[at(other)].parse::<f64>().unwrap();
             assert!(
-                (sum - (score_v - intercept)).abs() < 1e-4,
-                "{score}: contributions {sum} vs score - intercept {}",
-                score_v - intercept
+                (sum - (score_v - reference)).abs() < 1e-4,
+                "{score}: contributions {sum} vs score - reference {}",
+                score_v - reference
             );
         }
         let predicted: f64 = r[at("monthly_charges_predicted")].parse().unwrap();

@@ -359,7 +359,7 @@ async fn serve_with_stats(
         match session.next(Duration::from_secs(120)).await {
             Incoming::Task(task) => {
                 let reply = match task.body {
-                    TaskBody::Stats => ClientReply::Result {
+                    TaskBody::Stats { .. } => ClientReply::Result {
                         task_id: task.task_id.clone(),
                         body: ResultBody::Stats(stats.clone()),
                     },

@@ -175,7 +175,7 @@ fn treeshap_contributions_add_up_for_every_test_user_and_profile_reads_the_model
     let header = lines.next().unwrap();
     assert_eq!(
         header,
-        "user_id,churn_probability,logit,intercept,feature_1,contribution_1,feature_2,contribution_2,feature_3,contribution_3,other_contribution"
+        "user_id,churn_probability,churn_logit,churn_reference,churn_driver_1,churn_contribution_1,churn_driver_2,churn_contribution_2,churn_driver_3,churn_contribution_3,churn_other_contribution"
     );
     // The written drivers explain the written logit (6 decimals each).
     let mut users = 0;

@@ -12,7 +12,6 @@ use std::path::Path;
 use fedprofile_e2e::output_text as text;
 use fedprofile_e2e::{PARTNERS, Sandbox, http_get, telco_run};
 
-
 /// A Telco run of `rounds` rounds at `learning_rate`, with `update` appended.
 fn run_file(rounds: u32, learning_rate: f64, update: &str) -> String {
     telco_run(rounds, 4, 4, 30.0).replace(

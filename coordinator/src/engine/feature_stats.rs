@@ -41,7 +41,43 @@ pub(super) fn global_feature_spec(template: &FeatureSpec, reports: &[StatsReport
             other => other.clone(),
         })
         .collect();
-    FeatureSpec { columns }
+    let mut spec = FeatureSpec::new(columns);
+    spec.reference = reference_row(&spec, reports);
+    spec
+}
+
+/// The federation's mean encoded row: 0 for a numeric entry (its federated
+/// mean, standardised), the pooled share of training rows for each 0/1 entry;
+/// `None` unless every partner sent the counts of every 0/1 column (runs
+/// under DP do not ask for them) with the column's width.
+fn reference_row(spec: &FeatureSpec, reports: &[StatsReport]) -> Option<Vec<f64>> {
+    let rows: u64 = reports.iter().map(|r| r.train_examples).sum();
+    if reports.is_empty() || rows == 0 {
+        return None;
+    }
+    let mut reference = Vec::with_capacity(spec.dim());
+    for column in &spec.columns {
+        if let FeatureColumn::Numeric { .. } = column {
+            reference.push(0.0);
+            continue;
+        }
+        let mut pooled = vec![0u64; column.width()];
+        for report in reports {
+            let counts = &report
+                .binary
+                .iter()
+                .find(|b| b.column == column.name())?
+                .counts;
+            if counts.len() != pooled.len() {
+                return None;
+            }
+            for (p, c) in pooled.iter_mut().zip(counts) {
+                *p = p.saturating_add(*c);
+            }
+        }
+        reference.extend(pooled.iter().map(|c| *c as f64 / rows as f64));
+    }
+    Some(reference)
 }
 
 /// Partners whose statistics are absurd next to everyone else's (index into
@@ -100,4 +136,65 @@ pub(super) fn stats_outliers(names: &[String], reports: &[StatsReport]) -> Vec<(
     }
     out.sort_by_key(|(i, _)| *i);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedprofile_protocol::messages::{BinaryStats, ColumnStats, LabelKindMsg};
+
+    fn template() -> FeatureSpec {
+        FeatureSpec::new(vec![
+            FeatureColumn::Numeric {
+                name: "age".into(),
+                mean: 0.0,
+                std: 1.0,
+            },
+            FeatureColumn::Categorical {
+                name: "plan".into(),
+                vocabulary: vec!["basic".into(), "gold".into()],
+            },
+        ])
+    }
+
+    fn report(rows: u64, plan: Option<Vec<u64>>) -> StatsReport {
+        StatsReport {
+            template: template(),
+            numeric: vec![ColumnStats {
+                column: "age".into(),
+                count: rows,
+                sum: 40.0 * rows as f64,
+                sum_sq: 1700.0 * rows as f64,
+            }],
+            train_examples: rows,
+            label_column: String::new(),
+            label_positive: String::new(),
+            label_kind: LabelKindMsg::None,
+            label_classes: Vec::new(),
+            binary: plan
+                .map(|counts| {
+                    vec![BinaryStats {
+                        column: "plan".into(),
+                        counts,
+                    }]
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn the_reference_row_pools_the_partners_shares() {
+        let reports = [
+            report(30, Some(vec![27, 3, 0])),
+            report(10, Some(vec![5, 4, 1])),
+        ];
+        let spec = global_feature_spec(&template(), &reports);
+        assert_eq!(spec.reference, Some(vec![0.0, 0.8, 0.175, 0.025]));
+        // A partner without counts (a run under DP asks for none): no row.
+        let reports = [report(30, Some(vec![27, 3, 0])), report(10, None)];
+        assert_eq!(global_feature_spec(&template(), &reports).reference, None);
+        // Counts of the wrong width are not pooled either.
+        let reports = [report(30, Some(vec![27, 3]))];
+        assert_eq!(global_feature_spec(&template(), &reports).reference, None);
+    }
 }

@@ -189,6 +189,14 @@ pub struct RoundRefusal {
 }
 
 impl RoundRecord {
+    /// The mean training loss, when the clients released one: `None` when it
+    /// is 0, which is what clients under record-level DP send (their loss is
+    /// computed from raw rows without noise) and statistics families that
+    /// release none record.
+    pub fn released_train_loss(&self) -> Option<f64> {
+        (self.train_loss > 0.0).then_some(self.train_loss)
+    }
+
     /// Coordination overhead of the training phase: wall time not spent in the
     /// slowest client's local training.
     pub fn overhead_ms(&self) -> f64 {
@@ -440,6 +448,8 @@ pub struct RunOutcome {
     pub classes: Vec<String>,
     /// Training examples each client reported in the statistics phase.
     pub reported_examples: BTreeMap<String, u64>,
+    /// The run's privacy mode and the ε (δ) it spent, for the model's provenance.
+    pub privacy: Option<fedprofile_learning::PrivacyProvenance>,
 }
 
 /// The states of a run.
@@ -682,7 +692,22 @@ impl Run {
             );
         }
         let released = self.released();
+        let privacy = Some(fedprofile_learning::PrivacyProvenance {
+            mode: match self.config.privacy {
+                PrivacyMode::None => "none",
+                PrivacyMode::Record(_) => "record",
+                PrivacyMode::Client(_) => "client",
+            }
+            .into(),
+            epsilon: self.rounds.iter().rev().find_map(|r| r.epsilon),
+            delta: match self.config.privacy {
+                PrivacyMode::None => None,
+                PrivacyMode::Record(r) => Some(r.delta),
+                PrivacyMode::Client(c) => Some(c.delta),
+            },
+        });
         let outcome = RunOutcome {
+            privacy,
             run_id: self.run_id,
             completed: failure.is_none(),
             cancelled,

@@ -11,7 +11,12 @@ impl Run {
     /// Statistics: build the global feature spec from counts and sums.
     pub(super) async fn statistics(&mut self, attempt: u32) -> State {
         let clients = self.hub.connected();
-        let tasks = self.send_tasks(0, attempt, 0, &clients, |_| TaskBody::Stats);
+        // The 0/1 counts behind profiles' reference row are not noised:
+        // asked only in runs without differential privacy.
+        let binary_counts = matches!(self.config.privacy, PrivacyMode::None);
+        let tasks = self.send_tasks(0, attempt, 0, &clients, |_| TaskBody::Stats {
+            binary_counts,
+        });
         let mut collector = Collector::new(0, attempt, TaskKind::Stats, tasks, None);
         let gathered = self.collect(&mut collector).await;
 

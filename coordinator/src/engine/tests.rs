@@ -121,6 +121,7 @@ fn row_stats(x: &ndarray::Array2<f64>, label_column: &str, kind: LabelKindMsg) -
         label_positive: String::new(),
         label_kind: kind,
         label_classes: Vec::new(),
+        binary: Vec::new(),
     }
 }
 
@@ -168,6 +169,7 @@ fn x_column(mean: f64, std: f64) -> FeatureColumn {
 
 fn template() -> FeatureSpec {
     FeatureSpec {
+        reference: None,
         columns: vec![
             x_column(0.0, 1.0),
             FeatureColumn::Boolean { name: "b".into() },
@@ -229,12 +231,12 @@ async fn play_recording(
             _ => (4.0, 10.0),
         };
         if let Behaviour::StatsMean(_) = behaviour
-            && !matches!(task.body, TaskBody::Stats)
+            && !matches!(task.body, TaskBody::Stats { .. })
         {
             behaviour = honest(1.0);
         }
         let body = match (&task.body, behaviour) {
-            (TaskBody::Stats, _) => ResultBody::Stats(StatsReport {
+            (TaskBody::Stats { .. }, _) => ResultBody::Stats(StatsReport {
                 template: template(),
                 numeric: vec![ColumnStats {
                     column: "x".into(),
@@ -247,6 +249,7 @@ async fn play_recording(
                 label_positive: "yes".into(),
                 label_kind: fedprofile_protocol::messages::LabelKindMsg::Binary,
                 label_classes: Vec::new(),
+                binary: Vec::new(),
             }),
             (TaskBody::Train(_), Behaviour::SilentInTraining) => continue,
             (TaskBody::Train(_), Behaviour::Refuses { .. } | Behaviour::StatsMean(_)) => continue,
@@ -399,7 +402,7 @@ async fn play_kmeans(
             AnyModel::from_parts(ModelFamily::KMeans, m.params.clone(), m.outputs).unwrap()
         };
         let body = match &task.body {
-            TaskBody::Stats => ResultBody::Stats(row_stats(x, "", LabelKindMsg::None)),
+            TaskBody::Stats { .. } => ResultBody::Stats(row_stats(x, "", LabelKindMsg::None)),
             TaskBody::Train(_) if liar.as_deref() == Some(client.as_str()) => {
                 ResultBody::Train(train_report(Array1::zeros(4), 3))
             }
@@ -916,7 +919,7 @@ async fn play_toy(
             AnyModel::from_parts(ModelFamily::Toy, m.params.clone(), m.outputs).unwrap()
         };
         let body = match &task.body {
-            TaskBody::Stats => ResultBody::Stats(row_stats(x, "y", LabelKindMsg::Numeric)),
+            TaskBody::Stats { .. } => ResultBody::Stats(row_stats(x, "y", LabelKindMsg::Numeric)),
             TaskBody::Train(t) => {
                 let how = GradientTraining::Plain(
                     TrainParams {
@@ -1015,7 +1018,7 @@ async fn play_update(
 ) {
     while let Some((client, task)) = next_task(&mut outbox).await {
         let body = match &task.body {
-            TaskBody::Stats => ResultBody::Stats(StatsReport {
+            TaskBody::Stats { .. } => ResultBody::Stats(StatsReport {
                 template: template(),
                 numeric: vec![ColumnStats {
                     column: "x".into(),
@@ -1028,6 +1031,7 @@ async fn play_update(
                 label_positive: "yes".into(),
                 label_kind: LabelKindMsg::Binary,
                 label_classes: Vec::new(),
+                binary: Vec::new(),
             }),
             TaskBody::Train(_) => ResultBody::Train(train_report(Array1::from_elem(3, 1.0), 1)),
             TaskBody::Eval(model) => {
@@ -1075,6 +1079,7 @@ fn champion_file(dir: &std::path::Path, w: f64) -> std::path::PathBuf {
             clients: vec!["a".into()],
             created_at: "t0".into(),
             metrics: None,
+            privacy: None,
         },
     )
     .unwrap();
@@ -1086,6 +1091,7 @@ fn champion_file(dir: &std::path::Path, w: f64) -> std::path::PathBuf {
 /// The template as the statistics of [`play_update`] standardise it.
 fn global_feature_spec_for_tests() -> FeatureSpec {
     FeatureSpec {
+        reference: None,
         columns: vec![
             x_column(2.0, 1.0),
             FeatureColumn::Boolean { name: "b".into() },

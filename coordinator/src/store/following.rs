@@ -136,7 +136,10 @@ mod tests {
             super::super::migrate(&mut conn, &super::super::MIGRATIONS[..4]).unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), super::super::SCHEMA_VERSION);
+        assert_eq!(
+            store.schema_version().unwrap(),
+            super::super::SCHEMA_VERSION
+        );
         assert!(store.partners_holding("churn", 1).unwrap().is_empty());
     }
 }

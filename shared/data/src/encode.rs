@@ -177,6 +177,7 @@ mod tests {
 
     fn spec() -> FeatureSpec {
         FeatureSpec {
+            reference: None,
             columns: vec![
                 FeatureColumn::Numeric {
                     name: "n".into(),
@@ -240,6 +241,7 @@ mod tests {
     fn unknown_column_and_kind_mismatch_are_named() {
         let d = dataset();
         let spec = FeatureSpec {
+            reference: None,
             columns: vec![FeatureColumn::Boolean {
                 name: "nope".into(),
             }],
@@ -249,6 +251,7 @@ mod tests {
             "feature spec: column 'nope' is not a feature column of the schema"
         );
         let spec = FeatureSpec {
+            reference: None,
             columns: vec![FeatureColumn::Boolean { name: "n".into() }],
         };
         assert_eq!(
@@ -256,6 +259,7 @@ mod tests {
             "feature spec: column 'n' is numeric in the schema, not boolean"
         );
         let spec = FeatureSpec {
+            reference: None,
             columns: vec![FeatureColumn::Numeric {
                 name: "n".into(),
                 mean: f64::NAN,
@@ -273,6 +277,7 @@ mod tests {
         let d = dataset();
         assert_eq!(d.encode(&FeatureSpec::default()).unwrap().dim(), (4, 0));
         let spec = FeatureSpec {
+            reference: None,
             columns: vec![FeatureColumn::Boolean { name: "f".into() }],
         };
         assert_eq!(d.encode(&spec).unwrap().dim(), (4, 1));

@@ -69,12 +69,14 @@ pub enum DataError {
     },
 
     /// A column declared in the schema is not in the file's header.
-    #[error("{file}: missing header column '{column}'")]
+    #[error("{file}: missing header column '{column}'{}", near_hint(.near.as_deref()))]
     MissingColumn {
         /// The data file.
         file: String,
         /// The schema column that is missing.
         column: String,
+        /// A header name that nearly matches ([`near_match`]), for the hint.
+        near: Option<String>,
     },
 
     /// The header names the same column twice.
@@ -153,15 +155,86 @@ impl DataError {
     }
 }
 
+/// The hint after a missing header column: the header's near match, if any.
+fn near_hint(near: Option<&str>) -> String {
+    near.map(|n| format!(" (line 1); the header has '{n}' — column names are matched exactly"))
+        .unwrap_or_default()
+}
+
+/// The header name that nearly matches `wanted`, for a "missing header column"
+/// hint: the same name up to case and surrounding whitespace, or else (for
+/// names of 4 characters or more) the closest within edit distance 2 of the
+/// lower-cased, trimmed names. `None` when nothing is that close.
+pub fn near_match<'a>(wanted: &str, header: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let fold = |s: &str| s.trim().to_lowercase();
+    let want = fold(wanted);
+    let mut best: Option<(usize, &str)> = None;
+    for name in header {
+        let d = edit_distance(&want, &fold(name));
+        if d == 0 {
+            return Some(name.to_string());
+        }
+        if d <= 2 && want.chars().count() >= 4 && best.is_none_or(|(b, _)| d < b) {
+            best = Some((d, name));
+        }
+    }
+    best.map(|(_, n)| n.to_string())
+}
+
+/// Levenshtein distance between `a` and `b`, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_header_column_hints_its_near_match() {
+        let header = ["EmployeeID", " Attrition ", "Age", "MonthlyIncome"];
+        assert_eq!(
+            near_match("attrition", header).as_deref(),
+            Some(" Attrition ")
+        );
+        assert_eq!(
+            near_match("monthly_income", header).as_deref(),
+            Some("MonthlyIncome")
+        );
+        assert_eq!(near_match("tenure", header), None);
+        // Short names need the same spelling up to case.
+        assert_eq!(near_match("ag", header), None);
+        assert_eq!(near_match("AGE", header).as_deref(), Some("Age"));
+        let e = DataError::MissingColumn {
+            file: "hr.csv".into(),
+            column: "attrition".into(),
+            near: near_match("attrition", ["Attrition"]),
+        };
+        assert_eq!(
+            e.to_string(),
+            "hr.csv: missing header column 'attrition' (line 1); the header has 'Attrition' — column names are matched exactly"
+        );
+    }
 
     #[test]
     fn messages_are_lowercase_and_name_the_place() {
         let e = DataError::MissingColumn {
             file: "data/train/accounts.csv".into(),
             column: "tenure".into(),
+            near: None,
         };
         assert_eq!(
             e.to_string(),

@@ -336,6 +336,7 @@ pub fn profile_source(
         .ok_or_else(|| DataError::MissingColumn {
             file: file.to_owned(),
             column: key.to_owned(),
+            near: crate::error::near_match(key, names.iter().map(String::as_str)),
         })?;
     let mut columns: Vec<(usize, ColumnProfile)> = names
         .iter()
@@ -1761,6 +1762,22 @@ mod tests {
         let draft = infer_schema(&[p], &[Path::new("a.csv")], &options()).unwrap();
         assert_eq!(draft.sources[0].def.keep_newest_by, None);
         assert_eq!(draft.sources[0].def.path, "a.csv");
+    }
+
+    #[test]
+    fn a_key_missing_from_the_header_hints_its_near_match() {
+        let e = profile_source(
+            "a",
+            "a.csv",
+            "CustomerID,plan\nu1,a\n".as_bytes(),
+            "customer_id",
+            3,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a.csv: missing header column 'customer_id' (line 1); the header has 'CustomerID' — column names are matched exactly"
+        );
     }
 
     #[test]

@@ -395,6 +395,10 @@ pub(crate) fn read_source(
                 return Err(DataError::MissingColumn {
                     file: file.to_owned(),
                     column: c.name.clone(),
+                    near: crate::error::near_match(
+                        &c.name,
+                        header_names.iter().map(String::as_str),
+                    ),
                 });
             }
         }

@@ -303,7 +303,7 @@ impl Schema {
                 | ColumnKind::Ignore => None,
             })
             .collect();
-        FeatureSpec { columns }
+        FeatureSpec::new(columns)
     }
 
     /// The same schema with its label, target or class column read as `ignore`:

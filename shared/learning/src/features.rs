@@ -11,6 +11,12 @@
 //! - `Categorical`: one-hot over `vocabulary`, followed by one extra "unseen" slot
 //!   that is set for any value outside the vocabulary (and for a missing value
 //!   imputed as unknown).
+//!
+//! `reference` (optional, absent in model files written before it existed and
+//! in runs under differential privacy) is the federation's mean encoded row
+//! from the statistics phase: 0 for a numeric entry (the federated mean, once
+//! standardised) and the federation's share of users in each 0/1 entry (a
+//! boolean, a one-hot slot). `profile` measures contributions against it.
 
 use serde::{Deserialize, Serialize};
 
@@ -79,9 +85,34 @@ impl FeatureColumn {
 pub struct FeatureSpec {
     /// Columns in encoding order.
     pub columns: Vec<FeatureColumn>,
+    /// The federation's mean encoded row (`dim()` long), when the statistics
+    /// phase pooled the partners' 0/1 counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Vec<f64>>,
 }
 
 impl FeatureSpec {
+    /// A spec of these columns, without a reference row.
+    pub fn new(columns: Vec<FeatureColumn>) -> FeatureSpec {
+        FeatureSpec {
+            columns,
+            reference: None,
+        }
+    }
+
+    /// The encoded entries each column takes, as index ranges, in order.
+    pub fn column_ranges(&self) -> Vec<std::ops::Range<usize>> {
+        let mut start = 0;
+        self.columns
+            .iter()
+            .map(|c| {
+                let range = start..start + c.width();
+                start = range.end;
+                range
+            })
+            .collect()
+    }
+
     /// Length of the encoded feature vector (without the intercept).
     pub fn dim(&self) -> usize {
         self.columns.iter().map(FeatureColumn::width).sum()
@@ -116,6 +147,7 @@ mod tests {
     #[test]
     fn dim_counts_unseen_slot() {
         let spec = FeatureSpec {
+            reference: None,
             columns: vec![
                 FeatureColumn::Numeric {
                     name: "tenure".into(),

@@ -81,7 +81,8 @@ pub use model_file::{
 };
 pub use model_file_v2::{
     Centroid, ClassCoefficients, KMeansFile, KMeansMetrics, LinearRegressionFile, ModelFileV2,
-    NamedValue, RunProvenance, SoftmaxRegressionFile, TargetColumn, VersionedModelFile,
+    NamedValue, PrivacyProvenance, RunProvenance, SoftmaxRegressionFile, TargetColumn,
+    VersionedModelFile,
 };
 pub use multiclass_metrics::{ClassMetrics, MulticlassMetrics, MulticlassSummary};
 pub use objective::{LogLoss, Objective};

@@ -70,6 +70,10 @@ pub struct Provenance {
     pub created_at: String,
     /// Federated evaluation of the final model, if one was run.
     pub metrics: Option<Metrics>,
+    /// The privacy mode and the ε (δ) spent; absent in files written before
+    /// it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<crate::model_file_v2::PrivacyProvenance>,
 }
 
 /// The global model file, version 1.
@@ -234,6 +238,18 @@ pub(crate) fn check_feature_stats(features: &FeatureSpec) -> Result<(), ModelFil
                     value: *std,
                 });
             }
+        }
+    }
+    if let Some(reference) = &features.reference {
+        if reference.len() != features.dim() {
+            return Err(ModelFileProblem::Layout(format!(
+                "the feature reference row has {} entries for {} encoded features",
+                reference.len(),
+                features.dim()
+            )));
+        }
+        for (name, value) in features.entry_names().iter().zip(reference) {
+            finite(&format!("reference of feature '{name}'"), *value)?;
         }
     }
     Ok(())
@@ -419,6 +435,7 @@ impl VersionedModelFile {
                     clients: p.clients.clone(),
                     created_at: p.created_at.clone(),
                     metrics: p.metrics.map(ModelMetrics::Binary),
+                    privacy: p.privacy.clone(),
                 };
                 (
                     AnyModel::from_parts(
@@ -579,6 +596,7 @@ impl<M> RunProvenance<M> {
             clients: self.clients,
             created_at: self.created_at,
             metrics,
+            privacy: self.privacy,
         }
     }
 }
@@ -590,6 +608,7 @@ fn reshape<M, N>(p: RunProvenance<M>, f: impl FnOnce(M) -> N) -> RunProvenance<N
         clients: p.clients,
         created_at: p.created_at,
         metrics: p.metrics.map(f),
+        privacy: p.privacy,
     }
 }
 
@@ -629,6 +648,7 @@ impl ModelDocument {
                 clients: Vec::new(),
                 created_at: String::new(),
                 metrics: None,
+                privacy: None,
             },
         }
     }
@@ -750,6 +770,7 @@ impl ModelDocument {
                             clients: p.clients.clone(),
                             created_at: p.created_at.clone(),
                             metrics,
+                            privacy: p.privacy.clone(),
                         }
                     },
                 )?)
@@ -816,6 +837,7 @@ mod tests {
 
     fn spec() -> FeatureSpec {
         FeatureSpec {
+            reference: None,
             columns: vec![
                 FeatureColumn::Numeric {
                     name: "tenure".into(),
@@ -846,6 +868,7 @@ mod tests {
             rounds: 5,
             clients: vec!["bank".into(), "telco".into()],
             created_at: "2025-01-31T12:00:00Z".into(),
+            privacy: None,
             metrics: Some(Metrics {
                 examples: 100,
                 accuracy: 0.8,

@@ -54,6 +54,22 @@ pub struct TargetColumn {
     pub column: String,
 }
 
+/// The differential privacy a model was trained under, in its provenance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyProvenance {
+    /// `none`, `record` (record-level DP, DP-SGD on every partner) or `client`
+    /// (client-level DP, DP-FedAvg at the coordinator).
+    pub mode: String,
+    /// ε spent by the run (the largest any partner reported under record-level
+    /// DP, the coordinator's under client-level DP); `None` without DP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// The δ the ε is reported at; `None` without DP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<f64>,
+}
+
 /// Where a version 2 model came from, with the evaluation metrics `M` of its
 /// model type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +85,10 @@ pub struct RunProvenance<M> {
     pub created_at: String,
     /// Federated evaluation of the final model, if one was run.
     pub metrics: Option<M>,
+    /// The privacy mode and the ε (δ) spent; absent in files written before
+    /// it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacyProvenance>,
 }
 
 /// Pooled statistics of a k-means model on the clients' data.
@@ -758,6 +778,7 @@ mod tests {
 
     fn spec() -> FeatureSpec {
         FeatureSpec {
+            reference: None,
             columns: vec![
                 FeatureColumn::Numeric {
                     name: "tenure".into(),
@@ -771,6 +792,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn provenance_records_the_privacy_mode_and_old_files_without_it_load() {
+        let p: RunProvenance<KMeansMetrics> = provenance(None);
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(
+            json.contains(r#""privacy":{"mode":"record","epsilon":1.0,"delta":0.00001}"#),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<RunProvenance<KMeansMetrics>>(&json).unwrap(),
+            p
+        );
+        let old = r#"{"run_id":"r","rounds":1,"clients":[],"created_at":"t","metrics":null}"#;
+        let old: RunProvenance<KMeansMetrics> = serde_json::from_str(old).unwrap();
+        assert_eq!(old.privacy, None);
+    }
+
     fn provenance<M>(metrics: Option<M>) -> RunProvenance<M> {
         RunProvenance {
             run_id: "run-2".into(),
@@ -778,6 +816,11 @@ mod tests {
             clients: vec!["bank".into(), "telco".into()],
             created_at: "2025-02-01T08:00:00Z".into(),
             metrics,
+            privacy: Some(PrivacyProvenance {
+                mode: "record".into(),
+                epsilon: Some(1.0),
+                delta: Some(1e-5),
+            }),
         }
     }
 
@@ -915,6 +958,7 @@ mod tests {
                 clients: vec![],
                 created_at: "2025-01-31T12:00:00Z".into(),
                 metrics: None,
+                privacy: None,
             },
         )
         .unwrap();

@@ -12,7 +12,10 @@ use fedprofile_learning::{
 use ndarray::Array1;
 
 use crate::messages::{
-    ChampionAck, ChampionPush, ClientInfo, ClientReply, ColumnStats, DataFingerprint, HeldModel, LabelKindMsg, ModelSnapshot, ModelVersionInfo, PartnerHolding, RecordDpTask, RefusalKind, ResultBody, RunInfo, RunProgress, ServerEvent, StatsReport, Task, TaskBody, TrainReport, TrainTask, UpdateDecisionInfo,
+    BinaryStats, ChampionAck, ChampionPush, ClientInfo, ClientReply, ColumnStats, DataFingerprint,
+    HeldModel, LabelKindMsg, ModelSnapshot, ModelVersionInfo, PartnerHolding, RecordDpTask,
+    RefusalKind, ResultBody, RunInfo, RunProgress, ServerEvent, StatsReport, Task, TaskBody,
+    TrainReport, TrainTask, UpdateDecisionInfo,
 };
 use crate::pb;
 
@@ -258,7 +261,7 @@ impl TryFrom<pb::FeatureSpec> for FeatureSpec {
                 )
             })
             .collect::<Result<_, ConvertError>>()?;
-        Ok(FeatureSpec { columns })
+        Ok(FeatureSpec::new(columns))
     }
 }
 
@@ -297,7 +300,9 @@ impl TryFrom<pb::Model> for ModelSnapshot {
 impl From<&Task> for pb::Task {
     fn from(t: &Task) -> Self {
         let body = match &t.body {
-            TaskBody::Stats => pb::task::Body::Stats(pb::StatsTask {}),
+            TaskBody::Stats { binary_counts } => pb::task::Body::Stats(pb::StatsTask {
+                binary_counts: *binary_counts,
+            }),
             TaskBody::Train(tt) => pb::task::Body::Train(pb::TrainTask {
                 model: Some((&tt.model).into()),
                 local_epochs: tt.local_epochs,
@@ -330,7 +335,9 @@ impl TryFrom<pb::Task> for Task {
     type Error = ConvertError;
     fn try_from(t: pb::Task) -> Result<Self, ConvertError> {
         let body = match t.body.ok_or(ConvertError::Missing("Task.body"))? {
-            pb::task::Body::Stats(_) => TaskBody::Stats,
+            pb::task::Body::Stats(s) => TaskBody::Stats {
+                binary_counts: s.binary_counts,
+            },
             pb::task::Body::Train(tt) => TaskBody::Train(TrainTask {
                 model: tt
                     .model
@@ -513,6 +520,14 @@ impl From<&ClientReply> for pb::ClientMessage {
                         label_positive: s.label_positive.clone(),
                         label_kind: s.label_kind.as_str().to_string(),
                         label_classes: s.label_classes.clone(),
+                        binary: s
+                            .binary
+                            .iter()
+                            .map(|b| pb::BinaryStats {
+                                column: b.column.clone(),
+                                counts: b.counts.clone(),
+                            })
+                            .collect(),
                     }),
                     ResultBody::Train(t) => pb::task_result::Body::Train(pb::TrainResult {
                         delta: t.statistics.is_none().then(|| tensor_from_array(&t.delta)),
@@ -640,6 +655,14 @@ impl TryFrom<pb::TaskResult> for ClientReply {
                     }
                 },
                 label_classes: s.label_classes,
+                binary: s
+                    .binary
+                    .into_iter()
+                    .map(|b| BinaryStats {
+                        column: b.column,
+                        counts: b.counts,
+                    })
+                    .collect(),
                 label_column: s.label_column,
                 label_positive: s.label_positive,
             }),
@@ -852,6 +875,7 @@ mod tests {
     #[test]
     fn task_round_trip() {
         let spec = FeatureSpec {
+            reference: None,
             columns: vec![
                 FeatureColumn::Numeric {
                     name: "tenure".into(),
@@ -964,13 +988,17 @@ mod tests {
                 })),
             }),
             ResultBody::Stats(StatsReport {
-                template: FeatureSpec { columns: vec![] },
+                template: FeatureSpec::new(vec![]),
                 numeric: vec![],
                 train_examples: 9,
                 label_column: "contract".into(),
                 label_positive: String::new(),
                 label_kind: LabelKindMsg::Classes,
                 label_classes: vec!["a".into(), "b".into()],
+                binary: vec![BinaryStats {
+                    column: "contract".into(),
+                    counts: vec![4, 5, 0],
+                }],
             }),
         ];
         for body in bodies {

@@ -60,7 +60,11 @@ pub struct RecordDpTask {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskBody {
     /// Report the feature template and per-column counts and sums.
-    Stats,
+    Stats {
+        /// Also the per-entry counts of the 0/1 columns ([`BinaryStats`]),
+        /// asked only in runs without differential privacy.
+        binary_counts: bool,
+    },
     /// Train locally from the global model and send the update.
     Train(TrainTask),
     /// Evaluate the global model on the local test split.
@@ -71,7 +75,7 @@ impl TaskBody {
     /// Short name of the task kind, for logs and reasons.
     pub fn kind(&self) -> TaskKind {
         match self {
-            TaskBody::Stats => TaskKind::Stats,
+            TaskBody::Stats { .. } => TaskKind::Stats,
             TaskBody::Train(_) => TaskKind::Train,
             TaskBody::Eval(_) => TaskKind::Eval,
         }
@@ -125,6 +129,17 @@ pub struct ColumnStats {
     pub sum_sq: f64,
 }
 
+/// How many training rows of a client set each encoded 0/1 entry of one
+/// boolean or categorical column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BinaryStats {
+    /// Column name.
+    pub column: String,
+    /// One count per encoded entry of the column (a boolean: its true count;
+    /// a categorical column: per vocabulary value, then the unseen slot).
+    pub counts: Vec<u64>,
+}
+
 /// Answer to a statistics task.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatsReport {
@@ -142,6 +157,8 @@ pub struct StatsReport {
     pub label_kind: LabelKindMsg,
     /// Class names of a multi-class label, in the schema's order.
     pub label_classes: Vec<String>,
+    /// Per 0/1 column, the entries' counts (empty unless the task asked).
+    pub binary: Vec<BinaryStats>,
 }
 
 /// What a client's label column holds, as it reports it.

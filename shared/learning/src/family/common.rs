@@ -77,35 +77,49 @@ macro_rules! supervised_evaluation {
 pub(super) use supervised_evaluation;
 
 /// `profile_rows` of a single-output regression: per row, the columns
-/// `$prediction` (the model's prediction) and `$score` (what the intercept
-/// and the per-feature contributions add up to), the latter being the score.
+/// `$prediction` (the model's prediction) and `$score` (the score the
+/// reference score and the per-feature contributions add up to), the latter
+/// being the score.
 macro_rules! single_output_profile {
     ($prediction:ident, $score:ident) => {
         fn profile_rows(
             &self,
             doc: &ModelDocument,
             x: ArrayView2<f64>,
+            reference: ArrayView1<f64>,
         ) -> Result<Vec<ProfileRow>, LearningError> {
             let m = model(doc.model())?;
             let predictions = m.$prediction(x)?;
             let scores = m.$score(x)?;
+            let at_reference = m.contributions(reference)?;
             predictions
                 .iter()
                 .zip(&scores)
                 .enumerate()
                 .map(|(row, (p, z))| {
-                    Ok(ProfileRow {
-                        columns: vec![format!("{p:.6}"), format!("{z:.6}")],
-                        score: *z,
-                        intercept: m.intercept(),
-                        contributions: m.contributions(x.row(row))?,
-                    })
+                    Ok(ProfileRow::linear(
+                        vec![format!("{p:.6}"), format!("{z:.6}")],
+                        *z,
+                        m.intercept(),
+                        m.contributions(x.row(row))?,
+                        &at_reference,
+                    ))
                 })
                 .collect()
         }
     };
 }
 pub(super) use single_output_profile;
+
+/// A `profile` column of the model of `target`: `<target>_<name>`, or `name`
+/// for a model without a target column.
+pub(super) fn target_column(target: &str, name: &str) -> String {
+    if target.is_empty() {
+        name.to_string()
+    } else {
+        format!("{target}_{name}")
+    }
+}
 
 /// A `score` table of one column `name`: each value with `decimals` decimals.
 pub(super) fn one_column(name: &str, values: &Array1<f64>, decimals: usize) -> ScoreTable {

@@ -7,6 +7,7 @@ use ndarray::{Array1, ArrayView1, ArrayView2};
 
 use super::common::{
     family_kind, one_column, single_output_params, single_output_profile, supervised_evaluation,
+    target_column,
 };
 use super::{
     AnyModel, Evaluation, Family, LabelNeed, ModelFamily, ProfileRow, ScoreTable, Training, labels,
@@ -47,9 +48,10 @@ impl Family for Linear {
     }
 
     fn profile_header(&self, doc: &ModelDocument) -> Option<Vec<String>> {
+        let target = doc.target_column();
         Some(vec![
-            format!("{}_predicted", doc.target_column()),
-            "score".into(),
+            target_column(target, "predicted"),
+            target_column(target, "score"),
         ])
     }
 

@@ -7,6 +7,7 @@ use ndarray::{Array1, ArrayView1, ArrayView2};
 
 use super::common::{
     family_kind, one_column, single_output_params, single_output_profile, supervised_evaluation,
+    target_column,
 };
 use super::{
     AnyModel, Evaluation, Family, LabelNeed, ModelFamily, ProfileRow, ScoreTable, Training, labels,
@@ -54,7 +55,7 @@ impl Family for Logistic {
         } else {
             format!("{target}_probability")
         };
-        Some(vec![name, "logit".into()])
+        Some(vec![name, target_column(target, "logit")])
     }
 
     single_output_profile!(predict_proba, logits);

@@ -265,18 +265,40 @@ pub struct ScoreTable {
     pub rows: Vec<Vec<String>>,
 }
 
-/// One user's `profile` prediction columns and the linear score the
-/// contributions explain.
+/// One user's `profile` prediction columns and the score the contributions
+/// explain, measured from a reference score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProfileRow {
     /// The prediction columns (formatted).
     pub columns: Vec<String>,
     /// The score the contributions explain.
     pub score: f64,
-    /// The intercept of that score.
-    pub intercept: f64,
-    /// Per-feature contributions; they add up to `score - intercept`.
+    /// The score of the reference: a linear family's score of the reference
+    /// row (`intercept + Σ w_j·ref_j`), the trees' expected value (TreeSHAP's
+    /// base value).
+    pub reference: f64,
+    /// Per-entry contributions (`w_j·(x_j − ref_j)` for a linear family); they
+    /// add up to `score - reference`.
     pub contributions: Array1<f64>,
+}
+
+impl ProfileRow {
+    /// A linear score's row: `at_row` holds the per-entry terms `w_j·x_j` of
+    /// the user, `at_reference` the terms `w_j·ref_j` of the reference row.
+    pub(crate) fn linear(
+        columns: Vec<String>,
+        score: f64,
+        intercept: f64,
+        at_row: Array1<f64>,
+        at_reference: &Array1<f64>,
+    ) -> ProfileRow {
+        ProfileRow {
+            columns,
+            score,
+            reference: intercept + at_reference.sum(),
+            contributions: at_row - at_reference,
+        }
+    }
 }
 
 /// Everything that differs between model families (see the module doc).
@@ -472,14 +494,24 @@ pub trait Family: Sync {
     fn profile_header(&self, model: &ModelDocument) -> Option<Vec<String>>;
 
     /// The `profile` prediction of each row of `x` (families with a
-    /// [`Family::profile_header`]).
+    /// [`Family::profile_header`]); a linear family measures contributions
+    /// against the encoded row `reference` (the trees against their expected
+    /// value, which needs none).
     fn profile_rows(
         &self,
         model: &ModelDocument,
         x: ArrayView2<f64>,
+        reference: ArrayView1<f64>,
     ) -> Result<Vec<ProfileRow>, LearningError> {
-        let _ = (model, x);
+        let _ = (model, x, reference);
         Err(not_for(self.family(), "profile predictions"))
+    }
+
+    /// Whether [`Family::profile_rows`] measures contributions against its
+    /// `reference` row (a linear family) rather than against a base value of
+    /// its own (the trees' expected value).
+    fn profile_uses_reference(&self) -> bool {
+        true
     }
 
     /// The segment and squared distance of each row, for a segmentation family

@@ -89,7 +89,7 @@ impl Family for Softmax {
                 .iter()
                 .map(|c| format!("{target}_probability_{}", c.replace(' ', "_"))),
         );
-        header.push("score".into());
+        header.push(super::common::target_column(target, "score"));
         Some(header)
     }
 
@@ -97,8 +97,9 @@ impl Family for Softmax {
         &self,
         doc: &ModelDocument,
         x: ArrayView2<f64>,
+        reference: ArrayView1<f64>,
     ) -> Result<Vec<ProfileRow>, LearningError> {
-        class_profile(doc, &model(doc.model())?, x)
+        class_profile(doc, &model(doc.model())?, x, reference)
     }
 }
 
@@ -113,11 +114,12 @@ fn predicted(doc: &ModelDocument, probs: &Array2<f64>, row: usize, class: usize)
 
 /// The profile rows of `m` on `x`: the predicted class and its probability,
 /// every class's probability, and the predicted class's logit with its
-/// per-feature contributions.
+/// per-feature contributions against the encoded row `reference`.
 fn class_profile(
     doc: &ModelDocument,
     m: &SoftmaxRegression,
     x: ArrayView2<f64>,
+    reference: ArrayView1<f64>,
 ) -> Result<Vec<ProfileRow>, LearningError> {
     let probs = m.predict_proba(x)?;
     let logits = m.logits(x)?;
@@ -129,12 +131,13 @@ fn class_profile(
             columns.extend(probs.row(row).iter().map(|p| format!("{p:.6}")));
             let score = logits[[row, class]];
             columns.push(format!("{score:.6}"));
-            Ok(ProfileRow {
+            Ok(ProfileRow::linear(
                 columns,
                 score,
-                intercept: m.intercepts()[class],
-                contributions: m.contributions(x.row(row), class)?,
-            })
+                m.intercepts()[class],
+                m.contributions(x.row(row), class)?,
+                &m.contributions(reference, class)?,
+            ))
         })
         .collect()
 }

@@ -318,15 +318,20 @@ impl Family for Trees {
         let loss = model(doc.model()).map_or(TreeLoss::Logistic, |m| m.loss());
         Some(match loss {
             TreeLoss::Logistic if target.is_empty() => vec!["score".into(), "logit".into()],
-            TreeLoss::Logistic => vec![format!("{target}_probability"), "logit".into()],
-            TreeLoss::Squared => vec![format!("{target}_predicted"), "score".into()],
+            TreeLoss::Logistic => vec![format!("{target}_probability"), format!("{target}_logit")],
+            TreeLoss::Squared => vec![format!("{target}_predicted"), format!("{target}_score")],
         })
+    }
+
+    fn profile_uses_reference(&self) -> bool {
+        false
     }
 
     fn profile_rows(
         &self,
         doc: &ModelDocument,
         x: ArrayView2<f64>,
+        _reference: ArrayView1<f64>,
     ) -> Result<Vec<ProfileRow>, LearningError> {
         let m = model(doc.model())?;
         let predictions = m.predict(x)?;
@@ -340,7 +345,7 @@ impl Family for Trees {
                         format!("{:.6}", margins[row]),
                     ],
                     score: margins[row],
-                    intercept: expected,
+                    reference: expected,
                     contributions,
                 })
             })
