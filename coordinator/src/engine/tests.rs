@@ -343,6 +343,42 @@ async fn too_few_clients_to_start_fails_after_the_start_timeout() {
     assert!(why.contains("only 1 of the 3 clients needed"), "{why}");
 }
 
+/// A run that waits for clients says so every 10 s, with how many are
+/// connected of how many needed and how long until it gives up.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_run_prints_a_status_line_every_ten_seconds() {
+    let mut cfg = config(1, 1);
+    cfg.min_connected_to_start = 4;
+    cfg.start_timeout = Duration::from_secs(35);
+    let (hub, _out_rx, _in_tx, in_rx) = fake_hub(vec!["a".into(), "b".into()]);
+    let notes = Arc::new(Mutex::new(Vec::new()));
+    let run = Run::new(
+        cfg,
+        "run-1".into(),
+        Arc::clone(&hub) as Arc<dyn ClientHub>,
+        in_rx,
+        Box::new(Notes(Arc::clone(&notes))),
+    );
+    let before = tokio::time::Instant::now();
+    let outcome = run.execute().await.0;
+    let why = outcome.failure.unwrap();
+    assert!(why.contains("only 2 of the 4 clients needed"), "{why}");
+    // It still gives up at the start timeout, not at a status line.
+    assert!(before.elapsed() >= Duration::from_secs(35));
+    assert!(before.elapsed() < Duration::from_secs(36));
+    let notes = notes.lock().unwrap();
+    let waiting: Vec<&String> = notes
+        .iter()
+        .filter(|n| n.contains("waiting for clients"))
+        .collect();
+    assert_eq!(waiting.len(), 3, "{notes:?}");
+    assert!(
+        waiting[0].contains("2 of the 4 needed connected: a, b; it gives up in 25 s"),
+        "{waiting:?}"
+    );
+    assert!(waiting[2].contains("it gives up in 5 s"), "{waiting:?}");
+}
+
 /// A hub that knows why a partner is missing.
 struct KnowsWhy(Vec<String>);
 
