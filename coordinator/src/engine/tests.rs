@@ -351,14 +351,7 @@ async fn a_waiting_run_prints_a_status_line_every_ten_seconds() {
     cfg.min_connected_to_start = 4;
     cfg.start_timeout = Duration::from_secs(35);
     let (hub, _out_rx, _in_tx, in_rx) = fake_hub(vec!["a".into(), "b".into()]);
-    let notes = Arc::new(Mutex::new(Vec::new()));
-    let run = Run::new(
-        cfg,
-        "run-1".into(),
-        Arc::clone(&hub) as Arc<dyn ClientHub>,
-        in_rx,
-        Box::new(Notes(Arc::clone(&notes))),
-    );
+    let (run, notes) = noted_run(cfg, &hub, in_rx);
     let before = tokio::time::Instant::now();
     let outcome = run.execute().await.0;
     let why = outcome.failure.unwrap();
@@ -841,6 +834,19 @@ async fn absurd_statistics_are_rejected_and_the_partner_named() {
 
 /// Notes every message, for assertions on them.
 struct Notes(Arc<Mutex<Vec<String>>>);
+
+/// Run `run-1` on `hub`, with the notes it makes collected for assertions.
+fn noted_run(cfg: RunConfig, hub: &Arc<FakeHub>, inbox: Inbox) -> (Run, Arc<Mutex<Vec<String>>>) {
+    let notes = Arc::new(Mutex::new(Vec::new()));
+    let run = Run::new(
+        cfg,
+        "run-1".into(),
+        Arc::clone(hub) as Arc<dyn ClientHub>,
+        inbox,
+        Box::new(Notes(Arc::clone(&notes))),
+    );
+    (run, notes)
+}
 impl RunObserver for Notes {
     fn round_finished(&mut self, _: &RunSnapshot<'_>, _: &RoundRecord) {}
     fn note(&mut self, message: &str) {
@@ -876,14 +882,7 @@ async fn a_client_that_misses_its_tasks_is_dropped_and_no_longer_waited_for() {
         }
     });
     tokio::spawn(play(honest_rx, in_tx, behaviours));
-    let notes = Arc::new(Mutex::new(Vec::new()));
-    let run = Run::new(
-        cfg,
-        "run-1".into(),
-        Arc::clone(&hub) as Arc<dyn ClientHub>,
-        in_rx,
-        Box::new(Notes(Arc::clone(&notes))),
-    );
+    let (run, notes) = noted_run(cfg, &hub, in_rx);
     let before = tokio::time::Instant::now();
     let outcome = run.execute().await.0;
     assert!(outcome.completed, "{:?}", outcome.failure);
