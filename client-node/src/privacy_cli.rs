@@ -12,6 +12,7 @@ use fedprofile_protocol::messages::RecordDpTask;
 use serde::Serialize;
 
 use crate::config::ClientConfig;
+use fedprofile_protocol::tls::rfc3339;
 
 /// `println!` that does not panic when stdout is closed (`… | head`): the
 /// command then ends quietly, like the client's other commands.
@@ -147,6 +148,11 @@ pub struct CostArgs {
     /// the config's [privacy] section.
     #[arg(long, requires = "run")]
     ledger: Option<PathBuf>,
+    /// With --run: the run file's `[update]` schedule (`every`, `on_new_data`)
+    /// against this partner's budget: epsilon per update, how many updates
+    /// the budget still allows, and the date it runs out.
+    #[arg(long, requires = "run")]
+    schedule: bool,
     /// Report this accountant's figure instead of the tighter one.
     #[arg(long, value_enum)]
     accountant: Option<AccountantChoice>,
@@ -171,7 +177,48 @@ struct CostOutput {
     /// With --run: why the plan may learn little (DP-SGD families).
     #[serde(skip_serializing_if = "Option::is_none")]
     warnings: Option<Vec<WarningOutput>>,
+    /// With --schedule: the schedule over the partner's budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<SchedulePlan>,
 }
+
+/// `privacy cost --schedule`: a scheduled update run over the partner's
+/// budget. Each update is the run file's run (its charges, composed with the
+/// ledger and every earlier update; RDP/PLD composition, not a sum).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct SchedulePlan {
+    /// Epsilon of one update alone.
+    epsilon_per_update: f64,
+    /// Epsilon the ledger holds already.
+    spent_epsilon: f64,
+    /// The partner's budget.
+    budget_epsilon: f64,
+    /// Updates that fit the budget, composed with the ledger.
+    updates_allowed: u64,
+    /// True when the count stopped at [`MAX_UPDATES`] (the budget allows at least that many).
+    at_least: bool,
+    /// Epsilon after the allowed updates (the ledger's spend when none fits).
+    epsilon_after_allowed: f64,
+    /// `[update] every`, seconds.
+    every_secs: Option<u64>,
+    /// `[update] on_new_data.min_partners`.
+    min_partners: Option<u32>,
+    /// Seconds two starts are at least apart.
+    min_interval_secs: u64,
+    /// The date the schedule is counted from (now), RFC 3339.
+    from: String,
+    /// The first update the budget refuses, RFC 3339: with `every` the date it
+    /// is due; with `on_new_data` alone the earliest date it can start (every
+    /// update triggered as soon as `min_interval` allows). `None` when
+    /// `at_least`.
+    runs_out: Option<String>,
+    /// With both `every` and `on_new_data`: `runs_out` is the earliest date
+    /// (data triggers), this the latest (`every` alone).
+    runs_out_latest: Option<String>,
+}
+
+/// The count of updates `privacy cost --schedule` stops at.
+const MAX_UPDATES: u64 = 100_000;
 
 /// A run composed with what the partner's ledger already holds.
 #[derive(Debug, Clone, Serialize)]
@@ -360,6 +407,9 @@ fn cost(args: CostArgs) -> Result<(), String> {
             let config_path = args.config.as_deref().ok_or("--run needs --config")?;
             let run = run_charges(run, config_path, args.ledger.as_deref())?;
             let check = budget_check(&run)?;
+            if args.schedule {
+                return schedule_cost(&run, args.json, unix_now());
+            }
             let warnings = run
                 .warnings
                 .iter()
@@ -403,6 +453,7 @@ fn cost(args: CostArgs) -> Result<(), String> {
         plan,
         budget,
         warnings,
+        schedule: None,
     };
     if args.json {
         say!(
@@ -499,6 +550,183 @@ fn does_not_fit(b: &BudgetCheck, plan: Option<&RunPlan>) -> String {
     )
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `privacy cost --run … --schedule`: prints the schedule's plan; an error
+/// when the run file has no schedule or the partner no budget.
+fn schedule_cost(run: &PlannedRun, json: bool, now_unix: i64) -> Result<(), String> {
+    let plan = schedule_plan(run, now_unix)?;
+    if json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    for line in schedule_lines(&plan) {
+        say!("{line}");
+    }
+    Ok(())
+}
+
+/// The text of `privacy cost --schedule`.
+fn schedule_lines(p: &SchedulePlan) -> Vec<String> {
+    let when = match (p.every_secs, p.min_partners) {
+        (Some(e), Some(m)) => format!(
+            "every {} or once {m} partners' data changed (at least {} apart)",
+            show_secs(e),
+            show_secs(p.min_interval_secs)
+        ),
+        (Some(e), None) => format!("every {}", show_secs(e)),
+        (None, Some(m)) => format!(
+            "once {m} partners' data changed, at least {} apart",
+            show_secs(p.min_interval_secs)
+        ),
+        (None, None) => String::from("never"),
+    };
+    let mut lines = vec![
+        format!("schedule: an update {when}, counted from {}", p.from),
+        format!(
+            "epsilon per update {:.4}; spent so far {:.4} of the budget {}",
+            p.epsilon_per_update, p.spent_epsilon, p.budget_epsilon
+        ),
+    ];
+    let count = if p.at_least {
+        format!("at least {}", p.updates_allowed)
+    } else {
+        p.updates_allowed.to_string()
+    };
+    lines.push(format!(
+        "the budget allows {count} more updates (epsilon {:.4} after them)",
+        p.epsilon_after_allowed
+    ));
+    match (&p.runs_out, &p.runs_out_latest, p.every_secs) {
+        (None, _, _) => {}
+        (Some(out), Some(latest), _) => lines.push(format!(
+            "runs out: update {} is refused, at the earliest {out} (data triggers), at the latest {latest} (every)",
+            p.updates_allowed + 1
+        )),
+        (Some(out), None, Some(_)) => lines.push(format!(
+            "runs out: update {} (due {out}) is refused",
+            p.updates_allowed + 1
+        )),
+        (Some(out), None, None) => lines.push(format!(
+            "runs out: update {} is refused; it can start {out} at the earliest",
+            p.updates_allowed + 1
+        )),
+    }
+    lines
+}
+
+/// `90s`, `15m`, `24h`, `7d`, or seconds.
+fn show_secs(secs: u64) -> String {
+    match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// The run's `[update]` schedule over the partner's budget, counted from
+/// `now_unix`. Update `k` (1, 2, …) is due at `now + k * every`; triggered by
+/// data, it can start at the earliest at `now + (k - 1) * min_interval` (the
+/// first as soon as the data changed).
+fn schedule_plan(run: &PlannedRun, now_unix: i64) -> Result<SchedulePlan, String> {
+    let Some(schedule) = &run.schedule else {
+        return Err(
+            "--schedule: the run file has no schedule ([update] every or on_new_data)".into(),
+        );
+    };
+    let Some(budget) = run.budget else {
+        return Err(
+            "--schedule: the client config has no [privacy] section, so no budget to run out"
+                .into(),
+        );
+    };
+    let ledger = match &run.ledger {
+        Some(path) => Some(Ledger::open(path.clone()).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    // `updates` copies of the run: the same charges, steps multiplied (one
+    // group of the canonical composition, so the count is cheap to try).
+    let epsilon_after = |updates: u64| -> Result<f64, String> {
+        let charges: Vec<Charge> = fedprofile_privacy::accountant::grouped(&run.charges)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|_| updates > 0)
+            .map(|c| Charge {
+                steps: c.steps.saturating_mul(updates),
+                ..c
+            })
+            .collect();
+        match &ledger {
+            Some(l) => l.epsilon_with(&charges, run.delta),
+            None => Accountant::default()
+                .epsilon(&charges, run.delta)
+                .map(|r| r.epsilon),
+        }
+        .map_err(|e| e.to_string())
+    };
+    let spent = epsilon_after(0)?;
+    let fits = |updates: u64| epsilon_after(updates).map(|e| e <= budget);
+    // Largest n with fits(n): doubling, then bisection (epsilon grows with n).
+    let (mut low, mut high) = (0_u64, 1_u64);
+    let mut at_least = false;
+    if spent <= budget {
+        while fits(high)? {
+            low = high;
+            if high >= MAX_UPDATES {
+                at_least = true;
+                break;
+            }
+            high = (high * 2).min(MAX_UPDATES);
+        }
+        while !at_least && high - low > 1 {
+            let mid = low + (high - low) / 2;
+            if fits(mid)? {
+                low = mid;
+            } else {
+                high = mid;
+            }
+        }
+    }
+    let per_update = Accountant::default()
+        .epsilon(&run.charges, run.delta)
+        .map_err(|e| e.to_string())?
+        .epsilon;
+    let refused = i64::try_from(low + 1).unwrap_or(i64::MAX);
+    let at = |step: u64, k: i64| {
+        rfc3339(now_unix.saturating_add(i64::try_from(step).unwrap_or(i64::MAX).saturating_mul(k)))
+    };
+    let every_date = schedule.every.map(|e| at(e.as_secs(), refused));
+    let interval = schedule.min_interval.as_secs().max(1);
+    let data_date = schedule.min_partners.map(|_| at(interval, refused - 1));
+    let (runs_out, runs_out_latest) = match (data_date, every_date) {
+        _ if at_least => (None, None),
+        (Some(d), Some(e)) => (Some(d), Some(e)),
+        (d, e) => (d.or(e), None),
+    };
+    Ok(SchedulePlan {
+        epsilon_per_update: per_update,
+        spent_epsilon: spent,
+        budget_epsilon: budget,
+        updates_allowed: low,
+        at_least,
+        epsilon_after_allowed: epsilon_after(low)?,
+        every_secs: schedule.every.map(|e| e.as_secs()),
+        min_partners: schedule.min_partners,
+        min_interval_secs: interval,
+        from: rfc3339(now_unix),
+        runs_out,
+        runs_out_latest,
+    })
+}
+
 /// Composes the run's charges with what the partner's ledger holds, at the
 /// run's delta (the budget's, when the partner has one).
 fn budget_check(run: &PlannedRun) -> Result<BudgetCheck, String> {
@@ -545,6 +773,8 @@ struct PlannedRun {
     /// The partner's budget epsilon.
     budget: Option<f64>,
     warnings: Vec<UtilityWarning>,
+    /// The run file's `[update]` schedule, if any.
+    schedule: Option<fedprofile_config::run::ScheduleConfig>,
 }
 
 /// The per-round charges a run would make on this partner, exactly as its ledger
@@ -634,6 +864,7 @@ fn run_charges(run: &Path, config: &Path, ledger: Option<&Path>) -> Result<Plann
             .or_else(|| config.privacy.as_ref().map(|p| p.ledger.clone())),
         budget: config.privacy.as_ref().map(|p| p.epsilon),
         warnings,
+        schedule: run.update.and_then(|u| u.schedule),
     })
 }
 
@@ -747,4 +978,148 @@ fn report(
         say!("plot: {}  table: {}", png.display(), csv_path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedprofile_config::run::ScheduleConfig;
+    use std::time::Duration;
+
+    /// 2026-12-01T00:00:00Z.
+    const DEC_1: i64 = 1_796_083_200;
+
+    fn planned(budget: Option<f64>, schedule: Option<ScheduleConfig>) -> PlannedRun {
+        // 5 rounds of DP-SGD, q 0.01, sigma 1.1, 100 steps a round.
+        let charge = Charge::subsampled_gaussian(0.01, 1.1, 100).unwrap();
+        PlannedRun {
+            charges: vec![charge; 5],
+            delta: 1e-5,
+            plan: RunPlan {
+                rounds: 5,
+                releases: 5,
+                statistics: false,
+                examples: 1000,
+                sampling_rate: 0.01,
+                steps_per_round: 100,
+                noise_multiplier: 1.1,
+                clip_norm: 1.0,
+                epsilon_per_round: 0.0,
+            },
+            ledger: None,
+            budget,
+            warnings: Vec::new(),
+            schedule,
+        }
+    }
+
+    fn every(hours: u64) -> ScheduleConfig {
+        ScheduleConfig {
+            every: Some(Duration::from_secs(hours * 3600)),
+            min_partners: None,
+            min_interval: Duration::from_secs(hours * 3600),
+        }
+    }
+
+    fn epsilon(charge_steps: u64) -> f64 {
+        Accountant::default()
+            .epsilon(
+                &[Charge::subsampled_gaussian(0.01, 1.1, charge_steps).unwrap()],
+                1e-5,
+            )
+            .unwrap()
+            .epsilon
+    }
+
+    #[test]
+    fn every_24h_counts_updates_and_the_day_the_budget_runs_out() {
+        let plan = schedule_plan(&planned(Some(2.0), Some(every(24))), DEC_1).unwrap();
+        assert_eq!(plan.updates_allowed, 3, "{plan:?}");
+        assert!(!plan.at_least);
+        // The count is the largest that fits: 3 updates (1500 steps) fit, 4 do not.
+        assert!(epsilon(1500) <= 2.0 && epsilon(2000) > 2.0);
+        assert_eq!(plan.epsilon_per_update, epsilon(500));
+        assert_eq!(plan.epsilon_after_allowed, epsilon(1500));
+        assert_eq!(format!("{:.4}", plan.epsilon_per_update), "1.0826");
+        assert_eq!(format!("{:.4}", plan.epsilon_after_allowed), "1.8609");
+        assert_eq!(plan.spent_epsilon, 0.0);
+        // Update 4 is due 4 days after Dec 1.
+        assert_eq!(plan.from, "2026-12-01T00:00:00Z");
+        assert_eq!(plan.runs_out.as_deref(), Some("2026-12-05T00:00:00Z"));
+        assert_eq!(plan.runs_out_latest, None);
+        let lines = schedule_lines(&plan);
+        assert_eq!(
+            lines[0],
+            "schedule: an update every 1d, counted from 2026-12-01T00:00:00Z"
+        );
+        assert_eq!(
+            lines[3],
+            "runs out: update 4 (due 2026-12-05T00:00:00Z) is refused"
+        );
+    }
+
+    #[test]
+    fn a_data_trigger_runs_out_at_the_earliest_after_min_interval_steps() {
+        let schedule = ScheduleConfig {
+            every: None,
+            min_partners: Some(2),
+            min_interval: Duration::from_secs(3600),
+        };
+        let plan = schedule_plan(&planned(Some(2.0), Some(schedule.clone())), DEC_1).unwrap();
+        assert_eq!(plan.updates_allowed, 3);
+        // Updates 1..3 start at 0 h, 1 h, 2 h at the earliest; the 4th at 3 h.
+        assert_eq!(plan.runs_out.as_deref(), Some("2026-12-01T03:00:00Z"));
+        let both = ScheduleConfig {
+            every: Some(Duration::from_secs(86_400)),
+            ..schedule
+        };
+        let plan = schedule_plan(&planned(Some(2.0), Some(both)), DEC_1).unwrap();
+        assert_eq!(plan.runs_out.as_deref(), Some("2026-12-01T03:00:00Z"));
+        assert_eq!(
+            plan.runs_out_latest.as_deref(),
+            Some("2026-12-05T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn the_ledger_s_spend_is_composed_before_counting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let mut ledger = Ledger::open(path.clone()).unwrap();
+        // One earlier update already spent.
+        for round in 1..=5 {
+            ledger
+                .append(fedprofile_privacy::ledger::ChargeRecord {
+                    run_id: "earlier".into(),
+                    round,
+                    task_id: format!("earlier-{round}"),
+                    charge: Charge::subsampled_gaussian(0.01, 1.1, 100).unwrap(),
+                    clip_norm: 1.0,
+                    delta: 1e-5,
+                })
+                .unwrap();
+        }
+        let mut run = planned(Some(2.0), Some(every(24)));
+        run.ledger = Some(path);
+        let plan = schedule_plan(&run, DEC_1).unwrap();
+        assert_eq!(plan.spent_epsilon, epsilon(500));
+        assert_eq!(plan.updates_allowed, 2);
+        assert_eq!(plan.runs_out.as_deref(), Some("2026-12-04T00:00:00Z"));
+    }
+
+    #[test]
+    fn a_budget_already_too_small_allows_no_update_and_runs_out_at_the_first() {
+        let plan = schedule_plan(&planned(Some(0.5), Some(every(24))), DEC_1).unwrap();
+        assert_eq!(plan.updates_allowed, 0);
+        assert_eq!(plan.epsilon_after_allowed, 0.0);
+        assert_eq!(plan.runs_out.as_deref(), Some("2026-12-02T00:00:00Z"));
+    }
+
+    #[test]
+    fn no_schedule_or_no_budget_is_one_sentence() {
+        let e = schedule_plan(&planned(Some(1.0), None), DEC_1).unwrap_err();
+        assert!(e.contains("no schedule"), "{e}");
+        let e = schedule_plan(&planned(None, Some(every(24))), DEC_1).unwrap_err();
+        assert!(e.contains("no budget"), "{e}");
+    }
 }
