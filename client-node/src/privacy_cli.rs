@@ -12,6 +12,7 @@ use fedprofile_protocol::messages::RecordDpTask;
 use serde::Serialize;
 
 use crate::config::ClientConfig;
+use fedprofile_config::run::show_duration_secs as show_secs;
 use fedprofile_protocol::tls::rfc3339;
 
 /// `println!` that does not panic when stdout is closed (`… | head`): the
@@ -620,16 +621,6 @@ fn schedule_lines(p: &SchedulePlan) -> Vec<String> {
         )),
     }
     lines
-}
-
-/// `90s`, `15m`, `24h`, `7d`, or seconds.
-fn show_secs(secs: u64) -> String {
-    match secs {
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
 }
 
 /// The run's `[update]` schedule over the partner's budget, counted from

@@ -61,18 +61,7 @@ pub fn due(schedule: &ScheduleRow, now_unix: u64, changed: usize, busy: bool) ->
     None
 }
 
-/// Seconds as the shortest `1d2h3m4s`-style text.
-pub fn show_secs(secs: u64) -> String {
-    let mut out = String::new();
-    let mut left = secs;
-    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
-        if left >= size {
-            out.push_str(&format!("{}{unit}", left / size));
-            left %= size;
-        }
-    }
-    if out.is_empty() { "0s".into() } else { out }
-}
+pub use fedprofile_config::run::show_duration_secs as show_secs;
 
 /// Creates the schedule of a validated update run file with `every` and/or
 /// `on_new_data`; audited as `schedule.create`.

@@ -197,6 +197,20 @@ pub struct ScheduleConfig {
 /// Default of `update.on_new_data.min_interval`.
 pub const DEFAULT_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// Seconds as the shortest `1d2h3m4s`-style text (what [`parse_duration`]
+/// reads back).
+pub fn show_duration_secs(secs: u64) -> String {
+    let mut out = String::new();
+    let mut left = secs;
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if left >= size {
+            out.push_str(&format!("{}{unit}", left / size));
+            left %= size;
+        }
+    }
+    if out.is_empty() { "0s".into() } else { out }
+}
+
 /// Parses a duration such as `90s`, `15m`, `24h`, `7d` or `1h30m` (units `s`,
 /// `m`, `h`, `d`; at least one second).
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
